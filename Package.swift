@@ -1,0 +1,81 @@
+// swift-tools-version: 6.1
+// pvfs: VM root filesystems as files on one host volume.
+//
+// Layers depend one way only:
+//   PVFSSystem (syscalls) → PVFSStore (blobs + catalog) → PVFSEngine (merged VM views)
+//   → protocols (PVFS9P, PVFSFuse) → transports (PVFSTransport: sockets, Xen rings)
+//   → PVFSDaemon / PVFSCommands → executables.
+import PackageDescription
+
+let package = Package(
+    name: "pvfs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "pvfs-template", targets: ["pvfs-template"]),
+        .executable(name: "pvfs-vm", targets: ["pvfs-vm"]),
+        .executable(name: "pvfs", targets: ["pvfs"]),
+        .executable(name: "pvfsd", targets: ["pvfsd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        // C libraries from Debian and the few syscalls Swift cannot call directly.
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(name: "CPVFSSystem"),
+        .target(name: "CFuse", linkerSettings: [.linkedLibrary("fuse3")]),
+        .target(name: "CXen", linkerSettings: [
+            .linkedLibrary("xenstore"), .linkedLibrary("xengnttab"), .linkedLibrary("xenevtchn"),
+        ]),
+
+        // Thin typed wrappers over Linux syscalls (openat family, xattrs, renameat2, ...).
+        .target(name: "PVFSSystem", dependencies: [
+            "CPVFSSystem",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // Content-addressed blob store, SQLite catalog, template ingest/export, janitor.
+        .target(name: "PVFSStore", dependencies: [
+            "PVFSSystem", "CCrypto",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Copy-on-write merged views of VM roots: the one engine every transport serves.
+        .target(name: "PVFSEngine", dependencies: ["PVFSStore"]),
+        // Protocols: 9P2000.L (transport-neutral) and FUSE low-level.
+        .target(name: "PVFS9P", dependencies: ["PVFSEngine"]),
+        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "CFuse"]),
+        // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
+        .target(name: "PVFSTransport", dependencies: [
+            "PVFS9P", "PVFSSystem", "CXen",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The daemon's composition: control socket, configuration, metrics.
+        .target(name: "PVFSDaemon", dependencies: [
+            "PVFSTransport", "PVFSFuse", "PVFSEngine",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Shared pieces of the command-line tools: --store, --json, progress, logging.
+        .target(name: "PVFSCommands", dependencies: [
+            "PVFSDaemon",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .executableTarget(name: "pvfs-template", dependencies: ["PVFSCommands"]),
+        .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands"]),
+        .executableTarget(name: "pvfs", dependencies: ["PVFSCommands"]),
+        .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
+
+        .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
+        .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),
+        .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
+        .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P"]),
+        .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
+        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport"]),
+        .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

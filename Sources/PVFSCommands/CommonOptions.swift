@@ -1,0 +1,124 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PVFSStore
+
+/// `--store PATH`, falling back to $PVFS_STORE and then /var/lib/pvfs.
+public struct StoreOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The pvfs store directory (default: $PVFS_STORE or /var/lib/pvfs).", valueName: "path"))
+    public var store: String?
+
+    public init() {}
+
+    public var storePath: String {
+        if let store { return store }
+        if let env = ProcessInfo.processInfo.environment["PVFS_STORE"], !env.isEmpty { return env }
+        return Store.defaultPath
+    }
+
+    /// Opens the store, creating its layout on first use.
+    public func open(logger: Logger) throws -> Store {
+        try Store(path: storePath, create: true, logger: logger)
+    }
+}
+
+/// `--json` for output that scripts read.
+public struct OutputOptions: ParsableArguments {
+    @Flag(name: .long, help: "Print the result as JSON.")
+    public var json = false
+
+    public init() {}
+}
+
+/// `--verbose` / `--quiet` / `--log-level`.
+public struct LoggingOptions: ParsableArguments {
+    @Flag(name: .shortAndLong, help: "Log more (debug level).")
+    public var verbose = false
+
+    @Flag(name: .shortAndLong, help: "Log only errors.")
+    public var quiet = false
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    public var logLevel: String?
+
+    public init() {}
+
+    public var level: Logger.Level {
+        if let logLevel, let level = Logger.Level(rawValue: logLevel) { return level }
+        if verbose { return .debug }
+        if quiet { return .error }
+        return .notice
+    }
+
+    /// Bootstraps swift-log once per process (stderr) and returns a logger for `label`.
+    public func makeLogger(_ label: String) -> Logger {
+        LoggingBootstrap.once(level: level)
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+enum LoggingBootstrap {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var done = false
+
+    static func once(level: Logger.Level) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !done else { return }
+        done = true
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+/// Exit codes shared by every pvfs command (docs/cli.md lists them).
+public enum PVFSExitCode {
+    /// The operation failed (I/O error, bad input, refused).
+    public static let failure = ExitCode(1)
+    /// The named template, VM or object does not exist.
+    public static let notFound = ExitCode(3)
+    /// The object is in use or exists already (busy, name clash, served VM).
+    public static let conflict = ExitCode(4)
+    /// The store or its catalog is inconsistent (fsck findings).
+    public static let inconsistent = ExitCode(5)
+}
+
+/// A failure a command reports to the user: a message on stderr and an exit code.
+public struct CommandFailure: Error, CustomStringConvertible {
+    public var message: String
+    public var exitCode: ExitCode
+
+    public init(_ message: String, exitCode: ExitCode = PVFSExitCode.failure) {
+        self.message = message
+        self.exitCode = exitCode
+    }
+
+    public var description: String { message }
+}
+
+/// Prints an Encodable as pretty, key-sorted JSON on stdout.
+public func printJSON(_ value: some Encodable) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    let data = try encoder.encode(value)
+    FileHandle.standardOutput.write(data)
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}
+
+/// Runs a command body, turning failures into a message on stderr and the right exit code.
+public func runReportingFailures(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let failure as CommandFailure {
+        FileHandle.standardError.write(Data("error: \(failure.message)\n".utf8))
+        throw failure.exitCode
+    } catch let error as StoreError {
+        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+        throw PVFSExitCode.failure
+    }
+}

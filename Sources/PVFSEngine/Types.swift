@@ -1,0 +1,199 @@
+import PVFSStore
+import PVFSSystem
+import SystemPackage
+
+/// An inode number in a VM's merged view. Stable for the life of the file: copy-up keeps it.
+/// The root directory of every view is 1.
+public typealias InodeNumber = UInt64
+
+public let rootInode: InodeNumber = 1
+
+/// Who performs an operation, in the id space of the caller (the guest for 9P, the host for FUSE).
+public struct Credentials: Sendable, Hashable {
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Supplementary groups.
+    public var groups: [UInt32]
+
+    public init(uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+    }
+
+    public static let root = Credentials(uid: 0, gid: 0)
+
+    public func isMember(of gid: UInt32) -> Bool { self.gid == gid || groups.contains(gid) }
+}
+
+/// A directory entry name: 1...255 bytes, no "/" and no NUL, neither "." nor "..".
+/// Names are bytes, not text: a guest may use any encoding.
+public struct FileName: Hashable, Sendable, CustomStringConvertible, ExpressibleByStringLiteral {
+    public let bytes: [UInt8]
+
+    public static let maximumLength = 255
+
+    /// Validates a name coming from a client. Throws EINVAL for "/" or NUL, ENAMETOOLONG past 255
+    /// bytes, ENOENT for an empty name; "." and ".." are refused with EINVAL (callers that accept
+    /// them as lookups handle them first).
+    public init(validating bytes: some Collection<UInt8>) throws(Errno) {
+        guard !bytes.isEmpty else { throw Errno.noSuchFileOrDirectory }
+        guard bytes.count <= Self.maximumLength else { throw Errno.fileNameTooLong }
+        for b in bytes where b == UInt8(ascii: "/") || b == 0 { throw Errno.invalidArgument }
+        let array = Array(bytes)
+        if array == [UInt8(ascii: ".")] || array == [UInt8(ascii: "."), UInt8(ascii: ".")] {
+            throw Errno.invalidArgument
+        }
+        self.bytes = array
+    }
+
+    public init(validating string: String) throws(Errno) {
+        try self.init(validating: Array(string.utf8))
+    }
+
+    /// For names already known valid (the catalog's).
+    public init(trusted bytes: [UInt8]) { self.bytes = bytes }
+
+    public init(stringLiteral value: String) { self.bytes = Array(value.utf8) }
+
+    public var string: String { String(decoding: bytes, as: UTF8.self) }
+    public var description: String { string }
+
+    public static func isDot(_ bytes: some Collection<UInt8>) -> Bool { bytes.count == 1 && bytes.first == UInt8(ascii: ".") }
+    public static func isDotDot(_ bytes: some Collection<UInt8>) -> Bool { Array(bytes) == [UInt8(ascii: "."), UInt8(ascii: ".")] }
+}
+
+/// What stat reports for an inode of a view.
+public struct Attributes: Sendable, Equatable {
+    public var inode: InodeNumber
+    public var kind: FileKind
+    /// Full st_mode: type bits plus permissions, setuid, setgid, sticky.
+    public var mode: UInt32
+    public var linkCount: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var rdev: UInt64
+    public var size: Int64
+    /// 512-byte blocks allocated.
+    public var blocks: Int64
+    public var blockSize: UInt32
+    public var accessTime: Timespec
+    public var modificationTime: Timespec
+    public var changeTime: Timespec
+    /// Changes whenever the inode's content or metadata changes (9P qid.version).
+    public var version: UInt64
+    /// Inode generation (FUSE); inode numbers are never reused within a view, so 0 suffices.
+    public var generation: UInt64
+
+    public init(inode: InodeNumber, kind: FileKind, mode: UInt32, linkCount: UInt32, uid: UInt32, gid: UInt32,
+                rdev: UInt64, size: Int64, blocks: Int64, blockSize: UInt32 = 4096, accessTime: Timespec,
+                modificationTime: Timespec, changeTime: Timespec, version: UInt64 = 0, generation: UInt64 = 0) {
+        self.inode = inode
+        self.kind = kind
+        self.mode = mode
+        self.linkCount = linkCount
+        self.uid = uid
+        self.gid = gid
+        self.rdev = rdev
+        self.size = size
+        self.blocks = blocks
+        self.blockSize = blockSize
+        self.accessTime = accessTime
+        self.modificationTime = modificationTime
+        self.changeTime = changeTime
+        self.version = version
+        self.generation = generation
+    }
+
+    public var permissions: UInt32 { mode & permissionBitsMask }
+}
+
+/// A time to set: the caller's value, or the server's clock (UTIME_NOW).
+public enum TimeChange: Sendable, Equatable {
+    case now
+    case set(Timespec)
+}
+
+/// The attributes a setattr changes; nil fields stay as they are.
+public struct AttributeChanges: Sendable, Equatable {
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: Int64?
+    public var accessTime: TimeChange?
+    public var modificationTime: TimeChange?
+
+    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: Int64? = nil,
+                accessTime: TimeChange? = nil, modificationTime: TimeChange? = nil) {
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.accessTime = accessTime
+        self.modificationTime = modificationTime
+    }
+
+    public var isEmpty: Bool {
+        mode == nil && uid == nil && gid == nil && size == nil && accessTime == nil && modificationTime == nil
+    }
+}
+
+/// One entry returned by readdir. `cookie` is the offset to pass to continue after this entry;
+/// it stays valid while the directory changes (entries are ordered by a hash of their name).
+public struct DirectoryEntry: Sendable, Equatable {
+    public var name: [UInt8]
+    public var inode: InodeNumber
+    public var kind: FileKind
+    public var cookie: UInt64
+
+    public init(name: [UInt8], inode: InodeNumber, kind: FileKind, cookie: UInt64) {
+        self.name = name
+        self.inode = inode
+        self.kind = kind
+        self.cookie = cookie
+    }
+}
+
+/// Flags of xattr set (XATTR_CREATE / XATTR_REPLACE).
+public enum XattrSetMode: Sendable {
+    case createOrReplace
+    case createOnly
+    case replaceOnly
+}
+
+/// Byte-range lock types (F_RDLCK / F_WRLCK / F_UNLCK).
+public enum LockType: Sendable, Equatable {
+    case read
+    case write
+    case unlock
+}
+
+/// A POSIX byte-range lock or a whole-file flock. `end` is inclusive; UInt64.max means to the end.
+public struct FileLockRange: Sendable, Equatable {
+    public var type: LockType
+    public var start: UInt64
+    public var end: UInt64
+    /// The process holding it, as far as the client tells (reported by getlk).
+    public var pid: UInt32
+
+    public init(type: LockType, start: UInt64, end: UInt64, pid: UInt32) {
+        self.type = type
+        self.start = start
+        self.end = end
+        self.pid = pid
+    }
+}
+
+/// Identifies a lock owner: the session (one FUSE mount or 9P connection) plus the client's owner id.
+public struct LockOwner: Hashable, Sendable {
+    public var session: UInt64
+    public var owner: UInt64
+
+    public init(session: UInt64, owner: UInt64) {
+        self.session = session
+        self.owner = owner
+    }
+}
+
+/// statfs of a view: the VM's quota when it has one, the store's filesystem otherwise.
+public typealias ViewStatistics = FileSystemStatistics

@@ -1,0 +1,231 @@
+import Glibc
+import PVFSStore
+import PVFSSystem
+import SystemPackage
+
+/// One client session's view of a VM: the volume seen through the session's policy (read-only,
+/// id mapping, permission checks). Transports (FUSE, 9P) call only this type.
+///
+/// Inode numbers, names and offsets are what the client sent and get validated here; errors are
+/// thrown as `Errno` with the value the client should see.
+public final class VMView: Sendable {
+    public let volume: Volume
+    public let policy: SessionPolicy
+    /// Distinguishes this session's lock owners from other sessions'.
+    public let sessionID: UInt64
+
+    public init(volume: Volume, policy: SessionPolicy, sessionID: UInt64) {
+        self.volume = volume
+        self.policy = policy
+        self.sessionID = sessionID
+    }
+
+    public var vmName: String { volume.name }
+
+    private func context(_ credentials: Credentials) -> RequestContext {
+        RequestContext(caller: policy.vmCaller(credentials), enforcePermissions: policy.enforcePermissions, readOnly: policy.readOnly)
+    }
+
+    private func present(_ attributes: Attributes) -> Attributes { policy.present(attributes) }
+
+    // MARK: Names
+
+    public func lookup(_ parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) -> Attributes {
+        present(try volume.lookup(parent, name, context(credentials)))
+    }
+
+    /// The parent of a directory (for 9P walks of "..").
+    public func parent(of directory: InodeNumber) throws(Errno) -> InodeNumber {
+        try volume.parentOf(directory)
+    }
+
+    public func getAttributes(_ ino: InodeNumber) throws(Errno) -> Attributes {
+        present(try volume.getAttributes(ino))
+    }
+
+    /// setattr; uid and gid are in the client's id space.
+    public func setAttributes(_ ino: InodeNumber, _ changes: AttributeChanges, handle: OpenFile? = nil,
+                              as credentials: Credentials) throws(Errno) -> Attributes {
+        var vmChanges = changes
+        vmChanges.uid = changes.uid.map(policy.idToVM)
+        vmChanges.gid = changes.gid.map(policy.idToVM)
+        return present(try volume.setAttributes(ino, vmChanges, handle: handle, context(credentials)))
+    }
+
+    public func access(_ ino: InodeNumber, _ mask: AccessMask, as credentials: Credentials) throws(Errno) {
+        try volume.checkAccess(ino, mask, context(credentials))
+    }
+
+    public func readLink(_ ino: InodeNumber) throws(Errno) -> [UInt8] {
+        try volume.readLink(ino)
+    }
+
+    public func makeDirectory(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, as credentials: Credentials) throws(Errno) -> Attributes {
+        present(try volume.makeDirectory(parent, name, mode: mode, context(credentials)))
+    }
+
+    /// mknod: regular files, devices (records only: never opened on the host), fifos, sockets.
+    public func makeNode(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, rdev: UInt64, as credentials: Credentials) throws(Errno) -> Attributes {
+        present(try volume.makeNode(parent, name, mode: mode, rdev: rdev, context(credentials)))
+    }
+
+    public func makeSymlink(_ parent: InodeNumber, _ name: [UInt8], target: [UInt8], as credentials: Credentials) throws(Errno) -> Attributes {
+        present(try volume.makeSymlink(parent, name, target: target, context(credentials)))
+    }
+
+    public func link(_ ino: InodeNumber, into parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) -> Attributes {
+        present(try volume.link(ino, parent, name, context(credentials)))
+    }
+
+    public func unlink(_ parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) {
+        try volume.unlink(parent, name, context(credentials))
+    }
+
+    public func removeDirectory(_ parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) {
+        try volume.removeDirectory(parent, name, context(credentials))
+    }
+
+    public func rename(_ parent: InodeNumber, _ name: [UInt8], to newParent: InodeNumber, _ newName: [UInt8],
+                       flags: RenameFlags = [], as credentials: Credentials) throws(Errno) {
+        try volume.rename(parent, name, newParent, newName, flags: flags, context(credentials))
+    }
+
+    /// Entries after `cookie` (0 to start), at most `limit`.
+    public func readDirectory(_ directory: InodeNumber, after cookie: UInt64, limit: Int = .max,
+                              as credentials: Credentials) throws(Errno) -> [DirectoryEntry] {
+        try volume.readDirectory(directory, after: cookie, limit: limit, context(credentials))
+    }
+
+    public func statistics() -> ViewStatistics {
+        volume.statistics()
+    }
+
+    // MARK: Files
+
+    /// open(2) of an existing inode with the client's flags (O_ACCMODE, O_TRUNC, O_APPEND).
+    /// Writable opens of template files copy them up here.
+    public func open(_ ino: InodeNumber, flags: Int32, as credentials: Credentials) throws(Errno) -> OpenFile {
+        try volume.open(ino, flags: flags, context(credentials))
+    }
+
+    /// Atomic create-and-open of a new regular file (EEXIST if the name exists).
+    public func create(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, flags: Int32,
+                       as credentials: Credentials) throws(Errno) -> (Attributes, OpenFile) {
+        let (attributes, handle) = try volume.create(parent, name, mode: mode, flags: flags, context(credentials))
+        return (present(attributes), handle)
+    }
+
+    public func read(_ handle: OpenFile, offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try volume.read(handle, offset: offset, into: buffer)
+    }
+
+    /// Reads up to `count` bytes into a new array.
+    public func read(_ handle: OpenFile, offset: Int64, count: Int) throws(Errno) -> [UInt8] {
+        guard count > 0 else { return [] }
+        var result = [UInt8](repeating: 0, count: count)
+        var failure: Errno?
+        let n = result.withUnsafeMutableBytes { buffer -> Int in
+            do throws(Errno) { return try volume.read(handle, offset: offset, into: buffer) } catch { failure = error; return 0 }
+        }
+        if let failure { throw failure }
+        result.removeLast(count - n)
+        return result
+    }
+
+    /// The descriptor and size behind a handle, for zero-copy replies: call `body` with it while
+    /// it stays open. The descriptor may be a shared blob: only read it.
+    public func withReadDescriptor<T>(_ handle: OpenFile, _ body: (FileDescriptor?) throws(Errno) -> T) throws(Errno) -> T {
+        let file = try volume.readSource(handle)
+        defer { withExtendedLifetime(file) {} }
+        return try body(file?.descriptor)
+    }
+
+    public func write(_ handle: OpenFile, offset: Int64, from buffer: UnsafeRawBufferPointer, as credentials: Credentials) throws(Errno) -> Int {
+        let ctx = context(credentials)
+        let written = try volume.write(handle, offset: offset, from: buffer, ctx)
+        try volume.dropPrivilegesAfterWrite(handle, ctx)
+        return written
+    }
+
+    public func write(_ handle: OpenFile, offset: Int64, bytes: [UInt8], as credentials: Credentials) throws(Errno) -> Int {
+        var failure: Errno?
+        let n = bytes.withUnsafeBytes { buffer -> Int in
+            do throws(Errno) { return try write(handle, offset: offset, from: buffer, as: credentials) } catch { failure = error; return 0 }
+        }
+        if let failure { throw failure }
+        return n
+    }
+
+    public func allocate(_ handle: OpenFile, mode: Int32, offset: Int64, length: Int64, as credentials: Credentials) throws(Errno) {
+        try volume.allocate(handle, mode: mode, offset: offset, length: length, context(credentials))
+    }
+
+    public func copyRange(from source: OpenFile, at sourceOffset: Int64, to destination: OpenFile, at destinationOffset: Int64,
+                          length: Int, as credentials: Credentials) throws(Errno) -> Int {
+        try volume.copyRange(from: source, at: sourceOffset, to: destination, at: destinationOffset, length: length, context(credentials))
+    }
+
+    /// fsync / fdatasync; `handle` may be nil (9P fsync on an unopened fid, FUSE fsyncdir).
+    public func sync(_ ino: InodeNumber, handle: OpenFile?, dataOnly: Bool) throws(Errno) {
+        try volume.sync(ino, handle: handle, dataOnly: dataOnly)
+    }
+
+    /// Closes a handle; locks its owner held on the inode go with it when `lockOwner` is given.
+    public func release(_ handle: OpenFile, lockOwner: UInt64? = nil) {
+        if let lockOwner { volume.locks.releaseAll(handle.inode, owner: LockOwner(session: sessionID, owner: lockOwner)) }
+        volume.release(handle)
+    }
+
+    // MARK: Extended attributes
+
+    public func getXattr(_ ino: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) -> [UInt8] {
+        try volume.getXattr(ino, name, context(credentials))
+    }
+
+    public func listXattrs(_ ino: InodeNumber, as credentials: Credentials) throws(Errno) -> [[UInt8]] {
+        try volume.listXattrs(ino, context(credentials))
+    }
+
+    public func setXattr(_ ino: InodeNumber, _ name: [UInt8], _ value: [UInt8], mode: XattrSetMode = .createOrReplace,
+                         as credentials: Credentials) throws(Errno) {
+        try volume.setXattr(ino, name, value, mode: mode, context(credentials))
+    }
+
+    public func removeXattr(_ ino: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) {
+        try volume.removeXattr(ino, name, context(credentials))
+    }
+
+    // MARK: Locks
+
+    /// F_GETLK: the conflicting lock, or nil where `range` could be taken.
+    public func testLock(_ ino: InodeNumber, owner: UInt64, range: FileLockRange) -> FileLockRange? {
+        volume.locks.test(ino, owner: LockOwner(session: sessionID, owner: owner), range: range)
+    }
+
+    /// F_SETLK / F_SETLKW (and flock, with an owner per open file and a whole-file range).
+    public func setLock(_ ino: InodeNumber, owner: UInt64, range: FileLockRange, wait: Bool,
+                        cancelled: () -> Bool = { false }) throws(Errno) {
+        try volume.locks.set(ino, owner: LockOwner(session: sessionID, owner: owner), range: range, wait: wait, cancelled: cancelled)
+    }
+
+    /// Drops every lock of this session (the connection or mount ended).
+    public func releaseAllLocks() {
+        volume.locks.releaseSession(sessionID)
+    }
+}
+
+extension Volume {
+    /// A write by someone without root's privilege clears setuid (and group-executable setgid),
+    /// as Linux's file_remove_privs does, so a guest cannot plant a writable setuid binary.
+    func dropPrivilegesAfterWrite(_ handle: OpenFile, _ ctx: RequestContext) throws(Errno) {
+        guard ctx.enforcePermissions, !ctx.caller.privileged else { return }
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        guard var r = record(handle.inode) else { return }
+        let clearGID = r.mode & setGIDBit != 0 && r.mode & 0o010 != 0
+        guard r.mode & setUIDBit != 0 || clearGID else { return }
+        r.mode &= ~setUIDBit
+        if clearGID { r.mode &= ~setGIDBit }
+        try commit([.putInode(handle.inode, touched(r))])
+    }
+}

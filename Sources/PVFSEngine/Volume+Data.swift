@@ -1,0 +1,445 @@
+import Glibc
+import PVFSStore
+import PVFSSystem
+import SystemPackage
+
+/// Largest file a view accepts (ext4's limit with 4 KiB blocks): EFBIG past it.
+let maximumFileSize: Int64 = 16 << 40
+
+extension Volume {
+    // MARK: Open and release
+
+    /// The shared data state of `ino`, creating it and counting one more user. Caller holds metaLock.
+    func retainData(_ ino: InodeNumber, _ r: InodeRecord) throws(Errno) -> InodeData {
+        if let existing = openData[ino] {
+            existing.openCount += 1
+            return existing
+        }
+        let data: InodeData
+        switch r.data {
+        case .privateFile:
+            let file = try openPrivateFile(ino)
+            data = InodeData(inode: ino, file: file, size: try file.descriptor.stat().size)
+        case .blob(let id):
+            data = InodeData(inode: ino, file: try openBlob(id), size: r.size)
+        case .none:
+            data = InodeData(inode: ino, file: nil, size: 0)
+        }
+        data.openCount = 1
+        openData[ino] = data
+        return data
+    }
+
+    /// Drops one user of `ino`'s data state; the last one writes back pending times and sizes and
+    /// removes an inode that lost its last link while open. Caller holds metaLock.
+    func releaseData(_ data: InodeData) {
+        data.openCount -= 1
+        guard data.openCount <= 0 else { return }
+        persistWrittenState(data.inode, data)
+        openData[data.inode] = nil
+        guard let r = record(data.inode), r.linkCount == 0 else { return }
+        var edit = Edit()
+        let charge = Charge.of(r, createdByVM: !isTemplateInode(data.inode), privateSize: data.size,
+                               xattrBytes: r.privateXattrs ? Charge.xattrBytes(overlay.xattrs[data.inode] ?? [:]) : 0)
+        edit.bytes = -charge.bytes
+        edit.inodes = -charge.inodes
+        if r.data == .privateFile { edit.removedFiles.append(data.inode) }
+        if isTemplateInode(data.inode) {
+            var tombstone = r
+            tombstone.data = .none
+            tombstone.privateXattrs = false
+            edit.records[data.inode] = tombstone
+        } else {
+            edit.changes.append(.deleteInode(data.inode))
+        }
+        do throws(Errno) {
+            try apply(edit)
+        } catch {
+            logger.error("cannot remove unlinked inode \(data.inode): \(error); recovery will")
+        }
+    }
+
+    /// Folds what writes changed (size, mtime, ctime) into the inode's record. Caller holds metaLock.
+    func persistWrittenState(_ ino: InodeNumber, _ data: InodeData) {
+        data.lock.lock()
+        let pending = data.pendingChangeTime
+        data.pendingChangeTime = nil
+        let size = data.size
+        let file = data.file
+        data.lock.unlock()
+        guard let pending, var r = record(ino), r.data == .privateFile else { return }
+        r.size = size
+        if pending > r.changeTime { r.changeTime = pending }
+        if let st = try? file?.descriptor.stat() {
+            r.modificationTime = st.modificationTime
+            r.blocks = st.blocks
+        }
+        do throws(Errno) {
+            try commit([.putInode(ino, r)])
+        } catch {
+            logger.warning("cannot record written state of inode \(ino): \(error)")
+        }
+    }
+
+    func open(_ ino: InodeNumber, flags: Int32, _ ctx: RequestContext) throws(Errno) -> OpenFile {
+        let access = flags & O_ACCMODE
+        let wantsWrite = access == O_WRONLY || access == O_RDWR
+        let truncate = flags & O_TRUNC != 0 && wantsWrite
+        metaLock.lock()
+        let r: InodeRecord
+        do throws(Errno) {
+            r = try requireRecord(ino)
+            guard r.linkCount > 0 else { throw Errno.noSuchFileOrDirectory }
+        } catch {
+            metaLock.unlock()
+            throw error
+        }
+        switch r.kind {
+        case .directory:
+            metaLock.unlock()
+            if wantsWrite { throw Errno.isDirectory }
+            try checkOpenPermission(ino, access: access, ctx)
+            return OpenFile(inode: ino, flags: flags, data: nil)
+        case .symlink:
+            metaLock.unlock()
+            throw Errno.tooManySymbolicLinkLevels
+        case .regular:
+            break
+        default:
+            // Device nodes, fifos and sockets exist only as records: the server never opens them.
+            metaLock.unlock()
+            throw Errno.noSuchAddressOrDevice
+        }
+        if wantsWrite && ctx.readOnly { metaLock.unlock(); throw Errno.readOnlyFileSystem }
+        var mask: AccessMask = []
+        if access == O_RDONLY || access == O_RDWR { mask.insert(.read) }
+        if wantsWrite { mask.insert(.write) }
+        let data: InodeData
+        do throws(Errno) {
+            try requirePermission(r, ctx, mask)
+            data = try retainData(ino, r)
+        } catch {
+            metaLock.unlock()
+            throw error
+        }
+        metaLock.unlock()
+        let handle = OpenFile(inode: ino, flags: flags, data: data)
+        do throws(Errno) {
+            if wantsWrite {
+                try copyUp(ino, data, contentUpTo: truncate ? 0 : nil)
+            }
+            if truncate {
+                try resize(ino, data, to: 0, ctx)
+            }
+        } catch {
+            release(handle)
+            throw error
+        }
+        return handle
+    }
+
+    private func checkOpenPermission(_ ino: InodeNumber, access: Int32, _ ctx: RequestContext) throws(Errno) {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        let r = try requireRecord(ino)
+        try requirePermission(r, ctx, .read)
+    }
+
+    /// Creates a regular file and opens it: the atomic O_CREAT of 9P lcreate and FUSE create.
+    func create(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, flags: Int32, _ ctx: RequestContext) throws(Errno) -> (Attributes, OpenFile) {
+        metaLock.lock()
+        let ino: InodeNumber
+        let data: InodeData
+        let attributes: Attributes
+        do throws(Errno) {
+            let (newIno, r) = try createInode(parent, name, mode: FileKind.regular.modeBits | (mode & permissionBitsMask), ctx)
+            ino = newIno
+            data = try retainData(ino, r)
+            attributes = self.attributes(ino, r)
+        } catch {
+            metaLock.unlock()
+            throw error
+        }
+        metaLock.unlock()
+        return (attributes, OpenFile(inode: ino, flags: flags, data: data))
+    }
+
+    func release(_ handle: OpenFile) {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        guard !handle.released else { return }
+        handle.released = true
+        if let data = handle.data { releaseData(data) }
+    }
+
+    // MARK: Copy-up
+
+    /// Gives `ino` a private data file: a copy of its blob (or only its first `contentUpTo` bytes,
+    /// 0 for an open with O_TRUNC). The copy is complete and fsync'd before the catalog points at
+    /// it, so a crash leaves the old version or the new one, never a torn file.
+    func copyUp(_ ino: InodeNumber, _ data: InodeData, contentUpTo limit: Int64?) throws(Errno) {
+        data.copyUpLock.lock()
+        defer { data.copyUpLock.unlock() }
+        metaLock.lock()
+        let r: InodeRecord
+        do throws(Errno) {
+            r = try requireRecord(ino)
+        } catch {
+            metaLock.unlock()
+            throw error
+        }
+        metaLock.unlock()
+        guard r.kind == .regular else { throw Errno.invalidArgument }
+        if r.data == .privateFile { return }
+
+        let size = min(r.size, limit ?? r.size)
+        var after = r
+        after.data = .privateFile
+        let before = Charge.of(r, createdByVM: !isTemplateInode(ino), privateSize: nil, xattrBytes: 0)
+        let then = Charge.of(after, createdByVM: !isTemplateInode(ino), privateSize: size, xattrBytes: 0)
+        try quota.charge(bytes: then.bytes - before.bytes, inodes: then.inodes - before.inodes)
+        var charged = true
+        defer { if charged { try? quota.charge(bytes: before.bytes - then.bytes, inodes: before.inodes - then.inodes) } }
+
+        let scratchName = "copyup-\(ino)-\(monotonicNanoseconds())"
+        let fd = try FileDescriptor.open(at: scratchDirectory, scratchName, [.readWrite, .create, .exclusive], mode: 0o600)
+        var published = false
+        defer {
+            if !published {
+                fd.closeQuietly()
+                try? scratchDirectory.unlink(at: scratchName)
+            }
+        }
+        if size > 0, case .blob = r.data, let source = data.currentFile {
+            try fd.copyContents(from: source.descriptor, size: size)
+        } else if size > 0 {
+            try fd.truncate(size: size)
+        }
+        try fd.setTimes(access: r.accessTime, modification: r.modificationTime)
+        try fd.sync()
+
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        try ensureShard(ino)
+        try scratchDirectory.rename(at: scratchName, to: dataDirectory, Self.dataPath(ino))
+        published = true
+        var current = try requireRecord(ino)
+        current.data = .privateFile
+        current.size = size
+        current.version = nextVersion()
+        do throws(Errno) {
+            try commit([.putInode(ino, current)])
+        } catch {
+            removePrivateFile(ino)
+            fd.closeQuietly()
+            throw error
+        }
+        charged = false
+        let file = HostFile(descriptor: fd, isPrivate: true)
+        data.lock.lock()
+        data.file = file
+        data.size = size
+        data.lock.unlock()
+    }
+
+    // MARK: Read and write
+
+    func read(_ handle: OpenFile, offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard !handle.released, handle.readable, let data = handle.data else { throw Errno.badFileDescriptor }
+        guard offset >= 0 else { throw Errno.invalidArgument }
+        guard let file = data.currentFile else { return 0 }
+        return try file.descriptor.read(into: buffer, at: offset)
+    }
+
+    /// The host file behind a handle, for zero-copy replies (splice). Hold the result while using
+    /// its descriptor.
+    func readSource(_ handle: OpenFile) throws(Errno) -> HostFile? {
+        guard !handle.released, handle.readable, let data = handle.data else { throw Errno.badFileDescriptor }
+        return data.currentFile
+    }
+
+    /// Writes at `offset` (at the end for O_APPEND handles); returns the bytes written.
+    func write(_ handle: OpenFile, offset: Int64, from buffer: UnsafeRawBufferPointer, _ ctx: RequestContext) throws(Errno) -> Int {
+        guard !handle.released, handle.writable, let data = handle.data else { throw Errno.badFileDescriptor }
+        if ctx.readOnly { throw Errno.readOnlyFileSystem }
+        guard offset >= 0 else { throw Errno.invalidArgument }
+        if buffer.count == 0 { return 0 }
+        data.lock.lock()
+        defer { data.lock.unlock() }
+        guard let file = data.file, file.isPrivate else { throw Errno.badFileDescriptor }
+        let start = handle.append ? data.size : offset
+        let (end, overflow) = start.addingReportingOverflow(Int64(buffer.count))
+        guard !overflow, end <= maximumFileSize else { throw Errno.fileTooLarge }
+        let oldSize = data.size
+        let newSize = max(oldSize, end)
+        let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)
+        if delta > 0 { try quota.charge(bytes: delta, inodes: 0) }
+        let written: Int
+        do throws(Errno) {
+            written = try file.descriptor.write(buffer, at: start)
+        } catch {
+            if delta > 0 { try? quota.charge(bytes: -delta, inodes: 0) }
+            throw error
+        }
+        let reached = max(oldSize, start + Int64(written))
+        let unused = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: reached)
+        if unused > 0 { try? quota.charge(bytes: -unused, inodes: 0) }
+        data.size = reached
+        data.pendingChangeTime = .now
+        return written
+    }
+
+    /// Sets a regular file's size (truncate or extend), copying it up first. Charged like a write.
+    func resize(_ ino: InodeNumber, _ data: InodeData, to newSize: Int64, _ ctx: RequestContext) throws(Errno) {
+        guard newSize >= 0 else { throw Errno.invalidArgument }
+        guard newSize <= maximumFileSize else { throw Errno.fileTooLarge }
+        try copyUp(ino, data, contentUpTo: newSize)
+        data.lock.lock()
+        defer { data.lock.unlock() }
+        guard let file = data.file, file.isPrivate else { throw Errno.ioError }
+        let oldSize = data.size
+        let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)
+        if delta > 0 { try quota.charge(bytes: delta, inodes: 0) }
+        do throws(Errno) {
+            try file.descriptor.truncate(size: newSize)
+        } catch {
+            if delta > 0 { try? quota.charge(bytes: -delta, inodes: 0) }
+            throw error
+        }
+        if delta < 0 { try? quota.charge(bytes: delta, inodes: 0) }
+        data.size = newSize
+        data.pendingChangeTime = .now
+    }
+
+    /// Runs `body` with the data state of `ino`, retained for the call (for operations that need
+    /// the data of a file nobody has open: truncate by path, copy-up for dedup).
+    func withData<T>(_ ino: InodeNumber, _ body: (InodeData) throws(Errno) -> T) throws(Errno) -> T {
+        metaLock.lock()
+        let data: InodeData
+        do throws(Errno) {
+            data = try retainData(ino, try requireRecord(ino))
+        } catch {
+            metaLock.unlock()
+            throw error
+        }
+        metaLock.unlock()
+        defer {
+            metaLock.lock()
+            releaseData(data)
+            metaLock.unlock()
+        }
+        return try body(data)
+    }
+
+    // MARK: fallocate and copy_file_range
+
+    func allocate(_ handle: OpenFile, mode: Int32, offset: Int64, length: Int64, _ ctx: RequestContext) throws(Errno) {
+        guard !handle.released, handle.writable, let data = handle.data else { throw Errno.badFileDescriptor }
+        if ctx.readOnly { throw Errno.readOnlyFileSystem }
+        guard offset >= 0, length > 0 else { throw Errno.invalidArgument }
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow, end <= maximumFileSize else { throw Errno.fileTooLarge }
+        data.lock.lock()
+        defer { data.lock.unlock() }
+        guard let file = data.file, file.isPrivate else { throw Errno.badFileDescriptor }
+        let keepSize = mode & FallocateMode.keepSize != 0
+        let oldSize = data.size
+        var newSize = oldSize
+        var hostOffset = offset
+        var hostLength = length
+        if mode & (FallocateMode.punchHole | FallocateMode.collapseRange) != 0 {
+            if mode & FallocateMode.collapseRange != 0 { newSize = max(0, oldSize - length) }
+        } else if mode & FallocateMode.insertRange != 0 {
+            newSize = oldSize + length
+        } else if keepSize {
+            // Space past the end would be allocated without growing the charged size, so it is
+            // not reserved on the host at all: later writes are charged as they come.
+            guard offset < oldSize else { return }
+            hostLength = min(length, oldSize - offset)
+            hostOffset = offset
+        } else {
+            newSize = max(oldSize, end)
+        }
+        let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)
+        if delta > 0 { try quota.charge(bytes: delta, inodes: 0) }
+        do throws(Errno) {
+            try file.descriptor.allocate(mode: mode, offset: hostOffset, length: hostLength)
+        } catch {
+            if delta > 0 { try? quota.charge(bytes: -delta, inodes: 0) }
+            throw error
+        }
+        if delta < 0 { try? quota.charge(bytes: delta, inodes: 0) }
+        data.size = (try? file.descriptor.stat().size) ?? newSize
+        data.pendingChangeTime = .now
+    }
+
+    func copyRange(from source: OpenFile, at sourceOffset: Int64, to destination: OpenFile, at destinationOffset: Int64,
+                   length: Int, _ ctx: RequestContext) throws(Errno) -> Int {
+        guard !source.released, source.readable, let sourceData = source.data else { throw Errno.badFileDescriptor }
+        guard !destination.released, destination.writable, let data = destination.data else { throw Errno.badFileDescriptor }
+        if ctx.readOnly { throw Errno.readOnlyFileSystem }
+        guard sourceOffset >= 0, destinationOffset >= 0, length >= 0 else { throw Errno.invalidArgument }
+        if destination.append { throw Errno.badFileDescriptor }
+        if source.inode == destination.inode {
+            let a = sourceOffset, b = destinationOffset, n = Int64(length)
+            if a < b + n && b < a + n { throw Errno.invalidArgument }
+        }
+        guard let input = sourceData.currentFile else { return 0 }
+        let sourceSize = (try? input.descriptor.stat().size) ?? 0
+        let count = Int(max(0, min(Int64(length), sourceSize - sourceOffset)))
+        if count == 0 { return 0 }
+        data.lock.lock()
+        defer { data.lock.unlock() }
+        guard let output = data.file, output.isPrivate else { throw Errno.badFileDescriptor }
+        let end = destinationOffset + Int64(count)
+        guard end <= maximumFileSize else { throw Errno.fileTooLarge }
+        let oldSize = data.size
+        let newSize = max(oldSize, end)
+        let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)
+        if delta > 0 { try quota.charge(bytes: delta, inodes: 0) }
+        let copied: Int
+        do throws(Errno) {
+            copied = try input.descriptor.copyFileRange(to: output.descriptor, sourceOffset: sourceOffset,
+                                                        destinationOffset: destinationOffset, count: count)
+        } catch {
+            if delta > 0 { try? quota.charge(bytes: -delta, inodes: 0) }
+            throw error
+        }
+        let reached = max(oldSize, destinationOffset + Int64(copied))
+        let unused = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: reached)
+        if unused > 0 { try? quota.charge(bytes: -unused, inodes: 0) }
+        data.size = reached
+        data.pendingChangeTime = .now
+        return copied
+    }
+
+    // MARK: Durability
+
+    /// fsync: the file's data, its record, and the catalog's log reach stable storage.
+    func sync(_ ino: InodeNumber, handle: OpenFile?, dataOnly: Bool) throws(Errno) {
+        if let file = handle?.data?.currentFile, file.isPrivate {
+            if dataOnly { try file.descriptor.dataSync() } else { try file.descriptor.sync() }
+        }
+        metaLock.lock()
+        if let data = openData[ino] { persistWrittenState(ino, data) }
+        let isPrivate = record(ino)?.data == .privateFile
+        metaLock.unlock()
+        if isPrivate, let shard = try? FileDescriptor.open(at: dataDirectory, String(Self.dataPath(ino).prefix(2)), [.directory, .readOnly]) {
+            defer { shard.closeQuietly() }
+            try? shard.sync()
+        }
+        try syncCatalog()
+    }
+
+    /// Makes every committed catalog transaction durable (a WAL checkpoint syncs the log first).
+    func syncCatalog() throws(Errno) {
+        do {
+            try store.catalog.writeWithoutTransaction { db in
+                _ = try db.checkpoint(.passive)
+            }
+        } catch {
+            logger.error("catalog checkpoint failed: \(error)")
+            throw Errno.ioError
+        }
+    }
+}

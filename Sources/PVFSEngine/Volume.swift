@@ -1,0 +1,402 @@
+import Foundation
+import GRDB
+import Logging
+import PVFSStore
+import PVFSSystem
+import SystemPackage
+
+/// One VM's merged view: its template's tree below, its own changes above. All transports serve a
+/// VM through its single Volume; a process holds a VM's volume only while it holds the VM's lock
+/// (vms/<id>/lock), so no two processes change one VM at once.
+///
+/// Metadata lives in memory and is written through to the catalog, one transaction per operation,
+/// under `metaLock`. File data moves outside that lock, through `InodeData`.
+public final class Volume: @unchecked Sendable {
+    public let vmID: Int64
+    public let name: String
+    public let store: Store
+    let template: TemplateImage
+    let journal: OverlayJournal
+    let quota: QuotaAccount
+    let logger: Logger
+    /// vms/<id>: holds data/, tmp/ and the lock file.
+    let vmDirectory: FileDescriptor
+    let dataDirectory: FileDescriptor
+    let scratchDirectory: FileDescriptor
+    private let lockFile: LockFile
+
+    let metaLock = NSLock()
+    /// Guarded by metaLock.
+    var overlay: OverlayState
+    /// Inodes with open handles. Guarded by metaLock.
+    var openData: [InodeNumber: InodeData] = [:]
+    /// Sorted listings, dropped when a directory changes. Guarded by metaLock.
+    var listingCache: [InodeNumber: [DirectoryEntry]] = [:]
+    /// blob id → hash for blobs the overlay references beyond the template's. Guarded by metaLock.
+    var blobHashes: [Int64: BlobHash]
+    let locks = LockTable()
+    private var closed = false
+    /// Monotonic counter for qid versions. Guarded by metaLock.
+    var versionCounter: UInt64 = 1
+    /// Shard directories known to exist. Guarded by metaLock.
+    var knownShards = Set<UInt8>()
+
+    /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
+    public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
+        guard let vm = try store.catalog.read({ db in
+            try Row.fetchOne(db, sql: "SELECT id, template_id, state FROM vm WHERE name = ?", arguments: [vmName])
+        }) else {
+            throw StoreError("no VM named \(vmName)", errno: .noSuchFileOrDirectory)
+        }
+        guard (vm[2] as String) == "ready" else {
+            throw StoreError("VM \(vmName) is not ready (state \(vm[2] as String))", errno: .resourceBusy)
+        }
+        return try Volume(store: store, vmID: vm[0], templateID: vm[1], name: vmName,
+                          logger: logger ?? Logger(label: "pvfs.volume"))
+    }
+
+    init(store: Store, vmID: Int64, templateID: Int64, name: String, logger: Logger) throws {
+        self.vmID = vmID
+        self.name = name
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "vm"] = "\(name)"
+        self.logger = logger
+        let directoryName = String(vmID)
+        do {
+            vmDirectory = try FileDescriptor.open(at: store.vmsDirectory, directoryName, [.directory, .readOnly, .noFollow])
+        } catch {
+            throw StoreError("the private area of VM \(name) (vms/\(directoryName)) is missing: \(error)", errno: error)
+        }
+        guard let lock = try LockFile.acquire(at: vmDirectory, "lock", exclusive: true, nonBlocking: true) else {
+            vmDirectory.closeQuietly()
+            throw StoreError("VM \(name) is in use by another process (mounted or served)", errno: .resourceBusy)
+        }
+        lockFile = lock
+        for sub in ["data", "tmp"] {
+            Self.makeDirectoryIfMissing(vmDirectory, sub)
+        }
+        dataDirectory = try FileDescriptor.open(at: vmDirectory, "data", [.directory, .readOnly, .noFollow])
+        scratchDirectory = try FileDescriptor.open(at: vmDirectory, "tmp", [.directory, .readOnly, .noFollow])
+        journal = OverlayJournal(catalog: store.catalog, vmID: vmID)
+
+        let (image, hashes, vmRow) = try store.catalog.read { db -> (TemplateImage, [Int64: BlobHash], Row) in
+            let image = try TemplateImage.load(templateID: templateID, from: db)
+            var hashes: [Int64: BlobHash] = [:]
+            let rows = try Row.fetchCursor(db, sql: """
+                SELECT id, hash FROM blob WHERE id IN (SELECT blob_id FROM template_inode WHERE template_id = ? AND blob_id IS NOT NULL
+                    UNION SELECT blob_id FROM vm_inode WHERE vm_id = ? AND blob_id IS NOT NULL)
+                """, arguments: [templateID, vmID])
+            while let row = try rows.next() {
+                if let hash = BlobHash(bytes: row.bytes(1)) { hashes[row[0]] = hash }
+            }
+            let vmRow = try Row.fetchOne(db, sql: "SELECT quota_bytes, quota_inodes, used_bytes, used_inodes, usage_clean FROM vm WHERE id = ?", arguments: [vmID])!
+            return (image, hashes, vmRow)
+        }
+        template = image
+        blobHashes = hashes
+        overlay = try journal.load()
+        overlay.nextInode = max(overlay.nextInode, image.maximumInode + 1)
+        quota = QuotaAccount(usage: .init(bytes: vmRow[2], inodes: vmRow[3]),
+                             limits: .init(bytes: vmRow[0], inodes: vmRow[1]))
+        let clean = (vmRow[4] as Int64) != 0
+        try recover(afterUncleanShutdown: !clean)
+        try store.catalog.write { db in
+            try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vmID])
+        }
+    }
+
+    /// Saves usage and marks the VM cleanly closed. Open handles are dropped.
+    public func close() throws {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        guard !closed else { return }
+        closed = true
+        for (ino, data) in openData { persistWrittenState(ino, data) }
+        openData.removeAll()
+        let usage = quota.usage
+        try store.catalog.write { db in
+            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = 1 WHERE id = ?",
+                           arguments: [usage.bytes, usage.inodes, vmID])
+        }
+        logger.debug("volume closed", metadata: ["bytes": "\(usage.bytes)", "inodes": "\(usage.inodes)"])
+    }
+
+    deinit {
+        if !closed { try? close() }
+        for fd in [dataDirectory, scratchDirectory, vmDirectory] { fd.closeQuietly() }
+    }
+
+    /// Writes usage to the catalog if it changed; the daemon calls this periodically.
+    public func saveUsage() throws {
+        guard let usage = quota.takeChangedUsage() else { return }
+        try store.catalog.write { db in
+            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
+        }
+    }
+
+    /// Applies a quota change made in the catalog (set-quota) to the live volume.
+    public func setQuota(bytes: Int64?, inodes: Int64?) {
+        quota.setLimits(.init(bytes: bytes, inodes: inodes))
+    }
+
+    public var usage: (bytes: Int64, inodes: Int64) {
+        let u = quota.usage
+        return (u.bytes, u.inodes)
+    }
+
+    public var limits: (bytes: Int64?, inodes: Int64?) {
+        let l = quota.limits
+        return (l.bytes, l.inodes)
+    }
+
+    // MARK: - Records
+
+    func isTemplateInode(_ ino: InodeNumber) -> Bool { ino <= template.maximumInode }
+
+    /// The current record of an inode: the VM's own, else the template's. Caller holds metaLock.
+    func record(_ ino: InodeNumber) -> InodeRecord? {
+        if let own = overlay.inodes[ino] { return own }
+        // A template inode the VM removed keeps an overlay record with no links (a tombstone),
+        // so an unrecorded template inode is part of the view.
+        guard ino <= template.maximumInode else { return nil }
+        return template.record(ino)
+    }
+
+    func requireRecord(_ ino: InodeNumber) throws(Errno) -> InodeRecord {
+        guard let r = record(ino), r.linkCount > 0 || openData[ino] != nil else { throw Errno.noSuchFileOrDirectory }
+        return r
+    }
+
+    func requireDirectory(_ ino: InodeNumber) throws(Errno) -> InodeRecord {
+        let r = try requireRecord(ino)
+        guard r.isDirectory else { throw Errno.notDirectory }
+        guard r.linkCount > 0 else { throw Errno.noSuchFileOrDirectory }
+        return r
+    }
+
+    func nextVersion() -> UInt64 {
+        versionCounter &+= 1
+        return versionCounter
+    }
+
+    /// Looks a name up in a directory of the merged view. Caller holds metaLock.
+    func entry(_ parent: InodeNumber, _ name: FileName) -> InodeNumber? {
+        if let own = overlay.entries[parent]?[name] {
+            return own == 0 ? nil : own
+        }
+        if parent <= template.maximumInode, let ino = template.directories[parent]?[name] {
+            return ino
+        }
+        return nil
+    }
+
+    /// Whether `name` in `parent` comes from the template (so removing it needs a whiteout).
+    func templateHasEntry(_ parent: InodeNumber, _ name: FileName) -> Bool {
+        parent <= template.maximumInode && template.directories[parent]?[name] != nil
+    }
+
+    /// All entries of a directory in the merged view, unordered. Caller holds metaLock.
+    func mergedEntries(_ dir: InodeNumber) -> [(FileName, InodeNumber)] {
+        let own = overlay.entries[dir] ?? [:]
+        var result: [(FileName, InodeNumber)] = []
+        if dir <= template.maximumInode, let base = template.directories[dir] {
+            result.reserveCapacity(base.count + own.count)
+            for (name, ino) in base where own[name] == nil { result.append((name, ino)) }
+        }
+        for (name, ino) in own where ino != 0 { result.append((name, ino)) }
+        return result
+    }
+
+    func isEmptyDirectory(_ dir: InodeNumber) -> Bool {
+        let own = overlay.entries[dir] ?? [:]
+        for (_, ino) in own where ino != 0 { return false }
+        if dir <= template.maximumInode, let base = template.directories[dir] {
+            for (name, _) in base where own[name] == nil { return false }
+        }
+        return true
+    }
+
+    // MARK: - Commit
+
+    /// Writes changes to the catalog, then applies them in memory. Caller holds metaLock.
+    /// On a catalog failure nothing changes and the error surfaces as EIO (or ENOSPC).
+    func commit(_ changes: [OverlayChange]) throws(Errno) {
+        do {
+            try journal.commit(changes)
+        } catch {
+            logger.error("catalog write failed: \(error)")
+            if let dbError = error as? DatabaseError, dbError.resultCode == .SQLITE_FULL { throw Errno.noSpace }
+            throw Errno.ioError
+        }
+        for change in changes {
+            overlay.apply(change)
+            switch change {
+            case .putEntry(let parent, _, _), .deleteEntry(let parent, _), .deleteAllEntries(let parent):
+                listingCache[parent] = nil
+            default: break
+            }
+        }
+    }
+
+    /// The record with its ctime (and optionally mtime) set to now and a new version.
+    func touched(_ r: InodeRecord, modification: Bool = false, now: Timespec = .now) -> InodeRecord {
+        var r = r
+        r.changeTime = now
+        if modification { r.modificationTime = now }
+        r.version = nextVersion()
+        return r
+    }
+
+    // MARK: - Private data files
+
+    /// mkdirat that accepts an existing directory; returns any other error.
+    @discardableResult
+    static func makeDirectoryIfMissing(_ parent: FileDescriptor, _ name: String) -> Errno? {
+        do {
+            try parent.makeDirectory(at: name, mode: 0o700)
+            return nil
+        } catch {
+            return error == .fileExists ? nil : error
+        }
+    }
+
+    static func shard(_ ino: InodeNumber) -> UInt8 { UInt8(truncatingIfNeeded: ino) }
+
+    static func dataPath(_ ino: InodeNumber) -> String {
+        let hex = Array("0123456789abcdef".utf8)
+        let s = shard(ino)
+        return String(decoding: [hex[Int(s >> 4)], hex[Int(s & 0xf)]], as: UTF8.self) + "/" + String(ino)
+    }
+
+    /// Makes sure the shard directory of an inode's data file exists. Caller holds metaLock.
+    func ensureShard(_ ino: InodeNumber) throws(Errno) {
+        let s = Self.shard(ino)
+        guard !knownShards.contains(s) else { return }
+        let name = String(Self.dataPath(ino).prefix(2))
+        if let error = Self.makeDirectoryIfMissing(dataDirectory, name) { throw error }
+        knownShards.insert(s)
+    }
+
+    func openPrivateFile(_ ino: InodeNumber, create: Bool = false) throws(Errno) -> HostFile {
+        var flags: OpenFlags = [.readWrite, .noFollow]
+        if create { flags.formUnion([.create, .exclusive]) }
+        let fd = try FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), flags, mode: 0o600)
+        return HostFile(descriptor: fd, isPrivate: true)
+    }
+
+    func removePrivateFile(_ ino: InodeNumber) {
+        do {
+            try dataDirectory.unlink(at: Self.dataPath(ino))
+        } catch where error == .noSuchFileOrDirectory {
+        } catch {
+            logger.warning("cannot remove private file of inode \(ino): \(error)")
+        }
+    }
+
+    func blobHash(_ id: Int64) throws(Errno) -> BlobHash {
+        if let hash = blobHashes[id] { return hash }
+        let hash: BlobHash?
+        do {
+            hash = try store.catalog.read { db in
+                try Row.fetchOne(db, sql: "SELECT hash FROM blob WHERE id = ?", arguments: [id]).flatMap { BlobHash(bytes: $0.bytes(0)) }
+            }
+        } catch {
+            throw Errno.ioError
+        }
+        guard let hash else {
+            logger.error("blob \(id) is referenced but not in the catalog")
+            throw Errno.ioError
+        }
+        blobHashes[id] = hash
+        return hash
+    }
+
+    func openBlob(_ id: Int64) throws(Errno) -> HostFile {
+        let hash = try blobHash(id)
+        do {
+            return HostFile(descriptor: try store.blobs.open(hash), isPrivate: false)
+        } catch {
+            logger.error("blob \(hash) is missing from the store: \(error)")
+            throw Errno.ioError
+        }
+    }
+
+    /// Size of a private file as the host has it.
+    func privateSize(_ ino: InodeNumber) -> Int64? {
+        if let data = openData[ino] {
+            data.lock.lock()
+            defer { data.lock.unlock() }
+            return data.size
+        }
+        return try? dataDirectory.stat(at: Self.dataPath(ino)).size
+    }
+
+    // MARK: - Recovery
+
+    /// After a crash: drop orphans (unlinked inodes that were open), private files nothing
+    /// references and staging leftovers, and recompute usage from the data.
+    private func recover(afterUncleanShutdown unclean: Bool) throws {
+        for entry in (try? scratchDirectory.directoryEntries()) ?? [] {
+            try? scratchDirectory.unlink(at: entry.name)
+        }
+        guard unclean else { return }
+        logger.notice("recovering after an unclean shutdown")
+        var changes: [OverlayChange] = []
+        for (ino, record) in overlay.inodes where record.linkCount == 0 {
+            if isTemplateInode(ino) {
+                if record.data != .none || record.privateXattrs {
+                    var tombstone = record
+                    tombstone.data = .none
+                    tombstone.privateXattrs = false
+                    changes.append(.putInode(ino, tombstone))
+                    changes.append(.replaceXattrs(ino, [:]))
+                }
+            } else {
+                changes.append(.deleteInode(ino))
+            }
+        }
+        if !changes.isEmpty {
+            try journal.commit(changes)
+            for change in changes { overlay.apply(change) }
+        }
+        for shard in (try? dataDirectory.directoryEntries()) ?? [] {
+            guard let shardFD = try? FileDescriptor.open(at: dataDirectory, shard.name, [.directory, .readOnly, .noFollow]) else { continue }
+            defer { shardFD.closeQuietly() }
+            for file in (try? shardFD.directoryEntries()) ?? [] {
+                let ino = UInt64(file.name) ?? 0
+                if overlay.inodes[ino]?.data != .privateFile {
+                    try? shardFD.unlink(at: file.name)
+                    logger.info("removed orphaned private file \(shard.name)/\(file.name)")
+                }
+            }
+        }
+        quota.setUsage(computeUsage())
+        let usage = quota.usage
+        try store.catalog.write { db in
+            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
+        }
+    }
+
+    /// Usage recomputed from the overlay and the private files (fsck and recovery).
+    func computeUsage() -> QuotaAccount.Usage {
+        var total = QuotaAccount.Usage(bytes: 0, inodes: 0)
+        for (ino, record) in overlay.inodes where record.linkCount > 0 || openData[ino] != nil {
+            let size = record.data == .privateFile ? privateSize(ino) : nil
+            let charge = Charge.of(record, createdByVM: !isTemplateInode(ino), privateSize: size,
+                                   xattrBytes: record.privateXattrs ? Charge.xattrBytes(overlay.xattrs[ino] ?? [:]) : 0)
+            total.bytes += charge.bytes
+            total.inodes += charge.inodes
+        }
+        return total
+    }
+
+    /// Recomputes usage from the data and replaces the running total (fsck --repair on a served VM).
+    public func recomputeUsage() -> (bytes: Int64, inodes: Int64) {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        let usage = computeUsage()
+        quota.setUsage(usage)
+        return (usage.bytes, usage.inodes)
+    }
+}

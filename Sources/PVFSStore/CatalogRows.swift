@@ -1,0 +1,21 @@
+import Foundation
+import GRDB
+
+extension Row {
+    /// A BLOB column as bytes (names, symlink targets, xattr values); empty for NULL.
+    public func bytes(_ index: Int) -> [UInt8] {
+        guard let data = self[index] as Data? else { return [] }
+        return [UInt8](data)
+    }
+
+    /// A BLOB column as bytes, nil for NULL.
+    public func optionalBytes(_ index: Int) -> [UInt8]? {
+        guard let data = self[index] as Data? else { return nil }
+        return [UInt8](data)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// The bytes as a value SQLite stores as a BLOB.
+    public var databaseBlob: Data { Data(self) }
+}

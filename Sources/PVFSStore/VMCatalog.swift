@@ -1,0 +1,200 @@
+import Foundation
+import GRDB
+import PVFSSystem
+import SystemPackage
+
+/// A VM as the catalog records it.
+public struct VMRecord: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var name: String
+    public var template: String
+    public var templateID: Int64
+    public var state: String
+    public var createdNanoseconds: Int64
+    public var quotaBytes: Int64?
+    public var quotaInodes: Int64?
+    public var usedBytes: Int64
+    public var usedInodes: Int64
+}
+
+extension Store {
+    private static let vmColumns = """
+        vm.id, vm.name, template.name, vm.template_id, vm.state, vm.created_ns, vm.quota_bytes, vm.quota_inodes,
+        vm.used_bytes, vm.used_inodes
+        """
+
+    private static func vmRecord(_ row: Row) -> VMRecord {
+        VMRecord(id: row[0], name: row[1], template: row[2], templateID: row[3], state: row[4], createdNanoseconds: row[5],
+                 quotaBytes: row[6], quotaInodes: row[7], usedBytes: row[8], usedInodes: row[9])
+    }
+
+    /// Checks a VM or template name: what users type and what becomes part of paths in messages.
+    public static func validateName(_ name: String, what: String) throws {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+        guard !name.isEmpty, name.count <= 64, name.allSatisfy(allowed.contains), name.first != ".", name.first != "-" else {
+            throw StoreError("invalid \(what) name '\(name)': use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'",
+                             errno: .invalidArgument)
+        }
+    }
+
+    /// Creates a VM over a ready template: a catalog row and an empty private area. Constant time
+    /// whatever the template's size: nothing of the template is copied.
+    public func provisionVM(name: String, template: String, quotaBytes: Int64? = nil, quotaInodes: Int64? = nil) throws -> VMRecord {
+        try Self.validateName(name, what: "VM")
+        let id: Int64 = try catalog.write { db in
+            guard let templateRow = try Row.fetchOne(db, sql: "SELECT id, max_inode FROM template WHERE name = ? AND state = 'ready'", arguments: [template]) else {
+                throw StoreError("no template named \(template)", errno: .noSuchFileOrDirectory)
+            }
+            if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ?)", arguments: [name]) == true {
+                throw StoreError("a VM named \(name) exists already", errno: .fileExists)
+            }
+            try db.execute(sql: """
+                INSERT INTO vm (name, template_id, state, created_ns, next_inode, quota_bytes, quota_inodes)
+                VALUES (?, ?, 'provisioning', ?, ?, ?, ?)
+                """, arguments: [name, templateRow[0] as Int64, Timespec.now.totalNanoseconds, (templateRow[1] as Int64) + 1, quotaBytes, quotaInodes])
+            return db.lastInsertedRowID
+        }
+        do {
+            let dir = String(id)
+            try vmsDirectory.makeDirectory(at: dir, mode: 0o700)
+            let fd = try FileDescriptor.open(at: vmsDirectory, dir, [.directory, .readOnly, .noFollow])
+            defer { fd.closeQuietly() }
+            try fd.makeDirectory(at: "data", mode: 0o700)
+            try fd.makeDirectory(at: "tmp", mode: 0o700)
+        } catch {
+            try? catalog.write { db in try db.execute(sql: "DELETE FROM vm WHERE id = ?", arguments: [id]) }
+            throw StoreError("cannot create the private area of VM \(name): \(error)", errno: error)
+        }
+        return try catalog.write { db in
+            try db.execute(sql: "UPDATE vm SET state = 'ready' WHERE id = ?", arguments: [id])
+            return Self.vmRecord(try Row.fetchOne(db, sql: "SELECT \(Self.vmColumns) FROM vm JOIN template ON template.id = vm.template_id WHERE vm.id = ?", arguments: [id])!)
+        }
+    }
+
+    public func listVMs() throws -> [VMRecord] {
+        try catalog.read { db in
+            try Row.fetchAll(db, sql: "SELECT \(Self.vmColumns) FROM vm JOIN template ON template.id = vm.template_id WHERE vm.state = 'ready' ORDER BY vm.name")
+                .map(Self.vmRecord)
+        }
+    }
+
+    public func vm(named name: String) throws -> VMRecord? {
+        try catalog.read { db in
+            try Row.fetchOne(db, sql: "SELECT \(Self.vmColumns) FROM vm JOIN template ON template.id = vm.template_id WHERE vm.name = ? AND vm.state = 'ready'", arguments: [name])
+                .map(Self.vmRecord)
+        }
+    }
+
+    public func requireVM(named name: String) throws -> VMRecord {
+        guard let vm = try vm(named: name) else { throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory) }
+        return vm
+    }
+
+    /// Whether a process holds the VM (serves or mounts it).
+    public func isVMInUse(_ vm: VMRecord) -> Bool {
+        guard let dir = try? FileDescriptor.open(at: vmsDirectory, String(vm.id), [.directory, .readOnly, .noFollow]) else { return false }
+        defer { dir.closeQuietly() }
+        guard let lock = try? LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true) else { return true }
+        _ = lock
+        return false
+    }
+
+    /// Removes a VM and its private data. Refused while a process holds it.
+    public func removeVM(named name: String) throws {
+        let vm = try requireVM(named: name)
+        let dirName = String(vm.id)
+        let dir = try? FileDescriptor.open(at: vmsDirectory, dirName, [.directory, .readOnly, .noFollow])
+        var lock: LockFile?
+        if let dir {
+            lock = try LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true)
+            if lock == nil {
+                dir.closeQuietly()
+                throw StoreError("VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
+            }
+        }
+        try catalog.write { db in
+            try db.execute(sql: "UPDATE vm SET state = 'deleting', name = name || '.deleting.' || id WHERE id = ?", arguments: [vm.id])
+        }
+        withExtendedLifetime(lock) {}
+        dir?.closeQuietly()
+        try finishVMRemoval(id: vm.id)
+    }
+
+    /// Second half of removal, also run by cleanup after a crash: data first, then the rows.
+    func finishVMRemoval(id: Int64) throws {
+        try removeTree(at: vmsDirectory, String(id))
+        try catalog.write { db in
+            try db.execute(sql: "DELETE FROM vm_xattr WHERE vm_id = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM vm_dirent WHERE vm_id = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM vm_inode WHERE vm_id = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM vm WHERE id = ?", arguments: [id])
+        }
+    }
+
+    public func renameVM(_ name: String, to newName: String) throws {
+        try Self.validateName(newName, what: "VM")
+        try catalog.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ? AND state = 'ready')", arguments: [name]) == true else {
+                throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory)
+            }
+            if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ?)", arguments: [newName]) == true {
+                throw StoreError("a VM named \(newName) exists already", errno: .fileExists)
+            }
+            try db.execute(sql: "UPDATE vm SET name = ? WHERE name = ?", arguments: [newName, name])
+        }
+    }
+
+    public func setQuota(vm name: String, bytes: Int64??, inodes: Int64??) throws {
+        try catalog.write { db in
+            guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM vm WHERE name = ? AND state = 'ready'", arguments: [name]) else {
+                throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory)
+            }
+            if let bytes { try db.execute(sql: "UPDATE vm SET quota_bytes = ? WHERE id = ?", arguments: [bytes, id]) }
+            if let inodes { try db.execute(sql: "UPDATE vm SET quota_inodes = ? WHERE id = ?", arguments: [inodes, id]) }
+        }
+    }
+
+    /// Finishes work a killed process left half done: VMs being provisioned or removed.
+    /// Safe to run at any time: it skips what a live process still holds.
+    public func cleanUpInterruptedVMOperations() throws {
+        let stale: [(Int64, String)] = try catalog.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, state FROM vm WHERE state IN ('provisioning', 'deleting')").map { ($0[0], $0[1]) }
+        }
+        for (id, state) in stale {
+            if state == "provisioning" {
+                // A provisioning that still runs is younger than a few seconds; leave those.
+                let age: Int64 = try catalog.read { db in
+                    Timespec.now.totalNanoseconds - (try Int64.fetchOne(db, sql: "SELECT created_ns FROM vm WHERE id = ?", arguments: [id]) ?? 0)
+                }
+                if age < 60_000_000_000 { continue }
+            }
+            try finishVMRemoval(id: id)
+        }
+    }
+
+    /// Removes a directory tree below `parent` without following symlinks.
+    func removeTree(at parent: FileDescriptor, _ name: String) throws {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(at: parent, name, [.directory, .readOnly, .noFollow])
+        } catch {
+            if error == .noSuchFileOrDirectory { return }
+            if error == .notDirectory || error == .tooManySymbolicLinkLevels {
+                try parent.unlink(at: name)
+                return
+            }
+            throw error
+        }
+        defer { fd.closeQuietly() }
+        for entry in try fd.directoryEntries() {
+            if entry.type == DT_DIR {
+                try removeTree(at: fd, entry.name)
+            } else if entry.type == DT_UNKNOWN, (try? fd.stat(at: entry.name))?.kind == .directory {
+                try removeTree(at: fd, entry.name)
+            } else {
+                try fd.unlink(at: entry.name)
+            }
+        }
+        try parent.unlink(at: name, directory: true)
+    }
+}

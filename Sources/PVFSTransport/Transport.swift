@@ -1,0 +1,2 @@
+import CXen
+import PVFS9P

@@ -1,0 +1,2 @@
+import PVFSCommands
+print("todo")

@@ -1,0 +1,4 @@
+import Testing
+@testable import PVFSCommands
+
+@Test func placeholder() {}

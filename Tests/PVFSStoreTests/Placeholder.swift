@@ -1,0 +1,4 @@
+import Testing
+@testable import PVFSStore
+
+@Test func placeholder() {}
