@@ -1,4 +1,0 @@
-import Testing
-@testable import PVFSEngine
-
-@Test func placeholder() {}
