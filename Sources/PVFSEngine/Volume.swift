@@ -23,7 +23,8 @@ public final class Volume: @unchecked Sendable {
     let vmDirectory: FileDescriptor
     let dataDirectory: FileDescriptor
     let scratchDirectory: FileDescriptor
-    private let lockFile: LockFile
+    /// The VM's exclusive lock; dropped by close() so another process may take the VM.
+    private var lockFile: LockFile?
 
     let metaLock = NSLock()
     /// Guarded by metaLock.
@@ -119,6 +120,7 @@ public final class Volume: @unchecked Sendable {
             try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = 1 WHERE id = ?",
                            arguments: [usage.bytes, usage.inodes, vmID])
         }
+        lockFile = nil
         logger.debug("volume closed", metadata: ["bytes": "\(usage.bytes)", "inodes": "\(usage.inodes)"])
     }
 

@@ -121,6 +121,7 @@ enum CatalogSchema {
                 ) WITHOUT ROWID;
                 """)
         }
+        registerAccessMigrations(&migrator)
         return migrator
     }
 }

@@ -1,0 +1,469 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PVFSDaemon
+import PVFSEngine
+import PVFSStore
+import PVFSSystem
+
+/// Tells a running daemon of this store to re-read the catalog; quiet when none runs.
+func notifyDaemon(_ storePath: String, logger: Logger) {
+    do {
+        if let response = try DaemonClient(storePath: storePath).send(.init(op: "reload")), !response.ok {
+            logger.warning("the daemon did not apply the change: \(response.error ?? "unknown error")")
+        }
+    } catch {
+        logger.warning("cannot reach the daemon: \(error)")
+    }
+}
+
+/// Maps store errors to the exit codes of docs/cli.md.
+func exitCode(for error: StoreError) -> ExitCode {
+    switch error.errno {
+    case .noSuchFileOrDirectory: PVFSExitCode.notFound
+    case .fileExists, .resourceBusy: PVFSExitCode.conflict
+    default: PVFSExitCode.failure
+    }
+}
+
+/// Runs a command body, reporting failures as one line on stderr with a meaningful exit code.
+func runCommand(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as StoreError {
+        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+        throw exitCode(for: error)
+    } catch let failure as CommandFailure {
+        FileHandle.standardError.write(Data("error: \(failure.message)\n".utf8))
+        throw failure.exitCode
+    } catch let error as ValidationError {
+        throw error
+    } catch let code as ExitCode {
+        throw code
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw PVFSExitCode.failure
+    }
+}
+
+/// What `pvfs-vm show` and `list --json` print for a VM.
+struct VMReport: Codable {
+    var name: String
+    var template: String
+    var created: String
+    var quotaBytes: Int64?
+    var quotaInodes: Int64?
+    var usedBytes: Int64
+    var usedInodes: Int64
+    var inUse: Bool
+    var access: VMAccessSettings?
+    var bindings: [VMBinding]?
+
+    init(_ vm: VMRecord, store: Store, detailed: Bool) throws {
+        name = vm.name
+        template = vm.template
+        created = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(vm.createdNanoseconds) / 1e9))
+        quotaBytes = vm.quotaBytes
+        quotaInodes = vm.quotaInodes
+        usedBytes = vm.usedBytes
+        usedInodes = vm.usedInodes
+        inUse = store.isVMInUse(vm)
+        if detailed {
+            access = try store.accessSettings(vm: vm.name)
+            bindings = try store.bindings(vm: vm.name)
+        }
+    }
+}
+
+func parseQuota(_ text: String?, what: String, sizes: Bool) throws -> Int64?? {
+    guard let text else { return .none }
+    if text == "none" || text == "unlimited" { return .some(nil) }
+    let value = sizes ? parseSize(text) : Int64(text)
+    guard let value, value >= 0 else { throw ValidationError("invalid \(what) '\(text)'") }
+    return .some(value)
+}
+
+public struct Provision: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Create a VM root as a copy-on-write overlay over a template (instant, whatever the template's size).")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    @Option(name: .long, help: "The template the VM's root starts from.")
+    public var template: String
+
+    @Option(name: .long, help: "Byte quota, e.g. 10G (default: none).")
+    public var quotaBytes: String?
+
+    @Option(name: .long, help: "Inode quota (default: none).")
+    public var quotaInodes: String?
+
+    @Argument(help: "The new VM's name.")
+    public var name: String
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            let bytes = try parseQuota(quotaBytes, what: "byte quota", sizes: true) ?? nil
+            let inodes = try parseQuota(quotaInodes, what: "inode quota", sizes: false) ?? nil
+            let started = monotonicNanoseconds()
+            let vm = try store.provisionVM(name: name, template: template, quotaBytes: bytes, quotaInodes: inodes)
+            let elapsed = Double(monotonicNanoseconds() - started) / 1e6
+            if output.json {
+                try printJSON(ProvisionResult(vm: try VMReport(vm, store: store, detailed: true), milliseconds: elapsed))
+            } else {
+                print("provisioned VM \(vm.name) from template \(vm.template) in \(String(format: "%.1f", elapsed)) ms")
+            }
+            notifyDaemon(storeOptions.storePath, logger: logger)
+        }
+    }
+
+    struct ProvisionResult: Codable {
+        var vm: VMReport
+        var milliseconds: Double
+    }
+}
+
+public struct ListVMs: ParsableCommand {
+    public static let configuration = CommandConfiguration(commandName: "list", abstract: "List VMs.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            let reports = try store.listVMs().map { try VMReport($0, store: store, detailed: false) }
+            if output.json {
+                try printJSON(reports)
+                return
+            }
+            let header = ["NAME", "TEMPLATE", "USED", "QUOTA", "INODES", "IN USE"]
+            let rows = reports.map { r in
+                [r.name, r.template, formatBytes(r.usedBytes), r.quotaBytes.map(formatBytes) ?? "-",
+                 "\(r.usedInodes)" + (r.quotaInodes.map { "/\($0)" } ?? ""), r.inUse ? "yes" : "no"]
+            }
+            printTable(header, rows)
+        }
+    }
+}
+
+public struct ShowVM: ParsableCommand {
+    public static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a VM: template, quota, usage, access rules.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    @Argument(help: "The VM's name.")
+    public var name: String
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            let report = try VMReport(try store.requireVM(named: name), store: store, detailed: true)
+            if output.json {
+                try printJSON(report)
+                return
+            }
+            print("name:        \(report.name)")
+            print("template:    \(report.template)")
+            print("created:     \(report.created)")
+            print("used:        \(formatBytes(report.usedBytes)), \(report.usedInodes) inodes")
+            print("quota:       \(report.quotaBytes.map(formatBytes) ?? "none") bytes, \(report.quotaInodes.map(String.init) ?? "no") inode limit")
+            print("in use:      \(report.inUse ? "yes (served or mounted)" : "no")")
+            if let access = report.access {
+                var mapping = access.idMapping
+                if access.idMapping == "shift" { mapping += " (VM 0..\(access.shiftCount - 1) = host \(access.shiftBase)..)" }
+                if access.idMapping.hasSuffix("squash") { mapping += " (anonymous \(access.anonymousUID):\(access.anonymousGID))" }
+                print("access:      \(access.readOnly ? "read-only" : "read-write"), id mapping \(mapping)")
+            }
+            for b in report.bindings ?? [] {
+                print("binding:     \(b.kind) \(b.value) \(b.access)\(b.squash == "inherit" ? "" : " squash=\(b.squash)")")
+            }
+        }
+    }
+}
+
+public struct RemoveVM: ParsableCommand {
+    public static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a VM and its private data.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+
+    @Flag(name: .long, help: "Make the daemon drop the VM's sessions first if it serves it.")
+    public var force = false
+
+    @Argument(help: "The VM's name.")
+    public var name: String
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            let vm = try store.requireVM(named: name)
+            if store.isVMInUse(vm) {
+                guard force else {
+                    throw CommandFailure("VM \(name) is in use (served by pvfsd or mounted); unmount it, or use --force to make the daemon drop it",
+                                         exitCode: PVFSExitCode.conflict)
+                }
+                let response = try DaemonClient(storePath: storeOptions.storePath).send(.init(op: "release", vm: name, force: true))
+                if response?.ok != true {
+                    throw CommandFailure("VM \(name) is held by a process other than the daemon (a FUSE mount?): \(response?.error ?? "no daemon answered")",
+                                         exitCode: PVFSExitCode.conflict)
+                }
+            }
+            try store.removeVM(named: name)
+            notifyDaemon(storeOptions.storePath, logger: logger)
+            print("removed VM \(name)")
+        }
+    }
+}
+
+public struct RenameVM: ParsableCommand {
+    public static let configuration = CommandConfiguration(commandName: "rename", abstract: "Rename a VM.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+
+    @Argument(help: "The VM's current name.")
+    public var name: String
+
+    @Argument(help: "Its new name.")
+    public var newName: String
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            try store.renameVM(name, to: newName)
+            notifyDaemon(storeOptions.storePath, logger: logger)
+            print("renamed VM \(name) to \(newName)")
+        }
+    }
+}
+
+public struct SetQuota: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "set-quota", abstract: "Change a VM's quota; a served or mounted VM applies it at its next operation.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+
+    @Option(name: .long, help: "Byte quota, e.g. 20G, or 'none'.")
+    public var bytes: String?
+
+    @Option(name: .long, help: "Inode quota, or 'none'.")
+    public var inodes: String?
+
+    @Argument(help: "The VM's name.")
+    public var name: String
+
+    public init() {}
+
+    public func validate() throws {
+        if bytes == nil && inodes == nil { throw ValidationError("give --bytes and/or --inodes") }
+    }
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            try store.setQuota(vm: name, bytes: try parseQuota(bytes, what: "byte quota", sizes: true),
+                               inodes: try parseQuota(inodes, what: "inode quota", sizes: false))
+            notifyDaemon(storeOptions.storePath, logger: logger)
+            let vm = try store.requireVM(named: name)
+            print("VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "none"), \(vm.quotaInodes.map(String.init) ?? "no") inode limit")
+        }
+    }
+}
+
+public struct SetAccess: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "set-access", abstract: "Change a VM's access mode and uid/gid mapping.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+
+    @Flag(name: .long, help: "Serve the VM read-only.")
+    public var readOnly = false
+
+    @Flag(name: .long, help: "Serve the VM read-write.")
+    public var readWrite = false
+
+    @Option(name: .long, help: "none, root-squash, all-squash or shift.")
+    public var idMap: String?
+
+    @Option(name: .long, help: "Anonymous uid for squashing (default 65534).")
+    public var anonUid: UInt32?
+
+    @Option(name: .long, help: "Anonymous gid for squashing (default 65534).")
+    public var anonGid: UInt32?
+
+    @Option(name: .long, help: "First host id of the shifted range.")
+    public var shiftBase: UInt32?
+
+    @Option(name: .long, help: "Size of the shifted range (default 65536).")
+    public var shiftCount: UInt32?
+
+    @Argument(help: "The VM's name.")
+    public var name: String
+
+    public init() {}
+
+    public func validate() throws {
+        if readOnly && readWrite { throw ValidationError("--read-only and --read-write exclude each other") }
+        if let idMap, !VMAccessSettings.mappings.contains(idMap) {
+            throw ValidationError("--id-map must be one of \(VMAccessSettings.mappings.joined(separator: ", "))")
+        }
+        if idMap == "shift" && shiftBase == nil { throw ValidationError("--id-map shift needs --shift-base") }
+    }
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            var settings = try store.accessSettings(vm: name)
+            if readOnly { settings.readOnly = true }
+            if readWrite { settings.readOnly = false }
+            if let idMap { settings.idMapping = idMap }
+            if let anonUid { settings.anonymousUID = anonUid }
+            if let anonGid { settings.anonymousGID = anonGid }
+            if let shiftBase { settings.shiftBase = shiftBase }
+            if let shiftCount { settings.shiftCount = shiftCount }
+            try store.setAccessSettings(vm: name, settings)
+            notifyDaemon(storeOptions.storePath, logger: logger)
+            print("VM \(name): \(settings.readOnly ? "read-only" : "read-write"), id mapping \(settings.idMapping)")
+        }
+    }
+}
+
+/// Options naming one kind of client, shared by bind and unbind.
+public struct BindingTarget: ParsableArguments {
+    @Option(name: .long, help: "A Xen domain ID.")
+    public var xenDomid: UInt32?
+
+    @Option(name: .long, help: "A Xen domain name (as xl names it).")
+    public var xenName: String?
+
+    @Option(name: .long, help: "A pvfsd listener name (connections arriving on it).")
+    public var listener: String?
+
+    @Option(name: .long, help: "A TCP peer address or CIDR range.")
+    public var tcp: String?
+
+    @Option(name: .long, help: "A Unix-socket peer uid.")
+    public var unixUid: UInt32?
+
+    @Flag(name: .long, help: "Any client of the daemon (for trusted single-tenant setups and tests).")
+    public var any = false
+
+    public init() {}
+
+    func kindAndValue() throws -> (String, String) {
+        var found: [(String, String)] = []
+        if let xenDomid { found.append(("xen-domid", String(xenDomid))) }
+        if let xenName { found.append(("xen-name", xenName)) }
+        if let listener { found.append(("listener", listener)) }
+        if let tcp {
+            guard AccessRules.ipBytes(String(tcp.split(separator: "/").first ?? "")) != nil else {
+                throw ValidationError("--tcp takes an IP address or CIDR range")
+            }
+            found.append(("tcp", tcp))
+        }
+        if let unixUid { found.append(("unix-uid", String(unixUid))) }
+        if any { found.append(("any", "*")) }
+        guard found.count == 1 else {
+            throw ValidationError("name exactly one of --xen-domid, --xen-name, --listener, --tcp, --unix-uid, --any")
+        }
+        return found[0]
+    }
+}
+
+public struct Bind: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Allow a kind of client (Xen domain, listener, TCP peer, Unix uid) to reach a VM.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var target: BindingTarget
+
+    @Flag(name: .long, help: "This client gets the VM read-only.")
+    public var readOnly = false
+
+    @Option(name: .long, help: "Squash for this client: inherit (the VM's), none, root, all.")
+    public var squash = "inherit"
+
+    @Argument(help: "The VM's name.")
+    public var name: String
+
+    public init() {}
+
+    public func validate() throws {
+        guard VMBinding.squashModes.contains(squash) else { throw ValidationError("--squash must be inherit, none, root or all") }
+        _ = try target.kindAndValue()
+    }
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            let (kind, value) = try target.kindAndValue()
+            try store.addBinding(VMBinding(vm: name, kind: kind, value: value, access: readOnly ? "ro" : "rw", squash: squash))
+            notifyDaemon(storeOptions.storePath, logger: logger)
+            print("VM \(name): \(kind) \(value) may reach it \(readOnly ? "read-only" : "read-write")")
+        }
+    }
+}
+
+public struct Unbind: ParsableCommand {
+    public static let configuration = CommandConfiguration(abstract: "Remove a client binding from a VM.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var target: BindingTarget
+
+    @Argument(help: "The VM's name.")
+    public var name: String
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.vm")
+        try runCommand {
+            let store = try storeOptions.open(logger: logger)
+            let (kind, value) = try target.kindAndValue()
+            try store.removeBinding(vm: name, kind: kind, value: value)
+            notifyDaemon(storeOptions.storePath, logger: logger)
+            print("VM \(name): \(kind) \(value) removed")
+        }
+    }
+}
+
+/// Prints rows as aligned columns.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    var widths = header.map(\.count)
+    for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { i, c in i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }
+    print(line(header))
+    for row in rows { print(line(row)) }
+}

@@ -1,0 +1,108 @@
+import Foundation
+
+/// The daemon's control socket speaks one JSON object per line each way. It lives in the store
+/// (`<store>/pvfsd.sock`, mode 0600) so a command given `--store` finds its daemon.
+public enum ControlProtocol {
+    public static let socketName = "pvfsd.sock"
+
+    public struct Request: Codable, Sendable {
+        /// reload | status | release | metrics
+        public var op: String
+        public var vm: String?
+        public var force: Bool?
+
+        public init(op: String, vm: String? = nil, force: Bool? = nil) {
+            self.op = op
+            self.vm = vm
+            self.force = force
+        }
+    }
+
+    public struct Response: Codable, Sendable {
+        public var ok: Bool
+        public var error: String?
+        public var status: DaemonStatus?
+        public var text: String?
+
+        public init(ok: Bool, error: String? = nil, status: DaemonStatus? = nil, text: String? = nil) {
+            self.ok = ok
+            self.error = error
+            self.status = status
+            self.text = text
+        }
+    }
+
+    public struct DaemonStatus: Codable, Sendable {
+        public var pid: Int32
+        public var listeners: [String]
+        public var servedVMs: [ServedVM]
+
+        public init(pid: Int32, listeners: [String], servedVMs: [ServedVM]) {
+            self.pid = pid
+            self.listeners = listeners
+            self.servedVMs = servedVMs
+        }
+    }
+
+    public struct ServedVM: Codable, Sendable {
+        public var name: String
+        public var sessions: Int
+        public var usedBytes: Int64
+        public var usedInodes: Int64
+
+        public init(name: String, sessions: Int, usedBytes: Int64, usedInodes: Int64) {
+            self.name = name
+            self.sessions = sessions
+            self.usedBytes = usedBytes
+            self.usedInodes = usedInodes
+        }
+    }
+}
+
+/// A client of a running daemon's control socket.
+public struct DaemonClient: Sendable {
+    public let socketPath: String
+
+    public init(storePath: String) {
+        socketPath = storePath + "/" + ControlProtocol.socketName
+    }
+
+    /// Sends one request; nil when no daemon listens (the caller then works on the store alone).
+    public func send(_ request: ControlProtocol.Request, timeoutSeconds: Int = 10) throws -> ControlProtocol.Response? {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(socketPath.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: pathBytes)
+            raw[pathBytes.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { return nil }
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var line = try JSONEncoder().encode(request)
+        line.append(UInt8(ascii: "\n"))
+        let sent = line.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard sent == line.count else { throw ControlError("cannot send to the daemon at \(socketPath)") }
+        var reply = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !reply.contains(UInt8(ascii: "\n")) {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { throw ControlError("the daemon at \(socketPath) did not answer") }
+            reply.append(contentsOf: buffer[0..<n])
+        }
+        let body = reply.prefix { $0 != UInt8(ascii: "\n") }
+        return try JSONDecoder().decode(ControlProtocol.Response.self, from: body)
+    }
+}
+
+public struct ControlError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

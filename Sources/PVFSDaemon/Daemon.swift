@@ -1,2 +1,0 @@
-import PVFSTransport
-import PVFSFuse
