@@ -22,6 +22,19 @@ public final class VMView: Sendable {
 
     public var vmName: String { volume.name }
 
+    /// Counts a request and its failure in the VM's counters.
+    @inline(__always)
+    private func counted<T>(_ body: () throws(Errno) -> T) throws(Errno) -> T {
+        volume.counters.request()
+        do {
+            return try body()
+        } catch {
+            volume.counters.error()
+            if error == .diskQuotaExceeded { volume.counters.quotaRefusals.add(1, ordering: .relaxed) }
+            throw error
+        }
+    }
+
     private func context(_ credentials: Credentials) -> RequestContext {
         RequestContext(caller: policy.vmCaller(credentials), enforcePermissions: policy.enforcePermissions, readOnly: policy.readOnly)
     }
@@ -31,69 +44,97 @@ public final class VMView: Sendable {
     // MARK: Names
 
     public func lookup(_ parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) -> Attributes {
-        present(try volume.lookup(parent, name, context(credentials)))
+        try counted { () throws(Errno) in
+            present(try volume.lookup(parent, name, context(credentials)))
+        }
     }
 
     /// The parent of a directory (for 9P walks of "..").
     public func parent(of directory: InodeNumber) throws(Errno) -> InodeNumber {
-        try volume.parentOf(directory)
+        try counted { () throws(Errno) in
+            try volume.parentOf(directory)
+        }
     }
 
     public func getAttributes(_ ino: InodeNumber) throws(Errno) -> Attributes {
-        present(try volume.getAttributes(ino))
+        try counted { () throws(Errno) in
+            present(try volume.getAttributes(ino))
+        }
     }
 
     /// setattr; uid and gid are in the client's id space.
     public func setAttributes(_ ino: InodeNumber, _ changes: AttributeChanges, handle: OpenFile? = nil,
                               as credentials: Credentials) throws(Errno) -> Attributes {
-        var vmChanges = changes
-        vmChanges.uid = changes.uid.map(policy.idToVM)
-        vmChanges.gid = changes.gid.map(policy.idToVM)
-        return present(try volume.setAttributes(ino, vmChanges, handle: handle, context(credentials)))
+        try counted { () throws(Errno) in
+            var vmChanges = changes
+            vmChanges.uid = changes.uid.map(policy.idToVM)
+            vmChanges.gid = changes.gid.map(policy.idToVM)
+            return present(try volume.setAttributes(ino, vmChanges, handle: handle, context(credentials)))
+        }
     }
 
     public func access(_ ino: InodeNumber, _ mask: AccessMask, as credentials: Credentials) throws(Errno) {
-        try volume.checkAccess(ino, mask, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.checkAccess(ino, mask, context(credentials))
+        }
     }
 
     public func readLink(_ ino: InodeNumber) throws(Errno) -> [UInt8] {
-        try volume.readLink(ino)
+        try counted { () throws(Errno) in
+            try volume.readLink(ino)
+        }
     }
 
     public func makeDirectory(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, as credentials: Credentials) throws(Errno) -> Attributes {
-        present(try volume.makeDirectory(parent, name, mode: mode, context(credentials)))
+        try counted { () throws(Errno) in
+            present(try volume.makeDirectory(parent, name, mode: mode, context(credentials)))
+        }
     }
 
     /// mknod: regular files, devices (records only: never opened on the host), fifos, sockets.
     public func makeNode(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, rdev: UInt64, as credentials: Credentials) throws(Errno) -> Attributes {
-        present(try volume.makeNode(parent, name, mode: mode, rdev: rdev, context(credentials)))
+        try counted { () throws(Errno) in
+            present(try volume.makeNode(parent, name, mode: mode, rdev: rdev, context(credentials)))
+        }
     }
 
     public func makeSymlink(_ parent: InodeNumber, _ name: [UInt8], target: [UInt8], as credentials: Credentials) throws(Errno) -> Attributes {
-        present(try volume.makeSymlink(parent, name, target: target, context(credentials)))
+        try counted { () throws(Errno) in
+            present(try volume.makeSymlink(parent, name, target: target, context(credentials)))
+        }
     }
 
     public func link(_ ino: InodeNumber, into parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) -> Attributes {
-        present(try volume.link(ino, parent, name, context(credentials)))
+        try counted { () throws(Errno) in
+            present(try volume.link(ino, parent, name, context(credentials)))
+        }
     }
 
     public func unlink(_ parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) {
-        try volume.unlink(parent, name, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.unlink(parent, name, context(credentials))
+        }
     }
 
     public func removeDirectory(_ parent: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) {
-        try volume.removeDirectory(parent, name, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.removeDirectory(parent, name, context(credentials))
+        }
     }
 
     public func rename(_ parent: InodeNumber, _ name: [UInt8], to newParent: InodeNumber, _ newName: [UInt8],
                        flags: RenameFlags = [], as credentials: Credentials) throws(Errno) {
-        try volume.rename(parent, name, newParent, newName, flags: flags, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.rename(parent, name, newParent, newName, flags: flags, context(credentials))
+        }
     }
 
     /// Entries after `cookie` (0 to start), at most `limit`.
     public func readDirectory(_ directory: InodeNumber, after cookie: UInt64, limit: Int = .max,
                               as credentials: Credentials) throws(Errno) -> [DirectoryEntry] {
-        try volume.readDirectory(directory, after: cookie, limit: limit, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.readDirectory(directory, after: cookie, limit: limit, context(credentials))
+        }
     }
 
     public func statistics() -> ViewStatistics {
@@ -105,18 +146,22 @@ public final class VMView: Sendable {
     /// open(2) of an existing inode with the client's flags (O_ACCMODE, O_TRUNC, O_APPEND).
     /// Writable opens of template files copy them up here.
     public func open(_ ino: InodeNumber, flags: Int32, as credentials: Credentials) throws(Errno) -> OpenFile {
-        try volume.open(ino, flags: flags, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.open(ino, flags: flags, context(credentials))
+        }
     }
 
     /// Atomic create-and-open of a new regular file (EEXIST if the name exists).
     public func create(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, flags: Int32,
                        as credentials: Credentials) throws(Errno) -> (Attributes, OpenFile) {
-        let (attributes, handle) = try volume.create(parent, name, mode: mode, flags: flags, context(credentials))
-        return (present(attributes), handle)
+        try counted { () throws(Errno) in
+            let (attributes, handle) = try volume.create(parent, name, mode: mode, flags: flags, context(credentials))
+            return (present(attributes), handle)
+        }
     }
 
     public func read(_ handle: OpenFile, offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try volume.read(handle, offset: offset, into: buffer)
+        try counted { () throws(Errno) in try volume.read(handle, offset: offset, into: buffer) }
     }
 
     /// Reads up to `count` bytes into a new array.
@@ -142,9 +187,11 @@ public final class VMView: Sendable {
 
     public func write(_ handle: OpenFile, offset: Int64, from buffer: UnsafeRawBufferPointer, as credentials: Credentials) throws(Errno) -> Int {
         let ctx = context(credentials)
-        let written = try volume.write(handle, offset: offset, from: buffer, ctx)
-        try volume.dropPrivilegesAfterWrite(handle, ctx)
-        return written
+        return try counted { () throws(Errno) in
+            let written = try volume.write(handle, offset: offset, from: buffer, ctx)
+            try volume.dropPrivilegesAfterWrite(handle, ctx)
+            return written
+        }
     }
 
     public func write(_ handle: OpenFile, offset: Int64, bytes: [UInt8], as credentials: Credentials) throws(Errno) -> Int {
@@ -157,17 +204,23 @@ public final class VMView: Sendable {
     }
 
     public func allocate(_ handle: OpenFile, mode: Int32, offset: Int64, length: Int64, as credentials: Credentials) throws(Errno) {
-        try volume.allocate(handle, mode: mode, offset: offset, length: length, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.allocate(handle, mode: mode, offset: offset, length: length, context(credentials))
+        }
     }
 
     public func copyRange(from source: OpenFile, at sourceOffset: Int64, to destination: OpenFile, at destinationOffset: Int64,
                           length: Int, as credentials: Credentials) throws(Errno) -> Int {
-        try volume.copyRange(from: source, at: sourceOffset, to: destination, at: destinationOffset, length: length, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.copyRange(from: source, at: sourceOffset, to: destination, at: destinationOffset, length: length, context(credentials))
+        }
     }
 
     /// fsync / fdatasync; `handle` may be nil (9P fsync on an unopened fid, FUSE fsyncdir).
     public func sync(_ ino: InodeNumber, handle: OpenFile?, dataOnly: Bool) throws(Errno) {
-        try volume.sync(ino, handle: handle, dataOnly: dataOnly)
+        try counted { () throws(Errno) in
+            try volume.sync(ino, handle: handle, dataOnly: dataOnly)
+        }
     }
 
     /// Closes a handle; locks its owner held on the inode go with it when `lockOwner` is given.
@@ -179,20 +232,28 @@ public final class VMView: Sendable {
     // MARK: Extended attributes
 
     public func getXattr(_ ino: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) -> [UInt8] {
-        try volume.getXattr(ino, name, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.getXattr(ino, name, context(credentials))
+        }
     }
 
     public func listXattrs(_ ino: InodeNumber, as credentials: Credentials) throws(Errno) -> [[UInt8]] {
-        try volume.listXattrs(ino, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.listXattrs(ino, context(credentials))
+        }
     }
 
     public func setXattr(_ ino: InodeNumber, _ name: [UInt8], _ value: [UInt8], mode: XattrSetMode = .createOrReplace,
                          as credentials: Credentials) throws(Errno) {
-        try volume.setXattr(ino, name, value, mode: mode, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.setXattr(ino, name, value, mode: mode, context(credentials))
+        }
     }
 
     public func removeXattr(_ ino: InodeNumber, _ name: [UInt8], as credentials: Credentials) throws(Errno) {
-        try volume.removeXattr(ino, name, context(credentials))
+        try counted { () throws(Errno) in
+            try volume.removeXattr(ino, name, context(credentials))
+        }
     }
 
     // MARK: Locks
@@ -205,7 +266,9 @@ public final class VMView: Sendable {
     /// F_SETLK / F_SETLKW (and flock, with an owner per open file and a whole-file range).
     public func setLock(_ ino: InodeNumber, owner: UInt64, range: FileLockRange, wait: Bool,
                         cancelled: () -> Bool = { false }) throws(Errno) {
-        try volume.locks.set(ino, owner: LockOwner(session: sessionID, owner: owner), range: range, wait: wait, cancelled: cancelled)
+        try counted { () throws(Errno) in
+            try volume.locks.set(ino, owner: LockOwner(session: sessionID, owner: owner), range: range, wait: wait, cancelled: cancelled)
+        }
     }
 
     /// Drops every lock of this session (the connection or mount ended).

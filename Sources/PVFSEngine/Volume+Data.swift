@@ -235,6 +235,7 @@ extension Volume {
             throw error
         }
         charged = false
+        counters.copyUps.add(1, ordering: .relaxed)
         let file = HostFile(descriptor: fd, isPrivate: true)
         data.lock.lock()
         data.file = file
@@ -248,7 +249,9 @@ extension Volume {
         guard !handle.released, handle.readable, let data = handle.data else { throw Errno.badFileDescriptor }
         guard offset >= 0 else { throw Errno.invalidArgument }
         guard let file = data.currentFile else { return 0 }
-        return try file.descriptor.read(into: buffer, at: offset)
+        let n = try file.descriptor.read(into: buffer, at: offset)
+        counters.bytesRead.add(UInt64(n), ordering: .relaxed)
+        return n
     }
 
     /// The host file behind a handle, for zero-copy replies (splice). Hold the result while using
@@ -286,6 +289,7 @@ extension Volume {
         if unused > 0 { try? quota.charge(bytes: -unused, inodes: 0) }
         data.size = reached
         data.pendingChangeTime = .now
+        counters.bytesWritten.add(UInt64(written), ordering: .relaxed)
         return written
     }
 

@@ -36,6 +36,7 @@ public final class Volume: @unchecked Sendable {
     /// blob id → hash for blobs the overlay references beyond the template's. Guarded by metaLock.
     var blobHashes: [Int64: BlobHash]
     let locks = LockTable()
+    public let counters = VolumeCounters()
     private var closed = false
     /// Monotonic counter for qid versions. Guarded by metaLock.
     var versionCounter: UInt64 = 1
