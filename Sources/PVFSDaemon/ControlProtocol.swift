@@ -67,6 +67,10 @@ public struct DaemonClient: Sendable {
         socketPath = storePath + "/" + ControlProtocol.socketName
     }
 
+    public init(socketPath: String) {
+        self.socketPath = socketPath
+    }
+
     /// Sends one request; nil when no daemon listens (the caller then works on the store alone).
     public func send(_ request: ControlProtocol.Request, timeoutSeconds: Int = 10) throws -> ControlProtocol.Response? {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -11,6 +11,8 @@ public final class VolumeRegistry: @unchecked Sendable {
     private let logger: Logger
     private let lock = NSLock()
     private var volumes: [String: (volume: Volume, sessions: Int)] = [:]
+    /// Callbacks that end a session from the server side, by session id (rm --force, shutdown).
+    private var revokers: [UInt64: (vm: String, revoke: @Sendable () -> Void)] = [:]
     private var rules: AccessRules
     private var nextSessionID: UInt64 = 1
 
@@ -40,11 +42,12 @@ public final class VolumeRegistry: @unchecked Sendable {
         return rules
     }
 
-    /// A new session for a client: resolves `aname` through the binding rules.
-    public func attach(aname: String, identity: ClientIdentity) throws(Errno) -> VMView {
+    /// A new session for a client: resolves `aname` through the binding rules. `revoke` is called
+    /// (from any thread) when the server must end the session, e.g. the VM is being removed.
+    public func attach(aname: String, identity: ClientIdentity, revoke: @escaping @Sendable () -> Void = {}) throws(Errno) -> VMView {
         let (vm, policy) = try accessRules.resolve(aname: aname, identity: identity)
         do {
-            let view = try openSession(vm: vm, policy: policy)
+            let view = try openSession(vm: vm, policy: policy, revoke: revoke)
             logger.info("session attached", metadata: ["vm": "\(vm)", "client": "\(identity)", "readOnly": "\(policy.readOnly)"])
             return view
         } catch {
@@ -54,7 +57,7 @@ public final class VolumeRegistry: @unchecked Sendable {
     }
 
     /// A session on a VM with an explicit policy (host-side FUSE mounts, tools).
-    public func openSession(vm: String, policy: SessionPolicy) throws -> VMView {
+    public func openSession(vm: String, policy: SessionPolicy, revoke: @escaping @Sendable () -> Void = {}) throws -> VMView {
         lock.lock()
         defer { lock.unlock() }
         let volume: Volume
@@ -67,6 +70,7 @@ public final class VolumeRegistry: @unchecked Sendable {
         }
         let id = nextSessionID
         nextSessionID += 1
+        revokers[id] = (vm, revoke)
         return VMView(volume: volume, policy: policy, sessionID: id)
     }
 
@@ -74,6 +78,7 @@ public final class VolumeRegistry: @unchecked Sendable {
     public func closeSession(_ view: VMView) {
         view.releaseAllLocks()
         lock.lock()
+        revokers[view.sessionID] = nil
         guard let entry = volumes[view.volume.name], entry.volume === view.volume else {
             lock.unlock()
             return
@@ -86,6 +91,28 @@ public final class VolumeRegistry: @unchecked Sendable {
             volumes[view.volume.name] = (entry.volume, entry.sessions - 1)
             lock.unlock()
         }
+    }
+
+    /// Ends every session of a VM from the server side and waits (up to `timeout`) for its volume
+    /// to close. Returns whether the VM is no longer held.
+    public func release(vm: String, timeout: Double = 10) -> Bool {
+        lock.lock()
+        let targets = revokers.values.filter { $0.vm == vm }.map(\.revoke)
+        lock.unlock()
+        for revoke in targets { revoke() }
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while Date() < deadline {
+            if volume(named: vm) == nil { return true }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        return volume(named: vm) == nil
+    }
+
+    /// Open sessions per VM.
+    public var sessionCounts: [String: Int] {
+        lock.lock()
+        defer { lock.unlock() }
+        return volumes.mapValues(\.sessions)
     }
 
     public var openVolumes: [Volume] {

@@ -1,2 +1,3 @@
 import PVFSCommands
-print("todo")
+
+DaemonCommand.main()

@@ -1,0 +1,195 @@
+import Foundation
+import Glibc
+import Logging
+import PVFSEngine
+import PVFSStore
+
+/// Something the daemon runs: a 9P listener, the Xen backend, a FUSE mount.
+public protocol DaemonService: AnyObject, Sendable {
+    var serviceDescription: String { get }
+    func start() throws
+    /// Stops accepting work and ends the service's sessions.
+    func stop()
+}
+
+/// pvfsd: one process serving every VM. It owns the store, the registry of open volumes, the
+/// control socket, metrics, periodic work, and the services (transports) configured.
+public final class Daemon: @unchecked Sendable {
+    public let configuration: DaemonConfiguration
+    public let store: Store
+    public let registry: VolumeRegistry
+    public let logger: Logger
+    private var services: [any DaemonService] = []
+    private var control: StreamListener?
+    private var metricsListener: StreamListener?
+    private let stopped = NSCondition()
+    private var stopping = false
+    private var timers: [DispatchSourceTimer] = []
+    /// Extra control operations (mount requests, dedup commits) registered by other layers.
+    private var controlHandlers: [String: @Sendable (ControlProtocol.Request) throws -> ControlProtocol.Response] = [:]
+
+    public init(configuration: DaemonConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        store = try Store(path: configuration.storePath, create: true, logger: logger)
+        try store.cleanUpInterruptedVMOperations()
+        registry = try VolumeRegistry(store: store, logger: logger)
+    }
+
+    public func add(_ service: any DaemonService) {
+        services.append(service)
+    }
+
+    public func addControlHandler(op: String, _ handler: @escaping @Sendable (ControlProtocol.Request) throws -> ControlProtocol.Response) {
+        controlHandlers[op] = handler
+    }
+
+    /// Starts everything; returns once serving. Call `waitUntilStopped()` or `runUntilSignalled()`.
+    public func start() throws {
+        signal(SIGPIPE, SIG_IGN)
+        control = try StreamListener(address: "unix:" + configuration.storePath + "/" + ControlProtocol.socketName,
+                                     logger: logger) { [weak self] fd in self?.serveControl(fd) }
+        control?.start()
+        if let metrics = configuration.metricsAddress {
+            metricsListener = try StreamListener(address: metrics, mode: 0o644, logger: logger) { [weak self] fd in self?.serveMetricsHTTP(fd) }
+            metricsListener?.start()
+        }
+        for service in services {
+            try service.start()
+            logger.notice("serving \(service.serviceDescription)")
+        }
+        schedule(every: configuration.usageSaveIntervalSeconds) { [weak self] in self?.registry.saveUsage() }
+        logger.notice("pvfsd started", metadata: ["store": "\(configuration.storePath)", "pid": "\(getpid())"])
+    }
+
+    /// Runs `body` periodically on a background queue.
+    public func schedule(every seconds: Int, _ body: @escaping @Sendable () -> Void) {
+        guard seconds > 0 else { return }
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue.global(qos: .utility))
+        timer.schedule(deadline: .now() + .seconds(seconds), repeating: .seconds(seconds))
+        timer.setEventHandler(handler: body)
+        timer.resume()
+        timers.append(timer)
+    }
+
+    /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread created after:
+    /// call first thing in main, so that only `runUntilSignalled`'s waiter receives them.
+    public static func blockControlSignals() {
+        var set = controlSignals
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    private static var controlSignals: sigset_t {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGHUP)
+        return set
+    }
+
+    /// Blocks until SIGTERM or SIGINT, then stops cleanly; SIGHUP reloads the catalog.
+    public func runUntilSignalled() {
+        Self.blockControlSignals()
+        let blocked = Self.controlSignals
+        let waiter = Thread { [self] in
+            var waitSet = blocked
+            while true {
+                var signal: Int32 = 0
+                sigwait(&waitSet, &signal)
+                if signal == SIGHUP {
+                    logger.notice("SIGHUP: reloading the catalog")
+                    do { try registry.reload() } catch { logger.error("reload failed: \(error)") }
+                    continue
+                }
+                logger.notice("signal \(signal): shutting down")
+                stop()
+                return
+            }
+        }
+        waiter.start()
+        waitUntilStopped()
+    }
+
+    public func waitUntilStopped() {
+        stopped.lock()
+        while !stopping { stopped.wait() }
+        stopped.unlock()
+    }
+
+    public func stop() {
+        stopped.lock()
+        if stopping { stopped.unlock(); return }
+        stopping = true
+        stopped.unlock()
+        for timer in timers { timer.cancel() }
+        for service in services.reversed() { service.stop() }
+        control?.stop()
+        metricsListener?.stop()
+        registry.saveUsage()
+        registry.closeAll()
+        logger.notice("pvfsd stopped")
+        stopped.lock()
+        stopped.broadcast()
+        stopped.unlock()
+    }
+
+    // MARK: Control socket
+
+    private func serveControl(_ fd: Int32) {
+        defer { close(fd) }
+        var reader = LineReader(fd: fd)
+        while let line = reader.next() {
+            let response: ControlProtocol.Response
+            do {
+                let request = try JSONDecoder().decode(ControlProtocol.Request.self, from: Data(line))
+                response = try handle(request)
+            } catch {
+                response = .init(ok: false, error: "\(error)")
+            }
+            var out = (try? JSONEncoder().encode(response)) ?? Data("{\"ok\":false}".utf8)
+            out.append(UInt8(ascii: "\n"))
+            sendAll(fd, [UInt8](out))
+        }
+    }
+
+    func handle(_ request: ControlProtocol.Request) throws -> ControlProtocol.Response {
+        switch request.op {
+        case "status":
+            let counts = registry.sessionCounts
+            let served = registry.openVolumes.map {
+                ControlProtocol.ServedVM(name: $0.name, sessions: counts[$0.name] ?? 0, usedBytes: $0.usage.bytes, usedInodes: $0.usage.inodes)
+            }.sorted { $0.name < $1.name }
+            return .init(ok: true, status: .init(pid: getpid(), listeners: services.map(\.serviceDescription), servedVMs: served))
+        case "reload":
+            try registry.reload()
+            return .init(ok: true)
+        case "release":
+            guard let vm = request.vm else { return .init(ok: false, error: "release needs a vm") }
+            let released = registry.release(vm: vm)
+            return released ? .init(ok: true) : .init(ok: false, error: "VM \(vm) is still busy")
+        case "metrics":
+            return .init(ok: true, text: Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts))
+        default:
+            if let handler = controlHandlers[request.op] { return try handler(request) }
+            return .init(ok: false, error: "unknown operation \(request.op)")
+        }
+    }
+
+    // MARK: Metrics over HTTP
+
+    private func serveMetricsHTTP(_ fd: Int32) {
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var reader = LineReader(fd: fd, limit: 16384)
+        guard let requestLine = reader.next() else { return }
+        while let header = reader.next(), header != [UInt8(ascii: "\r")], !header.isEmpty {}
+        let text = String(decoding: requestLine, as: UTF8.self)
+        let ok = text.hasPrefix("GET /metrics ") || text.hasPrefix("GET / ")
+        let body = ok ? Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts) : "not found\n"
+        let head = "HTTP/1.1 \(ok ? "200 OK" : "404 Not Found")\r\nContent-Type: text/plain; version=0.0.4\r\n" +
+            "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+        sendAll(fd, Array((head + body).utf8))
+    }
+}
