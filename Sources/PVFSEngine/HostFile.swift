@@ -31,8 +31,14 @@ final class InodeData: @unchecked Sendable {
     var size: Int64
     /// Set by writes; folded into the inode's ctime/mtime when metadata is next committed.
     var pendingChangeTime: Timespec?
+    /// Bumped by every change of content (under `lock`), so a reader can tell whether the bytes
+    /// it examined are still the current ones.
+    var generation: UInt64 = 0
     /// Open handles; guarded by the volume's metadata lock.
     var openCount = 0
+    /// Open handles that may write; guarded by the volume's metadata lock. Dedup leaves an
+    /// inode alone while any exist.
+    var writers = 0
 
     init(inode: InodeNumber, file: HostFile?, size: Int64) {
         self.inode = inode

@@ -122,6 +122,7 @@ extension Volume {
             metaLock.unlock()
             throw error
         }
+        if wantsWrite { data.writers += 1 }
         metaLock.unlock()
         let handle = OpenFile(inode: ino, flags: flags, data: data)
         do throws(Errno) {
@@ -155,6 +156,8 @@ extension Volume {
             let (newIno, r) = try createInode(parent, name, mode: FileKind.regular.modeBits | (mode & permissionBitsMask), ctx)
             ino = newIno
             data = try retainData(ino, r)
+            let access = flags & O_ACCMODE
+            if access == O_WRONLY || access == O_RDWR { data.writers += 1 }
             attributes = self.attributes(ino, r)
         } catch {
             metaLock.unlock()
@@ -169,7 +172,10 @@ extension Volume {
         defer { metaLock.unlock() }
         guard !handle.released else { return }
         handle.released = true
-        if let data = handle.data { releaseData(data) }
+        if let data = handle.data {
+            if handle.writable { data.writers -= 1 }
+            releaseData(data)
+        }
     }
 
     // MARK: Copy-up
@@ -289,6 +295,7 @@ extension Volume {
         if unused > 0 { try? quota.charge(bytes: -unused, inodes: 0) }
         data.size = reached
         data.pendingChangeTime = .now
+        data.generation &+= 1
         counters.bytesWritten.add(UInt64(written), ordering: .relaxed)
         return written
     }
@@ -313,6 +320,7 @@ extension Volume {
         if delta < 0 { try? quota.charge(bytes: delta, inodes: 0) }
         data.size = newSize
         data.pendingChangeTime = .now
+        data.generation &+= 1
     }
 
     /// Runs `body` with the data state of `ino`, retained for the call (for operations that need
@@ -375,6 +383,7 @@ extension Volume {
         if delta < 0 { try? quota.charge(bytes: delta, inodes: 0) }
         data.size = (try? file.descriptor.stat().size) ?? newSize
         data.pendingChangeTime = .now
+        data.generation &+= 1
     }
 
     func copyRange(from source: OpenFile, at sourceOffset: Int64, to destination: OpenFile, at destinationOffset: Int64,
@@ -414,6 +423,7 @@ extension Volume {
         if unused > 0 { try? quota.charge(bytes: -unused, inodes: 0) }
         data.size = reached
         data.pendingChangeTime = .now
+        data.generation &+= 1
         return copied
     }
 
