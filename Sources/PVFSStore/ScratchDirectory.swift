@@ -20,7 +20,7 @@ public final class ScratchDirectory: @unchecked Sendable {
         precondition(Self.kinds.contains(kind))
         self.store = store
         name = "\(kind)-\(makeIngestToken())"
-        path = store.path + "/tmp/" + name
+        path = Store.absolutePath(store.path) + "/tmp/" + name
         lock = try Self.create(store: store, name: name, path: path)
     }
 
