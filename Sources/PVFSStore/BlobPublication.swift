@@ -11,6 +11,8 @@ public struct PublicationStatistics: Sendable, Equatable {
     public var newBytes: Int64 = 0
     /// Staged files whose content the store (or this batch) had already: dropped.
     public var reused = 0
+    /// Time spent waiting for syncfs and directory fsyncs.
+    public var syncNanoseconds: UInt64 = 0
 
     public init() {}
 
@@ -18,6 +20,7 @@ public struct PublicationStatistics: Sendable, Equatable {
         newBlobs += other.newBlobs
         newBytes += other.newBytes
         reused += other.reused
+        syncNanoseconds += other.syncNanoseconds
     }
 }
 
@@ -71,7 +74,9 @@ extension Store {
         if !toPublish.isEmpty {
             do {
                 try area.journal(toPublish.map(\.hash))
+                let syncStarted = monotonicNanoseconds()
                 try area.directory.syncFileSystem()
+                stats.syncNanoseconds += monotonicNanoseconds() - syncStarted
                 var touched = Set<UInt8>()
                 var createdShard = false
                 for blob in toPublish {
@@ -91,8 +96,10 @@ extension Store {
                     }
                     rowsToInsert.append((blob.hash, blob.size, allocated))
                 }
+                let dirSyncStarted = monotonicNanoseconds()
                 if createdShard { try blobsDirectory.sync() }
                 for shard in touched { try shards.sync(shard) }
+                stats.syncNanoseconds += monotonicNanoseconds() - dirSyncStarted
             } catch {
                 throw StoreError("cannot publish blobs in \(path)/blobs: \(error)", errno: error)
             }

@@ -223,6 +223,9 @@ extension StagingArea {
             }
             return (hasher.finalize(), offset)
         }
+        // SEEK_DATA cannot tell a trailing hole from a file that shrank: check the size first.
+        let current = try source.stat().size
+        if current != size { return (hasher.finalize(), current) }
         while offset < size {
             let dataStart = min(try source.seek(dataFrom: offset) ?? size, size)
             if dataStart > offset {
