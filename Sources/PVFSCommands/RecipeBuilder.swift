@@ -94,10 +94,10 @@ public struct RecipeBuilder {
         try preflight()
         let debootstrap = Self.findExecutable("debootstrap")!
         let arguments = recipe.debootstrapArguments(target: root)
-        logger.notice("debootstrap \(arguments.joined(separator: " "))")
+        logger.info("debootstrap \(arguments.joined(separator: " "))")
         try run(debootstrap, arguments, what: "debootstrap", workingDirectory: nil, environment: [:])
         for hook in recipe.hooks {
-            logger.notice("hook \(hook)")
+            logger.info("hook \(hook)")
             try run("/bin/sh", [recipeDirectory + "/" + hook, root], what: "hook \(hook)", workingDirectory: root,
                     environment: ["PVFS_ROOT": root, "PVFS_RECIPE": recipe.name, "PVFS_SUITE": recipe.suite])
         }

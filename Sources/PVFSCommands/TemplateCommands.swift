@@ -112,11 +112,15 @@ public struct CreateTemplate: ParsableCommand {
     @Option(name: .long, help: "Threads hashing and copying file content (default: the number of CPUs, at least 2).")
     public var jobs: Int?
 
+    @Option(name: .long, help: "Files per publication batch, i.e. per syncfs and catalog transaction (default: 2000).")
+    public var batchFiles: Int?
+
     public init() {}
 
     public func validate() throws {
         if from != nil && recipe != nil { throw ValidationError("--from and --recipe exclude each other") }
         if let jobs, jobs < 1 || jobs > 256 { throw ValidationError("--jobs must be between 1 and 256") }
+        if let batchFiles, batchFiles < 1 || batchFiles > 100_000 { throw ValidationError("--batch-files must be between 1 and 100000") }
     }
 
     public func run() throws {
@@ -145,6 +149,7 @@ public struct CreateTemplate: ParsableCommand {
             options.oneFileSystem = !crossFileSystems
             options.reflink = !noReflink
             if let jobs { options.jobs = jobs }
+            if let batchFiles { options.batchFiles = batchFiles }
 
             var scratch: ScratchDirectory?
             var sourcePath = from ?? ""
