@@ -48,7 +48,7 @@ extension Store {
         var firstIndex: [BlobHash: Int] = [:]
         firstIndex.reserveCapacity(staged.count)
         var unique: [BlobHash] = []
-        for (i, blob) in staged.enumerated() where firstIndex[blob.hash] == nil {
+        for (i, blob) in staged.enumerated() where blob.stagedName != nil && firstIndex[blob.hash] == nil {
             firstIndex[blob.hash] = i
             unique.append(blob.hash)
         }
@@ -60,37 +60,41 @@ extension Store {
             }
             return known
         }
-        var toPublish: [StagedBlob] = []
+        var toPublish: [(name: [UInt8], blob: StagedBlob)] = []
         for (i, blob) in staged.enumerated() {
+            guard let name = blob.stagedName else {
+                stats.reused += 1  // nothing staged: the content is known, its id is looked up at commit
+                continue
+            }
             if ids[blob.hash] == nil && firstIndex[blob.hash] == i {
-                toPublish.append(blob)
+                toPublish.append((name, blob))
             } else {
                 stats.reused += 1
-                _ = try? area.directory.unlink(at: blob.stagedName)
+                _ = try? area.directory.unlink(at: name)
             }
         }
 
         var rowsToInsert: [(hash: BlobHash, size: Int64, allocated: Int64)] = []
         if !toPublish.isEmpty {
             do {
-                try area.journal(toPublish.map(\.hash))
+                try area.journal(toPublish.map(\.blob.hash))
                 let syncStarted = monotonicNanoseconds()
                 try area.directory.syncFileSystem()
                 stats.syncNanoseconds += monotonicNanoseconds() - syncStarted
                 var touched = Set<UInt8>()
                 var createdShard = false
-                for blob in toPublish {
+                for (name, blob) in toPublish {
                     let shard = UInt8(truncatingIfNeeded: blob.hash.words.0 >> 56)
                     if try shards.ensure(shard) { createdShard = true }
                     touched.insert(shard)
                     let target = Array(BlobStore.relativePath(blob.hash).utf8)
                     var allocated = blob.allocated
                     do {
-                        try area.directory.rename(at: blob.stagedName, to: blobsDirectory, target, flags: .noReplace)
+                        try area.directory.rename(at: name, to: blobsDirectory, target, flags: .noReplace)
                         stats.newBlobs += 1
                         stats.newBytes += blob.size
                     } catch Errno.fileExists {
-                        _ = try? area.directory.unlink(at: blob.stagedName)
+                        _ = try? area.directory.unlink(at: name)
                         allocated = (try? blobsDirectory.stat(at: target).blocks * 512) ?? allocated
                         stats.reused += 1
                     }
@@ -122,8 +126,16 @@ extension Store {
                     }
                 }
             }
-            // A blob looked up at step 1 is still there: deleting one takes the blobs lock
-            // exclusively, which the caller's shared lock keeps out.
+            // Content that needed no copy: known when it was staged (and still there: deleting a
+            // blob takes the blobs lock exclusively, which the caller's shared lock keeps out),
+            // or published by this batch or an earlier one of the same ingest.
+            let select = try db.cachedStatement(sql: "SELECT id FROM blob WHERE hash = ?")
+            for blob in staged where ids[blob.hash] == nil {
+                guard let id = try Int64.fetchOne(select, arguments: [blob.hash.bytes.databaseBlob]) else {
+                    throw StoreError("blob \(blob.hash) is neither staged nor in the catalog", errno: .ioError)
+                }
+                ids[blob.hash] = id
+            }
             try record(db, ids)
         }
         return stats

@@ -100,7 +100,9 @@ extension Store {
 /// staged (the hash is computed over the staged copy's bytes, never over a source that could
 /// change behind our back).
 struct StagedBlob: Sendable {
-    var stagedName: [UInt8]
+    /// nil when nothing was staged: the store has the content already, or another file of the
+    /// same ingest stages it.
+    var stagedName: [UInt8]?
     var hash: BlobHash
     var size: Int64
     var allocated: Int64
@@ -138,52 +140,113 @@ final class StagingBuffer {
 }
 
 extension StagingArea {
-    /// Stages the content of `source` (a regular file expected to hold `size` bytes): a reflink
-    /// when the filesystems allow it, otherwise one pass that reads, hashes and writes each chunk
-    /// (data segments only when the file may be sparse, so holes stay holes).
+    /// Stages the content of `source`, a regular file expected to hold `size` bytes, unless
+    /// `claim` says the content needs no copy (the store has it, or another file of this ingest
+    /// stages it): then the result has no staged name.
     ///
-    /// Returns nil when the source did not hold `size` bytes (it changed under us).
-    func stage(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer) throws(Errno) -> (StagedBlob, ContentCopy)? {
-        let name = newStagedName()
-        let target = try FileDescriptor.open(at: directory, name, [.readWrite, .create, .exclusive, .noFollow], mode: 0o444)
+    /// - Where the filesystems share extents (FICLONE), the file is cloned and the clone hashed.
+    /// - A file that fits the buffer is read whole, hashed, and written only when new.
+    /// - A larger file is hashed first and, when new, copied in a second pass that hashes again:
+    ///   a mismatch means the source changed, so a blob's name is always the hash of its bytes.
+    ///
+    /// Copies keep holes: only data segments are written when the file may be sparse.
+    ///
+    /// Returns nil when the source did not hold `size` bytes or changed while it was read.
+    func stage(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer,
+               claim: (BlobHash) throws -> Bool) throws -> (StagedBlob, ContentCopy)? {
+        if tryReflink {
+            if let result = try stageByClone(from: source, size: size, mayBeSparse: mayBeSparse, buffer: buffer, claim: claim) {
+                return result
+            }
+        }
+        if !mayBeSparse && size <= Int64(buffer.bytes.count) {
+            // Read one byte more than expected so that a grown file is noticed.
+            var length = 0
+            while length <= Int(size) {
+                let want = min(buffer.bytes.count, Int(size) + 1) - length
+                if want <= 0 { break }
+                let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[length..<(length + want)]),
+                                        at: Int64(length))
+                if n == 0 { break }
+                length += n
+            }
+            guard length == Int(size) else { return nil }
+            let data = UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])
+            var hasher = SHA256Hasher()
+            hasher.update(data)
+            let hash = hasher.finalize()
+            if try claim(hash) { return (StagedBlob(stagedName: nil, hash: hash, size: size, allocated: 0), .copy) }
+            let (name, target) = try createStagedFile()
+            defer { target.closeQuietly() }
+            do throws(Errno) {
+                try target.writeAll(data, at: 0)
+                let allocated = try target.stat().blocks * 512
+                return (StagedBlob(stagedName: name, hash: hash, size: size, allocated: allocated), .copy)
+            } catch {
+                _ = try? directory.unlink(at: name)
+                throw error
+            }
+        }
+        let (first, length) = try Self.hash(source, size: size, sparse: mayBeSparse, buffer: buffer)
+        guard length == size else { return nil }
+        if try claim(first) { return (StagedBlob(stagedName: nil, hash: first, size: size, allocated: 0), .copy) }
+        let (name, target) = try createStagedFile()
         defer { target.closeQuietly() }
         do throws(Errno) {
-            var method = ContentCopy.copy
-            var result: (hash: BlobHash, size: Int64)?
-            if tryReflink, size > 0 {
-                var cloned = false
-                do throws(Errno) {
-                    try target.clone(from: source)
-                    cloned = true
-                } catch {
-                    noteReflink(worked: false)
-                }
-                if cloned {
-                    noteReflink(worked: true)
-                    method = .reflink
-                    // The clone is a private snapshot: hashing it names exactly what is stored.
-                    let clonedSize = try target.stat().size
-                    result = clonedSize == size ? try Self.hash(target, size: size, sparse: mayBeSparse, buffer: buffer) : nil
-                    if result == nil {
-                        _ = try? directory.unlink(at: name)
-                        return nil
-                    }
-                }
-            }
-            if result == nil {
-                result = try Self.copyHashing(from: source, to: target, size: size, sparse: mayBeSparse, buffer: buffer)
-            }
-            guard let (hash, copied) = result, copied == size else {
+            let (second, copied) = try Self.copyHashing(from: source, to: target, size: size, sparse: mayBeSparse, buffer: buffer)
+            guard copied == size, second == first else {
                 _ = try? directory.unlink(at: name)
                 return nil
             }
-            if method == .copy { target.startWriteback() }
             let allocated = try target.stat().blocks * 512
-            return (StagedBlob(stagedName: name, hash: hash, size: size, allocated: allocated), method)
+            return (StagedBlob(stagedName: name, hash: first, size: size, allocated: allocated), .copy)
         } catch {
             _ = try? directory.unlink(at: name)
             throw error
         }
+    }
+
+    /// FICLONE into a staged file, then hashes the clone (a private snapshot, so the hash names
+    /// exactly what is stored). nil when the filesystems cannot clone (the caller copies).
+    private func stageByClone(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer,
+                              claim: (BlobHash) throws -> Bool) throws -> (StagedBlob, ContentCopy)?? {
+        let (name, target) = try createStagedFile()
+        defer { target.closeQuietly() }
+        do {
+            try target.clone(from: source)
+        } catch {
+            noteReflink(worked: false)
+            _ = try? directory.unlink(at: name)
+            return .none
+        }
+        noteReflink(worked: true)
+        do {
+            let clonedSize = try target.stat().size
+            guard clonedSize == size else {
+                _ = try? directory.unlink(at: name)
+                return .some(nil)
+            }
+            let (hash, length) = try Self.hash(target, size: size, sparse: mayBeSparse, buffer: buffer)
+            guard length == size else {
+                _ = try? directory.unlink(at: name)
+                return .some(nil)
+            }
+            if try claim(hash) {
+                _ = try? directory.unlink(at: name)
+                return (StagedBlob(stagedName: nil, hash: hash, size: size, allocated: 0), .reflink)
+            }
+            let allocated = try target.stat().blocks * 512
+            return (StagedBlob(stagedName: name, hash: hash, size: size, allocated: allocated), .reflink)
+        } catch {
+            _ = try? directory.unlink(at: name)
+            throw error
+        }
+    }
+
+    /// Creates a new staged file.
+    private func createStagedFile() throws(Errno) -> ([UInt8], FileDescriptor) {
+        let name = newStagedName()
+        return (name, try FileDescriptor.open(at: directory, name, [.readWrite, .create, .exclusive, .noFollow], mode: 0o444))
     }
 
     /// Stages bytes held in memory.
@@ -203,23 +266,23 @@ extension StagingArea {
 
     /// Reads `source` up to `size` bytes (stopping early at end of file), hashing every byte and
     /// writing data at the same offsets into `target`. Holes (when `sparse`) are hashed as zeros
-    /// and left unwritten; the target is then extended to the size read.
+    /// and left unwritten; the target is then extended to the size read. Returns the hash and the
+    /// bytes read (size + 1 when the file grew).
     static func copyHashing(from source: FileDescriptor, to target: FileDescriptor, size: Int64, sparse: Bool,
                             buffer: StagingBuffer) throws(Errno) -> (BlobHash, Int64) {
         var hasher = SHA256Hasher()
         var offset: Int64 = 0
         let chunk = buffer.bytes.count
         if !sparse {
-            while true {
-                // Read one byte past the expected size so that a grown file is noticed.
-                let want = Int(min(Int64(chunk), max(1, size + 1 - offset)))
+            while offset <= size {
+                let want = Int(min(Int64(chunk), size + 1 - offset))
                 let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[0..<want]), at: offset)
                 if n == 0 { break }
                 let data = UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<n])
                 hasher.update(data)
+                if offset + Int64(n) > size { return (hasher.finalize(), offset + Int64(n)) }
                 try target.writeAll(data, at: offset)
                 offset += Int64(n)
-                if offset > size { break }
             }
             return (hasher.finalize(), offset)
         }
@@ -253,9 +316,15 @@ extension StagingArea {
     }
 
     /// Hashes a file of `size` bytes (holes as zeros without reading them when `sparse`).
+    /// Returns the bytes hashed: less than `size` when the file is shorter, `size + 1` when it
+    /// is longer.
     static func hash(_ file: FileDescriptor, size: Int64, sparse: Bool, buffer: StagingBuffer) throws(Errno) -> (BlobHash, Int64) {
         var hasher = SHA256Hasher()
         var offset: Int64 = 0
+        if sparse {
+            let current = try file.stat().size
+            if current != size { return (hasher.finalize(), current) }
+        }
         while offset < size {
             var dataEnd = size
             if sparse {
@@ -272,6 +341,9 @@ extension StagingArea {
                 hasher.update(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<n]))
                 offset += Int64(n)
             }
+        }
+        if try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[0..<1]), at: size) > 0 {
+            return (hasher.finalize(), size + 1)
         }
         return (hasher.finalize(), offset)
     }

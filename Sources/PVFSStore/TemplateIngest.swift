@@ -20,7 +20,7 @@ public struct IngestOptions: Sendable {
     /// Files per publication batch; also bounds the rows of each catalog transaction.
     public var batchFiles = 2000
     /// Content bytes per publication batch (bounds the staged, not yet published data).
-    public var batchBytes: Int64 = 256 << 20
+    public var batchBytes: Int64 = 128 << 20
     /// What `template.source` records; defaults to "dir:<absolute path>".
     public var sourceLabel: String?
 
@@ -324,8 +324,11 @@ final class IngestRun: @unchecked Sendable {
                 fail(error)
                 break
             }
+            let t0 = monotonicNanoseconds()
             guard let staged = stage(batch) else { break }
+            let t1 = monotonicNanoseconds()
             slots.wait()
+            store.logger.trace("batch of \(batch.count) files (\(bytes) bytes) staged in \((t1 - t0) / 1_000_000) ms; waited \((monotonicNanoseconds() - t1) / 1_000_000) ms for the previous commit")
             group.enter()
             committer.async { [self] in
                 defer {
@@ -335,7 +338,9 @@ final class IngestRun: @unchecked Sendable {
                 }
                 guard !failed else { return }
                 do {
+                    let c0 = monotonicNanoseconds()
                     try commit(batch, staged)
+                    store.logger.trace("batch of \(batch.count) files published and committed in \((monotonicNanoseconds() - c0) / 1_000_000) ms")
                 } catch {
                     fail(error)
                 }
@@ -357,11 +362,19 @@ final class IngestRun: @unchecked Sendable {
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
             let buffer = StagingBuffer()
             var noAccessTime = true
+            let connection: DatabaseQueue
+            do {
+                connection = try takeLookupConnection()
+            } catch {
+                fail(StoreError("cannot open the catalog of \(store.path): \(error)"))
+                return
+            }
+            defer { returnLookupConnection(connection) }
             while !failed {
                 let index = next.add(1, ordering: .relaxed).oldValue
                 guard index < batch.count else { break }
                 do {
-                    box.slots[index] = try stageFile(batch[index], buffer: buffer, noAccessTime: &noAccessTime)
+                    box.slots[index] = try stageFile(batch[index], buffer: buffer, connection: connection, noAccessTime: &noAccessTime)
                 } catch {
                     fail(error)
                 }
@@ -371,14 +384,15 @@ final class IngestRun: @unchecked Sendable {
         return results.map { $0! }
     }
 
-    private func stageFile(_ job: FileJob, buffer: StagingBuffer, noAccessTime: inout Bool) throws -> StagedBlob {
+    private func stageFile(_ job: FileJob, buffer: StagingBuffer, connection: DatabaseQueue, noAccessTime: inout Bool) throws -> StagedBlob {
         let fd = try job.open(in: root, oneFileSystem: options.oneFileSystem, noAccessTime: &noAccessTime)
         defer { fd.closeQuietly() }
         if !job.mayBeSparse { fd.adviseSequential() }
         let staged: (StagedBlob, ContentCopy)?
         do {
-            staged = try area.stage(from: fd, size: job.size, mayBeSparse: job.mayBeSparse, buffer: buffer)
-        } catch {
+            staged = try area.stage(from: fd, size: job.size, mayBeSparse: job.mayBeSparse, buffer: buffer,
+                                    claim: { try claim($0, using: connection) })
+        } catch let error as Errno {
             switch error {
             case .noSpace, .diskQuotaExceeded:
                 throw StoreError("no space left in the store's filesystem (\(store.path)) while copying \(displayPath(job.path))", errno: error)
@@ -392,11 +406,41 @@ final class IngestRun: @unchecked Sendable {
         do {
             try job.checkUnchanged(try fd.stat())
         } catch {
-            _ = try? area.directory.unlink(at: blob.stagedName)
+            if let name = blob.stagedName { _ = try? area.directory.unlink(at: name) }
             throw error
         }
         progress.staged(job.size)
         return blob
+    }
+
+    /// Hashes of content this ingest stages or found in the store.
+    private let claimed = Mutex(Set<BlobHash>())
+
+    /// Read-only catalog connections for the workers' lookups: a statement in autocommit mode
+    /// on a private connection costs a few microseconds, a pool read transaction ten times more.
+    private let lookupConnections = Mutex<[DatabaseQueue]>([])
+
+    private func takeLookupConnection() throws -> DatabaseQueue {
+        if let queue = lookupConnections.withLock({ $0.popLast() }) { return queue }
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(30)
+        configuration.label = "pvfs.ingest.lookup"
+        return try DatabaseQueue(path: store.path + "/catalog.db", configuration: configuration)
+    }
+
+    private func returnLookupConnection(_ queue: DatabaseQueue) {
+        lookupConnections.withLock { $0.append(queue) }
+    }
+
+    /// Whether content needs no copy: another file of this ingest has it, or the store does
+    /// (looked up while the batch holds the blobs lock, so it stays until the batch commits).
+    private func claim(_ hash: BlobHash, using connection: DatabaseQueue) throws -> Bool {
+        if !claimed.withLock({ $0.insert(hash).inserted }) { return true }
+        return try connection.inDatabase { db in
+            try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM blob WHERE hash = ?)"),
+                              arguments: [hash.bytes.databaseBlob]) ?? false
+        }
     }
 
     private func commit(_ batch: [FileJob], _ staged: [StagedBlob]) throws {

@@ -60,11 +60,11 @@ import Testing
 
         let area = try StagingArea(store: store)
         defer { area.dispose() }
-        let staged = try #require(try area.stage(from: source, size: 40 << 20, mayBeSparse: true, buffer: StagingBuffer()))
+        let staged = try #require(try area.stage(from: source, size: 40 << 20, mayBeSparse: true, buffer: StagingBuffer(), claim: { _ in false }))
         #expect(staged.0.hash == SHA256Hasher.hash(logical))
         #expect(staged.0.size == 40 << 20)
         #expect(staged.0.allocated < 1 << 20, "holes were filled: \(staged.0.allocated) bytes allocated")
-        let copy = try FileDescriptor.open(at: area.directory, staged.0.stagedName, [.readOnly])
+        let copy = try FileDescriptor.open(at: area.directory, staged.0.stagedName!, [.readOnly])
         defer { copy.closeQuietly() }
         #expect(try copy.stat().size == 40 << 20)
         #expect(try copy.stat().permissions == 0o444)
@@ -79,9 +79,9 @@ import Testing
         let area = try StagingArea(store: store)
         defer { area.dispose() }
         // The scan said 999 bytes (the file grew) or 1001 (it shrank): both refused, nothing left staged.
-        #expect(try area.stage(from: source, size: 999, mayBeSparse: false, buffer: StagingBuffer()) == nil)
-        #expect(try area.stage(from: source, size: 1001, mayBeSparse: false, buffer: StagingBuffer()) == nil)
-        #expect(try area.stage(from: source, size: 1001, mayBeSparse: true, buffer: StagingBuffer()) == nil)
+        #expect(try area.stage(from: source, size: 999, mayBeSparse: false, buffer: StagingBuffer(), claim: { _ in false }) == nil)
+        #expect(try area.stage(from: source, size: 1001, mayBeSparse: false, buffer: StagingBuffer(), claim: { _ in false }) == nil)
+        #expect(try area.stage(from: source, size: 1001, mayBeSparse: true, buffer: StagingBuffer(), claim: { _ in false }) == nil)
         #expect(try area.directory.rawDirectoryEntries().map(\.name) == [Array("journal".utf8)])
     }
 }

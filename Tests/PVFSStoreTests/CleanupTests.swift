@@ -43,7 +43,7 @@ import Testing
         try area.journal([next.hash])
         let shard = ShardDirectories(blobs: store.blobsDirectory)
         _ = try shard.ensure(UInt8(truncatingIfNeeded: next.hash.words.0 >> 56))
-        try area.directory.rename(at: next.stagedName, to: store.blobsDirectory, Array(BlobStore.relativePath(next.hash).utf8))
+        try area.directory.rename(at: next.stagedName!, to: store.blobsDirectory, Array(BlobStore.relativePath(next.hash).utf8))
         // And a file still staged.
         _ = try area.stage(bytes: Array("staged only".utf8))
         keep?(area)

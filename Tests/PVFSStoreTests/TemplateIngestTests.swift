@@ -116,6 +116,30 @@ import Testing
         #expect(try store.count("SELECT COUNT(*) FROM template") == 0)
     }
 
+    @Test func repeatedContentIsStagedOnceAcrossBatches() throws {
+        let dir = try TemporaryDirectory()
+        let src = dir.sub("src")
+        try FileManager.default.createDirectory(atPath: src, withIntermediateDirectories: true)
+        let small = randomBytes(3000, seed: 1), large = randomBytes(3 << 20, seed: 2)
+        for i in 0..<30 {
+            try writeFile(src + "/s\(i)", small)
+            try writeFile(src + "/u\(i)", randomBytes(100 + i, seed: UInt64(100 + i)))
+        }
+        for i in 0..<3 { try writeFile(src + "/l\(i)", large) }
+        let store = try Store(path: dir.sub("store"))
+        var options = IngestOptions()
+        options.batchFiles = 4
+        options.jobs = 3
+        let report = try store.createTemplate(name: "t", fromDirectory: src, options: options)
+        #expect(report.newBlobs == 32)
+        #expect(report.reusedContent == 31)
+        #expect(try store.blobFiles().count == 32)
+        #expect(try store.temporaryEntries() == [])
+        _ = try store.exportTemplate(named: "t", to: dir.sub("out"))
+        #expect(try Array(Data(contentsOf: URL(fileURLWithPath: dir.sub("out/s17")))) == small)
+        #expect(try Array(Data(contentsOf: URL(fileURLWithPath: dir.sub("out/l2")))) == large)
+    }
+
     @Test func nameClashesAreConflicts() throws {
         let dir = try TemporaryDirectory()
         try FileManager.default.createDirectory(atPath: dir.sub("src"), withIntermediateDirectories: true)
