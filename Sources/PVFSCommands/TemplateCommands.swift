@@ -41,17 +41,6 @@ private func reportFailure(_ message: String) {
     FileHandle.standardError.write(Data("error: \(message)\n".utf8))
 }
 
-/// Opens the store for a template command and finishes work killed processes left.
-func openStoreForTemplates(_ options: StoreOptions, logger: Logger) throws -> Store {
-    let store = try options.open(logger: logger)
-    do {
-        try store.cleanUpInterruptedIngests()
-    } catch {
-        logger.warning("cleanup of interrupted operations failed (retried by the next command): \(error)")
-    }
-    return store
-}
-
 func isoDate(nanoseconds: Int64) -> String {
     ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
 }
@@ -137,7 +126,7 @@ public struct CreateTemplate: ParsableCommand {
                 try builder.preflight()
                 build = (builder, file)
             }
-            let store = try openStoreForTemplates(storeOptions, logger: logger)
+            let store = try storeOptions.open(logger: logger)
             if try store.template(named: name) != nil {
                 throw StoreError("a template named \(name) exists already", errno: .fileExists)
             }
@@ -240,7 +229,7 @@ public struct ListTemplates: ParsableCommand {
     public func run() throws {
         let logger = logging.makeLogger("pvfs.template")
         try runTemplateCommand {
-            let store = try openStoreForTemplates(storeOptions, logger: logger)
+            let store = try storeOptions.open(logger: logger)
             let templates = try store.listTemplates()
             let items = templates.map {
                 Item(name: $0.name, source: $0.source, created: isoDate(nanoseconds: $0.createdNanoseconds), entries: $0.entryCount,
@@ -302,7 +291,7 @@ public struct ShowTemplate: ParsableCommand {
     public func run() throws {
         let logger = logging.makeLogger("pvfs.template")
         try runTemplateCommand {
-            let store = try openStoreForTemplates(storeOptions, logger: logger)
+            let store = try storeOptions.open(logger: logger)
             let t = try store.requireTemplate(named: name)
             let u = try store.templateUsage(t)
             let details = Details(name: t.name, source: t.source, created: isoDate(nanoseconds: t.createdNanoseconds), entries: t.entryCount,
@@ -343,7 +332,7 @@ public struct RemoveTemplate: ParsableCommand {
     public func run() throws {
         let logger = logging.makeLogger("pvfs.template")
         try runTemplateCommand {
-            let store = try openStoreForTemplates(storeOptions, logger: logger)
+            let store = try storeOptions.open(logger: logger)
             let removal = try store.removeTemplate(named: name)
             if output.json {
                 try printJSON(removal)
@@ -380,7 +369,7 @@ public struct ExportTemplate: ParsableCommand {
     public func run() throws {
         let logger = logging.makeLogger("pvfs.template")
         try runTemplateCommand {
-            let store = try openStoreForTemplates(storeOptions, logger: logger)
+            let store = try storeOptions.open(logger: logger)
             let template = try store.requireTemplate(named: name)
             let bar = ProgressBar(title: "exporting \(name)", total: template.logicalBytes,
                                   enabled: isatty(STDERR_FILENO) == 1 && !logging.quiet, format: formatBytes)

@@ -313,3 +313,47 @@ final class SharedCounter: @unchecked Sendable {
         return value
     }
 }
+
+@Suite struct ConcurrentIngestTests {
+    /// Two processes' worth of stores ingesting the same content at once: both templates are
+    /// complete, each content is stored once, nothing is left over.
+    @Test func concurrentIngestsShareBlobs() throws {
+        let dir = try TemporaryDirectory()
+        let src = dir.sub("src")
+        try FileManager.default.createDirectory(atPath: src, withIntermediateDirectories: true)
+        for i in 0..<400 { try writeFile(src + "/f\(i)", randomBytes(2000 + (i % 300) * 37, seed: UInt64(i % 300))) }
+        let path = dir.sub("store")
+        _ = try Store(path: path)
+        let errors = SharedErrors()
+        let group = DispatchGroup()
+        for name in ["a", "b", "c"] {
+            DispatchQueue.global().async(group: group) {
+                do {
+                    let store = try Store(path: path)
+                    var options = IngestOptions()
+                    options.batchFiles = 50
+                    _ = try store.createTemplate(name: name, fromDirectory: src, options: options)
+                } catch {
+                    errors.append("\(name): \(error)")
+                }
+            }
+        }
+        group.wait()
+        #expect(errors.all.isEmpty, "\(errors.all)")
+        let store = try Store(path: path)
+        #expect(try store.listTemplates().map(\.name) == ["a", "b", "c"])
+        #expect(try store.blobRows().count == 300)
+        #expect(try store.blobFiles() == store.blobRows())
+        #expect(try store.temporaryEntries() == [])
+        for name in ["a", "b", "c"] {
+            #expect(try store.templateUsage(try store.requireTemplate(named: name)).blobCount == 300)
+        }
+    }
+}
+
+final class SharedErrors: @unchecked Sendable {
+    private let lock = NSLock()
+    private var errors: [String] = []
+    func append(_ error: String) { lock.lock(); errors.append(error); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return errors }
+}
