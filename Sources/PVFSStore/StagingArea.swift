@@ -151,7 +151,9 @@ extension StagingArea {
     ///
     /// Copies keep holes: only data segments are written when the file may be sparse.
     ///
-    /// Returns nil when the source did not hold `size` bytes or changed while it was read.
+    /// Returns nil when the source did not hold `size` bytes or changed while it was read. The
+    /// caller compares the source's fstat after the call with the scan (size, mtime, ctime) to
+    /// catch changes behind the last byte read.
     func stage(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer,
                claim: (BlobHash) throws -> Bool) throws -> (StagedBlob, ContentCopy)? {
         if tryReflink {
@@ -160,12 +162,10 @@ extension StagingArea {
             }
         }
         if !mayBeSparse && size <= Int64(buffer.bytes.count) {
-            // Read one byte more than expected so that a grown file is noticed.
+            // A file that grew after this read is caught by the caller's fstat afterwards.
             var length = 0
-            while length <= Int(size) {
-                let want = min(buffer.bytes.count, Int(size) + 1) - length
-                if want <= 0 { break }
-                let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[length..<(length + want)]),
+            while length < Int(size) {
+                let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[length..<Int(size)]),
                                         at: Int64(length))
                 if n == 0 { break }
                 length += n
