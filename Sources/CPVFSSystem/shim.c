@@ -19,7 +19,9 @@ int cpvfs_openat2_beneath(int dirfd, const char *path, int flags, mode_t mode, u
     struct open_how how;
     memset(&how, 0, sizeof how);
     how.flags = (uint64_t)(unsigned int)flags;
-    how.mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0;
+    // __O_TMPFILE includes O_DIRECTORY: test all its bits, or every directory open would pass a
+    // mode, which openat2 rejects with EINVAL.
+    how.mode = ((flags & O_CREAT) || (flags & __O_TMPFILE) == __O_TMPFILE) ? mode : 0;
     how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | extra_resolve;
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
 #else

@@ -16,9 +16,16 @@ public struct StoreOptions: ParsableArguments {
         return Store.defaultPath
     }
 
-    /// Opens the store, creating its layout on first use.
+    /// Opens the store, creating its layout on first use, and finishes what killed processes
+    /// left half done (interrupted ingests and template removals, abandoned recipe builds).
     public func open(logger: Logger) throws -> Store {
-        try Store(path: storePath, create: true, logger: logger)
+        let store = try Store(path: storePath, create: true, logger: logger)
+        do {
+            try store.cleanUpInterruptedIngests()
+        } catch {
+            logger.warning("cleanup of interrupted operations failed (the next command retries): \(error)")
+        }
+        return store
     }
 }
 

@@ -121,6 +121,7 @@ enum CatalogSchema {
                 ) WITHOUT ROWID;
                 """)
         }
+        registerTemplateMigrations(&migrator)
         registerAccessMigrations(&migrator)
         return migrator
     }

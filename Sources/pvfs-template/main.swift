@@ -1,2 +1,7 @@
+import ArgumentParser
 import PVFSCommands
-print("todo")
+
+@main
+struct PVFSTemplate: ParsableCommand {
+    static let configuration = TemplateTool.configuration
+}

@@ -1,0 +1,21 @@
+// Calls the blob store and the template ingest need beyond cpvfs_system.h.
+#ifndef CPVFS_STORE_H
+#define CPVFS_STORE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/// getdents64(2): fills `buffer` with struct linux_dirent64 records; 0 at end of directory.
+ssize_t cpvfs_getdents64(int fd, void *buffer, size_t count);
+/// sync_file_range(2).
+int cpvfs_sync_file_range(int fd, off_t offset, off_t count, unsigned int flags);
+/// posix_fadvise(2); returns the error number (0 on success), as posix_fadvise does.
+int cpvfs_fadvise(int fd, off_t offset, off_t length, int advice);
+
+static const unsigned int CPVFS_SYNC_FILE_RANGE_WAIT_BEFORE = 1;
+static const unsigned int CPVFS_SYNC_FILE_RANGE_WRITE = 2;
+static const unsigned int CPVFS_SYNC_FILE_RANGE_WAIT_AFTER = 4;
+static const int CPVFS_FADV_SEQUENTIAL = 2;
+static const int CPVFS_FADV_DONTNEED = 4;
+
+#endif

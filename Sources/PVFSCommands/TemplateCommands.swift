@@ -1,0 +1,407 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Glibc
+import Logging
+import PVFSStore
+import PVFSSystem
+
+// `pvfs-template`: templates are read-only root trees in the store, named, ingested once and
+// shared by every VM provisioned from them (docs/templates.md).
+
+/// Runs a template command body: one clear line on stderr and an exit code from
+/// PVFSExitCode for every failure.
+func runTemplateCommand(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as StoreError {
+        reportFailure(error.message)
+        switch error.errno {
+        case .noSuchFileOrDirectory: throw PVFSExitCode.notFound
+        case .fileExists, .resourceBusy: throw PVFSExitCode.conflict
+        default: throw PVFSExitCode.failure
+        }
+    } catch let error as SourceTreeError {
+        reportFailure(error.message)
+        throw PVFSExitCode.failure
+    } catch let failure as CommandFailure {
+        reportFailure(failure.message)
+        throw failure.exitCode
+    } catch let error as ValidationError {
+        throw error
+    } catch let code as ExitCode {
+        throw code
+    } catch {
+        reportFailure("\(error)")
+        throw PVFSExitCode.failure
+    }
+}
+
+private func reportFailure(_ message: String) {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+}
+
+func isoDate(nanoseconds: Int64) -> String {
+    ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
+}
+
+/// Turns SIGINT and SIGTERM into a cancellation for as long as the returned sources live.
+func installCancellationHandlers(_ cancellation: IngestCancellation) -> [DispatchSourceSignal] {
+    [SIGINT, SIGTERM].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler {
+            FileHandle.standardError.write(Data("\ninterrupted; removing the unfinished template\n".utf8))
+            cancellation.cancel()
+        }
+        source.resume()
+        return source
+    }
+}
+
+public struct CreateTemplate: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Create a template from a directory tree (--from) or by building a recipe.",
+        discussion: """
+            With --from DIR, ingests the tree at DIR: every regular file's content goes into the blob \
+            store once (named by its SHA-256), everything else (directories, symlinks, hardlinks, devices, \
+            fifos, sockets, owners, modes, times, xattrs incl. ACLs and capabilities) into the catalog. \
+            Symlinks inside the tree are never followed. Directories that are mount points of other \
+            filesystems are kept empty unless --cross-file-systems is given.
+
+            Without --from, builds NAME.recipe (or --recipe) with debootstrap in the store's tmp/ and \
+            ingests the result; see docs/templates.md for the recipe format. Recipes are looked up in \
+            --recipe-dir, $PVFS_RECIPE_PATH, ./templates, <prefix>/share/pvfs/templates, \
+            /etc/pvfs/templates and /usr/share/pvfs/templates.
+            """)
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    @Argument(help: "The new template's name (letters, digits, '-', '_', '.').")
+    public var name: String
+
+    @Option(name: .long, help: ArgumentHelp("Ingest this directory tree.", valueName: "dir"))
+    public var from: String?
+
+    @Option(name: .long, help: ArgumentHelp("Build this recipe (a name or a .recipe file) instead of NAME.recipe.", valueName: "recipe"))
+    public var recipe: String?
+
+    @Option(name: .long, help: ArgumentHelp("Look for recipes in this directory first.", valueName: "dir"))
+    public var recipeDir: String?
+
+    @Flag(name: .long, help: "Descend into directories that are mount points of other filesystems.")
+    public var crossFileSystems = false
+
+    @Flag(name: .long, help: "Copy file content even where the filesystems could share it (FICLONE).")
+    public var noReflink = false
+
+    @Option(name: .long, help: "Threads hashing and copying file content (default: the number of CPUs, at least 2).")
+    public var jobs: Int?
+
+    @Option(name: .long, help: "Files per publication batch, i.e. per syncfs and catalog transaction (default: 2000).")
+    public var batchFiles: Int?
+
+    public init() {}
+
+    public func validate() throws {
+        if from != nil && recipe != nil { throw ValidationError("--from and --recipe exclude each other") }
+        if let jobs, jobs < 1 || jobs > 256 { throw ValidationError("--jobs must be between 1 and 256") }
+        if let batchFiles, batchFiles < 1 || batchFiles > 100_000 { throw ValidationError("--batch-files must be between 1 and 100000") }
+    }
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.template")
+        try runTemplateCommand {
+            try Store.validateName(name, what: "template")
+            // Parse the recipe before touching the store: a typo fails fast.
+            var build: (RecipeBuilder, String)?
+            if from == nil {
+                let (parsed, file) = try loadRecipe(recipe ?? name, searchPath: recipeSearchPath(explicitDirectory: recipeDir))
+                var builder = RecipeBuilder(recipe: parsed, recipeDirectory: URL(fileURLWithPath: file).deletingLastPathComponent().path,
+                                            logger: logger)
+                builder.verbose = logging.verbose
+                try builder.preflight()
+                build = (builder, file)
+            }
+            let store = try storeOptions.open(logger: logger)
+            if try store.template(named: name) != nil {
+                throw StoreError("a template named \(name) exists already", errno: .fileExists)
+            }
+            let cancellation = IngestCancellation()
+            let signalSources = installCancellationHandlers(cancellation)
+            defer { withExtendedLifetime(signalSources) {} }
+
+            var options = IngestOptions()
+            options.oneFileSystem = !crossFileSystems
+            options.reflink = !noReflink
+            if let jobs { options.jobs = jobs }
+            if let batchFiles { options.batchFiles = batchFiles }
+
+            var scratch: ScratchDirectory?
+            var sourcePath = from ?? ""
+            let started = monotonicNanoseconds()
+            var buildSeconds: Double?
+            if let (builder, file) = build {
+                let directory = try ScratchDirectory(store: store, kind: "recipe")
+                scratch = directory
+                sourcePath = directory.path
+                if !logging.quiet {
+                    let extras = builder.recipe.packages.isEmpty ? "" : " + \(builder.recipe.packages.count) packages"
+                    FileHandle.standardError.write(Data("building \(name) from \(file): debootstrap \(builder.recipe.suite) (\(builder.recipe.variant)\(extras))...\n".utf8))
+                }
+                do {
+                    try builder.build(into: directory.path)
+                } catch {
+                    try? directory.remove()
+                    throw error
+                }
+                if cancellation.isCancelled {
+                    try? directory.remove()
+                    throw CommandFailure("interrupted")
+                }
+                buildSeconds = Double(monotonicNanoseconds() - started) / 1e9
+                options.sourceLabel = "recipe:\(file) (\(builder.recipe.suite), \(builder.recipe.variant))"
+            }
+            defer { try? scratch?.remove() }
+
+            let bar = ProgressBar(title: "ingesting \(name)", total: 0, enabled: isatty(STDERR_FILENO) == 1 && !logging.quiet,
+                                  format: formatBytes)
+            let progress = IngestProgress(scanned: { _, _, bytes in bar.setTotal(bytes) }, staged: { bar.advance(by: $0) })
+            let report: IngestReport
+            do {
+                report = try store.createTemplate(name: name, fromDirectory: sourcePath, options: options, progress: progress,
+                                                  cancellation: cancellation)
+            } catch {
+                bar.finish()
+                throw error
+            }
+            bar.finish()
+            if output.json {
+                try printJSON(CreateResult(template: report, buildSeconds: buildSeconds))
+            } else {
+                print(Self.summary(report, buildSeconds: buildSeconds))
+            }
+        }
+    }
+
+    struct CreateResult: Encodable {
+        var template: IngestReport
+        var buildSeconds: Double?
+    }
+
+    static func summary(_ r: IngestReport, buildSeconds: Double?) -> String {
+        var lines = ["created template \(r.name): \(r.entries) entries, \(r.regularFiles) files, \(formatBytes(r.logicalBytes)) in "
+                     + String(format: "%.2f s", r.seconds) + (buildSeconds.map { String(format: " (after %.0f s of building)", $0) } ?? "")]
+        var kinds = ["\(r.directories) directories", "\(r.symlinks) symlinks"]
+        if r.extraHardlinks > 0 { kinds.append("\(r.extraHardlinks) extra hardlinks") }
+        if r.devices > 0 { kinds.append("\(r.devices) devices") }
+        if r.fifos > 0 { kinds.append("\(r.fifos) fifos") }
+        if r.sockets > 0 { kinds.append("\(r.sockets) sockets") }
+        if r.xattrs > 0 { kinds.append("\(r.xattrs) xattrs") }
+        lines.append("  " + kinds.joined(separator: ", "))
+        lines.append("  content: \(r.newBlobs) new blobs (\(formatBytes(r.newBlobBytes)), \(r.copyMethod.rawValue)), "
+                     + "\(r.reusedContent) files reused content already stored")
+        for mount in r.skippedMountPoints { lines.append("  kept mount point \(mount) empty (use --cross-file-systems to descend)") }
+        return lines.joined(separator: "\n")
+    }
+}
+
+public struct ListTemplates: ParsableCommand {
+    public static let configuration = CommandConfiguration(commandName: "list", abstract: "List the ready templates.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    public init() {}
+
+    struct Item: Encodable {
+        var name: String
+        var source: String
+        var created: String
+        var entries: Int64
+        var logicalBytes: Int64
+    }
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.template")
+        try runTemplateCommand {
+            let store = try storeOptions.open(logger: logger)
+            let templates = try store.listTemplates()
+            let items = templates.map {
+                Item(name: $0.name, source: $0.source, created: isoDate(nanoseconds: $0.createdNanoseconds), entries: $0.entryCount,
+                     logicalBytes: $0.logicalBytes)
+            }
+            if output.json {
+                try printJSON(items)
+                return
+            }
+            if items.isEmpty {
+                print("no templates (create one with: pvfs-template create NAME --from DIR)")
+                return
+            }
+            let width = max(4, items.map(\.name.count).max() ?? 0)
+            print("NAME".padding(toLength: width, withPad: " ", startingAt: 0) + "  ENTRIES       SIZE  CREATED               SOURCE")
+            for item in items {
+                print(item.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                      + String(item.entries).leftPad(7) + "  " + formatBytes(item.logicalBytes).leftPad(9) + "  "
+                      + item.created.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + item.source)
+            }
+        }
+    }
+}
+
+extension String {
+    func leftPad(_ width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}
+
+public struct ShowTemplate: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "show", abstract: "Show a template: entries, sizes, blobs, what it shares with other templates, its VMs.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    @Argument(help: "The template's name.")
+    public var name: String
+
+    public init() {}
+
+    struct Details: Encodable {
+        var name: String
+        var source: String
+        var created: String
+        var entries: Int64
+        var inodes: Int64
+        var logicalBytes: Int64
+        var blobCount: Int64
+        var blobBytes: Int64
+        var allocatedBytes: Int64
+        var sharedBlobCount: Int64
+        var sharedBytes: Int64
+        var vms: [String]
+    }
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.template")
+        try runTemplateCommand {
+            let store = try storeOptions.open(logger: logger)
+            let t = try store.requireTemplate(named: name)
+            let u = try store.templateUsage(t)
+            let details = Details(name: t.name, source: t.source, created: isoDate(nanoseconds: t.createdNanoseconds), entries: t.entryCount,
+                                  inodes: u.inodes, logicalBytes: t.logicalBytes, blobCount: u.blobCount, blobBytes: u.blobBytes,
+                                  allocatedBytes: u.allocatedBytes, sharedBlobCount: u.sharedBlobCount, sharedBytes: u.sharedBytes, vms: u.vms)
+            if output.json {
+                try printJSON(details)
+                return
+            }
+            print("""
+                template \(t.name)
+                  source:         \(t.source)
+                  created:        \(details.created)
+                  entries:        \(t.entryCount) (\(u.inodes) inodes)
+                  logical size:   \(formatBytes(t.logicalBytes))
+                  blobs:          \(u.blobCount) (\(formatBytes(u.blobBytes)), \(formatBytes(u.allocatedBytes)) on disk)
+                  shared:         \(u.sharedBlobCount) blobs, \(formatBytes(u.sharedBytes)) also used by other templates
+                  VMs:            \(u.vms.isEmpty ? "none" : u.vms.joined(separator: ", "))
+                """)
+        }
+    }
+}
+
+public struct RemoveTemplate: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "rm", abstract: "Remove a template and the blobs only it used (refused while a VM uses it).",
+        aliases: ["remove"])
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    @Argument(help: "The template's name.")
+    public var name: String
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.template")
+        try runTemplateCommand {
+            let store = try storeOptions.open(logger: logger)
+            let removal = try store.removeTemplate(named: name)
+            if output.json {
+                try printJSON(removal)
+            } else if removal.deferred {
+                print("removed template \(name); another process holds the blobs lock, so its blobs are freed by a later command")
+            } else {
+                print("removed template \(name), freed \(removal.blobsRemoved) blobs (\(formatBytes(removal.bytesRemoved)))")
+            }
+        }
+    }
+}
+
+public struct ExportTemplate: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write a template out as a real directory tree, exactly (content, holes, owners, modes, times, xattrs, hardlinks, devices).",
+        discussion: "DIR is created, or must be an empty directory (it takes the template root's attributes). Needs root.")
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    @Argument(help: "The template's name.")
+    public var name: String
+
+    @Argument(help: ArgumentHelp("Where to write the tree.", valueName: "dir"))
+    public var directory: String
+
+    @Option(name: .long, help: "Threads copying file content (default: the number of CPUs, at least 2).")
+    public var jobs: Int?
+
+    public init() {}
+
+    public func run() throws {
+        let logger = logging.makeLogger("pvfs.template")
+        try runTemplateCommand {
+            let store = try storeOptions.open(logger: logger)
+            let template = try store.requireTemplate(named: name)
+            let bar = ProgressBar(title: "exporting \(name)", total: template.logicalBytes,
+                                  enabled: isatty(STDERR_FILENO) == 1 && !logging.quiet, format: formatBytes)
+            let report: ExportReport
+            do {
+                report = try store.exportTemplate(named: name, to: directory, jobs: jobs ?? max(2, ProcessInfo.processInfo.activeProcessorCount),
+                                                  progress: { bar.advance(by: $0) })
+            } catch {
+                bar.finish()
+                throw error
+            }
+            bar.finish()
+            if output.json {
+                try printJSON(report)
+            } else {
+                print("exported template \(name) to \(report.destination): \(report.entries) entries, \(formatBytes(report.bytes)) ("
+                      + "\(report.copyMethod)) in " + String(format: "%.2f s", report.seconds))
+            }
+        }
+    }
+}
+
+/// The root of `pvfs-template`.
+public struct TemplateTool: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "pvfs-template",
+        abstract: "Create, inspect, export and remove the templates VM roots are provisioned from.",
+        discussion: """
+            Exit codes: 0 success, 1 failure, 3 no such template, 4 conflict (exists already, in use, \
+            being created by another process).
+            """,
+        subcommands: [CreateTemplate.self, ListTemplates.self, ShowTemplate.self, RemoveTemplate.self, ExportTemplate.self])
+
+    public init() {}
+}

@@ -1,0 +1,206 @@
+import Foundation
+import GRDB
+import PVFSSystem
+import Synchronization
+import SystemPackage
+
+/// What one publication did.
+public struct PublicationStatistics: Sendable, Equatable {
+    /// Blobs renamed into `blobs/` by this publication.
+    public var newBlobs = 0
+    public var newBytes: Int64 = 0
+    /// Staged files whose content the store (or this batch) had already: dropped.
+    public var reused = 0
+    /// Time spent waiting for syncfs and directory fsyncs.
+    public var syncNanoseconds: UInt64 = 0
+
+    public init() {}
+
+    mutating func add(_ other: PublicationStatistics) {
+        newBlobs += other.newBlobs
+        newBytes += other.newBytes
+        reused += other.reused
+        syncNanoseconds += other.syncNanoseconds
+    }
+}
+
+extension Store {
+    /// Publishes staged files as blobs and, in the same catalog transaction, lets `record` write
+    /// the rows that reference them (it gets each staged hash's blob id).
+    ///
+    /// The caller holds `lock` (the blobs lock, shared) since before the files were staged; it is
+    /// released by the caller after this returns. The order makes every committed row point at a
+    /// durable, complete blob (docs/store-format.md, "Publication"):
+    ///
+    /// 1. look the hashes up in the catalog; staged copies of known content (or of content
+    ///    staged twice in this batch) are deleted before anything is flushed, so re-ingesting
+    ///    known content writes nothing to disk;
+    /// 2. append the new hashes to the area's journal;
+    /// 3. syncfs: staged data and the journal reach the disk;
+    /// 4. rename each staged file to `blobs/<xx>/<hash>` with RENAME_NOREPLACE (EEXIST: the blob
+    ///    is there already, from a concurrent publisher or an interrupted one; content-addressed,
+    ///    so it is the same bytes);
+    /// 5. fsync every shard directory that got a name (and `blobs/` when a shard was created);
+    /// 6. one write transaction: blob rows plus the caller's rows.
+    func publish(_ staged: [StagedBlob], from area: StagingArea, shards: ShardDirectories,
+                 record: (Database, [BlobHash: Int64]) throws -> Void) throws -> PublicationStatistics {
+        var stats = PublicationStatistics()
+        var firstIndex: [BlobHash: Int] = [:]
+        firstIndex.reserveCapacity(staged.count)
+        var unique: [BlobHash] = []
+        for (i, blob) in staged.enumerated() where blob.stagedName != nil && firstIndex[blob.hash] == nil {
+            firstIndex[blob.hash] = i
+            unique.append(blob.hash)
+        }
+        var ids: [BlobHash: Int64] = try catalog.read { db in
+            var known: [BlobHash: Int64] = [:]
+            let statement = try db.cachedStatement(sql: "SELECT id FROM blob WHERE hash = ?")
+            for hash in unique {
+                if let id = try Int64.fetchOne(statement, arguments: [hash.bytes.databaseBlob]) { known[hash] = id }
+            }
+            return known
+        }
+        var toPublish: [(name: [UInt8], blob: StagedBlob)] = []
+        for (i, blob) in staged.enumerated() {
+            guard let name = blob.stagedName else {
+                stats.reused += 1  // nothing staged: the content is known, its id is looked up at commit
+                continue
+            }
+            if ids[blob.hash] == nil && firstIndex[blob.hash] == i {
+                toPublish.append((name, blob))
+            } else {
+                stats.reused += 1
+                _ = try? area.directory.unlink(at: name)
+            }
+        }
+
+        var rowsToInsert: [(hash: BlobHash, size: Int64, allocated: Int64)] = []
+        if !toPublish.isEmpty {
+            do {
+                try area.journal(toPublish.map(\.blob.hash))
+                let syncStarted = monotonicNanoseconds()
+                try area.directory.syncFileSystem()
+                stats.syncNanoseconds += monotonicNanoseconds() - syncStarted
+                var touched = Set<UInt8>()
+                var createdShard = false
+                for (name, blob) in toPublish {
+                    let shard = UInt8(truncatingIfNeeded: blob.hash.words.0 >> 56)
+                    if try shards.ensure(shard) { createdShard = true }
+                    touched.insert(shard)
+                    let target = Array(BlobStore.relativePath(blob.hash).utf8)
+                    var allocated = blob.allocated
+                    do {
+                        try area.directory.rename(at: name, to: blobsDirectory, target, flags: .noReplace)
+                        stats.newBlobs += 1
+                        stats.newBytes += blob.size
+                    } catch Errno.fileExists {
+                        _ = try? area.directory.unlink(at: name)
+                        allocated = (try? blobsDirectory.stat(at: target).blocks * 512) ?? allocated
+                        stats.reused += 1
+                    }
+                    rowsToInsert.append((blob.hash, blob.size, allocated))
+                }
+                let dirSyncStarted = monotonicNanoseconds()
+                if createdShard { try blobsDirectory.sync() }
+                for shard in touched { try shards.sync(shard) }
+                stats.syncNanoseconds += monotonicNanoseconds() - dirSyncStarted
+            } catch {
+                throw StoreError("cannot publish blobs in \(path)/blobs: \(error)", errno: error)
+            }
+        }
+
+        let now = Timespec.now.totalNanoseconds
+        try catalog.write { db in
+            if !rowsToInsert.isEmpty {
+                let insert = try db.cachedStatement(sql: """
+                    INSERT INTO blob (hash, size, allocated, created_ns) VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING
+                    """)
+                let select = try db.cachedStatement(sql: "SELECT id FROM blob WHERE hash = ?")
+                for row in rowsToInsert {
+                    let hashBlob = row.hash.bytes.databaseBlob
+                    try insert.execute(arguments: [hashBlob, row.size, row.allocated, now])
+                    if db.changesCount == 1 {
+                        ids[row.hash] = db.lastInsertedRowID
+                    } else {
+                        ids[row.hash] = try Int64.fetchOne(select, arguments: [hashBlob])
+                    }
+                }
+            }
+            // Content that needed no copy: known when it was staged (and still there: deleting a
+            // blob takes the blobs lock exclusively, which the caller's shared lock keeps out),
+            // or published by this batch or an earlier one of the same ingest.
+            let select = try db.cachedStatement(sql: "SELECT id FROM blob WHERE hash = ?")
+            for blob in staged where ids[blob.hash] == nil {
+                guard let id = try Int64.fetchOne(select, arguments: [blob.hash.bytes.databaseBlob]) else {
+                    throw StoreError("blob \(blob.hash) is neither staged nor in the catalog", errno: .ioError)
+                }
+                ids[blob.hash] = id
+            }
+            try record(db, ids)
+        }
+        return stats
+    }
+
+    /// Publishes blobs from memory; `record` writes, in the publishing transaction, the rows that
+    /// reference them (a blob nothing references may be collected as soon as this returns).
+    @discardableResult
+    public func publishBlobs(_ contents: [[UInt8]], record: (Database, [Int64]) throws -> Void) throws -> PublicationStatistics {
+        let area = try StagingArea(store: self)
+        defer { area.dispose() }
+        let lock = try lockBlobsShared()
+        defer { withExtendedLifetime(lock) {} }
+        do {
+            var staged: [StagedBlob] = []
+            for content in contents { staged.append(try area.stage(bytes: content)) }
+            return try publish(staged, from: area, shards: ShardDirectories(blobs: blobsDirectory)) { db, ids in
+                try record(db, staged.map { ids[$0.hash]! })
+            }
+        } catch let error as Errno {
+            area.removeStagedFiles()
+            throw StoreError("cannot stage blobs in \(path)/tmp: \(error)", errno: error)
+        } catch {
+            area.removeStagedFiles()
+            throw error
+        }
+    }
+}
+
+/// The 256 shard directories of `blobs/`, created on first use and kept open for fsync.
+final class ShardDirectories: @unchecked Sendable {
+    private let blobs: FileDescriptor
+    private let opened = Mutex<[UInt8: FileDescriptor]>([:])
+
+    init(blobs: FileDescriptor) { self.blobs = blobs }
+
+    deinit {
+        opened.withLock { for fd in $0.values { fd.closeQuietly() } }
+    }
+
+    static func name(_ shard: UInt8) -> [UInt8] {
+        let digits = Array("0123456789abcdef".utf8)
+        return [digits[Int(shard >> 4)], digits[Int(shard & 0xf)]]
+    }
+
+    /// Makes sure the shard directory exists; true when this call created it.
+    func ensure(_ shard: UInt8) throws(Errno) -> Bool {
+        if opened.withLock({ $0[shard] != nil }) { return false }
+        var created = false
+        do throws(Errno) {
+            try blobs.makeDirectory(at: Self.name(shard), mode: 0o755)
+            created = true
+        } catch where error == .fileExists {}
+        let fd = try FileDescriptor.open(at: blobs, Self.name(shard), [.directory, .readOnly, .noFollow])
+        let kept = opened.withLock { map -> Bool in
+            if map[shard] != nil { return false }
+            map[shard] = fd
+            return true
+        }
+        if !kept { fd.closeQuietly() }
+        return created
+    }
+
+    func sync(_ shard: UInt8) throws(Errno) {
+        guard let fd = opened.withLock({ $0[shard] }) else { return }
+        try fd.sync()
+    }
+}

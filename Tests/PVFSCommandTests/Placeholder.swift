@@ -1,4 +1,0 @@
-import Testing
-@testable import PVFSCommands
-
-@Test func placeholder() {}

@@ -1,4 +1,0 @@
-import Testing
-@testable import PVFSStore
-
-@Test func placeholder() {}

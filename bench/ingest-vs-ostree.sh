@@ -1,0 +1,98 @@
+#!/bin/bash
+# Times `pvfs-template create --from TREE` (release build) against `ostree commit` of the same
+# tree into a fresh bare repository on the same filesystem, alternating runs, and prints both
+# medians and their ratio.
+#
+#   bench/ingest-vs-ostree.sh [--tree DIR] [--runs N] [--work DIR] [--jobs N] [--keep]
+#
+# TREE defaults to /srv/pvfs-cache/minbase when present, else a Debian 12 minbase tree built
+# with debootstrap into WORK (default /var/tmp/pvfs-bench, which must be on the filesystem to
+# measure). The tree is copied once into WORK without device nodes, fifos and sockets, which
+# ostree cannot commit; its page cache is warmed so both tools read from memory.
+#
+# Every run writes into a new store / repository, and none is deleted until all runs are done:
+# deleting thousands of files right before a run makes ext4's inode allocator skip recently
+# freed inodes one by one, which would measure the previous run's deletion, not the ingest.
+set -euo pipefail
+
+runs=5
+tree=""
+work=/var/tmp/pvfs-bench
+keep=0
+jobs=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tree) tree="$2"; shift 2 ;;
+        --runs) runs="$2"; shift 2 ;;
+        --work) work="$2"; shift 2 ;;
+        --jobs) jobs="--jobs $2"; shift 2 ;;
+        --keep) keep=1; shift ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+command -v ostree >/dev/null || { echo "ostree is not installed (apt-get install ostree)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root: both tools must keep owners and device-free trees need root to copy" >&2; exit 1; }
+
+echo "building pvfs-template (release)..." >&2
+(cd "$here" && swift build -c release --product pvfs-template >/dev/null)
+pvfs="$here/.build/release/pvfs-template"
+
+mkdir -p "$work"
+if [ -z "$tree" ]; then
+    if [ -d /srv/pvfs-cache/minbase/usr ]; then
+        tree=/srv/pvfs-cache/minbase
+    else
+        tree="$work/minbase"
+        if [ ! -d "$tree/usr" ]; then
+            echo "debootstrap --variant=minbase bookworm $tree ..." >&2
+            debootstrap --variant=minbase bookworm "$tree" http://deb.debian.org/debian >/dev/null
+        fi
+    fi
+fi
+
+bench_tree="$work/tree"
+rm -rf "$bench_tree" "$work/runs"
+cp -a --reflink=auto "$tree" "$bench_tree"
+find "$bench_tree" \( -type b -o -type c -o -type p -o -type s \) -delete
+entries=$(find "$bench_tree" | wc -l)
+bytes=$(du -sb --apparent-size "$bench_tree" | cut -f1)
+find "$bench_tree" -type f -print0 | xargs -0 cat > /dev/null
+echo "tree: $tree -> $bench_tree: $entries entries, $((bytes / 1048576)) MiB; $runs runs each, alternating" >&2
+
+now() { date +%s%N; }
+declare -a pvfs_times ostree_times
+run_pvfs() {
+    local store="$work/runs/$1/pvfs-store"
+    "$pvfs" list --store "$store" >/dev/null          # create the store outside the timing, like ostree init
+    sync
+    local t0; t0=$(now)
+    "$pvfs" create bench --store "$store" --from "$bench_tree" --quiet $jobs >/dev/null
+    local t1; t1=$(now)
+    pvfs_times+=("$(( (t1 - t0) / 1000000 ))")
+}
+run_ostree() {
+    local repo="$work/runs/$1/ostree-repo"
+    ostree init --mode=bare --repo="$repo"
+    sync
+    local t0; t0=$(now)
+    ostree commit --repo="$repo" --branch=bench --tree=dir="$bench_tree" >/dev/null
+    local t1; t1=$(now)
+    ostree_times+=("$(( (t1 - t0) / 1000000 ))")
+}
+
+printf '%-5s %10s %10s\n' run "pvfs ms" "ostree ms"
+for i in $(seq 1 "$runs"); do
+    mkdir -p "$work/runs/$i"
+    if [ $((i % 2)) = 1 ]; then run_pvfs "$i"; run_ostree "$i"; else run_ostree "$i"; run_pvfs "$i"; fi
+    printf '%-5s %10s %10s\n' "$i" "${pvfs_times[-1]}" "${ostree_times[-1]}"
+done
+
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2}'; }
+mp=$(median "${pvfs_times[@]}")
+mo=$(median "${ostree_times[@]}")
+echo "median: pvfs $mp ms, ostree $mo ms, ratio pvfs/ostree $(awk -v p="$mp" -v o="$mo" 'BEGIN {printf "%.2f", p / o}')"
+
+if [ "$keep" = 0 ]; then rm -rf "$work/runs" "$bench_tree"; fi
