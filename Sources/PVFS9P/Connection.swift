@@ -81,6 +81,10 @@ public final class NinePConnection: @unchecked Sendable {
         configuration.maximumMessageSize = max(NineP.minimumMessageSize, configuration.maximumMessageSize)
         configuration.maximumOutstandingRequests = max(1, configuration.maximumOutstandingRequests)
         configuration.maximumParallelRequests = max(1, configuration.maximumParallelRequests)
+        // Lock waiters hold outstanding slots indefinitely; leave room for the requests that
+        // would release the locks.
+        configuration.maximumBlockedLocks = max(0, min(configuration.maximumBlockedLocks,
+                                                       configuration.maximumOutstandingRequests - 1))
         self.configuration = configuration
         self.pool = pool
         var logger = logger
