@@ -63,9 +63,11 @@ public final class NinePConnection: @unchecked Sendable {
     private var outstanding = 0
     private var outstandingBytes = 0
     /// Requests waiting for a parallel slot of this connection.
-    private var queue: [Job] = []
-    private var queueHead = 0
+    private var runQueue: [Request] = []
+    private var runQueueHead = 0
     private var running = 0
+    /// Requests not yet completed that use each fid, in arrival order (for fid ordering).
+    private var fidQueues: [UInt32: [Request]] = [:]
     var blockedLocks = 0
     private(set) var fids: FidTable
     /// The VM this connection serves (set by its first attach).
@@ -132,10 +134,20 @@ public final class NinePConnection: @unchecked Sendable {
 
     // MARK: - Requests
 
+    /// How a request uses one fid, for ordering: requests that make, open, convert or end a
+    /// fid are exclusive on it; the rest share it.
+    struct FidAccess: Sendable, Equatable {
+        var fid: UInt32
+        var exclusive: Bool
+    }
+
     /// One request from receipt to reply.
     final class Request: @unchecked Sendable {
         let tag: UInt16
         let type: NinePMessageType
+        /// Decoded at receipt; nil for Tflush.
+        let message: NinePRequest?
+        let accesses: [FidAccess]
         let reply: Reply
         let cost: Int
         let generation: UInt64
@@ -143,22 +155,54 @@ public final class NinePConnection: @unchecked Sendable {
         /// Guarded by the connection's `state`.
         var cancelled = false
         var completed = false
+        /// Handed to the worker pool (or this connection's run queue): its fids allowed it.
+        var dispatched = false
         /// Tflush requests waiting for this one.
         var flushes: [Request] = []
 
-        init(tag: UInt16, type: NinePMessageType, reply: @escaping Reply, cost: Int, generation: UInt64, fids: FidTable) {
+        init(tag: UInt16, message: NinePRequest?, type: NinePMessageType, reply: @escaping Reply, cost: Int,
+             generation: UInt64, fids: FidTable) {
             self.tag = tag
+            self.message = message
             self.type = type
             self.reply = reply
             self.cost = cost
             self.generation = generation
             self.fids = fids
+            accesses = message.map(Self.accesses) ?? []
         }
-    }
 
-    struct Job: @unchecked Sendable {
-        let request: Request
-        let message: [UInt8]
+        func isExclusive(on fid: UInt32) -> Bool {
+            accesses.first { $0.fid == fid }?.exclusive ?? false
+        }
+
+        /// The fids a request touches. Requests on different fids, and shared uses of one fid
+        /// (reads, writes, getattr, ...), run in parallel; an exclusive use waits for every
+        /// earlier request on the fid and holds back every later one. So a client may pipeline
+        /// Twalk, Tlopen and Tread of a new fid and they run in that order, while Linux's
+        /// parallel reads of one file stay parallel.
+        static func accesses(_ message: NinePRequest) -> [FidAccess] {
+            var list: [FidAccess]
+            switch message {
+            case .version, .auth, .flush:
+                list = []
+            case .attach(let fid, _, _, _, _), .lopen(let fid, _), .lcreate(let fid, _, _, _, _),
+                 .xattrcreate(let fid, _, _, _), .clunk(let fid), .remove(let fid):
+                list = [FidAccess(fid: fid, exclusive: true)]
+            case .walk(let fid, let newFid, _), .xattrwalk(let fid, let newFid, _):
+                list = newFid == fid ? [FidAccess(fid: fid, exclusive: true)]
+                    : [FidAccess(fid: fid, exclusive: false), FidAccess(fid: newFid, exclusive: true)]
+            case .read(let fid, _, _), .write(let fid, _, _), .readdir(let fid, _, _), .getattr(let fid, _),
+                 .setattr(let fid, _), .fsync(let fid, _), .statfs(let fid), .readlink(let fid), .lock(let fid, _),
+                 .getlock(let fid, _), .mkdir(let fid, _, _, _), .symlink(let fid, _, _, _),
+                 .mknod(let fid, _, _, _, _, _), .unlinkat(let fid, _, _):
+                list = [FidAccess(fid: fid, exclusive: false)]
+            case .link(let a, let b, _), .rename(let a, let b, _), .renameat(let a, _, let b, _):
+                list = a == b ? [FidAccess(fid: a, exclusive: false)]
+                    : [FidAccess(fid: a, exclusive: false), FidAccess(fid: b, exclusive: false)]
+            }
+            return list
+        }
     }
 
     /// Takes one complete T-message. See the type's documentation for the contract.
@@ -190,14 +234,11 @@ public final class NinePConnection: @unchecked Sendable {
     }
 
     /// The most bytes a request's reply can take, for the memory budget.
-    private func replyEstimate(_ header: NinePHeader, _ message: [UInt8], msize: Int) -> Int {
-        switch header.type {
-        case .tread, .treaddir:
-            // count[4] sits at offset 7 + fid[4] + offset[8].
-            var r = NinePReader(message, offset: 19)
-            let count = (try? r.u32()).map(Int.init) ?? 0
-            return NineP.readReplyHeaderSize + min(count, msize - NineP.readReplyHeaderSize)
-        case .treadlink:
+    private func replyEstimate(_ request: NinePRequest, msize: Int) -> Int {
+        switch request {
+        case .read(_, _, let count), .readdir(_, _, let count):
+            return NineP.readReplyHeaderSize + min(Int(count), msize - NineP.readReplyHeaderSize)
+        case .readlink:
             return 4200
         default:
             return 256
@@ -205,6 +246,14 @@ public final class NinePConnection: @unchecked Sendable {
     }
 
     private func enqueue(_ message: [UInt8], header: NinePHeader, reply: @escaping Reply) {
+        let decoded: NinePRequest
+        do {
+            decoded = try NinePRequest.decode(message).request
+        } catch {
+            logger.debug("malformed \(header.type): \(error)")
+            answerNow(reply, NinePResponse.error(errno: error.errno).encode(tag: header.tag))
+            return
+        }
         state.lock()
         guard !closing else { state.unlock(); return }
         guard let msize = negotiatedSize else {
@@ -217,7 +266,7 @@ public final class NinePConnection: @unchecked Sendable {
             reply(NinePResponse.error(errno: LinuxErrno.EMSGSIZE).encode(tag: header.tag))
             return
         }
-        let cost = message.count + replyEstimate(header, message, msize: msize)
+        let cost = message.count + replyEstimate(decoded, msize: msize)
         while !closing && (outstanding >= configuration.maximumOutstandingRequests
                            || (outstanding > 0 && outstandingBytes + cost > configuration.maximumOutstandingBytes)) {
             state.wait()
@@ -229,32 +278,72 @@ public final class NinePConnection: @unchecked Sendable {
             reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
             return
         }
-        let request = Request(tag: header.tag, type: header.type, reply: reply, cost: cost, generation: generation, fids: fids)
+        let request = Request(tag: header.tag, message: decoded, type: header.type, reply: reply, cost: cost,
+                              generation: generation, fids: fids)
         inflight[header.tag] = request
         outstanding += 1
         outstandingBytes += cost
-        let job = Job(request: request, message: message)
-        if running < configuration.maximumParallelRequests {
-            running += 1
-            state.unlock()
-            pool.submit { self.run(job) }
-        } else {
-            queue.append(job)
-            state.unlock()
-        }
+        for access in request.accesses { fidQueues[access.fid, default: []].append(request) }
+        var submit: Request?
+        if isReady(request) { submit = dispatchLocked(request) }
+        state.unlock()
+        if let submit { pool.submit { self.run(submit) } }
     }
 
-    /// Runs one job, then hands this parallel slot to the next queued job through the pool (so
-    /// that connections take turns on its threads).
-    private func run(_ job: Job) {
-        execute(job)
+    /// Whether no earlier request holds back `request` on any of its fids. Caller holds `state`.
+    private func isReady(_ request: Request) -> Bool {
+        for access in request.accesses {
+            guard let queue = fidQueues[access.fid] else { continue }
+            for earlier in queue {
+                if earlier === request { break }
+                if access.exclusive || earlier.isExclusive(on: access.fid) { return false }
+            }
+        }
+        return true
+    }
+
+    /// Marks a request runnable: it takes a parallel slot (returned, for the caller to submit
+    /// to the pool once `state` is released) or waits in the run queue. Caller holds `state`.
+    private func dispatchLocked(_ request: Request) -> Request? {
+        request.dispatched = true
+        if running < configuration.maximumParallelRequests {
+            running += 1
+            return request
+        }
+        runQueue.append(request)
+        return nil
+    }
+
+    /// Takes a finished request out of its fids' queues and dispatches what it held back.
+    /// Caller holds `state`; returns requests to submit to the pool.
+    private func releaseFids(_ request: Request) -> [Request] {
+        var candidates: [Request] = []
+        for access in request.accesses {
+            guard var queue = fidQueues[access.fid] else { continue }
+            queue.removeAll { $0 === request }
+            fidQueues[access.fid] = queue.isEmpty ? nil : queue
+            for waiting in queue where !waiting.dispatched && !waiting.completed && !candidates.contains(where: { $0 === waiting }) {
+                candidates.append(waiting)
+            }
+        }
+        var submit: [Request] = []
+        for candidate in candidates where isReady(candidate) {
+            if let r = dispatchLocked(candidate) { submit.append(r) }
+        }
+        return submit
+    }
+
+    /// Runs one request, then hands this parallel slot to the next runnable request through the
+    /// pool (so that connections take turns on its threads).
+    private func run(_ request: Request) {
+        execute(request)
         state.lock()
-        if queueHead < queue.count {
-            let next = queue[queueHead]
-            queueHead += 1
-            if queueHead == queue.count {
-                queue.removeAll(keepingCapacity: queue.count <= 1024)
-                queueHead = 0
+        if runQueueHead < runQueue.count {
+            let next = runQueue[runQueueHead]
+            runQueueHead += 1
+            if runQueueHead == runQueue.count {
+                runQueue.removeAll(keepingCapacity: runQueue.count <= 1024)
+                runQueueHead = 0
             }
             state.unlock()
             pool.submit { self.run(next) }
@@ -264,17 +353,17 @@ public final class NinePConnection: @unchecked Sendable {
         }
     }
 
-    private func execute(_ job: Job) {
+    private func execute(_ request: Request) {
         state.lock()
-        let cancelled = job.request.cancelled
+        let cancelled = request.cancelled
         state.unlock()
-        if cancelled {
-            complete(job.request, nil)
+        guard !cancelled, let message = request.message else {
+            complete(request, nil)
             return
         }
-        switch handle(job) {
+        switch handle(request, message) {
         case .reply(let bytes):
-            complete(job.request, bytes)
+            complete(request, bytes)
         case .deferred:
             break
         }
@@ -287,7 +376,8 @@ public final class NinePConnection: @unchecked Sendable {
     }
 
     /// Finishes a request: sends its reply (nil: it was cancelled before taking effect, send
-    /// nothing), then the Rflush of every Tflush that waited for it.
+    /// nothing), lets the requests it held back on its fids run, then sends the Rflush of every
+    /// Tflush that waited for it.
     func complete(_ request: Request, _ bytes: [UInt8]?) {
         state.lock()
         guard !request.completed else { state.unlock(); return }
@@ -295,13 +385,17 @@ public final class NinePConnection: @unchecked Sendable {
         if inflight[request.tag] === request { inflight[request.tag] = nil }
         outstanding -= 1
         outstandingBytes -= request.cost
-        let send = !closing && request.generation == generation
+        let current = request.generation == generation
+        let submit = current ? releaseFids(request) : []
+        let send = !closing && current
         let flushes = request.flushes
         request.flushes = []
+        let limit = negotiatedSize ?? configuration.maximumMessageSize
         state.broadcast()
         state.unlock()
+        for r in submit { pool.submit { self.run(r) } }
         if send, var bytes {
-            if bytes.count > negotiatedSizeOrMaximum {
+            if bytes.count > limit {
                 logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
                 bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
             }
@@ -311,8 +405,6 @@ public final class NinePConnection: @unchecked Sendable {
             complete(flush, NinePResponse.flush.encode(tag: flush.tag))
         }
     }
-
-    private var negotiatedSizeOrMaximum: Int { maximumMessageSize }
 
     /// Whether a request should stop waiting: flushed, superseded by Tversion, or the connection closing.
     func isCancelled(_ request: Request) -> Bool {
@@ -354,13 +446,19 @@ public final class NinePConnection: @unchecked Sendable {
             reply(NinePResponse.flush.encode(tag: tag))
             return
         }
-        let request = Request(tag: tag, type: .tflush, reply: reply, cost: message.count, generation: generation, fids: fids)
+        let request = Request(tag: tag, message: nil, type: .tflush, reply: reply, cost: message.count,
+                              generation: generation, fids: fids)
+        // Never queued behind fids: it completes with (after) its target.
+        request.dispatched = true
         inflight[tag] = request
         outstanding += 1
         outstandingBytes += request.cost
         target.cancelled = true
         target.flushes.append(request)
+        // Still held back by its fids: it never started, so it ends (silently) now.
+        let abandon = !target.dispatched
         state.unlock()
+        if abandon { complete(target, nil) }
     }
 
     // MARK: - Tversion
@@ -383,7 +481,9 @@ public final class NinePConnection: @unchecked Sendable {
         guard !closing else { state.unlock(); return }
         generation &+= 1
         for request in inflight.values { request.cancelled = true }
+        let abandoned = inflight.values.filter { !$0.dispatched && !$0.completed }
         inflight.removeAll()
+        fidQueues.removeAll()
         let oldFids = fids
         fids = FidTable(limit: configuration.maximumFids)
         let oldViews = Array(views.values)
@@ -402,6 +502,7 @@ public final class NinePConnection: @unchecked Sendable {
             answer = .version(msize: UInt32(agreed), version: NineP.protocolVersion)
         }
         state.unlock()
+        for request in abandoned { complete(request, nil) }
         for fid in oldFids.close() { finalize(fid) }
         for view in oldViews { view.releaseAllLocks() }
         logger.debug("Tversion \(String(decoding: version, as: UTF8.self)) msize \(msize): \(answer)")
@@ -421,7 +522,11 @@ public final class NinePConnection: @unchecked Sendable {
         }
         closing = true
         for request in inflight.values { request.cancelled = true }
+        let abandoned = inflight.values.filter { !$0.dispatched && !$0.completed }
         state.broadcast()
+        state.unlock()
+        for request in abandoned { complete(request, nil) }
+        state.lock()
         while outstanding > 0 { state.wait() }
         let table = fids
         let sessionViews = Array(views.values)

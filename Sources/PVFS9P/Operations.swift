@@ -8,16 +8,8 @@ import SystemPackage
 // Rlerror, and return the encoded reply.
 
 extension NinePConnection {
-    func handle(_ job: Job) -> Outcome {
-        let request = job.request
+    func handle(_ request: Request, _ decoded: NinePRequest) -> Outcome {
         let tag = request.tag
-        let decoded: NinePRequest
-        do {
-            decoded = try NinePRequest.decode(job.message).request
-        } catch {
-            logger.debug("malformed \(request.type): \(error)")
-            return .reply(NinePResponse.error(errno: error.errno).encode(tag: tag))
-        }
         do throws(Errno) {
             if case .lock(let fid, let lock) = decoded {
                 return try self.lock(request, fid: fid, lock)

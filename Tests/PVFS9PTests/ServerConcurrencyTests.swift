@@ -137,6 +137,65 @@ struct ServerConcurrencyTests {
         for w in waiters { #expect(try !c.flush(w)) }
     }
 
+    /// A client may send dependent requests without waiting: those on one fid run in order.
+    @Test func pipelinedRequestsOnAFidRunInOrder() throws {
+        let s = try ServedVM(threads: 4)
+        defer { s.finish() }
+        let c = s.client
+        for round in 0..<20 {
+            let base = UInt32(100 + round * 10)
+            // Each step depends on the one before through fid `base` (or base + 1), and each
+            // dependent step follows an exclusive one (a walk, an open, a clunk).
+            let steps: [NinePRequest] = [
+                .walk(fid: 0, newFid: base, names: []),
+                .lcreate(fid: base, name: bytes("p\(round)"), flags: Dotl.rdwr, mode: 0o644, gid: 0),
+                .write(fid: base, offset: 0, data: bytes("round \(round)")[...]),
+                .clunk(fid: base),
+                .walk(fid: 0, newFid: base, names: [bytes("p\(round)")]),
+                .lopen(fid: base, flags: Dotl.rdonly),
+                .read(fid: base, offset: 0, count: 100),
+                .xattrwalk(fid: base, newFid: base + 1, name: []),
+                .read(fid: base + 1, offset: 0, count: 100),
+                .clunk(fid: base + 1),
+                .clunk(fid: base),
+            ]
+            let pendings = try steps.map { try c.start($0) }
+            let replies = try pendings.map { try $0.wait() }
+            for (step, reply) in zip(steps, replies) {
+                if case .error(let e) = reply { Issue.record("\(step.type) failed with \(e)") }
+            }
+            #expect(replies[6] == .read(data: bytes("round \(round)")[...]))
+            #expect(replies[8] == .read(data: []))
+        }
+        #expect(s.connection.fidCount == 1)
+    }
+
+    /// Reads of one fid stay parallel; a clunk waits for them and a flush of a request that is
+    /// held back behind a lock wait answers at once.
+    @Test func fidOrderingAndFlush() throws {
+        let s = try ServedVM()
+        defer { s.finish() }
+        let c = s.client
+        try openHostname(c, 1)
+        try openHostname(c, 2)
+        _ = try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
+        let waiting = try c.start(.lock(fid: 2, lockRequest(NinePLockType.writeLock, pid: 2, block: true)))
+        Thread.sleep(forTimeInterval: 0.1)
+        // Reads share fid 2 with the waiting lock: they run.
+        #expect(text(try c.read(fid: 2, offset: 0, count: 100)) == "template-host\n")
+        // A clunk of fid 2 must wait for the lock request...
+        let clunk = try c.start(.clunk(fid: 2))
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(!clunk.isAnswered)
+        // ...and a request behind it on fid 2 can be flushed at once.
+        let behind = try c.start(.getattr(fid: 2, mask: .all))
+        #expect(try !c.flush(behind))
+        // Flushing the lock lets the clunk through.
+        #expect(try !c.flush(waiting))
+        #expect(try clunk.wait(timeout: 5) == .clunk)
+        #expect(c.violations.isEmpty)
+    }
+
     @Test func manyOutstandingRequests() throws {
         var config = NinePConfiguration()
         config.maximumOutstandingRequests = 16
