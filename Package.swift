@@ -45,7 +45,11 @@ let package = Package(
         // Copy-on-write merged views of VM roots: the one engine every transport serves.
         .target(name: "PVFSEngine", dependencies: ["PVFSStore"]),
         // Protocols: 9P2000.L (transport-neutral) and FUSE low-level.
-        .target(name: "PVFS9P", dependencies: ["PVFSEngine"]),
+        .target(name: "PVFS9P", dependencies: [
+            "PVFSEngine", "PVFSSystem",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "CFuse"]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
         .target(name: "PVFSTransport", dependencies: [

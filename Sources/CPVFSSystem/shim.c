@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/eventfd.h>
 #include <sys/sysmacros.h>
 #include <linux/fs.h>
 #include <linux/openat2.h>
@@ -70,6 +71,9 @@ int cpvfs_peercred(int socket_fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
     return 0;
 }
+
+int cpvfs_accept_cloexec(int socket_fd) { return accept4(socket_fd, NULL, NULL, SOCK_CLOEXEC); }
+int cpvfs_eventfd_cloexec(unsigned int initial) { return eventfd(initial, EFD_CLOEXEC); }
 
 dev_t cpvfs_makedev(unsigned int ma, unsigned int mi) { return makedev(ma, mi); }
 unsigned int cpvfs_major(dev_t dev) { return major(dev); }

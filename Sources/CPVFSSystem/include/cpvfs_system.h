@@ -33,6 +33,10 @@ int cpvfs_fallocate(int fd, int mode, off_t offset, off_t len);
 int cpvfs_syncfs(int fd);
 ssize_t cpvfs_copy_file_range(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len, unsigned int flags);
 int cpvfs_peercred(int socket_fd, pid_t *pid, uid_t *uid, gid_t *gid);
+/// accept4(2) with SOCK_CLOEXEC (glibc declares accept4 only under _GNU_SOURCE).
+int cpvfs_accept_cloexec(int socket_fd);
+/// eventfd(2) with EFD_CLOEXEC.
+int cpvfs_eventfd_cloexec(unsigned int initial);
 
 dev_t cpvfs_makedev(unsigned int major, unsigned int minor);
 unsigned int cpvfs_major(dev_t dev);

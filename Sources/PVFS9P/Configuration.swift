@@ -1,0 +1,106 @@
+import PVFSEngine
+import PVFSSystem
+
+/// Who is at the other end of a connection, as its transport knows it. The attach resolver
+/// decides from this (and the aname) which VM the connection may reach.
+public struct NinePPeer: Sendable, Hashable, CustomStringConvertible {
+    public enum Transport: String, Sendable, Hashable {
+        case tcp
+        case unix
+        case xen
+        /// In-process connections (tests, tools).
+        case local
+    }
+
+    public var transport: Transport
+    /// The remote end: "10.0.2.15:43122", "[::1]:5640", "pid 812", "domain 7".
+    public var remoteAddress: String
+    /// The listener or device the connection came through: "tcp:127.0.0.1:5640",
+    /// "unix:/run/pvfs/vm1.9p", "xen:7/0". Binding rules may key on it.
+    public var localAddress: String
+    /// SO_PEERCRED of a Unix socket peer.
+    public var processID: Int32?
+    public var userID: UInt32?
+    public var groupID: UInt32?
+    /// The Xen domain id of a ring peer.
+    public var domainID: UInt32?
+    /// Unique within the process, for logs.
+    public var connectionID: UInt64
+
+    public init(transport: Transport, remoteAddress: String, localAddress: String, processID: Int32? = nil,
+                userID: UInt32? = nil, groupID: UInt32? = nil, domainID: UInt32? = nil, connectionID: UInt64) {
+        self.transport = transport
+        self.remoteAddress = remoteAddress
+        self.localAddress = localAddress
+        self.processID = processID
+        self.userID = userID
+        self.groupID = groupID
+        self.domainID = domainID
+        self.connectionID = connectionID
+    }
+
+    public var description: String {
+        var s = "\(transport) \(remoteAddress) via \(localAddress) #\(connectionID)"
+        if let userID { s += " uid \(userID)" }
+        return s
+    }
+}
+
+/// One Tattach, as the resolver sees it.
+public struct NinePAttachRequest: Sendable {
+    /// The VM the client names (mount -o aname=...). Bytes as sent; `aname` is its UTF-8 reading.
+    public var anameBytes: [UInt8]
+    public var unameBytes: [UInt8]
+    /// The numeric user (n_uname), or the uname when that is a decimal number; nil when the
+    /// client gave only a user name (it is then looked up in the VM's /etc/passwd).
+    public var uid: UInt32?
+    public var peer: NinePPeer
+
+    public init(anameBytes: [UInt8], unameBytes: [UInt8], uid: UInt32?, peer: NinePPeer) {
+        self.anameBytes = anameBytes
+        self.unameBytes = unameBytes
+        self.uid = uid
+        self.peer = peer
+    }
+
+    public var aname: String { String(decoding: anameBytes, as: UTF8.self) }
+    public var uname: String { String(decoding: unameBytes, as: UTF8.self) }
+}
+
+/// Chooses the VM view a Tattach reaches, or throws (an `Errno`, or any error that converts to
+/// one) to refuse it. Called on a worker thread, once per Tattach; it may block (opening a volume).
+public typealias NinePAttachResolver = @Sendable (NinePAttachRequest) throws -> VMView
+
+/// How the server learns a guest user's groups. 9P2000.L sends only a uid (and a gid on
+/// creation); the engine checks permissions with the full group list.
+public enum NinePAccountPolicy: Sendable, Equatable {
+    /// Read the VM's own /etc/passwd and /etc/group (as the guest's kernel would), refreshed
+    /// at most every `refreshSeconds`. Users missing there act with gid 65534 and no groups.
+    case guestDatabase(refreshSeconds: Double)
+    /// Act with the attach uid and `gid` (or the gid a creating request carries), no groups.
+    case uidOnly(gid: UInt32)
+}
+
+/// Limits and policies of one connection. The defaults suit a Linux guest on a shared host.
+public struct NinePConfiguration: Sendable {
+    /// The largest msize the server agrees to; a client asking for more gets this.
+    public var maximumMessageSize: Int = 1 << 20
+    /// Requests received and not yet answered. The connection stops taking messages beyond it
+    /// (`receive` blocks), which pushes back on the transport.
+    public var maximumOutstandingRequests: Int = 64
+    /// Bytes held for outstanding requests (the request plus the largest reply it can have).
+    public var maximumOutstandingBytes: Int = 32 << 20
+    /// Worker threads one connection may occupy at once; the rest of its requests wait in its
+    /// own queue so that one busy VM cannot take the whole pool.
+    public var maximumParallelRequests: Int = 4
+    /// Fids one connection may hold (Linux keeps one per cached dentry).
+    public var maximumFids: Int = 1 << 20
+    /// Tlock requests that wait for a conflicting lock at once; past it, a waiting lock is
+    /// answered BLOCKED and the client polls.
+    public var maximumBlockedLocks: Int = 16
+    /// Bytes of xattr values held in xattr fids.
+    public var maximumXattrBytes: Int = 8 << 20
+    public var accounts: NinePAccountPolicy = .guestDatabase(refreshSeconds: 2)
+
+    public init() {}
+}

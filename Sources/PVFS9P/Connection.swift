@@ -1,0 +1,603 @@
+import Foundation
+import Logging
+import PVFSEngine
+import PVFSSystem
+import SystemPackage
+
+/// One 9P2000.L session with one client, independent of what carries its bytes.
+///
+/// ## Transport contract
+///
+/// A transport (the socket transport in PVFSTransport, a Xen PV 9pfs ring backend, a test) owns
+/// the bytes and the threads that read them; the connection owns the protocol:
+///
+///     let connection = NinePConnection(peer: peer, configuration: config, pool: pool,
+///                                      logger: logger, resolver: resolve)
+///     // for each complete T-message (size[4] included), in the order received:
+///     connection.receive(message) { reply in send(reply) }
+///     // when the peer goes away or the transport stops:
+///     connection.close()
+///
+/// - `receive(_:reply:)` takes exactly one whole message. Stream transports cut them with
+///   `NinePMessageFramer`, setting its limit to `maximumMessageSize` before each cut; ring
+///   transports check the size field against the same limit before copying a message out. A
+///   message above the limit is a framing error: close the connection.
+/// - Requests run concurrently on the worker pool and replies come back out of order, each
+///   through the callback given with its request, from a worker thread. A transport with several
+///   channels (Xen rings) thus answers on the ring the request came from. The callback must not
+///   block for long (queue the bytes) and must not call `close()`.
+/// - Replies handed to callbacks in sequence must go out in that sequence on the same channel:
+///   an Rflush is handed over only after the reply of the request it flushed (if any).
+/// - `receive` blocks while the connection holds `maximumOutstandingRequests` requests or
+///   `maximumOutstandingBytes` bytes: that is the back-pressure a transport relies on to bound
+///   its memory. It is always safe to call from one reader thread per channel.
+/// - `close()` cancels what can be cancelled (queued requests, waiting locks), waits for running
+///   requests to finish, then closes every fid's handle and drops the session's locks. After it
+///   returns no engine handle of the connection is open and no reply callback will be called.
+public final class NinePConnection: @unchecked Sendable {
+    public typealias Reply = @Sendable ([UInt8]) -> Void
+
+    public let peer: NinePPeer
+    public let configuration: NinePConfiguration
+    let resolver: NinePAttachResolver
+    let pool: NinePWorkerPool
+    let logger: Logger
+    let accounts: GuestAccounts
+
+    /// Called once when `close()` has released everything.
+    public var onClose: (@Sendable () -> Void)? {
+        get { state.lock(); defer { state.unlock() }; return closeHandler }
+        set { state.lock(); closeHandler = newValue; state.unlock() }
+    }
+
+    /// Guards everything below.
+    let state = NSCondition()
+    private var closeHandler: (@Sendable () -> Void)?
+    private var closing = false
+    private var closed = false
+    /// msize agreed by the last good Tversion; nil before it (and after a refused one).
+    private var negotiatedSize: Int?
+    /// Bumped by each Tversion: replies of requests from before it are dropped.
+    private(set) var generation: UInt64 = 0
+    private var inflight: [UInt16: Request] = [:]
+    private var outstanding = 0
+    private var outstandingBytes = 0
+    /// Requests waiting for a parallel slot of this connection.
+    private var runQueue: [Request] = []
+    private var runQueueHead = 0
+    private var running = 0
+    /// Requests not yet completed that use each fid, in arrival order (for fid ordering).
+    private var fidQueues: [UInt32: [Request]] = [:]
+    var blockedLocks = 0
+    private(set) var fids: FidTable
+    /// The VM this connection serves (set by its first attach).
+    var boundVM: String?
+    /// Views handed out by the resolver, whose sessions' locks go when the session ends.
+    var views: [ObjectIdentifier: VMView] = [:]
+    var xattrBytes = 0
+
+    public init(peer: NinePPeer, configuration: NinePConfiguration = NinePConfiguration(), pool: NinePWorkerPool,
+                logger: Logger, resolver: @escaping NinePAttachResolver) {
+        self.peer = peer
+        var configuration = configuration
+        configuration.maximumMessageSize = max(NineP.minimumMessageSize, configuration.maximumMessageSize)
+        configuration.maximumOutstandingRequests = max(1, configuration.maximumOutstandingRequests)
+        configuration.maximumParallelRequests = max(1, configuration.maximumParallelRequests)
+        // Lock waiters hold outstanding slots indefinitely; leave room for the requests that
+        // would release the locks.
+        configuration.maximumBlockedLocks = max(0, min(configuration.maximumBlockedLocks,
+                                                       configuration.maximumOutstandingRequests - 1))
+        self.configuration = configuration
+        self.pool = pool
+        var logger = logger
+        logger[metadataKey: "peer"] = "\(peer)"
+        self.logger = logger
+        self.resolver = resolver
+        accounts = GuestAccounts(policy: configuration.accounts)
+        fids = FidTable(limit: configuration.maximumFids)
+    }
+
+    /// The largest message the connection accepts now: the negotiated msize, or the configured
+    /// maximum before Tversion.
+    public var maximumMessageSize: Int {
+        state.lock()
+        defer { state.unlock() }
+        return negotiatedSize ?? configuration.maximumMessageSize
+    }
+
+    /// The msize agreed with the client, nil before Tversion.
+    public var messageSize: Int? {
+        state.lock()
+        defer { state.unlock() }
+        return negotiatedSize
+    }
+
+    public var isClosed: Bool {
+        state.lock()
+        defer { state.unlock() }
+        return closing
+    }
+
+    /// Requests received and not yet answered (for metrics and tests).
+    public var outstandingRequestCount: Int {
+        state.lock()
+        defer { state.unlock() }
+        return outstanding
+    }
+
+    /// Fids in use (for metrics and tests).
+    public var fidCount: Int {
+        state.lock()
+        defer { state.unlock() }
+        return fids.count
+    }
+
+    // MARK: - Requests
+
+    /// How a request uses one fid, for ordering: requests that make, open, convert or end a
+    /// fid are exclusive on it; the rest share it.
+    struct FidAccess: Sendable, Equatable {
+        var fid: UInt32
+        var exclusive: Bool
+    }
+
+    /// One request from receipt to reply.
+    final class Request: @unchecked Sendable {
+        let tag: UInt16
+        let type: NinePMessageType
+        /// Decoded at receipt; nil for Tflush.
+        let message: NinePRequest?
+        let accesses: [FidAccess]
+        let reply: Reply
+        let cost: Int
+        let generation: UInt64
+        let fids: FidTable
+        /// Guarded by the connection's `state`.
+        var cancelled = false
+        var completed = false
+        /// Handed to the worker pool (or this connection's run queue): its fids allowed it.
+        var dispatched = false
+        /// Tflush requests waiting for this one.
+        var flushes: [Request] = []
+
+        init(tag: UInt16, message: NinePRequest?, type: NinePMessageType, reply: @escaping Reply, cost: Int,
+             generation: UInt64, fids: FidTable) {
+            self.tag = tag
+            self.message = message
+            self.type = type
+            self.reply = reply
+            self.cost = cost
+            self.generation = generation
+            self.fids = fids
+            accesses = message.map(Self.accesses) ?? []
+        }
+
+        func isExclusive(on fid: UInt32) -> Bool {
+            accesses.first { $0.fid == fid }?.exclusive ?? false
+        }
+
+        /// The fids a request touches. Requests on different fids, and shared uses of one fid
+        /// (reads, writes, getattr, ...), run in parallel; an exclusive use waits for every
+        /// earlier request on the fid and holds back every later one. So a client may pipeline
+        /// Twalk, Tlopen and Tread of a new fid and they run in that order, while Linux's
+        /// parallel reads of one file stay parallel.
+        static func accesses(_ message: NinePRequest) -> [FidAccess] {
+            var list: [FidAccess]
+            switch message {
+            case .version, .auth, .flush:
+                list = []
+            case .attach(let fid, _, _, _, _), .lopen(let fid, _), .lcreate(let fid, _, _, _, _),
+                 .xattrcreate(let fid, _, _, _), .clunk(let fid), .remove(let fid):
+                list = [FidAccess(fid: fid, exclusive: true)]
+            case .walk(let fid, let newFid, _), .xattrwalk(let fid, let newFid, _):
+                list = newFid == fid ? [FidAccess(fid: fid, exclusive: true)]
+                    : [FidAccess(fid: fid, exclusive: false), FidAccess(fid: newFid, exclusive: true)]
+            case .read(let fid, _, _), .write(let fid, _, _), .readdir(let fid, _, _), .getattr(let fid, _),
+                 .setattr(let fid, _), .fsync(let fid, _), .statfs(let fid), .readlink(let fid), .lock(let fid, _),
+                 .getlock(let fid, _), .mkdir(let fid, _, _, _), .symlink(let fid, _, _, _),
+                 .mknod(let fid, _, _, _, _, _), .unlinkat(let fid, _, _):
+                list = [FidAccess(fid: fid, exclusive: false)]
+            case .link(let a, let b, _), .rename(let a, let b, _), .renameat(let a, _, let b, _):
+                list = a == b ? [FidAccess(fid: a, exclusive: false)]
+                    : [FidAccess(fid: a, exclusive: false), FidAccess(fid: b, exclusive: false)]
+            }
+            return list
+        }
+    }
+
+    /// Takes one complete T-message. See the type's documentation for the contract.
+    public func receive(_ message: [UInt8], reply: @escaping Reply) {
+        guard let header = NinePHeader(message) else {
+            logger.debug("dropping a fragment of \(message.count) bytes")
+            return
+        }
+        guard Int(header.size) == message.count else {
+            answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
+            return
+        }
+        switch header.type {
+        case .tversion:
+            version(message, tag: header.tag, reply: reply)
+        case .tflush:
+            flush(message, tag: header.tag, reply: reply)
+        default:
+            enqueue(message, header: header, reply: reply)
+        }
+    }
+
+    /// Sends a reply that involves no request state, unless the connection is closing.
+    private func answerNow(_ reply: Reply, _ bytes: [UInt8]) {
+        state.lock()
+        let open = !closing
+        state.unlock()
+        if open { reply(bytes) }
+    }
+
+    /// The most bytes a request's reply can take, for the memory budget.
+    private func replyEstimate(_ request: NinePRequest, msize: Int) -> Int {
+        switch request {
+        case .read(_, _, let count), .readdir(_, _, let count):
+            return NineP.readReplyHeaderSize + min(Int(count), msize - NineP.readReplyHeaderSize)
+        case .readlink:
+            return 4200
+        default:
+            return 256
+        }
+    }
+
+    private func enqueue(_ message: [UInt8], header: NinePHeader, reply: @escaping Reply) {
+        let decoded: NinePRequest
+        do {
+            decoded = try NinePRequest.decode(message).request
+        } catch {
+            logger.debug("malformed \(header.type): \(error)")
+            answerNow(reply, NinePResponse.error(errno: error.errno).encode(tag: header.tag))
+            return
+        }
+        state.lock()
+        guard !closing else { state.unlock(); return }
+        guard let msize = negotiatedSize else {
+            state.unlock()
+            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
+            return
+        }
+        guard message.count <= msize else {
+            state.unlock()
+            reply(NinePResponse.error(errno: LinuxErrno.EMSGSIZE).encode(tag: header.tag))
+            return
+        }
+        let cost = message.count + replyEstimate(decoded, msize: msize)
+        while !closing && (outstanding >= configuration.maximumOutstandingRequests
+                           || (outstanding > 0 && outstandingBytes + cost > configuration.maximumOutstandingBytes)) {
+            state.wait()
+        }
+        guard !closing else { state.unlock(); return }
+        guard inflight[header.tag] == nil else {
+            state.unlock()
+            logger.warning("tag \(header.tag) reused while in flight (\(header.type))")
+            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
+            return
+        }
+        let request = Request(tag: header.tag, message: decoded, type: header.type, reply: reply, cost: cost,
+                              generation: generation, fids: fids)
+        inflight[header.tag] = request
+        outstanding += 1
+        outstandingBytes += cost
+        for access in request.accesses { fidQueues[access.fid, default: []].append(request) }
+        var submit: Request?
+        if isReady(request) { submit = dispatchLocked(request) }
+        state.unlock()
+        if let submit { pool.submit { self.run(submit) } }
+    }
+
+    /// Whether no earlier request holds back `request` on any of its fids. Caller holds `state`.
+    private func isReady(_ request: Request) -> Bool {
+        for access in request.accesses {
+            guard let queue = fidQueues[access.fid] else { continue }
+            for earlier in queue {
+                if earlier === request { break }
+                if access.exclusive || earlier.isExclusive(on: access.fid) { return false }
+            }
+        }
+        return true
+    }
+
+    /// Marks a request runnable: it takes a parallel slot (returned, for the caller to submit
+    /// to the pool once `state` is released) or waits in the run queue. Caller holds `state`.
+    private func dispatchLocked(_ request: Request) -> Request? {
+        request.dispatched = true
+        if running < configuration.maximumParallelRequests {
+            running += 1
+            return request
+        }
+        runQueue.append(request)
+        return nil
+    }
+
+    /// Takes a finished request out of its fids' queues and dispatches what it held back.
+    /// Caller holds `state`; returns requests to submit to the pool.
+    private func releaseFids(_ request: Request) -> [Request] {
+        var candidates: [Request] = []
+        for access in request.accesses {
+            guard var queue = fidQueues[access.fid] else { continue }
+            queue.removeAll { $0 === request }
+            fidQueues[access.fid] = queue.isEmpty ? nil : queue
+            for waiting in queue where !waiting.dispatched && !waiting.completed && !candidates.contains(where: { $0 === waiting }) {
+                candidates.append(waiting)
+            }
+        }
+        var submit: [Request] = []
+        for candidate in candidates where isReady(candidate) {
+            if let r = dispatchLocked(candidate) { submit.append(r) }
+        }
+        return submit
+    }
+
+    /// Runs one request, then hands this parallel slot to the next runnable request through the
+    /// pool (so that connections take turns on its threads).
+    private func run(_ request: Request) {
+        execute(request)
+        state.lock()
+        if runQueueHead < runQueue.count {
+            let next = runQueue[runQueueHead]
+            runQueueHead += 1
+            if runQueueHead == runQueue.count {
+                runQueue.removeAll(keepingCapacity: runQueue.count <= 1024)
+                runQueueHead = 0
+            }
+            state.unlock()
+            pool.submit { self.run(next) }
+        } else {
+            running -= 1
+            state.unlock()
+        }
+    }
+
+    private func execute(_ request: Request) {
+        state.lock()
+        let cancelled = request.cancelled
+        state.unlock()
+        guard !cancelled, let message = request.message else {
+            complete(request, nil)
+            return
+        }
+        switch handle(request, message) {
+        case .reply(let bytes):
+            complete(request, bytes)
+        case .deferred:
+            break
+        }
+    }
+
+    enum Outcome {
+        case reply([UInt8])
+        /// The handler completes the request later (a lock wait on its own thread).
+        case deferred
+    }
+
+    /// Finishes a request: sends its reply (nil: it was cancelled before taking effect, send
+    /// nothing), lets the requests it held back on its fids run, then sends the Rflush of every
+    /// Tflush that waited for it.
+    func complete(_ request: Request, _ bytes: [UInt8]?) {
+        state.lock()
+        guard !request.completed else { state.unlock(); return }
+        request.completed = true
+        if inflight[request.tag] === request { inflight[request.tag] = nil }
+        outstanding -= 1
+        outstandingBytes -= request.cost
+        let current = request.generation == generation
+        let submit = current ? releaseFids(request) : []
+        let send = !closing && current
+        let flushes = request.flushes
+        request.flushes = []
+        let limit = negotiatedSize ?? configuration.maximumMessageSize
+        state.broadcast()
+        state.unlock()
+        for r in submit { pool.submit { self.run(r) } }
+        if send, var bytes {
+            if bytes.count > limit {
+                logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
+                bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
+            }
+            request.reply(bytes)
+        }
+        for flush in flushes {
+            complete(flush, NinePResponse.flush.encode(tag: flush.tag))
+        }
+    }
+
+    /// Whether a request should stop waiting: flushed, superseded by Tversion, or the connection closing.
+    func isCancelled(_ request: Request) -> Bool {
+        state.lock()
+        defer { state.unlock() }
+        return request.cancelled || closing || request.generation != generation
+    }
+
+    // MARK: - Tflush
+
+    /// Tflush: answered at once when the old tag is not in flight; otherwise after the old
+    /// request completes. A request still queued, or waiting for a lock, is cancelled and
+    /// sends no reply; one that ran to completion sends its reply first (its effects happened,
+    /// and Linux honours a reply that arrives before the Rflush).
+    private func flush(_ message: [UInt8], tag: UInt16, reply: @escaping Reply) {
+        let oldTag: UInt16
+        do {
+            guard case .flush(let old) = try NinePRequest.decode(message).request else { return }
+            oldTag = old
+        } catch {
+            answerNow(reply, NinePResponse.error(errno: error.errno).encode(tag: tag))
+            return
+        }
+        state.lock()
+        guard !closing else { state.unlock(); return }
+        guard negotiatedSize != nil else {
+            state.unlock()
+            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
+            return
+        }
+        guard inflight[tag] == nil else {
+            state.unlock()
+            logger.warning("tag \(tag) reused while in flight (Tflush)")
+            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
+            return
+        }
+        guard let target = inflight[oldTag], !target.completed else {
+            state.unlock()
+            reply(NinePResponse.flush.encode(tag: tag))
+            return
+        }
+        let request = Request(tag: tag, message: nil, type: .tflush, reply: reply, cost: message.count,
+                              generation: generation, fids: fids)
+        // Never queued behind fids: it completes with (after) its target.
+        request.dispatched = true
+        inflight[tag] = request
+        outstanding += 1
+        outstandingBytes += request.cost
+        target.cancelled = true
+        target.flushes.append(request)
+        // Still held back by its fids: it never started, so it ends (silently) now.
+        let abandon = !target.dispatched
+        state.unlock()
+        if abandon { complete(target, nil) }
+    }
+
+    // MARK: - Tversion
+
+    /// Tversion starts a new session: requests in flight are abandoned (their replies dropped),
+    /// every fid is clunked, and the msize is agreed anew.
+    private func version(_ message: [UInt8], tag: UInt16, reply: @escaping Reply) {
+        let msize: UInt32
+        let version: [UInt8]
+        do {
+            guard case .version(let m, let v) = try NinePRequest.decode(message).request else { return }
+            msize = m
+            version = v
+        } catch {
+            answerNow(reply, NinePResponse.error(errno: error.errno).encode(tag: tag))
+            return
+        }
+        let speaks = version == NineP.protocolVersion || version.starts(with: NineP.protocolVersion + [UInt8(ascii: ".")])
+        state.lock()
+        guard !closing else { state.unlock(); return }
+        generation &+= 1
+        for request in inflight.values { request.cancelled = true }
+        let abandoned = inflight.values.filter { !$0.dispatched && !$0.completed }
+        inflight.removeAll()
+        fidQueues.removeAll()
+        let oldFids = fids
+        fids = FidTable(limit: configuration.maximumFids)
+        let oldViews = Array(views.values)
+        views.removeAll()
+        boundVM = nil
+        let answer: NinePResponse
+        if !speaks {
+            negotiatedSize = nil
+            answer = .version(msize: UInt32(configuration.maximumMessageSize), version: NineP.unknownVersion)
+        } else if Int(msize) < NineP.minimumMessageSize {
+            negotiatedSize = nil
+            answer = .error(errno: LinuxErrno.EMSGSIZE)
+        } else {
+            let agreed = min(Int(msize), configuration.maximumMessageSize)
+            negotiatedSize = agreed
+            answer = .version(msize: UInt32(agreed), version: NineP.protocolVersion)
+        }
+        state.unlock()
+        for request in abandoned { complete(request, nil) }
+        for fid in oldFids.close() { finalize(fid) }
+        for view in oldViews { view.releaseAllLocks() }
+        logger.debug("Tversion \(String(decoding: version, as: UTF8.self)) msize \(msize): \(answer)")
+        reply(answer.encode(tag: tag))
+    }
+
+    // MARK: - Close
+
+    /// Ends the connection; see the type's documentation. Safe to call more than once and from
+    /// any thread but a reply callback.
+    public func close() {
+        state.lock()
+        if closing {
+            while !closed { state.wait() }
+            state.unlock()
+            return
+        }
+        closing = true
+        for request in inflight.values { request.cancelled = true }
+        let abandoned = inflight.values.filter { !$0.dispatched && !$0.completed }
+        state.broadcast()
+        state.unlock()
+        for request in abandoned { complete(request, nil) }
+        state.lock()
+        while outstanding > 0 { state.wait() }
+        let table = fids
+        let sessionViews = Array(views.values)
+        views.removeAll()
+        state.unlock()
+
+        for fid in table.close() { finalize(fid) }
+        for view in sessionViews { view.releaseAllLocks() }
+
+        state.lock()
+        closed = true
+        let handler = closeHandler
+        closeHandler = nil
+        state.broadcast()
+        state.unlock()
+        logger.debug("connection closed")
+        handler?()
+    }
+
+    // MARK: - Fids
+
+    /// Runs `body` with a use of fid `number` of the request's session.
+    func withFid<T>(_ request: Request, _ number: UInt32, _ body: (Fid) throws(Errno) -> T) throws(Errno) -> T {
+        guard let fid = request.fids.acquire(number) else { throw Errno.badFileDescriptor }
+        defer { release(fid, in: request.fids) }
+        return try body(fid)
+    }
+
+    func release(_ fid: Fid, in table: FidTable) {
+        if table.release(fid) { finalize(fid) }
+    }
+
+    /// Closes what a detached fid holds: its open handle (dropping the locks taken through it)
+    /// and its xattr buffer.
+    func finalize(_ fid: Fid) {
+        fid.lock.lock()
+        let state = fid.state
+        fid.state = .idle
+        let owners = fid.lockOwners
+        fid.lockOwners = []
+        let inode = fid.inode
+        let held = fid.xattrBytes
+        fid.xattrBytes = 0
+        fid.lock.unlock()
+        if held > 0 { releaseXattrBytes(held) }
+        if case .open(let handle) = state {
+            for owner in owners {
+                try? fid.view.setLock(inode, owner: owner, range: FileLockRange(type: .unlock, start: 0, end: .max, pid: 0), wait: false)
+            }
+            fid.view.release(handle)
+        }
+    }
+
+    /// Reserves xattr buffer bytes against the connection's budget.
+    func reserveXattrBytes(_ n: Int) throws(Errno) {
+        state.lock()
+        defer { state.unlock() }
+        guard xattrBytes + n <= configuration.maximumXattrBytes else { throw Errno.noMemory }
+        xattrBytes += n
+    }
+
+    func releaseXattrBytes(_ n: Int) {
+        state.lock()
+        xattrBytes -= n
+        state.unlock()
+    }
+
+    /// The negotiated msize (requests only run after Tversion).
+    var msize: Int {
+        state.lock()
+        defer { state.unlock() }
+        return negotiatedSize ?? NineP.minimumMessageSize
+    }
+}

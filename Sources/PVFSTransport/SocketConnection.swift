@@ -1,0 +1,254 @@
+import Dispatch
+import Foundation
+import Glibc
+import Logging
+import PVFS9P
+import SystemPackage
+
+/// Writes a socket's replies, in the order they are handed over, from a thread of its own:
+/// worker threads never block on a slow client, and each reply goes out whole (partial writes
+/// are resumed; several replies are gathered into one sendmsg).
+final class ReplyWriter: @unchecked Sendable {
+    private let fd: Int32
+    private let limit: Int
+    private let condition = NSCondition()
+    /// Guarded by `condition`.
+    private var queue: [[UInt8]] = []
+    private var queuedBytes = 0
+    private var finishing = false
+    private var failed = false
+    /// The writer thread has returned.
+    private var ended = false
+
+    /// `limit`: queued bytes above which the reader stops taking requests.
+    init(fd: Int32, limit: Int) {
+        self.fd = fd
+        self.limit = limit
+    }
+
+    func start(name: String) {
+        let thread = Thread { [self] in run() }
+        thread.name = name
+        thread.stackSize = 256 << 10
+        thread.start()
+    }
+
+    /// Queues a reply; never blocks. Replies after a write error are dropped.
+    func enqueue(_ reply: [UInt8]) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !failed else { return }
+        queue.append(reply)
+        queuedBytes += reply.count
+        condition.signal()
+    }
+
+    /// Blocks while more than `limit` bytes wait to be sent: a client that does not read its
+    /// replies gets no more requests served.
+    func waitForRoom() {
+        condition.lock()
+        while queuedBytes > limit && !failed { condition.wait() }
+        condition.unlock()
+    }
+
+    var hasFailed: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return failed
+    }
+
+    /// Sends what is queued, then stops; true when that finished within `timeout` seconds.
+    func finish(timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        finishing = true
+        condition.broadcast()
+        while !ended {
+            if !condition.wait(until: deadline) { return ended }
+        }
+        return true
+    }
+
+    /// Waits for the thread to end (after `finish`, and after the socket was shut down).
+    func join() {
+        condition.lock()
+        while !ended { condition.wait() }
+        condition.unlock()
+    }
+
+    private func run() {
+        defer {
+            condition.lock()
+            ended = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        while true {
+            condition.lock()
+            while queue.isEmpty && !finishing && !failed { condition.wait() }
+            if queue.isEmpty || failed {
+                condition.unlock()
+                return
+            }
+            var batch: [[UInt8]] = []
+            var bytes = 0
+            while !queue.isEmpty && batch.count < 64 && bytes < 4 << 20 {
+                let reply = queue.removeFirst()
+                bytes += reply.count
+                batch.append(reply)
+            }
+            condition.unlock()
+            let sent = sendAll(batch)
+            condition.lock()
+            queuedBytes -= bytes
+            if !sent {
+                failed = true
+                queue.removeAll()
+                queuedBytes = 0
+            }
+            condition.broadcast()
+            condition.unlock()
+            if !sent {
+                // Wake the reader: the connection is over.
+                shutdown(fd, Int32(SHUT_RDWR))
+                return
+            }
+        }
+    }
+
+    /// sendmsg of the whole batch, resuming after partial writes. MSG_NOSIGNAL: a closed peer
+    /// is an EPIPE here, never a SIGPIPE for the daemon.
+    private func sendAll(_ batch: [[UInt8]]) -> Bool {
+        var index = 0
+        var offset = 0
+        while index < batch.count {
+            var iovecs: [iovec] = []
+            iovecs.reserveCapacity(batch.count - index)
+            // The arrays stay alive (held by `batch`) for the call; their storage is contiguous.
+            let sent: Int = withExtendedLifetime(batch) {
+                for i in index..<batch.count {
+                    batch[i].withUnsafeBytes { raw in
+                        let start = i == index ? offset : 0
+                        guard let base = raw.baseAddress, raw.count > start else { return }
+                        iovecs.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: base + start), iov_len: raw.count - start))
+                    }
+                }
+                if iovecs.isEmpty { return 0 }
+                return iovecs.withUnsafeMutableBufferPointer { vectors in
+                    var message = msghdr()
+                    message.msg_iov = vectors.baseAddress
+                    message.msg_iovlen = vectors.count
+                    return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+                }
+            }
+            if sent < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if sent == 0 && index < batch.count && batch[index...].allSatisfy({ $0.isEmpty }) { return true }
+            var remaining = sent
+            while remaining > 0 && index < batch.count {
+                let left = batch[index].count - offset
+                if remaining >= left {
+                    remaining -= left
+                    index += 1
+                    offset = 0
+                } else {
+                    offset += remaining
+                    remaining = 0
+                }
+            }
+        }
+        return true
+    }
+}
+
+/// One accepted socket serving one NinePConnection: a reader thread that frames requests and
+/// hands them to the connection, and a ReplyWriter for the replies.
+final class SocketConnection: @unchecked Sendable {
+    let id: UInt64
+    let peer: NinePPeer
+    let connection: NinePConnection
+    private let logger: Logger
+    private let readSize: Int
+    private let writer: ReplyWriter
+    /// Guards `fd` against being shut down after it was closed (and reused).
+    private let fdLock = NSLock()
+    private var fd: Int32
+    private let finished: @Sendable (SocketConnection) -> Void
+
+    init(fd: Int32, id: UInt64, peer: NinePPeer, connection: NinePConnection, readSize: Int, replyQueueLimit: Int,
+         logger: Logger, finished: @escaping @Sendable (SocketConnection) -> Void) {
+        self.fd = fd
+        self.id = id
+        self.peer = peer
+        self.connection = connection
+        self.readSize = readSize
+        self.logger = logger
+        self.finished = finished
+        writer = ReplyWriter(fd: fd, limit: replyQueueLimit)
+    }
+
+    func start() {
+        writer.start(name: "pvfs.9p.write.\(id)")
+        let thread = Thread { [self] in run() }
+        thread.name = "pvfs.9p.read.\(id)"
+        thread.stackSize = 512 << 10
+        thread.start()
+    }
+
+    /// Ends the connection from outside (server stop): both directions of the socket shut.
+    func abort() {
+        fdLock.lock()
+        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
+        fdLock.unlock()
+    }
+
+    private func run() {
+        let socket = fd
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 16)
+        defer { buffer.deallocate() }
+        var framer = NinePMessageFramer(maximumMessageSize: connection.maximumMessageSize)
+        let writer = self.writer
+        let reply: NinePConnection.Reply = { writer.enqueue($0) }
+        var reason = "end of stream"
+        reading: while true {
+            writer.waitForRoom()
+            let n = recv(socket, buffer.baseAddress, buffer.count, 0)
+            if n < 0 {
+                if errno == EINTR { continue }
+                reason = "\(Errno(rawValue: errno))"
+                break
+            }
+            if n == 0 { break }
+            framer.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            while true {
+                framer.maximumMessageSize = connection.maximumMessageSize
+                let message: [UInt8]?
+                do {
+                    message = try framer.next()
+                } catch {
+                    reason = "\(error)"
+                    logger.warning("closing connection: \(error)")
+                    break reading
+                }
+                guard let message else { break }
+                connection.receive(message, reply: reply)
+            }
+        }
+        logger.debug("connection ends: \(reason)")
+        // Requests still running finish (their replies are queued), then every fid is released.
+        connection.close()
+        // Flush what is queued to a client that still reads; give up on one that does not.
+        if !writer.finish(timeout: 5) {
+            abort()
+        }
+        writer.join()
+        fdLock.lock()
+        Glibc.close(socket)
+        fd = -1
+        fdLock.unlock()
+        finished(self)
+    }
+}

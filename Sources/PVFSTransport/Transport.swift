@@ -1,2 +1,0 @@
-import CXen
-import PVFS9P

@@ -1,0 +1,292 @@
+import Foundation
+import GRDB
+import Glibc
+import Logging
+import PVFSSystem
+import SystemPackage
+@testable import PVFS9P
+@testable import PVFSEngine
+@testable import PVFSStore
+
+/// A store in a fresh temporary directory holding one template written straight into the
+/// catalog (as the engine's tests do) and VMs provisioned from it:
+///
+///     /                      ino 1
+///     /etc                   ino 2
+///     /etc/hostname          ino 3   "template-host\n", xattr user.origin=template
+///     /etc/passwd            ino 4   root, alice (1000), bob (1001)
+///     /etc/group             ino 5   project (2000) has alice and bob
+///     /bin                   ino 6
+///     /bin/sh -> busybox     ino 7
+///     /home                  ino 8
+///     /home/alice            ino 9   0700 alice:alice
+///     /project               ino 10  02770 root:project
+///     /project/notes         ino 11  0660 alice:project "notes\n"
+///     /big                   ino 12  300000 bytes of a pattern
+final class NinePFixture {
+    let directory: String
+    let store: Store
+    static let bigSize = 300_000
+
+    init() throws {
+        var template = Array("/tmp/pvfs-9p-test-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
+        directory = String(cString: made)
+        store = try Store(path: directory + "/store")
+        try makeTemplate()
+    }
+
+    deinit {
+        // Not Process("rm"): waiting for a child from many parallel tests can hang Foundation.
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    static func bigContent() -> [UInt8] {
+        (0..<bigSize).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
+    }
+
+    func publishBlob(_ bytes: [UInt8]) throws -> Int64 {
+        let hash = SHA256Hasher.hash(bytes)
+        let rel = BlobStore.relativePath(hash)
+        let shard = String(rel.prefix(2))
+        _ = try? store.blobsDirectory.makeDirectory(at: shard)
+        let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)
+        try bytes.withUnsafeBytes { try fd.writeAll($0, at: 0) }
+        fd.closeQuietly()
+        return try store.catalog.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO blob (hash, size, allocated, created_ns) VALUES (?, ?, ?, 0)",
+                           arguments: [hash.bytes.databaseBlob, bytes.count, bytes.count])
+            return try Int64.fetchOne(db, sql: "SELECT id FROM blob WHERE hash = ?", arguments: [hash.bytes.databaseBlob])!
+        }
+    }
+
+    static let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n"
+    static let group = "root:x:0:\nalice:x:1000:\nbob:x:1001:\nproject:x:2000:alice,bob\n"
+
+    private func makeTemplate() throws {
+        let hostname = try publishBlob(Array("template-host\n".utf8))
+        let passwd = try publishBlob(Array(Self.passwd.utf8))
+        let group = try publishBlob(Array(Self.group.utf8))
+        let notes = try publishBlob(Array("notes\n".utf8))
+        let big = try publishBlob(Self.bigContent())
+        let t: Int64 = 1_700_000_000_000_000_000
+        try store.catalog.write { db in
+            try db.execute(sql: "INSERT INTO template (id, name, state, created_ns, entry_count, max_inode) VALUES (1, 'tiny', 'ready', 0, 12, 12)")
+            func inode(_ ino: Int, _ mode: Int, _ nlink: Int, _ size: Int, _ blob: Int64?, _ target: String? = nil,
+                       uid: Int = 0, gid: Int = 0) throws {
+                try db.execute(sql: """
+                    INSERT INTO template_inode (template_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, rdev, blob_id, symlink_target)
+                    VALUES (1, ?, ?, ?, ?, ?, ?, 8, ?, ?, ?, 0, ?, ?)
+                    """, arguments: [ino, mode, uid, gid, nlink, size, t, t, t, blob, target.map { Array($0.utf8).databaseBlob }])
+            }
+            func dirent(_ parent: Int, _ name: String, _ ino: Int) throws {
+                try db.execute(sql: "INSERT INTO template_dirent (template_id, parent, name, ino) VALUES (1, ?, ?, ?)",
+                               arguments: [parent, Array(name.utf8).databaseBlob, ino])
+            }
+            try inode(1, 0o040755, 6, 4096, nil)
+            try inode(2, 0o040755, 2, 4096, nil)
+            try inode(3, 0o100644, 1, 14, hostname)
+            try inode(4, 0o100644, 1, Self.passwd.utf8.count, passwd)
+            try inode(5, 0o100644, 1, Self.group.utf8.count, group)
+            try inode(6, 0o040755, 2, 4096, nil)
+            try inode(7, 0o120777, 1, 7, nil, "busybox")
+            try inode(8, 0o040755, 3, 4096, nil)
+            try inode(9, 0o040700, 2, 4096, nil, uid: 1000, gid: 1000)
+            try inode(10, 0o042770, 2, 4096, nil, gid: 2000)
+            try inode(11, 0o100660, 1, 6, notes, uid: 1000, gid: 2000)
+            try inode(12, 0o100644, 1, Self.bigSize, big)
+            try dirent(1, "etc", 2)
+            try dirent(2, "hostname", 3)
+            try dirent(2, "passwd", 4)
+            try dirent(2, "group", 5)
+            try dirent(1, "bin", 6)
+            try dirent(6, "sh", 7)
+            try dirent(1, "home", 8)
+            try dirent(8, "alice", 9)
+            try dirent(1, "project", 10)
+            try dirent(10, "notes", 11)
+            try dirent(1, "big", 12)
+            try db.execute(sql: "INSERT INTO template_xattr (template_id, ino, name, value) VALUES (1, 3, ?, ?)",
+                           arguments: [Array("user.origin".utf8).databaseBlob, Array("template".utf8).databaseBlob])
+        }
+    }
+
+    func provision(_ name: String, quotaBytes: Int64? = nil) throws -> Volume {
+        _ = try store.provisionVM(name: name, template: "tiny", quotaBytes: quotaBytes, quotaInodes: nil)
+        return try Volume.open(store: store, vmName: name)
+    }
+}
+
+/// Hands out views of volumes by aname; an empty aname means `defaultVM`.
+final class TestResolver: @unchecked Sendable {
+    private let lock = NSLock()
+    private var volumes: [String: Volume] = [:]
+    private var nextSession: UInt64 = 100
+    var defaultVM: String
+    var readOnly = false
+    private(set) var requests: [NinePAttachRequest] = []
+
+    init(_ volumes: [String: Volume], defaultVM: String) {
+        self.volumes = volumes
+        self.defaultVM = defaultVM
+    }
+
+    func resolve(_ request: NinePAttachRequest) throws -> VMView {
+        lock.lock()
+        defer { lock.unlock() }
+        requests.append(request)
+        let name = request.aname.isEmpty ? defaultVM : request.aname
+        guard let volume = volumes[name] else { throw Errno.noSuchFileOrDirectory }
+        nextSession += 1
+        return VMView(volume: volume, policy: SessionPolicy(side: .guest, readOnly: readOnly), sessionID: nextSession)
+    }
+
+    var resolver: NinePAttachResolver { { try self.resolve($0) } }
+}
+
+let testLogger: Logger = {
+    var l = Logger(label: "pvfs.9p.test", factory: { _ in SwiftLogNoOpLogHandler() })
+    l.logLevel = .critical
+    return l
+}()
+
+/// A NinePConnection served over one end of a socketpair by a minimal transport (a reader
+/// thread and a locked blocking writer), with a NinePClient on the other end.
+final class SocketPairHarness: @unchecked Sendable {
+    let connection: NinePConnection
+    let client: NinePClient
+    let serverFD: Int32
+    let clientFD: Int32
+    private let writeLock = NSLock()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ connection: NinePConnection) throws {
+        var fds: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw Errno(rawValue: errno) }
+        serverFD = fds[0]
+        clientFD = fds[1]
+        self.connection = connection
+        client = NinePClient(fileDescriptor: clientFD)
+        let thread = Thread { [self] in serve() }
+        thread.name = "test.9p.reader"
+        thread.start()
+    }
+
+    private func serve() {
+        var framer = NinePMessageFramer(maximumMessageSize: connection.maximumMessageSize)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let fd = serverFD
+        loop: while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            buffer.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            while true {
+                framer.maximumMessageSize = connection.maximumMessageSize
+                let message: [UInt8]?
+                do { message = try framer.next() } catch { break loop }
+                guard let message else { break }
+                connection.receive(message) { [self] reply in self.send(reply) }
+            }
+        }
+        connection.close()
+        shutdown(fd, Int32(SHUT_RDWR))
+        done.signal()
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        bytes.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = Glibc.send(serverFD, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                off += n
+            }
+        }
+    }
+
+    /// Sends raw bytes from the client side.
+    func sendRaw(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { raw in _ = Glibc.send(clientFD, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Closes the client side and waits for the server side to finish.
+    func finish() {
+        shutdown(clientFD, Int32(SHUT_RDWR))
+        done.wait()
+        Glibc.close(clientFD)
+        Glibc.close(serverFD)
+    }
+}
+
+/// One fixture, one VM, one worker pool, one connection over a socketpair, already versioned
+/// and attached as root at fid 0.
+final class ServedVM {
+    let fixture: NinePFixture
+    let volume: Volume
+    let resolver: TestResolver
+    let pool: NinePWorkerPool
+    let harness: SocketPairHarness
+    var client: NinePClient { harness.client }
+    var connection: NinePConnection { harness.connection }
+
+    init(configuration: NinePConfiguration = NinePConfiguration(), attach: Bool = true, threads: Int = 4) throws {
+        fixture = try NinePFixture()
+        volume = try fixture.provision("vm1")
+        resolver = TestResolver(["vm1": volume], defaultVM: "vm1")
+        pool = NinePWorkerPool(threads: threads)
+        let connection = NinePConnection(
+            peer: NinePPeer(transport: .local, remoteAddress: "test", localAddress: "socketpair", connectionID: 1),
+            configuration: configuration, pool: pool, logger: testLogger, resolver: resolver.resolver)
+        harness = try SocketPairHarness(connection)
+        if attach {
+            _ = try harness.client.version(msize: 65536)
+            _ = try harness.client.attach(fid: 0, aname: "vm1", uid: 0)
+        }
+    }
+
+    func finish() {
+        harness.finish()
+        pool.shutdown()
+    }
+
+    /// A second view of the VM, for checking what the server did from the engine's side.
+    func view() -> VMView {
+        VMView(volume: volume, policy: SessionPolicy(side: .guest), sessionID: 999)
+    }
+}
+
+extension VMView {
+    func resolve(_ path: String) throws -> Attributes {
+        var attributes = try getAttributes(rootInode)
+        for component in path.split(separator: "/") {
+            attributes = try lookup(attributes.inode, Array(component.utf8), as: .root)
+        }
+        return attributes
+    }
+
+    func readAll(_ path: String) throws -> [UInt8] {
+        let ino = try resolve(path).inode
+        let handle = try open(ino, flags: O_RDONLY, as: .root)
+        defer { release(handle) }
+        return try read(handle, offset: 0, count: 1 << 22)
+    }
+}
+
+/// P9_DOTL_* values for tests.
+enum Dotl {
+    static let rdonly: UInt32 = 0
+    static let wronly: UInt32 = 1
+    static let rdwr: UInt32 = 2
+    static let create: UInt32 = 0o100
+    static let excl: UInt32 = 0o200
+    static let trunc: UInt32 = 0o1000
+    static let append: UInt32 = 0o2000
+    static let directory: UInt32 = 0o200000
+}
+
+func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
+func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }

@@ -1,4 +1,0 @@
-import Testing
-@testable import PVFS9P
-
-@Test func placeholder() {}
