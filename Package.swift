@@ -58,7 +58,7 @@ let package = Package(
         ]),
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
-            "PVFSTransport", "PVFSFuse", "PVFSEngine",
+            "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.

@@ -79,7 +79,7 @@ public struct DaemonCommand: ParsableCommand {
 enum DaemonServices {
     static func install(into daemon: Daemon) throws {
         if !daemon.configuration.listeners.isEmpty {
-            daemon.logger.warning("9P listeners are configured but this build has no 9P transport yet")
+            daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger))
         }
     }
 }

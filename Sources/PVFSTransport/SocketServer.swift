@@ -255,6 +255,16 @@ public final class SocketServer: @unchecked Sendable {
         socketConnection.start()
     }
 
+    /// Ends one connection from the server side (its VM is being removed, say): the socket is
+    /// shut down, requests running finish, and the connection releases everything as if the
+    /// client had gone.
+    public func disconnect(connectionID: UInt64) {
+        condition.lock()
+        let target = connections[connectionID]
+        condition.unlock()
+        target?.abort()
+    }
+
     private func remove(_ connection: SocketConnection) {
         condition.lock()
         connections[connection.id] = nil

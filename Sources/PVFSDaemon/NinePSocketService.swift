@@ -1,0 +1,119 @@
+import Foundation
+import Logging
+import PVFS9P
+import PVFSEngine
+import PVFSSystem
+import PVFSTransport
+import SystemPackage
+
+/// 9P2000.L over the configured TCP and Unix listeners. Each connection's attaches are resolved
+/// by the daemon's binding rules; the listener's name is part of the client's identity, so a
+/// VM can be bound to "whatever arrives on this port".
+public final class NinePSocketService: DaemonService, @unchecked Sendable {
+    private let registry: VolumeRegistry
+    private let logger: Logger
+    private let listeners: [DaemonConfiguration.Listener]
+    private let pool: NinePWorkerPool
+    private var server: SocketServer?
+    /// Listener address as the transport reports it → configured name.
+    private let names: [String: String]
+
+    public init(listeners: [DaemonConfiguration.Listener], registry: VolumeRegistry, logger: Logger,
+                workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) throws {
+        self.listeners = listeners
+        self.registry = registry
+        self.logger = logger
+        pool = NinePWorkerPool(threads: workerThreads)
+        var names: [String: String] = [:]
+        for listener in listeners {
+            guard let address = ListenAddress(listener.address) else {
+                throw ConfigurationError("invalid listener address '\(listener.address)': use tcp:HOST:PORT or unix:PATH")
+            }
+            names[address.description] = listener.name
+        }
+        self.names = names
+    }
+
+    public var serviceDescription: String {
+        "9P2000.L on " + listeners.map(\.description).joined(separator: ", ")
+    }
+
+    /// Where the service listens, with kernel-chosen ports filled in.
+    public var boundAddresses: [String] { server?.boundAddresses.map(\.description) ?? [] }
+
+    public func start() throws {
+        let addresses = listeners.compactMap { ListenAddress($0.address) }
+        let registry = self.registry
+        let logger = self.logger
+        let pool = self.pool
+        let names = self.names
+        let serverBox = ServerBox()
+        let server = SocketServer(listen: addresses, logger: logger) { peer in
+            let sessions = SessionList()
+            let listenerName = names[peer.localAddress] ?? peer.localAddress
+            let identity = Self.identity(of: peer, listener: listenerName)
+            let connection = NinePConnection(peer: peer, pool: pool, logger: logger) { request in
+                let view = try registry.attach(aname: request.aname, identity: identity) {
+                    serverBox.server?.disconnect(connectionID: peer.connectionID)
+                }
+                sessions.add(view)
+                return view
+            }
+            connection.onClose = {
+                for view in sessions.drain() { registry.closeSession(view) }
+            }
+            return connection
+        }
+        serverBox.server = server
+        try server.start()
+        self.server = server
+    }
+
+    public func stop() {
+        server?.stop()
+        pool.shutdown()
+    }
+
+    static func identity(of peer: NinePPeer, listener: String) -> ClientIdentity {
+        switch peer.transport {
+        case .unix:
+            return .unix(uid: peer.userID ?? UInt32.max, pid: peer.processID ?? 0, listener: listener)
+        default:
+            return .tcp(address: hostPart(of: peer.remoteAddress), listener: listener)
+        }
+    }
+
+    /// "10.0.2.15:43122" → "10.0.2.15"; "[::1]:5640" → "::1".
+    static func hostPart(of address: String) -> String {
+        if address.hasPrefix("["), let close = address.firstIndex(of: "]") {
+            return String(address[address.index(after: address.startIndex)..<close])
+        }
+        if let colon = address.lastIndex(of: ":") { return String(address[..<colon]) }
+        return address
+    }
+}
+
+/// Lets connection callbacks reach the server that made them without a cycle at init.
+final class ServerBox: @unchecked Sendable {
+    weak var server: SocketServer?
+}
+
+/// The views one connection attached, closed with it.
+final class SessionList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var views: [VMView] = []
+
+    func add(_ view: VMView) {
+        lock.lock()
+        views.append(view)
+        lock.unlock()
+    }
+
+    func drain() -> [VMView] {
+        lock.lock()
+        defer { lock.unlock() }
+        let all = views
+        views.removeAll()
+        return all
+    }
+}
