@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+@testable import PVFSCommands
+
+/// Lists a newc archive with the system's cpio (`cpio -itv`), or nil if cpio is missing.
+private func cpioListing(_ archive: Data) throws -> [String]? {
+    guard FileManager.default.isExecutableFile(atPath: "/usr/bin/cpio") else { return nil }
+    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("cpio-test-\(getpid()).cpio")
+    try archive.write(to: tmp)
+    defer { try? FileManager.default.removeItem(at: tmp) }
+    let out = try runTool(["sh", "-c", "cpio -it --quiet < '\(tmp.path)'"])
+    return String(decoding: out, as: UTF8.self).split(separator: "\n").map(String.init)
+}
+
+@Test func cpioWriterProducesNewcTheSystemCpioReads() throws {
+    var w = CpioWriter()
+    w.addFile("/etc/pvfs/conf", contents: Data("x=1\n".utf8))
+    w.addSymlink("bin/sh", target: "/bin/busybox")
+    w.addCharacterDevice("dev/console", major: 5, minor: 1)
+    w.addDirectory("/newroot")
+    let data = w.finish()
+    #expect(data.count % 4 == 0)
+    #expect(String(decoding: data.prefix(6), as: UTF8.self) == "070701")
+    // Parents come before children; nothing is written twice.
+    #expect(w.paths == ["etc", "etc/pvfs", "etc/pvfs/conf", "bin", "bin/sh", "dev", "dev/console", "newroot"])
+    if let listing = try cpioListing(data) {
+        #expect(listing == w.paths)
+    }
+}
+
+@Test func cpioWriterIsDeterministic() {
+    func make() -> Data {
+        var w = CpioWriter()
+        w.addFile("a/b", contents: Data(repeating: 7, count: 1001), mode: 0o755)
+        return w.finish()
+    }
+    #expect(make() == make())
+}
+
+@Test func moduleOrderPutsDependenciesFirst() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kmods-\(getpid())")
+    let ver = dir.appendingPathComponent("9.9.9-test")
+    try FileManager.default.createDirectory(at: ver, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let dep = """
+    kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/fscache/fscache.ko kernel/fs/netfs/netfs.ko
+    kernel/net/9p/9pnet.ko:
+    kernel/net/9p/9pnet_fd.ko: kernel/net/9p/9pnet.ko
+    kernel/fs/fscache/fscache.ko: kernel/fs/netfs/netfs.ko
+    kernel/fs/netfs/netfs.ko:
+    kernel/drivers/xen/xen-evtchn.ko.xz:
+
+    """
+    try Data(dep.utf8).write(to: ver.appendingPathComponent("modules.dep"))
+    try Data("kernel/drivers/virtio/virtio.ko\n".utf8).write(to: ver.appendingPathComponent("modules.builtin"))
+    let mods = try KernelModules(version: "9.9.9-test", modulesRoot: dir.path)
+    let order = try mods.loadOrder(for: ["9pnet_fd", "9p", "virtio"]).map(\.name)
+    #expect(order == ["9pnet", "9pnet_fd", "netfs", "fscache", "9p"])
+    #expect(mods.module(named: "xen-evtchn")?.relativePath == "kernel/drivers/xen/xen-evtchn.ko.xz")
+    #expect(throws: BootArtifactError.self) { try mods.loadOrder(for: ["nosuchmodule"]) }
+}
+
+@Test func kernelCommandLineCarriesTheMountParameters() throws {
+    let tcp = BootConfiguration(vm: "web1", serverAddress: "10.0.2.2", serverPort: 5640)
+    try tcp.validate()
+    #expect(tcp.kernelCommandLine ==
+        "console=ttyS0 rdinit=/init pvfs.transport=tcp pvfs.vm=web1 pvfs.server=10.0.2.2 pvfs.port=5640 pvfs.msize=262144")
+    let xen = BootConfiguration(vm: "db", transport: .xen, tag: "rootfs", initPath: "/bin/sh", onFailure: "poweroff")
+    #expect(xen.kernelCommandLine ==
+        "console=hvc0 rdinit=/init pvfs.transport=xen pvfs.vm=db pvfs.tag=rootfs pvfs.msize=262144 init=/bin/sh pvfs.onfail=poweroff")
+    #expect(throws: BootArtifactError.self) { try BootConfiguration(vm: "a b").validate() }
+    #expect(throws: BootArtifactError.self) { try BootConfiguration(vm: "a", serverAddress: "host.example").validate() }
+    #expect(throws: BootArtifactError.self) { try BootConfiguration(vm: "a", mountOptions: "x y").validate() }
+}
+
+@Test func elfStaticCheck() {
+    if FileManager.default.fileExists(atPath: "/bin/busybox") {
+        #expect(ELFFile.isStatic("/bin/busybox") == true)
+    }
+    #expect(ELFFile.isStatic("/bin/sh") == false)
+    #expect(ELFFile.isStatic("/etc/passwd") == nil)
+}
+
+@Test func bootFilesOnThisMachine() throws {
+    guard let kernel = KernelImage.newestInstalled(),
+          FileManager.default.isExecutableFile(atPath: "/bin/busybox") else { return }
+    let out = FileManager.default.temporaryDirectory.appendingPathComponent("bootfiles-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: out) }
+    let cmd = try BootFilesCommand.parse(["vm1", "--kernel", kernel, "--output", out.path, "--compression", "none"])
+    let a = try cmd.build()
+    #expect(a.modules.contains("9pnet_fd") && a.modules.contains("9pnet_xen") && a.modules.contains("virtio_net"))
+    #expect(a.qemuCommand?.contains("virtio-net-pci") == true)
+    if let listing = try cpioListing(try Data(contentsOf: URL(fileURLWithPath: a.initrd))) {
+        #expect(listing.contains("init"))
+        #expect(listing.contains("sbin/switch_root"))
+        #expect(listing.contains("lib/modules/pvfs/9p.ko"))
+        #expect(listing.contains("etc/pvfs-boot/boot.conf"))
+    }
+}
+
+/// Lets scripts drive the command before it is wired into an executable:
+/// PVFS_BOOT_FILES_ARGS='["vm", "--output", "/dir", ...]' swift test --filter bootFilesFromEnvironment
+@Test func bootFilesFromEnvironment() throws {
+    guard let json = ProcessInfo.processInfo.environment["PVFS_BOOT_FILES_ARGS"] else { return }
+    let args = try JSONDecoder().decode([String].self, from: Data(json.utf8))
+    let cmd = try BootFilesCommand.parse(args)
+    try cmd.run()
+}

@@ -1,0 +1,108 @@
+#!/bin/sh
+# Tests/guest/guest-init.sh: /init of the test initramfs (busybox sh, PID 1 in the guest).
+#
+# Loads the modules listed in /modules/order, mounts a 9P2000.L share on /mnt and runs
+# /fileops.sh against it, then prints PVFS-TEST-DONE and powers the guest off. Everything
+# it needs comes from the kernel command line, so one image serves every test:
+#
+#   pvfs.trans=tcp|xen      transport (default tcp)
+#   pvfs.server=ADDR        tcp: server address (default 10.0.2.2, QEMU user net's host)
+#   pvfs.port=PORT          tcp: server port (default 564)
+#   pvfs.aname=NAME         9P attach name (diod: exported path; pvfsd: VM name)
+#   pvfs.tag=TAG            xen: the 9pfs device tag (default pvfs)
+#   pvfs.msize=BYTES        9P msize (default: the kernel's)
+#   pvfs.opts=a,b=c         extra mount options
+#   pvfs.ip=ADDR/PREFIX     tcp: guest address (default 10.0.2.15/24), pvfs.gw= (default 10.0.2.2)
+#   pvfs.quota=BYTES        expected quota of the share: enables the df and EDQUOT checks
+#   pvfs.quotaerr=ENAME     errno expected past the quota (default EDQUOT; ENOSPC for a small fs)
+#   pvfs.skip=a,b           fileops checks to skip (reported as skip)
+#   pvfs.large=MIB          size of the large-file check (default 16)
+#   pvfs.run=fileops|shell  shell = interactive shell on the console after mounting (debugging)
+#
+# Markers: "PVFS-TEST <name> ok|fail|skip <detail>" and finally "PVFS-TEST-DONE".
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+marker() { echo "PVFS-TEST $*"; }
+finish() {
+    echo "PVFS-TEST-DONE uptime=$(uptime_s)"
+    sync
+    poweroff -f
+    sleep 5
+    echo o >/proc/sysrq-trigger
+}
+
+TRANS=tcp SERVER=10.0.2.2 PORT=564 ANAME="" TAG=pvfs MSIZE="" OPTS="" IP=10.0.2.15/24 GW=10.0.2.2
+QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 RUN=fileops
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+    pvfs.trans=*) TRANS=${arg#*=} ;;
+    pvfs.server=*) SERVER=${arg#*=} ;;
+    pvfs.port=*) PORT=${arg#*=} ;;
+    pvfs.aname=*) ANAME=${arg#*=} ;;
+    pvfs.tag=*) TAG=${arg#*=} ;;
+    pvfs.msize=*) MSIZE=${arg#*=} ;;
+    pvfs.opts=*) OPTS=${arg#*=} ;;
+    pvfs.ip=*) IP=${arg#*=} ;;
+    pvfs.gw=*) GW=${arg#*=} ;;
+    pvfs.quota=*) QUOTA=${arg#*=} ;;
+    pvfs.quotaerr=*) QUOTAERR=${arg#*=} ;;
+    pvfs.skip=*) SKIP=${arg#*=} ;;
+    pvfs.large=*) LARGE=${arg#*=} ;;
+    pvfs.run=*) RUN=${arg#*=} ;;
+    esac
+done
+echo "PVFS-INFO init start uptime=$(uptime_s) kernel=$(uname -r) trans=$TRANS"
+
+for m in $(cat /modules/order); do
+    insmod "/modules/$m.ko" 2>/tmp/insmod.err || echo "PVFS-INFO insmod $m: $(cat /tmp/insmod.err)"
+done
+
+if [ "$TRANS" = tcp ]; then
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    ip link set lo up
+    if ip link set eth0 up && ip addr add "$IP" dev eth0 && ip route add default via "$GW"; then
+        marker network ok "eth0 $IP gw $GW"
+    else
+        marker network fail "could not configure eth0"
+        finish
+    fi
+    source="$SERVER"
+    mopts="trans=tcp,port=$PORT,version=9p2000.L"
+else
+    source="$TAG"
+    mopts="trans=xen,version=9p2000.L"
+fi
+[ -n "$ANAME" ] && mopts="$mopts,aname=$ANAME"
+[ -n "$MSIZE" ] && mopts="$mopts,msize=$MSIZE"
+[ -n "$OPTS" ] && mopts="$mopts,$OPTS"
+
+mkdir -p /mnt
+t0=$(uptime_s)
+if mount -t 9p -o "$mopts" "$source" /mnt 2>/tmp/mount.err; then
+    marker mount ok "$source $mopts ($(grep ' /mnt ' /proc/mounts | cut -d' ' -f4))"
+else
+    marker mount fail "$source $mopts: $(cat /tmp/mount.err) $(dmesg | grep -i 9p | tail -3 | tr '\n' ' ')"
+    finish
+fi
+
+if [ "$RUN" = shell ]; then
+    echo "PVFS-INFO share on /mnt; exit the shell to power off"
+    setsid cttyhack sh
+else
+    PVFS_QUOTA="$QUOTA" PVFS_QUOTA_ERR="$QUOTAERR" PVFS_SKIP="$SKIP" PVFS_LARGE_MIB="$LARGE" /bin/sh /fileops.sh /mnt
+fi
+echo "PVFS-INFO fileops took $(echo "$(uptime_s) - $t0" | bc) s"
+
+sync
+if umount /mnt 2>/tmp/umount.err; then
+    marker umount ok ""
+else
+    marker umount fail "$(cat /tmp/umount.err)"
+fi
+finish
