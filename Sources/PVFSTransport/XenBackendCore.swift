@@ -443,7 +443,11 @@ public final class XenBackendCore {
         }
         device.frontendState = state
         guard let state, state != .unknown else {
-            frontendGone(device)
+            // Before the connection a missing or unreadable frontend state just means "not
+            // yet" (a toolstack may write the backend directory first); afterwards the
+            // frontend is gone. A dead domain or a removed device is noticed by
+            // @releaseDomain and the backend watch in any phase.
+            if device.phase != .initWait && device.phase != .discovered { frontendGone(device) }
             return
         }
         switch device.phase {

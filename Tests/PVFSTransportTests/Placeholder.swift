@@ -1,4 +1,0 @@
-import Testing
-@testable import PVFSTransport
-
-@Test func placeholder() {}
