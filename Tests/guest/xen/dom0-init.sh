@@ -1,0 +1,147 @@
+#!/bin/sh
+# dom0 /init of the nested-Xen end-to-end test of pvfs's Xen 9pfs backend.
+# Prints "E2E: PASS <check>" / "E2E: FAIL <check>" lines and "E2E: RESULT ..." at the end.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+up() { cut -d' ' -f1 /proc/uptime; }
+t() { echo "E2E[$(up)] $*"; }
+FAILS=0
+pass() { echo "E2E: PASS $*"; }
+fail() { echo "E2E: FAIL $*"; FAILS=$((FAILS + 1)); }
+check() { name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
+
+for m in $(cat /modules/order); do insmod /modules/$m || t "insmod $m FAILED"; done
+mkdir -p /proc/xen /var/run/xen /var/run/xenstored /var/lib/xenstored /var/lib/xen /var/log/xen/console
+mount -t xenfs xenfs /proc/xen
+xenstored --pid-file /var/run/xen/xenstored.pid
+i=0; while [ ! -f /var/run/xen/xenstored.pid ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
+xen-init-dom0 > /dev/null && t "xen-init-dom0 ok"
+xenconsoled --pid-file=/var/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+t "toolstack up"
+
+PV=/bin/pvfs-vm
+BE=/local/domain/0/backend/9pfs
+# wait_xs PATH VALUE TIMEOUT: waits until the node holds VALUE
+wait_xs() {
+  i=0
+  while [ $i -lt $(($3 * 5)) ]; do
+    [ "$(xenstore-read "$1" 2>/dev/null)" = "$2" ] && return 0
+    usleep 200000; i=$((i + 1))
+  done
+  t "timeout waiting for $1=$2 (is: $(xenstore-read "$1" 2>&1))"
+  return 1
+}
+# wait_log FILE PATTERN TIMEOUT
+wait_log() {
+  i=0
+  while [ $i -lt $(($3 * 5)) ]; do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    usleep 200000; i=$((i + 1))
+  done
+  t "timeout waiting for '$2' in $1"
+  return 1
+}
+start_backend() {
+  $PV xen-serve-test --file hello.txt=hello-from-pvfs --refuse-tag refused --log-level info \
+    > /var/log/pvfs-backend-$1.log 2>&1 &
+  BPID=$!
+  wait_log /var/log/pvfs-backend-$1.log "backend running" 60
+}
+
+t "starting backend"
+check backend-started start_backend 1
+T0=$(up)
+
+for d in main churn hostile; do
+  xl create -p /guest/$d.cfg > /var/log/xen/xl-create-$d.log 2>&1 || { t "xl create $d failed"; tail -20 /var/log/xen/xl-create-$d.log; }
+done
+M=$(xl domid main); C=$(xl domid churn); H=$(xl domid hostile)
+t "domains: main=$M churn=$C hostile=$H"
+check attach-main $PV attach vm-main --domid $M
+check attach-churn $PV attach vm-churn --domid $C --json
+n=0
+for s in nr0 nr100 nrabc refabc refbad order20 order0 evbad ver2 refused malformed jump huge; do
+  $PV attach vm-hostile --domid $H --devid $n --tag $s > /dev/null || fail "attach-hostile-$s"
+  n=$((n + 1))
+done
+check attach-twice-refused sh -c "! $PV attach vm-main --domid $M --devid 0 2>/dev/null"
+check attach-unknown-domain sh -c "! $PV attach vm-x --domid 4242 2>/dev/null"
+check backend-initwait wait_xs $BE/$M/0/state 2 30
+xenstore-ls -fp $BE/$M 2>&1
+xenstore-ls -fp /local/domain/$M/device/9pfs 2>&1
+$PV xl-config vm-main --kernel /guest/vmlinuz --initrd /guest/guest-initrd.gz --memory 128 > /tmp/vm-main.cfg
+check xl-config grep -q 'rootflags=trans=xen,version=9p2000.L' /tmp/vm-main.cfg
+cat /tmp/vm-main.cfg
+
+xl unpause main; xl unpause churn; xl unpause hostile
+t "unpaused"
+check main-mounted wait_xs /local/domain/$M/data/phase mounted 240
+check churn-busy wait_xs /local/domain/$C/data/phase busy 240
+check two-domains-connected sh -c "[ \$(xenstore-read $BE/$M/0/state) = 4 ] && [ \$(xenstore-read $BE/$C/0/state) = 4 ]"
+T1=$(up)
+t "two domUs mounted after $(echo "$T1 - $T0" | bc)s"
+check hostile-done wait_xs /local/domain/$H/data/phase done 300
+check hostile-scenarios wait_xs /local/domain/$H/data/hostile pass 5
+check backend-survived-hostile kill -0 $BPID
+for n in 0 1 2 3 4 5 6 7 8 9 10 11 12; do
+  echo "hostile device $n: tag=$(xenstore-read $BE/$H/$n/tag) state=$(xenstore-read $BE/$H/$n/state) error=$(xenstore-read $BE/$H/$n/error 2>/dev/null)"
+done
+
+t "destroying churn mid-session"
+TD=$(up)
+xl destroy churn
+i=0
+while [ $i -lt 150 ]; do
+  xl list | grep -qE "churn|\(null\)" || break
+  usleep 200000; i=$((i + 1))
+done
+xl list
+check churn-gone-no-zombie sh -c "! xl list | grep -qE 'churn|\(null\)'"
+t "churn fully destroyed after $(echo "$(up) - $TD" | bc)s"
+check churn-teardown-logged wait_log /var/log/pvfs-backend-1.log "device $C/0: rings unmapped" 10
+check churn-nodes-removed sh -c "! xenstore-read $BE/$C/0/state 2>/dev/null"
+
+xenstore-write /local/domain/$M/data/cmd recheck
+check main-still-serving wait_xs /local/domain/$M/data/phase rechecked 120
+check backend-still-alive kill -0 $BPID
+
+t "killing the backend (SIGKILL) while main has the share mounted"
+kill -9 $BPID
+wait $BPID 2>/dev/null
+check backend-restarted start_backend 2
+check lost-session-adopted wait_log /var/log/pvfs-backend-2.log "device $M/0: adopted a connected frontend" 30
+xenstore-read $BE/$M/0/error
+check lost-session-error-node sh -c "xenstore-read $BE/$M/0/error | grep -q 'session lost'"
+xenstore-write /local/domain/$M/data/cmd stale
+check main-unmounted wait_xs /local/domain/$M/data/phase unmounted 240
+
+t "detaching main's device"
+$PV detach vm-main --domid $M > /tmp/detach.out 2>&1
+cat /tmp/detach.out
+check detach-closed-by-backend grep -q '^detached vm-main device 0' /tmp/detach.out
+check detach-nodes-removed sh -c "! xenstore-read $BE/$M/0/state 2>/dev/null && ! xenstore-read /local/domain/$M/device/9pfs/0/state 2>/dev/null"
+check detach-logged wait_log /var/log/pvfs-backend-2.log "device $M/0: removed" 10
+
+t "stopping the backend (SIGTERM)"
+kill -TERM $BPID
+i=0; while kill -0 $BPID 2>/dev/null && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
+check backend-stopped-cleanly sh -c "! kill -0 $BPID 2>/dev/null && grep -q 'xen 9pfs backend stopped' /var/log/pvfs-backend-2.log"
+
+xenstore-write /local/domain/$M/data/cmd poweroff
+sleep 3
+xl destroy hostile 2>/dev/null
+xl list
+
+for f in /var/log/pvfs-backend-1.log /var/log/pvfs-backend-2.log; do
+  echo "----- $f -----"; cat $f
+done
+for d in main churn hostile; do
+  echo "----- console $d -----"; cat /var/log/xen/console/guest-$d.log 2>/dev/null | tail -150
+done
+if [ $FAILS -eq 0 ]; then echo "E2E: RESULT PASS"; else echo "E2E: RESULT FAIL ($FAILS failed)"; fi
+reboot -f
