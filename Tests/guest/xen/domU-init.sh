@@ -39,7 +39,7 @@ check() {
   t "MARK cat: $(cat /mnt/hello.txt)"
   t "MARK whoami: $(cat /mnt/whoami)"
   t "MARK statfs: $(stat -f -c 'type=%T blocks=%b' /mnt)"
-  if echo x > /mnt/new 2>/tmp/err; then t "MARK write unexpectedly ok"; else t "MARK write refused: $(cat /tmp/err)"; fi
+  if sh -c 'echo x > /mnt/new' 2>/tmp/err; then t "MARK write unexpectedly ok"; else t "MARK write refused: $(cat /tmp/err)"; fi
 }
 
 if [ "$ROLE" = churn ]; then
@@ -65,7 +65,7 @@ while true; do
       xenstore-write data/cmd none
       start=$(cut -d' ' -f1 /proc/uptime)
       out=$(timeout 60 ls /mnt 2>&1); rc=$?
-      t "MARK stale-ls rc=$rc after $(echo "$(cut -d' ' -f1 /proc/uptime) - $start" | bc 2>/dev/null || echo ?)s: $out"
+      t "MARK stale-ls rc=$rc after $(awk -v a="$(cut -d' ' -f1 /proc/uptime)" -v b="$start" 'BEGIN{print a-b}')s: $out"
       out=$(timeout 60 cat /mnt/hello.txt 2>&1); rc=$?
       t "MARK stale-cat rc=$rc: $out"
       if timeout 60 umount /mnt; then t "MARK umount ok"; else t "MARK umount FAILED"; fi

@@ -137,14 +137,19 @@ rm -rf "$D"; add_busybox "$D"
 add_mods "$D" xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc
 for b in xl xenstored xenconsoled xen-init-dom0; do add_bin "$D" $XENBIN/$b; done
 add_xenstore_tools "$D"
+cp /opt/swift/usr/libexec/swift/linux/swift-backtrace-static "$D/bin/swift-backtrace" 2>/dev/null || true
 add_bin "$D" "$BIN"
-mv "$D$BIN" "$D/bin/pvfs-vm"
+strip -o "$D/bin/pvfs-vm" "$BIN" && rm -f "$D$BIN"
 for l in /lib/x86_64-linux-gnu/libgcc_s.so.1; do mkdir -p "$D$(dirname $l)"; cp -aLn "$l" "$D$l"; done
 mkdir -p "$D/etc/xen" "$D/var/lib/xen" "$D/var/lib/xenstored" "$D/var/log/xen" "$D/var/run/xen" "$D/var/run/xenstored"
 cp /etc/xen/xl.conf "$D/etc/xen/"
 cp -a /etc/xen/scripts "$D/etc/xen/"
 echo 'root:x:0:0:root:/root:/bin/sh' > "$D/etc/passwd"
 echo 'root:x:0:' > "$D/etc/group"
+if [ "${QEMU_CONTROL:-0}" = 1 ]; then   # QEMU's 9pfs backend, for control experiments
+  add_bin "$D" /usr/libexec/xen-qemu-system-i386
+  mkdir -p "$D/usr/share/qemu"; cp -aL /usr/share/qemu/keymaps "$D/usr/share/qemu/" 2>/dev/null || true
+fi
 mkdir -p "$D/guest"
 cp "$OUT/vmlinux-$K" "$D/guest/vmlinuz"
 cp "$OUT/guest-initrd.gz" "$OUT/hostile-initrd.gz" "$HERE"/{main,churn,hostile}.cfg "$D/guest/"
@@ -157,9 +162,9 @@ say "images: dom0 $(du -m "$OUT/dom0-initrd.cpio" | cut -f1) MiB, pvfs-vm $(du -
 LOG=$LOGS/run-$(date +%Y%m%d-%H%M%S).log
 XENARGS="console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=768M,max:768M dom0_max_vcpus=2 smap=0 smep=0 bootscrub=0"
 say "booting nested Xen (log: $LOG)"
-timeout -k 5 "${TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
+timeout -k 5 "${TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu "${QEMU_CPU:-max}" -m 2048 -smp 2 -nographic -no-reboot \
   -monitor none -serial stdio -kernel "$OUT/xen" -append "$XENARGS" \
-  -initrd "$OUT/vmlinux-$K console=hvc0 earlyprintk=xen rdinit=/init,$OUT/dom0-initrd.cpio" \
+  -initrd "$OUT/vmlinux-$K console=hvc0 earlyprintk=xen rdinit=/init ${DOM0_EXTRA:-},$OUT/dom0-initrd.cpio" \
   < /dev/null 2>&1 | perl -MTime::HiRes=time -ne 'BEGIN{$|=1; $s=time} printf "[%7.2f] %s", time-$s, $_' > "$LOG"
 T3=$(date +%s.%N)
 
