@@ -58,6 +58,16 @@ start_backend() {
   wait_log /var/log/pvfs-backend-$1.log "backend running" 60
 }
 
+if grep -q 'pvfse2e=mmstress' /proc/cmdline; then
+  # Control experiment: memory-management churn in dom0 without any Xen device.
+  /bin/mmstress > /dev/null &
+  end=$(( $(now) + 150 ))
+  n=0
+  while [ "$(now)" -lt $end ]; do n=$((n + 1)); x=$(xenstore-read /local/domain/0/name); usleep 100000; done
+  t "forked $n subshells under mmstress"
+  dmesg | grep -E 'segfault|traps:|general protection' && fail dom0-process-crashed || pass no-dom0-crash
+  reboot -f
+fi
 t "starting backend"
 check backend-started start_backend 1
 T0=$(up)

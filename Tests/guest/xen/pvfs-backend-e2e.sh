@@ -150,6 +150,7 @@ if [ "${QEMU_CONTROL:-0}" = 1 ]; then   # QEMU's 9pfs backend, for control exper
   add_bin "$D" /usr/libexec/xen-qemu-system-i386
   mkdir -p "$D/usr/share/qemu"; cp -aL /usr/share/qemu/keymaps "$D/usr/share/qemu/" 2>/dev/null || true
 fi
+[ -x "$WORK/out/mmstress" ] && add_bin "$D" "$WORK/out/mmstress" && mv "$D$WORK/out/mmstress" "$D/bin/mmstress"
 mkdir -p "$D/guest"
 cp "$OUT/vmlinux-$K" "$D/guest/vmlinuz"
 cp "$OUT/guest-initrd.gz" "$OUT/hostile-initrd.gz" "$HERE"/{main,churn,hostile}.cfg "$D/guest/"
@@ -160,7 +161,7 @@ say "images: dom0 $(du -m "$OUT/dom0-initrd.cpio" | cut -f1) MiB, pvfs-vm $(du -
 
 ########## 3. boot ##########
 LOG=$LOGS/run-$(date +%Y%m%d-%H%M%S).log
-XENARGS="console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=768M,max:768M dom0_max_vcpus=2 smap=0 smep=0 bootscrub=0"
+XENARGS="console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=768M,max:768M dom0_max_vcpus=${DOM0_VCPUS:-2} smap=0 smep=0 bootscrub=0"
 say "booting nested Xen (log: $LOG)"
 timeout -k 5 "${TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu "${QEMU_CPU:-max}" -m 2048 -smp 2 -nographic -no-reboot \
   -monitor none -serial stdio -kernel "$OUT/xen" -append "$XENARGS" \
