@@ -63,7 +63,7 @@ let package = Package(
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
-            "PVFSDaemon",
+            "PVFSDaemon", "PVFSTransport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
