@@ -60,6 +60,7 @@ let package = Package(
         .target(name: "PVFSDaemon", dependencies: [
             "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [

@@ -81,5 +81,8 @@ enum DaemonServices {
         if !daemon.configuration.listeners.isEmpty {
             daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger))
         }
+        if daemon.configuration.xenEnabled {
+            daemon.add(XenService(registry: daemon.registry, logger: daemon.logger))
+        }
     }
 }

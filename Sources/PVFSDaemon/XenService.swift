@@ -1,0 +1,70 @@
+import Foundation
+import Logging
+import PVFS9P
+import PVFSEngine
+import PVFSTransport
+import SystemPackage
+
+extension NinePConnection: NineMessageHandler {}
+
+/// The Xen PV 9pfs backend: pvfsd as dom0's backend for domUs' `9pnet_xen` devices. The VM a
+/// device serves is the one `pvfs-vm attach` named in the backend's dom0-owned `path` node; the
+/// binding rules must also let that domain (by ID or name) reach it. Nothing the guest writes in
+/// xenstore or in its rings can point the device at another VM.
+public final class XenService: DaemonService, @unchecked Sendable {
+    private let registry: VolumeRegistry
+    private let logger: Logger
+    private let pool: NinePWorkerPool
+    private var backend: XenBackend?
+
+    public init(registry: VolumeRegistry, logger: Logger, workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
+        self.registry = registry
+        self.logger = logger
+        pool = NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker")
+    }
+
+    public var serviceDescription: String { "Xen PV 9pfs backend" }
+
+    public func start() throws {
+        let registry = self.registry
+        let logger = self.logger
+        let pool = self.pool
+        let backend = try XenBackend(logger: logger) { frontend in
+            guard let vm = frontend.path, !vm.isEmpty else {
+                throw XenAccessRefused("the device has no VM in its backend path node (attach it with pvfs-vm attach)")
+            }
+            let identity = ClientIdentity.xen(domid: frontend.domid, name: frontend.domainName)
+            do {
+                _ = try registry.accessRules.resolve(aname: vm, identity: identity)
+            } catch {
+                throw XenAccessRefused("domain \(frontend.domid) may not reach VM \(vm) (bind it: pvfs-vm bind \(vm) --xen-name NAME or --xen-domid ID)")
+            }
+            let peer = NinePPeer(transport: .xen, remoteAddress: "domain \(frontend.domid)",
+                                 localAddress: "xen:\(frontend.domid)/\(frontend.devid)", domainID: frontend.domid,
+                                 connectionID: UInt64(frontend.domid) << 32 | UInt64(frontend.devid))
+            let sessions = SessionList()
+            let connection = NinePConnection(peer: peer, pool: pool, logger: logger) { request in
+                // The guest's aname may be empty (mount by tag) or must name the device's VM.
+                let aname = request.aname
+                guard aname.isEmpty || aname == vm || aname == "/" + vm else { throw Errno.noSuchFileOrDirectory }
+                let view = try registry.attach(aname: vm, identity: identity)
+                sessions.add(view)
+                return view
+            }
+            connection.onClose = {
+                for view in sessions.drain() { registry.closeSession(view) }
+            }
+            return connection
+        }
+        try backend.start()
+        self.backend = backend
+    }
+
+    public func stop() {
+        backend?.stop()
+        backend?.wait()
+        pool.shutdown()
+    }
+
+    public var devices: [XenDeviceStatus] { backend?.status ?? [] }
+}
