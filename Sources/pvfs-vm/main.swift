@@ -1,2 +1,15 @@
+import ArgumentParser
 import PVFSCommands
-print("todo")
+
+/// pvfs-vm: VMs of a pvfs store.
+struct PVFSVM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pvfs-vm",
+        abstract: "Manage the VMs of a pvfs store.",
+        subcommands: [
+            Mount.self,
+            Umount.self,
+        ])
+}
+
+PVFSVM.main()
