@@ -27,6 +27,10 @@ final class FuseFilesystem: @unchecked Sendable {
     /// Set in init when the kernel applies no umask of its own.
     let umaskIsOurs = Atomic<Bool>(false)
     let initialised = Atomic<Bool>(false)
+    /// Directories with open handles and their attributes when opened: Linux keeps serving
+    /// fstat (with no links) and an empty listing for a directory removed while open, and the
+    /// engine forgets a removed directory at once.
+    let openDirectories = Mutex<[InodeNumber: (count: Int, attributes: Attributes)]>([:])
 
     init(view: VMView, options: FuseMountOptions, logger: Logger) {
         self.view = view
@@ -197,6 +201,13 @@ extension FuseFilesystem {
     func getattr(_ req: fuse_req_t, _ ino: fuse_ino_t) {
         do throws(Errno) {
             replyAttributes(req, try view.getAttributes(ino))
+        } catch where error == .noSuchFileOrDirectory {
+            if var removed = openDirectories.withLock({ $0[ino]?.attributes }) {
+                removed.linkCount = 0
+                replyAttributes(req, removed)
+            } else {
+                reply(req, error)
+            }
         } catch {
             reply(req, error)
         }
@@ -536,10 +547,14 @@ extension FuseFilesystem {
     func opendir(_ req: fuse_req_t, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         do throws(Errno) {
             let handle = try view.open(ino, flags: O_RDONLY | O_DIRECTORY, as: credentials(req))
+            let attributes = try view.getAttributes(ino)
+            openDirectories.withLock { table in
+                table[ino] = ((table[ino]?.count ?? 0) + 1, attributes)
+            }
             fi.pointee.fh = Self.handleValue(handle)
             setOpenReplyFlags(fi, directory: true)
             if fuse_reply_open(req, fi) != 0 {
-                if let h = Self.takeHandle(fi) { view.release(h) }
+                if let h = Self.takeHandle(fi) { closeDirectory(h) }
             }
         } catch {
             reply(req, error)
@@ -547,8 +562,16 @@ extension FuseFilesystem {
     }
 
     func releasedir(_ req: fuse_req_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
-        if let handle = Self.takeHandle(fi) { view.release(handle) }
+        if let handle = Self.takeHandle(fi) { closeDirectory(handle) }
         replyOK(req)
+    }
+
+    private func closeDirectory(_ handle: OpenFile) {
+        openDirectories.withLock { table in
+            guard let entry = table[handle.inode] else { return }
+            table[handle.inode] = entry.count > 1 ? (entry.count - 1, entry.attributes) : nil
+        }
+        view.release(handle)
     }
 
     /// readdir and readdirplus: entries after the engine's cookie `offset`, each carrying its
@@ -559,6 +582,10 @@ extension FuseFilesystem {
         do throws(Errno) {
             // Small entries take 24-32 bytes; ask for what could fit and stop where it is full.
             entries = try view.readDirectory(ino, after: UInt64(offset), limit: max(8, size / 24), as: credentials(req))
+        } catch where error == .noSuchFileOrDirectory && openDirectories.withLock({ $0[ino] != nil }) {
+            // Removed while open: an empty listing, as Linux gives.
+            fuse_reply_buf(req, nil, 0)
+            return
         } catch {
             return reply(req, error)
         }
