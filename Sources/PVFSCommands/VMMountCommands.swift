@@ -149,8 +149,12 @@ public struct Mount: ParsableCommand {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw Self.report(CommandFailure("pipe: \(Errno(rawValue: errno))")) }
         let (readEnd, writeEnd) = (fds[0], fds[1])
-        // Only the copy made for the child (fd 3) may stay open in it.
-        for fd in fds { _ = cpvfs_fcntl_int(fd, F_SETFD, FD_CLOEXEC) }
+        // Only the copy made for the child (fd 3) may stay open in it: a descriptor our own parent
+        // watches for our exit (as Foundation's Process does) must close when we exit, not when
+        // the server does.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+            if let fd = Int32(name), fd > 2 { _ = cpvfs_fcntl_int(fd, F_SETFD, FD_CLOEXEC) }
+        }
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let arguments = [executable] + CommandLine.arguments.dropFirst() + ["--foreground", "--ready-fd", "3"]
 

@@ -141,7 +141,12 @@ public final class FuseMount: @unchecked Sendable {
             return true
         }
         guard destroy else { return }
-        fuse_session_unmount(session)
+        // Unmount only what is still mounted (stop, umount or fusermount may have done it); libfuse
+        // complains about a mount that is gone.
+        let stillMounted = FuseMount.mountedFileSystems().contains {
+            $0.isPVFS && $0.mountpoint == mountpoint && (connection == nil || $0.device?.minor == connection)
+        }
+        if stillMounted { fuse_session_unmount(session) }
         fuse_session_destroy(session)
         view.releaseAllLocks()
     }
