@@ -73,6 +73,8 @@ let package = Package(
         .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands"]),
         .executableTarget(name: "pvfs", dependencies: ["PVFSCommands"]),
         .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
+        // Builds templates and VMs straight in a store's catalog for tests and benchmarks.
+        .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore"], path: "bench/pvfs-devtool"),
 
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),

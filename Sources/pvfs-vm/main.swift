@@ -1,12 +1,18 @@
 import ArgumentParser
 import PVFSCommands
 
-@main
+/// pvfs-vm: the VMs of a pvfs store.
 struct PVFSVM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvfs-vm",
         abstract: "Provision, configure and mount VM roots kept as copy-on-write overlays over templates.",
-        subcommands: [Provision.self, ListVMs.self, ShowVM.self, RemoveVM.self, RenameVM.self, SetQuota.self, SetAccess.self,
-                      Bind.self, Unbind.self, BootFilesCommand.self,
-                      Attach.self, Detach.self, XlConfig.self, XenServeTest.self])
+        subcommands: [
+            Provision.self, ListVMs.self, ShowVM.self, RemoveVM.self, RenameVM.self,
+            SetQuota.self, SetAccess.self, Bind.self, Unbind.self,
+            Mount.self, Umount.self,
+            BootFilesCommand.self,
+            Attach.self, Detach.self, XlConfig.self, XenServeTest.self,
+        ])
 }
+
+PVFSVM.main()

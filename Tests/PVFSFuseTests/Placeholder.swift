@@ -1,4 +1,0 @@
-import Testing
-@testable import PVFSFuse
-
-@Test func placeholder() {}
