@@ -81,6 +81,7 @@ enum DaemonServices {
         if !daemon.configuration.listeners.isEmpty {
             daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger))
         }
+        HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
         if daemon.configuration.xenEnabled {
             daemon.add(XenService(registry: daemon.registry, logger: daemon.logger))
         }

@@ -3,6 +3,7 @@ import CPVFSSystem
 import Foundation
 import Glibc
 import Logging
+import PVFSDaemon
 import PVFSEngine
 import PVFSFuse
 import PVFSStore
@@ -62,9 +63,33 @@ public struct Mount: ParsableCommand {
     public func run() throws {
         if foreground {
             try serve()
+        } else if try mountThroughDaemon() {
+            return
         } else {
             try startInBackground()
         }
+    }
+
+    /// While pvfsd runs for this store it hosts the mount itself, so the host and the VM's
+    /// guests share one engine (a separate process could not take the VM while it is served).
+    /// Returns false when no daemon runs.
+    private func mountThroughDaemon() throws -> Bool {
+        let client = DaemonClient(storePath: storeOptions.storePath)
+        let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let response: ControlProtocol.Response?
+        do {
+            response = try client.send(.init(op: "mount", vm: name, path: absolute, readOnly: readOnly, allowOther: allowOther),
+                                       timeoutSeconds: 60)
+        } catch {
+            throw Self.report(CommandFailure("the daemon did not answer: \(error)"))
+        }
+        guard let response else { return false }
+        guard response.ok else {
+            let message = response.error ?? "unknown error"
+            throw Self.report(CommandFailure("pvfsd could not mount VM \(name): \(message)",
+                                             exitCode: message.contains("no VM") ? PVFSExitCode.notFound : PVFSExitCode.failure))
+        }
+        return true
     }
 
     // MARK: Foreground
@@ -89,8 +114,13 @@ public struct Mount: ParsableCommand {
             notifier.fail(failure)
             throw Self.report(failure)
         }
-        let view = VMView(volume: volume, policy: SessionPolicy(side: .host, readOnly: readOnly, enforcePermissions: false),
-                          sessionID: 1)
+        var policy = SessionPolicy(side: .host, readOnly: readOnly, enforcePermissions: false)
+        if let store = try? storeOptions.open(logger: logger), let settings = try? store.accessSettings(vm: name) {
+            // The host side of a VM with shifted ids shows them shifted.
+            policy.idMapping = AccessRules.idMapping(settings)
+            policy.readOnly = readOnly || settings.readOnly
+        }
+        let view = VMView(volume: volume, policy: policy, sessionID: 1)
         do {
             mount = try FuseMount(view: view, mountpoint: directory,
                                   options: FuseMountOptions(readOnly: readOnly, allowOther: allowOther,
@@ -268,6 +298,11 @@ public struct Umount: ParsableCommand {
     public init() {}
 
     public func run() throws {
+        let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
+        if let response = try? DaemonClient(storePath: storeOptions.storePath).send(.init(op: "umount", force: lazy, path: absolute)),
+           response.ok {
+            return
+        }
         guard let entry = FuseMount.pvfsMount(at: directory) else {
             throw Mount.report(CommandFailure("\(directory) is not a pvfs mount", exitCode: PVFSExitCode.notFound))
         }

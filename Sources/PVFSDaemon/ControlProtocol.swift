@@ -6,15 +6,24 @@ public enum ControlProtocol {
     public static let socketName = "pvfsd.sock"
 
     public struct Request: Codable, Sendable {
-        /// reload | status | release | metrics
+        /// reload | status | release | metrics | mount | umount | mounts, and the maintenance
+        /// operations of Daemon+Maintenance.swift.
         public var op: String
         public var vm: String?
         public var force: Bool?
+        /// mount/umount: the host directory.
+        public var path: String?
+        public var readOnly: Bool?
+        public var allowOther: Bool?
 
-        public init(op: String, vm: String? = nil, force: Bool? = nil) {
+        public init(op: String, vm: String? = nil, force: Bool? = nil, path: String? = nil, readOnly: Bool? = nil,
+                    allowOther: Bool? = nil) {
             self.op = op
             self.vm = vm
             self.force = force
+            self.path = path
+            self.readOnly = readOnly
+            self.allowOther = allowOther
         }
     }
 
@@ -23,12 +32,27 @@ public enum ControlProtocol {
         public var error: String?
         public var status: DaemonStatus?
         public var text: String?
+        public var mounts: [HostMount]?
 
-        public init(ok: Bool, error: String? = nil, status: DaemonStatus? = nil, text: String? = nil) {
+        public init(ok: Bool, error: String? = nil, status: DaemonStatus? = nil, text: String? = nil, mounts: [HostMount]? = nil) {
             self.ok = ok
             self.error = error
             self.status = status
             self.text = text
+            self.mounts = mounts
+        }
+    }
+
+    /// A VM mounted on the host by the daemon.
+    public struct HostMount: Codable, Sendable, Equatable {
+        public var vm: String
+        public var path: String
+        public var readOnly: Bool
+
+        public init(vm: String, path: String, readOnly: Bool) {
+            self.vm = vm
+            self.path = path
+            self.readOnly = readOnly
         }
     }
 
