@@ -138,6 +138,16 @@ pvfsd)
 esac
 TIMEOUT=${TIMEOUT:-$([ "$MODE" = systemd ] && echo 600 || echo 240)}
 server_start "$KIND" "$PORT" "${ROOT:-}" "$STORE" "$GUEST_WORK/server.log"
+if [ "$KIND" = pvfsd ] && [ -z "$HOSTVIEW" ]; then
+    # The daemon mounts the VM on the host itself, sharing the engine with the guest: the marker
+    # goes in through the mount and the guest's marker comes back out through it.
+    HOSTVIEW=$GUEST_WORK/view
+    mkdir -p "$HOSTVIEW"
+    for _ in $(seq 50); do [ -S "$STORE/pvfsd.sock" ] && break; sleep 0.1; done
+    "$(pvfs_vm_binary)" mount --store "$STORE" "$VM" "$HOSTVIEW" || gdie "cannot mount VM $VM through pvfsd"
+    guest_on_cleanup "'$(pvfs_vm_binary)' umount --store '$STORE' '$HOSTVIEW' 2>/dev/null || umount -l '$HOSTVIEW' 2>/dev/null"
+    install_marker "$HOSTVIEW" "$MODE"
+fi
 
 INIT_ARGS=()
 [ "$MODE" = script ] && INIT_ARGS=(--init /usr/local/sbin/pvfs-boot-marker)
@@ -158,7 +168,7 @@ glog "mode $MODE; kernel command line: $CMDLINE"
 LOG=$GUEST_WORK/serial.log
 QRC=0
 GUEST_MEM=${PVFS_GUEST_MEM:-1024} guest_boot_qemu "$GUEST_WORK/boot/vmlinuz" "$GUEST_WORK/boot/initrd.img" "$CMDLINE" "$LOG" "$TIMEOUT" || QRC=$?
-server_stop
+[ "$KIND" = pvfsd ] || server_stop
 
 RC=0
 guest_results "$LOG" "boot-9p-root/$MODE" || RC=1
@@ -175,6 +185,7 @@ else
     glog "host check skipped (no --host-view)"
 fi
 [ "$QRC" = 0 ] || RC=1
+server_stop
 MOUNTED=$(tr -d '\r' <"$LOG" | sed -n 's/.*pvfs-boot\[\([0-9.]*\)\]: root mounted.*/\1/p' | head -1)
 INITRAN=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST root-init ok pid [0-9]* at \([0-9.]*\)s.*/\1/p' | head -1)
 DONEUP=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST-DONE uptime=\([0-9.]*\).*/\1/p' | head -1)

@@ -415,24 +415,17 @@ server_stop() {
 
 # ---------------------------------------------------------------- pvfs commands
 
-# guest_boot_files ARGS...: run `pvfs-vm boot-files ARGS...`. Uses $PVFS_VM_BIN, else a built
-# pvfs-vm that already has the subcommand, else drives BootFilesCommand through its test hook
-# (swift test --filter bootFilesFromEnvironment), so the tests work before the command is wired in.
-guest_boot_files() {
+# pvfs_vm_binary: the pvfs-vm to use ($PVFS_VM_BIN, else the newest build, else PATH).
+pvfs_vm_binary() {
     local b
     for b in "${PVFS_VM_BIN:-}" "$GUEST_REPO_ROOT/.build/release/pvfs-vm" "$GUEST_REPO_ROOT/.build/debug/pvfs-vm" \
         "$(command -v pvfs-vm || true)"; do
-        [ -n "$b" ] && [ -x "$b" ] || continue
-        if "$b" boot-files --help 2>&1 | grep -q -- --transport; then
-            "$b" boot-files "$@"
-            return
-        fi
+        [ -n "$b" ] && [ -x "$b" ] && { printf '%s\n' "$b"; return; }
     done
-    command -v swift >/dev/null || gdie "no pvfs-vm with boot-files and no swift toolchain"
-    local json
-    json=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")
-    glog "pvfs-vm has no boot-files yet: running BootFilesCommand through swift test"
-    (cd "$GUEST_REPO_ROOT" && PVFS_BOOT_FILES_ARGS=$json swift test --filter bootFilesFromEnvironment 2>&1) |
-        grep -vE '^(◇|↳|Test Suite|[[:space:]]+Executed|\[[0-9]+/[0-9]+\]|Building|Build complete)' |
-        grep -v 'Test run with' >&2 || true
+    gdie "no pvfs-vm binary (build with swift build, or set PVFS_VM_BIN)"
+}
+
+# guest_boot_files ARGS...: run `pvfs-vm boot-files ARGS...`.
+guest_boot_files() {
+    "$(pvfs_vm_binary)" boot-files "$@"
 }
