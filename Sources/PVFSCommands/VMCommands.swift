@@ -100,10 +100,27 @@ public struct Provision: ParsableCommand {
     @Option(name: .long, help: "Inode quota (default: none).")
     public var quotaInodes: String?
 
+    @Option(name: .long, help: "Run only this hook (repeatable; default: every hook of the hooks directory).")
+    public var hook: [String] = []
+
+    @Flag(name: .long, help: "Run no provisioning hooks.")
+    public var noHooks = false
+
+    @Option(name: .long, help: "Hooks directory (default: $PVFS_HOOKS_DIR, /etc/pvfs/hooks.d, /usr/lib/pvfs/hooks).")
+    public var hooksDir: String?
+
+    @Option(name: .long, help: ArgumentHelp("Setting for the hooks, as PVFS_HOOK_KEY (repeatable), e.g. HOSTNAME=web1.", valueName: "key=value"))
+    public var hookEnv: [String] = []
+
     @Argument(help: "The new VM's name.")
     public var name: String
 
     public init() {}
+
+    public func validate() throws {
+        for item in hookEnv where !item.contains("=") { throw ValidationError("--hook-env takes KEY=VALUE") }
+        if noHooks && !hook.isEmpty { throw ValidationError("--no-hooks and --hook exclude each other") }
+    }
 
     public func run() throws {
         let logger = logging.makeLogger("pvfs.vm")
@@ -114,10 +131,35 @@ public struct Provision: ParsableCommand {
             let started = monotonicNanoseconds()
             let vm = try store.provisionVM(name: name, template: template, quotaBytes: bytes, quotaInodes: inodes)
             let elapsed = Double(monotonicNanoseconds() - started) / 1e6
+            var ran: [String] = []
+            var hookMilliseconds = 0.0
+            if !noHooks, let directory = ProvisioningHooks.findDirectory(hooksDir) {
+                var environment: [String: String] = [:]
+                for item in hookEnv {
+                    let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+                    environment[parts[0]] = parts.count > 1 ? parts[1] : ""
+                }
+                let hooks = ProvisioningHooks(directory: directory, selected: hook.isEmpty ? nil : hook, environment: environment)
+                let hookStart = monotonicNanoseconds()
+                do {
+                    ran = try hooks.run(store: store, vm: name, template: template, logger: logger)
+                } catch {
+                    // A VM its hooks could not prepare is not left behind half made.
+                    try? store.removeVM(named: name)
+                    throw error
+                }
+                hookMilliseconds = Double(monotonicNanoseconds() - hookStart) / 1e6
+            } else if !hook.isEmpty {
+                throw CommandFailure("no hooks directory found (use --hooks-dir)")
+            }
             if output.json {
-                try printJSON(ProvisionResult(vm: try VMReport(vm, store: store, detailed: true), milliseconds: elapsed))
+                try printJSON(ProvisionResult(vm: try VMReport(vm, store: store, detailed: true), milliseconds: elapsed,
+                                              hooks: ran, hookMilliseconds: hookMilliseconds))
             } else {
                 print("provisioned VM \(vm.name) from template \(vm.template) in \(String(format: "%.1f", elapsed)) ms")
+                if !ran.isEmpty {
+                    print("hooks: \(ran.joined(separator: ", ")) (\(String(format: "%.0f", hookMilliseconds)) ms)")
+                }
             }
             notifyDaemon(storeOptions.storePath, logger: logger)
         }
@@ -125,7 +167,10 @@ public struct Provision: ParsableCommand {
 
     struct ProvisionResult: Codable {
         var vm: VMReport
+        /// Time to create the VM itself (catalog row and private area), hooks excluded.
         var milliseconds: Double
+        var hooks: [String]
+        var hookMilliseconds: Double
     }
 }
 
@@ -182,7 +227,7 @@ public struct ShowVM: ParsableCommand {
             print("template:    \(report.template)")
             print("created:     \(report.created)")
             print("used:        \(formatBytes(report.usedBytes)), \(report.usedInodes) inodes")
-            print("quota:       \(report.quotaBytes.map(formatBytes) ?? "none") bytes, \(report.quotaInodes.map(String.init) ?? "no") inode limit")
+            print("quota:       \(report.quotaBytes.map(formatBytes) ?? "no byte limit"), \(report.quotaInodes.map { "\($0) inodes" } ?? "no inode limit")")
             print("in use:      \(report.inUse ? "yes (served or mounted)" : "no")")
             if let access = report.access {
                 var mapping = access.idMapping
@@ -289,7 +334,7 @@ public struct SetQuota: ParsableCommand {
                                inodes: try parseQuota(inodes, what: "inode quota", sizes: false))
             notifyDaemon(storeOptions.storePath, logger: logger)
             let vm = try store.requireVM(named: name)
-            print("VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "none"), \(vm.quotaInodes.map(String.init) ?? "no") inode limit")
+            print("VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "no byte limit"), \(vm.quotaInodes.map { "\($0) inodes" } ?? "no inode limit")")
         }
     }
 }
