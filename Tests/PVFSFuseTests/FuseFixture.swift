@@ -152,27 +152,81 @@ final class MountedVM: @unchecked Sendable {
     }
 }
 
+/// Starts `pvfs-vm mount --foreground` and waits until the mount answers.
+func startForeground(_ f: FuseFixture, _ name: String, _ path: String) throws -> Process {
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: FuseFixture.binaries + "/pvfs-vm")
+    server.arguments = ["mount", "--foreground", "--store", f.storePath, "--allow-other", name, path]
+    server.standardInput = FileHandle(forReadingAtPath: "/dev/null")
+    try server.run()
+    for _ in 0..<500 {
+        if FuseMount.pvfsMount(at: path) != nil, access(path + "/etc", F_OK) == 0 { return server }
+        if !server.isRunning { throw TestFailure("pvfs-vm mount exited with \(server.terminationStatus)") }
+        usleep(10_000)
+    }
+    throw TestFailure("the mount of \(name) did not come up")
+}
+
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
 }
 
 /// Runs a program to completion; stdout and stderr together.
+///
+/// The child starts with no signal blocked and every signal at its default action: test runners
+/// run tests on threads that block signals, and a tool such as stress-ng, which stops its
+/// workers with SIGALRM, would otherwise never stop.
 @discardableResult
-func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
-         input: FileHandle? = nil) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    process.standardInput = input ?? FileHandle(forReadingAtPath: "/dev/null")
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { throw Errno(rawValue: errno) }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+    posix_spawn_file_actions_addclose(&actions, fds[0])
+    posix_spawn_file_actions_addclose(&actions, fds[1])
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var none = sigset_t()
+    sigemptyset(&none)
+    var all = sigset_t()
+    sigfillset(&all)
+    posix_spawnattr_setsigmask(&attributes, &none)
+    posix_spawnattr_setsigdefault(&attributes, &all)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var env = ProcessInfo.processInfo.environment
+    if let environment { env.merge(environment) { $1 } }
+    let cArguments = ([executable] + arguments).map { strdup($0) } + [nil]
+    let cEnvironment = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer {
+        cArguments.forEach { free($0) }
+        cEnvironment.forEach { free($0) }
+    }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, executable, &actions, &attributes, cArguments, cEnvironment)
+    close(fds[1])
+    guard rc == 0 else {
+        close(fds[0])
+        throw Errno(rawValue: rc)
+    }
+    var output: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fds[0], &buffer, buffer.count)
+        if n > 0 { output += buffer[0..<n]; continue }
+        if n < 0 && errno == EINTR { continue }
+        break
+    }
+    close(fds[0])
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    let exitCode = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return (exitCode, String(decoding: output, as: UTF8.self))
 }
 
 func readFile(_ path: String) throws -> [UInt8] {

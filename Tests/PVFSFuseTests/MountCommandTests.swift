@@ -174,21 +174,6 @@ struct MountCommandTests {
 
     // MARK: Helpers
 
-    /// Starts `pvfs-vm mount --foreground` and waits until the mount answers.
-    func startForeground(_ f: FuseFixture, _ name: String, _ path: String) throws -> Process {
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: Self.pvfsVM)
-        server.arguments = ["mount", "--foreground", "--store", f.storePath, "--allow-other", name, path]
-        server.standardInput = FileHandle(forReadingAtPath: "/dev/null")
-        try server.run()
-        for _ in 0..<500 {
-            if FuseMount.pvfsMount(at: path) != nil, access(path + "/etc", F_OK) == 0 { return server }
-            if !server.isRunning { throw TestFailure("pvfs-vm mount exited with \(server.terminationStatus)") }
-            usleep(10_000)
-        }
-        throw TestFailure("the mount of \(name) did not come up")
-    }
-
     /// After recovery and a clean close: no staging leftovers, every private data file named by
     /// the catalog and every catalog reference resolvable, and SQLite's own check passes.
     func expectConsistent(_ f: FuseFixture, vmID: Int64) throws {
