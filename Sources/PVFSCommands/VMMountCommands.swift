@@ -48,6 +48,11 @@ public struct Mount: ParsableCommand {
     @Flag(name: .long, help: .hidden)
     public var fuseDebug = false
 
+    /// Serve with the caching of a mount shared with guest sessions (seconds of validity for
+    /// names and attributes, no pages kept across opens): for measuring what sharing costs.
+    @Option(name: .long, help: .hidden)
+    public var sharedCacheTimeout: Double?
+
     /// The descriptor a daemonizing parent waits on for "ready" or an error.
     @Option(name: .long, help: .hidden)
     public var readyFD: Int32?
@@ -88,7 +93,8 @@ public struct Mount: ParsableCommand {
                           sessionID: 1)
         do {
             mount = try FuseMount(view: view, mountpoint: directory,
-                                  options: FuseMountOptions(readOnly: readOnly, allowOther: allowOther, caching: .exclusive,
+                                  options: FuseMountOptions(readOnly: readOnly, allowOther: allowOther,
+                                                            caching: sharedCacheTimeout.map { .shared(timeout: $0) } ?? .exclusive,
                                                             debug: fuseDebug),
                                   logger: logger)
         } catch let error as FuseMountError {

@@ -34,7 +34,7 @@ public struct FuseMountOptions: Sendable, Equatable {
     public var debug: Bool
 
     public init(readOnly: Bool = false, allowOther: Bool = false, caching: Caching = .exclusive,
-                maximumThreads: UInt32 = 32, idleThreads: UInt32 = 4, cloneDescriptor: Bool = true,
+                maximumThreads: UInt32 = 32, idleThreads: UInt32 = 16, cloneDescriptor: Bool = true,
                 posixACLs: Bool = true, readaheadKiB: Int = 1024, debug: Bool = false) {
         self.readOnly = readOnly
         self.allowOther = allowOther

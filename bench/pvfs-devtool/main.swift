@@ -4,6 +4,7 @@
 //     pvfs-devtool template --store S --name T DIR   a template holding DIR's tree
 //     pvfs-devtool provision --store S --template T --name VM [--count N]
 //         provisions VM (or VM-1..VM-N) and prints the seconds each took
+//     pvfs-devtool remove --store S --name VM
 import Foundation
 import GRDB
 import Glibc
@@ -170,6 +171,8 @@ func run() throws {
             _ = try store.provisionVM(name: vmName, template: template)
             print(String(format: "%.6f", Double(monotonicNanoseconds() - start) / 1e9))
         }
+    case "remove":
+        try store.removeVM(named: try required("--name", in: arguments))
     default:
         throw Failure(description: "unknown command \(command)")
     }
