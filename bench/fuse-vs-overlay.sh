@@ -90,10 +90,17 @@ if [ ! -f "$STORE/.bench-template" ]; then
     fi
     touch "$STORE/.bench-template"
 fi
-if [ ! -d "$WORK/ostree-repo/objects" ]; then
+if [ ! -f "$WORK/ostree-repo/.bench-committed" ]; then
     rm -rf "$WORK/ostree-repo"
     ostree init --repo="$WORK/ostree-repo" --mode=bare > /dev/null
-    ostree commit --repo="$WORK/ostree-repo" --branch=minbase --tree=dir="$LOWER" --no-xattrs > /dev/null
+    # ostree holds no device nodes, fifos or sockets (a booted system gets /dev from devtmpfs):
+    # commit a copy without them.
+    rm -rf "$WORK/ostree-src"
+    cp -a "$LOWER" "$WORK/ostree-src"
+    find "$WORK/ostree-src" -xdev \( -type c -o -type b -o -type p -o -type s \) -delete
+    ostree commit --repo="$WORK/ostree-repo" --branch=minbase --tree=dir="$WORK/ostree-src" --no-xattrs > /dev/null
+    rm -rf "$WORK/ostree-src"
+    touch "$WORK/ostree-repo/.bench-committed"
 fi
 
 ROWS=(walk read create_unlink seq_write seq_read)
@@ -112,14 +119,13 @@ print_table() {  # title, then "row pvfs fuse-overlayfs kernel-overlay" lines on
     python3 -c '
 import sys
 title = sys.argv[1]
-print(f"\n{title}")
-print(f"{\"row\":<22}{\"pvfs\":>10}{\"fuse-ovl\":>10}{\"kernel-ovl\":>11}{\"pvfs/fuse\":>11}{\"pvfs/kern\":>11}")
+print()
+print(title)
+print("%-16s%10s%10s%11s%11s%11s" % ("row", "pvfs", "fuse-ovl", "kernel-ovl", "pvfs/fuse", "pvfs/kern"))
 for line in sys.stdin:
     name, *values = line.split()
-    v = [float(x) if x != "-" else None for x in values]
-    def cell(x): return f"{x:>10.3f}" if x is not None else f"{\"-\":>10}"
-    def ratio(a, b): return f"{a / b:>11.2f}" if a is not None and b else f"{\"-\":>11}"
-    print(f"{name:<22}{cell(v[0])}{cell(v[1])} {cell(v[2])}{ratio(v[0], v[1])}{ratio(v[0], v[2])}")
+    v = [float(x) for x in values]
+    print("%-16s%10.3f%10.3f%11.3f%11.2f%11.2f" % (name, v[0], v[1], v[2], v[0] / v[1], v[0] / v[2]))
 ' "$1"
 }
 
