@@ -2,6 +2,10 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdarg.h>
+#include <stdlib.h>
+#include <errno.h>
+#include <pthread.h>
+#include <unistd.h>
 #include "cfuse.h"
 
 int cfuse_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned int max_threads, unsigned int max_idle) {
@@ -32,6 +36,52 @@ int cfuse_reply_data_fd(fuse_req_t req, int fd, size_t size, off_t offset) {
     buf.buf[0].fd = fd;
     buf.buf[0].pos = offset;
     return fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+/* One read buffer per worker thread, freed when the worker exits (libfuse retires idle ones). */
+struct read_buffer {
+    char *data;
+    size_t capacity;
+};
+
+static pthread_key_t read_buffer_key;
+static pthread_once_t read_buffer_once = PTHREAD_ONCE_INIT;
+
+static void free_read_buffer(void *value) {
+    struct read_buffer *buffer = value;
+    free(buffer->data);
+    free(buffer);
+}
+
+static void make_read_buffer_key(void) { pthread_key_create(&read_buffer_key, free_read_buffer); }
+
+static char *thread_read_buffer(size_t size) {
+    pthread_once(&read_buffer_once, make_read_buffer_key);
+    struct read_buffer *buffer = pthread_getspecific(read_buffer_key);
+    if (buffer == NULL) {
+        buffer = calloc(1, sizeof *buffer);
+        if (buffer == NULL) return NULL;
+        pthread_setspecific(read_buffer_key, buffer);
+    }
+    if (buffer->capacity < size) {
+        char *grown = realloc(buffer->data, size);
+        if (grown == NULL) return NULL;
+        buffer->data = grown;
+        buffer->capacity = size;
+    }
+    return buffer->data;
+}
+
+int cfuse_reply_read(fuse_req_t req, int fd, size_t size, off_t offset, size_t copy_limit) {
+    if (size > copy_limit) return cfuse_reply_data_fd(req, fd, size, offset);
+    char *buffer = thread_read_buffer(size);
+    if (buffer == NULL) return fuse_reply_err(req, ENOMEM);
+    ssize_t n;
+    do {
+        n = pread(fd, buffer, size, offset);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return fuse_reply_err(req, errno);
+    return fuse_reply_buf(req, buffer, (size_t)n);
 }
 
 static void (*log_sink)(int, const char *) = NULL;

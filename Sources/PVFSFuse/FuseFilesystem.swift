@@ -27,6 +27,9 @@ final class FuseFilesystem: @unchecked Sendable {
     /// Set in init when the kernel applies no umask of its own.
     let umaskIsOurs = Atomic<Bool>(false)
     let initialised = Atomic<Bool>(false)
+    /// The kernel's name of the mount's backing device ("0:N"), set once mounted.
+    let backingDevice = Mutex<String?>(nil)
+    private let readaheadApplied = Atomic<Bool>(false)
     /// Directories with open handles and their attributes when opened: Linux keeps serving
     /// fstat (with no links) and an empty listing for a directory removed while open, and the
     /// engine forgets a removed directory at once.
@@ -117,6 +120,10 @@ final class FuseFilesystem: @unchecked Sendable {
         fuse_reply_err(req, 0)
     }
 
+    /// Reads up to this size are copied through a buffer rather than spliced (libfuse itself
+    /// copies replies under two pages, and allocates the whole request size to do so).
+    static let copiedReadLimit = 128 << 10
+
     // MARK: Handles
 
     static func handleValue(_ handle: OpenFile) -> UInt64 {
@@ -185,7 +192,25 @@ extension FuseFilesystem {
 // MARK: - Names
 
 extension FuseFilesystem {
+    /// Raises the mount's readahead once INIT is done (INIT itself can only lower it: the kernel
+    /// keeps the smaller of its default, 128 KiB, and what the filesystem asks). Any request
+    /// after INIT will do; it runs once. 512 KiB keeps a reply (plus its header) within the
+    /// largest pipe an unprivileged splice may use (fs.pipe-max-size, 1 MiB), so reads stay
+    /// zero-copy while taking four times fewer requests.
+    @inline(__always)
+    func afterInit() {
+        guard !readaheadApplied.load(ordering: .relaxed) else { return }
+        guard readaheadApplied.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged,
+              options.readaheadKiB > 0, let device = backingDevice.withLock({ $0 }) else { return }
+        let fd = Glibc.open("/sys/class/bdi/\(device)/read_ahead_kb", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        let text = Array("\(options.readaheadKiB)\n".utf8)
+        _ = text.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        Glibc.close(fd)
+    }
+
     func lookup(_ req: fuse_req_t, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>) {
+        afterInit()
         do throws(Errno) {
             replyEntry(req, try view.lookup(parent, Self.name(name), as: credentials(req)))
         } catch where error == .noSuchFileOrDirectory && options.negativeTimeout > 0 {
@@ -199,6 +224,7 @@ extension FuseFilesystem {
     }
 
     func getattr(_ req: fuse_req_t, _ ino: fuse_ino_t) {
+        afterInit()
         do throws(Errno) {
             replyAttributes(req, try view.getAttributes(ino))
         } catch where error == .noSuchFileOrDirectory {
@@ -388,6 +414,7 @@ extension FuseFilesystem {
     }
 
     func open(_ req: fuse_req_t, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        afterInit()
         do throws(Errno) {
             let handle = try view.open(ino, flags: fi.pointee.flags, as: credentials(req))
             fi.pointee.fh = Self.handleValue(handle)
@@ -444,8 +471,10 @@ extension FuseFilesystem {
                     fuse_reply_buf(req, nil, 0)
                     return
                 }
-                // The kernel reads the bytes straight from the blob or private file.
-                _ = cfuse_reply_data_fd(req, fd.rawValue, size, offset)
+                // Large reads: the kernel takes the bytes straight from the blob or private file
+                // (splice). Small ones (small files, random 4 KiB reads) are cheaper copied once
+                // through a per-thread buffer than sent through a pipe.
+                _ = cfuse_reply_read(req, fd.rawValue, size, offset, Self.copiedReadLimit)
             }
         } catch {
             reply(req, error)

@@ -99,7 +99,9 @@ public final class FuseMount: @unchecked Sendable {
             throw FuseMountError("cannot mount \(view.vmName) on \(canonical) (is /dev/fuse usable and the directory free?)",
                                  errno: .notPermitted)
         }
-        connection = FuseMount.mountedFileSystems().last { $0.mountpoint == canonical && $0.isPVFS }?.device.map { $0.minor }
+        let device = FuseMount.mountedFileSystems().last { $0.mountpoint == canonical && $0.isPVFS }?.device
+        connection = device?.minor
+        if let device { filesystem.backingDevice.withLock { $0 = "\(device.major):\(device.minor)" } }
         logger.info("mounted", metadata: ["mountpoint": "\(canonical)", "readOnly": "\(options.readOnly)"])
     }
 

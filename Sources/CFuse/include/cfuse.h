@@ -28,6 +28,11 @@ int cfuse_fi_writepage(const struct fuse_file_info *fi);
 /// what fuse_reply_data returns.
 int cfuse_reply_data_fd(fuse_req_t req, int fd, size_t size, off_t offset);
 
+/// Replies to a read of `size` bytes of `fd` at `offset`. Requests up to `copy_limit` bytes are
+/// read into a buffer of the calling thread and sent from there (small files: one copy, no pipe
+/// and no allocation); larger ones go by cfuse_reply_data_fd (splice). Returns 0 or -errno.
+int cfuse_reply_read(fuse_req_t req, int fd, size_t size, off_t offset, size_t copy_limit);
+
 /// Routes libfuse's log messages (already formatted) to `sink`; NULL restores stderr.
 void cfuse_set_log_sink(void (*sink)(int level, const char *message));
 
