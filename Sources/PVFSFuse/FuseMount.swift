@@ -177,7 +177,13 @@ public final class FuseMount: @unchecked Sendable {
     /// Aborts the kernel side of the connection (/sys/fs/fuse/connections/N/abort).
     public func abortConnection() {
         guard let connection else { return }
-        let path = "/sys/fs/fuse/connections/\(connection)/abort"
+        let directory = "/sys/fs/fuse/connections"
+        if access("\(directory)/\(connection)", F_OK) != 0 {
+            // The fusectl filesystem is not mounted everywhere (systemd mounts it; containers
+            // and minimal systems may not).
+            _ = Glibc.mount("fusectl", directory, "fusectl", 0, nil)
+        }
+        let path = "\(directory)/\(connection)/abort"
         let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { return }
         _ = Glibc.write(fd, "1", 1)
