@@ -162,7 +162,10 @@ public final class FuseMount: @unchecked Sendable {
             return s.running
         }
         guard running else { return }
-        fuse_session_exit(session)
+        // The loop ends when the kernel ends the connection: at once for an idle mount, after
+        // the last close for a detached busy one. Exiting the session here would cut off the
+        // files still open.
+        if force { fuse_session_exit(session) }
         if Glibc.umount2(mountpoint, 0) != 0 {
             let error = Errno(rawValue: Glibc.errno)
             if error == .resourceBusy {
