@@ -162,7 +162,10 @@ public final class FuseMount: @unchecked Sendable {
             return s.running
         }
         guard running else { return }
-        fuse_session_exit(session)
+        // The loop ends when the kernel ends the connection: at once for an idle mount, after
+        // the last close for a detached busy one. Exiting the session here would cut off the
+        // files still open.
+        if force { fuse_session_exit(session) }
         if Glibc.umount2(mountpoint, 0) != 0 {
             let error = Errno(rawValue: Glibc.errno)
             if error == .resourceBusy {
@@ -177,7 +180,13 @@ public final class FuseMount: @unchecked Sendable {
     /// Aborts the kernel side of the connection (/sys/fs/fuse/connections/N/abort).
     public func abortConnection() {
         guard let connection else { return }
-        let path = "/sys/fs/fuse/connections/\(connection)/abort"
+        let directory = "/sys/fs/fuse/connections"
+        if access("\(directory)/\(connection)", F_OK) != 0 {
+            // The fusectl filesystem is not mounted everywhere (systemd mounts it; containers
+            // and minimal systems may not).
+            _ = Glibc.mount("fusectl", directory, "fusectl", 0, nil)
+        }
+        let path = "\(directory)/\(connection)/abort"
         let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { return }
         _ = Glibc.write(fd, "1", 1)

@@ -71,6 +71,36 @@ struct MountCommandTests {
         #expect(try readFile(vm.path + "/note") == Array("kept\n".utf8))
     }
 
+    /// SIGTERM with a file open detaches the mount but keeps serving that file until it is
+    /// closed; a second signal aborts at once.
+    @Test func sigtermKeepsOpenFilesUntilClosedAndASecondSignalForces() throws {
+        let f = try FuseFixture()
+        try f.provision("a")
+        let path = try f.mountpoint("a")
+        var server = try startForeground(f, "a", path)
+        var fd = open(path + "/etc/hostname", O_RDONLY)
+        #expect(fd >= 0)
+        kill(server.processIdentifier, SIGTERM)
+        usleep(300_000)
+        #expect(server.isRunning)
+        #expect(FuseMount.pvfsMount(at: path) == nil, "detached from the namespace")
+        var buffer = [UInt8](repeating: 0, count: 64)
+        #expect(pread(fd, &buffer, 64, 0) == 14)
+        close(fd)
+        server.waitUntilExit()
+        #expect(server.terminationStatus == 0)
+
+        server = try startForeground(f, "a", path)
+        fd = open(path + "/etc/hostname", O_RDONLY)
+        kill(server.processIdentifier, SIGTERM)
+        usleep(200_000)
+        kill(server.processIdentifier, SIGTERM)
+        server.waitUntilExit()
+        #expect(server.terminationStatus == 0)
+        #expect(pread(fd, &buffer, 64, 0) == -1 && errno == ENOTCONN)
+        close(fd)
+    }
+
     // MARK: Crashes
 
     /// kill -9 of the mount process while a write-open copies a large template file up: after

@@ -102,6 +102,35 @@ struct OverlayTests {
         #expect(try readFile(a.path + "/etc/hard-a") == Array("shared\nx".utf8))
     }
 
+    /// A shared writable mapping of a template file: the open copies it up, stores through the
+    /// mapping reach the VM's copy only, and a private mapping taken before stays the template's.
+    @Test func mmapOfATemplateFileWritesTheCopy() throws {
+        let f = try FuseFixture(bigFileBytes: 64 << 10)
+        try f.provision("a")
+        try f.provision("b")
+        let a = try f.mount("a")
+        let b = try f.mount("b")
+        defer { try? a.unmount(); try? b.unmount() }
+        let fd = open(a.path + "/big", O_RDWR)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        let length = 64 << 10
+        guard let map = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), map != MAP_FAILED else {
+            Issue.record("mmap failed: \(errno)")
+            return
+        }
+        let bytes = map.assumingMemoryBound(to: UInt8.self)
+        #expect(bytes[4097] == FuseFixture.pattern(4097))
+        for i in stride(from: 0, to: length, by: 4096) { bytes[i] = 0xAB }
+        #expect(msync(map, length, MS_SYNC) == 0)
+        munmap(map, length)
+        let mine = try readFile(a.path + "/big")
+        #expect(mine.count == length)
+        #expect(mine[0] == 0xAB && mine[8192] == 0xAB && mine[1] == FuseFixture.pattern(1))
+        let theirs = try readFile(b.path + "/big")
+        #expect(theirs[0] == FuseFixture.pattern(0) && theirs[8192] == FuseFixture.pattern(8192))
+    }
+
     @Test func inodeNumbersAreStableAcrossRemounts() throws {
         let f = try FuseFixture()
         try f.provision("a")
