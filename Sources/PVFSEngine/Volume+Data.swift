@@ -44,6 +44,7 @@ extension Volume {
         edit.bytes = -charge.bytes
         edit.inodes = -charge.inodes
         if r.data == .privateFile { edit.removedFiles.append(data.inode) }
+        dirtyInodes.remove(data.inode)
         if isTemplateInode(data.inode) {
             var tombstone = r
             tombstone.data = .none
@@ -437,6 +438,12 @@ extension Volume {
         metaLock.lock()
         if let data = openData[ino] { persistWrittenState(ino, data) }
         let isPrivate = record(ino)?.data == .privateFile
+        do {
+            try flushDirtyLocked()
+        } catch {
+            metaLock.unlock()
+            throw error
+        }
         metaLock.unlock()
         if isPrivate, let shard = try? FileDescriptor.open(at: dataDirectory, String(Self.dataPath(ino).prefix(2)), [.directory, .readOnly]) {
             defer { shard.closeQuietly() }
@@ -445,14 +452,12 @@ extension Volume {
         try syncCatalog()
     }
 
-    /// Makes every committed catalog transaction durable (a WAL checkpoint syncs the log first).
+    /// Makes every committed catalog transaction durable without holding up writers.
     func syncCatalog() throws(Errno) {
         do {
-            try store.catalog.writeWithoutTransaction { db in
-                _ = try db.checkpoint(.passive)
-            }
+            try store.syncCatalog()
         } catch {
-            logger.error("catalog checkpoint failed: \(error)")
+            logger.error("catalog sync failed: \(error)")
             throw Errno.ioError
         }
     }

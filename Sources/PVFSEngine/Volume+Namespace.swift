@@ -84,7 +84,7 @@ extension Volume {
         if edit.bytes < 0 || edit.inodes < 0 {
             try? quota.charge(bytes: min(0, edit.bytes), inodes: min(0, edit.inodes))
         }
-        for ino in edit.removedFiles { removePrivateFile(ino) }
+        for ino in edit.removedFiles { reapPrivateFile(ino) }
     }
 
     // MARK: Attributes
@@ -180,7 +180,7 @@ extension Volume {
                 permissions &= ~setGIDBit
             }
         }
-        let ino = overlay.nextInode
+        let (ino, reservation) = allocateInode()
         var record = InodeRecord(
             mode: kind.modeBits | permissions, uid: ctx.caller.uid, gid: gid,
             linkCount: kind == .directory ? 2 : 1, size: 0, blocks: 0,
@@ -200,8 +200,7 @@ extension Volume {
         edit.records[parent] = touched(dir, modification: true, now: now)
         edit.records[ino] = record
         edit.changes.append(.putEntry(parent: parent, name: fname, inode: ino))
-        edit.changes.append(.nextInode(ino + 1))
-        overlay.nextInode = ino + 1
+        if let reservation { edit.changes.append(reservation) }
 
         if kind == .regular {
             try ensureShard(ino)

@@ -42,6 +42,15 @@ public final class Volume: @unchecked Sendable {
     var versionCounter: UInt64 = 1
     /// Shard directories known to exist. Guarded by metaLock.
     var knownShards = Set<UInt8>()
+    /// Inodes whose in-memory record is newer than the catalog's (sizes and times written back
+    /// when their last handle closed). They ride along with the next commit, or the periodic
+    /// flush: a crash can lose only such times, never a name, an inode or data. Guarded by metaLock.
+    var dirtyInodes = Set<InodeNumber>()
+    /// Inode numbers below this are reserved in the catalog (`vm.next_inode`), so that creating a
+    /// file does not write the VM's row each time. Guarded by metaLock.
+    var reservedInodes: InodeNumber = 0
+    /// Removes private files the catalog no longer names, off the request path.
+    let reaper: FileReaper
 
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
     public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
@@ -81,6 +90,7 @@ public final class Volume: @unchecked Sendable {
         dataDirectory = try FileDescriptor.open(at: vmDirectory, "data", [.directory, .readOnly, .noFollow])
         scratchDirectory = try FileDescriptor.open(at: vmDirectory, "tmp", [.directory, .readOnly, .noFollow])
         journal = OverlayJournal(catalog: store.catalog, vmID: vmID)
+        reaper = FileReaper(logger: logger)
 
         let (image, hashes, vmRow) = try store.catalog.read { db -> (TemplateImage, [Int64: BlobHash], Row) in
             let image = try TemplateImage.load(templateID: templateID, from: db)
@@ -99,6 +109,7 @@ public final class Volume: @unchecked Sendable {
         blobHashes = hashes
         overlay = try journal.load()
         overlay.nextInode = max(overlay.nextInode, image.maximumInode + 1)
+        reservedInodes = overlay.nextInode
         quota = QuotaAccount(usage: .init(bytes: vmRow[2], inodes: vmRow[3]),
                              limits: .init(bytes: vmRow[0], inodes: vmRow[1]))
         let clean = (vmRow[4] as Int64) != 0
@@ -116,6 +127,8 @@ public final class Volume: @unchecked Sendable {
         closed = true
         for (ino, data) in openData { persistWrittenState(ino, data) }
         openData.removeAll()
+        try? flushDirtyRecords()
+        reaper.drain()
         let usage = quota.usage
         try store.catalog.write { db in
             try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = 1 WHERE id = ?",
@@ -225,8 +238,22 @@ public final class Volume: @unchecked Sendable {
     /// Writes changes to the catalog, then applies them in memory. Caller holds metaLock.
     /// On a catalog failure nothing changes and the error surfaces as EIO (or ENOSPC).
     func commit(_ changes: [OverlayChange]) throws(Errno) {
+        var all = changes
+        var written = Set<InodeNumber>()
+        for change in changes {
+            switch change {
+            case .putInode(let ino, _), .deleteInode(let ino): written.insert(ino)
+            default: break
+            }
+        }
+        if !dirtyInodes.isEmpty {
+            for ino in dirtyInodes where !written.contains(ino) {
+                if let r = overlay.inodes[ino] { all.append(.putInode(ino, r)) }
+            }
+        }
         do {
-            try journal.commit(changes)
+            try journal.commit(all)
+            dirtyInodes.removeAll()
         } catch {
             logger.error("catalog write failed: \(error)")
             if let dbError = error as? DatabaseError, dbError.resultCode == .SQLITE_FULL { throw Errno.noSpace }
@@ -240,6 +267,31 @@ public final class Volume: @unchecked Sendable {
             default: break
             }
         }
+    }
+
+    /// Writes records changed only in memory to the catalog (periodically, on fsync and close).
+    /// Caller holds metaLock or calls `flushDirtyRecords()`.
+    func flushDirtyLocked() throws(Errno) {
+        guard !dirtyInodes.isEmpty else { return }
+        try commit([])
+    }
+
+    public func flushDirtyRecords() throws {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        try flushDirtyLocked()
+    }
+
+    /// Takes the next inode number, reserving a block of them in the catalog when needed.
+    /// Caller holds metaLock; the returned change (if any) must be committed with the creation.
+    func allocateInode() -> (InodeNumber, OverlayChange?) {
+        let ino = overlay.nextInode
+        overlay.nextInode = ino + 1
+        if ino >= reservedInodes {
+            reservedInodes = ino + 1024
+            return (ino, .nextInode(reservedInodes))
+        }
+        return (ino, nil)
     }
 
     /// The record with its ctime (and optionally mtime) set to now and a new version.
@@ -288,6 +340,7 @@ public final class Volume: @unchecked Sendable {
         return HostFile(descriptor: fd, isPrivate: true)
     }
 
+    /// Removes a private file now (error paths, where nothing names it yet).
     func removePrivateFile(_ ino: InodeNumber) {
         do {
             try dataDirectory.unlink(at: Self.dataPath(ino))
@@ -295,6 +348,12 @@ public final class Volume: @unchecked Sendable {
         } catch {
             logger.warning("cannot remove private file of inode \(ino): \(error)")
         }
+    }
+
+    /// Removes a private file the catalog stopped naming, in the background. Its inode number is
+    /// never reused, so nothing can open it meanwhile; a crash leaves an orphan recovery removes.
+    func reapPrivateFile(_ ino: InodeNumber) {
+        reaper.remove(at: dataDirectory, Self.dataPath(ino))
     }
 
     func blobHash(_ id: Int64) throws(Errno) -> BlobHash {

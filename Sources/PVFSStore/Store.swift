@@ -89,3 +89,16 @@ public final class Store: Sendable {
         for fd in [blobsDirectory, vmsDirectory, temporaryDirectory, locksDirectory, root] { fd.closeQuietly() }
     }
 }
+
+extension Store {
+    /// Makes every committed catalog transaction durable. In WAL mode a commit is in the log;
+    /// fsync of the log (and of the database, which a completed checkpoint already synced) makes
+    /// it survive a power loss. Unlike a checkpoint this never waits for, or holds up, writers.
+    public func syncCatalog() throws {
+        for name in ["catalog.db-wal", "catalog.db"] {
+            guard let fd = try? FileDescriptor.open(at: root, name, [.readOnly, .noFollow]) else { continue }
+            defer { fd.closeQuietly() }
+            try fd.sync()
+        }
+    }
+}

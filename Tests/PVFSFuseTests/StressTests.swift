@@ -31,18 +31,11 @@ struct StressTests {
         #expect(mkdir(path + "/stress", 0o777) == 0)
         for group in Self.stressorGroups {
             // stress-ng stops its stressors after --timeout; the outer bound catches a hang.
-<<<<<<< HEAD
-            var arguments = ["-k", "30", "180", "/usr/bin/stress-ng", "--temp-path", path + "/stress", "--timeout", "8s",
-                             "--verify", "--metrics-brief"]
-            for s in group { arguments += ["--\(s)", "1"] }
-            let result = try run("/usr/bin/timeout", arguments)
-=======
             // Some stressors create files in their working directory: give them the fixture's.
             var arguments = ["-C", f.directory, "/usr/bin/timeout", "-k", "30", "180", "/usr/bin/stress-ng",
                              "--temp-path", path + "/stress", "--timeout", "8s", "--verify", "--metrics-brief"]
             for s in group { arguments += ["--\(s)", "1"] }
             let result = try run("/usr/bin/env", arguments)
->>>>>>> fuse
             if result.status != 0 { print(result.output) }
             #expect(result.status == 0, "stress-ng \(group): \(result.output.suffix(4000))")
             #expect(!result.output.contains("fail"), "\(result.output.suffix(4000))")
@@ -66,15 +59,9 @@ struct StressTests {
             ["--name=mmap", "--rw=randwrite", "--bs=8k", "--size=16m", "--ioengine=mmap"],
         ]
         for job in jobs {
-<<<<<<< HEAD
-            let result = try run("/usr/bin/fio", job + [
-                "--directory=" + vm.path + "/fio", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
-                "--group_reporting", "--output-format=terse",
-=======
             let result = try run("/usr/bin/env", ["-C", f.directory, "/usr/bin/fio"] + job + [
                 "--directory=" + vm.path + "/fio", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
                 "--verify_state_save=0", "--group_reporting", "--output-format=terse",
->>>>>>> fuse
             ])
             if result.status != 0 { print(result.output) }
             #expect(result.status == 0, "fio \(job[0]): \(result.output.suffix(3000))")
