@@ -101,7 +101,7 @@ public struct CreateTemplate: ParsableCommand {
     @Option(name: .long, help: "Threads hashing and copying file content (default: the number of CPUs, at least 2).")
     public var jobs: Int?
 
-    @Option(name: .long, help: "Files per publication batch, i.e. per syncfs and catalog transaction (default: 2000).")
+    @Option(name: .long, help: "Files per publication batch: one syncfs, renames and catalog commit each (default: 2000).")
     public var batchFiles: Int?
 
     public init() {}

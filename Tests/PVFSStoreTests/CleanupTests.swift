@@ -28,7 +28,7 @@ import Testing
         let committedContent = Array("committed batch".utf8)
         let sharedContent = other ?? Array("shared".utf8)
         let staged = [try area.stage(bytes: committedContent), try area.stage(bytes: sharedContent)]
-        _ = try store.publish(staged, from: area, shards: ShardDirectories(blobs: store.blobsDirectory)) { db, ids in
+        _ = try store.publish(staged, from: area, shards: ShardDirectories(blobs: store.blobsDirectory)) { db, _, ids in
             for (i, blob) in staged.enumerated() {
                 try db.execute(sql: """
                     INSERT INTO template_inode (template_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, blob_id)
