@@ -273,15 +273,18 @@ public enum RawExtendedAttributes {
     }
 
     public static func set(_ target: Target, name: [UInt8], value: [UInt8]) throws(Errno) {
+        var path: [UInt8]?
+        var descriptor: FileDescriptor?
+        switch target {
+        case .descriptor(let fd): descriptor = fd
+        case .path(let p): path = p
+        case .entry(let dir, let entry): path = procPath(directory: dir, name: entry)
+        }
         try retryingSyscall {
             name.withCPath { cname in
                 value.withUnsafeBytes { raw in
-                    switch effective(target) {
-                    case .descriptor(let fd): return fsetxattr(fd.rawValue, cname, raw.baseAddress, raw.count, 0)
-                    case .path(let path): return path.withCPath { lsetxattr($0, cname, raw.baseAddress, raw.count, 0) }
-                    case .entry(let dir, let entry):
-                        return procPath(directory: dir, name: entry).withCPath { lsetxattr($0, cname, raw.baseAddress, raw.count, 0) }
-                    }
+                    if let descriptor { return fsetxattr(descriptor.rawValue, cname, raw.baseAddress, raw.count, 0) }
+                    return path!.withCPath { lsetxattr($0, cname, raw.baseAddress, raw.count, 0) }
                 }
             }
         }
