@@ -146,15 +146,18 @@ extension StagingArea {
     ///
     /// - Where the filesystems share extents (FICLONE), the file is cloned and the clone hashed.
     /// - A file that fits the buffer is read whole, hashed, and written only when new.
-    /// - A larger file is hashed first and, when new, copied in a second pass that hashes again:
-    ///   a mismatch means the source changed, so a blob's name is always the hash of its bytes.
+    /// - A larger file is, with `hashFirst`, hashed first and, when new, copied in a second pass
+    ///   that hashes again (a mismatch means the source changed, so a blob's name is always the
+    ///   hash of its bytes); without, copied in one pass that hashes what it writes, the copy
+    ///   dropped if the content turns out to be known. Hashing first pays when much of the
+    ///   content is known (a re-ingest), copying at once when little is (a new tree).
     ///
     /// Copies keep holes: only data segments are written when the file may be sparse.
     ///
     /// Returns nil when the source did not hold `size` bytes or changed while it was read. The
     /// caller compares the source's fstat after the call with the scan (size, mtime, ctime) to
     /// catch changes behind the last byte read.
-    func stage(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer,
+    func stage(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer, hashFirst: Bool = true,
                claim: (BlobHash) throws -> Bool) throws -> (StagedBlob, ContentCopy)? {
         if tryReflink {
             if let result = try stageByClone(from: source, size: size, mayBeSparse: mayBeSparse, buffer: buffer, claim: claim) {
@@ -180,6 +183,26 @@ extension StagingArea {
             defer { target.closeQuietly() }
             do throws(Errno) {
                 try target.writeAll(data, at: 0)
+                let allocated = try target.stat().blocks * 512
+                return (StagedBlob(stagedName: name, hash: hash, size: size, allocated: allocated), .copy)
+            } catch {
+                _ = try? directory.unlink(at: name)
+                throw error
+            }
+        }
+        if !hashFirst {
+            let (name, target) = try createStagedFile()
+            defer { target.closeQuietly() }
+            do {
+                let (hash, copied) = try Self.copyHashing(from: source, to: target, size: size, sparse: mayBeSparse, buffer: buffer)
+                guard copied == size else {
+                    _ = try? directory.unlink(at: name)
+                    return nil
+                }
+                if try claim(hash) {
+                    _ = try? directory.unlink(at: name)
+                    return (StagedBlob(stagedName: nil, hash: hash, size: size, allocated: 0), .copy)
+                }
                 let allocated = try target.stat().blocks * 512
                 return (StagedBlob(stagedName: name, hash: hash, size: size, allocated: allocated), .copy)
             } catch {

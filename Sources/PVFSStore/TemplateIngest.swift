@@ -431,7 +431,7 @@ final class IngestRun: @unchecked Sendable {
         if !job.mayBeSparse && job.size > Int64(buffer.bytes.count) { fd.adviseSequential() }
         let staged: (StagedBlob, ContentCopy)?
         do {
-            staged = try area.stage(from: fd, size: job.size, mayBeSparse: job.mayBeSparse, buffer: buffer,
+            staged = try area.stage(from: fd, size: job.size, mayBeSparse: job.mayBeSparse, buffer: buffer, hashFirst: lookupsPay,
                                     claim: { try claim($0, using: connection) })
         } catch let error as Errno {
             switch error {
@@ -478,6 +478,13 @@ final class IngestRun: @unchecked Sendable {
     private let lookups = Atomic<Int>(0)
     private let lookupHits = Atomic<Int>(0)
     private let claims = Atomic<Int>(0)
+
+    /// Whether lookups have been finding content: then large files are hashed before they are
+    /// copied, so that known content is never written.
+    private var lookupsPay: Bool {
+        let hits = lookupHits.load(ordering: .relaxed)
+        return hits > 0 && hits * 16 >= lookups.load(ordering: .relaxed)
+    }
 
     /// Whether content needs no copy: another file of this ingest has it, or the store does
     /// (looked up while the batch holds the blobs lock, so it stays until the batch commits).
