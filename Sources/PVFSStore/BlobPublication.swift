@@ -37,11 +37,12 @@ extension Store {
     ///    known content writes nothing to disk;
     /// 2. append the new hashes to the area's journal;
     /// 3. syncfs: staged data and the journal reach the disk;
-    /// 4. rename each staged file to `blobs/<xx>/<hash>` with RENAME_NOREPLACE (EEXIST: the blob
-    ///    is there already, from a concurrent publisher or an interrupted one; content-addressed,
-    ///    so it is the same bytes);
-    /// 5. fsync every shard directory that got a name (and `blobs/` when a shard was created),
-    ///    or syncfs once when there are many;
+    /// 4. link each unnamed staged file as `blobs/<xx>/<hash>` (linkat), or rename a named one
+    ///    there with RENAME_NOREPLACE (EEXIST: the blob is there already, from a concurrent
+    ///    publisher or an interrupted one; content-addressed, so it is the same bytes);
+    /// 5. make the names durable: syncfs, which also writes the linked inodes' link counts
+    ///    (a directory fsync would not, on a filesystem without a journal); for a few renamed
+    ///    files, fsync of their shard directories (and `blobs/` when a shard was created);
     /// 6. write transactions of `rowsPerTransaction` staged blobs each: their blob rows plus the
     ///    caller's rows for them (`record` gets the range of `staged` a transaction covers).
     func publish(_ staged: [StagedBlob], from area: StagingArea, shards: ShardDirectories, rowsPerTransaction: Int = 2000,
@@ -50,7 +51,13 @@ extension Store {
         var firstIndex: [BlobHash: Int] = [:]
         firstIndex.reserveCapacity(staged.count)
         var unique: [BlobHash] = []
-        for (i, blob) in staged.enumerated() where blob.stagedName != nil && firstIndex[blob.hash] == nil {
+        // Staged files already published or dropped; the others are dropped on the way out, so
+        // no staged descriptor outlives this call whatever happens.
+        var consumed = Set<Int>()
+        defer {
+            for (i, blob) in staged.enumerated() where !consumed.contains(i) { area.discard(blob.file) }
+        }
+        for (i, blob) in staged.enumerated() where blob.file != nil && firstIndex[blob.hash] == nil {
             firstIndex[blob.hash] = i
             unique.append(blob.hash)
         }
@@ -62,51 +69,57 @@ extension Store {
             }
             return known
         }
-        var toPublish: [(name: [UInt8], blob: StagedBlob)] = []
+        var toPublish: [Int] = []
         for (i, blob) in staged.enumerated() {
-            guard let name = blob.stagedName else {
+            guard blob.file != nil else {
                 stats.reused += 1  // nothing staged: the content is known, its id is looked up at commit
                 continue
             }
             if ids[blob.hash] == nil && firstIndex[blob.hash] == i {
-                toPublish.append((name, blob))
+                toPublish.append(i)
             } else {
+                // Known or repeated content: dropped before anything is flushed.
                 stats.reused += 1
-                _ = try? area.directory.unlink(at: name)
+                area.discard(blob.file)
+                consumed.insert(i)
             }
         }
 
         var rowsToInsert: [(hash: BlobHash, size: Int64, allocated: Int64)] = []
         if !toPublish.isEmpty {
             do {
-                try area.journal(toPublish.map(\.blob.hash))
+                try area.journal(toPublish.map { staged[$0].hash })
                 let syncStarted = monotonicNanoseconds()
                 try area.directory.syncFileSystem()
                 stats.syncNanoseconds += monotonicNanoseconds() - syncStarted
                 var touched = Set<UInt8>()
                 var createdShard = false
-                for (name, blob) in toPublish {
+                var linked = false
+                for i in toPublish {
+                    let blob = staged[i]
                     let shard = UInt8(truncatingIfNeeded: blob.hash.words.0 >> 56)
                     if try shards.ensure(shard) { createdShard = true }
                     touched.insert(shard)
                     let target = Array(BlobStore.relativePath(blob.hash).utf8)
                     var allocated = blob.allocated
-                    do {
-                        try area.directory.rename(at: name, to: blobsDirectory, target, flags: .noReplace)
+                    consumed.insert(i)
+                    if case .anonymous = blob.file { linked = true }
+                    if try area.publish(blob.file!, to: blobsDirectory, target) {
                         stats.newBlobs += 1
                         stats.newBytes += blob.size
-                    } catch Errno.fileExists {
-                        _ = try? area.directory.unlink(at: name)
+                    } else {
                         allocated = (try? blobsDirectory.stat(at: target).blocks * 512) ?? allocated
                         stats.reused += 1
                     }
                     rowsToInsert.append((blob.hash, blob.size, allocated))
                 }
-                // The new names must be durable before rows point at them. A few directories
-                // are fsynced one by one; beyond that one syncfs is cheaper (without a journal,
-                // ext4 flushes the device's cache on every fsync).
+                // The new names must be durable before rows point at them. Linked files need
+                // their inodes written too (their link count went from 0 to 1): syncfs. Renamed
+                // files only changed directories: a few are fsynced one by one, beyond that one
+                // syncfs is cheaper (without a journal, ext4 flushes the device's cache on every
+                // fsync).
                 let dirSyncStarted = monotonicNanoseconds()
-                if touched.count > Self.directoryFsyncLimit {
+                if linked || touched.count > Self.directoryFsyncLimit {
                     try blobsDirectory.syncFileSystem()
                 } else {
                     if createdShard { try blobsDirectory.sync() }

@@ -125,8 +125,6 @@ extension Store {
 
             let run = IngestRun(store: self, area: area, templateID: templateID!, root: root, tree: tree, options: options,
                                 progress: progress, cancellation: cancellation)
-            try run.insertStructure()
-            let structured = monotonicNanoseconds()
             try run.ingestFiles()
             let published = monotonicNanoseconds()
             var report = run.report(name: name, source: source)
@@ -135,7 +133,7 @@ extension Store {
             let finished = monotonicNanoseconds()
             report.seconds = Double(finished - started) / 1e9
             func ms(_ a: UInt64, _ b: UInt64) -> String { String(format: "%.0f ms", Double(b - a) / 1e6) }
-            logger.debug("ingest of \(name): scan \(ms(started, scanned)), structure rows \(ms(scanned, structured)), file content \(ms(structured, published)) (in syncfs \(ms(0, run.syncNanoseconds))), finish \(ms(published, finished))")
+            logger.debug("ingest of \(name): scan \(ms(started, scanned)), rows and file content \(ms(scanned, published)) (in syncfs \(ms(0, run.syncNanoseconds))), finish \(ms(published, finished))")
             return report
         } catch {
             abandon(area, templateCreated: templateID != nil)
@@ -305,16 +303,29 @@ final class IngestRun: @unchecked Sendable {
         // Source inode order: on a cold cache it follows the disk layout more closely than
         // directory order does.
         let jobs = tree.files.sorted { ($0.device, $0.inode) < ($1.device, $1.inode) }
+        // Staged files are open descriptors until published: two batches' worth at a time.
+        let batchFiles = Self.batchFilesWithinDescriptorLimit(options.batchFiles)
         startWritebackThread()
         defer { stopWritebackThread() }
         let committer = DispatchQueue(label: "pvfs.ingest.commit")
         let slots = DispatchSemaphore(value: 1)
         let group = DispatchGroup()
+        // The rows of everything but file content go first, on the committer thread, while the
+        // workers stage the first batch.
+        group.enter()
+        committer.async { [self] in
+            defer { group.leave() }
+            do {
+                try insertStructure()
+            } catch {
+                fail(error)
+            }
+        }
         var start = 0
         while start < jobs.count && !failed {
             var end = start
             var bytes: Int64 = 0
-            while end < jobs.count && end - start < options.batchFiles && (end == start || bytes + jobs[end].size <= options.batchBytes) {
+            while end < jobs.count && end - start < batchFiles && (end == start || bytes + jobs[end].size <= options.batchBytes) {
                 bytes += jobs[end].size
                 end += 1
             }
@@ -339,7 +350,10 @@ final class IngestRun: @unchecked Sendable {
                     slots.signal()
                     group.leave()
                 }
-                guard !failed else { return }
+                guard !failed else {
+                    for blob in staged { area.discard(blob.file) }
+                    return
+                }
                 do {
                     let c0 = monotonicNanoseconds()
                     try commit(batch, staged)
@@ -392,6 +406,21 @@ final class IngestRun: @unchecked Sendable {
         if before < Self.writebackEvery && before + bytes >= Self.writebackEvery { writebackRequests.signal() }
     }
 
+    /// Raises the soft limit on open files to the hard one and returns the largest batch size
+    /// (at most `wanted`) whose staged files two batches can keep open within it.
+    static func batchFilesWithinDescriptorLimit(_ wanted: Int) -> Int {
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &limit) == 0 else { return min(wanted, 256) }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(resource, &raised) == 0 { limit = raised }
+        }
+        let usable = Int(min(limit.rlim_cur, 1 << 20)) - 512
+        return max(16, min(wanted, usable / 2))
+    }
+
     /// Stages one batch in parallel; nil after a failure (recorded).
     private func stage(_ batch: [FileJob]) -> [StagedBlob]? {
         let results = UnsafeMutableBufferPointer<StagedBlob?>.allocate(capacity: batch.count)
@@ -421,7 +450,10 @@ final class IngestRun: @unchecked Sendable {
                 }
             }
         }
-        if failed { return nil }
+        if failed {
+            for slot in results { area.discard(slot?.file) }
+            return nil
+        }
         return results.map { $0! }
     }
 
@@ -447,10 +479,10 @@ final class IngestRun: @unchecked Sendable {
         do {
             try job.checkUnchanged(try fd.stat())
         } catch {
-            if let name = blob.stagedName { _ = try? area.directory.unlink(at: name) }
+            area.discard(blob.file)
             throw error
         }
-        if blob.stagedName != nil { noteStaged(bytes: job.size) }
+        if blob.file != nil { noteStaged(bytes: job.size) }
         progress.staged(job.size)
         return blob
     }

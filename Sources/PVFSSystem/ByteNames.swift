@@ -300,6 +300,18 @@ extension FileDescriptor {
 }
 
 extension FileDescriptor {
+    /// Gives this unnamed file (O_TMPFILE) the name `name` in `directory`: linkat with
+    /// AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH, else through /proc/self/fd. Fails with
+    /// EEXIST when the name exists.
+    public func linkAnonymous(to directory: FileDescriptor, _ name: [UInt8]) throws(Errno) {
+        do throws(Errno) {
+            try retryingSyscall { name.withCPath { linkat(rawValue, "", directory.rawValue, $0, CPVFS_AT_EMPTY_PATH) } }
+        } catch where error == .noSuchFileOrDirectory || error == .notPermitted {
+            let path = Array("/proc/self/fd/\(rawValue)".utf8)
+            try retryingSyscall { path.withCPath { p in name.withCPath { linkat(AT_FDCWD, p, directory.rawValue, $0, AT_SYMLINK_FOLLOW) } } }
+        }
+    }
+
     /// Writes all of `bytes` at `offset`.
     public func writeAll(_ bytes: [UInt8], at offset: Int64) throws(Errno) {
         let result: Result<Void, Errno> = bytes.withUnsafeBytes { raw in

@@ -43,9 +43,12 @@ import Testing
         try area.journal([next.hash])
         let shard = ShardDirectories(blobs: store.blobsDirectory)
         _ = try shard.ensure(UInt8(truncatingIfNeeded: next.hash.words.0 >> 56))
-        try area.directory.rename(at: next.stagedName!, to: store.blobsDirectory, Array(BlobStore.relativePath(next.hash).utf8))
-        // And a file still staged.
+        #expect(try area.publish(next.file!, to: store.blobsDirectory, Array(BlobStore.relativePath(next.hash).utf8)))
+        // And files still staged, named and unnamed.
         _ = try area.stage(bytes: Array("staged only".utf8))
+        let unnamed = try area.createStagedFile()
+        try unnamed.fd.writeAll(Array("unnamed".utf8), at: 0)
+        unnamed.fd.closeQuietly()  // its process dies: the kernel frees the unnamed file
         keep?(area)
         return Interrupted(token: area.token, committed: staged[0].hash, uncommitted: next.hash, shared: staged[1].hash)
     }
