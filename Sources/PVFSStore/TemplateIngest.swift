@@ -109,9 +109,8 @@ extension Store {
         let source = options.sourceLabel ?? "dir:" + Self.absolutePath(path)
 
         let area = try StagingArea(store: self)
-        var templateID: Int64?
         do {
-            templateID = try beginTemplate(name: name, token: area.token, source: source)
+            let templateID = try beginTemplate(name: name, token: area.token, source: source)
             let storeRoot = try self.root.stat()
             var scanner = TreeScanner(root: root, rootStat: rootStat, oneFileSystem: options.oneFileSystem,
                                       excluded: (storeRoot.device, storeRoot.inode))
@@ -123,12 +122,12 @@ extension Store {
             }
             progress.scanned(tree.dirents.count + 1, tree.files.count, tree.files.reduce(0) { $0 + $1.size })
 
-            let run = IngestRun(store: self, area: area, templateID: templateID!, root: root, tree: tree, options: options,
+            let run = IngestRun(store: self, area: area, templateID: templateID, root: root, tree: tree, options: options,
                                 progress: progress, cancellation: cancellation)
             try run.ingestFiles()
             let published = monotonicNanoseconds()
             var report = run.report(name: name, source: source)
-            try finishTemplate(id: templateID!, report: report, maxInode: tree.maxInode)
+            try finishTemplate(id: templateID, report: report, maxInode: tree.maxInode)
             area.dispose()
             let finished = monotonicNanoseconds()
             report.seconds = Double(finished - started) / 1e9
@@ -136,7 +135,7 @@ extension Store {
             logger.debug("ingest of \(name): scan \(ms(started, scanned)), rows and file content \(ms(scanned, published)) (in syncfs \(ms(0, run.syncNanoseconds))), finish \(ms(published, finished))")
             return report
         } catch {
-            abandon(area, templateCreated: templateID != nil)
+            abandon(area)
             if cancellation?.isCancelled == true { throw StoreError("interrupted; nothing of template \(name) was kept", errno: .interrupted) }
             if let error = error as? Errno { throw StoreError("cannot ingest \(path): \(error)", errno: error) }
             throw error
@@ -191,7 +190,7 @@ extension Store {
 
     /// Undoes a failed ingest: staged files go at once; rows and published blobs too when the
     /// blobs lock can be had within a few seconds, otherwise the next cleanup finishes.
-    private func abandon(_ area: StagingArea, templateCreated: Bool) {
+    private func abandon(_ area: StagingArea) {
         area.removeStagedFiles()
         do {
             if try reclaimIngest(token: area.token, waitSeconds: 5) {
