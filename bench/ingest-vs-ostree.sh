@@ -56,9 +56,9 @@ fi
 
 # A fresh directory per invocation; older ones (from --keep or an interrupted run) are deleted
 # only at the end, for the reason given at the top.
-session="$work/session-$(date +%Y%m%d-%H%M%S)"
-mkdir -p "$session"
-bench_tree="$session/tree"
+workdir="$work/bench-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$workdir"
+bench_tree="$workdir/tree"
 cp -a --reflink=auto "$tree" "$bench_tree"
 find "$bench_tree" \( -type b -o -type c -o -type p -o -type s \) -delete
 entries=$(find "$bench_tree" | wc -l)
@@ -78,13 +78,13 @@ timed() {   # timed ARRAY_WALL ARRAY_CPU command...
     eval "$cpu_var+=(\"$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%d", (u + s) * 1000}')\")"
 }
 run_pvfs() {
-    local store="$session/runs/$1/pvfs-store"
+    local store="$workdir/runs/$1/pvfs-store"
     "$pvfs" list --store "$store" >/dev/null          # create the store outside the timing, like ostree init
     sync
     timed pvfs_times pvfs_cpu "$pvfs" create bench --store "$store" --from "$bench_tree" --quiet $jobs
 }
 run_ostree() {
-    local repo="$session/runs/$1/ostree-repo"
+    local repo="$workdir/runs/$1/ostree-repo"
     ostree init --mode=bare --repo="$repo"
     sync
     timed ostree_times ostree_cpu ostree commit --repo="$repo" --branch=bench --tree=dir="$bench_tree"
@@ -92,7 +92,7 @@ run_ostree() {
 
 printf '%-5s %10s %10s %12s %12s\n' run "pvfs ms" "ostree ms" "pvfs cpu ms" "ostree cpu ms"
 for i in $(seq 1 "$runs"); do
-    mkdir -p "$session/runs/$i"
+    mkdir -p "$workdir/runs/$i"
     if [ $((i % 2)) = 1 ]; then run_pvfs "$i"; run_ostree "$i"; else run_ostree "$i"; run_pvfs "$i"; fi
     printf '%-5s %10s %10s %12s %12s\n' "$i" "${pvfs_times[-1]}" "${ostree_times[-1]}" "${pvfs_cpu[-1]}" "${ostree_cpu[-1]}"
 done
@@ -106,7 +106,7 @@ echo "median cpu:  pvfs $cp ms, ostree $co ms, ratio pvfs/ostree $(ratio "$cp" "
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 
 if [ "$keep" = 0 ]; then
-    find "$work" -mindepth 1 -maxdepth 1 -name 'session-*' -exec rm -rf {} +
+    find "$work" -mindepth 1 -maxdepth 1 -name 'bench-*' -exec rm -rf {} +
 else
-    echo "kept $session"
+    echo "kept $workdir"
 fi

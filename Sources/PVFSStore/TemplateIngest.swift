@@ -368,7 +368,7 @@ final class IngestRun: @unchecked Sendable {
     }
 
     // Early writeback. Staged data would otherwise sit in the page cache until the batch's
-    // syncfs and then be written while nothing else happens. A helper thread calls syncfs each
+    // syncfs and then be written while nothing else happens. A writeback thread calls syncfs each
     // time another 64 MiB were staged, so the disk works while the workers hash and copy; the
     // batch's own syncfs, which orders the renames after the data, then finds little left.
     // (Per-file sync_file_range would do the same at a much higher CPU cost: one block-layer
