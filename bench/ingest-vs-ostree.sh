@@ -11,8 +11,9 @@
 # ostree cannot commit; its page cache is warmed so both tools read from memory.
 #
 # Every run writes into a new store / repository, and none is deleted until all runs are done:
-# deleting thousands of files right before a run makes ext4's inode allocator skip recently
-# freed inodes one by one, which would measure the previous run's deletion, not the ingest.
+# deleting thousands of files right before a run makes ext4's inode allocator (without a
+# journal, as here) skip recently freed inodes one by one, which would measure the deletion,
+# not the ingest.
 set -euo pipefail
 
 runs=5
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
         --work) work="$2"; shift 2 ;;
         --jobs) jobs="--jobs $2"; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -53,8 +54,11 @@ if [ -z "$tree" ]; then
     fi
 fi
 
-bench_tree="$work/tree"
-rm -rf "$bench_tree" "$work/runs"
+# A fresh directory per invocation; older ones (from --keep or an interrupted run) are deleted
+# only at the end, for the reason given at the top.
+workdir="$work/bench-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$workdir"
+bench_tree="$workdir/tree"
 cp -a --reflink=auto "$tree" "$bench_tree"
 find "$bench_tree" \( -type b -o -type c -o -type p -o -type s \) -delete
 entries=$(find "$bench_tree" | wc -l)
@@ -62,37 +66,47 @@ bytes=$(du -sb --apparent-size "$bench_tree" | cut -f1)
 find "$bench_tree" -type f -print0 | xargs -0 cat > /dev/null
 echo "tree: $tree -> $bench_tree: $entries entries, $((bytes / 1048576)) MiB; $runs runs each, alternating" >&2
 
-now() { date +%s%N; }
-declare -a pvfs_times ostree_times
+# Each run records wall-clock and CPU (user + system) milliseconds. On a shared machine the CPU
+# column is the steadier one: it does not count time spent waiting for other tenants' work.
+declare -a pvfs_times ostree_times pvfs_cpu ostree_cpu
+timed() {   # timed ARRAY_WALL ARRAY_CPU command...
+    local wall_var=$1 cpu_var=$2; shift 2
+    local out; out=$(mktemp)
+    /usr/bin/time -f '%e %U %S' -o "$out" "$@" >/dev/null
+    read -r e u s < "$out"; rm -f "$out"
+    eval "$wall_var+=(\"$(awk -v e="$e" 'BEGIN {printf "%d", e * 1000}')\")"
+    eval "$cpu_var+=(\"$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%d", (u + s) * 1000}')\")"
+}
 run_pvfs() {
-    local store="$work/runs/$1/pvfs-store"
+    local store="$workdir/runs/$1/pvfs-store"
     "$pvfs" list --store "$store" >/dev/null          # create the store outside the timing, like ostree init
     sync
-    local t0; t0=$(now)
-    "$pvfs" create bench --store "$store" --from "$bench_tree" --quiet $jobs >/dev/null
-    local t1; t1=$(now)
-    pvfs_times+=("$(( (t1 - t0) / 1000000 ))")
+    timed pvfs_times pvfs_cpu "$pvfs" create bench --store "$store" --from "$bench_tree" --quiet $jobs
 }
 run_ostree() {
-    local repo="$work/runs/$1/ostree-repo"
+    local repo="$workdir/runs/$1/ostree-repo"
     ostree init --mode=bare --repo="$repo"
     sync
-    local t0; t0=$(now)
-    ostree commit --repo="$repo" --branch=bench --tree=dir="$bench_tree" >/dev/null
-    local t1; t1=$(now)
-    ostree_times+=("$(( (t1 - t0) / 1000000 ))")
+    timed ostree_times ostree_cpu ostree commit --repo="$repo" --branch=bench --tree=dir="$bench_tree"
 }
 
-printf '%-5s %10s %10s\n' run "pvfs ms" "ostree ms"
+printf '%-5s %10s %10s %12s %12s\n' run "pvfs ms" "ostree ms" "pvfs cpu ms" "ostree cpu ms"
 for i in $(seq 1 "$runs"); do
-    mkdir -p "$work/runs/$i"
+    mkdir -p "$workdir/runs/$i"
     if [ $((i % 2)) = 1 ]; then run_pvfs "$i"; run_ostree "$i"; else run_ostree "$i"; run_pvfs "$i"; fi
-    printf '%-5s %10s %10s\n' "$i" "${pvfs_times[-1]}" "${ostree_times[-1]}"
+    printf '%-5s %10s %10s %12s %12s\n' "$i" "${pvfs_times[-1]}" "${ostree_times[-1]}" "${pvfs_cpu[-1]}" "${ostree_cpu[-1]}"
 done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2}'; }
-mp=$(median "${pvfs_times[@]}")
-mo=$(median "${ostree_times[@]}")
-echo "median: pvfs $mp ms, ostree $mo ms, ratio pvfs/ostree $(awk -v p="$mp" -v o="$mo" 'BEGIN {printf "%.2f", p / o}')"
+ratio() { awk -v p="$1" -v o="$2" 'BEGIN {printf "%.2f", p / o}'; }
+mp=$(median "${pvfs_times[@]}"); mo=$(median "${ostree_times[@]}")
+cp=$(median "${pvfs_cpu[@]}"); co=$(median "${ostree_cpu[@]}")
+echo "median wall: pvfs $mp ms, ostree $mo ms, ratio pvfs/ostree $(ratio "$mp" "$mo")"
+echo "median cpu:  pvfs $cp ms, ostree $co ms, ratio pvfs/ostree $(ratio "$cp" "$co")"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 
-if [ "$keep" = 0 ]; then rm -rf "$work/runs" "$bench_tree"; fi
+if [ "$keep" = 0 ]; then
+    find "$work" -mindepth 1 -maxdepth 1 -name 'bench-*' -exec rm -rf {} +
+else
+    echo "kept $workdir"
+fi

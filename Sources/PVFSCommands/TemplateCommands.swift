@@ -92,8 +92,20 @@ public struct CreateTemplate: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Look for recipes in this directory first.", valueName: "dir"))
     public var recipeDir: String?
 
-    @Flag(name: .long, help: "Descend into directories that are mount points of other filesystems.")
-    public var crossFileSystems = false
+    /// Whether ingest descends into mount points of other filesystems.
+    public enum FileSystemBoundary: String, EnumerableFlag {
+        case oneFileSystem
+        case crossFileSystems
+
+        public static func help(for value: FileSystemBoundary) -> ArgumentHelp? {
+            switch value {
+            case .oneFileSystem: "Keep mount points of other filesystems as empty directories."
+            case .crossFileSystems: "Descend into mount points of other filesystems."
+            }
+        }
+    }
+
+    @Flag public var fileSystems: FileSystemBoundary = .oneFileSystem
 
     @Flag(name: .long, help: "Copy file content even where the filesystems could share it (FICLONE).")
     public var noReflink = false
@@ -101,7 +113,7 @@ public struct CreateTemplate: ParsableCommand {
     @Option(name: .long, help: "Threads hashing and copying file content (default: the number of CPUs, at least 2).")
     public var jobs: Int?
 
-    @Option(name: .long, help: "Files per publication batch, i.e. per syncfs and catalog transaction (default: 2000).")
+    @Option(name: .long, help: "Files per publication batch: one syncfs and catalog commit each (default: 2000).")
     public var batchFiles: Int?
 
     public init() {}
@@ -135,7 +147,7 @@ public struct CreateTemplate: ParsableCommand {
             defer { withExtendedLifetime(signalSources) {} }
 
             var options = IngestOptions()
-            options.oneFileSystem = !crossFileSystems
+            options.oneFileSystem = fileSystems == .oneFileSystem
             options.reflink = !noReflink
             if let jobs { options.jobs = jobs }
             if let batchFiles { options.batchFiles = batchFiles }

@@ -200,7 +200,7 @@ struct TreeScanner {
                 stack[top].subdirectories += 1
                 let crossesDevice = st.device != rootStat.device
                 if crossesDevice && oneFileSystem {
-                    inode.xattrs = try readXattrs(.path(RawExtendedAttributes.procPath(directory: dirFD, name: entry.name)), path: path)
+                    inode.xattrs = try readXattrs(.entry(directory: dirFD, name: entry.name), path: path)
                     tree.inodes.append(inode)
                     tree.skippedMountPoints.append(displayPath(path))
                     continue
@@ -217,7 +217,7 @@ struct TreeScanner {
                 continue
             }
 
-            inode.xattrs = try readXattrs(.path(RawExtendedAttributes.procPath(directory: dirFD, name: entry.name)), path: path)
+            inode.xattrs = try readXattrs(.entry(directory: dirFD, name: entry.name), path: path)
             switch kind {
             case .symlink:
                 do {

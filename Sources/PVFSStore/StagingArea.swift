@@ -6,7 +6,8 @@ import SystemPackage
 /// Where blob content waits before publication: `tmp/ingest-<token>/`, owned by one process
 /// through the flock on `tmp/ingest-<token>.lock`.
 ///
-/// The directory holds staged files (`s<n>`, named by a counter) and `journal`, the SHA-256 of
+/// Staged files are unnamed O_TMPFILEs created in that directory where the filesystem has them,
+/// else named `s<n>` in it. The directory also holds `journal`, the SHA-256 of
 /// every blob this area is about to rename into `blobs/`, appended before the rename. When the
 /// owner dies, `Store.cleanUpInterruptedIngests` finds the unlocked lock file and uses the journal
 /// to delete the blobs that no committed catalog row references.
@@ -20,6 +21,8 @@ public final class StagingArea: @unchecked Sendable {
     /// 0: not tried yet, 1: FICLONE works from the source into the store, 2: it does not.
     private let reflinkState = Atomic<UInt8>(0)
     private let disposed = Atomic<Bool>(false)
+    /// 0: O_TMPFILE not tried, 2: the staging filesystem has none.
+    let anonymousFiles = Atomic<UInt8>(0)
 
     init(store: Store) throws {
         self.store = store
@@ -96,13 +99,21 @@ extension Store {
     }
 }
 
+/// A staged file: an unnamed O_TMPFILE kept open until it is linked into `blobs/` (nothing to
+/// clean up if the process dies: the kernel frees it), or, where the filesystem has no
+/// O_TMPFILE, a name in the staging directory.
+enum StagedFile: Sendable {
+    case anonymous(FileDescriptor)
+    case named([UInt8])
+}
+
 /// A file whose content waits in a staging area, named by the SHA-256 of exactly the bytes
 /// staged (the hash is computed over the staged copy's bytes, never over a source that could
 /// change behind our back).
 struct StagedBlob: Sendable {
     /// nil when nothing was staged: the store has the content already, or another file of the
     /// same ingest stages it.
-    var stagedName: [UInt8]?
+    var file: StagedFile?
     var hash: BlobHash
     var size: Int64
     var allocated: Int64
@@ -146,15 +157,18 @@ extension StagingArea {
     ///
     /// - Where the filesystems share extents (FICLONE), the file is cloned and the clone hashed.
     /// - A file that fits the buffer is read whole, hashed, and written only when new.
-    /// - A larger file is hashed first and, when new, copied in a second pass that hashes again:
-    ///   a mismatch means the source changed, so a blob's name is always the hash of its bytes.
+    /// - A larger file is, with `hashFirst`, hashed first and, when new, copied in a second pass
+    ///   that hashes again (a mismatch means the source changed, so a blob's name is always the
+    ///   hash of its bytes); without, copied in one pass that hashes what it writes, the copy
+    ///   dropped if the content turns out to be known. Hashing first pays when much of the
+    ///   content is known (a re-ingest), copying at once when little is (a new tree).
     ///
     /// Copies keep holes: only data segments are written when the file may be sparse.
     ///
     /// Returns nil when the source did not hold `size` bytes or changed while it was read. The
     /// caller compares the source's fstat after the call with the scan (size, mtime, ctime) to
     /// catch changes behind the last byte read.
-    func stage(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer,
+    func stage(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer, hashFirst: Bool = true,
                claim: (BlobHash) throws -> Bool) throws -> (StagedBlob, ContentCopy)? {
         if tryReflink {
             if let result = try stageByClone(from: source, size: size, mayBeSparse: mayBeSparse, buffer: buffer, claim: claim) {
@@ -175,33 +189,50 @@ extension StagingArea {
             var hasher = SHA256Hasher()
             hasher.update(data)
             let hash = hasher.finalize()
-            if try claim(hash) { return (StagedBlob(stagedName: nil, hash: hash, size: size, allocated: 0), .copy) }
-            let (name, target) = try createStagedFile()
-            defer { target.closeQuietly() }
+            if try claim(hash) { return (StagedBlob(file: nil, hash: hash, size: size, allocated: 0), .copy) }
+            let writer = try createStagedFile()
             do throws(Errno) {
-                try target.writeAll(data, at: 0)
-                let allocated = try target.stat().blocks * 512
-                return (StagedBlob(stagedName: name, hash: hash, size: size, allocated: allocated), .copy)
+                try writer.fd.writeAll(data, at: 0)
+                let allocated = try writer.fd.stat().blocks * 512
+                return (StagedBlob(file: writer.finish(), hash: hash, size: size, allocated: allocated), .copy)
             } catch {
-                _ = try? directory.unlink(at: name)
+                writer.abandon(in: self)
+                throw error
+            }
+        }
+        if !hashFirst {
+            let writer = try createStagedFile()
+            do {
+                let (hash, copied) = try Self.copyHashing(from: source, to: writer.fd, size: size, sparse: mayBeSparse, buffer: buffer)
+                guard copied == size else {
+                    writer.abandon(in: self)
+                    return nil
+                }
+                if try claim(hash) {
+                    writer.abandon(in: self)
+                    return (StagedBlob(file: nil, hash: hash, size: size, allocated: 0), .copy)
+                }
+                let allocated = try writer.fd.stat().blocks * 512
+                return (StagedBlob(file: writer.finish(), hash: hash, size: size, allocated: allocated), .copy)
+            } catch {
+                writer.abandon(in: self)
                 throw error
             }
         }
         let (first, length) = try Self.hash(source, size: size, sparse: mayBeSparse, buffer: buffer)
         guard length == size else { return nil }
-        if try claim(first) { return (StagedBlob(stagedName: nil, hash: first, size: size, allocated: 0), .copy) }
-        let (name, target) = try createStagedFile()
-        defer { target.closeQuietly() }
+        if try claim(first) { return (StagedBlob(file: nil, hash: first, size: size, allocated: 0), .copy) }
+        let writer = try createStagedFile()
         do throws(Errno) {
-            let (second, copied) = try Self.copyHashing(from: source, to: target, size: size, sparse: mayBeSparse, buffer: buffer)
+            let (second, copied) = try Self.copyHashing(from: source, to: writer.fd, size: size, sparse: mayBeSparse, buffer: buffer)
             guard copied == size, second == first else {
-                _ = try? directory.unlink(at: name)
+                writer.abandon(in: self)
                 return nil
             }
-            let allocated = try target.stat().blocks * 512
-            return (StagedBlob(stagedName: name, hash: first, size: size, allocated: allocated), .copy)
+            let allocated = try writer.fd.stat().blocks * 512
+            return (StagedBlob(file: writer.finish(), hash: first, size: size, allocated: allocated), .copy)
         } catch {
-            _ = try? directory.unlink(at: name)
+            writer.abandon(in: self)
             throw error
         }
     }
@@ -210,46 +241,105 @@ extension StagingArea {
     /// exactly what is stored). nil when the filesystems cannot clone (the caller copies).
     private func stageByClone(from source: FileDescriptor, size: Int64, mayBeSparse: Bool, buffer: StagingBuffer,
                               claim: (BlobHash) throws -> Bool) throws -> (StagedBlob, ContentCopy)?? {
-        let (name, target) = try createStagedFile()
-        defer { target.closeQuietly() }
+        let writer = try createStagedFile()
         do {
-            try target.clone(from: source)
+            try writer.fd.clone(from: source)
         } catch {
             noteReflink(worked: false)
-            _ = try? directory.unlink(at: name)
+            writer.abandon(in: self)
             return .none
         }
         noteReflink(worked: true)
         do {
-            let clonedSize = try target.stat().size
+            let clonedSize = try writer.fd.stat().size
             guard clonedSize == size else {
-                _ = try? directory.unlink(at: name)
+                writer.abandon(in: self)
                 return .some(nil)
             }
-            let (hash, length) = try Self.hash(target, size: size, sparse: mayBeSparse, buffer: buffer)
+            let (hash, length) = try Self.hash(writer.fd, size: size, sparse: mayBeSparse, buffer: buffer)
             guard length == size else {
-                _ = try? directory.unlink(at: name)
+                writer.abandon(in: self)
                 return .some(nil)
             }
             if try claim(hash) {
-                _ = try? directory.unlink(at: name)
-                return (StagedBlob(stagedName: nil, hash: hash, size: size, allocated: 0), .reflink)
+                writer.abandon(in: self)
+                return (StagedBlob(file: nil, hash: hash, size: size, allocated: 0), .reflink)
             }
-            let allocated = try target.stat().blocks * 512
-            return (StagedBlob(stagedName: name, hash: hash, size: size, allocated: allocated), .reflink)
+            let allocated = try writer.fd.stat().blocks * 512
+            return (StagedBlob(file: writer.finish(), hash: hash, size: size, allocated: allocated), .reflink)
         } catch {
-            _ = try? directory.unlink(at: name)
+            writer.abandon(in: self)
             throw error
         }
     }
 
-    /// Creates a new staged file.
-    private func createStagedFile() throws(Errno) -> ([UInt8], FileDescriptor) {
-        let name = newStagedName()
-        return (name, try FileDescriptor.open(at: directory, name, [.readWrite, .create, .exclusive, .noFollow], mode: 0o444))
+    /// A staged file being written.
+    struct Writer {
+        let file: StagedFile
+        let fd: FileDescriptor
+
+        /// Written: the staged file to publish (a named one's descriptor is closed).
+        func finish() -> StagedFile {
+            if case .named = file { fd.closeQuietly() }
+            return file
+        }
+
+        /// Not wanted after all.
+        func abandon(in area: StagingArea) {
+            if case .named = file { fd.closeQuietly() }
+            area.discard(file)
+        }
     }
 
-    /// Stages bytes held in memory.
+    /// Creates a new staged file: an O_TMPFILE where the filesystem has them (created in the
+    /// staging directory, so the inode is allocated near it), else a new name.
+    func createStagedFile() throws(Errno) -> Writer {
+        if anonymousFiles.load(ordering: .relaxed) != 2 {
+            do throws(Errno) {
+                let fd = try FileDescriptor.open(at: directory, ".", [.readWrite, .temporaryFile], mode: 0o444)
+                return Writer(file: .anonymous(fd), fd: fd)
+            } catch where error == .notSupported || error == .isDirectory || error == .invalidArgument {
+                anonymousFiles.store(2, ordering: .relaxed)
+            }
+        }
+        let name = newStagedName()
+        let fd = try FileDescriptor.open(at: directory, name, [.readWrite, .create, .exclusive, .noFollow], mode: 0o444)
+        return Writer(file: .named(name), fd: fd)
+    }
+
+    /// Drops a staged file: unlinks a named one, closes (and so frees) an anonymous one.
+    func discard(_ file: StagedFile?) {
+        switch file {
+        case .anonymous(let fd): fd.closeQuietly()
+        case .named(let name): _ = try? directory.unlink(at: name)
+        case nil: break
+        }
+    }
+
+    /// Gives a staged file its blob name `target` (below `blobs`); false when that name exists
+    /// already (the staged file is then dropped). Closes an anonymous file's descriptor.
+    func publish(_ file: StagedFile, to blobs: FileDescriptor, _ target: [UInt8]) throws(Errno) -> Bool {
+        switch file {
+        case .anonymous(let fd):
+            defer { fd.closeQuietly() }
+            do throws(Errno) {
+                try fd.linkAnonymous(to: blobs, target)
+                return true
+            } catch where error == .fileExists {
+                return false
+            }
+        case .named(let name):
+            do throws(Errno) {
+                try directory.rename(at: name, to: blobs, target, flags: .noReplace)
+                return true
+            } catch where error == .fileExists {
+                _ = try? directory.unlink(at: name)
+                return false
+            }
+        }
+    }
+
+    /// Stages bytes held in memory (always as a named file).
     func stage(bytes: [UInt8]) throws(Errno) -> StagedBlob {
         let name = newStagedName()
         let target = try FileDescriptor.open(at: directory, name, [.writeOnly, .create, .exclusive, .noFollow], mode: 0o444)
@@ -257,7 +347,7 @@ extension StagingArea {
         do throws(Errno) {
             try target.writeAll(bytes, at: 0)
             let allocated = try target.stat().blocks * 512
-            return StagedBlob(stagedName: name, hash: SHA256Hasher.hash(bytes), size: Int64(bytes.count), allocated: allocated)
+            return StagedBlob(file: .named(name), hash: SHA256Hasher.hash(bytes), size: Int64(bytes.count), allocated: allocated)
         } catch {
             _ = try? directory.unlink(at: name)
             throw error

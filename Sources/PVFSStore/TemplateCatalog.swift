@@ -293,12 +293,19 @@ extension Store {
             for id in ids { try Self.markDeleting(db, templateID: id) }
             return ids
         }
+        let hashes = directory.map(Self.readJournal) ?? []
+        // Nothing published and no rows (a name clash, a failure during the scan): no blob can
+        // need deleting, so no need to wait for the blobs lock.
+        if templates.isEmpty && hashes.isEmpty {
+            try? removeTree(at: temporaryDirectory, Self.ingestDirectoryName(token))
+            _ = try? temporaryDirectory.unlink(at: Self.ingestLockName(token))
+            return true
+        }
         guard let blobsLock = try lockBlobsExclusive(waitSeconds: waitSeconds) else { return false }
         defer { withExtendedLifetime(blobsLock) {} }
         for id in templates { _ = try purgeTemplate(id: id) }
 
-        if let directory {
-            let hashes = Self.readJournal(directory)
+        if directory != nil {
             for chunk in hashes.chunked(500) {
                 let doomed: [BlobHash] = try catalog.write { db in
                     var doomed: [BlobHash] = []

@@ -17,10 +17,11 @@ public struct IngestOptions: Sendable {
     public var jobs = max(2, ProcessInfo.processInfo.activeProcessorCount)
     /// Clone content with FICLONE where the source and the store share a filesystem that can.
     public var reflink = true
-    /// Files per publication batch; also bounds the rows of each catalog transaction.
+    /// Files per publication batch (one syncfs, renames and catalog commit each, overlapping
+    /// the staging of the next batch). Catalog transactions are also cut at 2000 rows.
     public var batchFiles = 2000
     /// Content bytes per publication batch (bounds the staged, not yet published data).
-    public var batchBytes: Int64 = 128 << 20
+    public var batchBytes: Int64 = 256 << 20
     /// What `template.source` records; defaults to "dir:<absolute path>".
     public var sourceLabel: String?
 
@@ -108,9 +109,8 @@ extension Store {
         let source = options.sourceLabel ?? "dir:" + Self.absolutePath(path)
 
         let area = try StagingArea(store: self)
-        var templateID: Int64?
         do {
-            templateID = try beginTemplate(name: name, token: area.token, source: source)
+            let templateID = try beginTemplate(name: name, token: area.token, source: source)
             let storeRoot = try self.root.stat()
             var scanner = TreeScanner(root: root, rootStat: rootStat, oneFileSystem: options.oneFileSystem,
                                       excluded: (storeRoot.device, storeRoot.inode))
@@ -122,22 +122,20 @@ extension Store {
             }
             progress.scanned(tree.dirents.count + 1, tree.files.count, tree.files.reduce(0) { $0 + $1.size })
 
-            let run = IngestRun(store: self, area: area, templateID: templateID!, root: root, tree: tree, options: options,
+            let run = IngestRun(store: self, area: area, templateID: templateID, root: root, tree: tree, options: options,
                                 progress: progress, cancellation: cancellation)
-            try run.insertStructure()
-            let structured = monotonicNanoseconds()
             try run.ingestFiles()
             let published = monotonicNanoseconds()
             var report = run.report(name: name, source: source)
-            try finishTemplate(id: templateID!, report: report, maxInode: tree.maxInode)
+            try finishTemplate(id: templateID, report: report, maxInode: tree.maxInode)
             area.dispose()
             let finished = monotonicNanoseconds()
             report.seconds = Double(finished - started) / 1e9
             func ms(_ a: UInt64, _ b: UInt64) -> String { String(format: "%.0f ms", Double(b - a) / 1e6) }
-            logger.debug("ingest of \(name): scan \(ms(started, scanned)), structure rows \(ms(scanned, structured)), file content \(ms(structured, published)) (in syncfs \(ms(0, run.syncNanoseconds))), finish \(ms(published, finished))")
+            logger.debug("ingest of \(name): scan \(ms(started, scanned)), rows and file content \(ms(scanned, published)) (in syncfs \(ms(0, run.syncNanoseconds))), finish \(ms(published, finished))")
             return report
         } catch {
-            abandon(area, templateCreated: templateID != nil)
+            abandon(area)
             if cancellation?.isCancelled == true { throw StoreError("interrupted; nothing of template \(name) was kept", errno: .interrupted) }
             if let error = error as? Errno { throw StoreError("cannot ingest \(path): \(error)", errno: error) }
             throw error
@@ -192,7 +190,7 @@ extension Store {
 
     /// Undoes a failed ingest: staged files go at once; rows and published blobs too when the
     /// blobs lock can be had within a few seconds, otherwise the next cleanup finishes.
-    private func abandon(_ area: StagingArea, templateCreated: Bool) {
+    private func abandon(_ area: StagingArea) {
         area.removeStagedFiles()
         do {
             if try reclaimIngest(token: area.token, waitSeconds: 5) {
@@ -222,7 +220,7 @@ final class IngestRun: @unchecked Sendable {
     private let statistics = Mutex(PublicationStatistics())
     var syncNanoseconds: UInt64 { statistics.withLock { $0.syncNanoseconds } }
 
-    static let rowsPerTransaction = 4000
+    static let rowsPerTransaction = 2000
 
     init(store: Store, area: StagingArea, templateID: Int64, root: FileDescriptor, tree: ScannedTree, options: IngestOptions,
          progress: IngestProgress, cancellation: IngestCancellation?) {
@@ -304,14 +302,29 @@ final class IngestRun: @unchecked Sendable {
         // Source inode order: on a cold cache it follows the disk layout more closely than
         // directory order does.
         let jobs = tree.files.sorted { ($0.device, $0.inode) < ($1.device, $1.inode) }
+        // Staged files are open descriptors until published: two batches' worth at a time.
+        let batchFiles = Self.batchFilesWithinDescriptorLimit(options.batchFiles)
+        startWritebackThread()
+        defer { stopWritebackThread() }
         let committer = DispatchQueue(label: "pvfs.ingest.commit")
         let slots = DispatchSemaphore(value: 1)
         let group = DispatchGroup()
+        // The rows of everything but file content go first, on the committer thread, while the
+        // workers stage the first batch.
+        group.enter()
+        committer.async { [self] in
+            defer { group.leave() }
+            do {
+                try insertStructure()
+            } catch {
+                fail(error)
+            }
+        }
         var start = 0
         while start < jobs.count && !failed {
             var end = start
             var bytes: Int64 = 0
-            while end < jobs.count && end - start < options.batchFiles && (end == start || bytes + jobs[end].size <= options.batchBytes) {
+            while end < jobs.count && end - start < batchFiles && (end == start || bytes + jobs[end].size <= options.batchBytes) {
                 bytes += jobs[end].size
                 end += 1
             }
@@ -336,7 +349,10 @@ final class IngestRun: @unchecked Sendable {
                     slots.signal()
                     group.leave()
                 }
-                guard !failed else { return }
+                guard !failed else {
+                    for blob in staged { area.discard(blob.file) }
+                    return
+                }
                 do {
                     let c0 = monotonicNanoseconds()
                     try commit(batch, staged)
@@ -349,6 +365,59 @@ final class IngestRun: @unchecked Sendable {
         group.wait()
         if let error = failure.withLock({ $0 }) { throw error }
         try checkCancelled()
+    }
+
+    // Early writeback. Staged data would otherwise sit in the page cache until the batch's
+    // syncfs and then be written while nothing else happens. A writeback thread calls syncfs each
+    // time another 64 MiB were staged, so the disk works while the workers hash and copy; the
+    // batch's own syncfs, which orders the renames after the data, then finds little left.
+    // (Per-file sync_file_range would do the same at a much higher CPU cost: one block-layer
+    // submission per file instead of one writeback pass over all of them.)
+
+    static let writebackEvery: Int64 = 64 << 20
+    private let unflushedBytes = Atomic<Int64>(0)
+    private let writebackRequests = DispatchSemaphore(value: 0)
+    private let writebackDone = DispatchSemaphore(value: 0)
+    private let writebackStop = Atomic<Bool>(false)
+
+    private func startWritebackThread() {
+        let thread = Thread { [self] in
+            while true {
+                writebackRequests.wait()
+                if writebackStop.load(ordering: .relaxed) { break }
+                unflushedBytes.store(0, ordering: .relaxed)
+                try? area.directory.syncFileSystem()
+            }
+            writebackDone.signal()
+        }
+        thread.name = "pvfs.ingest.writeback"
+        thread.start()
+    }
+
+    private func stopWritebackThread() {
+        writebackStop.store(true, ordering: .relaxed)
+        writebackRequests.signal()
+        writebackDone.wait()
+    }
+
+    private func noteStaged(bytes: Int64) {
+        let before = unflushedBytes.add(bytes, ordering: .relaxed).oldValue
+        if before < Self.writebackEvery && before + bytes >= Self.writebackEvery { writebackRequests.signal() }
+    }
+
+    /// Raises the soft limit on open files to the hard one and returns the largest batch size
+    /// (at most `wanted`) whose staged files two batches can keep open within it.
+    static func batchFilesWithinDescriptorLimit(_ wanted: Int) -> Int {
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &limit) == 0 else { return min(wanted, 256) }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(resource, &raised) == 0 { limit = raised }
+        }
+        let usable = Int(min(limit.rlim_cur, 1 << 20)) - 512
+        return max(16, min(wanted, usable / 2))
     }
 
     /// Stages one batch in parallel; nil after a failure (recorded).
@@ -380,7 +449,10 @@ final class IngestRun: @unchecked Sendable {
                 }
             }
         }
-        if failed { return nil }
+        if failed {
+            for slot in results { area.discard(slot?.file) }
+            return nil
+        }
         return results.map { $0! }
     }
 
@@ -390,7 +462,7 @@ final class IngestRun: @unchecked Sendable {
         if !job.mayBeSparse && job.size > Int64(buffer.bytes.count) { fd.adviseSequential() }
         let staged: (StagedBlob, ContentCopy)?
         do {
-            staged = try area.stage(from: fd, size: job.size, mayBeSparse: job.mayBeSparse, buffer: buffer,
+            staged = try area.stage(from: fd, size: job.size, mayBeSparse: job.mayBeSparse, buffer: buffer, hashFirst: lookupsPay,
                                     claim: { try claim($0, using: connection) })
         } catch let error as Errno {
             switch error {
@@ -406,9 +478,10 @@ final class IngestRun: @unchecked Sendable {
         do {
             try job.checkUnchanged(try fd.stat())
         } catch {
-            if let name = blob.stagedName { _ = try? area.directory.unlink(at: name) }
+            area.discard(blob.file)
             throw error
         }
+        if blob.file != nil { noteStaged(bytes: job.size) }
         progress.staged(job.size)
         return blob
     }
@@ -437,6 +510,13 @@ final class IngestRun: @unchecked Sendable {
     private let lookupHits = Atomic<Int>(0)
     private let claims = Atomic<Int>(0)
 
+    /// Whether lookups have been finding content: then large files are hashed before they are
+    /// copied, so that known content is never written.
+    private var lookupsPay: Bool {
+        let hits = lookupHits.load(ordering: .relaxed)
+        return hits > 0 && hits * 16 >= lookups.load(ordering: .relaxed)
+    }
+
     /// Whether content needs no copy: another file of this ingest has it, or the store does
     /// (looked up while the batch holds the blobs lock, so it stays until the batch commits).
     ///
@@ -459,10 +539,10 @@ final class IngestRun: @unchecked Sendable {
     }
 
     private func commit(_ batch: [FileJob], _ staged: [StagedBlob]) throws {
-        let stats = try store.publish(staged, from: area, shards: shards) { db, ids in
+        let stats = try store.publish(staged, from: area, shards: shards, rowsPerTransaction: Self.rowsPerTransaction) { db, range, ids in
             let statement = try db.cachedStatement(sql: Self.insertInodeSQL)
-            for (job, blob) in zip(batch, staged) {
-                try insertInode(statement, ino: job.ino, blobID: ids[blob.hash]!)
+            for index in range {
+                try insertInode(statement, ino: batch[index].ino, blobID: ids[staged[index].hash]!)
             }
         }
         statistics.withLock { $0.add(stats) }

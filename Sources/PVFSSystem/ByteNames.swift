@@ -163,6 +163,20 @@ public enum RawExtendedAttributes {
         case descriptor(FileDescriptor)
         /// A NUL-free path; its last component is not followed.
         case path([UInt8])
+        /// An entry of a directory, not followed if it is a symlink: listxattrat/getxattrat
+        /// where the kernel has them (6.13), else the l* calls through /proc/self/fd.
+        case entry(directory: FileDescriptor, name: [UInt8])
+    }
+
+    /// Cleared once listxattrat/getxattrat turn out to be missing.
+    nonisolated(unsafe) private static var haveAtCalls = true
+
+    /// The target with `.entry` resolved to a /proc path when the *at calls are missing.
+    private static func effective(_ target: Target) -> Target {
+        if case .entry(let directory, let name) = target, !haveAtCalls {
+            return .path(procPath(directory: directory, name: name))
+        }
+        return target
     }
 
     /// The path that reaches `name` in the directory `directory` through /proc without resolving
@@ -173,6 +187,7 @@ public enum RawExtendedAttributes {
     }
 
     public static func list(_ target: Target) throws(Errno) -> [[UInt8]] {
+        let target = effective(target)
         var capacity = 1024
         while true {
             var buffer = [UInt8](repeating: 0, count: capacity)
@@ -184,6 +199,7 @@ public enum RawExtendedAttributes {
                         switch target {
                         case .descriptor(let fd): return flistxattr(fd.rawValue, p, capacity)
                         case .path(let path): return path.withCPath { llistxattr($0, p, capacity) }
+                        case .entry(let dir, let name): return name.withCPath { cpvfs_listxattrat(dir.rawValue, $0, p, capacity) }
                         }
                     }
                 }
@@ -193,6 +209,12 @@ public enum RawExtendedAttributes {
                 continue
             } catch where error == .notSupported {
                 return []
+            } catch where error == .noFunction {
+                if case .entry = target {
+                    haveAtCalls = false
+                    return try list(effective(target))
+                }
+                throw error
             }
             var names: [[UInt8]] = []
             var start = 0
@@ -206,6 +228,7 @@ public enum RawExtendedAttributes {
 
     /// One attribute's value; nil when it vanished since it was listed.
     public static func get(_ target: Target, name: [UInt8]) throws(Errno) -> [UInt8]? {
+        let target = effective(target)
         var capacity = 256
         while true {
             var buffer = [UInt8](repeating: 0, count: capacity)
@@ -216,6 +239,8 @@ public enum RawExtendedAttributes {
                             switch target {
                             case .descriptor(let fd): return fgetxattr(fd.rawValue, cname, raw.baseAddress, capacity)
                             case .path(let path): return path.withCPath { lgetxattr($0, cname, raw.baseAddress, capacity) }
+                            case .entry(let dir, let entry):
+                                return entry.withCPath { cpvfs_getxattrat(dir.rawValue, $0, cname, raw.baseAddress, capacity) }
                             }
                         }
                     }
@@ -226,6 +251,12 @@ public enum RawExtendedAttributes {
                 if capacity > 1 << 24 { throw error }
             } catch where error == .noData {
                 return nil
+            } catch where error == .noFunction {
+                if case .entry = target {
+                    haveAtCalls = false
+                    return try get(effective(target), name: name)
+                }
+                throw error
             }
         }
     }
@@ -242,13 +273,18 @@ public enum RawExtendedAttributes {
     }
 
     public static func set(_ target: Target, name: [UInt8], value: [UInt8]) throws(Errno) {
+        var path: [UInt8]?
+        var descriptor: FileDescriptor?
+        switch target {
+        case .descriptor(let fd): descriptor = fd
+        case .path(let p): path = p
+        case .entry(let dir, let entry): path = procPath(directory: dir, name: entry)
+        }
         try retryingSyscall {
             name.withCPath { cname in
                 value.withUnsafeBytes { raw in
-                    switch target {
-                    case .descriptor(let fd): return fsetxattr(fd.rawValue, cname, raw.baseAddress, raw.count, 0)
-                    case .path(let path): return path.withCPath { lsetxattr($0, cname, raw.baseAddress, raw.count, 0) }
-                    }
+                    if let descriptor { return fsetxattr(descriptor.rawValue, cname, raw.baseAddress, raw.count, 0) }
+                    return path!.withCPath { lsetxattr($0, cname, raw.baseAddress, raw.count, 0) }
                 }
             }
         }
@@ -264,6 +300,18 @@ extension FileDescriptor {
 }
 
 extension FileDescriptor {
+    /// Gives this unnamed file (O_TMPFILE) the name `name` in `directory`: linkat with
+    /// AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH, else through /proc/self/fd. Fails with
+    /// EEXIST when the name exists.
+    public func linkAnonymous(to directory: FileDescriptor, _ name: [UInt8]) throws(Errno) {
+        do throws(Errno) {
+            try retryingSyscall { name.withCPath { linkat(rawValue, "", directory.rawValue, $0, CPVFS_AT_EMPTY_PATH) } }
+        } catch where error == .noSuchFileOrDirectory || error == .notPermitted {
+            let path = Array("/proc/self/fd/\(rawValue)".utf8)
+            try retryingSyscall { path.withCPath { p in name.withCPath { linkat(AT_FDCWD, p, directory.rawValue, $0, AT_SYMLINK_FOLLOW) } } }
+        }
+    }
+
     /// Writes all of `bytes` at `offset`.
     public func writeAll(_ bytes: [UInt8], at offset: Int64) throws(Errno) {
         let result: Result<Void, Errno> = bytes.withUnsafeBytes { raw in

@@ -64,7 +64,12 @@ import Testing
         #expect(staged.0.hash == SHA256Hasher.hash(logical))
         #expect(staged.0.size == 40 << 20)
         #expect(staged.0.allocated < 1 << 20, "holes were filled: \(staged.0.allocated) bytes allocated")
-        let copy = try FileDescriptor.open(at: area.directory, staged.0.stagedName!, [.readOnly])
+        let copy: FileDescriptor
+        switch staged.0.file {
+        case .anonymous(let fd): copy = fd
+        case .named(let name): copy = try FileDescriptor.open(at: area.directory, name, [.readOnly])
+        case nil: Issue.record("nothing staged"); return
+        }
         defer { copy.closeQuietly() }
         #expect(try copy.stat().size == 40 << 20)
         #expect(try copy.stat().permissions == 0o444)

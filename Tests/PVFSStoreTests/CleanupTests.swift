@@ -28,7 +28,7 @@ import Testing
         let committedContent = Array("committed batch".utf8)
         let sharedContent = other ?? Array("shared".utf8)
         let staged = [try area.stage(bytes: committedContent), try area.stage(bytes: sharedContent)]
-        _ = try store.publish(staged, from: area, shards: ShardDirectories(blobs: store.blobsDirectory)) { db, ids in
+        _ = try store.publish(staged, from: area, shards: ShardDirectories(blobs: store.blobsDirectory)) { db, _, ids in
             for (i, blob) in staged.enumerated() {
                 try db.execute(sql: """
                     INSERT INTO template_inode (template_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, blob_id)
@@ -43,9 +43,12 @@ import Testing
         try area.journal([next.hash])
         let shard = ShardDirectories(blobs: store.blobsDirectory)
         _ = try shard.ensure(UInt8(truncatingIfNeeded: next.hash.words.0 >> 56))
-        try area.directory.rename(at: next.stagedName!, to: store.blobsDirectory, Array(BlobStore.relativePath(next.hash).utf8))
-        // And a file still staged.
+        #expect(try area.publish(next.file!, to: store.blobsDirectory, Array(BlobStore.relativePath(next.hash).utf8)))
+        // And files still staged, named and unnamed.
         _ = try area.stage(bytes: Array("staged only".utf8))
+        let unnamed = try area.createStagedFile()
+        try unnamed.fd.writeAll(Array("unnamed".utf8), at: 0)
+        unnamed.fd.closeQuietly()  // its process dies: the kernel frees the unnamed file
         keep?(area)
         return Interrupted(token: area.token, committed: staged[0].hash, uncommitted: next.hash, shared: staged[1].hash)
     }

@@ -12,6 +12,11 @@ int cpvfs_sync_file_range(int fd, off_t offset, off_t count, unsigned int flags)
 /// posix_fadvise(2); returns the error number (0 on success), as posix_fadvise does.
 int cpvfs_fadvise(int fd, off_t offset, off_t length, int advice);
 
+/// listxattrat(2) / getxattrat(2) of `path` below `dirfd`, not following a final symlink;
+/// -1 with ENOSYS where the kernel (before 6.13) or the architecture lacks them.
+ssize_t cpvfs_listxattrat(int dirfd, const char *path, char *list, size_t size);
+ssize_t cpvfs_getxattrat(int dirfd, const char *path, const char *name, void *value, size_t size);
+
 static const unsigned int CPVFS_SYNC_FILE_RANGE_WAIT_BEFORE = 1;
 static const unsigned int CPVFS_SYNC_FILE_RANGE_WRITE = 2;
 static const unsigned int CPVFS_SYNC_FILE_RANGE_WAIT_AFTER = 4;
