@@ -68,6 +68,8 @@ let package = Package(
         .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands"]),
         .executableTarget(name: "pvfs", dependencies: ["PVFSCommands"]),
         .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
+        // Writes files into a VM through the engine, for bench/dedup.sh and the command tests.
+        .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine"], path: "bench/writer"),
 
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),

@@ -6,10 +6,12 @@ public enum ControlProtocol {
     public static let socketName = "pvfsd.sock"
 
     public struct Request: Codable, Sendable {
-        /// reload | status | release | metrics
+        /// reload | status | release | metrics, and the maintenance operations of
+        /// ControlProtocol+Maintenance.swift
         public var op: String
         public var vm: String?
         public var force: Bool?
+        public var maintenance: MaintenanceRequest?
 
         public init(op: String, vm: String? = nil, force: Bool? = nil) {
             self.op = op
@@ -23,6 +25,7 @@ public enum ControlProtocol {
         public var error: String?
         public var status: DaemonStatus?
         public var text: String?
+        public var maintenance: MaintenanceResponse?
 
         public init(ok: Bool, error: String? = nil, status: DaemonStatus? = nil, text: String? = nil) {
             self.ok = ok

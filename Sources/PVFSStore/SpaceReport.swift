@@ -208,3 +208,35 @@ extension Store {
         return total
     }
 }
+
+/// A quick summary of a store from its catalog (`pvfs status`).
+public struct StoreSummary: Codable, Sendable {
+    public var path: String
+    public var templates: Int
+    public var templatesInProgress: Int
+    public var vms: Int
+    public var blobs: Int64
+    public var blobBytes: Int64
+    public var blobAllocatedBytes: Int64
+    public var vmUsedBytes: Int64
+    public var filesystemBytes: Int64
+    public var filesystemFreeBytes: Int64
+}
+
+extension Store {
+    public func summary() throws -> StoreSummary {
+        let row: Row = try catalog.read { db in
+            try Row.fetchOne(db, sql: """
+                SELECT (SELECT COUNT(*) FROM template WHERE state = 'ready'), (SELECT COUNT(*) FROM template WHERE state != 'ready'),
+                       (SELECT COUNT(*) FROM vm WHERE state = 'ready'), (SELECT COUNT(*) FROM blob),
+                       (SELECT COALESCE(SUM(size), 0) FROM blob), (SELECT COALESCE(SUM(allocated), 0) FROM blob),
+                       (SELECT COALESCE(SUM(used_bytes), 0) FROM vm WHERE state = 'ready')
+                """)!
+        }
+        let fs = try? root.fileSystemStatistics()
+        return StoreSummary(path: path, templates: row[0], templatesInProgress: row[1], vms: row[2], blobs: row[3], blobBytes: row[4],
+                            blobAllocatedBytes: row[5], vmUsedBytes: row[6],
+                            filesystemBytes: Int64((fs?.totalBlocks ?? 0) * (fs?.fragmentSize ?? 0)),
+                            filesystemFreeBytes: Int64((fs?.availableBlocks ?? 0) * (fs?.fragmentSize ?? 0)))
+    }
+}
