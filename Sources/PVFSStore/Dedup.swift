@@ -180,101 +180,129 @@ extension Store {
                 : a.key.hash < b.key.hash
         }
 
+        // Groups worth sharing: two or more files, or one matching a stored blob.
+        var eligible: [(key: GroupKey, members: [Int], known: Bool)] = []
+        for (key, indices) in ordered {
+            let known = try blobRow(hash: key.hash) != nil
+            if indices.count >= 2 || known { eligible.append((key, indices, known)) }
+        }
+        if options.dryRun {
+            for group in eligible {
+                report.groups += 1
+                if group.known {
+                    report.existingBlobsReused += 1
+                } else {
+                    report.newBlobs += 1
+                    report.newBlobBytes += group.key.size
+                    report.bytesSaved -= members[group.members[0]].allocated
+                }
+                for i in group.members {
+                    report.filesDeduplicated += 1
+                    report.logicalBytes += group.key.size
+                    report.bytesSaved += members[i].allocated
+                    report.vms[members[i].target].filesDeduplicated += 1
+                    report.vms[members[i].target].bytesDeduplicated += group.key.size
+                }
+            }
+            report.seconds = Double(monotonicNanoseconds() - started) / 1e9
+            return report
+        }
+
         var area: StagingArea?
         defer { area?.dispose() }
         let buffer = StagingBuffer()
         let shards = ShardDirectories(blobs: blobsDirectory)
-        for (key, indices) in ordered {
-            let known = try blobRow(hash: key.hash)
-            guard indices.count >= 2 || known != nil else { continue }
-            if options.dryRun {
-                report.groups += 1
-                if known != nil {
-                    report.existingBlobsReused += 1
-                } else {
-                    report.newBlobs += 1
-                    report.newBlobBytes += key.size
-                    report.bytesSaved -= members[indices[0]].allocated
-                }
-                for i in indices {
-                    report.filesDeduplicated += 1
-                    report.logicalBytes += key.size
-                    report.bytesSaved += members[i].allocated
-                    report.vms[members[i].target].filesDeduplicated += 1
-                    report.vms[members[i].target].bytesDeduplicated += key.size
-                }
-                continue
+        var position = 0
+        while position < eligible.count {
+            // A batch of groups per lock hold and per publication (one syncfs for its new blobs).
+            var batch: [(key: GroupKey, members: [Int], known: Bool)] = []
+            var batchBytes: Int64 = 0
+            while position < eligible.count && batch.count < 256 && (batch.isEmpty || batchBytes + eligible[position].key.size <= 256 << 20) {
+                batch.append(eligible[position])
+                batchBytes += eligible[position].key.size
+                position += 1
             }
-
             let lock = try lockBlobsShared()
             defer { withExtendedLifetime(lock) {} }
-            // Looked up again under the lock: from here until the last replacement commits, no
-            // deleter can remove the blob.
-            var blobID: Int64?
-            var newAllocation: Int64 = 0
-            if let row = try blobRow(hash: key.hash) {
-                blobID = row.id
-            } else {
+            // Looked up again under the lock: from here until the last replacement of the batch
+            // commits, no deleter can remove these blobs.
+            var blobIDs: [BlobHash: Int64] = [:]
+            var staged: [StagedBlob] = []
+            for group in batch {
+                if let row = try blobRow(hash: group.key.hash) {
+                    blobIDs[group.key.hash] = row.id
+                    continue
+                }
                 if area == nil { area = try StagingArea(store: self) }
-                for i in indices {
+                for i in group.members {
                     let m = members[i]
                     guard let fd = try? targets[m.target].openCandidate(m.inode) else { continue }
                     defer { fd.closeQuietly() }
-                    let staged: StagedBlob?
+                    let copy: StagedBlob?
                     do {
-                        staged = try area!.stageVerified(from: fd, size: key.size, expected: key.hash, allowReflink: options.reflink,
-                                                         buffer: buffer)
+                        copy = try area!.stageVerified(from: fd, size: group.key.size, expected: group.key.hash, allowReflink: options.reflink,
+                                                       buffer: buffer)
                     } catch {
                         throw StoreError("dedup: cannot copy a private file of VM \(targets[m.target].vmName) into \(path)/tmp: \(error)",
                                          errno: error)
                     }
-                    guard let staged else { continue }  // written since it was hashed: try the next member
-                    var published: Int64?
-                    let stats = try publish([staged], from: area!, shards: shards) { _, ids in published = ids[key.hash] }
-                    blobID = published
-                    if stats.newBlobs > 0 { newAllocation = staged.allocated }
+                    guard let copy else { continue }  // written since it was hashed: try the next member
+                    staged.append(copy)
                     break
                 }
             }
-            guard let blobID else {
-                report.skippedChanged += indices.count
-                continue
+            var newBlobs: Set<BlobHash> = []
+            if !staged.isEmpty {
+                var published: [BlobHash: Int64] = [:]
+                _ = try publish(staged, from: area!, shards: shards) { _, ids in published = ids }
+                for blob in staged {
+                    guard let id = published[blob.hash] else { continue }
+                    blobIDs[blob.hash] = id
+                    newBlobs.insert(blob.hash)
+                }
             }
-            var replaced = 0
-            for i in indices {
-                let m = members[i]
-                let outcome: DedupReplacement
-                do {
-                    outcome = try targets[m.target].replace(m.inode, blobID: blobID, hash: key.hash)
-                } catch {
-                    report.vms[m.target].error = "\(error)"
-                    logger.warning("dedup: VM \(targets[m.target].vmName), inode \(m.inode): \(error)")
+            let allocation = Dictionary(staged.map { ($0.hash, $0.allocated) }, uniquingKeysWith: { a, _ in a })
+
+            for group in batch {
+                guard let blobID = blobIDs[group.key.hash] else {
+                    report.skippedChanged += group.members.count
                     continue
                 }
-                switch outcome {
-                case .replaced:
-                    replaced += 1
-                    report.filesDeduplicated += 1
-                    report.logicalBytes += key.size
-                    report.bytesSaved += m.allocated
-                    report.vms[m.target].filesDeduplicated += 1
-                    report.vms[m.target].bytesDeduplicated += key.size
-                case .skippedBusy: report.skippedBusy += 1
-                case .skippedChanged: report.skippedChanged += 1
-                case .skippedGone: report.skippedGone += 1
+                var replaced = 0
+                for i in group.members {
+                    let m = members[i]
+                    let outcome: DedupReplacement
+                    do {
+                        outcome = try targets[m.target].replace(m.inode, blobID: blobID, hash: group.key.hash)
+                    } catch {
+                        report.vms[m.target].error = "\(error)"
+                        logger.warning("dedup: VM \(targets[m.target].vmName), inode \(m.inode): \(error)")
+                        continue
+                    }
+                    switch outcome {
+                    case .replaced:
+                        replaced += 1
+                        report.filesDeduplicated += 1
+                        report.logicalBytes += group.key.size
+                        report.bytesSaved += m.allocated
+                        report.vms[m.target].filesDeduplicated += 1
+                        report.vms[m.target].bytesDeduplicated += group.key.size
+                    case .skippedBusy: report.skippedBusy += 1
+                    case .skippedChanged: report.skippedChanged += 1
+                    case .skippedGone: report.skippedGone += 1
+                    }
                 }
-            }
-            if replaced > 0 {
+                // A new blob that no member took stays unreferenced: the janitor collects it.
+                guard replaced > 0 else { continue }
                 report.groups += 1
-                if newAllocation > 0 || known == nil {
+                if newBlobs.contains(group.key.hash) {
                     report.newBlobs += 1
-                    report.newBlobBytes += key.size
-                    report.bytesSaved -= newAllocation
+                    report.newBlobBytes += group.key.size
+                    report.bytesSaved -= allocation[group.key.hash] ?? 0
                 } else {
                     report.existingBlobsReused += 1
                 }
             }
-            // A new blob that no member took stays unreferenced: the janitor collects it.
         }
         report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         return report
