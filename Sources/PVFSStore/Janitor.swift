@@ -68,11 +68,22 @@ extension Store {
         let started = monotonicNanoseconds()
         var report = JanitorReport(dryRun: options.dryRun)
         if !options.dryRun {
-            let cleanup = try cleanUpInterruptedIngests()
-            report.ingestsReclaimed = cleanup.ingestsReclaimed
-            report.templatesPurged = cleanup.templatesPurged
-            report.temporaryEntriesRemoved += cleanup.scratchDirectoriesRemoved
-            if cleanup.deferred > 0 { report.deferred = true }
+            // Crash cleanup takes the blobs lock without waiting; retry it within the wait.
+            let deadline = monotonicNanoseconds() + UInt64(max(0, options.waitSeconds) * 1e9)
+            var pause: UInt32 = 2_000
+            while true {
+                let cleanup = try cleanUpInterruptedIngests()
+                report.ingestsReclaimed += cleanup.ingestsReclaimed
+                report.templatesPurged += cleanup.templatesPurged
+                report.temporaryEntriesRemoved += cleanup.scratchDirectoriesRemoved
+                if cleanup.deferred == 0 { break }
+                if monotonicNanoseconds() >= deadline {
+                    report.deferred = true
+                    break
+                }
+                usleep(pause)
+                pause = min(pause * 2, 100_000)
+            }
             report.vmOperationsFinished = try cleanUpInterruptedVMOperationsCounting()
         }
         try collectUnreferencedBlobs(options, &report)
