@@ -1,10 +1,10 @@
 // pvfs-bench-writer: writes files into a VM through the engine (the same path a guest's writes
 // take), for bench/dedup.sh. Not installed; built with the package.
 //
-//     pvfs-bench-writer STORE VM FILES BYTES [SEED]
+//     pvfs-bench-writer STORE VM FILES BYTES [SEED [DIRECTORY]]
 //
-// Creates /bench/f<n> (n < FILES), each BYTES of pseudo-random content determined by SEED and n,
-// so that VMs given the same seed write identical files.
+// Creates /DIRECTORY/f<n> (n < FILES; DIRECTORY defaults to "bench"), each BYTES of pseudo-random
+// content determined by SEED and n, so that VMs given the same seed write identical files.
 import Foundation
 import Glibc
 import PVFSEngine
@@ -12,20 +12,21 @@ import PVFSStore
 
 let args = CommandLine.arguments
 guard args.count >= 5, let files = Int(args[3]), let bytes = Int(args[4]) else {
-    FileHandle.standardError.write(Data("usage: pvfs-bench-writer STORE VM FILES BYTES [SEED]\n".utf8))
+    FileHandle.standardError.write(Data("usage: pvfs-bench-writer STORE VM FILES BYTES [SEED [DIRECTORY]]\n".utf8))
     exit(2)
 }
 let seed = args.count > 5 ? UInt64(args[5]) ?? 1 : 1
+let directoryName = args.count > 6 ? args[6] : "bench"
 do {
     let store = try Store(path: args[1], create: false)
     let volume = try Volume.open(store: store, vmName: args[2])
     let view = VMView(volume: volume, policy: SessionPolicy(side: .host, readOnly: false), sessionID: 1)
     let root = try view.getAttributes(1).inode
     let dir: InodeNumber
-    if let existing = try? view.lookup(root, Array("bench".utf8), as: .root) {
+    if let existing = try? view.lookup(root, Array(directoryName.utf8), as: .root) {
         dir = existing.inode
     } else {
-        dir = try view.makeDirectory(root, Array("bench".utf8), mode: 0o755, as: .root).inode
+        dir = try view.makeDirectory(root, Array(directoryName.utf8), mode: 0o755, as: .root).inode
     }
     var buffer = [UInt8](repeating: 0, count: bytes)
     for n in 0..<files {
