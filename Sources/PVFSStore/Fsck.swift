@@ -115,9 +115,7 @@ extension Store {
             let name: String = row[1], state: String = row[2], token: String? = row[3]
             if state == "building", let token {
                 // A live ingest holds its lock: not a finding.
-                guard let lock = try? LockFile.acquire(at: temporaryDirectory, Self.ingestLockName(token), exclusive: true, nonBlocking: true)
-                else { continue }
-                withExtendedLifetime(lock) {}
+                guard lockIsFree(in: temporaryDirectory, Self.ingestLockName(token)) else { continue }
                 report.add(FsckFinding(area: "interrupted", kind: "ingest-interrupted", subject: "template \(name)",
                                        message: "template \(name) was being created by a process that died", status: .found))
             } else {
@@ -130,9 +128,7 @@ extension Store {
         for entry in (try? temporaryDirectory.rawDirectoryEntries()) ?? [] {
             guard let token = Self.ingestToken(lockName: entry.name),
                   !templates.contains(where: { ($0[3] as String?) == token }) else { continue }
-            guard let lock = try? LockFile.acquire(at: temporaryDirectory, Self.ingestLockName(token), exclusive: true, nonBlocking: true)
-            else { continue }
-            withExtendedLifetime(lock) {}
+            guard lockIsFree(in: temporaryDirectory, Self.ingestLockName(token)) else { continue }
             report.add(FsckFinding(area: "interrupted", kind: "staging-abandoned", subject: "tmp/ingest-\(token)",
                                    message: "staging area of a process that died", status: .found))
             needsCleanup = true
@@ -148,16 +144,9 @@ extension Store {
                                    subject: "vm \(name)", message: "VM \(name) is left in state '\(state)'", status: .found))
             vmCleanup = true
         }
+        // An entry whose lock is free; a lone free lock file is left for the janitor.
         let stale = staleTemporaryEntries().filter { base in
-            guard let lock = try? LockFile.acquire(at: temporaryDirectory, base + ".lock", exclusive: true, nonBlocking: true) else { return false }
-            if (try? temporaryDirectory.stat(at: base)) == nil {
-                // Only a lock file (possibly created by this probe): nothing to report.
-                _ = try? temporaryDirectory.unlink(at: base + ".lock")
-                withExtendedLifetime(lock) {}
-                return false
-            }
-            withExtendedLifetime(lock) {}
-            return true
+            lockIsFree(in: temporaryDirectory, base + ".lock") && (try? temporaryDirectory.stat(at: base)) != nil
         }
         for base in stale {
             report.add(FsckFinding(area: "tmp", kind: "tmp-abandoned", subject: "tmp/\(base)",

@@ -276,21 +276,31 @@ extension Store {
         return bases.sorted()
     }
 
+    /// Whether nobody holds `<name>` in `directory` (a missing lock file has no holder). Creates
+    /// nothing: for checks that must not change the store.
+    func lockIsFree(in directory: FileDescriptor, _ name: String) -> Bool {
+        guard let fd = try? FileDescriptor.open(at: directory, name, [.readOnly, .noFollow]) else {
+            return (try? directory.stat(at: name)) == nil
+        }
+        defer { fd.closeQuietly() }
+        guard (try? fd.lock(exclusive: true, nonBlocking: true)) == true else { return false }
+        return true
+    }
+
     /// Removes abandoned entries of tmp/; returns how many.
     func removeStaleTemporaryEntries(dryRun: Bool) -> Int {
         var removed = 0
         for base in staleTemporaryEntries() {
+            if dryRun {
+                if lockIsFree(in: temporaryDirectory, base + ".lock") && (try? temporaryDirectory.stat(at: base)) != nil { removed += 1 }
+                continue
+            }
             guard let lock = try? LockFile.acquire(at: temporaryDirectory, base + ".lock", exclusive: true, nonBlocking: true) else { continue }
             removed += 1
-            if dryRun {
-                // The lock file may have been created by the probe: it goes with the entry.
-                if (try? temporaryDirectory.stat(at: base)) == nil { _ = try? temporaryDirectory.unlink(at: base + ".lock") }
-            } else {
-                do {
-                    try removeScratch(base)
-                } catch {
-                    logger.warning("cannot remove the abandoned \(path)/tmp/\(base): \(error)")
-                }
+            do {
+                try removeScratch(base)
+            } catch {
+                logger.warning("cannot remove the abandoned \(path)/tmp/\(base): \(error)")
             }
             withExtendedLifetime(lock) {}
         }

@@ -106,6 +106,30 @@ struct MaintenanceCommandTests {
         #expect(try runTool("pvfs", ["fsck", "--store", store]).status == 0)
     }
 
+    @Test func daemonRunsTheJanitorPeriodically() throws {
+        let area = try ScratchArea()
+        let store = try makeStore(area, vms: ["a", "b"], files: 4, bytes: 20_000)
+        try mustRun("pvfs", ["dedup", "--all", "--store", store])
+        try mustRun("pvfs-vm", ["rm", "a", "--store", store])
+        try mustRun("pvfs-vm", ["rm", "b", "--store", store])
+        var logger = Logger(label: "test.pvfsd")
+        logger.logLevel = .warning
+        let daemon = try Daemon(configuration: DaemonConfiguration(storePath: store, janitorIntervalSeconds: 1), logger: logger)
+        daemon.installMaintenance()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = DaemonClient(storePath: store)
+        var report: JanitorReport?
+        for _ in 0..<100 where report == nil {
+            usleep(100_000)
+            report = try client.maintenance("janitor-report").janitor
+        }
+        let run = try #require(report)
+        #expect(run.blobsRemoved == 4 && !run.deferred)
+        #expect(try mustRun("pvfs", ["status", "--store", store]).stdout.contains("janitor:     last run reclaimed"))
+        #expect(try Store(path: store, create: false).summary().blobs == 40)
+    }
+
     /// kill -9 of `pvfs gc`, `pvfs dedup` and `pvfs-template create` at random points: fsck then
     /// finds nothing, or only what --repair fixes (never lost data), every file reads back right,
     /// and running the command again finishes its work.
