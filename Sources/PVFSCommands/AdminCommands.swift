@@ -41,7 +41,7 @@ public struct Dedup: ParsableCommand {
     @Flag(name: .long, help: "Deduplicate every VM.")
     public var all = false
 
-    @Option(name: .long, help: ArgumentHelp("Leave files smaller than this alone (default 4K).", valueName: "size"))
+    @Option(name: .long, help: ArgumentHelp("Leave files smaller than this alone.", valueName: "size"))
     public var minSize: String = "4K"
 
     @Flag(name: .long, help: "Report what would be shared; change nothing.")
@@ -147,7 +147,7 @@ public struct GarbageCollect: ParsableCommand {
     @OptionGroup public var logging: LoggingOptions
     @OptionGroup public var output: OutputOptions
 
-    @Option(name: .long, help: ArgumentHelp("Wait up to this long for the blobs lock each time (default 30).", valueName: "seconds"))
+    @Option(name: .long, help: ArgumentHelp("Wait up to this long for the blobs lock each time.", valueName: "seconds"))
     public var wait: Double = 30
 
     @Flag(name: .long, help: "Report what would be reclaimed; change nothing.")
@@ -206,7 +206,7 @@ public struct Fsck: ParsableCommand {
     @Flag(name: .long, help: "Check blob sizes only, not their content.")
     public var quick = false
 
-    @Option(name: .long, help: ArgumentHelp("Wait up to this long for the blobs lock (default 10).", valueName: "seconds"))
+    @Option(name: .long, help: ArgumentHelp("Wait up to this long for the blobs lock.", valueName: "seconds"))
     public var wait: Double = 10
 
     public init() {}
