@@ -460,18 +460,18 @@ extension Store {
                     if st.kind != .regular {
                         problem = ("blob-not-file", "blobs/\(BlobStore.relativePath(hash)) is not a regular file")
                     } else if st.size != row.size {
-                        problem = ("blob-size", "blob \(hash) has \(st.size) bytes, its row says \(row.size)")
+                        problem = ("blob-size", "its file has \(st.size) bytes, its row says \(row.size)")
                     } else if !options.quick {
                         let (actual, length) = try StagingArea.hash(fd, size: row.size, sparse: true, buffer: buffer)
                         report.bytesHashed += row.size
                         if length != row.size || actual != hash {
-                            problem = ("blob-corrupt", "the content of blob \(hash) does not match its name (it hashes to \(actual))")
+                            problem = ("blob-corrupt", "its content does not match its name (it hashes to \(actual))")
                         }
                     }
                 } catch {
                     problem = error == .noSuchFileOrDirectory
-                        ? ("blob-missing", "blob \(hash) has a catalog row but no file")
-                        : ("blob-unreadable", "blob \(hash) cannot be read: \(error)")
+                        ? ("blob-missing", "it has a catalog row but its file blobs/\(BlobStore.relativePath(hash)) is missing")
+                        : ("blob-unreadable", "its file cannot be read: \(error)")
                 }
                 guard let problem else { continue }
                 // The janitor deletes rows before files: a row still there means a real loss.
