@@ -5,6 +5,7 @@ import PVFSDaemon
 import PVFSEngine
 import PVFSStore
 import PVFSSystem
+import SystemPackage
 
 // `pvfs`: the store's maintenance (docs/janitor.md): dedup, gc, fsck, df, status.
 
@@ -79,8 +80,11 @@ public struct Dedup: ParsableCommand {
                     targets.append(VolumeDedupTarget(volume))
                 } catch let error as StoreError where error.errno == .resourceBusy {
                     // Held by another process: the daemon, if it serves it (asked when listing).
-                    targets.append(DaemonDedupTarget(client: client, store: store, vm: record))
+                    targets.append(ServedOrLocalDedupTarget(daemon: DaemonDedupTarget(client: client, store: store, vm: record), logger: logger))
                 }
+            }
+            defer {
+                for case let target as ServedOrLocalDedupTarget in targets { target.close() }
             }
             var options = DedupOptions()
             options.minimumSize = parseSize(minSize) ?? 4096
@@ -127,6 +131,53 @@ public struct Dedup: ParsableCommand {
         }
         lines.append("in \(seconds(r.seconds))")
         return lines.joined(separator: "\n")
+    }
+}
+
+/// A VM another process held when dedup started: the daemon's, when it serves it; if the daemon
+/// does not (it closed the VM meanwhile), the VM is opened here when it is free by then.
+final class ServedOrLocalDedupTarget: DedupTarget, @unchecked Sendable {
+    let daemon: DaemonDedupTarget
+    let logger: Logger
+    private var local: VolumeDedupTarget?
+
+    init(daemon: DaemonDedupTarget, logger: Logger) {
+        self.daemon = daemon
+        self.logger = logger
+    }
+
+    var vmName: String { daemon.vmName }
+    private var current: any DedupTarget { local ?? daemon }
+
+    func dedupCandidates(minimumSize: Int64) throws -> [DedupCandidate] {
+        do {
+            return try daemon.dedupCandidates(minimumSize: minimumSize)
+        } catch let error as MaintenanceClientError {
+            switch error {
+            case .noDaemon, .notServed:
+                let volume: Volume
+                do {
+                    volume = try Volume.open(store: daemon.store, vmName: vmName, logger: logger)
+                } catch let busy as StoreError where busy.errno == .resourceBusy {
+                    throw CommandFailure("VM \(vmName) is in use by a process other than pvfsd (a FUSE mount?)", exitCode: PVFSExitCode.conflict)
+                }
+                local = VolumeDedupTarget(volume)
+                return try local!.dedupCandidates(minimumSize: minimumSize)
+            case .failed:
+                throw error
+            }
+        }
+    }
+
+    func openCandidate(_ inode: UInt64) throws -> FileDescriptor { try current.openCandidate(inode) }
+
+    func replace(_ inode: UInt64, blobID: Int64, hash: BlobHash) throws -> DedupReplacement {
+        try current.replace(inode, blobID: blobID, hash: hash)
+    }
+
+    func close() {
+        guard let volume = local?.volume else { return }
+        do { try volume.close() } catch { logger.error("closing VM \(volume.name): \(error)") }
     }
 }
 
@@ -231,7 +282,10 @@ public struct Fsck: ParsableCommand {
                     } catch let error as MaintenanceClientError {
                         switch error {
                         case .noDaemon, .notServed:
-                            result.skipped = "in use by a process other than pvfsd (a FUSE mount?)"
+                            // The holder may have let go meanwhile: one more try here.
+                            let retry = try Volume.check(store: store, vm: vm, repair: repair)
+                            result = retry
+                            if retry.skipped != nil { result.skipped = "in use by a process other than pvfsd (a FUSE mount?)" }
                         case .failed(let message):
                             result.skipped = "pvfsd serves it but could not check it: \(message)"
                         }

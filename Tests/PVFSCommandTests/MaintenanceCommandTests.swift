@@ -106,6 +106,22 @@ struct MaintenanceCommandTests {
         #expect(try runTool("pvfs", ["fsck", "--store", store]).status == 0)
     }
 
+    @Test func vmsHeldByAnotherProcessAreSkipped() throws {
+        let area = try ScratchArea()
+        let store = try makeStore(area, vms: ["a", "b", "c"], files: 3, bytes: 20_000)
+        // This process holds c (as a FUSE mount would); no daemon runs.
+        let volume = try Volume.open(store: try Store(path: store, create: false), vmName: "c")
+        defer { try? volume.close() }
+        let dedup = try runTool("pvfs", ["dedup", "--all", "--json", "--store", store])
+        #expect(dedup.status == 4)
+        #expect(dedup.stderr.contains("VM c skipped") && dedup.stderr.contains("FUSE mount"))
+        let report = try parseJSON(dedup.stdout) as! [String: Any]
+        #expect(report["filesDeduplicated"] as? Int == 6)
+        #expect(volume.privateFiles(minimumSize: 1).count == 3)
+        let fsck = try runTool("pvfs", ["fsck", "--store", store])
+        #expect(fsck.status == 0 && fsck.stdout.contains("[SKIPPED] vm c"))
+    }
+
     @Test func daemonRunsTheJanitorPeriodically() throws {
         let area = try ScratchArea()
         let store = try makeStore(area, vms: ["a", "b"], files: 4, bytes: 20_000)
