@@ -5,6 +5,7 @@ import PVFSDaemon
 import PVFSEngine
 import PVFSStore
 import PVFSSystem
+import Synchronization
 import Testing
 
 /// `pvfs dedup`, `gc`, `fsck`, `df` and `status` as a user runs them, with and without a daemon,
@@ -144,6 +145,59 @@ struct MaintenanceCommandTests {
         #expect(run.blobsRemoved == 4 && !run.deferred)
         #expect(try mustRun("pvfs", ["status", "--store", store]).stdout.contains("janitor:     last run reclaimed"))
         #expect(try Store(path: store, create: false).summary().blobs == 40)
+    }
+
+    /// The same race as the engine's concurrency test, across processes: `pvfs gc` in a loop
+    /// while templates are created and removed, VMs written and deduplicated.
+    @Test func gcRacesIngestAndDedupAcrossProcesses() throws {
+        let area = try ScratchArea()
+        let store = try makeStore(area, vms: ["a", "b"], files: 4, bytes: 30_000)
+        let src2 = area.sub("src2")
+        // Shares content with the VMs' files (seed 5) and the base template (seed 99).
+        try makeSeededTree(at: src2, files: 40, size: 10_000, seed: 99)
+        for n in 0..<4 { try write("\(src2)/w\(n)", benchContent(seed: 5, file: n, bytes: 30_000)) }
+        let stop = DispatchSemaphore(value: 0)
+        let gc = Mutex<(runs: Int, failures: [String])>((0, []))
+        let janitor = Thread {
+            while stop.wait(timeout: .now()) == .timedOut {
+                do {
+                    let r = try runTool("pvfs", ["gc", "--wait", "30", "--store", store])
+                    gc.withLock {
+                        if r.status != 0 { $0.failures.append("gc exited \(r.status): \(r.stderr)") }
+                        $0.runs += 1
+                    }
+                } catch {
+                    gc.withLock { $0.failures.append("\(error)") }
+                    return
+                }
+            }
+        }
+        janitor.start()
+        var written: [(dir: String, seed: UInt64)] = [("bench", 5)]
+        for round in 0..<5 {
+            try mustRun("pvfs-template", ["create", "t\(round)", "--from", src2, "--store", store])
+            if round > 0 { try mustRun("pvfs-template", ["rm", "t\(round - 1)", "--store", store]) }
+            for vm in ["a", "b"] {
+                try mustRun("pvfs-bench-writer", [store, vm, "4", "30000", "\(round + 10)", "r\(round)"])
+            }
+            written.append(("r\(round)", UInt64(round + 10)))
+            try mustRun("pvfs", ["dedup", "--all", "--store", store])
+        }
+        stop.signal()
+        while janitor.isExecuting { usleep(20_000) }
+        let (runs, failures) = gc.withLock { ($0.runs, $0.failures) }
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(runs > 0)
+        let fsck = try runTool("pvfs", ["fsck", "--store", store])
+        #expect(fsck.status == 0, "\(fsck.stdout)")
+        let s = try Store(path: store, create: false)
+        for vm in ["a", "b"] {
+            try withVM(s, vm) { (v: VMView) throws -> Void in
+                for set in written {
+                    for n in 0..<4 { #expect(try v.readWhole("\(set.dir)/f\(n)") == benchContent(seed: set.seed, file: n, bytes: 30_000)) }
+                }
+            }
+        }
     }
 
     /// kill -9 of `pvfs gc`, `pvfs dedup` and `pvfs-template create` at random points: fsck then
