@@ -75,6 +75,8 @@ let package = Package(
         .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
         // Builds templates and VMs straight in a store's catalog for tests and benchmarks.
         .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore"], path: "bench/pvfs-devtool"),
+        // Writes files into a VM through the engine, for bench/dedup.sh and the command tests.
+        .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine"], path: "bench/writer"),
 
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),

@@ -78,6 +78,7 @@ public struct DaemonCommand: ParsableCommand {
 /// Attaches the configured transports to a daemon.
 enum DaemonServices {
     static func install(into daemon: Daemon) throws {
+        daemon.installMaintenance()
         if !daemon.configuration.listeners.isEmpty {
             daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger))
         }

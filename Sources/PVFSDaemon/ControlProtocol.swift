@@ -7,7 +7,7 @@ public enum ControlProtocol {
 
     public struct Request: Codable, Sendable {
         /// reload | status | release | metrics | mount | umount | mounts, and the maintenance
-        /// operations of Daemon+Maintenance.swift.
+        /// operations of ControlProtocol+Maintenance.swift.
         public var op: String
         public var vm: String?
         public var force: Bool?
@@ -15,6 +15,7 @@ public enum ControlProtocol {
         public var path: String?
         public var readOnly: Bool?
         public var allowOther: Bool?
+        public var maintenance: MaintenanceRequest?
 
         public init(op: String, vm: String? = nil, force: Bool? = nil, path: String? = nil, readOnly: Bool? = nil,
                     allowOther: Bool? = nil) {
@@ -33,6 +34,7 @@ public enum ControlProtocol {
         public var status: DaemonStatus?
         public var text: String?
         public var mounts: [HostMount]?
+        public var maintenance: MaintenanceResponse?
 
         public init(ok: Bool, error: String? = nil, status: DaemonStatus? = nil, text: String? = nil, mounts: [HostMount]? = nil) {
             self.ok = ok

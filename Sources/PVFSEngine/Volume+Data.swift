@@ -154,9 +154,15 @@ extension Volume {
         let data: InodeData
         let attributes: Attributes
         do throws(Errno) {
-            let (newIno, r) = try createInode(parent, name, mode: FileKind.regular.modeBits | (mode & permissionBitsMask), ctx)
+            let (newIno, r, file) = try createInodeKeepingFile(parent, name, mode: FileKind.regular.modeBits | (mode & permissionBitsMask), ctx)
             ino = newIno
-            data = try retainData(ino, r)
+            if let file, openData[ino] == nil {
+                data = InodeData(inode: ino, file: file, size: 0)
+                data.openCount = 1
+                openData[ino] = data
+            } else {
+                data = try retainData(ino, r)
+            }
             let access = flags & O_ACCMODE
             if access == O_WRONLY || access == O_RDWR { data.writers += 1 }
             attributes = self.attributes(ino, r)

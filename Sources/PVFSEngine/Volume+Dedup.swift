@@ -116,7 +116,14 @@ extension Volume {
         try? quota.charge(bytes: after.bytes - before.bytes, inodes: after.inodes - before.inodes)
         data.file = blobFile
         data.generation &+= 1
-        removePrivateFile(ino)
+        // The private file is the only copy the old record describes: remove it only once the
+        // new record is durable (an orphan left by a failed sync is removed by recovery or fsck).
+        do {
+            try store.syncCatalogLog()
+            removePrivateFile(ino)
+        } catch {
+            logger.warning("dedup: inode \(ino): \(error); its private file stays until recovery")
+        }
         return .replaced
     }
 

@@ -159,6 +159,14 @@ extension Volume {
     /// Caller holds metaLock.
     func createInode(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, rdev: UInt64 = 0,
                      symlinkTarget: [UInt8]? = nil, _ ctx: RequestContext) throws(Errno) -> (InodeNumber, InodeRecord) {
+        let (ino, record, _) = try createInodeKeepingFile(parent, name, mode: mode, rdev: rdev, symlinkTarget: symlinkTarget, ctx)
+        return (ino, record)
+    }
+
+    /// createInode that also hands back the open data file of a new regular file (create opens
+    /// it right away: no second openat).
+    func createInodeKeepingFile(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, rdev: UInt64 = 0,
+                                symlinkTarget: [UInt8]? = nil, _ ctx: RequestContext) throws(Errno) -> (InodeNumber, InodeRecord, HostFile?) {
         try ctx.requireWritable()
         var dir = try requireDirectory(parent)
         if FileName.isDot(name) || FileName.isDotDot(name) { throw Errno.fileExists }
@@ -207,17 +215,16 @@ extension Volume {
             let file = try openPrivateFile(ino, create: true)
             // The data file exists before the catalog names it; a crash in between leaves an
             // orphan that recovery removes.
-            defer { _ = file }
             do throws(Errno) {
                 try apply(edit)
             } catch {
                 removePrivateFile(ino)
                 throw error
             }
-        } else {
-            try apply(edit)
+            return (ino, record, file)
         }
-        return (ino, record)
+        try apply(edit)
+        return (ino, record, nil)
     }
 
     func makeDirectory(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, _ ctx: RequestContext) throws(Errno) -> Attributes {

@@ -186,15 +186,25 @@ extension Store {
             throw error
         }
         defer { fd.closeQuietly() }
+        // Another process may be removing the same tree (crash cleanup finishing a removal that
+        // is still running): what is gone already is fine.
         for entry in try fd.directoryEntries() {
             if entry.type == DT_DIR {
                 try removeTree(at: fd, entry.name)
             } else if entry.type == DT_UNKNOWN, (try? fd.stat(at: entry.name))?.kind == .directory {
                 try removeTree(at: fd, entry.name)
             } else {
-                try fd.unlink(at: entry.name)
+                do {
+                    try fd.unlink(at: entry.name)
+                } catch {
+                    if error != .noSuchFileOrDirectory { throw error }
+                }
             }
         }
-        try parent.unlink(at: name, directory: true)
+        do {
+            try parent.unlink(at: name, directory: true)
+        } catch {
+            if error != .noSuchFileOrDirectory { throw error }
+        }
     }
 }

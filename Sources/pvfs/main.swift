@@ -1,2 +1,7 @@
+import ArgumentParser
 import PVFSCommands
-print("todo")
+
+@main
+struct PVFS: ParsableCommand {
+    static let configuration = PVFSTool.configuration
+}

@@ -66,7 +66,7 @@ final class EngineFixture {
                 try db.execute(sql: "INSERT INTO template_dirent (template_id, parent, name, ino) VALUES (1, ?, ?, ?)",
                                arguments: [parent, Array(name.utf8).databaseBlob, ino])
             }
-            try inode(1, 0o040755, 5, 4096, nil)
+            try inode(1, 0o040755, 4, 4096, nil)
             try inode(2, 0o040755, 3, 4096, nil)
             try inode(3, 0o100644, 1, 14, hostname)
             try inode(4, 0o100644, 2, 7, shared)

@@ -1,0 +1,353 @@
+import Foundation
+import GRDB
+import PVFSStore
+import PVFSSystem
+import SystemPackage
+
+// fsck and dedup of VMs: the engine's side (docs/janitor.md).
+
+/// Usage as bytes and inodes (docs/quotas.md).
+public struct UsageFigures: Codable, Sendable, Equatable {
+    public var bytes: Int64
+    public var inodes: Int64
+
+    public init(bytes: Int64, inodes: Int64) {
+        self.bytes = bytes
+        self.inodes = inodes
+    }
+}
+
+/// What checking one VM found.
+public struct VMCheckResult: Codable, Sendable {
+    public var vm: String
+    public var findings: [FsckFinding] = []
+    /// Usage as the catalog (or, for a served VM, the daemon's running total) has it, and as
+    /// the data says.
+    public var recordedUsage: UsageFigures?
+    public var computedUsage: UsageFigures?
+    /// Why the VM was not checked (in use by another process), nil when it was.
+    public var skipped: String?
+    /// Parts of the check left out, and why.
+    public var notes: [String] = []
+
+    public init(vm: String) { self.vm = vm }
+}
+
+extension Volume {
+    /// Where an inode's private data file lies below the VM's directory (`vms/<id>/`).
+    public static func privateDataPath(_ ino: UInt64) -> String { "data/" + dataPath(ino) }
+
+    /// Checks this (open) volume's overlay against its private files and its usage against its
+    /// data, under the metadata lock; with `repair`, fixes what it can (the running usage total
+    /// is replaced by the recomputed one). Used by the daemon for the VMs it serves.
+    public func check(repair: Bool) -> VMCheckResult {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        var result = VMCheckResult(vm: name)
+        let files = OverlayChecker.listDataFiles(dataDirectory)
+        var sizes = files.sizes
+        for (ino, data) in openData {
+            data.lock.lock()
+            if data.file?.isPrivate == true { sizes[ino] = data.size }
+            data.lock.unlock()
+        }
+        let checker = OverlayChecker(vmName: name, template: template, overlay: overlay, openInodes: Set(openData.keys),
+                                     files: files, sizes: sizes)
+        let plan = checker.run()
+        result.findings = plan.findings
+        if repair && !plan.isEmpty {
+            do throws(Errno) {
+                try commit(plan.changes)
+                for ino in plan.emptyFiles {
+                    if let fd = try? FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), [.writeOnly, .create, .noFollow], mode: 0o600) {
+                        fd.closeQuietly()
+                    }
+                }
+                for path in plan.removedFiles { _ = try? dataDirectory.unlink(at: path) }
+                result.findings = result.findings.map { f in var f = f; if f.status == .found { f.status = .repaired }; return f }
+            } catch {
+                result.findings.append(FsckFinding(area: "vm", kind: "repair-failed", subject: "vm \(name)",
+                                                   message: "cannot write the repairs: \(error)", status: .found))
+            }
+        }
+        // With a writer open, a write may be between its charge and its size update: compare
+        // only a quiet volume.
+        if openData.values.contains(where: { $0.writers > 0 }) {
+            result.notes.append("files are open for writing; usage was not compared")
+            return result
+        }
+        let computed = computeUsage()
+        let recorded = quota.usage
+        result.recordedUsage = UsageFigures(bytes: recorded.bytes, inodes: recorded.inodes)
+        result.computedUsage = UsageFigures(bytes: computed.bytes, inodes: computed.inodes)
+        if computed != recorded {
+            var finding = OverlayChecker.driftFinding(name, recorded: recorded, computed: computed)
+            if repair {
+                quota.setUsage(computed)
+                finding.status = .repaired
+            }
+            result.findings.append(finding)
+        }
+        return result
+    }
+
+    /// Checks a VM no process holds, taking its lock for the duration (so nothing changes it);
+    /// `skipped` is set when another process holds it (the daemon or a FUSE mount). Reads the
+    /// catalog and the private files only, unless `repair`: then fixes the overlay, removes
+    /// orphans, and writes the recomputed usage (marking the VM cleanly closed when nothing
+    /// remains to fix, which is all an open after an unclean shutdown would do).
+    public static func check(store: Store, vm: VMRecord, repair: Bool) throws -> VMCheckResult {
+        var result = VMCheckResult(vm: vm.name)
+        let directory: FileDescriptor
+        do {
+            directory = try FileDescriptor.open(at: store.vmsDirectory, String(vm.id), [.directory, .readOnly, .noFollow])
+        } catch {
+            result.skipped = "its private area vms/\(vm.id) cannot be opened: \(error)"
+            return result
+        }
+        defer { directory.closeQuietly() }
+        guard let lock = try LockFile.acquire(at: directory, "lock", exclusive: true, nonBlocking: true) else {
+            result.skipped = "in use by another process"
+            return result
+        }
+        defer { withExtendedLifetime(lock) {} }
+        let subject = "vm \(vm.name)"
+        let (image, clean): (TemplateImage, Bool)
+        do {
+            (image, clean) = try store.catalog.read { db in
+                (try TemplateImage.load(templateID: vm.templateID, from: db),
+                 (try Int64.fetchOne(db, sql: "SELECT usage_clean FROM vm WHERE id = ?", arguments: [vm.id]) ?? 1) != 0)
+            }
+        } catch {
+            result.findings.append(FsckFinding(area: "vm", kind: "template-unloadable", subject: subject,
+                                               message: "its template \(vm.template) cannot be loaded: \(error)", status: .unrepairable))
+            return result
+        }
+        let journal = OverlayJournal(catalog: store.catalog, vmID: vm.id)
+        var overlay = try journal.load()
+        let data = try? FileDescriptor.open(at: directory, "data", [.directory, .readOnly, .noFollow])
+        defer { data?.closeQuietly() }
+        let files = data.map(OverlayChecker.listDataFiles) ?? OverlayChecker.DataFiles()
+        let checker = OverlayChecker(vmName: vm.name, template: image, overlay: overlay, openInodes: [], files: files, sizes: files.sizes)
+        let plan = checker.run()
+        result.findings = plan.findings
+        if !clean {
+            result.findings.append(FsckFinding(area: "vm", kind: "vm-unclean-shutdown", subject: subject,
+                                               message: "VM \(vm.name) was not closed cleanly (its holder died); its usage and orphans are recovered at its next open",
+                                               status: .found))
+        }
+        var sizes = files.sizes
+        if repair {
+            try journal.commit(plan.changes)
+            for change in plan.changes { overlay.apply(change) }
+            if let data {
+                for ino in plan.emptyFiles {
+                    _ = Volume.makeDirectoryIfMissing(data, String(dataPath(ino).prefix(2)))
+                    if let fd = try? FileDescriptor.open(at: data, dataPath(ino), [.writeOnly, .create, .noFollow], mode: 0o600) {
+                        fd.closeQuietly()
+                        sizes[ino] = 0
+                    }
+                }
+                for path in plan.removedFiles { _ = try? data.unlink(at: path) }
+            }
+            if let tmp = try? FileDescriptor.open(at: directory, "tmp", [.directory, .readOnly, .noFollow]) {
+                for entry in (try? tmp.directoryEntries()) ?? [] { _ = try? tmp.unlink(at: entry.name) }
+                tmp.closeQuietly()
+            }
+            for i in result.findings.indices where result.findings[i].status == .found { result.findings[i].status = .repaired }
+        }
+        let computed = OverlayChecker.usage(overlay: overlay, template: image, sizes: sizes, openInodes: [])
+        let recorded = QuotaAccount.Usage(bytes: vm.usedBytes, inodes: vm.usedInodes)
+        result.recordedUsage = UsageFigures(bytes: recorded.bytes, inodes: recorded.inodes)
+        result.computedUsage = UsageFigures(bytes: computed.bytes, inodes: computed.inodes)
+        if computed != recorded {
+            var finding = OverlayChecker.driftFinding(vm.name, recorded: recorded, computed: computed)
+            if repair { finding.status = .repaired }
+            result.findings.append(finding)
+        }
+        if repair {
+            let settled = result.findings.allSatisfy { $0.status != .found }
+            try store.catalog.write { db in
+                try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = ? WHERE id = ?",
+                               arguments: [computed.bytes, computed.inodes, settled ? 1 : (clean ? 1 : 0), vm.id])
+            }
+        }
+        return result
+    }
+}
+
+/// The checks of a VM's overlay, over a consistent snapshot of it (taken under the volume's
+/// metadata lock, or with the VM's lock held).
+struct OverlayChecker {
+    struct DataFiles {
+        /// Private data files by inode: their path below data/.
+        var paths: [InodeNumber: String] = [:]
+        var sizes: [InodeNumber: Int64] = [:]
+        /// Names in data/ that are not `<xx>/<ino>` of the right shard.
+        var unexpected: [String] = []
+    }
+
+    struct Plan {
+        var findings: [FsckFinding] = []
+        var changes: [OverlayChange] = []
+        /// Paths below data/ to remove (after the changes are committed).
+        var removedFiles: [String] = []
+        /// Inodes whose lost data file is recreated empty.
+        var emptyFiles: [InodeNumber] = []
+
+        var isEmpty: Bool { changes.isEmpty && removedFiles.isEmpty && emptyFiles.isEmpty }
+    }
+
+    let vmName: String
+    let template: TemplateImage
+    let overlay: OverlayState
+    let openInodes: Set<InodeNumber>
+    let files: DataFiles
+    let sizes: [InodeNumber: Int64]
+
+    static func listDataFiles(_ data: FileDescriptor) -> DataFiles {
+        var result = DataFiles()
+        for shard in (try? data.directoryEntries()) ?? [] {
+            guard let fd = try? FileDescriptor.open(at: data, shard.name, [.directory, .readOnly, .noFollow]) else {
+                result.unexpected.append(shard.name)
+                continue
+            }
+            defer { fd.closeQuietly() }
+            for file in (try? fd.directoryEntries()) ?? [] {
+                let path = shard.name + "/" + file.name
+                guard let ino = UInt64(file.name), Volume.dataPath(ino) == path else {
+                    result.unexpected.append(path)
+                    continue
+                }
+                result.paths[ino] = path
+                result.sizes[ino] = (try? fd.stat(at: file.name))?.size ?? 0
+            }
+        }
+        return result
+    }
+
+    /// Whether an inode is part of the VM's view (not removed).
+    private func exists(_ ino: InodeNumber) -> Bool {
+        if let own = overlay.inodes[ino] { return own.linkCount > 0 || openInodes.contains(ino) }
+        return ino <= template.maximumInode && template.record(ino) != nil
+    }
+
+    private func isDirectory(_ ino: InodeNumber) -> Bool {
+        if let own = overlay.inodes[ino] { return own.isDirectory }
+        return ino <= template.maximumInode && template.record(ino)?.isDirectory == true
+    }
+
+    func run() -> Plan {
+        var plan = Plan()
+        let subject = "vm \(vmName)"
+        func found(_ kind: String, _ message: String, status: FsckFinding.Status = .found) {
+            plan.findings.append(FsckFinding(area: "vm", kind: kind, subject: subject, message: message, status: status))
+        }
+        // Entries.
+        for (parent, entries) in overlay.entries.sorted(by: { $0.key < $1.key }) {
+            guard exists(parent) && isDirectory(parent) else {
+                found("entries-orphan", "\(entries.count) entries of directory inode \(parent), which no longer exists")
+                plan.changes.append(.deleteAllEntries(parent: parent))
+                continue
+            }
+            for (name, ino) in entries.sorted(by: { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }) where ino != 0 && !exists(ino) {
+                found("dirent-dangling", "entry '\(String(decoding: name.bytes, as: UTF8.self))' in directory inode \(parent) points at missing inode \(ino)")
+                let templateHas = parent <= template.maximumInode && template.directories[parent]?[name] != nil
+                plan.changes.append(templateHas ? .putEntry(parent: parent, name: name, inode: 0) : .deleteEntry(parent: parent, name: name))
+            }
+        }
+        // Records.
+        for (ino, r) in overlay.inodes.sorted(by: { $0.key < $1.key }) {
+            let isTemplate = ino <= template.maximumInode
+            if r.linkCount == 0 && !openInodes.contains(ino) {
+                if isTemplate {
+                    guard r.data != .none || r.privateXattrs else { continue }  // a proper tombstone
+                    found("tombstone-with-data", "removed template inode \(ino) still holds data or xattrs (it was open when its holder died)")
+                    var tombstone = r
+                    tombstone.data = .none
+                    tombstone.privateXattrs = false
+                    plan.changes.append(.putInode(ino, tombstone))
+                    plan.changes.append(.replaceXattrs(ino, [:]))
+                } else {
+                    found("inode-orphan", "inode \(ino) has no names (it was open when its holder died)")
+                    plan.changes.append(.deleteInode(ino))
+                }
+                if r.data == .privateFile, let path = files.paths[ino] { plan.removedFiles.append(path) }
+                continue
+            }
+            if r.data == .privateFile && files.paths[ino] == nil {
+                plan.findings.append(FsckFinding(area: "vm", kind: "private-file-missing", subject: subject,
+                                                 message: "the data file of inode \(ino) (\(Volume.privateDataPath(ino))) is missing: its content is lost; repair recreates it empty",
+                                                 status: .unrepairable))
+                var emptied = r
+                emptied.size = 0
+                emptied.blocks = 0
+                plan.changes.append(.putInode(ino, emptied))
+                plan.emptyFiles.append(ino)
+            }
+        }
+        // Files.
+        for (ino, path) in files.paths.sorted(by: { $0.key < $1.key }) {
+            guard overlay.inodes[ino]?.data != .privateFile else { continue }
+            found("private-file-orphan", "data/\(path) belongs to no inode of the VM")
+            plan.removedFiles.append(path)
+        }
+        for path in files.unexpected {
+            plan.findings.append(FsckFinding(area: "vm", kind: "private-file-unexpected", subject: subject,
+                                             message: "data/\(path) is not a private file name; remove it by hand", status: .found))
+        }
+        return plan
+    }
+
+    /// Usage by the charging rule (docs/quotas.md), as `Volume.computeUsage` computes it.
+    static func usage(overlay: OverlayState, template: TemplateImage, sizes: [InodeNumber: Int64],
+                      openInodes: Set<InodeNumber>) -> QuotaAccount.Usage {
+        var total = QuotaAccount.Usage(bytes: 0, inodes: 0)
+        for (ino, record) in overlay.inodes where record.linkCount > 0 || openInodes.contains(ino) {
+            let size = record.data == .privateFile ? sizes[ino] : nil
+            let charge = Charge.of(record, createdByVM: ino > template.maximumInode, privateSize: size,
+                                   xattrBytes: record.privateXattrs ? Charge.xattrBytes(overlay.xattrs[ino] ?? [:]) : 0)
+            total.bytes += charge.bytes
+            total.inodes += charge.inodes
+        }
+        return total
+    }
+
+    static func driftFinding(_ vm: String, recorded: QuotaAccount.Usage, computed: QuotaAccount.Usage) -> FsckFinding {
+        FsckFinding(area: "usage", kind: "usage-drift", subject: "vm \(vm)",
+                    message: "usage recorded as \(recorded.bytes) bytes, \(recorded.inodes) inodes; the data says \(computed.bytes) bytes, \(computed.inodes) inodes",
+                    status: .found)
+    }
+}
+
+/// A volume this process holds, as dedup's driver talks to it.
+public final class VolumeDedupTarget: DedupTarget, @unchecked Sendable {
+    public let volume: Volume
+
+    public init(_ volume: Volume) { self.volume = volume }
+
+    public var vmName: String { volume.name }
+
+    public func dedupCandidates(minimumSize: Int64) throws -> [DedupCandidate] {
+        volume.privateFiles(minimumSize: minimumSize).map { DedupCandidate(inode: $0.inode, size: $0.size) }
+    }
+
+    public func openCandidate(_ inode: UInt64) throws -> FileDescriptor {
+        try volume.openPrivateFileForReading(inode)
+    }
+
+    public func replace(_ inode: UInt64, blobID: Int64, hash: BlobHash) throws -> DedupReplacement {
+        DedupReplacement(try volume.replaceWithBlob(inode, blobID: blobID, hash: hash))
+    }
+}
+
+extension DedupReplacement {
+    public init(_ outcome: DedupOutcome) {
+        switch outcome {
+        case .replaced: self = .replaced
+        case .skippedBusy: self = .skippedBusy
+        case .skippedChanged: self = .skippedChanged
+        case .skippedGone: self = .skippedGone
+        }
+    }
+}
