@@ -17,7 +17,10 @@
 #                                     manifest check), or nothing
 # Helpers hooks can use: xs_attach_9pfs DOMID TAG PATH [DEVID], xs_detach_9pfs DOMID [DEVID],
 # t MSG (timestamped log line), marker NAME ok|fail DETAIL.
-# Settings: /etc/pvfs-xen.conf (written per run by run-xen-9pfs.sh).
+# Settings: /etc/pvfs-xen.conf (written per run by run-xen-9pfs.sh). Besides the file checks,
+# the domU can instead boot its root from the share (XEN_DOMU_RAMDISK/XEN_DOMU_CMDLINE from
+# `pvfs-vm boot-files --transport xen`, XEN_SHARE_SEED = the root tree, XEN_MARKER_NONCE = what
+# the booted tree must write to /var/lib/pvfs-boot-marker).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin:/usr/local/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -37,7 +40,10 @@ finish() {
 }
 
 XEN_TAG=share XEN_SHARE=/srv/share XEN_QUOTA_FS="" XEN_DOMU_EXTRA="" XEN_DOMU_MEM=256 XEN_DOMU_WAIT=600
+XEN_DOMU_RAMDISK=/guest/initrd.img XEN_DOMU_CMDLINE="" XEN_SHARE_SEED="" XEN_MARKER_NONCE=""
 [ -f /etc/pvfs-xen.conf ] && . /etc/pvfs-xen.conf
+[ -n "$XEN_DOMU_CMDLINE" ] ||
+    XEN_DOMU_CMDLINE="console=hvc0 rdinit=/init quiet loglevel=3 panic=-1 pvfs.trans=xen pvfs.tag=$XEN_TAG $XEN_DOMU_EXTRA"
 grep -q 'pvfsxen=shell' /proc/cmdline && XEN_SHELL=1
 
 # xs_attach_9pfs DOMID TAG PATH [DEVID]: create a PV 9pfs device by writing xenstore the way
@@ -95,6 +101,9 @@ else
     t "share: no loop ext2 ($(tail -2 /tmp/mke2fs.log | tr '\n' ' ')); using dom0's rootfs"
 fi
 chmod 755 "$XEN_SHARE"
+if [ -n "$XEN_SHARE_SEED" ]; then
+    cp -a "$XEN_SHARE_SEED/." "$XEN_SHARE/" && t "share seeded from $XEN_SHARE_SEED ($(du -sk "$XEN_SHARE" | cut -f1) KiB)"
+fi
 
 . /etc/pvfs-xen/backend.sh
 t "backend: ${XEN_BACKEND:-?}"
@@ -107,8 +116,8 @@ cat >/tmp/domU.cfg <<EOF
 name = "domU"
 type = "pv"
 kernel = "/guest/vmlinux"
-ramdisk = "/guest/initrd.img"
-extra = "console=hvc0 rdinit=/init quiet loglevel=3 panic=-1 pvfs.trans=xen pvfs.tag=$XEN_TAG $XEN_DOMU_EXTRA"
+ramdisk = "$XEN_DOMU_RAMDISK"
+extra = "$XEN_DOMU_CMDLINE"
 memory = $XEN_DOMU_MEM
 vcpus = 1
 on_poweroff = "destroy"
@@ -174,7 +183,16 @@ if grep -q 'PVFS-TEST-DONE' /var/log/xen/console/guest-domU.log; then :; else
 fi
 
 view=$(backend_host_view "$XEN_SHARE")
-if [ -n "$view" ] && [ -f "$view/pvfs-fileops/MANIFEST" ] && [ ! -s "$view/pvfs-fileops/MANIFEST" ]; then
+if [ -n "$XEN_MARKER_NONCE" ]; then
+    got=$(cat "$view/var/lib/pvfs-boot-marker" 2>&1)
+    case $got in
+    "$XEN_MARKER_NONCE "*) marker xen-dom0-marker ok "the booted root wrote: $got" ;;
+    *) marker xen-dom0-marker fail "marker: '$got', want nonce $XEN_MARKER_NONCE" ;;
+    esac
+fi
+if [ -n "$XEN_MARKER_NONCE" ]; then
+    : # a root boot, not the file checks: no manifest
+elif [ -n "$view" ] && [ -f "$view/pvfs-fileops/MANIFEST" ] && [ ! -s "$view/pvfs-fileops/MANIFEST" ]; then
     t "manifest empty (the checks that write it were skipped)"
 elif [ -n "$view" ]; then
     if [ -f "$view/pvfs-fileops/MANIFEST" ] && (cd "$view/pvfs-fileops" && sha256sum -c -s MANIFEST); then

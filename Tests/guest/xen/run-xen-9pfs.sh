@@ -16,6 +16,10 @@
 #                           needs --store S --vm NAME, and the binaries via --pvfsd/--pvfs-vm or
 #                           --build-pvfs (swift build -c release --static-swift-stdlib)
 #   --backend FILE          any hook file (see the hook list in xen/dom0-init.sh)
+#   --boot-root             instead of the file checks, boot the domU's root from the share through
+#                           the initramfs of `pvfs-vm boot-files --transport xen`: the share holds
+#                           a small busybox root whose init reports and writes a marker that
+#                           dom0 reads back
 #   --tag TAG               9pfs tag (default share)
 #   --quota BYTES           quota the backend enforces: enables the df and EDQUOT checks
 #   --quota-fs BYTES        share is a dom0 tmpfs of that size: df and ENOSPC checks against a
@@ -29,7 +33,7 @@
 #   --env NAME=VALUE        a setting for the hook (written to dom0's /etc/pvfs-xen.conf)
 #   --dom0-append ARGS      extra dom0 kernel arguments;  --domu-append ARGS: extra domU ones
 #   --cpu MODEL             QEMU CPU model (default $PVFS_XEN_CPU or max,-xsave; see README)
-#   --dom0-mem MIB          dom0 memory (default 768; QEMU gets dom0 + 1280 MiB)
+#   --dom0-mem MIB          dom0 memory (default 768, 1024 with pvfsd; QEMU gets dom0 + 1280 MiB)
 #   --timeout S             bound on the whole QEMU run (default 1800)
 #   --shell                 stop in a dom0 shell after the toolstack is up (interactive)
 #   --log FILE              keep the serial log there
@@ -39,12 +43,13 @@ XEN_DIR=$(cd "$(dirname "$0")" && pwd)
 . "$XEN_DIR/../lib.sh"
 
 BACKEND=qemu-xl TAG=share QUOTA="" QUOTAFS="" SKIP="-" LARGE=8 NDIR=30 DOM0MEM=768 TIMEOUT=1800 SHELLMODE=0 KEEPLOG=""
-CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
+DOM0MEM_SET=0 BOOTROOT=0 CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
 DOM0_FILES=() DOM0_TREES=() HOOK_ENV=()
 while [ $# -gt 0 ]; do
     case $1 in
     --backend) BACKEND=$2; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
+    --boot-root) BOOTROOT=1; shift ;;
     --quota) QUOTA=$2; shift 2 ;;
     --quota-fs) QUOTAFS=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
@@ -58,7 +63,7 @@ while [ $# -gt 0 ]; do
     --build-pvfs) BUILD_PVFS=1; shift ;;
     --store) STORE=$2; shift 2 ;;
     --vm) VM=$2; shift 2 ;;
-    --dom0-mem) DOM0MEM=$2; shift 2 ;;
+    --dom0-mem) DOM0MEM=$2; DOM0MEM_SET=1; shift 2 ;;
     --cpu) CPU=$2; shift 2 ;;
     --dom0-append) DOM0APPEND=$2; shift 2 ;;
     --domu-append) DOMUAPPEND=$2; shift 2 ;;
@@ -102,7 +107,15 @@ if [ "$BACKEND" = pvfsd ]; then
         PVFSVM_BIN=${PVFSVM_BIN:-$GUEST_REPO_ROOT/.build/release/pvfs-vm}
     fi
     [ -x "$PVFSD_BIN" ] && [ -x "$PVFSVM_BIN" ] || gdie "pvfsd backend needs --pvfsd BIN --pvfs-vm BIN (or --build-pvfs)"
-    DOM0_FILES+=("$PVFSD_BIN:/usr/local/bin/pvfsd" "$PVFSVM_BIN:/usr/local/bin/pvfs-vm")
+    # Debug info would double the binaries' size in dom0's memory.
+    for b in "$PVFSD_BIN:pvfsd" "$PVFSVM_BIN:pvfs-vm"; do
+        if command -v strip >/dev/null && strip -o "$GUEST_WORK/${b#*:}" "${b%%:*}"; then
+            DOM0_FILES+=("$GUEST_WORK/${b#*:}:/usr/local/bin/${b#*:}")
+        else
+            DOM0_FILES+=("${b%%:*}:/usr/local/bin/${b#*:}")
+        fi
+    done
+    [ "$DOM0MEM_SET" = 1 ] || DOM0MEM=1024
     DOM0_TREES+=("$STORE:/var/lib/pvfs")
     HOOK_ENV+=("PVFS_XEN_STORE=/var/lib/pvfs" "PVFS_XEN_VM=$VM")
 fi
@@ -154,6 +167,42 @@ XEN_SHELL=$SHELLMODE
 "
 for e in "${HOOK_ENV[@]}"; do CONF+="${e%%=*}='${e#*=}'"$'\n'; done
 guest_initramfs_new
+if [ "$BOOTROOT" = 1 ]; then
+    # A minimal root tree: static busybox and an init that proves it ran from the 9P root.
+    NONCE=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    SEED=$GUEST_WORK/rootseed
+    mkdir -p "$SEED"/{bin,sbin,etc,proc,sys,dev,tmp,run,var/lib,usr/bin,usr/sbin}
+    cp /bin/busybox "$SEED/bin/busybox"
+    for app in $(/bin/busybox --list-full); do [ -e "$SEED/$app" ] || ln -s /bin/busybox "$SEED/$app"; done
+    cat >"$SEED/sbin/pvfs-boot-marker" <<'MARKER'
+#!/bin/sh
+# PID 1 of a domU whose root is a Xen 9pfs share (installed by run-xen-9pfs.sh --boot-root).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+up() { cut -d' ' -f1 /proc/uptime; }
+echo "PVFS-TEST root-init ok pid $$ at $(up)s from the 9P root"
+root=$(awk '$2 == "/" { print $3 " " $1 " " $4 }' /proc/mounts | tail -1)
+case $root in 9p*trans=xen*) echo "PVFS-TEST root-is-9p ok $root" ;; *) echo "PVFS-TEST root-is-9p fail $root" ;; esac
+nonce=$(sed -n 's/.*pvfs\.nonce=\([^ ]*\).*/\1/p' /proc/cmdline)
+if echo "$nonce $(uname -r) $(up)" >/var/lib/pvfs-boot-marker && sync; then
+    echo "PVFS-TEST marker-written ok nonce $nonce"
+else
+    echo "PVFS-TEST marker-written fail"
+fi
+echo "PVFS-TEST-DONE uptime=$(up)"
+poweroff -f
+MARKER
+    chmod 755 "$SEED/sbin/pvfs-boot-marker"
+    guest_boot_files bootroot --transport xen --tag "$TAG" --kernel "$KERNEL" --output "$GUEST_WORK/boot" \
+        --on-failure poweroff --init /sbin/pvfs-boot-marker --append "quiet loglevel=3 panic=-1 pvfs.nonce=$NONCE" >&2
+    [ -s "$GUEST_WORK/boot/initrd.img" ] || gdie "boot-files produced no initrd"
+    guest_initramfs_file "$GUEST_WORK/boot/initrd.img" /guest/boot-initrd.img 0644
+    guest_initramfs_tree "$SEED" /srv/rootseed
+    CONF+="XEN_DOMU_RAMDISK=/guest/boot-initrd.img
+XEN_DOMU_CMDLINE='$(cat "$GUEST_WORK/boot/cmdline")'
+XEN_SHARE_SEED=/srv/rootseed
+XEN_MARKER_NONCE=$NONCE
+"
+fi
 guest_initramfs_text /etc/pvfs-xen.conf 0644 "$CONF"
 guest_initramfs_file "$HOOK" /etc/pvfs-xen/backend.sh 0644
 for f in "${DOM0_FILES[@]}"; do
