@@ -9,6 +9,7 @@
 #   guest_kernel / guest_kver        the guest kernel (newest /boot/vmlinuz-*-amd64, or $PVFS_GUEST_KERNEL)
 #   guest_modules_order MOD...       module names in load order (dependencies first)
 #   guest_initramfs_*                build a busybox initramfs from a recipe, cached by content hash
+#   guest_simple_initramfs NAME INIT MOD...   the common case: busybox + modules + an /init
 #   guest_helper                     the static pvfs-guest-helper binary (built once, cached)
 #   guest_test_initramfs             the standard test initramfs (guest-init.sh + fileops.sh)
 #   guest_boot_qemu                  boot QEMU TCG, serial log to a file, bounded by timeout
@@ -242,11 +243,11 @@ guest_initramfs_pack() {
     # /dev/console so that /init has a console even before devtmpfs is mounted.
     mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
     if [ "$comp" = none ]; then
-        (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$img.tmp"
+        (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$img.$$"
     else
-        (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 -n >"$img.tmp"
+        (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 -n >"$img.$$"
     fi
-    mv "$img.tmp" "$img"
+    mv "$img.$$" "$img" # atomic: concurrent runs never see a partial image
     rm -rf "$stage"
     # Images of this name that have not been built or reused for two days are stale.
     find "$GUEST_CACHE" -maxdepth 1 -name "$name-*" ! -newer "$img" -mtime +2 -delete 2>/dev/null || true
@@ -265,17 +266,29 @@ guest_vmlinux() {
         for magic in 'xz:\xfd7zXZ\x00' 'zstd:\x28\xb5\x2f\xfd' 'gzip:\x1f\x8b\x08'; do
             tool=${magic%%:*}
             for off in $(LC_ALL=C grep -aboP "${magic#*:}" "$k" 2>/dev/null | cut -d: -f1); do
-                if tail -c +$((off + 1)) "$k" | "$tool" -dc 2>/dev/null >"$out.tmp"; [ -s "$out.tmp" ] &&
-                    [ "$(head -c 4 "$out.tmp" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
-                    mv "$out.tmp" "$out"
+                if tail -c +$((off + 1)) "$k" | "$tool" -dc 2>/dev/null >"$out.$$"; [ -s "$out.$$" ] &&
+                    [ "$(head -c 4 "$out.$$" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
+                    mv "$out.$$" "$out"
                     break 2
                 fi
             done
         done
-        rm -f "$out.tmp"
+        rm -f "$out.$$"
         [ -s "$out" ] || gdie "cannot extract vmlinux from $k"
     fi
     echo "$out"
+}
+
+# guest_simple_initramfs NAME INIT_SCRIPT MOD...: busybox + the modules (dependencies first,
+# listed in /modules/order for `insmod /modules/$m.ko`) + INIT_SCRIPT as /init; prints the image.
+guest_simple_initramfs() {
+    local name=$1 init=$2
+    shift 2
+    guest_initramfs_new
+    guest_initramfs_busybox
+    [ $# -gt 0 ] && guest_initramfs_modules "$(guest_kver)" "$@"
+    guest_initramfs_file "$init" /init 0755
+    guest_initramfs_pack "$name"
 }
 
 # ---------------------------------------------------------------- the test initramfs
@@ -287,8 +300,8 @@ guest_helper() {
     out=$GUEST_CACHE/pvfs-guest-helper-$key
     if [ ! -x "$out" ]; then
         if ! command -v cc >/dev/null; then glog "no C compiler: xattr and non-root checks will be skipped"; return 0; fi
-        cc -static -Os -Wall -o "$out.tmp" "$src" || gdie "building pvfs-guest-helper failed"
-        mv "$out.tmp" "$out"
+        cc -static -Os -Wall -o "$out.$$" "$src" || gdie "building pvfs-guest-helper failed"
+        mv "$out.$$" "$out"
     fi
     echo "$out"
 }

@@ -15,6 +15,10 @@
 #   --backend pvfsd         pvfsd + pvfs-vm in dom0 (see xen/backends/pvfsd.sh for the contract);
 #                           needs --store S --vm NAME, and the binaries via --pvfsd/--pvfs-vm or
 #                           --build-pvfs (swift build -c release --static-swift-stdlib)
+#   --backend-cmd CMD       any backend process: the domU is created paused, its 9pfs device is
+#                           attached (xenstore nodes as libxl writes them, or --attach-cmd CMD),
+#                           CMD starts in the background, the domU is unpaused. {domid}, {tag}
+#                           and {path} are substituted. Ship its binaries with --dom0-file.
 #   --backend FILE          any hook file (see the hook list in xen/dom0-init.sh)
 #   --boot-root             instead of the file checks, boot the domU's root from the share through
 #                           the initramfs of `pvfs-vm boot-files --transport xen`: the share holds
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
     --backend) BACKEND=$2; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
     --boot-root) BOOTROOT=1; shift ;;
+    --backend-cmd) BACKEND=command; HOOK_ENV+=("XEN_BACKEND_CMD=$2"); shift 2 ;;
+    --attach-cmd) HOOK_ENV+=("XEN_ATTACH_CMD=$2"); shift 2 ;;
     --quota) QUOTA=$2; shift 2 ;;
     --quota-fs) QUOTAFS=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
@@ -76,13 +82,13 @@ while [ $# -gt 0 ]; do
 done
 
 case $BACKEND in
-qemu-xl | qemu-manual | pvfsd) HOOK=$XEN_DIR/backends/$BACKEND.sh ;;
+qemu-xl | qemu-manual | pvfsd | command) HOOK=$XEN_DIR/backends/$BACKEND.sh ;;
 *) HOOK=$BACKEND ;;
 esac
 # Known gap of QEMU 7.2's 9pfs backend (security_model=none): mkfifo gives ENXIO (it reopens the
 # new node to set its mode). Skipped for the QEMU backends unless --skip says otherwise.
 if [ "$SKIP" = - ]; then
-    case $BACKEND in qemu-*) SKIP=mknod ;; *) SKIP="" ;; esac
+    case "$BACKEND ${HOOK_ENV[*]}" in qemu-* | *xen-qemu-system*) SKIP=mknod ;; *) SKIP="" ;; esac
 fi
 [ -f "$HOOK" ] || gdie "no backend hook $HOOK"
 [ -f /boot/xen-4.17-amd64.gz ] || gdie "no /boot/xen-4.17-amd64.gz (apt-get install xen-hypervisor-4.17-amd64 xen-utils-4.17 qemu-system-xen)"
@@ -94,7 +100,7 @@ KERNEL=$(guest_kernel)
 KVER=$(guest_kver "$KERNEL")
 VMLINUX=$(guest_vmlinux "$KERNEL")
 XEN=$GUEST_CACHE/xen-$(sha256sum </boot/xen-4.17-amd64.gz | cut -c1-16)
-[ -s "$XEN" ] || { zcat /boot/xen-4.17-amd64.gz >"$XEN.tmp" && mv "$XEN.tmp" "$XEN"; } # multiboot wants the plain ELF
+[ -s "$XEN" ] || { zcat /boot/xen-4.17-amd64.gz >"$XEN.$$" && mv "$XEN.$$" "$XEN"; } # multiboot wants the plain ELF
 
 # ---- pvfsd backend: binaries built with the Swift runtime linked in, plus the store.
 if [ "$BACKEND" = pvfsd ]; then
@@ -165,7 +171,10 @@ XEN_DOMU_MEM=256
 XEN_DOMU_WAIT=$((TIMEOUT - 60))
 XEN_SHELL=$SHELLMODE
 "
-for e in "${HOOK_ENV[@]}"; do CONF+="${e%%=*}='${e#*=}'"$'\n'; done
+for e in "${HOOK_ENV[@]}"; do
+    v=${e#*=}
+    CONF+="${e%%=*}='${v//\'/\'\\\'\'}'"$'\n'
+done
 guest_initramfs_new
 if [ "$BOOTROOT" = 1 ]; then
     # A minimal root tree: static busybox and an init that proves it ran from the 9P root.
