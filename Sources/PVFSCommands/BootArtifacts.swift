@@ -268,7 +268,7 @@ public struct BootArtifactBuilder {
         """
         # Xen PV guest \(configuration.vm): root over a 9pfs device tagged '\(configuration.tag)'.
         # Create paused, attach the 9pfs device, then unpause:
-        #   xl create -p xl.cfg && pvfs-vm attach \(configuration.vm) --domid $(xl domid \(configuration.vm)) && xl unpause \(configuration.vm)
+        #   xl create -p xl.cfg && pvfs-vm attach \(configuration.vm) --domid $(xl domid \(configuration.vm)) --tag \(configuration.tag) && xl unpause \(configuration.vm)
         name = "\(configuration.vm)"
         type = "pv"
         kernel = "\(kernel)"

@@ -19,13 +19,16 @@
 #   --tree DIR    Debian tree to boot (default /srv/pvfs-cache/minbase). diod serves an overlay
 #                 of it (upper layer in the work dir), so the tree itself is never modified.
 #   --server pvfsd --store S --vm NAME: boot VM NAME from pvfsd instead; the marker files must
-#                 then already be in the VM's tree (see install_marker) and --host-view DIR, a
-#                 host path showing the VM's tree, is needed for the read-back.
+#                 then already be in the VM's tree (prepare the template's source tree with
+#                 --prepare-tree) and --host-view DIR, a host path showing the VM's tree, is
+#                 needed for the read-back.
+#   --prepare-tree DIR   install the marker script and its systemd unit into DIR and exit
+#                 (for building a pvfs template that this test can boot)
 # exit status: 0 pass, 1 fail, 2 setup error.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-TREE=/srv/pvfs-cache/minbase MODE=auto TIMEOUT="" KIND=diod STORE="" VM="" HOSTVIEW="" MSIZE="" OPTS=""
+PREPARE="" TREE=/srv/pvfs-cache/minbase MODE=auto TIMEOUT="" KIND=diod STORE="" VM="" HOSTVIEW="" MSIZE="" OPTS=""
 while [ $# -gt 0 ]; do
     case $1 in
     --tree) TREE=$2; shift 2 ;;
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
     --host-view) HOSTVIEW=$2; shift 2 ;;
     --msize) MSIZE=$2; shift 2 ;;
     --opts) OPTS=$2; shift 2 ;;
+    --prepare-tree) PREPARE=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) gdie "unknown option $1" ;;
     esac
@@ -103,6 +107,13 @@ UNIT
         ln -sf ../pvfs-boot-marker.service "$root/etc/systemd/system/multi-user.target.wants/pvfs-boot-marker.service"
     fi
 }
+
+if [ -n "$PREPARE" ]; then
+    [ -d "$PREPARE/usr/bin" ] || gdie "$PREPARE is not a Debian tree"
+    install_marker "$PREPARE" systemd
+    glog "marker script and pvfs-boot-marker.service installed in $PREPARE"
+    exit 0
+fi
 
 guest_setup
 T0=$(now)

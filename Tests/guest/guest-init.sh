@@ -17,7 +17,10 @@
 #   pvfs.quotaerr=ENAME     errno expected past the quota (default EDQUOT; ENOSPC for a small fs)
 #   pvfs.skip=a,b           fileops checks to skip (reported as skip)
 #   pvfs.large=MIB          size of the large-file check (default 16)
+#   pvfs.readdir=N          files the readdir check creates (default 300)
 #   pvfs.run=fileops|shell  shell = interactive shell on the console after mounting (debugging)
+#   pvfs.watch=SECONDS      debugging: every SECONDS print the kernel stacks of processes
+#                           blocked in the kernel (PVFS-WATCH lines), to tell slow from stuck
 #
 # Markers: "PVFS-TEST <name> ok|fail|skip <detail>" and finally "PVFS-TEST-DONE".
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -37,7 +40,7 @@ finish() {
 }
 
 TRANS=tcp SERVER=10.0.2.2 PORT=564 ANAME="" TAG=pvfs MSIZE="" OPTS="" IP=10.0.2.15/24 GW=10.0.2.2
-QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 RUN=fileops
+QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH=""
 for arg in $(cat /proc/cmdline); do
     case $arg in
     pvfs.trans=*) TRANS=${arg#*=} ;;
@@ -53,7 +56,9 @@ for arg in $(cat /proc/cmdline); do
     pvfs.quotaerr=*) QUOTAERR=${arg#*=} ;;
     pvfs.skip=*) SKIP=${arg#*=} ;;
     pvfs.large=*) LARGE=${arg#*=} ;;
+    pvfs.readdir=*) NDIR=${arg#*=} ;;
     pvfs.run=*) RUN=${arg#*=} ;;
+    pvfs.watch=*) WATCH=${arg#*=} ;;
     esac
 done
 echo "PVFS-INFO init start uptime=$(uptime_s) kernel=$(uname -r) trans=$TRANS"
@@ -91,11 +96,26 @@ else
     finish
 fi
 
+if [ -n "$WATCH" ]; then
+    (
+        while sleep "$WATCH"; do
+            for d in /proc/[0-9]*; do
+                st=$(cut -d' ' -f3 "$d/stat" 2>/dev/null)
+                w=$(cat "$d/wchan" 2>/dev/null)
+                case "$st:$w" in D:* | *:*p9* | *:*9p*)
+                    echo "PVFS-WATCH $(uptime_s) pid ${d#/proc/} $(cat "$d/comm") $st $w: $(sed 's/+0x[0-9a-f/x]*//' "$d/stack" 2>/dev/null | cut -d' ' -f2 | head -8 | tr '\n' ' ')"
+                    ;;
+                esac
+            done
+        done
+    ) &
+fi
+
 if [ "$RUN" = shell ]; then
     echo "PVFS-INFO share on /mnt; exit the shell to power off"
     setsid cttyhack sh
 else
-    PVFS_QUOTA="$QUOTA" PVFS_QUOTA_ERR="$QUOTAERR" PVFS_SKIP="$SKIP" PVFS_LARGE_MIB="$LARGE" /bin/sh /fileops.sh /mnt
+    PVFS_QUOTA="$QUOTA" PVFS_QUOTA_ERR="$QUOTAERR" PVFS_SKIP="$SKIP" PVFS_LARGE_MIB="$LARGE" PVFS_READDIR="$NDIR" /bin/sh /fileops.sh /mnt
 fi
 echo "PVFS-INFO fileops took $(echo "$(uptime_s) - $t0" | bc) s"
 

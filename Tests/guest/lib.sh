@@ -9,6 +9,7 @@
 #   guest_kernel / guest_kver        the guest kernel (newest /boot/vmlinuz-*-amd64, or $PVFS_GUEST_KERNEL)
 #   guest_modules_order MOD...       module names in load order (dependencies first)
 #   guest_initramfs_*                build a busybox initramfs from a recipe, cached by content hash
+#   guest_simple_initramfs NAME INIT MOD...   the common case: busybox + modules + an /init
 #   guest_helper                     the static pvfs-guest-helper binary (built once, cached)
 #   guest_test_initramfs             the standard test initramfs (guest-init.sh + fileops.sh)
 #   guest_boot_qemu                  boot QEMU TCG, serial log to a file, bounded by timeout
@@ -180,18 +181,37 @@ guest_initramfs_modules() {
     guest_initramfs_text /modules/order 0644 "$order"
 }
 
-# guest_initramfs_bin SRC: a dynamically linked host binary plus the libraries ldd lists.
+# guest_initramfs_tree SRC DEST: a host directory tree (files, dirs, symlinks kept as symlinks).
+guest_initramfs_tree() {
+    local src=${1%/} dest=${2%/} p rel
+    [ -d "$src" ] || gdie "initramfs input missing: $src"
+    guest_initramfs_dir "$dest"
+    while IFS= read -r -d '' p; do
+        rel=${p#"$src"}
+        if [ -L "$p" ]; then
+            guest_initramfs_link "$dest$rel" "$(readlink "$p")"
+        elif [ -d "$p" ]; then
+            guest_initramfs_dir "$dest$rel"
+        elif [ -f "$p" ]; then
+            guest_initramfs_file "$p" "$dest$rel" "$(stat -c %a "$p")"
+        fi
+    done < <(find "$src" -mindepth 1 -print0 | LC_ALL=C sort -z)
+}
+
+# guest_initramfs_bin SRC [DEST]: a dynamically linked host binary plus the libraries ldd lists
+# (the libraries keep their host paths).
 guest_initramfs_bin() {
-    local src=$1 lib
-    guest_initramfs_file "$src" "$src" 0755
+    local src=$1 dest=${2:-$1} lib
+    guest_initramfs_file "$src" "$dest" 0755
     while read -r lib; do
         [ -e "$lib" ] && guest_initramfs_file "$(readlink -f "$lib")" "$lib" 0755
     done < <(ldd "$src" 2>/dev/null | grep -oE '/[^ ]+' | sort -u)
 }
 
-# guest_initramfs_pack NAME: print the path of the image for the current recipe, building it if needed.
+# guest_initramfs_pack NAME [gzip|none]: print the path of the image for the current recipe,
+# building it if needed. "none" gives a plain cpio (bigger, but unpacks faster under emulation).
 guest_initramfs_pack() {
-    local name=$1 line kind dest mode src key img stage
+    local name=$1 comp=${2:-gzip} line kind dest mode src key img stage
     local manifest=""
     for line in "${GUEST_RECIPE[@]}"; do
         read -r kind dest mode src <<<"$line"
@@ -201,9 +221,11 @@ guest_initramfs_pack() {
             manifest+="$line"$'\n'
         fi
     done
-    key=$(printf 'layout %s\n%s' "$GUEST_LAYOUT_VERSION" "$manifest" | sha256sum | cut -c1-16)
+    key=$(printf 'layout %s %s\n%s' "$GUEST_LAYOUT_VERSION" "$comp" "$manifest" | sha256sum | cut -c1-16)
     img=$GUEST_CACHE/$name-$key.img
+    [ "$comp" = none ] && img=$GUEST_CACHE/$name-$key.cpio
     if [ -s "$img" ]; then
+        touch "$img"
         glog "initramfs $name: cached $(basename "$img")"
         echo "$img"
         return
@@ -220,11 +242,53 @@ guest_initramfs_pack() {
     done
     # /dev/console so that /init has a console even before devtmpfs is mounted.
     mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
-    (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 -n >"$img.tmp"
-    mv "$img.tmp" "$img"
+    if [ "$comp" = none ]; then
+        (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$img.$$"
+    else
+        (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 -n >"$img.$$"
+    fi
+    mv "$img.$$" "$img" # atomic: concurrent runs never see a partial image
     rm -rf "$stage"
+    # Images of this name that have not been built or reused for two days are stale.
+    find "$GUEST_CACHE" -maxdepth 1 -name "$name-*" ! -newer "$img" -mtime +2 -delete 2>/dev/null || true
     glog "initramfs $name: built $(basename "$img") ($(du -k "$img" | cut -f1) KiB)"
     echo "$img"
+}
+
+# guest_vmlinux [KERNEL]: path of the kernel's uncompressed ELF (cached). Xen loads it without
+# decompressing, which saves tens of seconds under emulation.
+guest_vmlinux() {
+    local k=${1:-$(guest_kernel)} key out off magic tool
+    key=$(sha256sum <"$k" | cut -c1-16)
+    out=$GUEST_CACHE/vmlinux-$key
+    if [ ! -s "$out" ]; then
+        # Like the kernel's scripts/extract-vmlinux: find the compressed payload, unpack it to EOF.
+        for magic in 'xz:\xfd7zXZ\x00' 'zstd:\x28\xb5\x2f\xfd' 'gzip:\x1f\x8b\x08'; do
+            tool=${magic%%:*}
+            for off in $(LC_ALL=C grep -aboP "${magic#*:}" "$k" 2>/dev/null | cut -d: -f1); do
+                if tail -c +$((off + 1)) "$k" | "$tool" -dc 2>/dev/null >"$out.$$"; [ -s "$out.$$" ] &&
+                    [ "$(head -c 4 "$out.$$" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
+                    mv "$out.$$" "$out"
+                    break 2
+                fi
+            done
+        done
+        rm -f "$out.$$"
+        [ -s "$out" ] || gdie "cannot extract vmlinux from $k"
+    fi
+    echo "$out"
+}
+
+# guest_simple_initramfs NAME INIT_SCRIPT MOD...: busybox + the modules (dependencies first,
+# listed in /modules/order for `insmod /modules/$m.ko`) + INIT_SCRIPT as /init; prints the image.
+guest_simple_initramfs() {
+    local name=$1 init=$2
+    shift 2
+    guest_initramfs_new
+    guest_initramfs_busybox
+    [ $# -gt 0 ] && guest_initramfs_modules "$(guest_kver)" "$@"
+    guest_initramfs_file "$init" /init 0755
+    guest_initramfs_pack "$name"
 }
 
 # ---------------------------------------------------------------- the test initramfs
@@ -236,8 +300,8 @@ guest_helper() {
     out=$GUEST_CACHE/pvfs-guest-helper-$key
     if [ ! -x "$out" ]; then
         if ! command -v cc >/dev/null; then glog "no C compiler: xattr and non-root checks will be skipped"; return 0; fi
-        cc -static -Os -Wall -o "$out.tmp" "$src" || gdie "building pvfs-guest-helper failed"
-        mv "$out.tmp" "$out"
+        cc -static -Os -Wall -o "$out.$$" "$src" || gdie "building pvfs-guest-helper failed"
+        mv "$out.$$" "$out"
     fi
     echo "$out"
 }

@@ -108,7 +108,9 @@ guest_results "$LOG" "9p-tcp/$KIND" || RC=1
 server_stop
 
 # Host side: the served tree must hold what the guest wrote.
-if [ -n "$HOSTVIEW" ]; then
+if [ -n "$HOSTVIEW" ] && [ -f "$HOSTVIEW/pvfs-fileops/MANIFEST" ] && [ ! -s "$HOSTVIEW/pvfs-fileops/MANIFEST" ]; then
+    glog "host check: manifest empty (the checks that write it were skipped)"
+elif [ -n "$HOSTVIEW" ]; then
     if [ -f "$HOSTVIEW/pvfs-fileops/MANIFEST" ] &&
         (cd "$HOSTVIEW/pvfs-fileops" && sha256sum --quiet -c MANIFEST) >&2; then
         glog "host check: MANIFEST matches the served tree ($(wc -l <"$HOSTVIEW/pvfs-fileops/MANIFEST") files)"

@@ -1,0 +1,262 @@
+#!/bin/bash
+# Tests/guest/xen/run-xen-9pfs.sh: the guest file-operation checks in a Xen PV domU over Xen 9pfs.
+#
+# Boots Xen 4.17 nested under QEMU TCG with Debian's kernel as PV dom0 (xen/lab-dom0-init.sh as its
+# /init). dom0 starts the toolstack, runs a 9pfs backend through a hook file (xen/backends/),
+# and boots a PV domU with the standard test initramfs (guest-init.sh + fileops.sh), which mounts
+#   mount -t 9p -o trans=xen,version=9p2000.L TAG /mnt
+# and runs the checks. The domU's console is copied to dom0's, so all PVFS-TEST markers land
+# in one serial log on the host.
+#
+# usage: run-xen-9pfs.sh [OPTIONS]
+#   --backend qemu-xl       QEMU as backend, started by libxl from a p9= line (default)
+#   --backend qemu-manual   xl create -p, xenstore nodes written by hand, QEMU started as a
+#                           separate backend process, xl unpause: the steps pvfsd will take
+#   --backend pvfsd         pvfsd + pvfs-vm in dom0 (see xen/backends/pvfsd.sh for the contract);
+#                           needs --store S --vm NAME, and the binaries via --pvfsd/--pvfs-vm or
+#                           --build-pvfs (swift build -c release --static-swift-stdlib)
+#   --backend-cmd CMD       any backend process: the domU is created paused, its 9pfs device is
+#                           attached (xenstore nodes as libxl writes them, or --attach-cmd CMD),
+#                           CMD starts in the background, the domU is unpaused. {domid}, {tag}
+#                           and {path} are substituted. Ship its binaries with --dom0-file.
+#   --backend FILE          any hook file (see the hook list in xen/lab-dom0-init.sh)
+#   --boot-root             instead of the file checks, boot the domU's root from the share through
+#                           the initramfs of `pvfs-vm boot-files --transport xen`: the share holds
+#                           a small busybox root whose init reports and writes a marker that
+#                           dom0 reads back
+#   --tag TAG               9pfs tag (default share)
+#   --quota BYTES           quota the backend enforces: enables the df and EDQUOT checks
+#   --quota-fs BYTES        share is a dom0 tmpfs of that size: df and ENOSPC checks against a
+#                           backend without quotas
+#   --skip a,b  --large MIB checks to skip / large-file size (default 8); the QEMU backends skip
+#                           mknod by default (QEMU's backend fails mkfifo with ENXIO)
+#   --readdir N             files the readdir check creates (default 30: every 9P request costs
+#                           tens to hundreds of milliseconds in nested Xen under emulation)
+#   --dom0-file SRC[:DEST]  put a host file into dom0 (ELF binaries bring their libraries)
+#   --dom0-tree SRC:DEST    put a host directory tree into dom0
+#   --env NAME=VALUE        a setting for the hook (written to dom0's /etc/pvfs-xen.conf)
+#   --dom0-append ARGS      extra dom0 kernel arguments;  --domu-append ARGS: extra domU ones
+#   --cpu MODEL             QEMU CPU model (default $PVFS_XEN_CPU or max,-xsave; see README)
+#   --dom0-mem MIB          dom0 memory (default 768, 1024 with pvfsd; QEMU gets dom0 + 1280 MiB)
+#   --timeout S             bound on the whole QEMU run (default 1800)
+#   --shell                 stop in a dom0 shell after the toolstack is up (interactive)
+#   --log FILE              keep the serial log there
+# exit status: 0 all checks passed, 1 a check failed or the run did not finish, 2 setup error.
+set -euo pipefail
+XEN_DIR=$(cd "$(dirname "$0")" && pwd)
+. "$XEN_DIR/../lib.sh"
+
+BACKEND=qemu-xl TAG=share QUOTA="" QUOTAFS="" SKIP="-" LARGE=8 NDIR=30 DOM0MEM=768 TIMEOUT=1800 SHELLMODE=0 KEEPLOG=""
+DOM0MEM_SET=0 BOOTROOT=0 CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
+DOM0_FILES=() DOM0_TREES=() HOOK_ENV=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --backend) BACKEND=$2; shift 2 ;;
+    --tag) TAG=$2; shift 2 ;;
+    --boot-root) BOOTROOT=1; shift ;;
+    --backend-cmd) BACKEND=command; HOOK_ENV+=("XEN_BACKEND_CMD=$2"); shift 2 ;;
+    --attach-cmd) HOOK_ENV+=("XEN_ATTACH_CMD=$2"); shift 2 ;;
+    --quota) QUOTA=$2; shift 2 ;;
+    --quota-fs) QUOTAFS=$2; shift 2 ;;
+    --skip) SKIP=$2; shift 2 ;;
+    --large) LARGE=$2; shift 2 ;;
+    --readdir) NDIR=$2; shift 2 ;;
+    --dom0-file) DOM0_FILES+=("$2"); shift 2 ;;
+    --dom0-tree) DOM0_TREES+=("$2"); shift 2 ;;
+    --env) HOOK_ENV+=("$2"); shift 2 ;;
+    --pvfsd) PVFSD_BIN=$2; shift 2 ;;
+    --pvfs-vm) PVFSVM_BIN=$2; shift 2 ;;
+    --build-pvfs) BUILD_PVFS=1; shift ;;
+    --store) STORE=$2; shift 2 ;;
+    --vm) VM=$2; shift 2 ;;
+    --dom0-mem) DOM0MEM=$2; DOM0MEM_SET=1; shift 2 ;;
+    --cpu) CPU=$2; shift 2 ;;
+    --dom0-append) DOM0APPEND=$2; shift 2 ;;
+    --domu-append) DOMUAPPEND=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    --shell) SHELLMODE=1; shift ;;
+    --log) KEEPLOG=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) gdie "unknown option $1" ;;
+    esac
+done
+
+case $BACKEND in
+qemu-xl | qemu-manual | pvfsd | command) HOOK=$XEN_DIR/backends/$BACKEND.sh ;;
+*) HOOK=$BACKEND ;;
+esac
+# Known gap of QEMU 7.2's 9pfs backend (security_model=none): mkfifo gives ENXIO (it reopens the
+# new node to set its mode). Skipped for the QEMU backends unless --skip says otherwise.
+if [ "$SKIP" = - ]; then
+    case "$BACKEND ${HOOK_ENV[*]}" in qemu-* | *xen-qemu-system*) SKIP=mknod ;; *) SKIP="" ;; esac
+fi
+[ -f "$HOOK" ] || gdie "no backend hook $HOOK"
+[ -f /boot/xen-4.17-amd64.gz ] || gdie "no /boot/xen-4.17-amd64.gz (apt-get install xen-hypervisor-4.17-amd64 xen-utils-4.17 qemu-system-xen)"
+XENBIN=/usr/lib/xen-4.17/bin
+
+guest_setup
+T0=$(now)
+KERNEL=$(guest_kernel)
+KVER=$(guest_kver "$KERNEL")
+VMLINUX=$(guest_vmlinux "$KERNEL")
+XEN=$GUEST_CACHE/xen-$(sha256sum </boot/xen-4.17-amd64.gz | cut -c1-16)
+[ -s "$XEN" ] || { zcat /boot/xen-4.17-amd64.gz >"$XEN.$$" && mv "$XEN.$$" "$XEN"; } # multiboot wants the plain ELF
+
+# ---- pvfsd backend: binaries built with the Swift runtime linked in, plus the store.
+if [ "$BACKEND" = pvfsd ]; then
+    [ -n "$STORE" ] && [ -n "$VM" ] || gdie "--backend pvfsd needs --store and --vm"
+    if [ "$BUILD_PVFS" = 1 ]; then
+        glog "building pvfsd and pvfs-vm (release, --static-swift-stdlib)"
+        (cd "$GUEST_REPO_ROOT" && swift build -c release --static-swift-stdlib --product pvfsd >&2 &&
+            swift build -c release --static-swift-stdlib --product pvfs-vm >&2)
+        PVFSD_BIN=${PVFSD_BIN:-$GUEST_REPO_ROOT/.build/release/pvfsd}
+        PVFSVM_BIN=${PVFSVM_BIN:-$GUEST_REPO_ROOT/.build/release/pvfs-vm}
+    fi
+    [ -x "$PVFSD_BIN" ] && [ -x "$PVFSVM_BIN" ] || gdie "pvfsd backend needs --pvfsd BIN --pvfs-vm BIN (or --build-pvfs)"
+    # Debug info would double the binaries' size in dom0's memory.
+    for b in "$PVFSD_BIN:pvfsd" "$PVFSVM_BIN:pvfs-vm"; do
+        if command -v strip >/dev/null && strip -o "$GUEST_WORK/${b#*:}" "${b%%:*}"; then
+            DOM0_FILES+=("$GUEST_WORK/${b#*:}:/usr/local/bin/${b#*:}")
+        else
+            DOM0_FILES+=("${b%%:*}:/usr/local/bin/${b#*:}")
+        fi
+    done
+    [ "$DOM0MEM_SET" = 1 ] || DOM0MEM=1024
+    DOM0_TREES+=("$STORE:/var/lib/pvfs")
+    HOOK_ENV+=("PVFS_XEN_STORE=/var/lib/pvfs" "PVFS_XEN_VM=$VM")
+fi
+
+# ---- domU: the standard test initramfs, xen flavour.
+DOMU_INITRD=$(guest_test_initramfs "$KVER" xen)
+
+# ---- dom0 base image (cached): busybox, Xen modules and tools, QEMU's Xen backend, the domU.
+guest_initramfs_new
+guest_initramfs_busybox
+# loop + ext4 (+ crc32c, which ext4 requests at mount) hold the share: dom0's tmpfs has no user xattrs.
+guest_initramfs_modules "$KVER" xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc loop crc32c_generic ext4
+for b in xl xenstored xenconsoled xen-init-dom0 libxl-save-helper; do guest_initramfs_bin "$XENBIN/$b"; done
+for b in xenstore xenstore-read xenstore-write xenstore-list xenstore-ls xenstore-rm xenstore-exists \
+    xenstore-chmod xenstore-watch; do
+    guest_initramfs_bin "/usr/bin/$b"
+done
+guest_initramfs_bin /usr/libexec/xen-qemu-system-i386
+for l in /lib/x86_64-linux-gnu/libgcc_s.so.1; do [ -e "$l" ] && guest_initramfs_file "$(readlink -f "$l")" "$l" 0644; done
+guest_initramfs_file /etc/xen/xl.conf /etc/xen/xl.conf
+guest_initramfs_tree /etc/xen/scripts /etc/xen/scripts
+[ -d /usr/share/qemu/keymaps ] && guest_initramfs_tree /usr/share/qemu/keymaps /usr/share/qemu/keymaps
+for d in /var/lib/xen /var/lib/xenstored /var/log/xen /var/run/xen /var/run/xenstored /srv /usr/local/bin; do
+    guest_initramfs_dir "$d"
+done
+guest_initramfs_text /etc/passwd 0644 $'root:x:0:0:root:/root:/bin/sh\n'
+guest_initramfs_text /etc/group 0644 $'root:x:0:\n'
+guest_initramfs_file "$VMLINUX" /guest/vmlinux 0644
+guest_initramfs_file "$DOMU_INITRD" /guest/initrd.img 0644
+guest_initramfs_file "$XEN_DIR/lab-dom0-init.sh" /init 0755
+DOM0_BASE=$(guest_initramfs_pack "pvfs-xen-dom0-$KVER" none)
+
+# ---- per-run layer: settings, the backend hook, extra files. Appended to the base cpio
+# (the kernel unpacks concatenated archives in order).
+DOMU_EXTRA="pvfs.large=$LARGE pvfs.readdir=$NDIR${DOMUAPPEND:+ $DOMUAPPEND}"
+[ -n "$SKIP" ] && DOMU_EXTRA+=" pvfs.skip=$SKIP"
+if [ -n "$QUOTAFS" ]; then
+    DOMU_EXTRA+=" pvfs.quota=$QUOTAFS pvfs.quotaerr=ENOSPC"
+elif [ -n "$QUOTA" ]; then
+    DOMU_EXTRA+=" pvfs.quota=$QUOTA"
+fi
+CONF="XEN_TAG='$TAG'
+XEN_SHARE=/srv/share
+XEN_QUOTA_FS='$QUOTAFS'
+XEN_DOMU_EXTRA='$DOMU_EXTRA'
+XEN_DOMU_MEM=256
+XEN_DOMU_WAIT=$((TIMEOUT - 60))
+XEN_SHELL=$SHELLMODE
+"
+for e in "${HOOK_ENV[@]}"; do
+    v=${e#*=}
+    CONF+="${e%%=*}='${v//\'/\'\\\'\'}'"$'\n'
+done
+guest_initramfs_new
+if [ "$BOOTROOT" = 1 ]; then
+    # A minimal root tree: static busybox and an init that proves it ran from the 9P root.
+    NONCE=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    SEED=$GUEST_WORK/rootseed
+    mkdir -p "$SEED"/{bin,sbin,etc,proc,sys,dev,tmp,run,var/lib,usr/bin,usr/sbin}
+    cp /bin/busybox "$SEED/bin/busybox"
+    for app in $(/bin/busybox --list-full); do [ -e "$SEED/$app" ] || ln -s /bin/busybox "$SEED/$app"; done
+    cat >"$SEED/sbin/pvfs-boot-marker" <<'MARKER'
+#!/bin/sh
+# PID 1 of a domU whose root is a Xen 9pfs share (installed by run-xen-9pfs.sh --boot-root).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+up() { cut -d' ' -f1 /proc/uptime; }
+echo "PVFS-TEST root-init ok pid $$ at $(up)s from the 9P root"
+root=$(awk '$2 == "/" { print $3 " " $1 " " $4 }' /proc/mounts | tail -1)
+case $root in 9p*trans=xen*) echo "PVFS-TEST root-is-9p ok $root" ;; *) echo "PVFS-TEST root-is-9p fail $root" ;; esac
+nonce=$(sed -n 's/.*pvfs\.nonce=\([^ ]*\).*/\1/p' /proc/cmdline)
+if echo "$nonce $(uname -r) $(up)" >/var/lib/pvfs-boot-marker && sync; then
+    echo "PVFS-TEST marker-written ok nonce $nonce"
+else
+    echo "PVFS-TEST marker-written fail"
+fi
+echo "PVFS-TEST-DONE uptime=$(up)"
+poweroff -f
+MARKER
+    chmod 755 "$SEED/sbin/pvfs-boot-marker"
+    guest_boot_files bootroot --transport xen --tag "$TAG" --kernel "$KERNEL" --output "$GUEST_WORK/boot" \
+        --on-failure poweroff --init /sbin/pvfs-boot-marker --append "quiet loglevel=3 panic=-1 pvfs.nonce=$NONCE" >&2
+    [ -s "$GUEST_WORK/boot/initrd.img" ] || gdie "boot-files produced no initrd"
+    guest_initramfs_file "$GUEST_WORK/boot/initrd.img" /guest/boot-initrd.img 0644
+    guest_initramfs_tree "$SEED" /srv/rootseed
+    CONF+="XEN_DOMU_RAMDISK=/guest/boot-initrd.img
+XEN_DOMU_CMDLINE='$(cat "$GUEST_WORK/boot/cmdline")'
+XEN_SHARE_SEED=/srv/rootseed
+XEN_MARKER_NONCE=$NONCE
+"
+fi
+guest_initramfs_text /etc/pvfs-xen.conf 0644 "$CONF"
+guest_initramfs_file "$HOOK" /etc/pvfs-xen/backend.sh 0644
+for f in "${DOM0_FILES[@]}"; do
+    src=${f%%:*} dest=${f#*:}
+    [ "$dest" = "$f" ] && dest=$src
+    if file -L "$src" | grep -q 'dynamically linked'; then guest_initramfs_bin "$src" "$dest"; else guest_initramfs_file "$src" "$dest" 0755; fi
+done
+for tr in "${DOM0_TREES[@]}"; do guest_initramfs_tree "${tr%%:*}" "${tr#*:}"; done
+RUN_LAYER=$(guest_initramfs_pack pvfs-xen-run none)
+DOM0_CPIO=$GUEST_WORK/dom0.cpio
+cat "$DOM0_BASE" "$RUN_LAYER" >"$DOM0_CPIO"
+T_BUILD=$(elapsed "$T0")
+glog "dom0 image: $(du -m "$DOM0_CPIO" | cut -f1) MiB (built in ${T_BUILD}s); backend hook $(basename "$HOOK")"
+
+# ---- boot Xen + dom0 under QEMU TCG.
+XENARGS="console=com1 com1=115200,8n1 loglvl=warning guest_loglvl=warning dom0_mem=${DOM0MEM}M,max:${DOM0MEM}M dom0_max_vcpus=2 smap=0 smep=0 bootscrub=0"
+DOM0ARGS="console=hvc0 earlyprintk=xen rdinit=/init quiet loglevel=3${DOM0APPEND:+ $DOM0APPEND}"
+LOG=$GUEST_WORK/serial.log
+: >"$LOG"
+TAILPID=""
+if [ "${PVFS_GUEST_VERBOSE:-0}" = 1 ]; then tail -n +1 -f "$LOG" >&2 & TAILPID=$!; fi
+T1=$(now)
+QRC=0
+if [ "$SHELLMODE" = 1 ]; then
+    qemu-system-x86_64 -accel tcg -cpu "$CPU" -m $((DOM0MEM + 1280)) -smp 2 -nographic -no-reboot -nic none \
+        -kernel "$XEN" -append "$XENARGS" -initrd "$VMLINUX $DOM0ARGS,$DOM0_CPIO"
+    exit 0
+fi
+timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$CPU" -m $((DOM0MEM + 1280)) -smp 2 \
+    -nographic -no-reboot -monitor none -serial stdio -nic none \
+    -kernel "$XEN" -append "$XENARGS" -initrd "$VMLINUX $DOM0ARGS,$DOM0_CPIO" </dev/null >>"$LOG" 2>&1 &
+QPID=$!
+GUEST_PIDS+=("$QPID")
+wait "$QPID" || QRC=$?
+[ -n "$TAILPID" ] && kill "$TAILPID" 2>/dev/null || true
+T_RUN=$(elapsed "$T1")
+[ -n "$KEEPLOG" ] && cp "$LOG" "$KEEPLOG"
+[ "$QRC" = 124 ] && glog "QEMU timed out after ${TIMEOUT}s"
+
+RC=0
+guest_results "$LOG" "xen-9pfs/$BACKEND" || RC=1
+tr -d '\r' <"$LOG" | grep -a 'PVFS-XEN\[' | sed 's/^/  dom0: /' >&2 || true
+[ "$QRC" = 0 ] || RC=1
+TOOLS=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST xen-dom0 ok .* toolstack up at \([0-9.]*\)s.*/\1/p' | head -1)
+DOMU=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST xen-domU-run ok domU ran \([0-9.]*\)s.*/\1/p' | head -1)
+glog "timings: images ${T_BUILD}s; QEMU wall ${T_RUN}s (dom0 toolstack up at ${TOOLS:-?}s dom0 uptime, domU boot+checks ${DOMU:-?}s); total $(elapsed "$T0")s"
+echo "xen-9pfs/$BACKEND: $GUEST_RESULT_SUMMARY qemu_exit=$QRC wall=${T_RUN}s"
+exit "$RC"
