@@ -254,7 +254,7 @@ extension Store {
             var newBlobs: Set<BlobHash> = []
             if !staged.isEmpty {
                 var published: [BlobHash: Int64] = [:]
-                _ = try publish(staged, from: area!, shards: shards) { _, ids in published = ids }
+                _ = try publish(staged, from: area!, shards: shards) { _, _, ids in published = ids }
                 for blob in staged {
                     guard let id = published[blob.hash] else { continue }
                     blobIDs[blob.hash] = id

@@ -40,7 +40,7 @@ extension StagingArea {
                 return nil
             }
             let allocated = try target.stat().blocks * 512
-            return StagedBlob(stagedName: name, hash: expected, size: size, allocated: allocated)
+            return StagedBlob(file: .named(name), hash: expected, size: size, allocated: allocated)
         } catch {
             _ = try? directory.unlink(at: name)
             throw error
