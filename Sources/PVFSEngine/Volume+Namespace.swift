@@ -11,6 +11,8 @@ struct Edit {
     /// Quota change of this operation.
     var bytes: Int64 = 0
     var inodes: Int64 = 0
+    /// Records whose times alone change: kept in memory once the edit is committed.
+    var lazy: [(InodeNumber, InodeRecord)] = []
 }
 
 extension Volume {
@@ -84,6 +86,7 @@ extension Volume {
         if edit.bytes < 0 || edit.inodes < 0 {
             try? quota.charge(bytes: min(0, edit.bytes), inodes: min(0, edit.inodes))
         }
+        for (ino, record) in edit.lazy where edit.records[ino] == nil { updateLazily(ino, record) }
         for ino in edit.removedFiles { reapPrivateFile(ino) }
     }
 
@@ -204,8 +207,13 @@ extension Volume {
         let charge = Charge.of(record, createdByVM: true, privateSize: 0, xattrBytes: 0)
         edit.bytes = charge.bytes
         edit.inodes = charge.inodes
-        if kind == .directory { dir.linkCount += 1 }
-        edit.records[parent] = touched(dir, modification: true, now: now)
+        if kind == .directory {
+            dir.linkCount += 1
+            edit.records[parent] = touched(dir, modification: true, now: now)
+        } else {
+            // Only the parent's times change: kept lazily, not a page of every create's commit.
+            edit.lazy.append((parent, touched(dir, modification: true, now: now)))
+        }
         edit.records[ino] = record
         edit.changes.append(.putEntry(parent: parent, name: fname, inode: ino))
         if let reservation { edit.changes.append(reservation) }
@@ -305,7 +313,7 @@ extension Volume {
         let now = Timespec.now
         var edit = Edit()
         removeEntry(parent, fname, &edit)
-        edit.records[parent] = touched(dir, modification: true, now: now)
+        edit.lazy.append((parent, touched(dir, modification: true, now: now)))
         try dropLink(ino, &edit, now: now)
         try apply(edit)
     }

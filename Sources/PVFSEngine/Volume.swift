@@ -42,9 +42,10 @@ public final class Volume: @unchecked Sendable {
     var versionCounter: UInt64 = 1
     /// Shard directories known to exist. Guarded by metaLock.
     var knownShards = Set<UInt8>()
-    /// Inodes whose in-memory record is newer than the catalog's (sizes and times written back
-    /// when their last handle closed). They ride along with the next commit, or the periodic
-    /// flush: a crash can lose only such times, never a name, an inode or data. Guarded by metaLock.
+    /// Inodes whose in-memory record is newer than the catalog's only in times and sizes
+    /// (`updateLazily`): written by the periodic flush, fsync and close, or by the next operation
+    /// that commits the inode. A crash can lose such times, never a name, an inode or data.
+    /// Guarded by metaLock.
     var dirtyInodes = Set<InodeNumber>()
     /// Inode numbers below this are reserved in the catalog (`vm.next_inode`), so that creating a
     /// file does not write the VM's row each time. Guarded by metaLock.
@@ -127,7 +128,7 @@ public final class Volume: @unchecked Sendable {
         closed = true
         for (ino, data) in openData { persistWrittenState(ino, data) }
         openData.removeAll()
-        try? flushDirtyRecords()
+        try? flushDirtyLocked()
         reaper.drain()
         let usage = quota.usage
         try store.catalog.write { db in
@@ -143,8 +144,9 @@ public final class Volume: @unchecked Sendable {
         for fd in [dataDirectory, scratchDirectory, vmDirectory] { fd.closeQuietly() }
     }
 
-    /// Writes usage to the catalog if it changed; the daemon calls this periodically.
+    /// Writes usage and lazily kept times to the catalog; the daemon calls this periodically.
     public func saveUsage() throws {
+        try flushDirtyRecords()
         guard let usage = quota.takeChangedUsage() else { return }
         try store.catalog.write { db in
             try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
@@ -238,22 +240,8 @@ public final class Volume: @unchecked Sendable {
     /// Writes changes to the catalog, then applies them in memory. Caller holds metaLock.
     /// On a catalog failure nothing changes and the error surfaces as EIO (or ENOSPC).
     func commit(_ changes: [OverlayChange]) throws(Errno) {
-        var all = changes
-        var written = Set<InodeNumber>()
-        for change in changes {
-            switch change {
-            case .putInode(let ino, _), .deleteInode(let ino): written.insert(ino)
-            default: break
-            }
-        }
-        if !dirtyInodes.isEmpty {
-            for ino in dirtyInodes where !written.contains(ino) {
-                if let r = overlay.inodes[ino] { all.append(.putInode(ino, r)) }
-            }
-        }
         do {
-            try journal.commit(all)
-            dirtyInodes.removeAll()
+            try journal.commit(changes)
         } catch {
             logger.error("catalog write failed: \(error)")
             if let dbError = error as? DatabaseError, dbError.resultCode == .SQLITE_FULL { throw Errno.noSpace }
@@ -264,16 +252,29 @@ public final class Volume: @unchecked Sendable {
             switch change {
             case .putEntry(let parent, _, _), .deleteEntry(let parent, _), .deleteAllEntries(let parent):
                 listingCache[parent] = nil
+            case .putInode(let ino, _), .deleteInode(let ino):
+                dirtyInodes.remove(ino)
             default: break
             }
         }
+    }
+
+    /// Changes a record in memory only; the catalog gets it with the next flush (every few
+    /// seconds, on fsync, at close) unless an operation commits the inode sooner. For times and
+    /// sizes only — what a crash may lose is what a filesystem mounted `lazytime` may lose.
+    /// Caller holds metaLock.
+    func updateLazily(_ ino: InodeNumber, _ record: InodeRecord) {
+        overlay.inodes[ino] = record
+        dirtyInodes.insert(ino)
     }
 
     /// Writes records changed only in memory to the catalog (periodically, on fsync and close).
     /// Caller holds metaLock or calls `flushDirtyRecords()`.
     func flushDirtyLocked() throws(Errno) {
         guard !dirtyInodes.isEmpty else { return }
-        try commit([])
+        let changes: [OverlayChange] = dirtyInodes.compactMap { ino in overlay.inodes[ino].map { .putInode(ino, $0) } }
+        try commit(changes)
+        dirtyInodes.removeAll()
     }
 
     public func flushDirtyRecords() throws {
