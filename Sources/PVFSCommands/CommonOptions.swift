@@ -10,10 +10,18 @@ public struct StoreOptions: ParsableArguments {
 
     public init() {}
 
+    /// Always absolute: hooks, the daemon's control socket and mount tables see it from elsewhere.
     public var storePath: String {
-        if let store { return store }
-        if let env = ProcessInfo.processInfo.environment["PVFS_STORE"], !env.isEmpty { return env }
-        return Store.defaultPath
+        var path = Store.defaultPath
+        if let store {
+            path = store
+        } else if let env = ProcessInfo.processInfo.environment["PVFS_STORE"], !env.isEmpty {
+            path = env
+        }
+        if !path.hasPrefix("/") {
+            path = FileManager.default.currentDirectoryPath + "/" + path
+        }
+        return (path as NSString).standardizingPath
     }
 
     /// Opens the store, creating its layout on first use, and finishes what killed processes
