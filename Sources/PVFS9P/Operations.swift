@@ -176,7 +176,9 @@ extension NinePConnection {
         boundVM = view.vmName
         views[ObjectIdentifier(view)] = view
         state.unlock()
-        guard let user = numeric ?? accounts.uid(named: uname, view: view) else { throw Errno.invalidArgument }
+        // Linux's first attach of a mount (access=client, its default) names no uid and the
+        // user "nobody"; a name the VM does not know acts as nobody too: never with privilege.
+        let user = numeric ?? accounts.uid(named: uname, view: view) ?? IdMapping.overflowId
         let root = try view.getAttributes(rootInode)
         let fid = Fid(number: number, view: view, uid: user, inode: rootInode, kind: .directory, path: nil)
         try request.fids.insert(fid)

@@ -361,12 +361,9 @@ final class TemporaryDirectory {
 
 extension VMView {
     func readAll(_ path: String) throws -> [UInt8] {
-        var attributes = try getAttributes(1)
-        for component in path.split(separator: "/") {
-            attributes = try lookup(attributes.inode, Array(component.utf8), as: .root)
-        }
+        let attributes = try resolve(path)
         let handle = try open(attributes.inode, flags: O_RDONLY, as: .root)
         defer { release(handle) }
-        return try read(handle, offset: 0, count: 1 << 22)
+        return try read(handle, offset: 0, count: 64 << 20)
     }
 }
