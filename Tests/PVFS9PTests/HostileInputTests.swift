@@ -81,7 +81,9 @@ final class DirectHarness: @unchecked Sendable {
 @Suite("9P server: hostile input")
 struct HostileInputTests {
     @Test func malformedMessagesGetErrorsNotCrashes() throws {
-        let h = try DirectHarness()
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
+        let h = try DirectHarness(configuration: config)
         defer { h.finish() }
         #expect(h.call(.version(msize: 65536, version: bytes("9P2000.L")), tag: NineP.noTag) == .version(msize: 65536, version: bytes("9P2000.L")))
         #expect(h.call(.attach(fid: 0, afid: NineP.noFid, uname: [], aname: [], uid: 0)) != nil)

@@ -310,7 +310,9 @@ struct SocketServerTests {
     }
 
     @Test func stopEndsConnectionsAndReleasesHandles() throws {
-        let s = try ServedSockets([.tcp(host: "127.0.0.1", port: 0)])
+        var nine = NinePConfiguration()
+        nine.lockWaitSeconds = .infinity
+        let s = try ServedSockets([.tcp(host: "127.0.0.1", port: 0)], nine: nine)
         try s.start()
         var fds: [Int32] = []
         var clients: [NinePClient] = []

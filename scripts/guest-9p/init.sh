@@ -32,7 +32,8 @@ expect() {
 
 M=/mnt/vm
 mkdir -p $M
-OPTIONS="trans=tcp,port=$PORT,version=9p2000.L,aname=$ANAME${OPTS:+,$OPTS}"
+# locktimeout=1: a lock the server answers BLOCKED is asked for again after 1 s, not 30.
+OPTIONS="trans=tcp,port=$PORT,version=9p2000.L,aname=$ANAME,locktimeout=1${OPTS:+,$OPTS}"
 echo "mounting with $OPTIONS"
 check mount mount -t 9p -o "$OPTIONS" 10.0.2.2 $M
 grep -q " $M " /proc/mounts || dmesg | tail -20
@@ -87,7 +88,8 @@ if [ -x /usr/bin/setfattr ]; then
   check xattr-remove setfattr -x user.color $M/a/hard
   check xattr-gone sh -c "! getfattr -n user.color $M/a/hard 2>/dev/null"
 fi
-check flock-held sh -c "(flock $M/a/hard sleep 3 &) ; sleep 1; ! flock -n $M/a/hard true"
+# Holders run in the background with their output closed, or check() would wait for them.
+check flock-held sh -c "(flock $M/a/hard sleep 3 >/dev/null 2>&1 &) ; sleep 1; ! flock -n $M/a/hard true"
 check flock-wait flock $M/a/hard true
 expect open-unlinked data sh -c "echo data > $M/ou && exec 3<$M/ou && rm $M/ou && cat <&3"
 check shared-dir sh -c "mkdir $M/tmp && chmod 1777 $M/tmp"
@@ -95,6 +97,19 @@ check user-create su user -c "echo mine > $M/tmp/u"
 expect user-owner "1000" stat -c %u $M/tmp/u
 check user-denied sh -c "! su user -c 'echo x > $M/etc/hostname' 2>/dev/null"
 check find sh -c "find $M > /dev/null"
+# A second mount of the same VM is a second 9P session: it sees the first one's changes, and
+# locks conflict between them on the server (not in the guest's VFS, which keeps them apart).
+M2=/mnt/vm2
+mkdir -p $M2
+check second-mount mount -t 9p -o "$OPTIONS" 10.0.2.2 $M2
+check cross-write sh -c "echo shared > $M/cross && sync"
+expect cross-read shared cat $M2/cross
+check cross-lock-held sh -c "(flock $M/cross sleep 6 >/dev/null 2>&1 &) ; sleep 1; ! flock -n $M2/cross true"
+# flock -w times out with SIGALRM, which interrupts the guest's wait between BLOCKED retries.
+check cross-lock-timeout sh -c "! flock -w 1 $M2/cross true"
+check cross-lock-wait flock -w 20 $M2/cross true
+check cross-lock-free flock -n $M/cross true
+check second-umount umount $M2
 check copy-tree cp -a $M/a $M/a2
 expect copied-symlink-tree x cat $M/a2/b/moved.txt
 check sync sync

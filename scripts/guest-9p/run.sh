@@ -11,6 +11,6 @@ mkdir -p "$out"
 "$here/build-initramfs.sh" "$out"
 timeout "$limit" qemu-system-x86_64 -accel tcg -cpu max -m 768 -smp 1 -nographic -no-reboot -monitor none \
   -kernel "$out/kernel" -initrd "$out/initrd.gz" \
-  -append "console=ttyS0 panic=-1 quiet p9port=$port p9aname=$aname p9opts=$extra" \
+  -append "console=ttyS0 panic=-1 quiet no_timer_check p9port=$port p9aname=$aname p9opts=$extra" \
   -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
   > "$out/console.log" 2>&1 < /dev/null
