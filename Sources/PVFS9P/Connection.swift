@@ -282,7 +282,7 @@ public final class NinePConnection: @unchecked Sendable {
         guard !closing else { state.unlock(); return }
         guard inflight[header.tag] == nil else {
             state.unlock()
-            logger.warning("tag \(header.tag) reused while in flight (\(header.type))")
+            logger.debug("tag \(header.tag) reused while in flight (\(header.type))")
             answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
             return
         }
@@ -450,7 +450,7 @@ public final class NinePConnection: @unchecked Sendable {
         }
         guard inflight[tag] == nil else {
             state.unlock()
-            logger.warning("tag \(tag) reused while in flight (Tflush)")
+            logger.debug("tag \(tag) reused while in flight (Tflush)")
             answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
             return
         }

@@ -97,6 +97,11 @@ check user-create su user -c "echo mine > $M/tmp/u"
 expect user-owner "1000" stat -c %u $M/tmp/u
 check user-denied sh -c "! su user -c 'echo x > $M/etc/hostname' 2>/dev/null"
 check find sh -c "find $M > /dev/null"
+# Several guest processes at once: the server runs their requests concurrently.
+check parallel-writers sh -c "for i in 1 2 3 4; do (mkdir $M/p\$i && for j in \$(seq 1 40); do echo \$i-\$j > $M/p\$i/f\$j && cat $M/p\$i/f\$j > /dev/null; done) & done; wait"
+expect parallel-files 160 sh -c "cat $M/p*/f* | wc -l"
+check parallel-readers sh -c "for i in 1 2 3 4; do cmp $M/big $M/big-copy & done; wait"
+check parallel-mixed sh -c "(cp $M/rand $M/rand2) & (find $M/p1 $M/p2 > /dev/null) & (ls -lR $M/a > /dev/null) & wait; cmp $M/rand $M/rand2"
 # A second mount of the same VM is a second 9P session: it sees the first one's changes, and
 # locks conflict between them on the server (not in the guest's VFS, which keeps them apart).
 M2=/mnt/vm2
