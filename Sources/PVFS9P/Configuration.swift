@@ -93,8 +93,9 @@ public struct NinePConfiguration: Sendable {
     /// Worker threads one connection may occupy at once; the rest of its requests wait in its
     /// own queue so that one busy VM cannot take the whole pool.
     public var maximumParallelRequests: Int = 4
-    /// Fids one connection may hold (Linux keeps one per cached dentry).
-    public var maximumFids: Int = 1 << 20
+    /// Fids one connection may hold (Linux keeps one per cached dentry). A fid costs about
+    /// 200 bytes plus the name it was reached by.
+    public var maximumFids: Int = 1 << 19
     /// Tlock requests that wait for a conflicting lock at once; past it, a waiting lock is
     /// answered BLOCKED and the client polls.
     public var maximumBlockedLocks: Int = 16

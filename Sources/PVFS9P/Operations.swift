@@ -180,7 +180,8 @@ extension NinePConnection {
         // user "nobody"; a name the VM does not know acts as nobody too: never with privilege.
         let user = numeric ?? accounts.uid(named: uname, view: view) ?? IdMapping.overflowId
         let root = try view.getAttributes(rootInode)
-        let fid = Fid(number: number, view: view, uid: user, inode: rootInode, kind: .directory, path: nil)
+        let fid = Fid(number: number, view: view, uid: user, inode: rootInode, kind: .directory, path: nil,
+                      lock: request.fids.fidStateLock)
         try request.fids.insert(fid)
         logger.debug("attached fid \(number) to VM \(view.vmName) as uid \(user)")
         return .attach(qid: NinePQid(root))
@@ -234,7 +235,8 @@ extension NinePConnection {
                     }
                 }
             } else {
-                try request.fids.insert(Fid(number: newFid, view: f.view, uid: f.uid, inode: inode, kind: kind, path: path))
+                try request.fids.insert(Fid(number: newFid, view: f.view, uid: f.uid, inode: inode, kind: kind, path: path,
+                                            lock: request.fids.fidStateLock))
             }
             return .walk(qids: qids)
         }
@@ -556,7 +558,8 @@ extension NinePConnection {
                 value = try f.view.getXattr(s.inode, name, as: creds)
             }
             try reserveXattrBytes(value.count)
-            let x = Fid(number: newFid, view: f.view, uid: f.uid, inode: s.inode, kind: s.kind, path: s.path)
+            let x = Fid(number: newFid, view: f.view, uid: f.uid, inode: s.inode, kind: s.kind, path: s.path,
+                        lock: request.fids.fidStateLock)
             x.state = .xattrRead(value)
             x.xattrBytes = value.count
             do throws(Errno) {
