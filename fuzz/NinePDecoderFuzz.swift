@@ -5,13 +5,15 @@
 // - decoding is strict and the format canonical, so a message that decodes re-encodes to exactly
 //   the same bytes, as a request and as a response;
 // - the framer, fed the input in pieces of any size, hands out only messages whose size field
-//   matches their length and stays within the limit, and never loses or invents bytes.
+//   matches their length and stays within the limit, and never loses or invents bytes;
+// - an Rread built in place holds exactly the bytes written into it, whatever the capacity.
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func ninePDecoderFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let input = Array(UnsafeBufferPointer(start: data, count: size))
     checkRoundTrips(input)
     checkFraming(input)
+    checkDataReplies(input)
     if !input.isEmpty {
         _ = try? NinePDirectoryEntry.decodeAll(input[1...])
         _ = NinePHeader(input)
@@ -70,4 +72,17 @@ private func checkFraming(_ stream: [UInt8]) {
         }
     }
     if consumed + framer.bufferedByteCount != stream.count { fatalError("framer lost bytes") }
+}
+
+private func checkDataReplies(_ input: [UInt8]) {
+    let capacity = input.isEmpty ? 0 : Int(input[0]) * 37 % (input.count + 1)
+    let message = NinePResponse.encodeData(type: .rread, tag: 0x1234, capacity: capacity) { buffer in
+        let n = min(buffer.count, input.count)
+        for i in 0..<n { buffer[i] = input[i] }
+        return n
+    }
+    guard let (tag, response) = try? NinePResponse.decode(message), tag == 0x1234,
+          response == .read(data: input[0..<min(capacity, input.count)]) else {
+        fatalError("in-place Rread does not decode to what was written")
+    }
 }

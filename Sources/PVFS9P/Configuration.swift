@@ -93,11 +93,18 @@ public struct NinePConfiguration: Sendable {
     /// Worker threads one connection may occupy at once; the rest of its requests wait in its
     /// own queue so that one busy VM cannot take the whole pool.
     public var maximumParallelRequests: Int = 4
-    /// Fids one connection may hold (Linux keeps one per cached dentry).
-    public var maximumFids: Int = 1 << 20
+    /// Fids one connection may hold (Linux keeps one per cached dentry). A fid costs about
+    /// 200 bytes plus the name it was reached by.
+    public var maximumFids: Int = 1 << 19
     /// Tlock requests that wait for a conflicting lock at once; past it, a waiting lock is
     /// answered BLOCKED and the client polls.
     public var maximumBlockedLocks: Int = 16
+    /// How long a blocking Tlock (F_SETLKW) waits on the server before it is answered BLOCKED.
+    /// Linux waits for a Tlock reply uninterruptibly (only SIGKILL ends the wait) and retries a
+    /// BLOCKED lock itself, sleeping interruptibly for its `locktimeout` (30 s unless mounted with
+    /// e.g. `locktimeout=1`). A short wait hands a lock over at once when it is freed soon, while
+    /// the guest process stays interruptible. `.infinity`: wait until granted or flushed.
+    public var lockWaitSeconds: Double = 1
     /// Bytes of xattr values held in xattr fids.
     public var maximumXattrBytes: Int = 8 << 20
     public var accounts: NinePAccountPolicy = .guestDatabase(refreshSeconds: 2)

@@ -55,6 +55,8 @@ public final class NinePConnection: @unchecked Sendable {
     private var closeHandler: (@Sendable () -> Void)?
     private var closing = false
     private var closed = false
+    /// Reply callbacks running now; `close()` waits for them.
+    private var activeReplies = 0
     /// msize agreed by the last good Tversion; nil before it (and after a refused one).
     private var negotiatedSize: Int?
     /// Bumped by each Tversion: replies of requests from before it are dropped.
@@ -225,12 +227,18 @@ public final class NinePConnection: @unchecked Sendable {
         }
     }
 
-    /// Sends a reply that involves no request state, unless the connection is closing.
+    /// Calls a reply callback unless the connection is closing; `close()` waits for callbacks
+    /// under way, so none runs after it returns.
     private func answerNow(_ reply: Reply, _ bytes: [UInt8]) {
         state.lock()
-        let open = !closing
+        guard !closing else { state.unlock(); return }
+        activeReplies += 1
         state.unlock()
-        if open { reply(bytes) }
+        reply(bytes)
+        state.lock()
+        activeReplies -= 1
+        if activeReplies == 0 { state.broadcast() }
+        state.unlock()
     }
 
     /// The most bytes a request's reply can take, for the memory budget.
@@ -258,12 +266,12 @@ public final class NinePConnection: @unchecked Sendable {
         guard !closing else { state.unlock(); return }
         guard let msize = negotiatedSize else {
             state.unlock()
-            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
+            answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
             return
         }
         guard message.count <= msize else {
             state.unlock()
-            reply(NinePResponse.error(errno: LinuxErrno.EMSGSIZE).encode(tag: header.tag))
+            answerNow(reply, NinePResponse.error(errno: LinuxErrno.EMSGSIZE).encode(tag: header.tag))
             return
         }
         let cost = message.count + replyEstimate(decoded, msize: msize)
@@ -274,8 +282,8 @@ public final class NinePConnection: @unchecked Sendable {
         guard !closing else { state.unlock(); return }
         guard inflight[header.tag] == nil else {
             state.unlock()
-            logger.warning("tag \(header.tag) reused while in flight (\(header.type))")
-            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
+            logger.debug("tag \(header.tag) reused while in flight (\(header.type))")
+            answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
             return
         }
         let request = Request(tag: header.tag, message: decoded, type: header.type, reply: reply, cost: cost,
@@ -387,7 +395,8 @@ public final class NinePConnection: @unchecked Sendable {
         outstandingBytes -= request.cost
         let current = request.generation == generation
         let submit = current ? releaseFids(request) : []
-        let send = !closing && current
+        let send = !closing && current && bytes != nil
+        if send { activeReplies += 1 }
         let flushes = request.flushes
         request.flushes = []
         let limit = negotiatedSize ?? configuration.maximumMessageSize
@@ -400,6 +409,10 @@ public final class NinePConnection: @unchecked Sendable {
                 bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
             }
             request.reply(bytes)
+            state.lock()
+            activeReplies -= 1
+            if activeReplies == 0 { state.broadcast() }
+            state.unlock()
         }
         for flush in flushes {
             complete(flush, NinePResponse.flush.encode(tag: flush.tag))
@@ -432,18 +445,18 @@ public final class NinePConnection: @unchecked Sendable {
         guard !closing else { state.unlock(); return }
         guard negotiatedSize != nil else {
             state.unlock()
-            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
+            answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
             return
         }
         guard inflight[tag] == nil else {
             state.unlock()
-            logger.warning("tag \(tag) reused while in flight (Tflush)")
-            reply(NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
+            logger.debug("tag \(tag) reused while in flight (Tflush)")
+            answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
             return
         }
         guard let target = inflight[oldTag], !target.completed else {
             state.unlock()
-            reply(NinePResponse.flush.encode(tag: tag))
+            answerNow(reply, NinePResponse.flush.encode(tag: tag))
             return
         }
         let request = Request(tag: tag, message: nil, type: .tflush, reply: reply, cost: message.count,
@@ -506,7 +519,7 @@ public final class NinePConnection: @unchecked Sendable {
         for fid in oldFids.close() { finalize(fid) }
         for view in oldViews { view.releaseAllLocks() }
         logger.debug("Tversion \(String(decoding: version, as: UTF8.self)) msize \(msize): \(answer)")
-        reply(answer.encode(tag: tag))
+        answerNow(reply, answer.encode(tag: tag))
     }
 
     // MARK: - Close
@@ -527,7 +540,7 @@ public final class NinePConnection: @unchecked Sendable {
         state.unlock()
         for request in abandoned { complete(request, nil) }
         state.lock()
-        while outstanding > 0 { state.wait() }
+        while outstanding > 0 || activeReplies > 0 { state.wait() }
         let table = fids
         let sessionViews = Array(views.values)
         views.removeAll()

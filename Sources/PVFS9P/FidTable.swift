@@ -49,7 +49,8 @@ final class Fid: @unchecked Sendable {
     let uid: UInt32
 
     /// Guards the mutable fields below (not `uses`/`detached`, which the table's lock guards).
-    let lock = NSLock()
+    /// Shared by the fids of one table: the sections are tiny, and a fid costs no mutex of its own.
+    let lock: NSLock
     var inode: InodeNumber
     var kind: FileKind
     var path: FidPath?
@@ -64,7 +65,8 @@ final class Fid: @unchecked Sendable {
     /// Clunked, removed, or its connection closed: finalized when `uses` drops to 0.
     var detached = false
 
-    init(number: UInt32, view: VMView, uid: UInt32, inode: InodeNumber, kind: FileKind, path: FidPath?) {
+    init(number: UInt32, view: VMView, uid: UInt32, inode: InodeNumber, kind: FileKind, path: FidPath?, lock: NSLock) {
+        self.lock = lock
         self.number = number
         self.view = view
         self.uid = uid
@@ -109,6 +111,8 @@ final class Fid: @unchecked Sendable {
 /// locks. So a Tclunk racing a Tread never closes a handle under the read.
 final class FidTable: @unchecked Sendable {
     private let lock = NSLock()
+    /// The lock of every fid's state in this table (never held together with `lock`).
+    let fidStateLock = NSLock()
     private var fids: [UInt32: Fid] = [:]
     private var closed = false
     let limit: Int

@@ -604,24 +604,29 @@ public enum NinePResponse: Hashable, Sendable {
         _ fill: (UnsafeMutableRawBufferPointer) throws(E) -> Int
     ) throws(E) -> [UInt8] {
         let header = NineP.readReplyHeaderSize
-        var message = [UInt8](repeating: 0, count: header + max(0, capacity))
+        let capacity = max(0, capacity)
         var failure: E?
-        let written = message.withUnsafeMutableBytes { raw -> Int in
-            let area = UnsafeMutableRawBufferPointer(rebasing: raw[header...])
+        // Uninitialized: the data area is written by `fill` (a read of up to msize), not zeroed first.
+        let message = [UInt8](unsafeUninitializedCapacity: header + capacity) { buffer, count in
+            let area = UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[header...]))
+            var written = 0
             do throws(E) {
-                return min(max(0, try fill(area)), area.count)
+                written = min(max(0, try fill(area)), capacity)
             } catch {
                 failure = error
-                return 0
             }
+            let total = header + written
+            let fields: [UInt8] = [
+                UInt8(truncatingIfNeeded: total), UInt8(truncatingIfNeeded: total >> 8),
+                UInt8(truncatingIfNeeded: total >> 16), UInt8(truncatingIfNeeded: total >> 24),
+                type.rawValue, UInt8(truncatingIfNeeded: tag), UInt8(truncatingIfNeeded: tag >> 8),
+                UInt8(truncatingIfNeeded: written), UInt8(truncatingIfNeeded: written >> 8),
+                UInt8(truncatingIfNeeded: written >> 16), UInt8(truncatingIfNeeded: written >> 24),
+            ]
+            for (i, b) in fields.enumerated() { buffer[i] = b }
+            count = total
         }
         if let failure { throw failure }
-        message.removeLast(message.count - header - written)
-        NinePWriter.patchU32(&message, at: 0, UInt32(message.count))
-        message[4] = type.rawValue
-        message[5] = UInt8(truncatingIfNeeded: tag)
-        message[6] = UInt8(truncatingIfNeeded: tag >> 8)
-        NinePWriter.patchU32(&message, at: 7, UInt32(written))
         return message
     }
 }

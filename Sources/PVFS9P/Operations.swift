@@ -176,9 +176,12 @@ extension NinePConnection {
         boundVM = view.vmName
         views[ObjectIdentifier(view)] = view
         state.unlock()
-        guard let user = numeric ?? accounts.uid(named: uname, view: view) else { throw Errno.invalidArgument }
+        // Linux's first attach of a mount (access=client, its default) names no uid and the
+        // user "nobody"; a name the VM does not know acts as nobody too: never with privilege.
+        let user = numeric ?? accounts.uid(named: uname, view: view) ?? IdMapping.overflowId
         let root = try view.getAttributes(rootInode)
-        let fid = Fid(number: number, view: view, uid: user, inode: rootInode, kind: .directory, path: nil)
+        let fid = Fid(number: number, view: view, uid: user, inode: rootInode, kind: .directory, path: nil,
+                      lock: request.fids.fidStateLock)
         try request.fids.insert(fid)
         logger.debug("attached fid \(number) to VM \(view.vmName) as uid \(user)")
         return .attach(qid: NinePQid(root))
@@ -232,7 +235,8 @@ extension NinePConnection {
                     }
                 }
             } else {
-                try request.fids.insert(Fid(number: newFid, view: f.view, uid: f.uid, inode: inode, kind: kind, path: path))
+                try request.fids.insert(Fid(number: newFid, view: f.view, uid: f.uid, inode: inode, kind: kind, path: path,
+                                            lock: request.fids.fidStateLock))
             }
             return .walk(qids: qids)
         }
@@ -554,7 +558,8 @@ extension NinePConnection {
                 value = try f.view.getXattr(s.inode, name, as: creds)
             }
             try reserveXattrBytes(value.count)
-            let x = Fid(number: newFid, view: f.view, uid: f.uid, inode: s.inode, kind: s.kind, path: s.path)
+            let x = Fid(number: newFid, view: f.view, uid: f.uid, inode: s.inode, kind: s.kind, path: s.path,
+                        lock: request.fids.fidStateLock)
             x.state = .xattrRead(value)
             x.xattrBytes = value.count
             do throws(Errno) {
@@ -596,9 +601,10 @@ extension NinePConnection {
     // MARK: Locks
 
     /// Tlock. A lock another owner holds answers BLOCKED at once for F_SETLK; for F_SETLKW
-    /// (the block flag) the request waits on a thread of its own until the lock is free, the
-    /// client flushes it (then no reply), or the connection closes. Waiters past
-    /// `maximumBlockedLocks` get BLOCKED and Linux asks again.
+    /// (the block flag) the request waits on a thread of its own until the lock is free (then
+    /// SUCCESS), `lockWaitSeconds` pass (then BLOCKED: Linux sleeps and asks again), the client
+    /// flushes it (then no reply), or the connection closes. Waiters past `maximumBlockedLocks`
+    /// get BLOCKED at once.
     private func lock(_ request: Request, fid number: UInt32, _ l: NinePLock) throws(Errno) -> Outcome {
         guard let fid = request.fids.acquire(number) else { throw Errno.badFileDescriptor }
         var handedOff = false
@@ -623,7 +629,7 @@ extension NinePConnection {
             }
         }
         state.lock()
-        guard blockedLocks < configuration.maximumBlockedLocks else {
+        guard blockedLocks < configuration.maximumBlockedLocks, configuration.lockWaitSeconds > 0 else {
             state.unlock()
             return .reply(NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
         }
@@ -631,6 +637,8 @@ extension NinePConnection {
         state.unlock()
         handedOff = true
         let table = request.fids
+        let wait = configuration.lockWaitSeconds
+        let deadline = wait.isFinite ? DispatchTime.now().uptimeNanoseconds + UInt64(wait * 1e9) : UInt64.max
         let thread = Thread { [self] in
             defer {
                 state.lock()
@@ -639,8 +647,9 @@ extension NinePConnection {
                 release(fid, in: table)
             }
             do throws(Errno) {
-                try fid.view.setLock(s.inode, owner: owner, range: range, wait: true,
-                                     cancelled: { self.isCancelled(request) })
+                try fid.view.setLock(s.inode, owner: owner, range: range, wait: true, cancelled: {
+                    self.isCancelled(request) || DispatchTime.now().uptimeNanoseconds >= deadline
+                })
                 if isCancelled(request) {
                     // Granted just as it was flushed: the client will not learn of it, so undo it.
                     let undo = FileLockRange(type: .unlock, start: range.start, end: range.end, pid: range.pid)
@@ -650,7 +659,9 @@ extension NinePConnection {
                     complete(request, NinePResponse.lock(status: NinePLockStatus.success).encode(tag: request.tag))
                 }
             } catch where error == .interrupted {
-                complete(request, nil)
+                // Flushed (or the session ended): no reply. Out of time: BLOCKED, and Linux retries.
+                complete(request, isCancelled(request)
+                         ? nil : NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
             } catch {
                 complete(request, NinePResponse.error(errno: UInt32(bitPattern: error.rawValue)).encode(tag: request.tag))
             }

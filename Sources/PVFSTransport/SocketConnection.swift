@@ -14,7 +14,10 @@ final class ReplyWriter: @unchecked Sendable {
     private let condition = NSCondition()
     /// Guarded by `condition`.
     private var queue: [[UInt8]] = []
+    private var head = 0
     private var queuedBytes = 0
+    /// Replies queued beyond which the reader also waits (many tiny replies count too).
+    private let countLimit = 4096
     private var finishing = false
     private var failed = false
     /// The writer thread has returned.
@@ -47,7 +50,7 @@ final class ReplyWriter: @unchecked Sendable {
     /// replies gets no more requests served.
     func waitForRoom() {
         condition.lock()
-        while queuedBytes > limit && !failed { condition.wait() }
+        while (queuedBytes > limit || queue.count - head > countLimit) && !failed { condition.wait() }
         condition.unlock()
     }
 
@@ -86,17 +89,26 @@ final class ReplyWriter: @unchecked Sendable {
         }
         while true {
             condition.lock()
-            while queue.isEmpty && !finishing && !failed { condition.wait() }
-            if queue.isEmpty || failed {
+            while head == queue.count && !finishing && !failed { condition.wait() }
+            if head == queue.count || failed {
                 condition.unlock()
                 return
             }
             var batch: [[UInt8]] = []
             var bytes = 0
-            while !queue.isEmpty && batch.count < 64 && bytes < 4 << 20 {
-                let reply = queue.removeFirst()
+            while head < queue.count && batch.count < 64 && bytes < 4 << 20 {
+                let reply = queue[head]
+                queue[head] = []
+                head += 1
                 bytes += reply.count
                 batch.append(reply)
+            }
+            if head == queue.count {
+                queue.removeAll(keepingCapacity: queue.count <= 4096)
+                head = 0
+            } else if head >= 1024 && head * 2 >= queue.count {
+                queue.removeFirst(head)
+                head = 0
             }
             condition.unlock()
             let sent = sendAll(batch)
@@ -105,6 +117,7 @@ final class ReplyWriter: @unchecked Sendable {
             if !sent {
                 failed = true
                 queue.removeAll()
+                head = 0
                 queuedBytes = 0
             }
             condition.broadcast()

@@ -81,7 +81,9 @@ final class DirectHarness: @unchecked Sendable {
 @Suite("9P server: hostile input")
 struct HostileInputTests {
     @Test func malformedMessagesGetErrorsNotCrashes() throws {
-        let h = try DirectHarness()
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
+        let h = try DirectHarness(configuration: config)
         defer { h.finish() }
         #expect(h.call(.version(msize: 65536, version: bytes("9P2000.L")), tag: NineP.noTag) == .version(msize: 65536, version: bytes("9P2000.L")))
         #expect(h.call(.attach(fid: 0, afid: NineP.noFid, uname: [], aname: [], uid: 0)) != nil)
@@ -132,10 +134,13 @@ struct HostileInputTests {
         #expect(h.connection.outstandingRequestCount == 0)
     }
 
+    /// Seeds of the connection fuzz: 3, or PVFS_FUZZ_SEEDS of them for a longer run.
+    static let fuzzSeeds: [UInt64] = Array(1...UInt64(ProcessInfo.processInfo.environment["PVFS_FUZZ_SEEDS"].flatMap { UInt64($0) } ?? 3))
+
     /// Thousands of random and mutated messages (seeded, so a failure repeats): the connection
     /// answers each with a well-formed reply of the right tag (or none, for a flushed request),
     /// never more than one, never over msize; it stays usable and closes cleanly.
-    @Test(arguments: [1 as UInt64, 2, 3])
+    @Test(arguments: fuzzSeeds)
     func fuzzedMessages(seed: UInt64) throws {
         var rng = SplitMix(seed: seed)
         var config = NinePConfiguration()

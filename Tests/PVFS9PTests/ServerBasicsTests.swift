@@ -104,7 +104,13 @@ struct ServerBasicsTests {
         #expect(try c.walk(fid: 2, newFid: 3, path: "home/alice/mine").count == 2)
         _ = try c.walk(fid: 2, newFid: 3, path: "home/alice")
         #expect(throws: Errno.permissionDenied) { try c.walk(fid: 3, newFid: 4, ["mine"]) }
-        #expect(throws: Errno.invalidArgument) { try c.attach(fid: 4, aname: "vm1", uname: "mallory", uid: NineP.noUid) }
+        // Unknown names (Linux's first attach says "nobody") act as nobody, without privilege.
+        _ = try c.attach(fid: 4, aname: "vm1", uname: "mallory", uid: NineP.noUid)
+        _ = try c.walk(fid: 4, newFid: 5, path: "home/alice")
+        #expect(throws: Errno.permissionDenied) { try c.walk(fid: 5, newFid: 6, ["mine"]) }
+        _ = try c.attach(fid: 7, aname: "vm1", uname: "nobody", uid: NineP.noUid)
+        _ = try c.walk(fid: 7, newFid: 8, [])
+        #expect(throws: Errno.permissionDenied) { try c.lcreate(fid: 8, name: "x", flags: Dotl.rdwr, mode: 0o644) }
     }
 
     @Test func walkSemantics() throws {

@@ -53,7 +53,9 @@ struct ServerConcurrencyTests {
     }
 
     @Test func blockingLockWaitsForTheHolder() throws {
-        let s = try ServedVM()
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
+        let s = try ServedVM(configuration: config)
         defer { s.finish() }
         let c = s.client
         try openHostname(c, 1)
@@ -69,10 +71,43 @@ struct ServerConcurrencyTests {
         #expect(try c.lock(fid: 1, lockRequest(NinePLockType.readLock, pid: 1)) == NinePLockStatus.blocked)
     }
 
+    /// Linux waits for a Tlock reply uninterruptibly, so the server gives up after
+    /// `lockWaitSeconds` and answers BLOCKED (the guest then sleeps interruptibly and retries).
+    @Test func blockingLockWaitIsBounded() throws {
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = 0.3
+        let s = try ServedVM(configuration: config)
+        defer { s.finish() }
+        let c = s.client
+        try openHostname(c, 1)
+        try openHostname(c, 2)
+        _ = try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
+        let started = Date()
+        #expect(try c.lock(fid: 2, lockRequest(NinePLockType.writeLock, pid: 2, block: true)) == NinePLockStatus.blocked)
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.25 && waited < 5)
+        // Freed while a retry waits: granted at once.
+        let retry = try c.start(.lock(fid: 2, lockRequest(NinePLockType.writeLock, pid: 2, block: true)))
+        Thread.sleep(forTimeInterval: 0.05)
+        _ = try c.lock(fid: 1, lockRequest(NinePLockType.unlock, pid: 1))
+        #expect(try retry.wait(timeout: 5) == .lock(status: NinePLockStatus.success))
+        // No server-side wait at all: BLOCKED at once, as diod does.
+        var none = NinePConfiguration()
+        none.lockWaitSeconds = 0
+        let t = try ServedVM(configuration: none)
+        defer { t.finish() }
+        try openHostname(t.client, 1)
+        try openHostname(t.client, 2)
+        _ = try t.client.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
+        #expect(try t.client.lock(fid: 2, lockRequest(NinePLockType.writeLock, pid: 2, block: true)) == NinePLockStatus.blocked)
+    }
+
     /// Tflush of a Tlock waiting for a lock: the Rflush comes, the Rlock never does, and the
     /// flushed request leaves no lock behind.
     @Test func flushOfABlockedLock() throws {
-        let s = try ServedVM()
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
+        let s = try ServedVM(configuration: config)
         defer { s.finish() }
         let c = s.client
         try openHostname(c, 1)
@@ -94,7 +129,9 @@ struct ServerConcurrencyTests {
     }
 
     @Test func flushOfFinishedOrUnknownTags() throws {
-        let s = try ServedVM()
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
+        let s = try ServedVM(configuration: config)
         defer { s.finish() }
         let c = s.client
         // A tag not in flight: Rflush at once.
@@ -121,6 +158,7 @@ struct ServerConcurrencyTests {
 
     @Test func blockedLocksAreBounded() throws {
         var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
         config.maximumBlockedLocks = 2
         let s = try ServedVM(configuration: config)
         defer { s.finish() }
@@ -173,7 +211,9 @@ struct ServerConcurrencyTests {
     /// Reads of one fid stay parallel; a clunk waits for them and a flush of a request that is
     /// held back behind a lock wait answers at once.
     @Test func fidOrderingAndFlush() throws {
-        let s = try ServedVM()
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
+        let s = try ServedVM(configuration: config)
         defer { s.finish() }
         let c = s.client
         try openHostname(c, 1)
@@ -248,6 +288,7 @@ struct ServerConcurrencyTests {
     /// holds the transport back instead of queueing without bound, and Tflush still gets in.
     @Test func backPressureBoundsOutstandingRequests() throws {
         var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
         config.maximumOutstandingRequests = 4
         config.maximumBlockedLocks = 8
         let s = try ServedVM(configuration: config)

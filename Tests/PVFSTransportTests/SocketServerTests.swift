@@ -48,6 +48,30 @@ struct SocketServerTests {
         #expect(s.server.connectionCount == 1)
     }
 
+    @Test func servesOverIPv6() throws {
+        let s = try ServedSockets([.tcp(host: "::1", port: 0)])
+        try s.start()
+        defer { s.finish() }
+        guard case .tcp(let host, let port) = try #require(s.server.boundAddresses.first) else { return }
+        #expect(host == "::1" && port != 0)
+        #expect(s.server.boundAddresses.first?.description == "tcp:[::1]:\(port)")
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        defer { closeClient(fd) }
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_port = port.bigEndian
+        inet_pton(AF_INET6, "::1", &address.sin6_addr)
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+        #expect(rc == 0)
+        let c = client(fd)
+        _ = try c.version()
+        _ = try c.attach(fid: 0)
+        #expect(try c.walk(fid: 0, newFid: 1, ["etc"]).count == 1)
+        #expect(s.peers.first?.remoteAddress.hasPrefix("[::1]:") == true)
+    }
+
     @Test func servesOverUnixSocketsWithPeerCredentials() throws {
         let dir = try TemporaryDirectory()
         let path = dir.path + "/vm1.9p"
@@ -310,7 +334,9 @@ struct SocketServerTests {
     }
 
     @Test func stopEndsConnectionsAndReleasesHandles() throws {
-        let s = try ServedSockets([.tcp(host: "127.0.0.1", port: 0)])
+        var nine = NinePConfiguration()
+        nine.lockWaitSeconds = .infinity
+        let s = try ServedSockets([.tcp(host: "127.0.0.1", port: 0)], nine: nine)
         try s.start()
         var fds: [Int32] = []
         var clients: [NinePClient] = []
@@ -361,12 +387,9 @@ final class TemporaryDirectory {
 
 extension VMView {
     func readAll(_ path: String) throws -> [UInt8] {
-        var attributes = try getAttributes(1)
-        for component in path.split(separator: "/") {
-            attributes = try lookup(attributes.inode, Array(component.utf8), as: .root)
-        }
+        let attributes = try resolve(path)
         let handle = try open(attributes.inode, flags: O_RDONLY, as: .root)
         defer { release(handle) }
-        return try read(handle, offset: 0, count: 1 << 22)
+        return try read(handle, offset: 0, count: 64 << 20)
     }
 }

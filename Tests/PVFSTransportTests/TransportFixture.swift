@@ -80,7 +80,13 @@ final class TransportFixture: @unchecked Sendable {
     func view() -> VMView { VMView(volume: volume, policy: SessionPolicy(side: .guest), sessionID: 999) }
 }
 
+/// Silent, unless PVFS_TEST_LOG names a level (debug, info, ...) to print at on stderr.
 let quietLogger: Logger = {
+    if let level = ProcessInfo.processInfo.environment["PVFS_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) {
+        var l = Logger(label: "pvfs.transport.test", factory: { StreamLogHandler.standardError(label: $0) })
+        l.logLevel = level
+        return l
+    }
     var l = Logger(label: "pvfs.transport.test", factory: { _ in SwiftLogNoOpLogHandler() })
     l.logLevel = .critical
     return l

@@ -1,0 +1,77 @@
+import Foundation
+import Glibc
+import PVFS9P
+import PVFSEngine
+import PVFSSystem
+import SystemPackage
+import Testing
+@testable import PVFSTransport
+
+/// A real Linux guest (Debian's kernel under QEMU/TCG, its own v9fs and 9pnet_fd) mounts a VM
+/// served by the socket transport and runs scripts/guest-9p/init.sh against it. Slow (a minute
+/// or two) and needs qemu-system-x86, linux-image-amd64 and busybox-static, so it runs only with
+/// PVFS_GUEST_TESTS=1.
+@Suite("Linux guest over 9P", .serialized, .enabled(if: ProcessInfo.processInfo.environment["PVFS_GUEST_TESTS"] == "1"))
+struct LinuxGuestTests {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+
+    @Test(arguments: ["msize=262144", "msize=65536,cache=loose"])
+    func guestExercisesTheMount(options: String) throws {
+        let s = try ServedSockets([.tcp(host: "127.0.0.1", port: 0)])
+        try s.start()
+        defer { s.finish() }
+        let out = "\(Self.repository)/.build/guest-9p/run-\(getpid())-\(options.isEmpty ? "default" : options)"
+        let status = try run(["\(Self.repository)/scripts/guest-9p/run.sh", String(s.tcpPort), "vm1", out, "400", options])
+        let log = (try? String(contentsOfFile: out + "/console.log", encoding: .utf8)) ?? ""
+        #expect(status == 0, "qemu exited with \(status)")
+        let lines = log.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
+        let checks = lines.map { $0.trimmingCharacters(in: .whitespaces) }.filter { $0.hasPrefix("CHECK ") }
+        let failures = checks.filter { !$0.hasSuffix(" ok") }
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+        #expect(checks.count >= 50, "only \(checks.count) checks ran:\n\(log.suffix(3000))")
+        #expect(log.contains("RESULT done"), "the guest did not finish:\n\(log.suffix(3000))")
+
+        // What the guest did, seen from the engine.
+        let view = s.fixture.view()
+        // Renamed over, hard-linked as a/hard, then truncated to 100000 through the link.
+        let moved = try view.readAll("a/b/moved.txt")
+        #expect(moved.count == 100_000 && moved.prefix(2) == [0x78, 0x0A])
+        #expect(try view.resolve("a/b/moved.txt").inode == (try view.resolve("a/hard")).inode)
+        #expect(String(decoding: try view.readAll("etc/hostname"), as: UTF8.self) == "guest-host\n")
+        #expect(try view.readAll("big-copy") == TransportFixture.bigContent())
+        #expect(try view.readAll("rand").count == 8 << 20)
+        let u = try view.resolve("tmp/u")
+        #expect(u.uid == 1000)
+        let null = try view.resolve("null")
+        #expect(null.kind == .characterDevice)
+        #expect(DeviceNumber.major(null.rdev) == 1 && DeviceNumber.minor(null.rdev) == 3)
+        #expect(waitUntil(10) { s.server.connectionCount == 0 })
+        #expect(s.fixture.openHandleCount == 0)
+    }
+
+    /// Runs a program and waits for it (posix_spawn and waitpid: Foundation's Process can hang
+    /// when many tests wait for children at once).
+    private func run(_ arguments: [String]) throws -> Int32 {
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        let rc = posix_spawn(&pid, arguments[0], nil, nil, argv, environ)
+        guard rc == 0 else { throw Errno(rawValue: rc) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            guard errno == EINTR else { throw Errno(rawValue: errno) }
+        }
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
+    }
+}
+
+extension VMView {
+    func resolve(_ path: String) throws -> Attributes {
+        var attributes = try getAttributes(1)
+        for component in path.split(separator: "/") {
+            attributes = try lookup(attributes.inode, Array(component.utf8), as: .root)
+        }
+        return attributes
+    }
+}
