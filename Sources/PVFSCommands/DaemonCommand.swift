@@ -70,7 +70,9 @@ public struct DaemonCommand: ParsableCommand {
             } catch let error as ConfigurationError {
                 throw CommandFailure(error.description)
             }
+            ServiceManagerNotification.send("READY=1\nSTATUS=serving")
             daemon.runUntilSignalled()
+            ServiceManagerNotification.send("STOPPING=1")
         }
     }
 }

@@ -425,11 +425,14 @@ guest_wait_port() {
 pvfsd_binary() {
     if [ -n "${PVFSD:-}" ]; then echo "$PVFSD"; return; fi
     if command -v pvfsd >/dev/null; then command -v pvfsd; return; fi
-    local b
+    # The newer of the release and debug builds: a stale one would test old code.
+    local b newest=""
     for b in "$GUEST_REPO_ROOT/.build/release/pvfsd" "$GUEST_REPO_ROOT/.build/debug/pvfsd"; do
-        [ -x "$b" ] && { echo "$b"; return; }
+        [ -x "$b" ] || continue
+        if [ -z "$newest" ] || [ "$b" -nt "$newest" ]; then newest=$b; fi
     done
-    gdie "no pvfsd binary (set PVFSD=...)"
+    [ -n "$newest" ] || gdie "no pvfsd binary (set PVFSD=...)"
+    echo "$newest"
 }
 
 # server_command KIND PORT DIR STORE: print the server's argv, one word per line.
@@ -481,12 +484,15 @@ server_stop() {
 
 # pvfs_vm_binary: the pvfs-vm to use ($PVFS_VM_BIN, else the newest build, else PATH).
 pvfs_vm_binary() {
-    local b
-    for b in "${PVFS_VM_BIN:-}" "$GUEST_REPO_ROOT/.build/release/pvfs-vm" "$GUEST_REPO_ROOT/.build/debug/pvfs-vm" \
-        "$(command -v pvfs-vm || true)"; do
-        [ -n "$b" ] && [ -x "$b" ] && { printf '%s\n' "$b"; return; }
+    if [ -n "${PVFS_VM_BIN:-}" ]; then printf '%s\n' "$PVFS_VM_BIN"; return; fi
+    local b newest=""
+    for b in "$GUEST_REPO_ROOT/.build/release/pvfs-vm" "$GUEST_REPO_ROOT/.build/debug/pvfs-vm"; do
+        [ -x "$b" ] || continue
+        if [ -z "$newest" ] || [ "$b" -nt "$newest" ]; then newest=$b; fi
     done
-    gdie "no pvfs-vm binary (build with swift build, or set PVFS_VM_BIN)"
+    [ -n "$newest" ] || newest=$(command -v pvfs-vm || true)
+    [ -n "$newest" ] || gdie "no pvfs-vm binary (build with swift build, or set PVFS_VM_BIN)"
+    printf '%s\n' "$newest"
 }
 
 # guest_boot_files ARGS...: run `pvfs-vm boot-files ARGS...`.
