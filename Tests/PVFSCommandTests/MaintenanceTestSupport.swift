@@ -6,17 +6,7 @@ import PVFSSystem
 
 /// Runs a built product (pvfs, pvfs-vm, pvfs-template, pvfs-bench-writer) and waits for it.
 func runTool(_ name: String, _ arguments: [String]) throws -> CommandResult {
-    let process = try startTool(name, arguments)
-    let out = process.standardOutput as! Pipe, err = process.standardError as! Pipe
-    let group = DispatchGroup()
-    nonisolated(unsafe) var outData = Data(), errData = Data()
-    group.enter()
-    DispatchQueue.global().async { outData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-    errData = err.fileHandleForReading.readDataToEndOfFile()
-    group.wait()
-    process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errData, as: UTF8.self))
+    collectOutput(of: try startTool(name, arguments))
 }
 
 /// Starts a built product with its output captured in pipes.

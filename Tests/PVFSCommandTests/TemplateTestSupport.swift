@@ -43,11 +43,16 @@ func runTemplateTool(_ arguments: [String], environment: [String: String] = [:],
     env.removeValue(forKey: "PVFS_STORE")
     for (k, v) in environment { env[k] = v }
     process.environment = env
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
+    process.standardOutput = Pipe()
+    process.standardError = Pipe()
     try process.run()
-    // Read both pipes to the end before waiting, so a chatty child never blocks.
+    return collectOutput(of: process)
+}
+
+/// Reads a started process's stdout and stderr pipes to the end, then waits for it (reading
+/// both before waiting, so a chatty child never blocks on a full pipe).
+func collectOutput(of process: Process) -> CommandResult {
+    let out = process.standardOutput as! Pipe, err = process.standardError as! Pipe
     let group = DispatchGroup()
     nonisolated(unsafe) var outData = Data(), errData = Data()
     group.enter()
