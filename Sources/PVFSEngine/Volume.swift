@@ -434,6 +434,21 @@ public final class Volume: @unchecked Sendable {
                 }
             }
         }
+        // Sizes of written files are kept in the catalog lazily: the private file's own size is
+        // the truth for data the host filesystem holds.
+        var resized: [OverlayChange] = []
+        for (ino, record) in overlay.inodes where record.data == .privateFile && record.kind == .regular {
+            guard let size = try? dataDirectory.stat(at: Self.dataPath(ino)).size, size != record.size else { continue }
+            var fixed = record
+            fixed.size = size
+            fixed.blocks = (size + 511) / 512
+            resized.append(.putInode(ino, fixed))
+        }
+        if !resized.isEmpty {
+            try journal.commit(resized)
+            for change in resized { overlay.apply(change) }
+            logger.info("recovered the sizes of \(resized.count) written files")
+        }
         quota.setUsage(computeUsage())
         let usage = quota.usage
         try store.catalog.write { db in

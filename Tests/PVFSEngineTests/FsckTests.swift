@@ -145,6 +145,27 @@ struct FsckTests {
         #expect(try f.store.scalar("SELECT usage_clean FROM vm WHERE id = \(vm.id)") == 1)
     }
 
+    /// Sizes reach the catalog lazily; after a crash the private file's own size wins.
+    @Test func sizesOfWrittenFilesAreRecoveredAfterACrash() throws {
+        let (f, vm) = try populated()
+        let ino = try f.view("a").resolve("own").inode
+        let path = f.store.path + "/vms/\(vm.id)/" + Volume.privateDataPath(ino)
+        let host = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.append])
+        _ = try host.writeAll(pseudoRandom(3000, seed: 9))
+        try host.close()
+        try f.store.catalog.write { db in
+            try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vm.id])
+        }
+        let v = try f.view("a")
+        let attributes = try v.getAttributes(try v.resolve("own").inode)
+        #expect(attributes.size == 12_000)
+        #expect(try v.readBytes("own").count == 12_000)
+        // The catalog agrees (what dedup, df and exports read without opening the file).
+        #expect(try f.store.scalar("SELECT size FROM vm_inode WHERE vm_id = \(vm.id) AND ino = \(ino)") == 12_000)
+        try v.volume.close()
+        #expect(try runFsck(f.store).findings.isEmpty)
+    }
+
     @Test func servedVolumeIsCheckedUnderItsOwnLocks() throws {
         let f = try EngineFixture()
         _ = try f.provision("a")
