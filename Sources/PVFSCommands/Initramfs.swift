@@ -151,7 +151,9 @@ func runTool(_ argv: [String], stdin: FileHandle? = nil) throws -> Data {
     let outPipe = Pipe()
     let errFile = FileManager.default.temporaryDirectory
         .appendingPathComponent("pvfs-tool-\(getpid())-\(UInt32.random(in: 0 ... .max)).err")
-    FileManager.default.createFile(atPath: errFile.path, contents: nil)
+    guard FileManager.default.createFile(atPath: errFile.path, contents: nil) else {
+        throw CommandFailure("cannot create \(errFile.path) for \(argv.first ?? "a tool")'s messages")
+    }
     defer { try? FileManager.default.removeItem(at: errFile) }
     let errHandle = try FileHandle(forWritingTo: errFile)
     process.standardOutput = outPipe
