@@ -2,25 +2,51 @@
 # pvfs's FUSE view against fuse-overlayfs and kernel overlayfs over the same lower tree and the
 # same upper filesystem, plus the cost of provisioning a root (pvfs VM vs ostree checkout vs cp -a).
 #
-#   bench/fuse-vs-overlay.sh [--runs N] [--lower DIR] [--work DIR]
+#   bench/fuse-vs-overlay.sh [--runs N] [--lower DIR] [--work DIR] [--image FILE] [--image-size SIZE]
+#                            [--no-image] [--rows "walk read create_unlink seq_write seq_read"]
+#                            [--no-provision] [--bin DIR] [--baseline-bin DIR]
 #
-# Needs root, /dev/fuse, fuse-overlayfs, ostree, python3, and release builds of pvfs-vm and
-# pvfs-devtool (built here when missing). Every row runs on a fresh upper layer (a fresh VM for
-# pvfs) with caches dropped before it; each run prints its table, the last table holds medians.
-# Rows: seconds, smaller is better; the ratio columns are pvfs / other (below 1: pvfs faster).
+# Needs root, /dev/fuse, fuse-overlayfs, ostree, python3, mkfs.ext4, and release builds of
+# pvfs-vm and pvfs-devtool (built here when missing). Every run uses fresh upper layers (a fresh
+# VM for pvfs); caches are dropped before each row; each run prints its table, the last table
+# holds medians. Rows: seconds, smaller is better; the ratio columns are pvfs / other (below 1:
+# pvfs faster). --bin takes pvfs-vm and pvfs-devtool from DIR instead; --baseline-bin adds a
+# column "pvfs-base" served by DIR/pvfs-vm (an earlier build) next to the others.
+#
+# All three systems work on one freshly made ext4 (default options, with its journal) mounted
+# from a loop image at WORK: the lower tree is copied there, and the pvfs store, the upper layers
+# and the ostree repository live there too. A long-lived filesystem that has seen many mass
+# deletes makes inode allocation slow (ext4 without a journal especially) and would charge that
+# to whichever system runs on it; --no-image uses WORK as it is instead. The image is a sparse
+# file (default: WORK.img, 8G), removed at the end.
 set -euo pipefail
 
 RUNS=3
 LOWER=/srv/pvfs-cache/minbase
 WORK=/var/tmp/pvfs-bench
+IMAGE=
+IMAGE_SIZE=8G
+USE_IMAGE=1
+ROWS=(walk read create_unlink seq_write seq_read)
+PROVISION=1
+BIN=
+BASE_BIN=
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --lower) LOWER=$2; shift 2 ;;
         --work) WORK=$2; shift 2 ;;
-        *) echo "usage: $0 [--runs N] [--lower DIR] [--work DIR]" >&2; exit 2 ;;
+        --image) IMAGE=$2; shift 2 ;;
+        --image-size) IMAGE_SIZE=$2; shift 2 ;;
+        --no-image) USE_IMAGE=; shift ;;
+        --rows) read -r -a ROWS <<< "$2"; shift 2 ;;
+        --no-provision) PROVISION=; shift ;;
+        --bin) BIN=$2; shift 2 ;;
+        --baseline-bin) BASE_BIN=$2; shift 2 ;;
+        *) echo "usage: $0 [--runs N] [--lower DIR] [--work DIR] [--image FILE] [--image-size SIZE] [--no-image] [--rows LIST] [--no-provision] [--bin DIR] [--baseline-bin DIR]" >&2; exit 2 ;;
     esac
 done
+IMAGE=${IMAGE:-$WORK.img}
 
 [ "$(id -u)" = 0 ] || { echo "bench: needs root" >&2; exit 1; }
 [ -d "$LOWER" ] || { echo "bench: no lower tree at $LOWER" >&2; exit 1; }
@@ -29,7 +55,11 @@ for tool in fuse-overlayfs ostree python3; do
 done
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$REPO/.build/release
+# --bin: pvfs-vm and pvfs-devtool from elsewhere (an earlier build, to compare)
+if [ -n "$BIN" ]; then
+    [ -x "$BIN/pvfs-vm" ] && [ -x "$BIN/pvfs-devtool" ] || { echo "bench: no pvfs-vm and pvfs-devtool in $BIN" >&2; exit 1; }
+fi
+BIN=${BIN:-$REPO/.build/release}
 if [ ! -x "$BIN/pvfs-vm" ] || [ ! -x "$BIN/pvfs-devtool" ]; then
     (cd "$REPO" && swift build -c release --product pvfs-vm && swift build -c release --product pvfs-devtool)
 fi
@@ -41,8 +71,22 @@ cleanup() {
     for m in "${MOUNTS[@]:-}"; do
         [ -n "$m" ] && mountpoint -q "$m" && umount "$m" 2>/dev/null || true
     done
+    if [ -n "$USE_IMAGE" ] && mountpoint -q "$WORK"; then
+        umount "$WORK" || true
+        rm -f "$IMAGE"
+    fi
 }
 trap cleanup EXIT
+
+if [ -n "$USE_IMAGE" ]; then
+    mountpoint -q "$WORK" && { echo "bench: $WORK is already a mount point" >&2; exit 1; }
+    rm -f "$IMAGE"
+    truncate -s "$IMAGE_SIZE" "$IMAGE"
+    mkfs.ext4 -q -F "$IMAGE"
+    mount -o loop "$IMAGE" "$WORK"
+    cp -a "$LOWER" "$WORK/lower"
+    LOWER=$WORK/lower
+fi
 
 drop_caches() {
     sync
@@ -90,7 +134,7 @@ if [ ! -f "$STORE/.bench-template" ]; then
     fi
     touch "$STORE/.bench-template"
 fi
-if [ ! -f "$WORK/ostree-repo/.bench-committed" ]; then
+if [ -n "$PROVISION" ] && [ ! -f "$WORK/ostree-repo/.bench-committed" ]; then
     rm -rf "$WORK/ostree-repo"
     ostree init --repo="$WORK/ostree-repo" --mode=bare > /dev/null
     # ostree holds no device nodes, fifos or sockets (a booted system gets /dev from devtmpfs):
@@ -103,78 +147,111 @@ if [ ! -f "$WORK/ostree-repo/.bench-committed" ]; then
     touch "$WORK/ostree-repo/.bench-committed"
 fi
 
-ROWS=(walk read create_unlink seq_write seq_read)
 declare -A RESULTS   # key: row/system/run
 
-measure_system() {  # system mountpoint run
-    local system=$1 mnt=$2 run=$3
-    drop_caches; RESULTS[walk/$system/$run]=$(timed walk "$mnt")
-    drop_caches; RESULTS[read/$system/$run]=$(timed read_all "$mnt")
-    drop_caches; RESULTS[create_unlink/$system/$run]=$(timed create_unlink "$mnt")
-    drop_caches; RESULTS[seq_write/$system/$run]=$(timed seq_write "$mnt")
-    drop_caches; RESULTS[seq_read/$system/$run]=$(timed seq_read "$mnt")
+measure_row() {  # row system mountpoint run
+    local row=$1 system=$2 mnt=$3 run=$4
+    drop_caches
+    case $row in
+        walk) RESULTS[walk/$system/$run]=$(timed walk "$mnt") ;;
+        read) RESULTS[read/$system/$run]=$(timed read_all "$mnt") ;;
+        create_unlink) RESULTS[create_unlink/$system/$run]=$(timed create_unlink "$mnt") ;;
+        seq_write) RESULTS[seq_write/$system/$run]=$(timed seq_write "$mnt") ;;
+        # reads what seq_write wrote
+        seq_read) [ -f "$mnt/bench-big" ] || seq_write "$mnt"; drop_caches
+                  RESULTS[seq_read/$system/$run]=$(timed seq_read "$mnt") ;;
+        *) echo "bench: unknown row $row" >&2; exit 2 ;;
+    esac
 }
 
-print_table() {  # title, then "row pvfs fuse-overlayfs kernel-overlay" lines on stdin
+# Columns: pvfs, [pvfs-base,] fuse-overlayfs, kernel overlayfs.
+SYSTEMS=(pvfs)
+[ -n "$BASE_BIN" ] && SYSTEMS+=(base)
+SYSTEMS+=(fuse kern)
+
+print_table() {  # title, then "row value..." lines (one value per system) on stdin
     python3 -c '
 import sys
-title = sys.argv[1]
+title, systems = sys.argv[1], sys.argv[2].split()
+names = {"pvfs": "pvfs", "base": "pvfs-base", "fuse": "fuse-ovl", "kern": "kernel-ovl"}
+others = [i for i, s in enumerate(systems) if s != "pvfs"]
 print()
 print(title)
-print("%-16s%10s%10s%11s%11s%11s" % ("row", "pvfs", "fuse-ovl", "kernel-ovl", "pvfs/fuse", "pvfs/kern"))
+print("%-16s" % "row" + "".join("%11s" % names[s] for s in systems) + "".join("%11s" % ("pvfs/" + systems[i]) for i in others))
 for line in sys.stdin:
     name, *values = line.split()
     v = [float(x) for x in values]
-    print("%-16s%10.3f%10.3f%11.3f%11.2f%11.2f" % (name, v[0], v[1], v[2], v[0] / v[1], v[0] / v[2]))
-' "$1"
+    print("%-16s" % name + "".join("%11.3f" % x for x in v) + "".join("%11.2f" % (v[0] / v[i]) for i in others))
+' "$1" "${SYSTEMS[*]}"
 }
 
 for run in $(seq 1 "$RUNS"); do
     # Provisioning a root: a pvfs VM, an ostree hardlink checkout, a full copy.
     vm="bench-$run-$$"
     RESULTS[provision/pvfs/$run]=$("$BIN/pvfs-devtool" provision --store "$STORE" --template minbase --name "$vm")
-    rm -rf "$WORK/checkout" "$WORK/copy"
-    drop_caches; RESULTS[provision/fuse/$run]=$(timed ostree checkout --repo="$WORK/ostree-repo" minbase "$WORK/checkout")
-    drop_caches; RESULTS[provision/kern/$run]=$(timed cp -a "$LOWER" "$WORK/copy")
-    rm -rf "$WORK/checkout" "$WORK/copy"
+    if [ -n "$PROVISION" ]; then
+        rm -rf "$WORK/checkout" "$WORK/copy"
+        drop_caches; RESULTS[provision/fuse/$run]=$(timed ostree checkout --repo="$WORK/ostree-repo" minbase "$WORK/checkout")
+        drop_caches; RESULTS[provision/kern/$run]=$(timed cp -a "$LOWER" "$WORK/copy")
+        rm -rf "$WORK/checkout" "$WORK/copy"
+    fi
 
+    # All systems are mounted at once and each row runs on each of them in turn (starting with
+    # a different one each run), so that a change in the machine's load hits all alike.
+    declare -A MNT
     # pvfs (release build)
     mkdir -p "$WORK/pvfs-mnt"
     "$BIN/pvfs-vm" mount --store "$STORE" "$vm" "$WORK/pvfs-mnt"
-    MOUNTS+=("$WORK/pvfs-mnt")
-    measure_system pvfs "$WORK/pvfs-mnt" "$run"
-    "$BIN/pvfs-vm" umount --store "$STORE" "$WORK/pvfs-mnt"
-    "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm"
-
+    MOUNTS+=("$WORK/pvfs-mnt"); MNT[pvfs]=$WORK/pvfs-mnt
+    if [ -n "$BASE_BIN" ]; then
+        "$BIN/pvfs-devtool" provision --store "$STORE" --template minbase --name "$vm-base" > /dev/null
+        mkdir -p "$WORK/base-mnt"
+        "$BASE_BIN/pvfs-vm" mount --store "$STORE" "$vm-base" "$WORK/base-mnt"
+        MOUNTS+=("$WORK/base-mnt"); MNT[base]=$WORK/base-mnt
+    fi
     # fuse-overlayfs
     rm -rf "$WORK/fo-upper" "$WORK/fo-work"
     mkdir -p "$WORK/fo-upper" "$WORK/fo-work" "$WORK/fo-mnt"
     fuse-overlayfs -o "lowerdir=$LOWER,upperdir=$WORK/fo-upper,workdir=$WORK/fo-work" "$WORK/fo-mnt"
-    MOUNTS+=("$WORK/fo-mnt")
-    measure_system fuse "$WORK/fo-mnt" "$run"
-    umount "$WORK/fo-mnt"
-
+    MOUNTS+=("$WORK/fo-mnt"); MNT[fuse]=$WORK/fo-mnt
     # kernel overlayfs
     rm -rf "$WORK/ko-upper" "$WORK/ko-work"
     mkdir -p "$WORK/ko-upper" "$WORK/ko-work" "$WORK/ko-mnt"
     mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$WORK/ko-upper,workdir=$WORK/ko-work" "$WORK/ko-mnt"
-    MOUNTS+=("$WORK/ko-mnt")
-    measure_system kern "$WORK/ko-mnt" "$run"
+    MOUNTS+=("$WORK/ko-mnt"); MNT[kern]=$WORK/ko-mnt
+
+    n=${#SYSTEMS[@]}
+    for row in "${ROWS[@]}"; do
+        for i in $(seq 0 $((n - 1))); do
+            system=${SYSTEMS[$(( (i + run - 1) % n ))]}
+            measure_row "$row" "$system" "${MNT[$system]}" "$run"
+        done
+    done
+
+    "$BIN/pvfs-vm" umount --store "$STORE" "$WORK/pvfs-mnt"
+    "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm"
+    if [ -n "$BASE_BIN" ]; then
+        "$BASE_BIN/pvfs-vm" umount --store "$STORE" "$WORK/base-mnt"
+        "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm-base"
+    fi
+    umount "$WORK/fo-mnt"
     umount "$WORK/ko-mnt"
 
     {
         for row in "${ROWS[@]}"; do
-            echo "$row ${RESULTS[$row/pvfs/$run]} ${RESULTS[$row/fuse/$run]} ${RESULTS[$row/kern/$run]}"
+            line=$row
+            for system in "${SYSTEMS[@]}"; do line="$line ${RESULTS[$row/$system/$run]}"; done
+            echo "$line"
         done
     } | print_table "run $run of $RUNS (seconds)"
-    echo "provision: pvfs VM ${RESULTS[provision/pvfs/$run]} s, ostree checkout ${RESULTS[provision/fuse/$run]} s, cp -a ${RESULTS[provision/kern/$run]} s"
+    [ -z "$PROVISION" ] || echo "provision: pvfs VM ${RESULTS[provision/pvfs/$run]} s, ostree checkout ${RESULTS[provision/fuse/$run]} s, cp -a ${RESULTS[provision/kern/$run]} s"
 done
 
 median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 {
     for row in "${ROWS[@]}"; do
         line="$row"
-        for system in pvfs fuse kern; do
+        for system in "${SYSTEMS[@]}"; do
             values=()
             for run in $(seq 1 "$RUNS"); do values+=("${RESULTS[$row/$system/$run]}"); done
             line="$line $(median "${values[@]}")"
@@ -182,6 +259,7 @@ median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) 
         echo "$line"
     done
 } | print_table "medians of $RUNS runs (seconds)"
+[ -n "$PROVISION" ] || exit 0
 values=(); for run in $(seq 1 "$RUNS"); do values+=("${RESULTS[provision/pvfs/$run]}"); done; p=$(median "${values[@]}")
 values=(); for run in $(seq 1 "$RUNS"); do values+=("${RESULTS[provision/fuse/$run]}"); done; o=$(median "${values[@]}")
 values=(); for run in $(seq 1 "$RUNS"); do values+=("${RESULTS[provision/kern/$run]}"); done; c=$(median "${values[@]}")

@@ -57,7 +57,7 @@ extension Volume {
         result.findings = plan.findings
         if repair && !plan.isEmpty {
             do throws(Errno) {
-                try commit(plan.changes)
+                try commit(plan.changes, synchronously: true)
                 for ino in plan.emptyFiles {
                     if let fd = try? FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), [.writeOnly, .create, .noFollow], mode: 0o600) {
                         fd.closeQuietly()

@@ -451,6 +451,7 @@ extension Volume {
             throw error
         }
         metaLock.unlock()
+        try catalogWriter.flush()
         if isPrivate, let shard = try? FileDescriptor.open(at: dataDirectory, String(Self.dataPath(ino).prefix(2)), [.directory, .readOnly]) {
             defer { shard.closeQuietly() }
             try? shard.sync()

@@ -112,7 +112,7 @@ extension Volume {
         current.version = nextVersion()
         blobHashes[blobID] = hash
         let after = Charge.of(current, createdByVM: !isTemplateInode(ino), privateSize: nil, xattrBytes: xattrBytes)
-        try commit([.putInode(ino, current)])
+        try commit([.putInode(ino, current)], synchronously: true)
         try? quota.charge(bytes: after.bytes - before.bytes, inodes: after.inodes - before.inodes)
         data.file = blobFile
         data.generation &+= 1

@@ -76,7 +76,7 @@ extension Volume {
         for (ino, r) in edit.records { changes.append(.putInode(ino, r)) }
         changes.append(contentsOf: edit.changes)
         do throws(Errno) {
-            try commit(changes)
+            try commit(changes, removing: edit.removedFiles)
         } catch {
             if edit.bytes > 0 || edit.inodes > 0 {
                 try? quota.charge(bytes: -max(0, edit.bytes), inodes: -max(0, edit.inodes))
@@ -87,7 +87,6 @@ extension Volume {
             try? quota.charge(bytes: min(0, edit.bytes), inodes: min(0, edit.inodes))
         }
         for (ino, record) in edit.lazy where edit.records[ino] == nil { updateLazily(ino, record) }
-        for ino in edit.removedFiles { reapPrivateFile(ino) }
     }
 
     // MARK: Attributes

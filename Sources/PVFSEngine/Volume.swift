@@ -52,6 +52,8 @@ public final class Volume: @unchecked Sendable {
     var reservedInodes: InodeNumber = 0
     /// Removes private files the catalog no longer names, off the request path.
     let reaper: FileReaper
+    /// Commits operations' changes in the background, many per transaction.
+    let catalogWriter: CatalogWriter
 
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
     public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
@@ -91,7 +93,12 @@ public final class Volume: @unchecked Sendable {
         dataDirectory = try FileDescriptor.open(at: vmDirectory, "data", [.directory, .readOnly, .noFollow])
         scratchDirectory = try FileDescriptor.open(at: vmDirectory, "tmp", [.directory, .readOnly, .noFollow])
         journal = OverlayJournal(catalog: store.catalog, vmID: vmID)
-        reaper = FileReaper(logger: logger)
+        let reaper = FileReaper(logger: logger)
+        self.reaper = reaper
+        let dataDirectory = dataDirectory
+        catalogWriter = CatalogWriter(journal: journal, logger: logger) { files in
+            for ino in files { reaper.remove(at: dataDirectory, Self.dataPath(ino)) }
+        }
 
         let (image, hashes, vmRow) = try store.catalog.read { db -> (TemplateImage, [Int64: BlobHash], Row) in
             let image = try TemplateImage.load(templateID: templateID, from: db)
@@ -129,7 +136,19 @@ public final class Volume: @unchecked Sendable {
         for (ino, data) in openData { persistWrittenState(ino, data) }
         openData.removeAll()
         try? flushDirtyLocked()
+        let committed: Errno?
+        do throws(Errno) {
+            try catalogWriter.stop()
+            committed = nil
+        } catch {
+            committed = error
+        }
         reaper.drain()
+        if let committed {
+            // Not marked clean: the next open recovers from what the catalog holds.
+            lockFile = nil
+            throw StoreError("VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
+        }
         let usage = quota.usage
         try store.catalog.write { db in
             try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = 1 WHERE id = ?",
@@ -147,10 +166,17 @@ public final class Volume: @unchecked Sendable {
     /// Writes usage and lazily kept times to the catalog; the daemon calls this periodically.
     public func saveUsage() throws {
         try flushDirtyRecords()
+        try catalogWriter.flush()
         guard let usage = quota.takeChangedUsage() else { return }
         try store.catalog.write { db in
             try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
         }
+    }
+
+    /// Waits until every change acknowledged so far is committed to the catalog (not synced),
+    /// for readers of the catalog that must see them, such as a garbage collection next.
+    public func commitPendingChanges() throws {
+        try catalogWriter.flush()
     }
 
     /// Applies a quota change made in the catalog (set-quota) to the live volume.
@@ -237,16 +263,31 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: - Commit
 
-    /// Writes changes to the catalog, then applies them in memory. Caller holds metaLock.
+    /// Applies changes in memory and hands them to the catalog writer, which commits them with
+    /// the changes of the operations around them (`CatalogWriter`); `removing` lists private
+    /// files to remove once the catalog stops naming them. With `synchronously` (or while the
+    /// writer's last commit failed) the changes are committed before they are applied, after
+    /// everything queued before them. Caller holds metaLock.
     /// On a catalog failure nothing changes and the error surfaces as EIO (or ENOSPC).
-    func commit(_ changes: [OverlayChange]) throws(Errno) {
-        do {
-            try journal.commit(changes)
-        } catch {
-            logger.error("catalog write failed: \(error)")
-            if let dbError = error as? DatabaseError, dbError.resultCode == .SQLITE_FULL { throw Errno.noSpace }
-            throw Errno.ioError
+    func commit(_ changes: [OverlayChange], removing files: [InodeNumber] = [], synchronously: Bool = false) throws(Errno) {
+        if synchronously || catalogWriter.hasFailed {
+            try catalogWriter.flush()
+            do {
+                try journal.commit(changes)
+            } catch {
+                logger.error("catalog write failed: \(error)")
+                if let dbError = error as? DatabaseError, dbError.resultCode == .SQLITE_FULL { throw Errno.noSpace }
+                throw Errno.ioError
+            }
+            applyCommitted(changes)
+            for ino in files { reapPrivateFile(ino) }
+            return
         }
+        applyCommitted(changes)
+        catalogWriter.enqueue(changes, removing: files)
+    }
+
+    private func applyCommitted(_ changes: [OverlayChange]) {
         for change in changes {
             overlay.apply(change)
             switch change {

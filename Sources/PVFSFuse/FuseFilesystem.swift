@@ -158,10 +158,17 @@ extension FuseFilesystem {
         // Reads are answered from the blob or private file by splice where the kernel allows it.
         for cap in [CFUSE_CAP_SPLICE_WRITE, CFUSE_CAP_SPLICE_MOVE] where capable & cap != 0 { want |= cap }
         for cap in [CFUSE_CAP_ASYNC_READ, CFUSE_CAP_PARALLEL_DIROPS, CFUSE_CAP_ATOMIC_O_TRUNC,
-                    CFUSE_CAP_POSIX_LOCKS, CFUSE_CAP_FLOCK_LOCKS, CFUSE_CAP_READDIRPLUS,
-                    CFUSE_CAP_READDIRPLUS_AUTO, CFUSE_CAP_AUTO_INVAL_DATA, CFUSE_CAP_ASYNC_DIO]
+                    CFUSE_CAP_READDIRPLUS, CFUSE_CAP_READDIRPLUS_AUTO, CFUSE_CAP_AUTO_INVAL_DATA, CFUSE_CAP_ASYNC_DIO]
         where capable & cap != 0 {
             want |= cap
+        }
+        // Locks: the engine's table where guest sessions must see them, else the kernel's own
+        // (libfuse asks for both by default since lock handlers exist).
+        let lockCaps = CFUSE_CAP_POSIX_LOCKS | CFUSE_CAP_FLOCK_LOCKS
+        if options.locksInKernel {
+            want &= ~lockCaps
+        } else {
+            want |= capable & lockCaps
         }
         // Symlink targets never change in place: a new target is a new inode.
         if capable & CFUSE_CAP_CACHE_SYMLINKS != 0, options.keepCache { want |= CFUSE_CAP_CACHE_SYMLINKS }
@@ -410,7 +417,12 @@ extension FuseFilesystem {
 
 extension FuseFilesystem {
     func setOpenReplyFlags(_ fi: UnsafeMutablePointer<fuse_file_info>, directory: Bool) {
-        cfuse_fi_set_reply_flags(fi, options.keepCache ? 1 : 0, 0, directory && options.keepCache ? 1 : 0, 0)
+        // FLUSH (each close) only drops the closer's locks in the engine's table; with the
+        // kernel keeping locks it is a round trip for nothing. Without a writeback cache the
+        // kernel has no dirty pages to write at close either (shared mmap pages are written
+        // back when the mapping goes).
+        let noFlush = !directory && options.locksInKernel
+        cfuse_fi_set_reply_flags(fi, options.keepCache ? 1 : 0, 0, directory && options.keepCache ? 1 : 0, noFlush ? 1 : 0)
     }
 
     func open(_ req: fuse_req_t, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {

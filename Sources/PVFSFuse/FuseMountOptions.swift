@@ -34,10 +34,15 @@ public struct FuseMountOptions: Sendable, Equatable {
     public var readaheadKiB: Int
     /// libfuse's request trace on stderr.
     public var debug: Bool
+    /// The kernel keeps POSIX and flock locks itself, as for a local filesystem, instead of the
+    /// engine's lock table. Only right when no other session of the VM takes locks (the
+    /// default for `.exclusive`): guest sessions see the engine's table only. Close then needs
+    /// no FLUSH request (FOPEN_NOFLUSH), which was there only to drop the closer's locks.
+    public var locksInKernel: Bool
 
     public init(readOnly: Bool = false, allowOther: Bool = false, caching: Caching = .exclusive,
                 maximumThreads: UInt32 = 32, idleThreads: UInt32 = 16, cloneDescriptor: Bool = true,
-                posixACLs: Bool = true, readaheadKiB: Int = 512, debug: Bool = false) {
+                posixACLs: Bool = true, readaheadKiB: Int = 512, debug: Bool = false, locksInKernel: Bool? = nil) {
         self.readOnly = readOnly
         self.allowOther = allowOther
         self.caching = caching
@@ -47,6 +52,7 @@ public struct FuseMountOptions: Sendable, Equatable {
         self.posixACLs = posixACLs
         self.readaheadKiB = readaheadKiB
         self.debug = debug
+        self.locksInKernel = locksInKernel ?? (caching == .exclusive)
     }
 
     /// Seconds the kernel may trust a name, an attribute or a missing name.
