@@ -58,10 +58,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # --bin: pvfs-vm and pvfs-devtool from elsewhere (an earlier build, to compare)
 if [ -n "$BIN" ]; then
     [ -x "$BIN/pvfs-vm" ] && [ -x "$BIN/pvfs-devtool" ] || { echo "bench: no pvfs-vm and pvfs-devtool in $BIN" >&2; exit 1; }
-fi
-BIN=${BIN:-$REPO/.build/release}
-if [ ! -x "$BIN/pvfs-vm" ] || [ ! -x "$BIN/pvfs-devtool" ]; then
-    (cd "$REPO" && swift build -c release --product pvfs-vm && swift build -c release --product pvfs-devtool)
+else
+    # Always brought up to date (incremental): a stale build would measure old code.
+    (cd "$REPO" && swift build -c release --product pvfs-vm >&2 && swift build -c release --product pvfs-devtool >&2)
+    BIN=$REPO/.build/release
 fi
 
 STORE=$WORK/store
@@ -164,8 +164,10 @@ measure_row() {  # row system mountpoint run
     esac
 }
 
-# Columns: pvfs, [pvfs-base,] fuse-overlayfs, kernel overlayfs.
-SYSTEMS=(pvfs)
+# Columns: pvfs (default: each change in the catalog before its reply), pvfs-grouped (its
+# --grouped-commit: changes committed a few ms later, many per transaction), [pvfs-base,]
+# fuse-overlayfs, kernel overlayfs.
+SYSTEMS=(pvfs grp)
 [ -n "$BASE_BIN" ] && SYSTEMS+=(base)
 SYSTEMS+=(fuse kern)
 
@@ -173,15 +175,16 @@ print_table() {  # title, then "row value..." lines (one value per system) on st
     python3 -c '
 import sys
 title, systems = sys.argv[1], sys.argv[2].split()
-names = {"pvfs": "pvfs", "base": "pvfs-base", "fuse": "fuse-ovl", "kern": "kernel-ovl"}
-others = [i for i, s in enumerate(systems) if s != "pvfs"]
+names = {"pvfs": "pvfs", "grp": "pvfs-grp", "base": "pvfs-base", "fuse": "fuse-ovl", "kern": "kernel-ovl"}
+# Ratios: pvfs and pvfs-grouped against each peer.
+pairs = [(a, b) for a in ("pvfs", "grp") if a in systems for b in ("base", "fuse", "kern") if b in systems]
 print()
 print(title)
-print("%-16s" % "row" + "".join("%11s" % names[s] for s in systems) + "".join("%11s" % ("pvfs/" + systems[i]) for i in others))
+print("%-16s" % "row" + "".join("%11s" % names[s] for s in systems) + "".join("%11s" % (a + "/" + b) for a, b in pairs))
 for line in sys.stdin:
     name, *values = line.split()
-    v = [float(x) for x in values]
-    print("%-16s" % name + "".join("%11.3f" % x for x in v) + "".join("%11.2f" % (v[0] / v[i]) for i in others))
+    v = dict(zip(systems, (float(x) for x in values)))
+    print("%-16s" % name + "".join("%11.3f" % v[s] for s in systems) + "".join("%11.2f" % (v[a] / v[b]) for a, b in pairs))
 ' "$1" "${SYSTEMS[*]}"
 }
 
@@ -203,6 +206,10 @@ for run in $(seq 1 "$RUNS"); do
     mkdir -p "$WORK/pvfs-mnt"
     "$BIN/pvfs-vm" mount --store "$STORE" "$vm" "$WORK/pvfs-mnt"
     MOUNTS+=("$WORK/pvfs-mnt"); MNT[pvfs]=$WORK/pvfs-mnt
+    "$BIN/pvfs-devtool" provision --store "$STORE" --template minbase --name "$vm-grp" > /dev/null
+    mkdir -p "$WORK/grp-mnt"
+    "$BIN/pvfs-vm" mount --grouped-commit --store "$STORE" "$vm-grp" "$WORK/grp-mnt"
+    MOUNTS+=("$WORK/grp-mnt"); MNT[grp]=$WORK/grp-mnt
     if [ -n "$BASE_BIN" ]; then
         "$BIN/pvfs-devtool" provision --store "$STORE" --template minbase --name "$vm-base" > /dev/null
         mkdir -p "$WORK/base-mnt"
@@ -230,6 +237,8 @@ for run in $(seq 1 "$RUNS"); do
 
     "$BIN/pvfs-vm" umount --store "$STORE" "$WORK/pvfs-mnt"
     "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm"
+    "$BIN/pvfs-vm" umount --store "$STORE" "$WORK/grp-mnt"
+    "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm-grp"
     if [ -n "$BASE_BIN" ]; then
         "$BASE_BIN/pvfs-vm" umount --store "$STORE" "$WORK/base-mnt"
         "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm-base"

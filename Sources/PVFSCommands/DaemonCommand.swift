@@ -34,6 +34,13 @@ public struct DaemonCommand: ParsableCommand {
     @Option(name: .long, help: "Run the janitor every N seconds (0: never).")
     public var janitorInterval: Int?
 
+    @Option(name: .long, help: ArgumentHelp("""
+        When metadata changes reach the catalog: sync (before the reply; a kill -9 loses nothing \
+        acknowledged) or grouped (a few ms later, many per transaction: faster; a kill -9 may lose \
+        the last ms of operations not fsync'd).
+        """, valueName: "mode"))
+    public var catalogCommit: String?
+
     public init() {}
 
     public func loadConfiguration() throws -> DaemonConfiguration {
@@ -50,6 +57,12 @@ public struct DaemonCommand: ParsableCommand {
         if let metrics { configuration.metricsAddress = metrics }
         if let xen { configuration.xenEnabled = xen }
         if let janitorInterval { configuration.janitorIntervalSeconds = janitorInterval }
+        if let catalogCommit {
+            guard let mode = Volume.CommitMode(rawValue: catalogCommit) else {
+                throw CommandFailure("--catalog-commit is sync or grouped")
+            }
+            configuration.commitMode = mode
+        }
         return configuration
     }
 

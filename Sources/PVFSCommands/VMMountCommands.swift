@@ -43,6 +43,12 @@ public struct Mount: ParsableCommand {
     @Flag(name: .long, help: "Let other users in (the kernel checks their permissions).")
     public var allowOther = false
 
+    @Flag(name: .long, help: """
+        Commit metadata changes a few ms after the reply, many per transaction (faster; a crash \
+        may lose the last ms of changes not fsync'd). Through pvfsd, its --catalog-commit applies.
+        """)
+    public var groupedCommit = false
+
     @Option(name: .long, help: ArgumentHelp("Where the background process logs (default: nowhere).", valueName: "path"))
     public var logFile: String?
 
@@ -109,6 +115,7 @@ public struct Mount: ParsableCommand {
         do {
             let store = try storeOptions.open(logger: logger)
             volume = try Volume.open(store: store, vmName: name, logger: logger)
+            if groupedCommit { volume.commitMode = .grouped }
         } catch let error as StoreError {
             let failure = CommandFailure(error.message, exitCode: Self.exitCode(for: error.errno))
             notifier.fail(failure)

@@ -34,6 +34,7 @@ public final class Daemon: @unchecked Sendable {
         store = try Store(path: configuration.storePath, create: true, logger: logger)
         try store.cleanUpInterruptedVMOperations()
         registry = try VolumeRegistry(store: store, logger: logger)
+        registry.commitMode = configuration.commitMode
     }
 
     public func add(_ service: any DaemonService) {

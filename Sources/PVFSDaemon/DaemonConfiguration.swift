@@ -1,4 +1,5 @@
 import Foundation
+import PVFSEngine
 
 /// pvfsd's settings: a small config file (`/etc/pvfs/pvfsd.conf`), overridden by options.
 ///
@@ -11,6 +12,7 @@ import Foundation
 ///     xen = on
 ///     janitor-interval = 3600                # seconds; 0 disables
 ///     usage-save-interval = 5
+///     catalog-commit = sync                  # or grouped (faster metadata; see Volume.CommitMode)
 public struct DaemonConfiguration: Sendable, Equatable {
     public struct Listener: Sendable, Equatable, CustomStringConvertible {
         public var name: String
@@ -51,15 +53,17 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var xenEnabled: Bool
     public var janitorIntervalSeconds: Int
     public var usageSaveIntervalSeconds: Int
+    public var commitMode: Volume.CommitMode
 
     public init(storePath: String, listeners: [Listener] = [], metricsAddress: String? = nil, xenEnabled: Bool = false,
-                janitorIntervalSeconds: Int = 0, usageSaveIntervalSeconds: Int = 5) {
+                janitorIntervalSeconds: Int = 0, usageSaveIntervalSeconds: Int = 5, commitMode: Volume.CommitMode = .beforeReply) {
         self.storePath = storePath
         self.listeners = listeners
         self.metricsAddress = metricsAddress
         self.xenEnabled = xenEnabled
         self.janitorIntervalSeconds = janitorIntervalSeconds
         self.usageSaveIntervalSeconds = usageSaveIntervalSeconds
+        self.commitMode = commitMode
     }
 
     public static let defaultPath = "/etc/pvfs/pvfsd.conf"
@@ -90,6 +94,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "usage-save-interval":
                 guard let v = Int(value), v > 0 else { throw ConfigurationError("line \(number + 1): usage-save-interval takes seconds") }
                 config.usageSaveIntervalSeconds = v
+            case "catalog-commit":
+                guard let mode = Volume.CommitMode(rawValue: value) else {
+                    throw ConfigurationError("line \(number + 1): catalog-commit is sync or grouped")
+                }
+                config.commitMode = mode
             default:
                 throw ConfigurationError("line \(number + 1): unknown setting '\(key)'")
             }

@@ -52,8 +52,28 @@ public final class Volume: @unchecked Sendable {
     var reservedInodes: InodeNumber = 0
     /// Removes private files the catalog no longer names, off the request path.
     let reaper: FileReaper
-    /// Commits operations' changes in the background, many per transaction.
+    /// Commits operations' changes in the background, many per transaction (`.grouped` mode).
     let catalogWriter: CatalogWriter
+
+    /// When an operation's catalog changes are committed relative to its reply.
+    public enum CommitMode: String, Sendable, CaseIterable {
+        /// Committed before the operation returns: a `kill -9` of the serving process loses
+        /// nothing that was acknowledged (the default).
+        case beforeReply = "sync"
+        /// Committed by the catalog writer with the operations around it, a few milliseconds
+        /// later: metadata-heavy work runs about twice as fast, and a `kill -9` may lose the last
+        /// milliseconds of operations not fsync'd (never part of one), as a crash of a local
+        /// filesystem may. Like an NFS export's `async`.
+        case grouped
+    }
+
+    private let commitModeLock = NSLock()
+    private var commitModeValue = CommitMode.beforeReply
+    /// See `CommitMode`; may change while the volume serves (takes effect at the next operation).
+    public var commitMode: CommitMode {
+        get { commitModeLock.withLock { commitModeValue } }
+        set { commitModeLock.withLock { commitModeValue = newValue } }
+    }
 
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
     public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
@@ -263,14 +283,15 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: - Commit
 
-    /// Applies changes in memory and hands them to the catalog writer, which commits them with
-    /// the changes of the operations around them (`CatalogWriter`); `removing` lists private
-    /// files to remove once the catalog stops naming them. With `synchronously` (or while the
-    /// writer's last commit failed) the changes are committed before they are applied, after
-    /// everything queued before them. Caller holds metaLock.
+    /// Commits changes to the catalog, then applies them in memory; `removing` lists private
+    /// files to remove once the catalog stops naming them. In `.grouped` mode (unless
+    /// `synchronously`, or while the writer's last commit failed) the changes are applied at once
+    /// and handed to the catalog writer, which commits them with the operations around them
+    /// (`CatalogWriter`); a synchronous commit comes after everything queued before it.
+    /// Caller holds metaLock.
     /// On a catalog failure nothing changes and the error surfaces as EIO (or ENOSPC).
     func commit(_ changes: [OverlayChange], removing files: [InodeNumber] = [], synchronously: Bool = false) throws(Errno) {
-        if synchronously || catalogWriter.hasFailed {
+        if synchronously || commitMode == .beforeReply || catalogWriter.hasFailed {
             try catalogWriter.flush()
             do {
                 try journal.commit(changes)

@@ -15,6 +15,19 @@ public final class VolumeRegistry: @unchecked Sendable {
     private var revokers: [UInt64: (vm: String, revoke: @Sendable () -> Void)] = [:]
     private var rules: AccessRules
     private var nextSessionID: UInt64 = 1
+    private var commitModeValue = Volume.CommitMode.beforeReply
+
+    /// The commit mode of every volume this registry opens (and of those open already).
+    public var commitMode: Volume.CommitMode {
+        get { lock.withLock { commitModeValue } }
+        set {
+            let open = lock.withLock {
+                commitModeValue = newValue
+                return volumes.values.map(\.volume)
+            }
+            for volume in open { volume.commitMode = newValue }
+        }
+    }
 
     public init(store: Store, logger: Logger) throws {
         self.store = store
@@ -66,6 +79,7 @@ public final class VolumeRegistry: @unchecked Sendable {
             volumes[vm] = (volume, entry.sessions + 1)
         } else {
             volume = try Volume.open(store: store, vmName: vm, logger: logger)
+            volume.commitMode = commitModeValue
             volumes[vm] = (volume, 1)
         }
         let id = nextSessionID

@@ -36,7 +36,7 @@ struct FsckTests {
     /// A fixture with one VM that wrote a file, copied up a template file and was closed cleanly.
     func populated() throws -> (EngineFixture, VMRecord) {
         let f = try EngineFixture()
-        let vm = try f.provision("a")
+        _ = try f.provision("a")
         let v = try f.view("a")
         _ = try v.createBytes("", "own", pseudoRandom(9000, seed: 1))
         try v.writeFile("etc/hostname", "changed\n")
