@@ -84,7 +84,9 @@ final class ReplyWriter: @unchecked Sendable {
             queue.insert(rest, at: head)
             queuedBytes += rest.count
         }
-        condition.broadcast()
+        // Wake the thread only when there is something for it to send (replies queued during
+        // this send, or the rest of this one): waking it for nothing costs a thread switch.
+        if head < queue.count || finishing { condition.broadcast() }
         condition.unlock()
     }
 
