@@ -3,7 +3,7 @@
 #
 # Mounts two 9P2000.L servers over TCP with the same options, /mnt/diod and /mnt/pvfsd, and runs
 # the same rows against both, interleaved: for each repetition and each row, one server then the
-# other (the order alternates between repetitions). Times are taken here, in the guest, and
+# other; the order rotates between repetitions, so that each server takes each place in turn. Times are taken here, in the guest, and
 # printed on the serial console:
 #
 #   BENCH-ROW <row> <server> <rep> <t0> <t1>      seconds since the epoch, nanosecond resolution
@@ -49,8 +49,6 @@ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default
     { echo "BENCH-ERROR network"; finish; }
 
 SERVERS=$(echo "$SERVERS" | tr , ' ')
-REVERSED=""
-for s in $SERVERS; do REVERSED="$s $REVERSED"; done
 n=1
 for s in $SERVERS; do
     port=$(echo "$PORTS" | cut -d, -f$n)
@@ -92,7 +90,20 @@ done
 
 rep=1
 while [ "$rep" -le "$REPS" ]; do
-    if [ $((rep % 2)) = 1 ]; then order=$SERVERS; else order=$REVERSED; fi
+    # Rotate: repetition r starts with server number r (mod the count).
+    set -- $SERVERS
+    k=$(((rep - 1) % $#))
+    order=""
+    i=0
+    for s in $SERVERS; do
+        if [ $i -ge $k ]; then order="$order $s"; fi
+        i=$((i + 1))
+    done
+    i=0
+    for s in $SERVERS; do
+        if [ $i -lt $k ]; then order="$order $s"; fi
+        i=$((i + 1))
+    done
     for row in $(echo "$ROWS" | tr , ' '); do
         for s in $order; do
             sync

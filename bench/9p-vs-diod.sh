@@ -5,7 +5,7 @@
 # same tree on the same host filesystem, and ONE guest (Debian's kernel under QEMU TCG, user
 # networking) mounts both with the same options
 #     trans=tcp,version=9p2000.L,msize=MSIZE[,OPTS]      (cache=none unless OPTS says otherwise)
-# and runs every row against both, interleaved (diod then pvfsd, the order alternating by
+# and runs every row against both, interleaved (diod then pvfsd, the order rotating by
 # repetition), so that load from other work on the machine falls on both alike. Times are taken
 # in the guest (bench/9p-guest-bench.c: clock_gettime) and read back from its serial console.
 #
