@@ -108,6 +108,12 @@ public struct NinePConfiguration: Sendable {
     /// Bytes of xattr values held in xattr fids.
     public var maximumXattrBytes: Int = 8 << 20
     public var accounts: NinePAccountPolicy = .guestDatabase(refreshSeconds: 2)
+    /// Lets `receive(_:runInline:reply:)` run a request on the transport's own thread when the
+    /// connection has nothing else running and the transport has nothing else to hand over:
+    /// a client waiting for each reply before its next request (a guest process doing one
+    /// system call after another) then costs no thread switch on the way in. Off: every
+    /// request goes through the worker pool.
+    public var runsIdleRequestsInline = true
 
     public init() {}
 }

@@ -209,6 +209,15 @@ public final class NinePConnection: @unchecked Sendable {
 
     /// Takes one complete T-message. See the type's documentation for the contract.
     public func receive(_ message: [UInt8], reply: @escaping Reply) {
+        receive(message, runInline: false, reply: reply)
+    }
+
+    /// Takes one complete T-message; with `runInline`, the transport says it has no other
+    /// message to hand over now (its buffer is empty), so when nothing else of the connection
+    /// is running and the request is not one that may wait long (fsync, locks), it runs on the
+    /// caller's thread and `receive` returns after its reply was handed to the callback.
+    /// Otherwise as `receive(_:reply:)`.
+    public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping Reply) {
         guard let header = NinePHeader(message) else {
             logger.debug("dropping a fragment of \(message.count) bytes")
             return
@@ -223,7 +232,7 @@ public final class NinePConnection: @unchecked Sendable {
         case .tflush:
             flush(message, tag: header.tag, reply: reply)
         default:
-            enqueue(message, header: header, reply: reply)
+            enqueue(message, header: header, runInline: runInline && configuration.runsIdleRequestsInline, reply: reply)
         }
     }
 
@@ -253,7 +262,16 @@ public final class NinePConnection: @unchecked Sendable {
         }
     }
 
-    private func enqueue(_ message: [UInt8], header: NinePHeader, reply: @escaping Reply) {
+    /// Requests that never run on a transport's thread: they may wait long (a sync to disk, a
+    /// lock), and the transport would read nothing else from the client meanwhile.
+    private static func mayRunInline(_ request: NinePRequest) -> Bool {
+        switch request {
+        case .fsync, .lock, .getlock: false
+        default: true
+        }
+    }
+
+    private func enqueue(_ message: [UInt8], header: NinePHeader, runInline: Bool, reply: @escaping Reply) {
         let decoded: NinePRequest
         do {
             decoded = try NinePRequest.decode(message).request
@@ -293,9 +311,15 @@ public final class NinePConnection: @unchecked Sendable {
         outstandingBytes += cost
         for access in request.accesses { fidQueues[access.fid, default: []].append(request) }
         var submit: Request?
+        let idle = running == 0
         if isReady(request) { submit = dispatchLocked(request) }
         state.unlock()
-        if let submit { pool.submit { self.run(submit) } }
+        guard let submit else { return }
+        if runInline && idle && Self.mayRunInline(decoded) {
+            run(submit)
+        } else {
+            pool.submit { self.run(submit) }
+        }
     }
 
     /// Whether no earlier request holds back `request` on any of its fids. Caller holds `state`.

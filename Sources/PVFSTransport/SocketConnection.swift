@@ -5,9 +5,12 @@ import Logging
 import PVFS9P
 import SystemPackage
 
-/// Writes a socket's replies, in the order they are handed over, from a thread of its own:
-/// worker threads never block on a slow client, and each reply goes out whole (partial writes
-/// are resumed; several replies are gathered into one sendmsg).
+/// Writes a socket's replies in the order they are handed over. A reply handed over while
+/// nothing is queued or being sent goes out at once from the caller's thread with a
+/// non-blocking send (no thread switch on the way out: a request costs one hand-off fewer);
+/// whatever the socket does not take then, and every reply that finds others queued, is sent by
+/// a thread of its own. Worker threads thus never block on a slow client, and each reply goes
+/// out whole (partial writes are resumed; several replies are gathered into one sendmsg).
 final class ReplyWriter: @unchecked Sendable {
     private let fd: Int32
     private let limit: Int
@@ -20,6 +23,9 @@ final class ReplyWriter: @unchecked Sendable {
     private let countLimit = 4096
     private var finishing = false
     private var failed = false
+    /// A send is under way (the thread's batch or a caller's direct send): nothing else may
+    /// start one, so replies keep their order.
+    private var sending = false
     /// The writer thread has returned.
     private var ended = false
 
@@ -36,14 +42,52 @@ final class ReplyWriter: @unchecked Sendable {
         thread.start()
     }
 
-    /// Queues a reply; never blocks. Replies after a write error are dropped.
+    /// Sends or queues a reply; never blocks. Replies after a write error are dropped.
     func enqueue(_ reply: [UInt8]) {
         condition.lock()
-        defer { condition.unlock() }
-        guard !failed else { return }
-        queue.append(reply)
-        queuedBytes += reply.count
-        condition.signal()
+        guard !failed else { condition.unlock(); return }
+        guard !sending && head == queue.count && !finishing && !reply.isEmpty else {
+            queue.append(reply)
+            queuedBytes += reply.count
+            condition.signal()
+            condition.unlock()
+            return
+        }
+        sending = true
+        condition.unlock()
+        var sent = 0
+        var error: Int32 = 0
+        while sent < reply.count {
+            let n = reply.withUnsafeBytes { raw in
+                Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if n > 0 { sent += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno != EAGAIN && errno != EWOULDBLOCK { error = errno }
+            break
+        }
+        condition.lock()
+        sending = false
+        if error != 0 {
+            failed = true
+            queue.removeAll()
+            head = 0
+            queuedBytes = 0
+            condition.broadcast()
+            condition.unlock()
+            shutdown(fd, Int32(SHUT_RDWR))
+            return
+        }
+        if sent < reply.count {
+            // The socket is full: the thread sends the rest, before anything queued meanwhile.
+            let rest = Array(reply[sent...])
+            queue.insert(rest, at: head)
+            queuedBytes += rest.count
+        }
+        // Wake the thread only when there is something for it to send (replies queued during
+        // this send, or the rest of this one): waking it for nothing costs a thread switch.
+        if head < queue.count || finishing { condition.broadcast() }
+        condition.unlock()
     }
 
     /// Blocks while more than `limit` bytes wait to be sent: a client that does not read its
@@ -89,11 +133,12 @@ final class ReplyWriter: @unchecked Sendable {
         }
         while true {
             condition.lock()
-            while head == queue.count && !finishing && !failed { condition.wait() }
+            while ((head == queue.count && !finishing) || sending) && !failed { condition.wait() }
             if head == queue.count || failed {
                 condition.unlock()
                 return
             }
+            sending = true
             var batch: [[UInt8]] = []
             var bytes = 0
             while head < queue.count && batch.count < 64 && bytes < 4 << 20 {
@@ -113,6 +158,7 @@ final class ReplyWriter: @unchecked Sendable {
             condition.unlock()
             let sent = sendAll(batch)
             condition.lock()
+            sending = false
             queuedBytes -= bytes
             if !sent {
                 failed = true
@@ -247,7 +293,9 @@ final class SocketConnection: @unchecked Sendable {
                     break reading
                 }
                 guard let message else { break }
-                connection.receive(message, reply: reply)
+                // Nothing more buffered: the client waits for this reply (or has not sent the
+                // rest yet), so an idle connection may run it on this thread.
+                connection.receive(message, runInline: framer.bufferedByteCount == 0, reply: reply)
             }
         }
         logger.debug("connection ends: \(reason)")
