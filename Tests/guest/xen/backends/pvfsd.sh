@@ -15,7 +15,8 @@ XEN_BACKEND="pvfsd (store ${PVFS_XEN_STORE:-?}, VM ${PVFS_XEN_VM:-?})"
 
 backend_prepare() {
     t "pvfsd in dom0: $(wc -c </usr/local/bin/pvfsd) bytes"
-    pvfsd --store "$PVFS_XEN_STORE" --xen ${PVFS_XEN_PVFSD_ARGS:-} >/var/log/xen/pvfsd.log 2>&1 &
+    # PVFS_XEN_PVFSD_PREFIX: a wrapper such as "taskset 1" (experiments).
+    ${PVFS_XEN_PVFSD_PREFIX:-} pvfsd --store "$PVFS_XEN_STORE" --xen ${PVFS_XEN_PVFSD_ARGS:-} >/var/log/xen/pvfsd.log 2>&1 &
     PVFSD_PID=$!
     sleep 1
     if ! kill -0 "$PVFSD_PID" 2>/dev/null; then
