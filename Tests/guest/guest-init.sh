@@ -18,7 +18,9 @@
 #   pvfs.skip=a,b           fileops checks to skip (reported as skip)
 #   pvfs.large=MIB          size of the large-file check (default 16)
 #   pvfs.readdir=N          files the readdir check creates (default 300)
-#   pvfs.run=fileops|shell  shell = interactive shell on the console after mounting (debugging)
+#   pvfs.run=fileops|shell|bench
+#                           shell = interactive shell on the console after mounting (debugging);
+#                           bench = the benchmark workload (bench-workload.sh, pvfs.bench=)
 #   pvfs.watch=SECONDS      debugging: every SECONDS print the kernel stacks of processes
 #                           blocked in the kernel (PVFS-WATCH lines), to tell slow from stuck
 #
@@ -114,6 +116,8 @@ fi
 if [ "$RUN" = shell ]; then
     echo "PVFS-INFO share on /mnt; exit the shell to power off"
     setsid cttyhack sh
+elif [ "$RUN" = bench ]; then
+    /bin/sh /bench.sh /mnt
 else
     PVFS_QUOTA="$QUOTA" PVFS_QUOTA_ERR="$QUOTAERR" PVFS_SKIP="$SKIP" PVFS_LARGE_MIB="$LARGE" PVFS_READDIR="$NDIR" /bin/sh /fileops.sh /mnt
 fi

@@ -321,6 +321,7 @@ guest_test_initramfs() {
     guest_initramfs_modules "$kver" $mods
     guest_initramfs_file "$GUEST_LIB_DIR/guest-init.sh" /init 0755
     guest_initramfs_file "$GUEST_LIB_DIR/fileops.sh" /fileops.sh 0755
+    guest_initramfs_file "$GUEST_LIB_DIR/bench-workload.sh" /bench.sh 0755
     helper=$(guest_helper)
     [ -n "$helper" ] && guest_initramfs_file "$helper" /bin/pvfs-guest-helper 0755
     guest_initramfs_text /etc/passwd 0644 $'root:x:0:0:root:/root:/bin/sh\npvfsuser:x:1000:1000::/tmp:/bin/sh\n'

@@ -150,7 +150,10 @@ if [ -n "${XEN_DEBUG:-}" ]; then
             for p in $(pidof xen-qemu-system-i386 pvfsd); do
                 t "watch: $(cat /proc/$p/comm) $p $(cut -d' ' -f3,14,15 /proc/$p/stat) threads: $(for k in /proc/$p/task/*; do echo "$(cat $k/comm)/$(cut -d' ' -f3 $k/stat)/$(cat $k/wchan)"; done | tr '\n' ' ')"
             done
-            t "watch: 9pfs fe state $(xenstore-read /local/domain/$domid/device/9pfs/0/state 2>&1) be state $(xenstore-read /local/domain/0/backend/9pfs/$domid/0/state 2>&1); evtchn irqs: $(grep -c xen-dyn /proc/interrupts)"
+            t "watch: 9pfs fe state $(xenstore-read /local/domain/$domid/device/9pfs/0/state 2>&1) be state $(xenstore-read /local/domain/0/backend/9pfs/$domid/0/state 2>&1) error '$(xenstore-read /local/domain/0/backend/9pfs/$domid/0/error 2>/dev/null)'; evtchn irqs: $(grep -c xen-dyn /proc/interrupts)"
+            for f in /var/log/xen/pvfsd.log /var/log/xen/backend.log; do
+                [ -s "$f" ] && t "watch: $f: $(tail -3 "$f" | tr '\n' ' ')"
+            done
         done
     ) &
 fi
@@ -182,6 +185,15 @@ if grep -q 'PVFS-TEST-DONE' /var/log/xen/console/guest-domU.log; then :; else
     ls -la /var/log/xen
 fi
 
+# With XSAVE exposed to nested Xen under TCG, dom0 processes crashed at random (segfaults in
+# xl, xenstore tools, busybox); the kernel logs such crashes whatever the console level.
+crashes=$(dmesg | grep -E 'segfault at|traps: |general protection fault' | grep -v 'hostile-frontend')
+if [ -z "$crashes" ]; then
+    marker xen-dom0-no-crash ok "no process crashed in dom0"
+else
+    marker xen-dom0-no-crash fail "$(echo "$crashes" | head -3 | tr '\n' ' ')"
+fi
+
 view=$(backend_host_view "$XEN_SHARE")
 if [ -n "$XEN_MARKER_NONCE" ]; then
     got=$(cat "$view/var/lib/pvfs-boot-marker" 2>&1)
@@ -192,6 +204,8 @@ if [ -n "$XEN_MARKER_NONCE" ]; then
 fi
 if [ -n "$XEN_MARKER_NONCE" ]; then
     : # a root boot, not the file checks: no manifest
+elif case " $XEN_DOMU_EXTRA " in *" pvfs.run=bench "* | *" pvfs.run=shell "*) true ;; *) false ;; esac then
+    : # the benchmark workload or a shell: no manifest either
 elif [ -n "$view" ] && [ -f "$view/pvfs-fileops/MANIFEST" ] && [ ! -s "$view/pvfs-fileops/MANIFEST" ]; then
     t "manifest empty (the checks that write it were skipped)"
 elif [ -n "$view" ]; then

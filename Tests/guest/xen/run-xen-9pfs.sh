@@ -113,6 +113,7 @@ if [ "$BACKEND" = pvfsd ]; then
         PVFSVM_BIN=${PVFSVM_BIN:-$GUEST_REPO_ROOT/.build/release/pvfs-vm}
     fi
     [ -x "$PVFSD_BIN" ] && [ -x "$PVFSVM_BIN" ] || gdie "pvfsd backend needs --pvfsd BIN --pvfs-vm BIN (or --build-pvfs)"
+    export PVFS_VM_BIN=$PVFSVM_BIN # boot-files for --boot-root
     # Debug info would double the binaries' size in dom0's memory.
     for b in "$PVFSD_BIN:pvfsd" "$PVFSVM_BIN:pvfs-vm"; do
         if command -v strip >/dev/null && strip -o "$GUEST_WORK/${b#*:}" "${b%%:*}"; then
@@ -133,7 +134,8 @@ DOMU_INITRD=$(guest_test_initramfs "$KVER" xen)
 guest_initramfs_new
 guest_initramfs_busybox
 # loop + ext4 (+ crc32c, which ext4 requests at mount) hold the share: dom0's tmpfs has no user xattrs.
-guest_initramfs_modules "$KVER" xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc loop crc32c_generic ext4
+# fuse: `pvfs-vm mount` shows dom0 what the domU wrote into a pvfs VM.
+guest_initramfs_modules "$KVER" xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc loop crc32c_generic ext4 fuse
 for b in xl xenstored xenconsoled xen-init-dom0 libxl-save-helper; do guest_initramfs_bin "$XENBIN/$b"; done
 for b in xenstore xenstore-read xenstore-write xenstore-list xenstore-ls xenstore-rm xenstore-exists \
     xenstore-chmod xenstore-watch; do
@@ -183,34 +185,22 @@ if [ "$BOOTROOT" = 1 ]; then
     mkdir -p "$SEED"/{bin,sbin,etc,proc,sys,dev,tmp,run,var/lib,usr/bin,usr/sbin}
     cp /bin/busybox "$SEED/bin/busybox"
     for app in $(/bin/busybox --list-full); do [ -e "$SEED/$app" ] || ln -s /bin/busybox "$SEED/$app"; done
-    cat >"$SEED/sbin/pvfs-boot-marker" <<'MARKER'
-#!/bin/sh
-# PID 1 of a domU whose root is a Xen 9pfs share (installed by run-xen-9pfs.sh --boot-root).
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-up() { cut -d' ' -f1 /proc/uptime; }
-echo "PVFS-TEST root-init ok pid $$ at $(up)s from the 9P root"
-root=$(awk '$2 == "/" { print $3 " " $1 " " $4 }' /proc/mounts | tail -1)
-case $root in 9p*trans=xen*) echo "PVFS-TEST root-is-9p ok $root" ;; *) echo "PVFS-TEST root-is-9p fail $root" ;; esac
-nonce=$(sed -n 's/.*pvfs\.nonce=\([^ ]*\).*/\1/p' /proc/cmdline)
-if echo "$nonce $(uname -r) $(up)" >/var/lib/pvfs-boot-marker && sync; then
-    echo "PVFS-TEST marker-written ok nonce $nonce"
-else
-    echo "PVFS-TEST marker-written fail"
-fi
-echo "PVFS-TEST-DONE uptime=$(up)"
-poweroff -f
-MARKER
+    cp "$XEN_DIR/boot-marker.sh" "$SEED/sbin/pvfs-boot-marker"
     chmod 755 "$SEED/sbin/pvfs-boot-marker"
-    guest_boot_files bootroot --transport xen --tag "$TAG" --kernel "$KERNEL" --output "$GUEST_WORK/boot" \
+    guest_boot_files "${VM:-bootroot}" --transport xen --tag "$TAG" --kernel "$KERNEL" --output "$GUEST_WORK/boot" \
         --on-failure poweroff --init /sbin/pvfs-boot-marker --append "quiet loglevel=3 panic=-1 pvfs.nonce=$NONCE" >&2
     [ -s "$GUEST_WORK/boot/initrd.img" ] || gdie "boot-files produced no initrd"
     guest_initramfs_file "$GUEST_WORK/boot/initrd.img" /guest/boot-initrd.img 0644
-    guest_initramfs_tree "$SEED" /srv/rootseed
     CONF+="XEN_DOMU_RAMDISK=/guest/boot-initrd.img
 XEN_DOMU_CMDLINE='$(cat "$GUEST_WORK/boot/cmdline")'
-XEN_SHARE_SEED=/srv/rootseed
 XEN_MARKER_NONCE=$NONCE
 "
+    # pvfsd serves the VM from the store: its tree must hold /sbin/pvfs-boot-marker already
+    # (pvfsd-e2e.sh builds its template so); the other backends serve a dom0 directory.
+    if [ "$BACKEND" != pvfsd ]; then
+        guest_initramfs_tree "$SEED" /srv/rootseed
+        CONF+="XEN_SHARE_SEED=/srv/rootseed"$'\n'
+    fi
 fi
 guest_initramfs_text /etc/pvfs-xen.conf 0644 "$CONF"
 guest_initramfs_file "$HOOK" /etc/pvfs-xen/backend.sh 0644

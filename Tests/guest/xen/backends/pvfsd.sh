@@ -1,22 +1,22 @@
-# Xen 9pfs backend hook: pvfsd serving the domU's root from a pvfs store over Xen 9pfs rings.
+# Xen 9pfs backend hook: pvfsd serving a VM of a pvfs store over Xen 9pfs rings.
 # Sourced by lab-dom0-init.sh; see the hook list at the top of that file.
 #
-# Assumed command-line contract (the one place to change when pvfsd's interface settles):
-#   pvfsd --store STORE --xen                     daemon in dom0: serves 9pfs devices whose
-#                                                 backend nodes name it (foreground, logs on stderr)
-#   pvfs-vm attach VM --domid D --tag T --store STORE
-#                                                 writes the 9pfs xenstore nodes for domain D
-#                                                 (backend /local/domain/0/backend/9pfs/D/0) and
-#                                                 tells pvfsd to serve VM's merged view on it
-#   pvfs-vm detach VM --domid D --store STORE     undoes attach
+#   pvfsd --store STORE --xen         the daemon in dom0: serves every 9pfs device whose backend
+#                                     `path` node names a VM the domain is bound to
+#   pvfs-vm attach VM --domid D --tag T
+#                                     writes the device's xenstore nodes as libxl does
+#   pvfs-vm detach VM --domid D       removes them (at once when the domain is gone)
+#   pvfs-vm mount --read-only VM DIR  after the run: dom0 reads what the domU wrote through the
+#                                     store (the manifest and boot-marker checks)
 # run-xen-9pfs.sh --backend pvfsd puts the binaries (built with --static-swift-stdlib) in
-# /usr/local/bin, their shared libraries beside them and the store at $PVFS_XEN_STORE.
+# /usr/local/bin, their shared libraries beside them and the store at $PVFS_XEN_STORE; the VM
+# must be bound to the domain (pvfs-vm bind VM --xen-name domU).
 XEN_BACKEND="pvfsd (store ${PVFS_XEN_STORE:-?}, VM ${PVFS_XEN_VM:-?})"
 
 backend_prepare() {
-    PVFSD_VERSION=$(pvfsd --version 2>&1 || pvfsd --help 2>&1 | head -1)
-    t "pvfsd in dom0: $PVFSD_VERSION"
-    pvfsd --store "$PVFS_XEN_STORE" --xen >/var/log/xen/pvfsd.log 2>&1 &
+    t "pvfsd in dom0: $(wc -c </usr/local/bin/pvfsd) bytes"
+    # PVFS_XEN_PVFSD_PREFIX: a wrapper such as "taskset 1" (experiments).
+    ${PVFS_XEN_PVFSD_PREFIX:-} pvfsd --store "$PVFS_XEN_STORE" --xen ${PVFS_XEN_PVFSD_ARGS:-} >/var/log/xen/pvfsd.log 2>&1 &
     PVFSD_PID=$!
     sleep 1
     if ! kill -0 "$PVFSD_PID" 2>/dev/null; then
@@ -26,15 +26,34 @@ backend_prepare() {
 }
 
 backend_attach() {
-    pvfs-vm attach "$PVFS_XEN_VM" --domid "$1" --tag "$3" --store "$PVFS_XEN_STORE" \
-        >/var/log/xen/pvfs-attach.log 2>&1 || { t "attach: $(tail -5 /var/log/xen/pvfs-attach.log)"; return 1; }
+    pvfs-vm attach "$PVFS_XEN_VM" --domid "$1" --tag "$3" >/var/log/xen/pvfs-attach.log 2>&1 ||
+        { t "attach: $(tail -5 /var/log/xen/pvfs-attach.log)"; return 1; }
+    t "attach: $(head -1 /var/log/xen/pvfs-attach.log)"
 }
 
 backend_teardown() {
-    pvfs-vm detach "$PVFS_XEN_VM" --domid "$1" --store "$PVFS_XEN_STORE" >/dev/null 2>&1
-    [ -n "${PVFSD_PID:-}" ] && kill "$PVFSD_PID" 2>/dev/null
-    t "pvfsd log tail: $(tail -5 /var/log/xen/pvfsd.log 2>/dev/null | tr '\n' ' ')"
+    # xl destroy removes the device with the domain; detach what is left, if anything.
+    if xenstore-exists "/local/domain/0/backend/9pfs/$1" 2>/dev/null; then
+        pvfs-vm detach "$PVFS_XEN_VM" --domid "$1" --timeout 5 >/var/log/xen/pvfs-detach.log 2>&1 ||
+            t "detach: $(tail -2 /var/log/xen/pvfs-detach.log | tr '\n' ' ')"
+    fi
+    if [ -n "${PVFSD_PID:-}" ] && kill "$PVFSD_PID" 2>/dev/null; then
+        i=0
+        while kill -0 "$PVFSD_PID" 2>/dev/null && [ $i -lt 40 ]; do sleep 0.25; i=$((i + 1)); done
+        kill -0 "$PVFSD_PID" 2>/dev/null && t "pvfsd still running 10 s after SIGTERM"
+    fi
+    t "pvfsd log: $(grep -ciE 'error|warning|critical' /var/log/xen/pvfsd.log) error/warning lines of $(wc -l </var/log/xen/pvfsd.log)"
+    grep -iE 'error|warning|critical' /var/log/xen/pvfsd.log | tail -8 | while read -r l; do t "pvfsd: $l"; done
+    t "pvfsd log tail: $(tail -4 /var/log/xen/pvfsd.log 2>/dev/null | tr '\n' ' ')"
 }
 
-# The store is not a plain tree; the manifest check is skipped unless a view is configured.
-backend_host_view() { echo "${PVFS_XEN_HOST_VIEW:-}"; }
+# What the domU wrote, read back through the store once pvfsd is gone.
+backend_host_view() {
+    mkdir -p /mnt/pvfs-view
+    if pvfs-vm mount --store "$PVFS_XEN_STORE" --read-only "$PVFS_XEN_VM" /mnt/pvfs-view >/var/log/xen/pvfs-mount.log 2>&1; then
+        echo /mnt/pvfs-view
+    else
+        t "pvfs-vm mount: $(tail -3 /var/log/xen/pvfs-mount.log | tr '\n' ' ')" >&2
+        echo /mnt/pvfs-view
+    fi
+}
