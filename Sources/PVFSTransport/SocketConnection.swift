@@ -29,6 +29,14 @@ final class ReplyWriter: @unchecked Sendable {
     /// The writer thread has returned.
     private var ended = false
 
+    /// The peer is gone or the socket failed: nothing queued will be sent. Caller holds `condition`.
+    private func dropQueueAfterFailureLocked() {
+        failed = true
+        queue.removeAll()
+        head = 0
+        queuedBytes = 0
+    }
+
     /// `limit`: queued bytes above which the reader stops taking requests.
     init(fd: Int32, limit: Int) {
         self.fd = fd
@@ -69,10 +77,7 @@ final class ReplyWriter: @unchecked Sendable {
         condition.lock()
         sending = false
         if error != 0 {
-            failed = true
-            queue.removeAll()
-            head = 0
-            queuedBytes = 0
+            dropQueueAfterFailureLocked()
             condition.broadcast()
             condition.unlock()
             shutdown(fd, Int32(SHUT_RDWR))
@@ -160,12 +165,7 @@ final class ReplyWriter: @unchecked Sendable {
             condition.lock()
             sending = false
             queuedBytes -= bytes
-            if !sent {
-                failed = true
-                queue.removeAll()
-                head = 0
-                queuedBytes = 0
-            }
+            if !sent { dropQueueAfterFailureLocked() }
             condition.broadcast()
             condition.unlock()
             if !sent {
