@@ -12,9 +12,13 @@
 # The store: template "tiny" (make-tiny-tree.sh plus busybox's applets and the marker init),
 # VM vmx provisioned with --quota-bytes 64M and bound to the Xen domain named domU.
 #
-# usage: Tests/guest/xen/pvfsd-e2e.sh [--keep] [--only files|boot] [--timeout S]
+# The slower third run, only on request (--only debian12): a domU boots Debian 12 with systemd as
+# its init from a VM provisioned from the debian12 template (hooks included), its root over Xen
+# 9pfs from pvfsd; boot-9p-root.sh's marker unit writes the marker dom0 reads back.
+#
+# usage: Tests/guest/xen/pvfsd-e2e.sh [--keep] [--only files|boot|debian12] [--timeout S]
 #   --keep          keep the work directory (store, logs) and print its path
-#   --only RUN      one of the two runs
+#   --only RUN      one of the runs (files and boot run by default)
 #   --timeout S     bound on each QEMU run (default 900 for the file checks, 600 for the boot)
 # Environment: PVFS_XEN_CPU (QEMU CPU model, default max,-xsave), PVFS_GUEST_VERBOSE=1.
 # exit status: 0 every check of every run passed, 1 a check failed, 2 setup error.
@@ -26,7 +30,7 @@ KEEP=0 ONLY="" TIMEOUT=""
 while [ $# -gt 0 ]; do
     case $1 in
     --keep) KEEP=1; shift ;;
-    --only) ONLY=$2; shift 2 ;;
+    --only) ONLY=$2; case $ONLY in files | boot | debian12) ;; *) echo "--only files|boot|debian12" >&2; exit 2 ;; esac; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -94,6 +98,24 @@ if [ -z "$ONLY" ] || [ "$ONLY" = files ]; then
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = boot ]; then
     run boot --boot-root --timeout "${TIMEOUT:-600}"
+fi
+if [ "$ONLY" = debian12 ]; then
+    # A store of its own: the debian12 template (debootstrap, cached by the recipe builder), VM
+    # boot12 provisioned with the hooks, the marker unit installed through a FUSE mount.
+    STORE12=$WORK/store12
+    {
+        "$REL/pvfs-template" create debian12 --store "$STORE12" &&
+            "$REL/pvfs-vm" provision --store "$STORE12" --template debian12 boot12 &&
+            "$REL/pvfs-vm" bind --store "$STORE12" boot12 --xen-name domU &&
+            mkdir -p "$WORK/mnt12" &&
+            "$REL/pvfs-vm" mount --store "$STORE12" boot12 "$WORK/mnt12" &&
+            "$ROOT/Tests/guest/boot-9p-root.sh" --prepare-tree "$WORK/mnt12" &&
+            "$REL/pvfs-vm" umount --store "$STORE12" "$WORK/mnt12"
+    } >"$WORK/setup12.log" 2>&1 || { cat "$WORK/setup12.log" >&2; die "debian12 store setup failed"; }
+    say "store ready: template debian12, VM boot12 bound to Xen domain domU, marker unit installed"
+    HARNESS=("$XEN_DIR/run-xen-9pfs.sh" --backend pvfsd --store "$STORE12" --vm boot12 --pvfsd "$REL/pvfsd"
+        --pvfs-vm "$REL/pvfs-vm" --tag pvfs-root)
+    run debian12 --boot-root --boot-init /sbin/init --dom0-mem 1536 --domu-mem 512 --timeout "${TIMEOUT:-1800}"
 fi
 
 echo "pvfsd-e2e: build ${T_BUILD}s, total $(($(date +%s) - T0))s"

@@ -24,6 +24,10 @@
 #                           the initramfs of `pvfs-vm boot-files --transport xen`: the share holds
 #                           a small busybox root whose init reports and writes a marker that
 #                           dom0 reads back
+#   --boot-init PATH        with --boot-root: the init the domU runs from the share (default
+#                           /sbin/pvfs-boot-marker; /sbin/init boots the tree's own init, e.g. systemd,
+#                           whose tree then holds boot-9p-root.sh's marker unit)
+#   --domu-mem MIB          domU memory (default 256)
 #   --tag TAG               9pfs tag (default share)
 #   --quota BYTES           quota the backend enforces: enables the df and EDQUOT checks
 #   --quota-fs BYTES        share is a dom0 tmpfs of that size: df and ENOSPC checks against a
@@ -47,6 +51,7 @@ XEN_DIR=$(cd "$(dirname "$0")" && pwd)
 . "$XEN_DIR/../lib.sh"
 
 BACKEND=qemu-xl TAG=share QUOTA="" QUOTAFS="" SKIP="-" LARGE=8 NDIR=30 DOM0MEM=768 TIMEOUT=1800 SHELLMODE=0 KEEPLOG=""
+BOOTINIT=/sbin/pvfs-boot-marker DOMUMEM=256
 DOM0MEM_SET=0 BOOTROOT=0 CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
 DOM0_FILES=() DOM0_TREES=() HOOK_ENV=()
 while [ $# -gt 0 ]; do
@@ -54,6 +59,8 @@ while [ $# -gt 0 ]; do
     --backend) BACKEND=$2; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
     --boot-root) BOOTROOT=1; shift ;;
+    --boot-init) BOOTINIT=$2; shift 2 ;;
+    --domu-mem) DOMUMEM=$2; shift 2 ;;
     --backend-cmd) BACKEND=command; HOOK_ENV+=("XEN_BACKEND_CMD=$2"); shift 2 ;;
     --attach-cmd) HOOK_ENV+=("XEN_ATTACH_CMD=$2"); shift 2 ;;
     --quota) QUOTA=$2; shift 2 ;;
@@ -169,7 +176,7 @@ CONF="XEN_TAG='$TAG'
 XEN_SHARE=/srv/share
 XEN_QUOTA_FS='$QUOTAFS'
 XEN_DOMU_EXTRA='$DOMU_EXTRA'
-XEN_DOMU_MEM=256
+XEN_DOMU_MEM=$DOMUMEM
 XEN_DOMU_WAIT=$((TIMEOUT - 60))
 XEN_SHELL=$SHELLMODE
 "
@@ -188,7 +195,7 @@ if [ "$BOOTROOT" = 1 ]; then
     cp "$XEN_DIR/boot-marker.sh" "$SEED/sbin/pvfs-boot-marker"
     chmod 755 "$SEED/sbin/pvfs-boot-marker"
     guest_boot_files "${VM:-bootroot}" --transport xen --tag "$TAG" --kernel "$KERNEL" --output "$GUEST_WORK/boot" \
-        --on-failure poweroff --init /sbin/pvfs-boot-marker --append "quiet loglevel=3 panic=-1 pvfs.nonce=$NONCE" >&2
+        --on-failure poweroff --init "$BOOTINIT" --append "quiet loglevel=3 panic=-1 pvfs.nonce=$NONCE" >&2
     [ -s "$GUEST_WORK/boot/initrd.img" ] || gdie "boot-files produced no initrd"
     guest_initramfs_file "$GUEST_WORK/boot/initrd.img" /guest/boot-initrd.img 0644
     CONF+="XEN_DOMU_RAMDISK=/guest/boot-initrd.img
