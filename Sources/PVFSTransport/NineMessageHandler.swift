@@ -9,7 +9,17 @@ import Synchronization
 /// stopped calling `receive`, and drops replies that arrive later.
 public protocol NineMessageHandler: AnyObject, Sendable {
     func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void)
+    /// As `receive(_:reply:)`; `runInline` says the transport has nothing else to hand over now,
+    /// so the handler may run the request on the caller's thread (saving two thread hand-offs)
+    /// and return after its reply was given.
+    func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void)
     func close()
+}
+
+extension NineMessageHandler {
+    public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void) {
+        receive(message, reply: reply)
+    }
 }
 
 /// 9P message types a transport needs to recognise.

@@ -185,11 +185,14 @@ public final class XenRingWorker: @unchecked Sendable {
             }
             if !requests.isEmpty { moved = true }
             if moved { try signal.notify() }
+            // A lone request on an idle ring runs on this thread (the handler decides whether it
+            // may: not fsync or locks): the reply is on the ring without waking another thread.
+            let idle = requests.count == 1 && inFlight == 0 && outbox.isEmpty
             for request in requests {
                 inFlight += 1
                 requestCount.add(1, ordering: .relaxed)
                 let once = ReplyOnce(worker: self)
-                handler.receive(request) { reply in once.deliver(reply) }
+                handler.receive(request, runInline: idle) { reply in once.deliver(reply) }
             }
             // More work may be ready at once (replies given synchronously, more requests).
             if !requests.isEmpty { continue }
