@@ -3,25 +3,27 @@
 # pvfsd and by QEMU's Xen 9pfs backend (xen-qemu-system-i386 attached by hand, security_model=none,
 # an ext2 image in dom0), side by side.
 #
-#   bench/xen-9p.sh [--files N] [--mib M] [--rounds R] [--pvfsd-prefix CMD] [--keep]
+#   bench/xen-9p.sh [--files N] [--mib M] [--rounds R] [--pvfsd-prefix CMD] [--pvfsd-args ARGS] [--keep]
 #
 # Each backend gets one nested Xen 4.17 boot under QEMU TCG (Tests/guest/xen/run-xen-9pfs.sh
 # --backend pvfsd, then --backend qemu-manual); the domU runs Tests/guest/bench-workload.sh:
 # per round, create/stat/unlink N small files (4 KiB) and write (fsync) then read an M-MiB file
 # sequentially. Rows: median seconds over the rounds; ratio = pvfs / qemu (below 1: pvfs faster).
-# --pvfsd-prefix CMD runs pvfsd in dom0 under CMD, e.g. "taskset 1" (one vCPU).
+# --pvfsd-prefix CMD runs pvfsd in dom0 under CMD, e.g. "taskset 1" (one vCPU); --pvfsd-args
+# adds options, e.g. "--catalog-commit grouped".
 # Absolute numbers are those of software emulation (every hypercall, grant map and event channel
 # notification is emulated), so only the ratio means something.
 # Needs root, the Xen 4.17 packages, release builds of pvfsd/pvfs-vm/pvfs-template (built here
 # with --static-swift-stdlib when missing or older than the sources).
 set -uo pipefail
-FILES=100 MIB=16 ROUNDS=3 KEEP=0 PREFIX=""
+FILES=100 MIB=16 ROUNDS=3 KEEP=0 PREFIX="" PVFSD_ARGS=""
 while [ $# -gt 0 ]; do
     case $1 in
     --files) FILES=$2; shift 2 ;;
     --mib) MIB=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --pvfsd-prefix) PREFIX=$2; shift 2 ;;
+    --pvfsd-args) PVFSD_ARGS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -56,6 +58,7 @@ for backend in pvfsd qemu; do
     if [ $backend = pvfsd ]; then
         args+=(--backend pvfsd --store "$STORE" --vm benchvm --pvfsd "$REL/pvfsd" --pvfs-vm "$REL/pvfs-vm")
         [ -n "$PREFIX" ] && args+=(--env "PVFS_XEN_PVFSD_PREFIX=$PREFIX")
+        [ -n "$PVFSD_ARGS" ] && args+=(--env "PVFS_XEN_PVFSD_ARGS=$PVFSD_ARGS")
     else
         args+=(--backend qemu-manual)
     fi
@@ -97,4 +100,5 @@ for op in ["create", "stat", "unlink", "write", "read"]:
     print(f"{labels[op]:<26} {a:>9.3f} {b:>9.3f} {ratio:>7}   {ra:>12} {rb:>12}")
 PY
 [ -n "$PREFIX" ] && echo "pvfsd ran under: $PREFIX"
+[ -n "$PVFSD_ARGS" ] && echo "pvfsd options: $PVFSD_ARGS"
 echo "wall: pvfsd run ${WALL[pvfsd]}s, qemu run ${WALL[qemu]}s (each includes booting nested Xen and dom0)"
