@@ -30,14 +30,7 @@ final class StreamListener: @unchecked Sendable {
     }
 
     static func bindUnix(_ path: String, mode: mode_t) throws -> Int32 {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw ConfigurationError("socket path too long: \(path)") }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
+        guard let address = UnixSocketAddress(path: path) else { throw ConfigurationError("socket path too long: \(path)") }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ConfigurationError("socket: \(String(cString: strerror(errno)))") }
         // A stale socket of a dead daemon is removed; a live one answers and is kept.
@@ -49,9 +42,7 @@ final class StreamListener: @unchecked Sendable {
             unlink(path)
         }
         let oldMask = umask(0o177)
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let rc = address.withSocketAddress { bind(fd, $0, $1) }
         umask(oldMask)
         guard rc == 0, chmod(path, mode) == 0, listen(fd, 64) == 0 else {
             let message = String(cString: strerror(errno))
