@@ -423,15 +423,22 @@ guest_wait_port() {
     return 1
 }
 
-pvfsd_binary() {
-    if [ -n "${PVFSD:-}" ]; then echo "$PVFSD"; return; fi
-    if command -v pvfsd >/dev/null; then command -v pvfsd; return; fi
-    # The newer of the release and debug builds: a stale one would test old code.
+# newest_build NAME: the newer of the release and debug builds of NAME (a stale one would test
+# old code); prints nothing when neither exists.
+newest_build() {
     local b newest=""
-    for b in "$GUEST_REPO_ROOT/.build/release/pvfsd" "$GUEST_REPO_ROOT/.build/debug/pvfsd"; do
+    for b in "$GUEST_REPO_ROOT/.build/release/$1" "$GUEST_REPO_ROOT/.build/debug/$1"; do
         [ -x "$b" ] || continue
         if [ -z "$newest" ] || [ "$b" -nt "$newest" ]; then newest=$b; fi
     done
+    [ -z "$newest" ] || printf '%s\n' "$newest"
+}
+
+pvfsd_binary() {
+    if [ -n "${PVFSD:-}" ]; then echo "$PVFSD"; return; fi
+    if command -v pvfsd >/dev/null; then command -v pvfsd; return; fi
+    local newest
+    newest=$(newest_build pvfsd)
     [ -n "$newest" ] || gdie "no pvfsd binary (set PVFSD=...)"
     echo "$newest"
 }
@@ -486,11 +493,8 @@ server_stop() {
 # pvfs_vm_binary: the pvfs-vm to use ($PVFS_VM_BIN, else the newest build, else PATH).
 pvfs_vm_binary() {
     if [ -n "${PVFS_VM_BIN:-}" ]; then printf '%s\n' "$PVFS_VM_BIN"; return; fi
-    local b newest=""
-    for b in "$GUEST_REPO_ROOT/.build/release/pvfs-vm" "$GUEST_REPO_ROOT/.build/debug/pvfs-vm"; do
-        [ -x "$b" ] || continue
-        if [ -z "$newest" ] || [ "$b" -nt "$newest" ]; then newest=$b; fi
-    done
+    local newest
+    newest=$(newest_build pvfs-vm)
     [ -n "$newest" ] || newest=$(command -v pvfs-vm || true)
     [ -n "$newest" ] || gdie "no pvfs-vm binary (build with swift build, or set PVFS_VM_BIN)"
     printf '%s\n' "$newest"
