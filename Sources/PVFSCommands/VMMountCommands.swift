@@ -154,11 +154,26 @@ public struct Mount: ParsableCommand {
         }
         signalThread.start()
 
+        // Times and sizes kept lazily reach the catalog every few seconds, as in pvfsd.
+        let flushQueue = DispatchQueue(label: "pvfs.mount.flush")
+        let flusher = DispatchSource.makeTimerSource(queue: flushQueue)
+        flusher.schedule(deadline: .now() + 5, repeating: 5)
+        flusher.setEventHandler {
+            do { try volume.saveUsage() } catch { logger.warning("saving usage and times: \(error)") }
+        }
+        flusher.resume()
+        func stopFlushing() {
+            flusher.cancel()
+            flushQueue.sync {}  // a flush under way ends before the volume closes
+        }
+
         notifier.ready()
         if readyFD != nil { detachStandardStreams() }
         do {
             try mount.run()
+            stopFlushing()
         } catch let error as FuseMountError {
+            stopFlushing()
             try? volume.close()
             throw Self.report(CommandFailure(error.message))
         }

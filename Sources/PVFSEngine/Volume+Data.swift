@@ -60,7 +60,8 @@ extension Volume {
         }
     }
 
-    /// Folds what writes changed (size, mtime, ctime) into the inode's record. Caller holds metaLock.
+    /// Folds what writes changed (size, mtime, ctime) into the inode's record, to reach the
+    /// catalog with the next flush (periodic, fsync, close). Caller holds metaLock.
     func persistWrittenState(_ ino: InodeNumber, _ data: InodeData) {
         data.lock.lock()
         let pending = data.pendingChangeTime
@@ -75,11 +76,9 @@ extension Volume {
             r.modificationTime = st.modificationTime
             r.blocks = st.blocks
         }
-        do throws(Errno) {
-            try commit([.putInode(ino, r)])
-        } catch {
-            logger.warning("cannot record written state of inode \(ino): \(error)")
-        }
+        // Kept lazily like other times: a crash may lose the times (the size is recovered from
+        // the file itself), and a create+write+close costs one catalog transaction, not two.
+        updateLazily(ino, r)
     }
 
     func open(_ ino: InodeNumber, flags: Int32, _ ctx: RequestContext) throws(Errno) -> OpenFile {
