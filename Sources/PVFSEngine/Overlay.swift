@@ -43,8 +43,10 @@ struct OverlayState {
             entries[parent] = nil
         case .replaceXattrs(let ino, let set):
             xattrs[ino] = set
-        case .nextInode(let next):
-            nextInode = max(nextInode, next)
+        case .nextInode:
+            // The catalog's reservation, a high-water mark for after a restart; the allocation
+            // cursor in memory moves one inode at a time (Volume.allocateInode).
+            break
         }
     }
 }

@@ -162,4 +162,21 @@ struct MergedViewTests {
         #expect(v.volume.usage.bytes == 0)
         #expect(v.statistics().freeBlocks == 16)
     }
+
+    /// New inodes take consecutive numbers (so private files spread over the 256 shard
+    /// directories), and numbers handed out before a restart are never handed out again.
+    @Test func inodeNumbersAreConsecutiveAndNotReusedAfterRestart() throws {
+        let f = try EngineFixture()
+        _ = try f.provision("n")
+        var v = try f.view("n")
+        var numbers: [InodeNumber] = []
+        for i in 0..<20 { numbers.append(try v.createFile("", "f\(i)", "").inode) }
+        for (a, b) in zip(numbers, numbers.dropFirst()) { #expect(b == a + 1) }
+        try v.volume.close()
+        v = try f.view("n")
+        let after = try v.createFile("", "g", "").inode
+        #expect(after > numbers.last!)
+        #expect(try v.resolve("f19").inode == numbers.last!)
+        try v.volume.close()
+    }
 }
