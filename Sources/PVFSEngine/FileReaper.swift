@@ -3,27 +3,43 @@ import Logging
 import PVFSSystem
 import SystemPackage
 
-/// Unlinks files in the background, in order, so that deleting a file costs a guest only the
-/// catalog commit. Callers make sure nothing can open a queued file any more.
+/// Unlinks files in the background, in order, so that deleting a large file costs a guest only
+/// the catalog commit. Callers make sure nothing can open a queued file any more.
+///
+/// The host space of queued files counts as free (`bytesPending`): a guest that removed a file
+/// sees the space back in statfs at once, as on a local filesystem, not when the reaper gets to it.
 final class FileReaper: @unchecked Sendable {
     private let condition = NSCondition()
-    private var queue: [(FileDescriptor, String)] = []
+    private var queue: [(directory: FileDescriptor, path: String, bytes: Int64)] = []
     private var busy = false
+    private var pending: Int64 = 0
     private let logger: Logger
+    /// Runs before each unlink on the reaper's thread (tests hold the reaper with it).
+    private let beforeUnlink: (@Sendable () -> Void)?
 
-    init(logger: Logger) {
+    init(logger: Logger, beforeUnlink: (@Sendable () -> Void)? = nil) {
         self.logger = logger
+        self.beforeUnlink = beforeUnlink
     }
 
     func remove(at directory: FileDescriptor, _ path: String) {
+        let bytes = (try? directory.stat(at: path)).map { $0.blocks * 512 } ?? 0
         condition.lock()
-        queue.append((directory, path))
+        queue.append((directory, path, bytes))
+        pending += bytes
         let start = !busy
         busy = true
         condition.unlock()
         if start {
             DispatchQueue.global(qos: .utility).async { [self] in work() }
         }
+    }
+
+    /// Host bytes still allocated to files queued for removal.
+    var bytesPending: Int64 {
+        condition.lock()
+        defer { condition.unlock() }
+        return pending
     }
 
     private func work() {
@@ -38,12 +54,16 @@ final class FileReaper: @unchecked Sendable {
             let batch = queue
             queue.removeAll()
             condition.unlock()
-            for (directory, path) in batch {
+            for item in batch {
+                beforeUnlink?()
                 do {
-                    try directory.unlink(at: path)
+                    try item.directory.unlink(at: item.path)
                 } catch {
-                    if error != .noSuchFileOrDirectory { logger.warning("cannot remove \(path): \(error)") }
+                    if error != .noSuchFileOrDirectory { logger.warning("cannot remove \(item.path): \(error)") }
                 }
+                condition.lock()
+                pending -= item.bytes
+                condition.unlock()
             }
         }
     }

@@ -132,7 +132,9 @@ extension Volume {
         let blockSize: UInt64 = 4096
         var stats = host
         stats.maximumNameLength = UInt64(FileName.maximumLength)
-        let hostAvailableBytes = host.availableBlocks * host.fragmentSize
+        // Files being unlinked in the background are already free space for the guest.
+        let reaping = UInt64(max(0, reaper.bytesPending))
+        let hostAvailableBytes = host.availableBlocks * host.fragmentSize + reaping
         if let limit = limits.bytes {
             let total = UInt64(max(0, limit))
             let free = UInt64(max(0, limit - usage.bytes))
@@ -146,8 +148,8 @@ extension Volume {
             stats.blockSize = blockSize
             stats.fragmentSize = blockSize
             stats.totalBlocks = host.totalBlocks * scale / blockSize
-            stats.freeBlocks = host.freeBlocks * scale / blockSize
-            stats.availableBlocks = host.availableBlocks * scale / blockSize
+            stats.freeBlocks = min(stats.totalBlocks, (host.freeBlocks * scale + reaping) / blockSize)
+            stats.availableBlocks = min(stats.totalBlocks, (host.availableBlocks * scale + reaping) / blockSize)
         }
         if let limit = limits.inodes {
             let free = UInt64(max(0, limit - usage.inodes))
