@@ -43,7 +43,10 @@ extension Volume {
                                xattrBytes: r.privateXattrs ? Charge.xattrBytes(overlay.xattrs[data.inode] ?? [:]) : 0)
         edit.bytes = -charge.bytes
         edit.inodes = -charge.inodes
-        if r.data == .privateFile { edit.removedFiles.append(data.inode) }
+        if r.data == .privateFile {
+            edit.removedFiles.append(data.inode)
+            edit.removedBytes = charge.bytes
+        }
         dirtyInodes.remove(data.inode)
         if isTemplateInode(data.inode) {
             var tombstone = r

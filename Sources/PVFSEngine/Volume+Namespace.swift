@@ -6,8 +6,10 @@ import SystemPackage
 struct Edit {
     var records: [InodeNumber: InodeRecord] = [:]
     var changes: [OverlayChange] = []
-    /// Private data files to remove once the catalog no longer names them.
+    /// Private data files to remove once the catalog no longer names them, and the bytes they
+    /// charged (small ones are removed before the reply, large ones in the background).
     var removedFiles: [InodeNumber] = []
+    var removedBytes: Int64 = 0
     /// Quota change of this operation.
     var bytes: Int64 = 0
     var inodes: Int64 = 0
@@ -39,7 +41,10 @@ extension Volume {
         if r.linkCount == 0 && openData[ino] == nil {
             let old = try current(ino, edit)
             let before = chargeOf(ino, old)
-            if old.data == .privateFile { edit.removedFiles.append(ino) }
+            if old.data == .privateFile {
+                edit.removedFiles.append(ino)
+                edit.removedBytes += before.bytes
+            }
             edit.bytes -= before.bytes
             edit.inodes -= before.inodes
             if isTemplateInode(ino) {
@@ -76,7 +81,7 @@ extension Volume {
         for (ino, r) in edit.records { changes.append(.putInode(ino, r)) }
         changes.append(contentsOf: edit.changes)
         do throws(Errno) {
-            try commit(changes, removing: edit.removedFiles)
+            try commit(changes, removing: edit.removedFiles, removedBytes: edit.removedBytes)
         } catch {
             if edit.bytes > 0 || edit.inodes > 0 {
                 try? quota.charge(bytes: -max(0, edit.bytes), inodes: -max(0, edit.inodes))

@@ -290,7 +290,8 @@ public final class Volume: @unchecked Sendable {
     /// (`CatalogWriter`); a synchronous commit comes after everything queued before it.
     /// Caller holds metaLock.
     /// On a catalog failure nothing changes and the error surfaces as EIO (or ENOSPC).
-    func commit(_ changes: [OverlayChange], removing files: [InodeNumber] = [], synchronously: Bool = false) throws(Errno) {
+    func commit(_ changes: [OverlayChange], removing files: [InodeNumber] = [], removedBytes: Int64 = .max,
+                synchronously: Bool = false) throws(Errno) {
         if synchronously || commitMode == .beforeReply || catalogWriter.hasFailed {
             try catalogWriter.flush()
             do {
@@ -301,7 +302,13 @@ public final class Volume: @unchecked Sendable {
                 throw Errno.ioError
             }
             applyCommitted(changes)
-            for ino in files { reapPrivateFile(ino) }
+            // Unlinking a small file costs less than waking the reaper; a large one may take
+            // the filesystem a while to free, so it goes to the background.
+            if removedBytes <= Self.inlineRemovalBytes {
+                for ino in files { removePrivateFile(ino) }
+            } else {
+                for ino in files { reapPrivateFile(ino) }
+            }
             return
         }
         applyCommitted(changes)
@@ -403,7 +410,10 @@ public final class Volume: @unchecked Sendable {
         return HostFile(descriptor: fd, isPrivate: true)
     }
 
-    /// Removes a private file now (error paths, where nothing names it yet).
+    /// Private files up to this size are removed before the reply (see `commit`).
+    static let inlineRemovalBytes: Int64 = 1 << 20
+
+    /// Removes a private file now (small files, and error paths where nothing names it yet).
     func removePrivateFile(_ ino: InodeNumber) {
         do {
             try dataDirectory.unlink(at: Self.dataPath(ino))
