@@ -13,8 +13,8 @@
 # adds options, e.g. "--catalog-commit grouped".
 # Absolute numbers are those of software emulation (every hypercall, grant map and event channel
 # notification is emulated), so only the ratio means something.
-# Needs root, the Xen 4.17 packages, release builds of pvfsd/pvfs-vm/pvfs-template (built here
-# with --static-swift-stdlib when missing or older than the sources).
+# Needs root and the Xen 4.17 packages; builds pvfsd/pvfs-vm/pvfs-template (release, Swift runtime
+# linked in) when missing or older than the sources (Tests/guest/xen/release-builds.sh).
 set -uo pipefail
 FILES=100 MIB=16 ROUNDS=3 KEEP=0 PREFIX="" PVFSD_ARGS=""
 while [ $# -gt 0 ]; do
@@ -37,11 +37,8 @@ say() { echo "xen-9p: $*" >&2; }
 [ -e /boot/xen-4.17-amd64.gz ] || { say "no /boot/xen-4.17-amd64.gz"; exit 2; }
 
 REL=$ROOT/.build/release
-for p in pvfsd pvfs-vm pvfs-template; do
-    if [ ! -x "$REL/$p" ] || [ -n "$(find "$ROOT/Sources" "$ROOT/Package.swift" -newer "$REL/$p" -type f -print -quit)" ]; then
-        (cd "$ROOT" && swift build -c release --static-swift-stdlib --product "$p") >&2 || { say "build of $p failed"; exit 2; }
-    fi
-done
+. "$XEN_DIR/release-builds.sh"
+ensure_release_builds "$ROOT" || exit 2
 
 WORK=$(mktemp -d /var/tmp/pvfs-xen-bench.XXXXXX)
 if [ "$KEEP" = 1 ]; then say "work directory $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi

@@ -44,23 +44,8 @@ T0=$(date +%s)
 
 # ---- binaries: release, Swift runtime linked in (they run in dom0). Rebuilt when a source is newer.
 REL=$ROOT/.build/release
-stale() {
-    local b
-    for b in pvfsd pvfs-vm pvfs-template; do
-        [ -x "$REL/$b" ] || return 0
-        [ -z "$(find "$ROOT/Sources" "$ROOT/Package.swift" -newer "$REL/$b" -type f -print -quit)" ] || return 0
-        ldd "$REL/$b" 2>/dev/null | grep -q libswiftCore && return 0 # built without --static-swift-stdlib
-    done
-    return 1
-}
-if stale; then
-    say "building pvfsd, pvfs-vm, pvfs-template (release, --static-swift-stdlib)"
-    for p in pvfsd pvfs-vm pvfs-template; do
-        (cd "$ROOT" && swift build -c release --static-swift-stdlib --product "$p") >&2 || die "build of $p failed"
-    done
-else
-    say "reusing the release binaries in $REL"
-fi
+. "$ROOT/Tests/guest/xen/release-builds.sh"
+ensure_release_builds "$ROOT" || die "cannot build the release binaries"
 T_BUILD=$(($(date +%s) - T0))
 
 # ---- store, template, VM, binding.
