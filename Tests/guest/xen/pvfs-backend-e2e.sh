@@ -45,8 +45,8 @@ PKG=$WORK/pkg
 BIN=$PKG/.build/release/pvfs-vm
 if [ "${KEEP_GOING:-0}" != 1 ] || [ ! -x "$BIN" ]; then
   mkdir -p "$PKG"
-  rm -rf "$PKG/Sources" "$PKG/Tests"
-  cp -a "$ROOT/Sources" "$ROOT/Tests" "$ROOT/Package.swift" "$PKG/"
+  rm -rf "$PKG/Sources" "$PKG/Tests" "$PKG/bench"
+  cp -a "$ROOT/Sources" "$ROOT/Tests" "$ROOT/bench" "$ROOT/Package.swift" "$PKG/"
   rm -rf "$PKG/Tests/guest"
   cp -p "$HERE/e2e-main.swift" "$PKG/Sources/pvfs-vm/main.swift"
   say "building pvfs-vm (release, static Swift stdlib)"
