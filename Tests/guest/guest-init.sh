@@ -18,9 +18,13 @@
 #   pvfs.skip=a,b           fileops checks to skip (reported as skip)
 #   pvfs.large=MIB          size of the large-file check (default 16)
 #   pvfs.readdir=N          files the readdir check creates (default 300)
-#   pvfs.run=fileops|shell|bench
+#   pvfs.run=fileops|shell|bench|restart
 #                           shell = interactive shell on the console after mounting (debugging);
-#                           bench = the benchmark workload (bench-workload.sh, pvfs.bench=)
+#                           bench = the benchmark workload (bench-workload.sh, pvfs.bench=);
+#                           restart = the server is killed and restarted while the share is
+#                           mounted (restart_check below; the host side restarts it when the
+#                           console shows PVFS-RESTART-REQUEST)
+#   pvfs.restartwait=SECONDS restart: how long the share stays idle for the restart (default 40)
 #   pvfs.watch=SECONDS      debugging: every SECONDS print the kernel stacks of processes
 #                           blocked in the kernel (PVFS-WATCH lines), to tell slow from stuck
 #
@@ -42,7 +46,7 @@ finish() {
 }
 
 TRANS=tcp SERVER=10.0.2.2 PORT=564 ANAME="" TAG=pvfs MSIZE="" OPTS="" IP=10.0.2.15/24 GW=10.0.2.2
-QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH=""
+QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH="" RESTART_WAIT=40
 for arg in $(cat /proc/cmdline); do
     case $arg in
     pvfs.trans=*) TRANS=${arg#*=} ;;
@@ -61,6 +65,7 @@ for arg in $(cat /proc/cmdline); do
     pvfs.readdir=*) NDIR=${arg#*=} ;;
     pvfs.run=*) RUN=${arg#*=} ;;
     pvfs.watch=*) WATCH=${arg#*=} ;;
+    pvfs.restartwait=*) RESTART_WAIT=${arg#*=} ;;
     esac
 done
 echo "PVFS-INFO init start uptime=$(uptime_s) kernel=$(uname -r) trans=$TRANS"
@@ -113,7 +118,45 @@ if [ -n "$WATCH" ]; then
     ) &
 fi
 
-if [ "$RUN" = shell ]; then
+# pvfs.run=restart: the server is killed (SIGKILL) and restarted while the share is mounted and
+# idle. What was written before stays (the host checks it); afterwards a request fails with EIO
+# at once instead of hanging (Linux's 9pnet_xen cannot resume a 9P session), and the share
+# unmounts.
+restart_check() {
+    probe="pvfs restart probe $(uptime_s)"
+    if echo "$probe" >"$1/restart-probe" && [ "$(cat "$1/restart-probe")" = "$probe" ]; then
+        marker restart-before ok "wrote and read back $1/restart-probe"
+    else
+        marker restart-before fail "cannot write $1/restart-probe"
+        return
+    fi
+    echo "PVFS-RESTART-REQUEST uptime=$(uptime_s)"
+    sleep "$RESTART_WAIT"
+    rm -f /tmp/restart.rc
+    (stat "$1/restart-probe" >/tmp/restart.out 2>&1; echo $? >/tmp/restart.rc) &
+    i=0
+    while [ ! -s /tmp/restart.rc ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+    if [ ! -s /tmp/restart.rc ]; then
+        marker restart-eio fail "stat still blocked after 60 s"
+        return
+    elif [ "$(cat /tmp/restart.rc)" = 0 ]; then
+        marker restart-eio fail "stat succeeded: the server was not restarted within ${RESTART_WAIT}s"
+    elif grep -qiE "input/output error|I/O error" /tmp/restart.out; then
+        marker restart-eio ok "$(cat /tmp/restart.out)"
+    else
+        marker restart-eio fail "$(cat /tmp/restart.out)"
+    fi
+    if umount "$1" 2>/tmp/umount.err; then
+        marker restart-umount ok ""
+    else
+        marker restart-umount fail "$(cat /tmp/umount.err)"
+    fi
+}
+
+if [ "$RUN" = restart ]; then
+    restart_check /mnt
+    finish
+elif [ "$RUN" = shell ]; then
     echo "PVFS-INFO share on /mnt; exit the shell to power off"
     setsid cttyhack sh
 elif [ "$RUN" = bench ]; then

@@ -15,6 +15,9 @@
 #   backend_teardown DOMID            after the domU is gone: stop daemons, remove xenstore nodes
 #   backend_host_view SHARE           print a dom0 path that shows the served tree (for the
 #                                     manifest check), or nothing
+#   backend_restart DOMID             XEN_RESTART=1, once the domU's console shows
+#                                     PVFS-RESTART-REQUEST: kill the backend (SIGKILL) and start it
+#                                     again while the device is mounted
 # Helpers hooks can use: xs_attach_9pfs DOMID TAG PATH [DEVID], xs_detach_9pfs DOMID [DEVID],
 # t MSG (timestamped log line), marker NAME ok|fail DETAIL.
 # Settings: /etc/pvfs-xen.conf (written per run by run-xen-9pfs.sh). Besides the file checks,
@@ -70,6 +73,7 @@ backend_xl_config() { :; }
 backend_attach() { :; }
 backend_teardown() { :; }
 backend_host_view() { echo "$1"; }
+backend_restart() { t "this backend cannot be restarted"; return 1; }
 
 t "dom0 init; kernel $(uname -r); cmdline: $(cat /proc/cmdline)"
 for m in $(cat /modules/order); do
@@ -161,10 +165,19 @@ xl unpause domU
 t1=$(up)
 # Poll xenstore, not xl: xl is heavy under emulation and has been seen to crash when run
 # every second, which would end the wait early.
-i=0
+i=0 restarted=0
 while :; do
     xenstore-exists "/local/domain/$domid" 2>/dev/null
     [ $? -eq 1 ] && break # gone (a crashed tool, status >= 128, is not an answer)
+    if [ "${XEN_RESTART:-0}" = 1 ] && [ $restarted = 0 ] && grep -q PVFS-RESTART-REQUEST /var/log/xen/console/guest-domU.log; then
+        restarted=1
+        t0=$(up)
+        if backend_restart "$domid"; then
+            marker xen-backend-restart ok "killed (SIGKILL) and restarted in $(echo "$(up) - $t0" | bc)s"
+        else
+            marker xen-backend-restart fail "see the lines above"
+        fi
+    fi
     sleep 2
     i=$((i + 2))
     if [ $i -ge "$XEN_DOMU_WAIT" ]; then
@@ -204,6 +217,11 @@ if [ -n "$XEN_MARKER_NONCE" ]; then
 fi
 if [ -n "$XEN_MARKER_NONCE" ]; then
     : # a root boot, not the file checks: no manifest
+elif [ "${XEN_RESTART:-0}" = 1 ]; then
+    case $(cat "$view/restart-probe" 2>&1) in
+    "pvfs restart probe "*) marker xen-dom0-restart-probe ok "written before the SIGKILL, read through the store: $(cat "$view/restart-probe")" ;;
+    *) marker xen-dom0-restart-probe fail "restart-probe: '$(cat "$view/restart-probe" 2>&1)'" ;;
+    esac
 elif case " $XEN_DOMU_EXTRA " in *" pvfs.run=bench "* | *" pvfs.run=shell "*) true ;; *) false ;; esac then
     : # the benchmark workload or a shell: no manifest either
 elif [ -n "$view" ] && [ -f "$view/pvfs-fileops/MANIFEST" ] && [ ! -s "$view/pvfs-fileops/MANIFEST" ]; then

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Tests/guest/xen/pvfsd-e2e.sh: pvfsd serves a real Xen PV domU over Xen PV 9pfs rings, end to end.
 #
-# Nested Xen 4.17 under QEMU TCG (run-xen-9pfs.sh --backend pvfsd), two runs:
+# Nested Xen 4.17 under QEMU TCG (run-xen-9pfs.sh --backend pvfsd), three runs:
 #   1. file operations: the domU mounts its VM with
 #        mount -t 9p -o trans=xen,version=9p2000.L pvfs-root /mnt
 #      and runs the standard checks (fileops.sh), quota included (df shows the VM's 64 MiB quota,
@@ -12,13 +12,17 @@
 # The store: template "tiny" (make-tiny-tree.sh plus busybox's applets and the marker init),
 # VM vmx provisioned with --quota-bytes 64M and bound to the Xen domain named domU.
 #
-# The slower third run, only on request (--only debian12): a domU boots Debian 12 with systemd as
+#   3. pvfsd restarts: the domU writes a file, pvfsd is killed (SIGKILL) and started again while
+#      the domU has the VM mounted; the new pvfsd adopts the device as a lost session, so the
+#      domU's next request fails with EIO at once (no hang) and it unmounts; dom0 then finds the
+#      file through the store.
+# The slower fourth run, only on request (--only debian12): a domU boots Debian 12 with systemd as
 # its init from a VM provisioned from the debian12 template (hooks included), its root over Xen
 # 9pfs from pvfsd; boot-9p-root.sh's marker unit writes the marker dom0 reads back.
 #
-# usage: Tests/guest/xen/pvfsd-e2e.sh [--keep] [--only files|boot|debian12] [--timeout S]
+# usage: Tests/guest/xen/pvfsd-e2e.sh [--keep] [--only files|boot|restart|debian12] [--timeout S]
 #   --keep          keep the work directory (store, logs) and print its path
-#   --only RUN      one of the runs (files and boot run by default)
+#   --only RUN      one of the runs (files, boot and restart run by default)
 #   --timeout S     bound on each QEMU run (default 900 for the file checks, 600 for the boot)
 # Environment: PVFS_XEN_CPU (QEMU CPU model, default max,-xsave), PVFS_GUEST_VERBOSE=1.
 # exit status: 0 every check of every run passed, 1 a check failed, 2 setup error.
@@ -30,7 +34,7 @@ KEEP=0 ONLY="" TIMEOUT=""
 while [ $# -gt 0 ]; do
     case $1 in
     --keep) KEEP=1; shift ;;
-    --only) ONLY=$2; case $ONLY in files | boot | debian12) ;; *) echo "--only files|boot|debian12" >&2; exit 2 ;; esac; shift 2 ;;
+    --only) ONLY=$2; case $ONLY in files | boot | restart | debian12) ;; *) echo "--only files|boot|restart|debian12" >&2; exit 2 ;; esac; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -83,6 +87,9 @@ if [ -z "$ONLY" ] || [ "$ONLY" = files ]; then
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = boot ]; then
     run boot --boot-root --timeout "${TIMEOUT:-600}"
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = restart ]; then
+    run restart --restart-check --timeout "${TIMEOUT:-600}"
 fi
 if [ "$ONLY" = debian12 ]; then
     # A store of its own: the debian12 template (debootstrap, cached by the recipe builder), VM

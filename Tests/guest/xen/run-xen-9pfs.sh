@@ -27,6 +27,10 @@
 #   --boot-init PATH        with --boot-root: the init the domU runs from the share (default
 #                           /sbin/pvfs-boot-marker; /sbin/init boots the tree's own init, e.g. systemd,
 #                           whose tree then holds boot-9p-root.sh's marker unit)
+#   --restart-check         instead of the file checks: the domU writes a file, the backend is
+#                           killed (SIGKILL) and restarted while the share is mounted
+#                           (backend_restart), requests then fail with EIO instead of hanging, the
+#                           share unmounts, and dom0 finds the file through the backend's view
 #   --domu-mem MIB          domU memory (default 256)
 #   --tag TAG               9pfs tag (default share)
 #   --quota BYTES           quota the backend enforces: enables the df and EDQUOT checks
@@ -52,7 +56,7 @@ XEN_DIR=$(cd "$(dirname "$0")" && pwd)
 
 BACKEND=qemu-xl TAG=share QUOTA="" QUOTAFS="" SKIP="-" LARGE=8 NDIR=30 DOM0MEM=768 TIMEOUT=1800 SHELLMODE=0 KEEPLOG=""
 BOOTINIT=/sbin/pvfs-boot-marker DOMUMEM=256
-DOM0MEM_SET=0 BOOTROOT=0 CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
+DOM0MEM_SET=0 BOOTROOT=0 RESTART=0 CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
 DOM0_FILES=() DOM0_TREES=() HOOK_ENV=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -60,6 +64,7 @@ while [ $# -gt 0 ]; do
     --tag) TAG=$2; shift 2 ;;
     --boot-root) BOOTROOT=1; shift ;;
     --boot-init) BOOTINIT=$2; shift 2 ;;
+    --restart-check) RESTART=1; shift ;;
     --domu-mem) DOMUMEM=$2; shift 2 ;;
     --backend-cmd) BACKEND=command; HOOK_ENV+=("XEN_BACKEND_CMD=$2"); shift 2 ;;
     --attach-cmd) HOOK_ENV+=("XEN_ATTACH_CMD=$2"); shift 2 ;;
@@ -167,6 +172,7 @@ DOM0_BASE=$(guest_initramfs_pack "pvfs-xen-dom0-$KVER" none)
 # (the kernel unpacks concatenated archives in order).
 DOMU_EXTRA="pvfs.large=$LARGE pvfs.readdir=$NDIR${DOMUAPPEND:+ $DOMUAPPEND}"
 [ -n "$SKIP" ] && DOMU_EXTRA+=" pvfs.skip=$SKIP"
+[ "$RESTART" = 1 ] && DOMU_EXTRA+=" pvfs.run=restart"
 if [ -n "$QUOTAFS" ]; then
     DOMU_EXTRA+=" pvfs.quota=$QUOTAFS pvfs.quotaerr=ENOSPC"
 elif [ -n "$QUOTA" ]; then
@@ -179,6 +185,7 @@ XEN_DOMU_EXTRA='$DOMU_EXTRA'
 XEN_DOMU_MEM=$DOMUMEM
 XEN_DOMU_WAIT=$((TIMEOUT - 60))
 XEN_SHELL=$SHELLMODE
+XEN_RESTART=$RESTART
 "
 for e in "${HOOK_ENV[@]}"; do
     v=${e#*=}

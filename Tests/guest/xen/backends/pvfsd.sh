@@ -25,6 +25,28 @@ backend_prepare() {
     fi
 }
 
+# pvfsd killed with SIGKILL and started again while the domU has the device mounted: the new
+# instance adopts the connected device as a lost session (docs/xen.md) and says so in the
+# backend's error node.
+backend_restart() {
+    kill -9 "$PVFSD_PID" 2>/dev/null
+    wait "$PVFSD_PID" 2>/dev/null
+    ${PVFS_XEN_PVFSD_PREFIX:-} pvfsd --store "$PVFS_XEN_STORE" --xen ${PVFS_XEN_PVFSD_ARGS:-} >>/var/log/xen/pvfsd.log 2>&1 &
+    PVFSD_PID=$!
+    node=/local/domain/0/backend/9pfs/$1/0/error
+    i=0
+    while [ $i -lt 60 ]; do
+        case $(xenstore-read "$node" 2>/dev/null) in
+        *"session lost"*) t "restart: $node = $(xenstore-read "$node")"; return 0 ;;
+        esac
+        kill -0 "$PVFSD_PID" 2>/dev/null || { t "restarted pvfsd exited: $(tail -3 /var/log/xen/pvfsd.log | tr '\n' ' ')"; return 1; }
+        sleep 0.5
+        i=$((i + 1))
+    done
+    t "restart: no lost-session error in $node after 30 s"
+    return 1
+}
+
 backend_attach() {
     pvfs-vm attach "$PVFS_XEN_VM" --domid "$1" --tag "$3" >/var/log/xen/pvfs-attach.log 2>&1 ||
         { t "attach: $(tail -5 /var/log/xen/pvfs-attach.log)"; return 1; }
