@@ -155,13 +155,18 @@ public final class Volume: @unchecked Sendable {
         closed = true
         for (ino, data) in openData { persistWrittenState(ino, data) }
         openData.removeAll()
-        try? flushDirtyLocked()
-        let committed: Errno?
+        // Sizes and times kept lazily reach the catalog here; if they cannot, the volume is not
+        // marked clean, so the next open takes sizes from the private files (recovery).
+        var committed: Errno?
         do throws(Errno) {
-            try catalogWriter.stop()
-            committed = nil
+            try flushDirtyLocked()
         } catch {
             committed = error
+        }
+        do throws(Errno) {
+            try catalogWriter.stop()
+        } catch {
+            committed = committed ?? error
         }
         reaper.drain()
         if let committed {

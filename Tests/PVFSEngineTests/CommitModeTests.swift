@@ -62,4 +62,22 @@ struct CommitModeTests {
         try v.volume.close()
         #expect(try runFsck(f.store).findings.isEmpty)
     }
+
+    /// Written sizes reach the catalog lazily; when the catalog refuses them at close, the volume
+    /// stays marked unclean, so the next open takes the size from the private file.
+    @Test func sizesSurviveACatalogThatRefusesTheLastFlush() throws {
+        let f = try EngineFixture()
+        _ = try f.provision("a")
+        var v = try f.view("a")
+        _ = try v.createBytes("", "f", [UInt8](repeating: 9, count: 5000))
+        #expect(try v.resolve("f").size == 5000)
+        try f.store.catalog.write { db in
+            try db.execute(sql: "CREATE TRIGGER refuse_inodes BEFORE INSERT ON vm_inode BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        }
+        #expect(throws: (any Error).self) { try v.volume.close() }
+        try f.store.catalog.write { db in try db.execute(sql: "DROP TRIGGER refuse_inodes") }
+        v = try f.view("a")
+        #expect(try v.resolve("f").size == 5000)
+        try v.volume.close()
+    }
 }
