@@ -14,7 +14,7 @@
 #                           separate backend process, xl unpause: the steps pvfsd will take
 #   --backend pvfsd         pvfsd + pvfs-vm in dom0 (see xen/backends/pvfsd.sh for the contract);
 #                           needs --store S --vm NAME, and the binaries via --pvfsd/--pvfs-vm or
-#                           --build-pvfs (swift build -c release --static-swift-stdlib)
+#                           --build-pvfs (release builds, Swift runtime linked in: xen/release-builds.sh)
 #   --backend-cmd CMD       any backend process: the domU is created paused, its 9pfs device is
 #                           attached (xenstore nodes as libxl writes them, or --attach-cmd CMD),
 #                           CMD starts in the background, the domU is unpaused. {domid}, {tag}
@@ -118,9 +118,8 @@ XEN=$GUEST_CACHE/xen-$(sha256sum </boot/xen-4.17-amd64.gz | cut -c1-16)
 if [ "$BACKEND" = pvfsd ]; then
     [ -n "$STORE" ] && [ -n "$VM" ] || gdie "--backend pvfsd needs --store and --vm"
     if [ "$BUILD_PVFS" = 1 ]; then
-        glog "building pvfsd and pvfs-vm (release, --static-swift-stdlib)"
-        (cd "$GUEST_REPO_ROOT" && swift build -c release --static-swift-stdlib --product pvfsd >&2 &&
-            swift build -c release --static-swift-stdlib --product pvfs-vm >&2)
+        . "$XEN_DIR/release-builds.sh"
+        ensure_release_builds "$GUEST_REPO_ROOT" || gdie "cannot build the release binaries"
         PVFSD_BIN=${PVFSD_BIN:-$GUEST_REPO_ROOT/.build/release/pvfsd}
         PVFSVM_BIN=${PVFSVM_BIN:-$GUEST_REPO_ROOT/.build/release/pvfs-vm}
     fi

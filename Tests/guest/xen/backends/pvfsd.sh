@@ -13,11 +13,16 @@
 # must be bound to the domain (pvfs-vm bind VM --xen-name domU).
 XEN_BACKEND="pvfsd (store ${PVFS_XEN_STORE:-?}, VM ${PVFS_XEN_VM:-?})"
 
+# Starts pvfsd in the background (PVFSD_PID), its log appended to /var/log/xen/pvfsd.log.
+# PVFS_XEN_PVFSD_PREFIX: a wrapper such as "taskset 1" (experiments); PVFS_XEN_PVFSD_ARGS: options.
+start_pvfsd() {
+    ${PVFS_XEN_PVFSD_PREFIX:-} pvfsd --store "$PVFS_XEN_STORE" --xen ${PVFS_XEN_PVFSD_ARGS:-} >>/var/log/xen/pvfsd.log 2>&1 &
+    PVFSD_PID=$!
+}
+
 backend_prepare() {
     t "pvfsd in dom0: $(wc -c </usr/local/bin/pvfsd) bytes"
-    # PVFS_XEN_PVFSD_PREFIX: a wrapper such as "taskset 1" (experiments).
-    ${PVFS_XEN_PVFSD_PREFIX:-} pvfsd --store "$PVFS_XEN_STORE" --xen ${PVFS_XEN_PVFSD_ARGS:-} >/var/log/xen/pvfsd.log 2>&1 &
-    PVFSD_PID=$!
+    start_pvfsd
     sleep 1
     if ! kill -0 "$PVFSD_PID" 2>/dev/null; then
         t "pvfsd exited: $(tail -5 /var/log/xen/pvfsd.log)"
@@ -31,8 +36,7 @@ backend_prepare() {
 backend_restart() {
     kill -9 "$PVFSD_PID" 2>/dev/null
     wait "$PVFSD_PID" 2>/dev/null
-    ${PVFS_XEN_PVFSD_PREFIX:-} pvfsd --store "$PVFS_XEN_STORE" --xen ${PVFS_XEN_PVFSD_ARGS:-} >>/var/log/xen/pvfsd.log 2>&1 &
-    PVFSD_PID=$!
+    start_pvfsd
     node=/local/domain/0/backend/9pfs/$1/0/error
     i=0
     while [ $i -lt 60 ]; do
