@@ -509,24 +509,29 @@ public final class NinePConnection: @unchecked Sendable {
         outstandingBytes -= request.cost
         state.broadcast()
         let limit = negotiatedSize ?? configuration.maximumMessageSize
+        guard send, var bytes else {
+            // No reply to wait for: its flushes are answered now.
+            request.replied = true
+            let flushes = request.flushes
+            request.flushes = []
+            state.unlock()
+            for r in submit { pool.submit { self.run(r) } }
+            return flushes
+        }
         state.unlock()
         for r in submit { pool.submit { self.run(r) } }
-        if send, var bytes {
-            if bytes.count > limit {
-                logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
-                bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
-            }
-            request.reply(bytes)
+        if bytes.count > limit {
+            logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
+            bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
         }
+        request.reply(bytes)
         state.lock()
-        if send {
-            activeReplies -= 1
-            if replying[request.tag] === request { replying[request.tag] = nil }
-        }
+        activeReplies -= 1
+        if replying[request.tag] === request { replying[request.tag] = nil }
         request.replied = true
         let flushes = request.flushes
         request.flushes = []
-        state.broadcast()
+        if activeReplies == 0 { state.broadcast() }
         state.unlock()
         return flushes
     }

@@ -274,6 +274,47 @@ struct TenantLimitTests {
         #expect(try again.getAttributes(a.inode).modificationTime.seconds == limit)
     }
 
+    /// A session opened while the VM's last session is closing waits for the close and gets
+    /// the VM; it used to try to take the VM's lock while the closing volume still held it, and
+    /// fail with EBUSY (a guest that reconnects at once, a rebooting guest's root). The close is
+    /// held up here by holding the volume's metadata lock, which close() takes first.
+    @Test func aSessionOpenedDuringTheLastCloseWaitsForIt() throws {
+        let f = try EngineFixture()
+        _ = try f.provision("v")
+        var logger = Logger(label: "test.registry")
+        logger.logLevel = .critical
+        let registry = try VolumeRegistry(store: f.store, logger: logger)
+        let first = try registry.openSession(vm: "v", policy: SessionPolicy(side: .guest))
+        let volume = first.volume
+        volume.metaLock.lock()
+        let closed = DispatchSemaphore(value: 0)
+        Thread { registry.closeSession(first); closed.signal() }.start()
+        Thread.sleep(forTimeInterval: 0.2)
+        let opened = DispatchSemaphore(value: 0)
+        let result = Failures()
+        Thread {
+            do {
+                let view = try registry.openSession(vm: "v", policy: SessionPolicy(side: .guest))
+                result.add(view.volume === volume ? "the closing volume" : "ok")
+                registry.closeSession(view)
+            } catch {
+                result.add("\(error)")
+            }
+            opened.signal()
+        }.start()
+        Thread.sleep(forTimeInterval: 0.2)
+        // Other VMs are not held up meanwhile.
+        _ = try f.provision("w")
+        let other = try registry.openSession(vm: "w", policy: SessionPolicy(side: .guest))
+        registry.closeSession(other)
+        #expect(result.list.isEmpty, "the open did not wait for the close")
+        volume.metaLock.unlock()
+        closed.wait()
+        opened.wait()
+        #expect(result.list == ["ok"])
+        #expect(registry.sessionCounts.isEmpty)
+    }
+
     /// Sessions closing and opening on one VM at once: the last session's close and the next
     /// session's open never overlap, so the VM is never found busy (EBUSY) by its own process.
     @Test func quickReopensNeverFindTheVMBusy() throws {
