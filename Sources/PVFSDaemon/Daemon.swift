@@ -190,7 +190,8 @@ public final class Daemon: @unchecked Sendable {
 
     func renderMetrics() -> String {
         Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts,
-                       unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits)
+                       unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,
+                       volumeLimits: registry.volumeLimits)
     }
 
     private func serveMetricsHTTP(_ fd: Int32) {

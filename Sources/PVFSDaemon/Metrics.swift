@@ -4,7 +4,8 @@ import PVFSEngine
 /// Prometheus text exposition of the daemon's per-VM counters and usage.
 public enum Metrics {
     public static func render(volumes: [Volume], sessions: [String: Int], unboundLimits: LimitCounters? = nil,
-                              connectionLimits: ConnectionLimits = ConnectionLimits()) -> String {
+                              connectionLimits: ConnectionLimits = ConnectionLimits(),
+                              volumeLimits: VolumeLimits = VolumeLimits()) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ value: (Volume) -> String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -45,7 +46,7 @@ public enum Metrics {
 
         out += "# HELP pvfs_limit The configured value of each limit (per connection or per VM; -1: none).\n"
         out += "# TYPE pvfs_limit gauge\n"
-        let v = volumes.first?.metadataLimits ?? VolumeLimits()
+        let v = volumeLimits
         let values: [(TenantLimit, Int64)] = [
             (.outstandingRequests, Int64(connectionLimits.outstandingRequests)),
             (.outstandingBytes, Int64(connectionLimits.outstandingBytes)),

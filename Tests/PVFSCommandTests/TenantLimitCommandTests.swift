@@ -194,11 +194,11 @@ struct TenantLimitCommandTests {
         logger.logLevel = .critical
         var configuration = DaemonConfiguration(storePath: store)
         configuration.volumeLimits.lockRecordsPerSession = 3
+        configuration.connectionLimits.sessions = 9
         let daemon = try Daemon(configuration: configuration, logger: logger)
         try daemon.start()
         defer { daemon.stop() }
         let view = try daemon.registry.openSession(vm: "guest", policy: SessionPolicy(side: .guest))
-        defer { daemon.registry.closeSession(view) }
         for i in 0..<5 {
             try? view.setLock(rootInode, owner: 1, range: FileLockRange(type: .read, start: UInt64(2 * i), end: UInt64(2 * i), pid: 1),
                               wait: false)
@@ -207,8 +207,15 @@ struct TenantLimitCommandTests {
         for limit in TenantLimit.allCases {
             #expect(text.contains("pvfs_limit_hits_total{vm=\"guest\",limit=\"\(limit.rawValue)\"}"), "\(limit)")
         }
+        // Configured values show even when no VM is open.
+        daemon.registry.closeSession(view)
+        let idle = try #require(try DaemonClient(storePath: store).send(.init(op: "metrics"))?.text)
+        #expect(idle.contains("pvfs_limit{limit=\"lock-records-per-session\"} 3"))
+        #expect(idle.contains("pvfs_limit{limit=\"sessions-per-connection\"} 9"))
+        #expect(idle.contains("pvfs_limit_hits_total{vm=\"\",limit=\"sessions-per-connection\"} 0"))
         #expect(text.contains("pvfs_limit_hits_total{vm=\"guest\",limit=\"lock-records-per-session\"} 2"))
         #expect(text.contains("pvfs_limit{limit=\"lock-records-per-session\"} 3"))
+        #expect(text.contains("pvfs_limit{limit=\"xattr-bytes\"} \(VolumeLimits().xattrBytes)"))
         #expect(text.contains("pvfs_lock_records{vm=\"guest\"} 3"))
         #expect(text.contains("pvfs_quota_inodes{vm=\"guest\"} \(VolumeLimits().inodesWithoutQuota ?? -1)"))
     }
