@@ -85,9 +85,12 @@ public enum NinePAccountPolicy: Sendable, Equatable {
 public struct NinePConfiguration: Sendable {
     /// The largest msize the server agrees to; a client asking for more gets this.
     public var maximumMessageSize: Int = 1 << 20
-    /// Requests received and not yet answered. The connection stops taking messages beyond it
-    /// (`receive` blocks), which pushes back on the transport.
+    /// Requests received and not yet answered (Tflush apart). The connection stops taking
+    /// messages beyond it (`receive` blocks), which pushes back on the transport.
     public var maximumOutstandingRequests: Int = 64
+    /// Tflush requests waiting for the request they flush, counted apart from the others so
+    /// that a client can always flush what holds its other slots; past it `receive` blocks too.
+    public var maximumOutstandingFlushes: Int = 64
     /// Bytes held for outstanding requests (the request plus the largest reply it can have).
     public var maximumOutstandingBytes: Int = 32 << 20
     /// Worker threads one connection may occupy at once; the rest of its requests wait in its
@@ -96,6 +99,10 @@ public struct NinePConfiguration: Sendable {
     /// Fids one connection may hold (Linux keeps one per cached dentry). A fid costs about
     /// 200 bytes plus the name it was reached by.
     public var maximumFids: Int = 1 << 19
+    /// Sessions (attaches whose fids are not all clunked) one connection may hold at once; an
+    /// attach past it is refused with EUSERS. Linux attaches once per mount, and once per
+    /// user with `access=user`.
+    public var maximumSessions: Int = 256
     /// Tlock requests that wait for a conflicting lock at once; past it, a waiting lock is
     /// answered BLOCKED and the client polls.
     public var maximumBlockedLocks: Int = 16
@@ -114,6 +121,9 @@ public struct NinePConfiguration: Sendable {
     /// system call after another) then costs no thread switch on the way in. Off: every
     /// request goes through the worker pool.
     public var runsIdleRequestsInline = true
+    /// Where limits reached before the connection is bound to a VM are counted (afterwards,
+    /// in the VM's counters).
+    public var unboundLimitCounters: LimitCounters?
 
     public init() {}
 }

@@ -28,12 +28,17 @@ import SystemPackage
 ///   block for long (queue the bytes) and must not call `close()`.
 /// - Replies handed to callbacks in sequence must go out in that sequence on the same channel:
 ///   an Rflush is handed over only after the reply of the request it flushed (if any).
-/// - `receive` blocks while the connection holds `maximumOutstandingRequests` requests or
-///   `maximumOutstandingBytes` bytes: that is the back-pressure a transport relies on to bound
-///   its memory. It is always safe to call from one reader thread per channel.
+/// - `receive` blocks while the connection holds `maximumOutstandingRequests` requests,
+///   `maximumOutstandingBytes` bytes or (for a Tflush) `maximumOutstandingFlushes` flushes:
+///   that is the back-pressure a transport relies on to bound its memory. It is always safe to
+///   call from one reader thread per channel.
+/// - Each Tattach opens a session through the resolver; it ends, and `onSessionEnd` hands its
+///   view back to the transport, when the last fid descending from that attach is clunked (or
+///   the connection closes). A connection holds at most `maximumSessions` sessions.
 /// - `close()` cancels what can be cancelled (queued requests, waiting locks), waits for running
-///   requests to finish, then closes every fid's handle and drops the session's locks. After it
-///   returns no engine handle of the connection is open and no reply callback will be called.
+///   requests to finish, then closes every fid's handle, drops the sessions' locks and ends
+///   them. After it returns no engine handle of the connection is open and no reply callback
+///   will be called.
 public final class NinePConnection: @unchecked Sendable {
     public typealias Reply = @Sendable ([UInt8]) -> Void
 
@@ -50,9 +55,18 @@ public final class NinePConnection: @unchecked Sendable {
         set { state.lock(); closeHandler = newValue; state.unlock() }
     }
 
+    /// Called (from any thread, never under the connection's lock) with the view of each session
+    /// that ended: its last fid was clunked, a Tversion or `close()` dropped its fids, or its
+    /// attach failed after the resolver made it. The transport closes it in its registry.
+    public var onSessionEnd: (@Sendable (VMView) -> Void)? {
+        get { state.lock(); defer { state.unlock() }; return sessionEndHandler }
+        set { state.lock(); sessionEndHandler = newValue; state.unlock() }
+    }
+
     /// Guards everything below.
     let state = NSCondition()
     private var closeHandler: (@Sendable () -> Void)?
+    private var sessionEndHandler: (@Sendable (VMView) -> Void)?
     private var closing = false
     private var closed = false
     /// Reply callbacks running now; `close()` waits for them.
@@ -62,7 +76,12 @@ public final class NinePConnection: @unchecked Sendable {
     /// Bumped by each Tversion: replies of requests from before it are dropped.
     private(set) var generation: UInt64 = 0
     private var inflight: [UInt16: Request] = [:]
+    /// Requests completed whose reply is being handed over: a Tflush of one is answered after
+    /// that reply, never before (its tag is free for reuse already).
+    private var replying: [UInt16: Request] = [:]
+    /// Requests received and not finished, Tflush included.
     private var outstanding = 0
+    private var outstandingFlushes = 0
     private var outstandingBytes = 0
     /// Requests waiting for a parallel slot of this connection.
     private var runQueue: [Request] = []
@@ -74,16 +93,23 @@ public final class NinePConnection: @unchecked Sendable {
     private(set) var fids: FidTable
     /// The VM this connection serves (set by its first attach).
     var boundVM: String?
-    /// Views handed out by the resolver, whose sessions' locks go when the session ends.
-    var views: [ObjectIdentifier: VMView] = [:]
+    /// Sessions whose attach succeeded and that still have fids, by view.
+    var sessions: [ObjectIdentifier: VMView] = [:]
+    /// Attaches between the session check and their fid's insertion.
+    var attachesInProgress = 0
     var xattrBytes = 0
+    /// Limits reached when neither a VM nor the configuration gives counters.
+    private let ownLimitCounters = LimitCounters()
 
     public init(peer: NinePPeer, configuration: NinePConfiguration = NinePConfiguration(), pool: NinePWorkerPool,
                 logger: Logger, resolver: @escaping NinePAttachResolver) {
         self.peer = peer
         var configuration = configuration
-        configuration.maximumMessageSize = max(NineP.minimumMessageSize, configuration.maximumMessageSize)
+        // msize travels as a u32; beyond 1 GiB nothing is gained.
+        configuration.maximumMessageSize = min(1 << 30, max(NineP.minimumMessageSize, configuration.maximumMessageSize))
         configuration.maximumOutstandingRequests = max(1, configuration.maximumOutstandingRequests)
+        configuration.maximumOutstandingFlushes = max(1, configuration.maximumOutstandingFlushes)
+        configuration.maximumSessions = max(1, configuration.maximumSessions)
         configuration.maximumParallelRequests = max(1, configuration.maximumParallelRequests)
         // Lock waiters hold outstanding slots indefinitely; leave room for the requests that
         // would release the locks.
@@ -134,6 +160,28 @@ public final class NinePConnection: @unchecked Sendable {
         return fids.count
     }
 
+    /// Sessions open (for metrics and tests).
+    public var sessionCount: Int {
+        state.lock()
+        defer { state.unlock() }
+        return sessions.count
+    }
+
+    /// Counts and logs a limit reached: in the counters of the VM the connection serves, or in
+    /// the daemon's while it serves none yet (the log line is rate-limited per limit).
+    func limitReached(_ limit: TenantLimit, _ detail: @autoclosure () -> String) {
+        state.lock()
+        defer { state.unlock() }
+        limitReachedLocked(limit, detail())
+    }
+
+    /// `limitReached` with `state` held.
+    func limitReachedLocked(_ limit: TenantLimit, _ detail: @autoclosure () -> String) {
+        let view = sessions.values.first
+        let counters = view?.volume.counters.limits ?? configuration.unboundLimitCounters ?? ownLimitCounters
+        counters.record(limit, logger: logger, "\(detail()) (\(view.map { "VM \($0.vmName)" } ?? "no VM attached"))")
+    }
+
     // MARK: - Requests
 
     /// How a request uses one fid, for ordering: requests that make, open, convert or end a
@@ -156,7 +204,10 @@ public final class NinePConnection: @unchecked Sendable {
         let fids: FidTable
         /// Guarded by the connection's `state`.
         var cancelled = false
+        /// Its outcome is settled; its reply (if any) may still be on its way.
         var completed = false
+        /// Its reply was handed over (or it had none): Tflushes of it are answered at once.
+        var replied = false
         /// Handed to the worker pool (or this connection's run queue): its fids allowed it.
         var dispatched = false
         /// Tflush requests waiting for this one.
@@ -293,8 +344,21 @@ public final class NinePConnection: @unchecked Sendable {
             return
         }
         let cost = message.count + replyEstimate(decoded, msize: msize)
-        while !closing && (outstanding >= configuration.maximumOutstandingRequests
-                           || (outstanding > 0 && outstandingBytes + cost > configuration.maximumOutstandingBytes)) {
+        var waited = false
+        while !closing {
+            let requests = outstanding - outstandingFlushes
+            let limit: TenantLimit
+            if requests >= configuration.maximumOutstandingRequests {
+                limit = .outstandingRequests
+            } else if requests > 0 && outstandingBytes + cost > configuration.maximumOutstandingBytes {
+                limit = .outstandingBytes
+            } else {
+                break
+            }
+            if !waited {
+                waited = true
+                limitReachedLocked(limit, "\(requests) requests of \(outstandingBytes) bytes outstanding; reading paused")
+            }
             state.wait()
         }
         guard !closing else { state.unlock(); return }
@@ -409,38 +473,67 @@ public final class NinePConnection: @unchecked Sendable {
 
     /// Finishes a request: sends its reply (nil: it was cancelled before taking effect, send
     /// nothing), lets the requests it held back on its fids run, then sends the Rflush of every
-    /// Tflush that waited for it.
+    /// Tflush that waited for it, and of every Tflush that waited for those, and so on. A chain
+    /// of flushes is as long as the client makes it: it is walked in a loop, never recursively.
     func complete(_ request: Request, _ bytes: [UInt8]?) {
+        var work: [(Request, [UInt8]?)] = [(request, bytes)]
+        var next = 0
+        while next < work.count {
+            let (request, bytes) = work[next]
+            next += 1
+            for flush in finish(request, bytes) {
+                work.append((flush, NinePResponse.flush.encode(tag: flush.tag)))
+            }
+        }
+    }
+
+    /// One step of `complete`: settles a request, hands its reply over, frees its slot and
+    /// returns the Tflushes to answer after it.
+    private func finish(_ request: Request, _ bytes: [UInt8]?) -> [Request] {
         state.lock()
-        guard !request.completed else { state.unlock(); return }
+        guard !request.completed else { state.unlock(); return [] }
         request.completed = true
+        // The tag is free as soon as the client can see the reply: take it out of flight now,
+        // and keep the request findable for a Tflush until the reply is handed over.
         if inflight[request.tag] === request { inflight[request.tag] = nil }
-        outstanding -= 1
-        outstandingBytes -= request.cost
         let current = request.generation == generation
         let submit = current ? releaseFids(request) : []
         let send = !closing && current && bytes != nil
-        if send { activeReplies += 1 }
-        let flushes = request.flushes
-        request.flushes = []
-        let limit = negotiatedSize ?? configuration.maximumMessageSize
+        if send {
+            activeReplies += 1
+            replying[request.tag] = request
+        }
+        // Its slot is free once its outcome is settled (the reply is on its way).
+        outstanding -= 1
+        if request.type == .tflush { outstandingFlushes -= 1 }
+        outstandingBytes -= request.cost
         state.broadcast()
+        let limit = negotiatedSize ?? configuration.maximumMessageSize
+        guard send, var bytes else {
+            // No reply to wait for: its flushes are answered now.
+            request.replied = true
+            let flushes = request.flushes
+            request.flushes = []
+            state.unlock()
+            for r in submit { pool.submit { self.run(r) } }
+            return flushes
+        }
         state.unlock()
         for r in submit { pool.submit { self.run(r) } }
-        if send, var bytes {
-            if bytes.count > limit {
-                logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
-                bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
-            }
-            request.reply(bytes)
-            state.lock()
-            activeReplies -= 1
-            if activeReplies == 0 { state.broadcast() }
-            state.unlock()
+        if bytes.count > limit {
+            logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
+            bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
         }
-        for flush in flushes {
-            complete(flush, NinePResponse.flush.encode(tag: flush.tag))
-        }
+        request.reply(bytes)
+        state.lock()
+        activeReplies -= 1
+        if replying[request.tag] === request { replying[request.tag] = nil }
+        request.replied = true
+        let flushes = request.flushes
+        request.flushes = []
+        if activeReplies == 0 { state.broadcast() }
+        state.unlock()
+        return flushes
     }
 
     /// Whether a request should stop waiting: flushed, superseded by Tversion, or the connection closing.
@@ -472,13 +565,24 @@ public final class NinePConnection: @unchecked Sendable {
             answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
             return
         }
+        // Flushes have slots of their own: every one ends once the request it targets ends,
+        // which never waits for the client, so waiting for one cannot deadlock.
+        var waited = false
+        while !closing && outstandingFlushes >= configuration.maximumOutstandingFlushes {
+            if !waited {
+                waited = true
+                limitReachedLocked(.outstandingFlushes, "\(outstandingFlushes) Tflush requests outstanding; reading paused")
+            }
+            state.wait()
+        }
+        guard !closing else { state.unlock(); return }
         guard inflight[tag] == nil else {
             state.unlock()
             logger.debug("tag \(tag) reused while in flight (Tflush)")
             answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: tag))
             return
         }
-        guard let target = inflight[oldTag], !target.completed else {
+        guard let target = inflight[oldTag] ?? replying[oldTag], !target.replied else {
             state.unlock()
             answerNow(reply, NinePResponse.flush.encode(tag: tag))
             return
@@ -489,11 +593,15 @@ public final class NinePConnection: @unchecked Sendable {
         request.dispatched = true
         inflight[tag] = request
         outstanding += 1
+        outstandingFlushes += 1
         outstandingBytes += request.cost
-        target.cancelled = true
         target.flushes.append(request)
         // Still held back by its fids: it never started, so it ends (silently) now.
-        let abandon = !target.dispatched
+        var abandon = false
+        if !target.completed {
+            target.cancelled = true
+            abandon = !target.dispatched
+        }
         state.unlock()
         if abandon { complete(target, nil) }
     }
@@ -520,11 +628,10 @@ public final class NinePConnection: @unchecked Sendable {
         for request in inflight.values { request.cancelled = true }
         let abandoned = inflight.values.filter { !$0.dispatched && !$0.completed }
         inflight.removeAll()
+        replying.removeAll()
         fidQueues.removeAll()
         let oldFids = fids
         fids = FidTable(limit: configuration.maximumFids)
-        let oldViews = Array(views.values)
-        views.removeAll()
         boundVM = nil
         let answer: NinePResponse
         if !speaks {
@@ -540,8 +647,8 @@ public final class NinePConnection: @unchecked Sendable {
         }
         state.unlock()
         for request in abandoned { complete(request, nil) }
-        for fid in oldFids.close() { finalize(fid) }
-        for view in oldViews { view.releaseAllLocks() }
+        // The old sessions end as their fids go: now, or when the requests using them finish.
+        for fid in oldFids.close() { finalize(fid, in: oldFids) }
         logger.debug("Tversion \(String(decoding: version, as: UTF8.self)) msize \(msize): \(answer)")
         answerNow(reply, answer.encode(tag: tag))
     }
@@ -566,12 +673,14 @@ public final class NinePConnection: @unchecked Sendable {
         state.lock()
         while outstanding > 0 || activeReplies > 0 { state.wait() }
         let table = fids
-        let sessionViews = Array(views.values)
-        views.removeAll()
         state.unlock()
 
-        for fid in table.close() { finalize(fid) }
-        for view in sessionViews { view.releaseAllLocks() }
+        for fid in table.close() { finalize(fid, in: table) }
+        // Nothing runs any more, so every fid went above; a session left has none.
+        state.lock()
+        let left = Array(sessions.values)
+        state.unlock()
+        for view in left { endSession(view) }
 
         state.lock()
         closed = true
@@ -593,12 +702,35 @@ public final class NinePConnection: @unchecked Sendable {
     }
 
     func release(_ fid: Fid, in table: FidTable) {
-        if table.release(fid) { finalize(fid) }
+        if table.release(fid) { finalize(fid, in: table) }
+    }
+
+    /// Inserts a new fid into a table (see `FidTable.insert`), counting the fid limit when it is
+    /// the reason of a refusal.
+    func insert(_ fid: Fid, into table: FidTable) throws(Errno) {
+        do throws(Errno) {
+            try table.insert(fid)
+        } catch where error == .tooManyOpenFilesInSystem {
+            limitReached(.fidsPerConnection, "\(table.limit) fids in use")
+            throw error
+        }
+    }
+
+    /// Ends a session: its attach failed after the resolver made it, or its last fid went.
+    /// Drops its locks and hands it back to the transport.
+    func endSession(_ view: VMView) {
+        state.lock()
+        sessions[ObjectIdentifier(view)] = nil
+        let handler = sessionEndHandler
+        state.unlock()
+        view.releaseAllLocks()
+        handler?(view)
     }
 
     /// Closes what a detached fid holds: its open handle (dropping the locks taken through it)
-    /// and its xattr buffer.
-    func finalize(_ fid: Fid) {
+    /// and its xattr buffer; ends its session when it was the session's last fid.
+    func finalize(_ fid: Fid, in table: FidTable) {
+        defer { if table.forget(fid) { endSession(fid.view) } }
         fid.lock.lock()
         let state = fid.state
         fid.state = .idle
@@ -621,7 +753,10 @@ public final class NinePConnection: @unchecked Sendable {
     func reserveXattrBytes(_ n: Int) throws(Errno) {
         state.lock()
         defer { state.unlock() }
-        guard xattrBytes + n <= configuration.maximumXattrBytes else { throw Errno.noMemory }
+        guard xattrBytes + n <= configuration.maximumXattrBytes else {
+            limitReachedLocked(.xattrBufferBytes, "\(xattrBytes) bytes held in xattr fids, \(n) more asked")
+            throw Errno.noMemory
+        }
         xattrBytes += n
     }
 

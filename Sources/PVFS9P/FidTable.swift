@@ -64,6 +64,8 @@ final class Fid: @unchecked Sendable {
     var uses = 0
     /// Clunked, removed, or its connection closed: finalized when `uses` drops to 0.
     var detached = false
+    /// Counted among its session's fids (it made it into the table). Guarded by the table's lock.
+    var counted = false
 
     init(number: UInt32, view: VMView, uid: UInt32, inode: InodeNumber, kind: FileKind, path: FidPath?, lock: NSLock) {
         self.lock = lock
@@ -114,6 +116,8 @@ final class FidTable: @unchecked Sendable {
     /// The lock of every fid's state in this table (never held together with `lock`).
     let fidStateLock = NSLock()
     private var fids: [UInt32: Fid] = [:]
+    /// Fids of each session (by view) not yet finalized: a session ends with its last fid.
+    private var sessionFids: [ObjectIdentifier: Int] = [:]
     private var closed = false
     let limit: Int
 
@@ -160,6 +164,27 @@ final class FidTable: @unchecked Sendable {
         guard fid.number != NineP.noFid, fids[fid.number] == nil else { throw Errno.invalidArgument }
         guard fids.count < limit else { throw Errno.tooManyOpenFilesInSystem }
         fids[fid.number] = fid
+        fid.counted = true
+        sessionFids[ObjectIdentifier(fid.view), default: 0] += 1
+    }
+
+    /// Takes a finalized fid off its session's count; true when it was the session's last fid.
+    func forget(_ fid: Fid) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard fid.counted else { return false }
+        fid.counted = false
+        let key = ObjectIdentifier(fid.view)
+        let left = (sessionFids[key] ?? 1) - 1
+        sessionFids[key] = left > 0 ? left : nil
+        return left <= 0
+    }
+
+    /// Whether a session has fids in this table.
+    func hasFids(of view: VMView) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return sessionFids[ObjectIdentifier(view)] != nil
     }
 
     /// Removes a fid the caller holds a use of; its number is free from now on.

@@ -155,36 +155,59 @@ extension NinePConnection {
         guard number != NineP.noFid, !request.fids.contains(number) else { throw Errno.invalidArgument }
         let numeric: UInt32? = uid != NineP.noUid ? uid : GuestAccountDatabase.decimal(uname)
         let attachRequest = NinePAttachRequest(anameBytes: aname, unameBytes: uname, uid: numeric, peer: peer)
+        // Each attach is a session in the registry until its last fid goes: bounded, so that
+        // attaching without end cannot grow the server.
+        state.lock()
+        let held = sessions.count + attachesInProgress
+        guard held < configuration.maximumSessions else {
+            limitReachedLocked(.sessionsPerConnection, "\(held) sessions open; attach refused")
+            state.unlock()
+            throw Errno.tooManyUsers
+        }
+        attachesInProgress += 1
+        state.unlock()
         let view: VMView
         do {
             view = try resolver(attachRequest)
         } catch {
+            state.lock()
+            attachesInProgress -= 1
+            state.unlock()
             let errno = Errno.of(error)
             logger.info("attach to \"\(attachRequest.aname)\" as \(numeric.map(String.init) ?? attachRequest.uname) refused: \(error)")
             throw errno
         }
         state.lock()
+        attachesInProgress -= 1
         if let bound = boundVM, bound != view.vmName {
             state.unlock()
+            endSession(view)
             logger.warning("attach to VM \(view.vmName) refused: the connection serves \(bound)")
             throw Errno.permissionDenied
         }
         guard request.generation == generation else {
             state.unlock()
+            endSession(view)
             throw Errno.badFileDescriptor
         }
         boundVM = view.vmName
-        views[ObjectIdentifier(view)] = view
+        sessions[ObjectIdentifier(view)] = view
         state.unlock()
-        // Linux's first attach of a mount (access=client, its default) names no uid and the
-        // user "nobody"; a name the VM does not know acts as nobody too: never with privilege.
-        let user = numeric ?? accounts.uid(named: uname, view: view) ?? IdMapping.overflowId
-        let root = try view.getAttributes(rootInode)
-        let fid = Fid(number: number, view: view, uid: user, inode: rootInode, kind: .directory, path: nil,
-                      lock: request.fids.fidStateLock)
-        try request.fids.insert(fid)
-        logger.debug("attached fid \(number) to VM \(view.vmName) as uid \(user)")
-        return .attach(qid: NinePQid(root))
+        do throws(Errno) {
+            // Linux's first attach of a mount (access=client, its default) names no uid and the
+            // user "nobody"; a name the VM does not know acts as nobody too: never with privilege.
+            let user = numeric ?? accounts.uid(named: uname, view: view) ?? IdMapping.overflowId
+            let root = try view.getAttributes(rootInode)
+            let fid = Fid(number: number, view: view, uid: user, inode: rootInode, kind: .directory, path: nil,
+                          lock: request.fids.fidStateLock)
+            try insert(fid, into: request.fids)
+            logger.debug("attached fid \(number) to VM \(view.vmName) as uid \(user)")
+            return .attach(qid: NinePQid(root))
+        } catch {
+            // No fid made it: the session has nothing to live for.
+            if !request.fids.hasFids(of: view) { endSession(view) }
+            throw error
+        }
     }
 
     /// Twalk: each name from the fid's directory; "." stays, ".." goes up (and stays at the
@@ -204,11 +227,12 @@ extension NinePConnection {
             var kind = start.kind
             var path = start.path
             var qids: [NinePQid] = []
-            let creds = names.isEmpty ? nil : credentials(f)
+            // A clone (no names) looks nothing up: spare it the account lookup.
+            let creds = names.isEmpty ? Credentials(uid: f.uid, gid: IdMapping.overflowId) : credentials(f)
             for (i, name) in names.enumerated() {
                 let a: Attributes
                 do throws(Errno) {
-                    a = try f.view.lookup(inode, name, as: creds!)
+                    a = try f.view.lookup(inode, name, as: creds)
                 } catch {
                     if i == 0 { throw error }
                     break
@@ -235,8 +259,8 @@ extension NinePConnection {
                     }
                 }
             } else {
-                try request.fids.insert(Fid(number: newFid, view: f.view, uid: f.uid, inode: inode, kind: kind, path: path,
-                                            lock: request.fids.fidStateLock))
+                try insert(Fid(number: newFid, view: f.view, uid: f.uid, inode: inode, kind: kind, path: path,
+                               lock: request.fids.fidStateLock), into: request.fids)
             }
             return .walk(qids: qids)
         }
@@ -397,7 +421,7 @@ extension NinePConnection {
             let entries = try f.view.readDirectory(s.inode, after: offset, limit: limit, as: credentials(f))
             return NinePResponse.encodeData(type: .rreaddir, tag: request.tag, capacity: capacity) { buffer in
                 var used = 0
-                for entry in entries {
+                for entry in entries where entry.name.count <= Int(UInt16.max) {
                     let size = NinePDirectoryEntry.encodedSize(nameLength: entry.name.count)
                     guard used + size <= buffer.count else { break }
                     let qid = NinePQid(type: NinePQid.type(of: entry.kind), version: 0, path: entry.inode)
@@ -563,9 +587,9 @@ extension NinePConnection {
             x.state = .xattrRead(value)
             x.xattrBytes = value.count
             do throws(Errno) {
-                try request.fids.insert(x)
+                try insert(x, into: request.fids)
             } catch {
-                finalize(x)
+                finalize(x, in: request.fids)
                 throw error
             }
             return .xattrwalk(size: UInt64(value.count))
@@ -629,7 +653,12 @@ extension NinePConnection {
             }
         }
         state.lock()
-        guard blockedLocks < configuration.maximumBlockedLocks, configuration.lockWaitSeconds > 0 else {
+        guard configuration.lockWaitSeconds > 0 else {
+            state.unlock()
+            return .reply(NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
+        }
+        guard blockedLocks < configuration.maximumBlockedLocks else {
+            limitReachedLocked(.blockedLocks, "\(blockedLocks) Tlock requests waiting; answered BLOCKED")
             state.unlock()
             return .reply(NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
         }
@@ -638,14 +667,9 @@ extension NinePConnection {
         handedOff = true
         let table = request.fids
         let wait = configuration.lockWaitSeconds
-        let deadline = wait.isFinite ? DispatchTime.now().uptimeNanoseconds + UInt64(wait * 1e9) : UInt64.max
+        let deadline = wait.isFinite ? DispatchTime.now().uptimeNanoseconds &+ UInt64(min(wait, 1e6) * 1e9) : UInt64.max
         let thread = Thread { [self] in
-            defer {
-                state.lock()
-                blockedLocks -= 1
-                state.unlock()
-                release(fid, in: table)
-            }
+            let reply: [UInt8]?
             do throws(Errno) {
                 try fid.view.setLock(s.inode, owner: owner, range: range, wait: true, cancelled: {
                     self.isCancelled(request) || DispatchTime.now().uptimeNanoseconds >= deadline
@@ -654,17 +678,23 @@ extension NinePConnection {
                     // Granted just as it was flushed: the client will not learn of it, so undo it.
                     let undo = FileLockRange(type: .unlock, start: range.start, end: range.end, pid: range.pid)
                     try? fid.view.setLock(s.inode, owner: owner, range: undo, wait: false)
-                    complete(request, nil)
+                    reply = nil
                 } else {
-                    complete(request, NinePResponse.lock(status: NinePLockStatus.success).encode(tag: request.tag))
+                    reply = NinePResponse.lock(status: NinePLockStatus.success).encode(tag: request.tag)
                 }
             } catch where error == .interrupted {
                 // Flushed (or the session ended): no reply. Out of time: BLOCKED, and Linux retries.
-                complete(request, isCancelled(request)
-                         ? nil : NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
+                reply = isCancelled(request) ? nil : NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag)
             } catch {
-                complete(request, NinePResponse.error(errno: UInt32(bitPattern: error.rawValue)).encode(tag: request.tag))
+                reply = NinePResponse.error(errno: UInt32(bitPattern: error.rawValue)).encode(tag: request.tag)
             }
+            // The fid goes before the request completes, so that once nothing is outstanding
+            // (what close() waits for) no request holds a fid either.
+            state.lock()
+            blockedLocks -= 1
+            state.unlock()
+            release(fid, in: table)
+            complete(request, reply)
         }
         thread.name = "pvfs.9p.lockwait"
         thread.stackSize = 256 << 10

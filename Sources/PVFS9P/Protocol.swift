@@ -286,6 +286,9 @@ public enum LinuxErrno {
     public static let ENODATA: UInt32 = 61
     public static let EPROTO: UInt32 = 71
     public static let EMSGSIZE: UInt32 = 90
+    public static let EUSERS: UInt32 = 87
+    public static let EDQUOT: UInt32 = 122
+    public static let EMLINK: UInt32 = 31
     public static let EOPNOTSUPP: UInt32 = 95
     public static let ESTALE: UInt32 = 116
 }

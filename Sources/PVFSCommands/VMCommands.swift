@@ -53,6 +53,8 @@ struct VMReport: Codable {
     var created: String
     var quotaBytes: Int64?
     var quotaInodes: Int64?
+    /// The inode limit the VM is served with: its inode quota, or the default (docs/quotas.md).
+    var inodeLimit: Int64?
     var usedBytes: Int64
     var usedInodes: Int64
     var inUse: Bool
@@ -65,6 +67,8 @@ struct VMReport: Codable {
         created = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(vm.createdNanoseconds) / 1e9))
         quotaBytes = vm.quotaBytes
         quotaInodes = vm.quotaInodes
+        inodeLimit = InodeQuota.effective(quotaBytes: vm.quotaBytes, quotaInodes: vm.quotaInodes,
+                                          withoutQuota: VolumeLimits().inodesWithoutQuota)
         usedBytes = vm.usedBytes
         usedInodes = vm.usedInodes
         inUse = store.isVMInUse(vm)
@@ -73,6 +77,13 @@ struct VMReport: Codable {
             bindings = try store.bindings(vm: vm.name)
         }
     }
+}
+
+/// "1000 inodes", or the default a VM without an inode quota gets.
+func inodeQuotaText(quotaInodes: Int64?, limit: Int64?) -> String {
+    if let quotaInodes { return "\(quotaInodes) inodes" }
+    guard let limit else { return "no inode limit" }
+    return "\(limit) inodes (default)"
 }
 
 func parseQuota(_ text: String?, what: String, sizes: Bool) throws -> Int64?? {
@@ -97,7 +108,7 @@ public struct Provision: ParsableCommand {
     @Option(name: .long, help: "Byte quota, e.g. 10G (default: none).")
     public var quotaBytes: String?
 
-    @Option(name: .long, help: "Inode quota (default: none).")
+    @Option(name: .long, help: "Inode quota (default: one inode per 16 KiB of the byte quota, at least 1024).")
     public var quotaInodes: String?
 
     @Option(name: .long, help: "Run only this hook (repeatable; default: every hook of the hooks directory).")
@@ -195,7 +206,7 @@ public struct ListVMs: ParsableCommand {
             let header = ["NAME", "TEMPLATE", "USED", "QUOTA", "INODES", "IN USE"]
             let rows = reports.map { r in
                 [r.name, r.template, formatBytes(r.usedBytes), r.quotaBytes.map(formatBytes) ?? "-",
-                 "\(r.usedInodes)" + (r.quotaInodes.map { "/\($0)" } ?? ""), r.inUse ? "yes" : "no"]
+                 "\(r.usedInodes)" + (r.inodeLimit.map { "/\($0)" } ?? ""), r.inUse ? "yes" : "no"]
             }
             printTable(header, rows)
         }
@@ -227,7 +238,7 @@ public struct ShowVM: ParsableCommand {
             print("template:    \(report.template)")
             print("created:     \(report.created)")
             print("used:        \(formatBytes(report.usedBytes)), \(report.usedInodes) inodes")
-            print("quota:       \(report.quotaBytes.map(formatBytes) ?? "no byte limit"), \(report.quotaInodes.map { "\($0) inodes" } ?? "no inode limit")")
+            print("quota:       \(report.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: report.quotaInodes, limit: report.inodeLimit))")
             print("in use:      \(report.inUse ? "yes (served or mounted)" : "no")")
             if let access = report.access {
                 var mapping = access.idMapping
@@ -306,7 +317,13 @@ public struct RenameVM: ParsableCommand {
 
 public struct SetQuota: ParsableCommand {
     public static let configuration = CommandConfiguration(
-        commandName: "set-quota", abstract: "Change a VM's quota; a served or mounted VM applies it at its next operation.")
+        commandName: "set-quota", abstract: "Change a VM's quota; a served or mounted VM applies it at once.",
+        discussion: """
+            A VM served by pvfsd (or mounted through it) applies the change at its next operation; \
+            one mounted with `pvfs-vm mount` while pvfsd is not running applies it within a second. \
+            Without an inode quota a VM gets a default one: one inode per 16 KiB of its byte quota \
+            (at least 1,024), or pvfsd's vm-inodes-without-quota when it has no byte quota either.
+            """)
 
     @OptionGroup public var storeOptions: StoreOptions
     @OptionGroup public var logging: LoggingOptions
@@ -314,7 +331,7 @@ public struct SetQuota: ParsableCommand {
     @Option(name: .long, help: "Byte quota, e.g. 20G, or 'none'.")
     public var bytes: String?
 
-    @Option(name: .long, help: "Inode quota, or 'none'.")
+    @Option(name: .long, help: "Inode quota, or 'none' for the default (derived from the byte quota).")
     public var inodes: String?
 
     @Argument(help: "The VM's name.")
@@ -334,7 +351,9 @@ public struct SetQuota: ParsableCommand {
                                inodes: try parseQuota(inodes, what: "inode quota", sizes: false))
             notifyDaemon(storeOptions.storePath, logger: logger)
             let vm = try store.requireVM(named: name)
-            print("VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "no byte limit"), \(vm.quotaInodes.map { "\($0) inodes" } ?? "no inode limit")")
+            let limit = InodeQuota.effective(quotaBytes: vm.quotaBytes, quotaInodes: vm.quotaInodes,
+                                             withoutQuota: VolumeLimits().inodesWithoutQuota)
+            print("VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: vm.quotaInodes, limit: limit))")
         }
     }
 }

@@ -162,8 +162,17 @@ public struct Mount: ParsableCommand {
             do { try volume.saveUsage() } catch { logger.warning("saving usage and times: \(error)") }
         }
         flusher.resume()
+        // `pvfs-vm set-quota` tells pvfsd through its control socket; this process has none, so
+        // it reads the VM's quota from the catalog every `quotaPollInterval` instead.
+        let quotaPoller = DispatchSource.makeTimerSource(queue: flushQueue)
+        quotaPoller.schedule(deadline: .now() + Self.quotaPollInterval, repeating: Self.quotaPollInterval)
+        quotaPoller.setEventHandler {
+            do { try volume.reloadQuota() } catch { logger.warning("reading the VM's quota: \(error)") }
+        }
+        quotaPoller.resume()
         func stopFlushing() {
             flusher.cancel()
+            quotaPoller.cancel()
             flushQueue.sync {}  // a flush under way ends before the volume closes
         }
 
@@ -262,6 +271,9 @@ public struct Mount: ParsableCommand {
     /// glibc's POSIX_SPAWN_SETSID (not exported to Swift): the child leaves our session and
     /// terminal, as a daemon does.
     static let spawnSetSID: Int32 = 0x80
+
+    /// How often a mount served without pvfsd looks for a quota change (seconds).
+    static let quotaPollInterval: DispatchTimeInterval = .seconds(1)
 
     // MARK: Errors
 

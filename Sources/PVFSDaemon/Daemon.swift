@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import PVFS9P
 import PVFSEngine
 import PVFSStore
 
@@ -19,6 +20,8 @@ public final class Daemon: @unchecked Sendable {
     public let store: Store
     public let registry: VolumeRegistry
     public let logger: Logger
+    /// Limits reached by connections not bound to a VM yet (those of a VM count in its counters).
+    public let unboundLimitCounters = LimitCounters()
     private var services: [any DaemonService] = []
     private var control: StreamListener?
     private var metricsListener: StreamListener?
@@ -35,6 +38,12 @@ public final class Daemon: @unchecked Sendable {
         try store.cleanUpInterruptedVMOperations()
         registry = try VolumeRegistry(store: store, logger: logger)
         registry.commitMode = configuration.commitMode
+        registry.volumeLimits = configuration.volumeLimits
+    }
+
+    /// The configuration of each 9P connection of this daemon's services.
+    public var ninePConfiguration: NinePConfiguration {
+        configuration.ninePConfiguration(unboundLimitCounters: unboundLimitCounters)
     }
 
     public func add(_ service: any DaemonService) {
@@ -170,7 +179,7 @@ public final class Daemon: @unchecked Sendable {
             let released = registry.release(vm: vm)
             return released ? .init(ok: true) : .init(ok: false, error: "VM \(vm) is still busy")
         case "metrics":
-            return .init(ok: true, text: Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts))
+            return .init(ok: true, text: renderMetrics())
         default:
             if let handler = controlHandlers[request.op] { return try handler(request) }
             return .init(ok: false, error: "unknown operation \(request.op)")
@@ -178,6 +187,12 @@ public final class Daemon: @unchecked Sendable {
     }
 
     // MARK: Metrics over HTTP
+
+    func renderMetrics() -> String {
+        Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts,
+                       unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,
+                       volumeLimits: registry.volumeLimits)
+    }
 
     private func serveMetricsHTTP(_ fd: Int32) {
         defer { close(fd) }
@@ -188,7 +203,7 @@ public final class Daemon: @unchecked Sendable {
         while let header = reader.next(), header != [UInt8(ascii: "\r")], !header.isEmpty {}
         let text = String(decoding: requestLine, as: UTF8.self)
         let ok = text.hasPrefix("GET /metrics ") || text.hasPrefix("GET / ")
-        let body = ok ? Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts) : "not found\n"
+        let body = ok ? renderMetrics() : "not found\n"
         let head = "HTTP/1.1 \(ok ? "200 OK" : "404 Not Found")\r\nContent-Type: text/plain; version=0.0.4\r\n" +
             "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
         sendAll(fd, Array((head + body).utf8))

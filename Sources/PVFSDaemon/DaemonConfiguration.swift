@@ -13,6 +13,7 @@ import PVFSEngine
 ///     janitor-interval = 3600                # seconds; 0 disables
 ///     usage-save-interval = 5
 ///     catalog-commit = sync                  # or grouped (faster metadata; see Volume.CommitMode)
+///     max-sessions-per-connection = 256      # and the other limits of DaemonConfiguration+Limits.swift
 public struct DaemonConfiguration: Sendable, Equatable {
     public struct Listener: Sendable, Equatable, CustomStringConvertible {
         public var name: String
@@ -54,6 +55,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var janitorIntervalSeconds: Int
     public var usageSaveIntervalSeconds: Int
     public var commitMode: Volume.CommitMode
+    /// Limits of each 9P connection and of each VM's metadata (DaemonConfiguration+Limits.swift).
+    public var connectionLimits = ConnectionLimits()
+    public var volumeLimits = VolumeLimits()
 
     public init(storePath: String, listeners: [Listener] = [], metricsAddress: String? = nil, xenEnabled: Bool = false,
                 janitorIntervalSeconds: Int = 0, usageSaveIntervalSeconds: Int = 5, commitMode: Volume.CommitMode = .beforeReply) {
@@ -100,6 +104,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 }
                 config.commitMode = mode
             default:
+                if try config.parseLimit(key, value, line: number + 1) { continue }
                 throw ConfigurationError("line \(number + 1): unknown setting '\(key)'")
             }
         }

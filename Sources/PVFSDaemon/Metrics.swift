@@ -3,7 +3,9 @@ import PVFSEngine
 
 /// Prometheus text exposition of the daemon's per-VM counters and usage.
 public enum Metrics {
-    public static func render(volumes: [Volume], sessions: [String: Int]) -> String {
+    public static func render(volumes: [Volume], sessions: [String: Int], unboundLimits: LimitCounters? = nil,
+                              connectionLimits: ConnectionLimits = ConnectionLimits(),
+                              volumeLimits: VolumeLimits = VolumeLimits()) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ value: (Volume) -> String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -22,6 +24,48 @@ public enum Metrics {
         family("pvfs_quota_bytes", "gauge", "Byte quota (-1: none).") { "\($0.limits.bytes ?? -1)" }
         family("pvfs_quota_inodes", "gauge", "Inode quota (-1: none).") { "\($0.limits.inodes ?? -1)" }
         family("pvfs_sessions", "gauge", "Open client sessions.") { "\(sessions[$0.name] ?? 0)" }
+        let held = Dictionary(volumes.map { ($0.name, $0.metadataUsage) }, uniquingKeysWith: { a, _ in a })
+        family("pvfs_hard_links", "gauge", "Hard links the VM added (bounded by vm-hard-links).") { "\(held[$0.name]?.addedLinks ?? 0)" }
+        family("pvfs_xattr_bytes", "gauge", "Bytes of extended attributes the VM holds (bounded by vm-xattr-bytes).") { "\(held[$0.name]?.xattrBytes ?? 0)" }
+        family("pvfs_lock_records", "gauge", "Lock records the VM's clients hold (bounded by vm-lock-records).") { "\(held[$0.name]?.lockRecords ?? 0)" }
+
+        out += "# HELP pvfs_limit_hits_total Times a limit was reached, by VM (empty: a connection bound to no VM yet) and limit.\n"
+        out += "# TYPE pvfs_limit_hits_total counter\n"
+        for volume in volumes.sorted(by: { $0.name < $1.name }) {
+            let hits = volume.counters.limits.hits
+            for limit in TenantLimit.allCases {
+                out += "pvfs_limit_hits_total{vm=\"\(escape(volume.name))\",limit=\"\(limit.rawValue)\"} \(hits[limit] ?? 0)\n"
+            }
+        }
+        if let unboundLimits {
+            let hits = unboundLimits.hits
+            for limit in TenantLimit.allCases {
+                out += "pvfs_limit_hits_total{vm=\"\",limit=\"\(limit.rawValue)\"} \(hits[limit] ?? 0)\n"
+            }
+        }
+
+        out += "# HELP pvfs_limit The configured value of each limit (per connection or per VM; -1: none).\n"
+        out += "# TYPE pvfs_limit gauge\n"
+        let v = volumeLimits
+        let values: [(TenantLimit, Int64)] = [
+            (.outstandingRequests, Int64(connectionLimits.outstandingRequests)),
+            (.outstandingBytes, Int64(connectionLimits.outstandingBytes)),
+            (.outstandingFlushes, Int64(connectionLimits.outstandingFlushes)),
+            (.sessionsPerConnection, Int64(connectionLimits.sessions)),
+            (.fidsPerConnection, Int64(connectionLimits.fids)),
+            (.blockedLocks, Int64(connectionLimits.blockedLocks)),
+            (.xattrBufferBytes, Int64(connectionLimits.xattrBufferBytes)),
+            (.linksPerInode, Int64(v.linksPerInode)),
+            (.hardLinks, v.hardLinks ?? -1),
+            (.xattrsPerInode, Int64(v.xattrsPerInode)),
+            (.xattrBytesPerInode, Int64(v.xattrBytesPerInode)),
+            (.xattrBytes, v.xattrBytes),
+            (.lockRecords, Int64(v.lockRecords)),
+            (.lockRecordsPerSession, Int64(v.lockRecordsPerSession)),
+        ]
+        for (limit, value) in values {
+            out += "pvfs_limit{limit=\"\(limit.rawValue)\"} \(value)\n"
+        }
         return out
     }
 

@@ -14,15 +14,18 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     private let logger: Logger
     private let listeners: [DaemonConfiguration.Listener]
     private let pool: NinePWorkerPool
+    private let configuration: NinePConfiguration
     private var server: SocketServer?
     /// Listener address as the transport reports it → configured name.
     private let names: [String: String]
 
     public init(listeners: [DaemonConfiguration.Listener], registry: VolumeRegistry, logger: Logger,
+                configuration: NinePConfiguration = NinePConfiguration(),
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) throws {
         self.listeners = listeners
         self.registry = registry
         self.logger = logger
+        self.configuration = configuration
         pool = NinePWorkerPool(threads: workerThreads)
         var names: [String: String] = [:]
         for listener in listeners {
@@ -47,21 +50,18 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
         let logger = self.logger
         let pool = self.pool
         let names = self.names
+        let configuration = self.configuration
         let serverBox = ServerBox()
         let server = SocketServer(listen: addresses, logger: logger) { peer in
-            let sessions = SessionList()
             let listenerName = names[peer.localAddress] ?? peer.localAddress
             let identity = Self.identity(of: peer, listener: listenerName)
-            let connection = NinePConnection(peer: peer, pool: pool, logger: logger) { request in
-                let view = try registry.attach(aname: request.aname, identity: identity) {
+            let connection = NinePConnection(peer: peer, configuration: configuration, pool: pool, logger: logger) { request in
+                try registry.attach(aname: request.aname, identity: identity) {
                     serverBox.server?.disconnect(connectionID: peer.connectionID)
                 }
-                sessions.add(view)
-                return view
             }
-            connection.onClose = {
-                for view in sessions.drain() { registry.closeSession(view) }
-            }
+            // A session ends with its last fid (or with the connection).
+            connection.onSessionEnd = { view in registry.closeSession(view) }
             return connection
         }
         serverBox.server = server
@@ -98,22 +98,3 @@ final class ServerBox: @unchecked Sendable {
     weak var server: SocketServer?
 }
 
-/// The views one connection attached, closed with it.
-final class SessionList: @unchecked Sendable {
-    private let lock = NSLock()
-    private var views: [VMView] = []
-
-    func add(_ view: VMView) {
-        lock.lock()
-        views.append(view)
-        lock.unlock()
-    }
-
-    func drain() -> [VMView] {
-        lock.lock()
-        defer { lock.unlock() }
-        let all = views
-        views.removeAll()
-        return all
-    }
-}

@@ -15,11 +15,14 @@ public final class XenService: DaemonService, @unchecked Sendable {
     private let registry: VolumeRegistry
     private let logger: Logger
     private let pool: NinePWorkerPool
+    private let configuration: NinePConfiguration
     private var backend: XenBackend?
 
-    public init(registry: VolumeRegistry, logger: Logger, workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
+    public init(registry: VolumeRegistry, logger: Logger, configuration: NinePConfiguration = NinePConfiguration(),
+                workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
         self.registry = registry
         self.logger = logger
+        self.configuration = configuration
         pool = NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker")
     }
 
@@ -29,6 +32,7 @@ public final class XenService: DaemonService, @unchecked Sendable {
         let registry = self.registry
         let logger = self.logger
         let pool = self.pool
+        let configuration = self.configuration
         let backend = try XenBackend(logger: logger) { frontend in
             guard let vm = frontend.path, !vm.isEmpty else {
                 throw XenAccessRefused("the device has no VM in its backend path node (attach it with pvfs-vm attach)")
@@ -42,18 +46,14 @@ public final class XenService: DaemonService, @unchecked Sendable {
             let peer = NinePPeer(transport: .xen, remoteAddress: "domain \(frontend.domid)",
                                  localAddress: "xen:\(frontend.domid)/\(frontend.devid)", domainID: frontend.domid,
                                  connectionID: UInt64(frontend.domid) << 32 | UInt64(frontend.devid))
-            let sessions = SessionList()
-            let connection = NinePConnection(peer: peer, pool: pool, logger: logger) { request in
+            let connection = NinePConnection(peer: peer, configuration: configuration, pool: pool, logger: logger) { request in
                 // The guest's aname may be empty (mount by tag) or must name the device's VM.
                 let aname = request.aname
                 guard aname.isEmpty || aname == vm || aname == "/" + vm else { throw Errno.noSuchFileOrDirectory }
-                let view = try registry.attach(aname: vm, identity: identity)
-                sessions.add(view)
-                return view
+                return try registry.attach(aname: vm, identity: identity)
             }
-            connection.onClose = {
-                for view in sessions.drain() { registry.closeSession(view) }
-            }
+            // A session ends with its last fid (or with the connection).
+            connection.onSessionEnd = { view in registry.closeSession(view) }
             return connection
         }
         try backend.start()

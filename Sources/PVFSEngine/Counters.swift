@@ -9,6 +9,8 @@ public final class VolumeCounters: Sendable {
     public let bytesWritten = Atomic<UInt64>(0)
     public let copyUps = Atomic<UInt64>(0)
     public let quotaRefusals = Atomic<UInt64>(0)
+    /// Limits of this VM (and of the connections serving it) reached.
+    public let limits = LimitCounters()
 
     public init() {}
 

@@ -1,9 +1,15 @@
 import Foundation
+import Logging
 import PVFSSystem
 import SystemPackage
 
 /// POSIX byte-range locks and flock locks of a volume's inodes, kept by the server so that every
 /// client of a VM (guest over 9P, host over FUSE) sees the same locks.
+///
+/// Records are bounded per volume and per session (`VolumeLimits.lockRecords`): a request that
+/// would need more fails with ENOLCK, as Linux's lock code does when it cannot allocate one.
+/// An owner's adjacent ranges of one type merge into one record, as on Linux, so a process that
+/// locks a file piece by piece holds one record.
 final class LockTable: @unchecked Sendable {
     private struct Held {
         var owner: LockOwner
@@ -13,6 +19,40 @@ final class LockTable: @unchecked Sendable {
     private let condition = NSCondition()
     /// Guarded by `condition`.
     private var held: [InodeNumber: [Held]] = [:]
+    private var total = 0
+    private var perSession: [UInt64: Int] = [:]
+    private var volumeLimit: Int
+    private var sessionLimit: Int
+    private let counters: LimitCounters?
+    private let logger: Logger?
+
+    init(perVolume: Int = VolumeLimits().lockRecords, perSession: Int = VolumeLimits().lockRecordsPerSession,
+         counters: LimitCounters? = nil, logger: Logger? = nil) {
+        volumeLimit = perVolume
+        sessionLimit = perSession
+        self.counters = counters
+        self.logger = logger
+    }
+
+    func setLimits(perVolume: Int, perSession: Int) {
+        condition.lock()
+        volumeLimit = perVolume
+        sessionLimit = perSession
+        condition.unlock()
+    }
+
+    /// Records held now (for metrics and tests).
+    var recordCount: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return total
+    }
+
+    func recordCount(session: UInt64) -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return perSession[session] ?? 0
+    }
 
     /// The first lock of another owner that conflicts with `range`, if any.
     func test(_ ino: InodeNumber, owner: LockOwner, range: FileLockRange) -> FileLockRange? {
@@ -41,38 +81,106 @@ final class LockTable: @unchecked Sendable {
             if cancelled() { throw Errno.interrupted }
             _ = condition.wait(until: Date(timeIntervalSinceNow: 0.5))
         }
-        var list = held[ino] ?? []
+        let old = held[ino] ?? []
         // Remove the owner's overlap with the new range, splitting locks it cuts through.
         var kept: [Held] = []
-        for h in list {
-            guard h.owner == owner, h.range.start <= range.end, range.start <= h.range.end else {
+        kept.reserveCapacity(old.count + 2)
+        var merged = range
+        // Only the owner's records change: count them before and after.
+        var ownBefore = 0
+        var ownAfter = 0
+        for h in old {
+            guard h.owner == owner else {
                 kept.append(h)
+                continue
+            }
+            ownBefore += 1
+            let overlaps = h.range.start <= range.end && range.start <= h.range.end
+            if !overlaps {
+                // A neighbour of the same type joins the new range (end + 1 cannot wrap: a range
+                // that ends at UInt64.max has no right neighbour).
+                let touchesLeft = h.range.end != .max && h.range.end + 1 == range.start
+                let touchesRight = range.end != .max && range.end + 1 == h.range.start
+                if range.type != .unlock && h.range.type == range.type && (touchesLeft || touchesRight) {
+                    merged.start = min(merged.start, h.range.start)
+                    merged.end = max(merged.end, h.range.end)
+                } else {
+                    kept.append(h)
+                    ownAfter += 1
+                }
                 continue
             }
             if h.range.start < range.start {
                 var left = h
                 left.range.end = range.start - 1
-                kept.append(left)
+                if range.type != .unlock && left.range.type == range.type {
+                    merged.start = min(merged.start, left.range.start)
+                } else {
+                    kept.append(left)
+                    ownAfter += 1
+                }
             }
             if h.range.end > range.end {
                 var right = h
                 right.range.start = range.end + 1
-                kept.append(right)
+                if range.type != .unlock && right.range.type == range.type {
+                    merged.end = max(merged.end, right.range.end)
+                } else {
+                    kept.append(right)
+                    ownAfter += 1
+                }
             }
         }
-        list = kept
-        if range.type != .unlock { list.append(Held(owner: owner, range: range)) }
-        held[ino] = list.isEmpty ? nil : list
+        if range.type != .unlock {
+            kept.append(Held(owner: owner, range: merged))
+            ownAfter += 1
+        }
+        let (before, after) = (ownBefore, ownAfter)
+        if after > before {
+            let grown = after - before
+            let sessionHeld = perSession[owner.session] ?? 0
+            if total + grown > volumeLimit {
+                report(.lockRecords, "\(total) of \(volumeLimit) lock records held")
+                throw Errno.noLocks
+            }
+            if sessionHeld + grown > sessionLimit {
+                report(.lockRecordsPerSession, "session \(owner.session) holds \(sessionHeld) of \(sessionLimit) lock records")
+                throw Errno.noLocks
+            }
+        }
+        total += after - before
+        adjust(owner.session, by: after - before)
+        held[ino] = kept.isEmpty ? nil : kept
         condition.broadcast()
+    }
+
+    private func report(_ limit: TenantLimit, _ detail: String) {
+        if let counters, let logger { counters.record(limit, logger: logger, detail) }
+    }
+
+    /// Caller holds `condition`.
+    private func adjust(_ session: UInt64, by delta: Int) {
+        guard delta != 0 else { return }
+        let n = (perSession[session] ?? 0) + delta
+        perSession[session] = n > 0 ? n : nil
+    }
+
+    /// Replaces an inode's list, keeping the counts. Caller holds `condition`.
+    private func replace(_ ino: InodeNumber, _ old: [Held], _ new: [Held]) {
+        var delta: [UInt64: Int] = [:]
+        for h in old { delta[h.owner.session, default: 0] -= 1 }
+        for h in new { delta[h.owner.session, default: 0] += 1 }
+        for (session, d) in delta { adjust(session, by: d) }
+        total += new.count - old.count
+        held[ino] = new.isEmpty ? nil : new
     }
 
     /// Drops every lock an owner holds on an inode (close of a file by that owner).
     func releaseAll(_ ino: InodeNumber, owner: LockOwner) {
         condition.lock()
         defer { condition.unlock() }
-        guard var list = held[ino] else { return }
-        list.removeAll { $0.owner == owner }
-        held[ino] = list.isEmpty ? nil : list
+        guard let list = held[ino] else { return }
+        replace(ino, list, list.filter { $0.owner != owner })
         condition.broadcast()
     }
 
@@ -80,9 +188,9 @@ final class LockTable: @unchecked Sendable {
     func releaseSession(_ session: UInt64) {
         condition.lock()
         defer { condition.unlock() }
-        for (ino, list) in held {
-            let kept = list.filter { $0.owner.session != session }
-            held[ino] = kept.isEmpty ? nil : kept
+        guard perSession[session] != nil else { return }
+        for (ino, list) in held where list.contains(where: { $0.owner.session == session }) {
+            replace(ino, list, list.filter { $0.owner.session != session })
         }
         condition.broadcast()
     }

@@ -46,10 +46,10 @@ extension Volume {
             }
         }
         if let atime = changes.accessTime {
-            current.accessTime = atime.resolved(now)
+            current.accessTime = atime.resolved(now).clampedToCatalog
         }
         if let mtime = changes.modificationTime {
-            current.modificationTime = mtime.resolved(now)
+            current.modificationTime = mtime.resolved(now).clampedToCatalog
         } else if changes.size != nil {
             current.modificationTime = now
         }
@@ -158,6 +158,18 @@ extension Volume {
             stats.availableFiles = free
         }
         return stats
+    }
+}
+
+extension Timespec {
+    /// The catalog keeps times as 64-bit nanoseconds since 1970 (1677 to 2262): a time a
+    /// client sets beyond is clamped to the nearest it can hold, as a local filesystem clamps
+    /// times to its own range, instead of wrapping around.
+    var clampedToCatalog: Timespec {
+        let limit = Int64.max / 1_000_000_000 - 1
+        if seconds > limit { return Timespec(seconds: limit, nanoseconds: 999_999_999) }
+        if seconds < -limit { return Timespec(seconds: -limit, nanoseconds: 0) }
+        return self
     }
 }
 

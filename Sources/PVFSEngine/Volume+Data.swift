@@ -371,7 +371,9 @@ extension Volume {
         if mode & (FallocateMode.punchHole | FallocateMode.collapseRange) != 0 {
             if mode & FallocateMode.collapseRange != 0 { newSize = max(0, oldSize - length) }
         } else if mode & FallocateMode.insertRange != 0 {
-            newSize = oldSize + length
+            let (grown, overflow) = oldSize.addingReportingOverflow(length)
+            guard !overflow, grown <= maximumFileSize else { throw Errno.fileTooLarge }
+            newSize = grown
         } else if keepSize {
             // Space past the end would be allocated without growing the charged size, so it is
             // not reserved on the host at all: later writes are charged as they come.
@@ -403,8 +405,11 @@ extension Volume {
         guard sourceOffset >= 0, destinationOffset >= 0, length >= 0 else { throw Errno.invalidArgument }
         if destination.append { throw Errno.badFileDescriptor }
         if source.inode == destination.inode {
+            // Overlapping ranges of one file; the sums saturate (offsets are the client's).
             let a = sourceOffset, b = destinationOffset, n = Int64(length)
-            if a < b + n && b < a + n { throw Errno.invalidArgument }
+            let (bEnd, bOverflow) = b.addingReportingOverflow(n)
+            let (aEnd, aOverflow) = a.addingReportingOverflow(n)
+            if (bOverflow || a < bEnd) && (aOverflow || b < aEnd) { throw Errno.invalidArgument }
         }
         guard let input = sourceData.currentFile else { return 0 }
         let sourceSize = (try? input.descriptor.stat().size) ?? 0
@@ -413,8 +418,8 @@ extension Volume {
         data.lock.lock()
         defer { data.lock.unlock() }
         guard let output = data.file, output.isPrivate else { throw Errno.badFileDescriptor }
-        let end = destinationOffset + Int64(count)
-        guard end <= maximumFileSize else { throw Errno.fileTooLarge }
+        let (end, overflow) = destinationOffset.addingReportingOverflow(Int64(count))
+        guard !overflow, end <= maximumFileSize else { throw Errno.fileTooLarge }
         let oldSize = data.size
         let newSize = max(oldSize, end)
         let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)

@@ -181,7 +181,7 @@ extension Volume {
         try requirePermission(dir, ctx, [.write, .execute])
         if entry(parent, fname) != nil { throw Errno.fileExists }
         guard let kind = FileKind(mode: mode) else { throw Errno.invalidArgument }
-        if kind == .directory && dir.linkCount >= 65000 { throw Errno.tooManyLinks }
+        if kind == .directory { try requireLinkRoom(parent, dir.linkCount) }
 
         let now = Timespec.now
         var permissions = mode & permissionBitsMask
@@ -289,10 +289,11 @@ extension Volume {
         let fname = try FileName(validating: newName)
         try requirePermission(dir, ctx, [.write, .execute])
         if entry(newParent, fname) != nil { throw Errno.fileExists }
-        guard r.linkCount < 65000 else { throw Errno.tooManyLinks }
+        try requireLinkRoom(ino, r.linkCount)
         try quota.checkWithinLimits()
         let now = Timespec.now
         r.linkCount += 1
+        try requireHardLinkRoom(ino, after: r)
         var edit = Edit()
         edit.records[ino] = touched(r, now: now)
         edit.records[newParent] = touched(dir, modification: true, now: now)
@@ -409,6 +410,8 @@ extension Volume {
             if oldParent != newParent {
                 var op = try current(oldParent, edit)
                 var np = try current(newParent, edit)
+                if s.isDirectory && !d.isDirectory { try requireLinkRoom(newParent, np.linkCount) }
+                if d.isDirectory && !s.isDirectory { try requireLinkRoom(oldParent, op.linkCount) }
                 if s.isDirectory { s.parent = newParent; op.linkCount -= 1; np.linkCount += 1 }
                 if d.isDirectory { d.parent = oldParent; np.linkCount -= 1; op.linkCount += 1 }
                 edit.records[oldParent] = touched(op, modification: true, now: now)
@@ -442,6 +445,7 @@ extension Volume {
             op.linkCount = max(2, op.linkCount - 1)
             edit.records[oldParent] = op
             var np = try current(newParent, edit)
+            try requireLinkRoom(newParent, np.linkCount)
             np.linkCount += 1
             edit.records[newParent] = np
         }

@@ -7,9 +7,6 @@ enum XattrLimits {
     static let maximumNameLength = 255
     static let maximumValueSize = 65536
     static let namespaces: [[UInt8]] = ["user.", "trusted.", "security.", "system."].map { Array($0.utf8) }
-    /// Per-inode bounds (names plus values, and count): a guest cannot grow one record without end.
-    static let maximumBytesPerInode = 1 << 20
-    static let maximumNamesPerInode = 4096
     static let aclNames: [[UInt8]] = ["system.posix_acl_access", "system.posix_acl_default"].map { Array($0.utf8) }
 }
 
@@ -58,9 +55,7 @@ extension Volume {
         if mode == .createOnly && exists { throw Errno.fileExists }
         if mode == .replaceOnly && !exists { throw Errno.noData }
         set[name] = value
-        if set.count > XattrLimits.maximumNamesPerInode || Charge.xattrBytes(set) > Int64(XattrLimits.maximumBytesPerInode) {
-            throw Errno.noSpace
-        }
+        try requireXattrRoom(ino, set)
         try replaceXattrs(ino, r, set)
     }
 

@@ -35,9 +35,16 @@ public final class Volume: @unchecked Sendable {
     var listingCache: [InodeNumber: [DirectoryEntry]] = [:]
     /// blob id → hash for blobs the overlay references beyond the template's. Guarded by metaLock.
     var blobHashes: [Int64: BlobHash]
-    let locks = LockTable()
-    public let counters = VolumeCounters()
+    let locks: LockTable
+    public let counters: VolumeCounters
     private var closed = false
+    /// Names and xattr bytes the overlay holds, kept in step with it to bound them
+    /// (`VolumeLimits`). Guarded by metaLock.
+    var tally = MetadataTally()
+    /// The quota the catalog gives (set-quota), before the inode limit's default is applied.
+    private var catalogQuota: (bytes: Int64?, inodes: Int64?)
+    private let limitsLock = NSLock()
+    private var limitsValue = VolumeLimits()
     /// Monotonic counter for qid versions. Guarded by metaLock.
     var versionCounter: UInt64 = 1
     /// Shard directories known to exist. Guarded by metaLock.
@@ -75,6 +82,19 @@ public final class Volume: @unchecked Sendable {
         set { commitModeLock.withLock { commitModeValue = newValue } }
     }
 
+    /// Limits of this VM's metadata (the daemon's settings); may change while it serves.
+    public var metadataLimits: VolumeLimits {
+        get { limitsLock.withLock { limitsValue } }
+        set {
+            let quota = limitsLock.withLock {
+                limitsValue = newValue
+                return catalogQuota
+            }
+            locks.setLimits(perVolume: newValue.lockRecords, perSession: newValue.lockRecordsPerSession)
+            setQuota(bytes: quota.bytes, inodes: quota.inodes)
+        }
+    }
+
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
     public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
         guard let vm = try store.catalog.read({ db in
@@ -96,6 +116,11 @@ public final class Volume: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "vm"] = "\(name)"
         self.logger = logger
+        let counters = VolumeCounters()
+        self.counters = counters
+        let defaults = VolumeLimits()
+        locks = LockTable(perVolume: defaults.lockRecords, perSession: defaults.lockRecordsPerSession,
+                          counters: counters.limits, logger: logger)
         let directoryName = String(vmID)
         do {
             vmDirectory = try FileDescriptor.open(at: store.vmsDirectory, directoryName, [.directory, .readOnly, .noFollow])
@@ -138,10 +163,15 @@ public final class Volume: @unchecked Sendable {
         overlay = try journal.load()
         overlay.nextInode = max(overlay.nextInode, image.maximumInode + 1)
         reservedInodes = overlay.nextInode
+        catalogQuota = (vmRow[0], vmRow[1])
         quota = QuotaAccount(usage: .init(bytes: vmRow[2], inodes: vmRow[3]),
-                             limits: .init(bytes: vmRow[0], inodes: vmRow[1]))
+                             limits: .init(bytes: vmRow[0],
+                                           inodes: InodeQuota.effective(quotaBytes: vmRow[0], quotaInodes: vmRow[1],
+                                                                        withoutQuota: defaults.inodesWithoutQuota)),
+                             counters: counters.limits, logger: logger)
         let clean = (vmRow[4] as Int64) != 0
         try recover(afterUncleanShutdown: !clean)
+        tally = MetadataTally(overlay: overlay, template: template)
         try store.catalog.write { db in
             try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vmID])
         }
@@ -204,9 +234,32 @@ public final class Volume: @unchecked Sendable {
         try catalogWriter.flush()
     }
 
-    /// Applies a quota change made in the catalog (set-quota) to the live volume.
+    /// Applies a quota change made in the catalog (set-quota) to the live volume. Without an
+    /// inode quota the VM gets the default one (`InodeQuota`).
     public func setQuota(bytes: Int64?, inodes: Int64?) {
-        quota.setLimits(.init(bytes: bytes, inodes: inodes))
+        let withoutQuota = limitsLock.withLock {
+            catalogQuota = (bytes, inodes)
+            return limitsValue.inodesWithoutQuota
+        }
+        quota.setLimits(.init(bytes: bytes, inodes: InodeQuota.effective(quotaBytes: bytes, quotaInodes: inodes,
+                                                                          withoutQuota: withoutQuota)))
+    }
+
+    /// Re-reads this VM's quota from the catalog and applies it (a process that serves the VM
+    /// without pvfsd's control socket polls with this). Returns whether it changed.
+    @discardableResult
+    public func reloadQuota() throws -> Bool {
+        guard let row = try store.catalog.read({ db in
+            try Row.fetchOne(db, sql: "SELECT quota_bytes, quota_inodes FROM vm WHERE id = ?", arguments: [vmID])
+        }) else { return false }
+        let bytes: Int64? = row[0]
+        let inodes: Int64? = row[1]
+        let current = limitsLock.withLock { catalogQuota }
+        guard current.bytes != bytes || current.inodes != inodes else { return false }
+        setQuota(bytes: bytes, inodes: inodes)
+        logger.notice("quota changed", metadata: ["bytes": "\(bytes.map(String.init) ?? "none")",
+                                                  "inodes": "\(inodes.map(String.init) ?? "default")"])
+        return true
     }
 
     public var usage: (bytes: Int64, inodes: Int64) {
@@ -322,6 +375,7 @@ public final class Volume: @unchecked Sendable {
 
     private func applyCommitted(_ changes: [OverlayChange]) {
         for change in changes {
+            tally.account(change, overlay: overlay, template: template)
             overlay.apply(change)
             switch change {
             case .putEntry(let parent, _, _), .deleteEntry(let parent, _), .deleteAllEntries(let parent):
@@ -338,6 +392,7 @@ public final class Volume: @unchecked Sendable {
     /// sizes only — what a crash may lose is what a filesystem mounted `lazytime` may lose.
     /// Caller holds metaLock.
     func updateLazily(_ ino: InodeNumber, _ record: InodeRecord) {
+        tally.account(.putInode(ino, record), overlay: overlay, template: template)
         overlay.inodes[ino] = record
         dirtyInodes.insert(ino)
     }
@@ -540,7 +595,7 @@ public final class Volume: @unchecked Sendable {
             let size = record.data == .privateFile ? privateSize(ino) : nil
             let charge = Charge.of(record, createdByVM: !isTemplateInode(ino), privateSize: size,
                                    xattrBytes: record.privateXattrs ? Charge.xattrBytes(overlay.xattrs[ino] ?? [:]) : 0)
-            total.bytes += charge.bytes
+            total.bytes = total.bytes.addingReportingOverflow(charge.bytes).overflow ? .max : total.bytes + charge.bytes
             total.inodes += charge.inodes
         }
         return total

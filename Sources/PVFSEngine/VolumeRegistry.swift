@@ -6,26 +6,55 @@ import SystemPackage
 
 /// The volumes one process serves, opened on first use and shared by all sessions (9P
 /// connections, FUSE mounts) of a VM, so every client of a VM sees one engine state.
+///
+/// A VM's volume opens with its first session and closes with its last. Opening and closing
+/// take time (the catalog, the VM's lock) and run outside the registry's lock, so that other
+/// VMs' sessions never wait for them; a session of the same VM that arrives meanwhile waits
+/// until the volume is open, or until it is closed (and its lock free) to open it anew. A guest
+/// reconnecting at once thus never finds its own VM busy.
 public final class VolumeRegistry: @unchecked Sendable {
     public let store: Store
     private let logger: Logger
-    private let lock = NSLock()
-    private var volumes: [String: (volume: Volume, sessions: Int)] = [:]
+    /// Guards everything below; signalled when a volume finishes opening or closing.
+    private let condition = NSCondition()
+
+    private enum Slot {
+        /// One thread opens the volume; sessions of the VM wait for it.
+        case opening
+        case open(Volume, sessions: Int)
+        /// Its last session ended; it is being closed and holds the VM's lock until then.
+        case closing(Volume)
+    }
+
+    private var volumes: [String: Slot] = [:]
     /// Callbacks that end a session from the server side, by session id (rm --force, shutdown).
     private var revokers: [UInt64: (vm: String, revoke: @Sendable () -> Void)] = [:]
     private var rules: AccessRules
     private var nextSessionID: UInt64 = 1
     private var commitModeValue = Volume.CommitMode.beforeReply
+    private var limitsValue = VolumeLimits()
 
     /// The commit mode of every volume this registry opens (and of those open already).
     public var commitMode: Volume.CommitMode {
-        get { lock.withLock { commitModeValue } }
+        get { locked { commitModeValue } }
         set {
-            let open = lock.withLock {
+            let open = locked {
                 commitModeValue = newValue
-                return volumes.values.map(\.volume)
+                return openVolumesLocked
             }
             for volume in open { volume.commitMode = newValue }
+        }
+    }
+
+    /// The metadata limits of every volume this registry opens (and of those open already).
+    public var volumeLimits: VolumeLimits {
+        get { locked { limitsValue } }
+        set {
+            let open = locked {
+                limitsValue = newValue
+                return openVolumesLocked
+            }
+            for volume in open { volume.metadataLimits = newValue }
         }
     }
 
@@ -35,24 +64,39 @@ public final class VolumeRegistry: @unchecked Sendable {
         self.rules = try AccessRules.load(from: store)
     }
 
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        condition.lock()
+        defer { condition.unlock() }
+        return try body()
+    }
+
+    private var openVolumesLocked: [Volume] {
+        volumes.values.compactMap { slot in
+            if case .open(let volume, _) = slot { return volume }
+            return nil
+        }
+    }
+
     /// Re-reads access rules and quotas from the catalog (after a CLI change).
     public func reload() throws {
         let fresh = try AccessRules.load(from: store)
         let vms = try store.listVMs()
-        lock.lock()
-        rules = fresh
-        let open = volumes
-        lock.unlock()
+        let open: [String: Volume] = locked {
+            rules = fresh
+            var open: [String: Volume] = [:]
+            for (name, slot) in volumes {
+                if case .open(let volume, _) = slot { open[name] = volume }
+            }
+            return open
+        }
         for vm in vms {
-            if let entry = open[vm.name] { entry.volume.setQuota(bytes: vm.quotaBytes, inodes: vm.quotaInodes) }
+            if let volume = open[vm.name] { volume.setQuota(bytes: vm.quotaBytes, inodes: vm.quotaInodes) }
         }
         // A renamed or removed VM keeps serving its sessions under the old name until they end.
     }
 
     public var accessRules: AccessRules {
-        lock.lock()
-        defer { lock.unlock() }
-        return rules
+        locked { rules }
     }
 
     /// A new session for a client: resolves `aname` through the binding rules. `revoke` is called
@@ -71,17 +115,43 @@ public final class VolumeRegistry: @unchecked Sendable {
 
     /// A session on a VM with an explicit policy (host-side FUSE mounts, tools).
     public func openSession(vm: String, policy: SessionPolicy, revoke: @escaping @Sendable () -> Void = {}) throws -> VMView {
-        lock.lock()
-        defer { lock.unlock() }
-        let volume: Volume
-        if let entry = volumes[vm] {
-            volume = entry.volume
-            volumes[vm] = (volume, entry.sessions + 1)
-        } else {
-            volume = try Volume.open(store: store, vmName: vm, logger: logger)
-            volume.commitMode = commitModeValue
-            volumes[vm] = (volume, 1)
+        condition.lock()
+        while true {
+            switch volumes[vm] {
+            case .open(let volume, let sessions):
+                volumes[vm] = .open(volume, sessions: sessions + 1)
+                let view = makeViewLocked(volume, vm: vm, policy: policy, revoke: revoke)
+                condition.unlock()
+                return view
+            case .opening, .closing:
+                condition.wait()
+            case nil:
+                volumes[vm] = .opening
+                condition.unlock()
+                let volume: Volume
+                do {
+                    volume = try Volume.open(store: store, vmName: vm, logger: logger)
+                } catch {
+                    condition.lock()
+                    volumes[vm] = nil
+                    condition.broadcast()
+                    condition.unlock()
+                    throw error
+                }
+                condition.lock()
+                volume.commitMode = commitModeValue
+                volume.metadataLimits = limitsValue
+                volumes[vm] = .open(volume, sessions: 1)
+                condition.broadcast()
+                let view = makeViewLocked(volume, vm: vm, policy: policy, revoke: revoke)
+                condition.unlock()
+                return view
+            }
         }
+    }
+
+    private func makeViewLocked(_ volume: Volume, vm: String, policy: SessionPolicy,
+                                revoke: @escaping @Sendable () -> Void) -> VMView {
         let id = nextSessionID
         nextSessionID += 1
         revokers[id] = (vm, revoke)
@@ -91,54 +161,71 @@ public final class VolumeRegistry: @unchecked Sendable {
     /// Ends a session; the VM's volume closes (releasing its lock) with its last session.
     public func closeSession(_ view: VMView) {
         view.releaseAllLocks()
-        lock.lock()
-        revokers[view.sessionID] = nil
-        guard let entry = volumes[view.volume.name], entry.volume === view.volume else {
-            lock.unlock()
+        let name = view.volume.name
+        condition.lock()
+        guard revokers.removeValue(forKey: view.sessionID) != nil else {
+            // Closed before: a session counts once.
+            condition.unlock()
             return
         }
-        if entry.sessions <= 1 {
-            volumes[view.volume.name] = nil
-            lock.unlock()
-            do { try view.volume.close() } catch { logger.error("closing VM \(view.volume.name): \(error)") }
-        } else {
-            volumes[view.volume.name] = (entry.volume, entry.sessions - 1)
-            lock.unlock()
+        guard case .open(let volume, let sessions) = volumes[name], volume === view.volume else {
+            condition.unlock()
+            return
         }
+        guard sessions <= 1 else {
+            volumes[name] = .open(volume, sessions: sessions - 1)
+            condition.unlock()
+            return
+        }
+        volumes[name] = .closing(volume)
+        condition.unlock()
+        do { try volume.close() } catch { logger.error("closing VM \(name): \(error)") }
+        condition.lock()
+        if case .closing(let closing) = volumes[name], closing === volume { volumes[name] = nil }
+        condition.broadcast()
+        condition.unlock()
     }
 
     /// Ends every session of a VM from the server side and waits (up to `timeout`) for its volume
     /// to close. Returns whether the VM is no longer held.
     public func release(vm: String, timeout: Double = 10) -> Bool {
-        lock.lock()
-        let targets = revokers.values.filter { $0.vm == vm }.map(\.revoke)
-        lock.unlock()
+        let targets = locked { revokers.values.filter { $0.vm == vm }.map(\.revoke) }
         for revoke in targets { revoke() }
         let deadline = Date(timeIntervalSinceNow: timeout)
-        while Date() < deadline {
-            if volume(named: vm) == nil { return true }
-            Thread.sleep(forTimeInterval: 0.05)
+        condition.lock()
+        defer { condition.unlock() }
+        while volumes[vm] != nil {
+            if !condition.wait(until: deadline) { break }
         }
-        return volume(named: vm) == nil
+        return volumes[vm] == nil
     }
 
     /// Open sessions per VM.
     public var sessionCounts: [String: Int] {
-        lock.lock()
-        defer { lock.unlock() }
-        return volumes.mapValues(\.sessions)
+        locked {
+            var counts: [String: Int] = [:]
+            for (name, slot) in volumes {
+                if case .open(_, let sessions) = slot { counts[name] = sessions }
+            }
+            return counts
+        }
+    }
+
+    /// Sessions handed out and not closed, all VMs together (for tests and metrics).
+    public var sessionTotal: Int {
+        locked { revokers.count }
     }
 
     public var openVolumes: [Volume] {
-        lock.lock()
-        defer { lock.unlock() }
-        return volumes.values.map(\.volume)
+        locked { openVolumesLocked }
     }
 
+    /// The open volume of a VM (not one being opened or closed).
     public func volume(named name: String) -> Volume? {
-        lock.lock()
-        defer { lock.unlock() }
-        return volumes[name]?.volume
+        locked {
+            if case .open(let volume, _) = volumes[name] { return volume }
+            return nil
+        }
     }
 
     /// Saves usage of every open volume (periodic, and before shutdown).
@@ -148,14 +235,28 @@ public final class VolumeRegistry: @unchecked Sendable {
         }
     }
 
-    /// Closes every volume (daemon shutdown).
+    /// Closes every volume (daemon shutdown), after those being opened or closed settle.
     public func closeAll() {
-        lock.lock()
-        let all = volumes.values.map(\.volume)
-        volumes.removeAll()
-        lock.unlock()
-        for volume in all {
-            do { try volume.close() } catch { logger.error("closing VM \(volume.name): \(error)") }
+        condition.lock()
+        var all: [(String, Volume)] = []
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while true {
+            for (name, slot) in volumes {
+                if case .open(let volume, _) = slot {
+                    volumes[name] = .closing(volume)
+                    all.append((name, volume))
+                }
+            }
+            let settling = volumes.values.contains { if case .opening = $0 { return true }; return false }
+            if !settling || !condition.wait(until: deadline) { break }
+        }
+        condition.unlock()
+        for (name, volume) in all {
+            do { try volume.close() } catch { logger.error("closing VM \(name): \(error)") }
+            condition.lock()
+            if case .closing(let closing) = volumes[name], closing === volume { volumes[name] = nil }
+            condition.broadcast()
+            condition.unlock()
         }
     }
 }

@@ -142,6 +142,12 @@ final class TestResolver: @unchecked Sendable {
     }
 
     var resolver: NinePAttachResolver { { try self.resolve($0) } }
+
+    func add(_ name: String, _ volume: Volume) {
+        lock.lock()
+        volumes[name] = volume
+        lock.unlock()
+    }
 }
 
 let testLogger: Logger = {

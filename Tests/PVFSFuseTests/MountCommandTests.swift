@@ -38,6 +38,45 @@ struct MountCommandTests {
         #expect(try run(Self.pvfsVM, ["umount", "--store", f.storePath, second]).status == 0)
     }
 
+    /// `pvfs-vm set-quota` on a VM mounted without pvfsd reaches the mount's process (it reads
+    /// the catalog every second): writes past the new quota fail with EDQUOT, and raising it
+    /// again lets them through.
+    @Test func quotaChangesReachAMountWithoutTheDaemon() throws {
+        let f = try FuseFixture()
+        try f.provision("a")
+        let path = try f.mountpoint("a")
+        let mounted = try run(Self.pvfsVM, ["mount", "--store", f.storePath, "a", path])
+        #expect(mounted.status == 0, "\(mounted.output)")
+        defer { _ = try? run(Self.pvfsVM, ["umount", "--store", f.storePath, path]) }
+        try writeFile(path + "/before", String(repeating: "x", count: 100_000))
+
+        func writeRefused(_ name: String) -> Int32 {
+            let fd = open(path + "/" + name, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            guard fd >= 0 else { return errno }
+            defer { close(fd) }
+            var chunk = [UInt8](repeating: 7, count: 65536)
+            if Glibc.write(fd, &chunk, chunk.count) < 0 { return errno }
+            return fsync(fd) == 0 ? 0 : errno
+        }
+        let lowered = try run(Self.pvfsVM, ["set-quota", "--store", f.storePath, "--bytes", "64K", "a"])
+        #expect(lowered.status == 0, "\(lowered.output)")
+        var failure: Int32 = 0
+        let deadline = Date(timeIntervalSinceNow: 5)
+        while failure == 0 && Date() < deadline {
+            failure = writeRefused("after")
+            if failure == 0 { usleep(200_000) }
+        }
+        #expect(failure == EDQUOT)
+        #expect(try run(Self.pvfsVM, ["set-quota", "--store", f.storePath, "--bytes", "none", "a"]).status == 0)
+        var accepted = false
+        let again = Date(timeIntervalSinceNow: 5)
+        while !accepted && Date() < again {
+            accepted = writeRefused("later") == 0
+            if !accepted { usleep(200_000) }
+        }
+        #expect(accepted)
+    }
+
     @Test func errorsHaveTheDocumentedExitCodes() throws {
         let f = try FuseFixture()
         let missing = try run(Self.pvfsVM, ["mount", "--store", f.storePath, "nosuchvm", try f.mountpoint("x")])
