@@ -413,6 +413,7 @@ public struct TemplateTool: ParsableCommand {
             Exit codes: 0 success, 1 failure, 3 no such template, 4 conflict (exists already, in use, \
             being created by another process).
             """,
+        version: pvfsVersion,
         subcommands: [CreateTemplate.self, ListTemplates.self, ShowTemplate.self, RemoveTemplate.self, ExportTemplate.self])
 
     public init() {}
