@@ -465,6 +465,7 @@ public struct PVFSTool: ParsableCommand {
             what these commands do and why they are safe while VMs are served.
             Exit codes: 0 success, 1 failure, 3 not found, 4 busy or in use, 5 fsck findings remain.
             """,
+        version: pvfsVersion,
         subcommands: [Dedup.self, GarbageCollect.self, Fsck.self, DiskUsage.self, Status.self])
 
     public init() {}

@@ -14,7 +14,8 @@ public struct DaemonCommand: ParsableCommand {
             Settings come from --config (default /etc/pvfs/pvfsd.conf when it exists), then options.
             The control socket is <store>/pvfsd.sock; pvfs-vm changes (quota, access, bindings, rm) take effect live.
             SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the catalog.
-            """)
+            """,
+        version: pvfsVersion)
 
     @OptionGroup public var storeOptions: StoreOptions
     @OptionGroup public var logging: LoggingOptions

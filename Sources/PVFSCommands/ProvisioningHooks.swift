@@ -13,24 +13,14 @@ struct ProvisioningHooks {
     var selected: [String]?
     var environment: [String: String]
 
-    /// The hooks directory: --hooks-dir, $PVFS_HOOKS_DIR, /etc/pvfs/hooks.d, /usr/lib/pvfs/hooks,
-    /// or `hooks/` of the source tree the running binary was built in.
+    /// The hooks directory: --hooks-dir, $PVFS_HOOKS_DIR, else the first directory of
+    /// `ShippedFiles.hookDirectoryCandidates` that exists.
     static func findDirectory(_ explicit: String?) -> String? {
         if let explicit { return explicit }
         if let env = ProcessInfo.processInfo.environment["PVFS_HOOKS_DIR"], !env.isEmpty { return env }
-        var candidates = ["/etc/pvfs/hooks.d", "/usr/lib/pvfs/hooks"]
-        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            // .build/<triple>/<config>/pvfs-vm → the package root is three levels up from .build.
-            var url = URL(fileURLWithPath: exe).deletingLastPathComponent()
-            for _ in 0..<4 {
-                url = url.deletingLastPathComponent()
-                candidates.append(url.appendingPathComponent("hooks").path)
-            }
-        }
-        return candidates.first { path in
+        return ShippedFiles.hookDirectoryCandidates.first { path in
             var isDirectory: ObjCBool = false
             return FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
-                && FileManager.default.fileExists(atPath: path + "/README.md")
         }
     }
 

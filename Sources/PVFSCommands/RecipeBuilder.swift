@@ -5,16 +5,7 @@ import PVFSStore
 
 /// Where `pvfs-template create NAME` (without --from) looks for `NAME.recipe`, in order.
 public func recipeSearchPath(explicitDirectory: String?) -> [String] {
-    var directories: [String] = []
-    if let explicitDirectory { directories.append(explicitDirectory) }
-    if let env = ProcessInfo.processInfo.environment["PVFS_RECIPE_PATH"] {
-        directories += env.split(separator: ":").map(String.init).filter { !$0.isEmpty }
-    }
-    directories.append(FileManager.default.currentDirectoryPath + "/templates")
-    let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-    directories.append(executable.appendingPathComponent("../share/pvfs/templates").standardizedFileURL.path)
-    directories += ["/etc/pvfs/templates", "/usr/share/pvfs/templates"]
-    return directories
+    ShippedFiles.recipeSearchPath(explicitDirectory: explicitDirectory)
 }
 
 /// Finds and parses a recipe: `spec` is a file path (contains '/' or ends in .recipe) or a

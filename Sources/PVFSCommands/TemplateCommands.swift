@@ -72,8 +72,9 @@ public struct CreateTemplate: ParsableCommand {
 
             Without --from, builds NAME.recipe (or --recipe) with debootstrap in the store's tmp/ and \
             ingests the result; see docs/templates.md for the recipe format. Recipes are looked up in \
-            --recipe-dir, $PVFS_RECIPE_PATH, ./templates, <prefix>/share/pvfs/templates, \
-            /etc/pvfs/templates and /usr/share/pvfs/templates.
+            --recipe-dir, $PVFS_RECIPE_PATH, the source checkout's templates/ (for a binary built \
+            there), /etc/pvfs/templates, <prefix>/share/pvfs/templates and /usr/share/pvfs/templates; \
+            never in the current directory.
             """)
 
     @OptionGroup public var storeOptions: StoreOptions
@@ -413,6 +414,7 @@ public struct TemplateTool: ParsableCommand {
             Exit codes: 0 success, 1 failure, 3 no such template, 4 conflict (exists already, in use, \
             being created by another process).
             """,
+        version: pvfsVersion,
         subcommands: [CreateTemplate.self, ListTemplates.self, ShowTemplate.self, RemoveTemplate.self, ExportTemplate.self])
 
     public init() {}

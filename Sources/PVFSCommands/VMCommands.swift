@@ -117,7 +117,7 @@ public struct Provision: ParsableCommand {
     @Flag(name: .long, help: "Run no provisioning hooks.")
     public var noHooks = false
 
-    @Option(name: .long, help: "Hooks directory (default: $PVFS_HOOKS_DIR, /etc/pvfs/hooks.d, /usr/lib/pvfs/hooks).")
+    @Option(name: .long, help: "Hooks directory (default: $PVFS_HOOKS_DIR, else the first of /etc/pvfs/hooks.d, <prefix>/lib/pvfs/hooks, /usr/lib/pvfs/hooks; a binary built in a source checkout uses its hooks/).")
     public var hooksDir: String?
 
     @Option(name: .long, help: ArgumentHelp("Setting for the hooks, as PVFS_HOOK_KEY (repeatable), e.g. HOSTNAME=web1.", valueName: "key=value"))

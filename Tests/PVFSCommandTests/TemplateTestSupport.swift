@@ -29,7 +29,8 @@ struct CommandResult {
 }
 
 /// Runs `pvfs-template` with arguments and waits for it.
-func runTemplateTool(_ arguments: [String], environment: [String: String] = [:], asUser: UInt32? = nil) throws -> CommandResult {
+func runTemplateTool(_ arguments: [String], environment: [String: String] = [:], asUser: UInt32? = nil,
+                     currentDirectory: String? = nil) throws -> CommandResult {
     var executable = try builtProduct("pvfs-template")
     var args = arguments
     if let asUser {
@@ -43,6 +44,7 @@ func runTemplateTool(_ arguments: [String], environment: [String: String] = [:],
     env.removeValue(forKey: "PVFS_STORE")
     for (k, v) in environment { env[k] = v }
     process.environment = env
+    if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
     process.standardOutput = Pipe()
     process.standardError = Pipe()
     try process.run()
