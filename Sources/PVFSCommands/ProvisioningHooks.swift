@@ -45,7 +45,7 @@ struct ProvisioningHooks {
         guard !names.isEmpty else { return [] }
         let volume = try Volume.open(store: store, vmName: vm, logger: logger)
         defer { try? volume.close() }
-        let view = VMView(volume: volume, policy: SessionPolicy(side: .host, enforcePermissions: false), sessionID: 1)
+        let view = VMView(volume: volume, policy: SessionPolicy(side: .host, permissionChecks: .hostKernel), sessionID: 1)
         let mountpoint = store.path + "/tmp/provision-\(vm)-\(getpid())"
         try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: mountpoint) }

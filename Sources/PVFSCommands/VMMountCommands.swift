@@ -121,7 +121,7 @@ public struct Mount: ParsableCommand {
             notifier.fail(failure)
             throw Self.report(failure)
         }
-        var policy = SessionPolicy(side: .host, readOnly: readOnly, enforcePermissions: false)
+        var policy = SessionPolicy(side: .host, readOnly: readOnly, permissionChecks: .hostKernel)
         if let store = try? storeOptions.open(logger: logger), let settings = try? store.accessSettings(vm: name) {
             // The host side of a VM with shifted ids shows them shifted.
             policy.idMapping = AccessRules.idMapping(settings)

@@ -34,7 +34,7 @@ public final class HostMountService: @unchecked Sendable {
         let settings = try registry.store.accessSettings(vm: vm)
         var policy = AccessRules.policy(settings, binding: nil, side: .host)
         policy.readOnly = policy.readOnly || readOnly
-        policy.enforcePermissions = false  // the kernel checks (default_permissions)
+        policy.permissionChecks = .hostKernel  // the kernel checks (default_permissions)
         let view = try registry.openSession(vm: vm, policy: policy)
         let mount: FuseMount
         do {

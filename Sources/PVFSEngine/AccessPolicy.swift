@@ -32,22 +32,43 @@ public enum ViewSide: Sendable, Equatable {
     case host
 }
 
+/// Who decides whether a caller may do something within a VM (docs/access.md, "Who decides").
+///
+/// Whatever the choice, the engine keeps the VM's boundary and policy: confinement, read-only,
+/// squashing, id shifts and quotas are never left to a client.
+public enum PermissionChecks: Sendable, Equatable {
+    /// The engine checks every request against the caller's credentials as the server knows
+    /// them: squashed guests, whose kernel's checks count for nothing.
+    case server
+    /// The guest's kernel, which holds the caller's full credentials (every supplementary group,
+    /// capabilities), has checked the request already: 9P2000.L carries none of that, so the
+    /// engine denies nothing on the caller's behalf. It still makes the changes a filesystem
+    /// makes by itself and that Linux's 9p client leaves to the server (a write clears set-id bits).
+    case guestKernel
+    /// A host kernel has checked (FUSE `default_permissions`) and sends every change explicitly,
+    /// set-id clearing included: the engine checks nothing and changes nothing implicitly.
+    case hostKernel
+}
+
 /// Everything that shapes what one client session may do with a VM.
 public struct SessionPolicy: Sendable, Equatable {
     public var side: ViewSide
     /// The session may not change anything (EROFS).
     public var readOnly: Bool
     public var idMapping: IdMapping
-    /// Whether the engine checks permission bits itself. A FUSE mount with `default_permissions`
-    /// has the kernel do it; 9P clients are not trusted to.
-    public var enforcePermissions: Bool
+    /// Who checks the caller's permissions within the VM.
+    public var permissionChecks: PermissionChecks
 
-    public init(side: ViewSide, readOnly: Bool = false, idMapping: IdMapping = .identity, enforcePermissions: Bool = true) {
+    public init(side: ViewSide, readOnly: Bool = false, idMapping: IdMapping = .identity,
+                permissionChecks: PermissionChecks = .server) {
         self.side = side
         self.readOnly = readOnly
         self.idMapping = idMapping
-        self.enforcePermissions = enforcePermissions
+        self.permissionChecks = permissionChecks
     }
+
+    /// Whether the engine itself decides what the caller may do.
+    public var enforcePermissions: Bool { permissionChecks == .server }
 
     /// The caller as the VM sees it, and whether it holds root's privileges inside the VM.
     func vmCaller(_ credentials: Credentials) -> Caller {

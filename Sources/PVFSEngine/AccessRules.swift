@@ -117,7 +117,21 @@ public struct AccessRules: Sendable {
             }
         }
         let readOnly = settings.readOnly || binding?.access == "ro"
-        return SessionPolicy(side: side, readOnly: readOnly, idMapping: mapping, enforcePermissions: true)
+        return SessionPolicy(side: side, readOnly: readOnly, idMapping: mapping,
+                             permissionChecks: permissionChecks(side: side, mapping: mapping))
+    }
+
+    /// Who checks a session's callers (docs/access.md, "Who decides"). A guest whose users keep
+    /// their ids has a kernel that holds their full credentials and has checked every request
+    /// already; 9P2000.L carries a uid, not the groups, so the server could only deny what that
+    /// kernel allowed (and guest root may attach as any uid anyway). A squashed guest's kernel
+    /// counts for nothing: the server checks, with the credentials squashing leaves.
+    public static func permissionChecks(side: ViewSide, mapping: IdMapping) -> PermissionChecks {
+        guard side == .guest else { return .server }
+        switch mapping {
+        case .identity, .shift: return .guestKernel
+        case .rootSquash, .allSquash: return .server
+        }
     }
 
     public static func idMapping(_ settings: VMAccessSettings) -> IdMapping {

@@ -4,10 +4,18 @@ import SystemPackage
 /// Who is asking and under which rules: built by a session for each request.
 struct RequestContext: Sendable {
     var caller: Caller
-    var enforcePermissions: Bool
+    var checks: PermissionChecks
     var readOnly: Bool
 
-    static let internalRoot = RequestContext(caller: .root, enforcePermissions: false, readOnly: false)
+    /// The engine's own requests: root, nothing checked, nothing changed implicitly.
+    static let internalRoot = RequestContext(caller: .root, checks: .hostKernel, readOnly: false)
+
+    /// Whether the engine decides what the caller may do (else a kernel holding the caller's
+    /// full credentials has decided).
+    var enforcePermissions: Bool { checks == .server }
+
+    /// Whether the engine makes the implicit changes of a write (set-id clearing) itself.
+    var clearsSetIDOnWrite: Bool { checks != .hostKernel && !caller.privileged }
 
     func requireWritable() throws(Errno) {
         if readOnly { throw Errno.readOnlyFileSystem }

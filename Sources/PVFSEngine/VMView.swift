@@ -36,7 +36,7 @@ public final class VMView: Sendable {
     }
 
     private func context(_ credentials: Credentials) -> RequestContext {
-        RequestContext(caller: policy.vmCaller(credentials), enforcePermissions: policy.enforcePermissions, readOnly: policy.readOnly)
+        RequestContext(caller: policy.vmCaller(credentials), checks: policy.permissionChecks, readOnly: policy.readOnly)
     }
 
     private func present(_ attributes: Attributes) -> Attributes { policy.present(attributes) }
@@ -278,14 +278,17 @@ public final class VMView: Sendable {
 }
 
 extension Volume {
-    /// A write by someone without root's privilege clears setuid (and group-executable setgid),
-    /// as Linux's file_remove_privs does, so a guest cannot plant a writable setuid binary.
+    /// A write by someone without root's privilege clears setuid, and setgid where it means "run
+    /// as group" (group execute set) or the writer is not in the file's group, as Linux's
+    /// file_remove_privs does, so a guest cannot plant a writable set-id binary. Linux's 9p
+    /// client sends a plain Twrite and leaves this to the server. Whether the writer is in the
+    /// group is known only as far as the server knows the writer's groups (docs/access.md).
     func dropPrivilegesAfterWrite(_ handle: OpenFile, _ ctx: RequestContext) throws(Errno) {
-        guard ctx.enforcePermissions, !ctx.caller.privileged else { return }
+        guard ctx.clearsSetIDOnWrite else { return }
         metaLock.lock()
         defer { metaLock.unlock() }
-        guard var r = record(handle.inode) else { return }
-        let clearGID = r.mode & setGIDBit != 0 && r.mode & 0o010 != 0
+        guard var r = record(handle.inode), r.kind == .regular else { return }
+        let clearGID = r.mode & setGIDBit != 0 && (r.mode & 0o010 != 0 || !ctx.caller.credentials.isMember(of: r.gid))
         guard r.mode & setUIDBit != 0 || clearGID else { return }
         r.mode &= ~setUIDBit
         if clearGID { r.mode &= ~setGIDBit }

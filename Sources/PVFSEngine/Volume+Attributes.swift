@@ -77,15 +77,18 @@ extension Volume {
     /// Permission rules of chmod, chown, truncate and utimes. Adjusts `changes` where Linux
     /// silently drops bits (setgid for a non-member). Caller holds metaLock.
     private func checkSetAttributes(_ r: InodeRecord, _ changes: inout AttributeChanges, handle: OpenFile?, _ ctx: RequestContext) throws(Errno) {
+        // -1 means "unchanged" to chown(2) and is no id a file may have.
+        if changes.uid == UInt32.max || changes.gid == UInt32.max { throw Errno.invalidArgument }
         let enforce = ctx.enforcePermissions
         let privileged = ctx.caller.privileged || !enforce
         let owner = ctx.caller.uid == r.uid
         if var mode = changes.mode {
             if !privileged && !owner { throw Errno.notPermitted }
             if !privileged {
+                // As Linux's setattr_prepare: setgid needs membership of the (new) group. The
+                // sticky bit stays on any kind of file, as on every Linux filesystem.
                 let gid = changes.gid ?? r.gid
                 if mode & setGIDBit != 0 && !ctx.caller.credentials.isMember(of: gid) { mode &= ~setGIDBit }
-                if !r.isDirectory && mode & stickyBit != 0 { mode &= ~stickyBit }
             }
             changes.mode = mode
         }

@@ -35,7 +35,9 @@ extension Volume {
         metaLock.lock()
         defer { metaLock.unlock() }
         let r = try requireRecord(ino)
-        let hideTrusted = ctx.enforcePermissions && !ctx.caller.privileged
+        // A local filesystem lists trusted.* only to CAP_SYS_ADMIN (root, as far as the server
+        // can tell), and Linux's 9p client passes the server's list through unfiltered.
+        let hideTrusted = ctx.checks != .hostKernel && !ctx.caller.privileged
         return xattrSet(ino, r).keys
             .filter { !(hideTrusted && $0.starts(with: Array("trusted.".utf8))) }
             .sorted { $0.lexicographicallyPrecedes($1) }

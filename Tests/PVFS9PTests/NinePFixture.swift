@@ -124,6 +124,9 @@ final class TestResolver: @unchecked Sendable {
     private var nextSession: UInt64 = 100
     var defaultVM: String
     var readOnly = false
+    /// The policy of new sessions; nil: the engine checks every caller (`.server`), as for a
+    /// squashed guest. `daemonPolicy` gives what pvfsd gives a VM's guest.
+    var policy: SessionPolicy?
     private(set) var requests: [NinePAttachRequest] = []
 
     init(_ volumes: [String: Volume], defaultVM: String) {
@@ -138,7 +141,13 @@ final class TestResolver: @unchecked Sendable {
         let name = request.aname.isEmpty ? defaultVM : request.aname
         guard let volume = volumes[name] else { throw Errno.noSuchFileOrDirectory }
         nextSession += 1
-        return VMView(volume: volume, policy: SessionPolicy(side: .guest, readOnly: readOnly), sessionID: nextSession)
+        return VMView(volume: volume, policy: policy ?? SessionPolicy(side: .guest, readOnly: readOnly), sessionID: nextSession)
+    }
+
+    /// The session policy pvfsd gives a guest of a VM with these settings, reached through a
+    /// binding with this squash mode.
+    static func daemonPolicy(_ settings: VMAccessSettings = VMAccessSettings(), squash: String = "inherit") -> SessionPolicy {
+        AccessRules.policy(settings, binding: VMBinding(vm: "vm1", kind: "any", value: "", squash: squash), side: .guest)
     }
 
     var resolver: NinePAttachResolver { { try self.resolve($0) } }

@@ -41,7 +41,7 @@ struct AccessTests {
     @Test func shiftMapsHostSideIdsOnly() throws {
         let f = try EngineFixture()
         _ = try f.provision("sh")
-        let host = try view(f, "sh", SessionPolicy(side: .host, idMapping: .shift(base: 100_000, count: 65536), enforcePermissions: false))
+        let host = try view(f, "sh", SessionPolicy(side: .host, idMapping: .shift(base: 100_000, count: 65536), permissionChecks: .hostKernel))
         #expect(try host.resolve("etc/hostname").uid == 100_000)
         #expect(try host.resolve("empty").uid == 101_000)
         let made = try host.createFile("", "by-host-user", "x", as: Credentials(uid: 101_000, gid: 101_000))

@@ -105,7 +105,7 @@ final class FuseFixture {
     func mount(_ name: String, at path: String? = nil, readOnly: Bool = false,
                caching: FuseMountOptions.Caching = .exclusive) throws -> MountedVM {
         let volume = try Volume.open(store: store, vmName: name)
-        let view = VMView(volume: volume, policy: SessionPolicy(side: .host, readOnly: readOnly, enforcePermissions: false),
+        let view = VMView(volume: volume, policy: SessionPolicy(side: .host, readOnly: readOnly, permissionChecks: .hostKernel),
                           sessionID: 1)
         let mount = try FuseMount(view: view, mountpoint: path ?? mountpoint(name),
                                   options: FuseMountOptions(readOnly: readOnly, allowOther: true, caching: caching))

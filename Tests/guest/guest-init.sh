@@ -18,7 +18,12 @@
 #   pvfs.skip=a,b           fileops checks to skip (reported as skip)
 #   pvfs.large=MIB          size of the large-file check (default 16)
 #   pvfs.readdir=N          files the readdir check creates (default 300)
-#   pvfs.run=fileops|shell|bench|restart
+#   pvfs.run=fileops|posix|shell|bench|restart
+#                           posix = the POSIX suite (posix/pvfs-posix-suite.c) once on an ext4
+#                           filesystem of the guest's own (/local.img, loop-mounted) and once on
+#                           the share; both results go to the console as "PVFS-POSIX local|9p
+#                           CASE OUTCOME" lines for the host to compare (posix-compare.sh);
+#                           pvfs.posixargs=-q runs the smaller matrices;
 #                           shell = interactive shell on the console after mounting (debugging);
 #                           bench = the benchmark workload (bench-workload.sh, pvfs.bench=);
 #                           restart = the server is killed and restarted while the share is
@@ -46,7 +51,7 @@ finish() {
 }
 
 TRANS=tcp SERVER=10.0.2.2 PORT=564 ANAME="" TAG=pvfs MSIZE="" OPTS="" IP=10.0.2.15/24 GW=10.0.2.2
-QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH="" RESTART_WAIT=40
+QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH="" RESTART_WAIT=40 POSIXARGS=""
 for arg in $(cat /proc/cmdline); do
     case $arg in
     pvfs.trans=*) TRANS=${arg#*=} ;;
@@ -66,6 +71,7 @@ for arg in $(cat /proc/cmdline); do
     pvfs.run=*) RUN=${arg#*=} ;;
     pvfs.watch=*) WATCH=${arg#*=} ;;
     pvfs.restartwait=*) RESTART_WAIT=${arg#*=} ;;
+    pvfs.posixargs=*) POSIXARGS=${arg#*=} ;;
     esac
 done
 echo "PVFS-INFO init start uptime=$(uptime_s) kernel=$(uname -r) trans=$TRANS"
@@ -153,7 +159,34 @@ restart_check() {
     fi
 }
 
-if [ "$RUN" = restart ]; then
+# pvfs.run=posix: the suite on the guest's own ext4, then on the share, each in a fresh directory.
+posix_run() { # posix_run LABEL DIR
+    rm -rf "$2"
+    mkdir -p "$2" || { marker "posix-$1" fail "cannot make $2"; return; }
+    t=$(uptime_s)
+    # shellcheck disable=SC2086
+    /bin/pvfs-posix-suite $POSIXARGS "$2" >/tmp/posix.out 2>/tmp/posix.err
+    rc=$?
+    sed "s/^/PVFS-POSIX $1 /" /tmp/posix.out
+    end=$(grep '^END ' /tmp/posix.out)
+    if [ $rc = 0 ] && [ -n "$end" ]; then
+        marker "posix-$1" ok "${end#END } cases in $(echo "$(uptime_s) - $t" | bc) s"
+    else
+        marker "posix-$1" fail "exit $rc: $(tail -3 /tmp/posix.err | tr '\n' ' ')"
+    fi
+}
+
+if [ "$RUN" = posix ]; then
+    mkdir -p /local
+    if mount -t ext4 -o loop /local.img /local 2>/tmp/local.err; then
+        marker posix-local-mount ok "ext4 $(grep ' /local ' /proc/mounts | cut -d' ' -f4)"
+        posix_run local /local/posix
+        umount /local
+    else
+        marker posix-local-mount fail "$(cat /tmp/local.err)"
+    fi
+    posix_run 9p /mnt/posix
+elif [ "$RUN" = restart ]; then
     restart_check /mnt
     finish
 elif [ "$RUN" = shell ]; then

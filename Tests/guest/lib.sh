@@ -12,6 +12,8 @@
 #   guest_simple_initramfs NAME INIT MOD...   the common case: busybox + modules + an /init
 #   guest_helper                     the static pvfs-guest-helper binary (built once, cached)
 #   guest_test_initramfs             the standard test initramfs (guest-init.sh + fileops.sh)
+#   guest_posix_suite / guest_posix_image   the POSIX suite program and the ext4 image it runs on
+#                                    inside the guest (pvfs.run=posix; run-posix-suite.sh)
 #   guest_boot_qemu                  boot QEMU TCG, serial log to a file, bounded by timeout
 #   guest_results LOG                parse PVFS-TEST markers; non-zero on a failure or no DONE
 #   server_start KIND ...            start a 9P server (diod, pvfsd, custom) on 127.0.0.1:PORT
@@ -306,15 +308,54 @@ guest_helper() {
     echo "$out"
 }
 
-# guest_test_initramfs KVER [tcp|xen|all]: the standard test image (guest-init.sh runs fileops.sh).
+# guest_posix_suite: path of the static POSIX suite program (built once per source, cached).
+guest_posix_suite() {
+    local src=$GUEST_LIB_DIR/posix/pvfs-posix-suite.c key out
+    key=$(sha256sum <"$src" | cut -c1-16)
+    out=$GUEST_CACHE/pvfs-posix-suite-$key
+    if [ ! -x "$out" ]; then
+        command -v cc >/dev/null || gdie "the POSIX suite needs a C compiler with static glibc (apt-get install gcc)"
+        cc -static -O2 -Wall -o "$out.$$" "$src" || gdie "building pvfs-posix-suite failed"
+        mv "$out.$$" "$out"
+    fi
+    echo "$out"
+}
+
+# guest_posix_image: an empty ext4 image (cached) the guest loop-mounts as the local filesystem
+# the suite's results on the 9P share are compared with. 4 KiB blocks and 256-byte inodes, as
+# mkfs.ext4 makes a root filesystem: long symlinks and 2000-byte xattr values fit.
+guest_posix_image() {
+    local out=$GUEST_CACHE/posix-ext4-v1.img
+    if [ ! -s "$out" ]; then
+        command -v mkfs.ext4 >/dev/null || gdie "mkfs.ext4 missing (apt-get install e2fsprogs)"
+        rm -f "$out.$$"
+        truncate -s 32M "$out.$$"
+        # Fixed UUID, hash seed and time: the image, and so the initramfs, is the same every time.
+        E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 4096 -I 256 -N 8192 \
+            -U 6a1c3f6e-9d2b-4c1e-8f00-000000000001 -E hash_seed=6a1c3f6e-9d2b-4c1e-8f00-000000000002,root_owner=0:0 \
+            "$out.$$" >/dev/null || gdie "mkfs.ext4 failed"
+        mv "$out.$$" "$out"
+    fi
+    echo "$out"
+}
+
+# guest_test_initramfs KVER [tcp|xen|all] [posix]: the standard test image (guest-init.sh runs
+# fileops.sh). With "posix" it also holds the POSIX suite, its ext4 image and the modules to
+# mount it (pvfs.run=posix).
 guest_test_initramfs() {
-    local kver=$1 trans=${2:-all} helper mods
+    local kver=$1 trans=${2:-all} extra=${3:-} helper mods name
     case $trans in
     tcp) mods="$GUEST_MODS_VIRTIO_NET $GUEST_MODS_9P_TCP" ;;
     xen) mods="$GUEST_MODS_9P_XEN" ;;
     all) mods="$GUEST_MODS_VIRTIO_NET $GUEST_MODS_9P_TCP $GUEST_MODS_9P_XEN" ;;
     *) gdie "unknown transport $trans" ;;
     esac
+    name="pvfs-test-$trans-$kver"
+    if [ "$extra" = posix ]; then
+        # ext4 asks for crc32c at mount time, which no modprobe would load here.
+        mods="$mods loop crc32c_generic ext4"
+        name="pvfs-posix-$trans-$kver"
+    fi
     guest_initramfs_new
     guest_initramfs_busybox
     # shellcheck disable=SC2086
@@ -326,7 +367,11 @@ guest_test_initramfs() {
     [ -n "$helper" ] && guest_initramfs_file "$helper" /bin/pvfs-guest-helper 0755
     guest_initramfs_text /etc/passwd 0644 $'root:x:0:0:root:/root:/bin/sh\npvfsuser:x:1000:1000::/tmp:/bin/sh\n'
     guest_initramfs_text /etc/group 0644 $'root:x:0:\npvfsuser:x:1000:\n'
-    guest_initramfs_pack "pvfs-test-$trans-$kver"
+    if [ "$extra" = posix ]; then
+        guest_initramfs_file "$(guest_posix_suite)" /bin/pvfs-posix-suite 0755
+        guest_initramfs_file "$(guest_posix_image)" /local.img 0644
+    fi
+    guest_initramfs_pack "$name"
 }
 
 # ---------------------------------------------------------------- QEMU

@@ -222,8 +222,8 @@ elif [ "${XEN_RESTART:-0}" = 1 ]; then
     "pvfs restart probe "*) marker xen-dom0-restart-probe ok "written before the SIGKILL, read through the store: $(cat "$view/restart-probe")" ;;
     *) marker xen-dom0-restart-probe fail "restart-probe: '$(cat "$view/restart-probe" 2>&1)'" ;;
     esac
-elif case " $XEN_DOMU_EXTRA " in *" pvfs.run=bench "* | *" pvfs.run=shell "*) true ;; *) false ;; esac then
-    : # the benchmark workload or a shell: no manifest either
+elif case " $XEN_DOMU_EXTRA " in *" pvfs.run=bench "* | *" pvfs.run=shell "* | *" pvfs.run=posix "*) true ;; *) false ;; esac then
+    : # the benchmark workload, a shell or the POSIX suite: no manifest either
 elif [ -n "$view" ] && [ -f "$view/pvfs-fileops/MANIFEST" ] && [ ! -s "$view/pvfs-fileops/MANIFEST" ]; then
     t "manifest empty (the checks that write it were skipped)"
 elif [ -n "$view" ]; then

@@ -16,11 +16,14 @@
 #      the domU has the VM mounted; the new pvfsd adopts the device as a lost session, so the
 #      domU's next request fails with EIO at once (no hang) and it unmounts; dom0 then finds the
 #      file through the store.
+# The POSIX run, only on request (--only posix): the domU runs the POSIX suite (its smaller
+# matrices) on an ext4 of its own and on its VM over Xen 9pfs; the results are compared case by
+# case (Tests/guest/posix-compare.sh), as run-posix-suite.sh does over TCP.
 # The slower fourth run, only on request (--only debian12): a domU boots Debian 12 with systemd as
 # its init from a VM provisioned from the debian12 template (hooks included), its root over Xen
 # 9pfs from pvfsd; boot-9p-root.sh's marker unit writes the marker dom0 reads back.
 #
-# usage: Tests/guest/xen/pvfsd-e2e.sh [--keep] [--only files|boot|restart|debian12] [--timeout S]
+# usage: Tests/guest/xen/pvfsd-e2e.sh [--keep] [--only files|boot|restart|posix|debian12] [--timeout S]
 #   --keep          keep the work directory (store, logs) and print its path
 #   --only RUN      one of the runs (files, boot and restart run by default)
 #   --timeout S     bound on each QEMU run (default 900 for the file checks, 600 for the boot)
@@ -34,7 +37,7 @@ KEEP=0 ONLY="" TIMEOUT=""
 while [ $# -gt 0 ]; do
     case $1 in
     --keep) KEEP=1; shift ;;
-    --only) ONLY=$2; case $ONLY in files | boot | restart | debian12) ;; *) echo "--only files|boot|restart|debian12" >&2; exit 2 ;; esac; shift 2 ;;
+    --only) ONLY=$2; case $ONLY in files | boot | restart | posix | debian12) ;; *) echo "--only files|boot|restart|posix|debian12" >&2; exit 2 ;; esac; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -90,6 +93,9 @@ if [ -z "$ONLY" ] || [ "$ONLY" = boot ]; then
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = restart ]; then
     run restart --restart-check --timeout "${TIMEOUT:-600}"
+fi
+if [ "$ONLY" = posix ]; then
+    run posix --posix --domu-mem 384 --timeout "${TIMEOUT:-2400}"
 fi
 if [ "$ONLY" = debian12 ]; then
     # A store of its own: the debian12 template (debootstrap, cached by the recipe builder), VM

@@ -27,6 +27,10 @@
 #   --boot-init PATH        with --boot-root: the init the domU runs from the share (default
 #                           /sbin/pvfs-boot-marker; /sbin/init boots the tree's own init, e.g. systemd,
 #                           whose tree then holds boot-9p-root.sh's marker unit)
+#   --posix                 instead of the file checks: the POSIX suite (posix/pvfs-posix-suite.c,
+#                           its smaller matrices) once on an ext4 of the domU's own and once on the
+#                           share, compared case by case by posix-compare.sh (posix/known-differences)
+#   --posix-full            the same with the full matrices (slow: every request crosses nested Xen)
 #   --restart-check         instead of the file checks: the domU writes a file, the backend is
 #                           killed (SIGKILL) and restarted while the share is mounted
 #                           (backend_restart), requests then fail with EIO instead of hanging, the
@@ -57,7 +61,7 @@ XEN_DIR=$(cd "$(dirname "$0")" && pwd)
 BACKEND=qemu-xl TAG=share QUOTA="" QUOTAFS="" SKIP="-" LARGE=8 NDIR=30 DOM0MEM=768 TIMEOUT=1800 SHELLMODE=0 KEEPLOG=""
 BOOTINIT=/sbin/pvfs-boot-marker DOMUMEM=256
 DOM0MEM_SET=0 BOOTROOT=0 RESTART=0 CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
-DOM0_FILES=() DOM0_TREES=() HOOK_ENV=()
+DOM0_FILES=() DOM0_TREES=() HOOK_ENV=() POSIX=""
 while [ $# -gt 0 ]; do
     case $1 in
     --backend) BACKEND=$2; shift 2 ;;
@@ -65,6 +69,8 @@ while [ $# -gt 0 ]; do
     --boot-root) BOOTROOT=1; shift ;;
     --boot-init) BOOTINIT=$2; shift 2 ;;
     --restart-check) RESTART=1; shift ;;
+    --posix) POSIX=quick; shift ;;
+    --posix-full) POSIX=full; shift ;;
     --domu-mem) DOMUMEM=$2; shift 2 ;;
     --backend-cmd) BACKEND=command; HOOK_ENV+=("XEN_BACKEND_CMD=$2"); shift 2 ;;
     --attach-cmd) HOOK_ENV+=("XEN_ATTACH_CMD=$2"); shift 2 ;;
@@ -139,7 +145,7 @@ if [ "$BACKEND" = pvfsd ]; then
 fi
 
 # ---- domU: the standard test initramfs, xen flavour.
-DOMU_INITRD=$(guest_test_initramfs "$KVER" xen)
+DOMU_INITRD=$(guest_test_initramfs "$KVER" xen ${POSIX:+posix})
 
 # ---- dom0 base image (cached): busybox, Xen modules and tools, QEMU's Xen backend, the domU.
 guest_initramfs_new
@@ -172,6 +178,8 @@ DOM0_BASE=$(guest_initramfs_pack "pvfs-xen-dom0-$KVER" none)
 DOMU_EXTRA="pvfs.large=$LARGE pvfs.readdir=$NDIR${DOMUAPPEND:+ $DOMUAPPEND}"
 [ -n "$SKIP" ] && DOMU_EXTRA+=" pvfs.skip=$SKIP"
 [ "$RESTART" = 1 ] && DOMU_EXTRA+=" pvfs.run=restart"
+[ -n "$POSIX" ] && DOMU_EXTRA+=" pvfs.run=posix"
+[ "$POSIX" = quick ] && DOMU_EXTRA+=" pvfs.posixargs=-q"
 if [ -n "$QUOTAFS" ]; then
     DOMU_EXTRA+=" pvfs.quota=$QUOTAFS pvfs.quotaerr=ENOSPC"
 elif [ -n "$QUOTA" ]; then
@@ -256,6 +264,9 @@ T_RUN=$(elapsed "$T1")
 
 RC=0
 guest_results "$LOG" "xen-9pfs/$BACKEND" || RC=1
+if [ -n "$POSIX" ]; then
+    "$GUEST_LIB_DIR/posix-compare.sh" --label "posix-xen/$BACKEND" "$LOG" >&2 || RC=1
+fi
 tr -d '\r' <"$LOG" | grep -a 'PVFS-XEN\[' | sed 's/^/  dom0: /' >&2 || true
 [ "$QRC" = 0 ] || RC=1
 TOOLS=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST xen-dom0 ok .* toolstack up at \([0-9.]*\)s.*/\1/p' | head -1)
