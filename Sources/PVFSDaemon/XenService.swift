@@ -5,8 +5,6 @@ import PVFSEngine
 import PVFSTransport
 import SystemPackage
 
-extension NinePConnection: NineMessageHandler {}
-
 /// The Xen PV 9pfs backend: pvfsd as dom0's backend for domUs' `9pnet_xen` devices. The VM a
 /// device serves is the one `pvfs-vm attach` named in the backend's dom0-owned `path` node; the
 /// binding rules must also let that domain (by ID or name) reach it. Nothing the guest writes in
