@@ -95,11 +95,13 @@ enum DaemonServices {
     static func install(into daemon: Daemon) throws {
         daemon.installMaintenance()
         if !daemon.configuration.listeners.isEmpty {
-            daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger))
+            daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger,
+                                              limits: daemon.configuration.limits, admission: daemon.admission))
         }
         HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
         if daemon.configuration.xenEnabled {
-            daemon.add(XenService(registry: daemon.registry, logger: daemon.logger))
+            daemon.add(XenService(registry: daemon.registry, logger: daemon.logger, limits: daemon.configuration.limits,
+                                  admission: daemon.admission))
         }
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import PVFSEngine
 import PVFSStore
+import PVFSTransport
 
 /// Something the daemon runs: a 9P listener, the Xen backend, a FUSE mount.
 public protocol DaemonService: AnyObject, Sendable {
@@ -18,6 +19,8 @@ public final class Daemon: @unchecked Sendable {
     public let configuration: DaemonConfiguration
     public let store: Store
     public let registry: VolumeRegistry
+    /// Per-tenant connection caps and the use of every transport limit (for metrics).
+    public let admission: TenantAdmission
     public let logger: Logger
     private var services: [any DaemonService] = []
     private var control: StreamListener?
@@ -35,6 +38,8 @@ public final class Daemon: @unchecked Sendable {
         try store.cleanUpInterruptedVMOperations()
         registry = try VolumeRegistry(store: store, logger: logger)
         registry.commitMode = configuration.commitMode
+        admission = TenantAdmission(limits: configuration.limits.tenants, listeners: configuration.listeners.map(\.name),
+                                    logger: logger)
     }
 
     public func add(_ service: any DaemonService) {
@@ -170,7 +175,7 @@ public final class Daemon: @unchecked Sendable {
             let released = registry.release(vm: vm)
             return released ? .init(ok: true) : .init(ok: false, error: "VM \(vm) is still busy")
         case "metrics":
-            return .init(ok: true, text: Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts))
+            return .init(ok: true, text: renderMetrics())
         default:
             if let handler = controlHandlers[request.op] { return try handler(request) }
             return .init(ok: false, error: "unknown operation \(request.op)")
@@ -178,6 +183,11 @@ public final class Daemon: @unchecked Sendable {
     }
 
     // MARK: Metrics over HTTP
+
+    func renderMetrics() -> String {
+        Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts)
+            + Metrics.render(tenants: admission.usage, limits: configuration.limits)
+    }
 
     private func serveMetricsHTTP(_ fd: Int32) {
         defer { close(fd) }
@@ -188,7 +198,7 @@ public final class Daemon: @unchecked Sendable {
         while let header = reader.next(), header != [UInt8(ascii: "\r")], !header.isEmpty {}
         let text = String(decoding: requestLine, as: UTF8.self)
         let ok = text.hasPrefix("GET /metrics ") || text.hasPrefix("GET / ")
-        let body = ok ? Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts) : "not found\n"
+        let body = ok ? renderMetrics() : "not found\n"
         let head = "HTTP/1.1 \(ok ? "200 OK" : "404 Not Found")\r\nContent-Type: text/plain; version=0.0.4\r\n" +
             "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
         sendAll(fd, Array((head + body).utf8))

@@ -1,5 +1,6 @@
 import Foundation
 import PVFSEngine
+import PVFSTransport
 
 /// Prometheus text exposition of the daemon's per-VM counters and usage.
 public enum Metrics {
@@ -22,6 +23,42 @@ public enum Metrics {
         family("pvfs_quota_bytes", "gauge", "Byte quota (-1: none).") { "\($0.limits.bytes ?? -1)" }
         family("pvfs_quota_inodes", "gauge", "Inode quota (-1: none).") { "\($0.limits.inodes ?? -1)" }
         family("pvfs_sessions", "gauge", "Open client sessions.") { "\(sessions[$0.name] ?? 0)" }
+        return out
+    }
+
+    /// The transports' per-tenant limits: each limit's setting, and per tenant (listener, VM,
+    /// Xen domain) its current use and how often it refused, closed or pushed back.
+    public static func render(tenants: [TenantUsage], limits: DaemonConfiguration.Limits) -> String {
+        var out = "# HELP pvfs_limit A per-tenant limit as configured (pvfsd.conf name; seconds for timeouts, 0: none).\n# TYPE pvfs_limit gauge\n"
+        for (key, value) in limits.settings {
+            out += "pvfs_limit{limit=\"\(key)\"} \(value)\n"
+        }
+        func labels(_ tenant: Tenant) -> String { "kind=\"\(tenant.kind)\",tenant=\"\(escape(tenant.name))\"" }
+        func gauge(_ name: String, _ help: String, _ value: (TenantUsage) -> Int?) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n"
+            for usage in tenants {
+                if let v = value(usage) { out += "\(name){\(labels(usage.tenant))} \(v)\n" }
+            }
+        }
+        func counter(_ name: String, _ help: String, _ value: (TenantUsage) -> [TenantLimit: UInt64]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
+            for usage in tenants {
+                for (limit, count) in value(usage).sorted(by: { $0.key < $1.key }) {
+                    out += "\(name){\(labels(usage.tenant)),limit=\"\(limit.rawValue)\"} \(count)\n"
+                }
+            }
+        }
+        gauge("pvfs_tenant_connections", "Socket connections served (listeners; VMs from their first attach).") {
+            $0.tenant.kind == "xen-domain" ? nil : $0.connections
+        }
+        gauge("pvfs_tenant_outstanding_requests", "Requests received and not finished (sockets; Xen: taken off the rings).") {
+            $0.outstandingRequests
+        }
+        gauge("pvfs_tenant_reply_bytes", "Reply bytes held: queued for sockets; reserved and queued for Xen rings.") {
+            $0.queuedReplyBytes
+        }
+        counter("pvfs_tenant_refusals_total", "Connections or attaches refused, and connections closed, at a limit.") { $0.refusals }
+        counter("pvfs_tenant_backpressure_total", "Times a socket or ring of the tenant was not read because of a limit.") { $0.backpressure }
         return out
     }
 

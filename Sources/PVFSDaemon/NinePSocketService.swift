@@ -13,16 +13,22 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     private let registry: VolumeRegistry
     private let logger: Logger
     private let listeners: [DaemonConfiguration.Listener]
+    private let limits: DaemonConfiguration.Limits
+    /// Connections per listener and per VM, shared with the daemon's metrics.
+    public let admission: TenantAdmission
     private let pool: NinePWorkerPool
     private var server: SocketServer?
     /// Listener address as the transport reports it → configured name.
     private let names: [String: String]
 
     public init(listeners: [DaemonConfiguration.Listener], registry: VolumeRegistry, logger: Logger,
+                limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(), admission: TenantAdmission? = nil,
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) throws {
         self.listeners = listeners
         self.registry = registry
         self.logger = logger
+        self.limits = limits
+        self.admission = admission ?? TenantAdmission(limits: limits.tenants, logger: logger)
         pool = NinePWorkerPool(threads: workerThreads)
         var names: [String: String] = [:]
         for listener in listeners {
@@ -47,14 +53,33 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
         let logger = self.logger
         let pool = self.pool
         let names = self.names
+        let admission = self.admission
         let serverBox = ServerBox()
-        let server = SocketServer(listen: addresses, logger: logger) { peer in
+        var configuration = SocketServer.Configuration()
+        configuration.limits = limits.tenants
+        configuration.listenerNames = names
+        configuration.replyQueueLimit = limits.replyQueueBytes
+        var connectionConfiguration = NinePConfiguration()
+        connectionConfiguration.maximumOutstandingRequests = limits.outstandingRequests
+        connectionConfiguration.maximumOutstandingBytes = limits.outstandingBytes
+        let nine = connectionConfiguration
+        let server = SocketServer(listen: addresses, configuration: configuration, admission: admission,
+                                  logger: logger) { peer in
             let sessions = SessionList()
             let listenerName = names[peer.localAddress] ?? peer.localAddress
             let identity = Self.identity(of: peer, listener: listenerName)
-            let connection = NinePConnection(peer: peer, pool: pool, logger: logger) { request in
+            let connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger) { request in
                 let view = try registry.attach(aname: request.aname, identity: identity) {
                     serverBox.server?.disconnect(connectionID: peer.connectionID)
+                }
+                // A connection counts against its VM from its first attach on.
+                do throws(AdmissionRefusal) {
+                    try admission.bind(connection: peer.connectionID, toVM: view.vmName)
+                } catch {
+                    registry.closeSession(view)
+                    admission.logLimit(error.tenant, error.limit, "refusing an attach to VM \(view.vmName): \(error)",
+                                       peer: "\(peer)")
+                    throw Errno.tooManyUsers
                 }
                 sessions.add(view)
                 return view

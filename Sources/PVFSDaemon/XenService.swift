@@ -13,11 +13,17 @@ public final class XenService: DaemonService, @unchecked Sendable {
     private let registry: VolumeRegistry
     private let logger: Logger
     private let pool: NinePWorkerPool
+    private let limits: DaemonConfiguration.Limits
+    private let admission: TenantAdmission?
     private var backend: XenBackend?
 
-    public init(registry: VolumeRegistry, logger: Logger, workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
+    public init(registry: VolumeRegistry, logger: Logger, limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(),
+                admission: TenantAdmission? = nil,
+                workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
         self.registry = registry
         self.logger = logger
+        self.limits = limits
+        self.admission = admission
         pool = NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker")
     }
 
@@ -27,7 +33,14 @@ public final class XenService: DaemonService, @unchecked Sendable {
         let registry = self.registry
         let logger = self.logger
         let pool = self.pool
-        let backend = try XenBackend(logger: logger) { frontend in
+        var configuration = XenBackendConfiguration()
+        configuration.limits = limits.xenRing
+        configuration.admission = admission
+        var connectionConfiguration = NinePConfiguration()
+        connectionConfiguration.maximumOutstandingRequests = limits.outstandingRequests
+        connectionConfiguration.maximumOutstandingBytes = limits.outstandingBytes
+        let nine = connectionConfiguration
+        let backend = try XenBackend(configuration: configuration, logger: logger) { frontend in
             guard let vm = frontend.path, !vm.isEmpty else {
                 throw XenAccessRefused("the device has no VM in its backend path node (attach it with pvfs-vm attach)")
             }
@@ -41,7 +54,7 @@ public final class XenService: DaemonService, @unchecked Sendable {
                                  localAddress: "xen:\(frontend.domid)/\(frontend.devid)", domainID: frontend.domid,
                                  connectionID: UInt64(frontend.domid) << 32 | UInt64(frontend.devid))
             let sessions = SessionList()
-            let connection = NinePConnection(peer: peer, pool: pool, logger: logger) { request in
+            let connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger) { request in
                 // The guest's aname may be empty (mount by tag) or must name the device's VM.
                 let aname = request.aname
                 guard aname.isEmpty || aname == vm || aname == "/" + vm else { throw Errno.noSuchFileOrDirectory }
