@@ -237,4 +237,69 @@ struct DaemonServiceTests {
         daemon.waitUntilExit()
         #expect(daemon.terminationStatus == 0)
     }
+
+    /// `pvfs-vm qemu-args` finds the VM's Unix listener from its binding and pvfsd.conf, and
+    /// `pvfs-vm socket-bridge` (run with one socket as stdin and stdout, as QEMU runs it) carries
+    /// a 9P session to that listener.
+    @Test func qemuArgsAndSocketBridgeReachTheVMsSocket() throws {
+        let area = try ScratchArea()
+        let store = area.sub("store")
+        try makeSeededTree(at: area.sub("src"), files: 2, size: 500, seed: 4)
+        try mustRun("pvfs-template", ["create", "base", "--from", area.sub("src"), "--store", store])
+        try mustRun("pvfs-vm", ["provision", "--template", "base", "web1", "--no-hooks", "--store", store])
+        let socketPath = area.sub("web1.9p")
+        let config = area.sub("pvfsd.conf")
+        try write(config, Array("store = \(store)\nlisten = web1-sock unix:\(socketPath)\n".utf8))
+
+        // Not bound yet: the command says how to set it up.
+        let unbound = try runTool("pvfs-vm", ["qemu-args", "web1", "--config", config, "--store", store])
+        #expect(unbound.status == 1 && unbound.stderr.contains("pvfs-vm bind web1 --listener"))
+        try mustRun("pvfs-vm", ["bind", "web1", "--listener", "web1-sock", "--store", store])
+        let printed = try parseJSON(try mustRun("pvfs-vm", ["qemu-args", "web1", "--config", config, "--store", store, "--json"]).stdout)
+            as! [String: Any]
+        let arguments = try #require(printed["arguments"] as? [String])
+        #expect(arguments.count == 4 && arguments[0] == "-netdev" && arguments[2] == "-device")
+        #expect(arguments[1].hasPrefix("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:564-cmd:/"))
+        #expect(arguments[1].hasSuffix("/pvfs-vm socket-bridge \(socketPath)"))
+        #expect(printed["mount"] as? String == "mount -t 9p -o trans=tcp,port=564,version=9p2000.L,aname=web1 10.0.2.100 /mnt")
+        let human = try mustRun("pvfs-vm", ["qemu-args", "web1", "--socket", "/run/a,b.9p", "--address", "10.0.2.7", "--port", "5640"])
+        #expect(human.stdout.contains("guestfwd=tcp:10.0.2.7:5640-cmd:") && human.stdout.contains("/run/a,,b.9p"))
+        #expect(human.stderr.contains("10.0.2.7 /mnt"))
+
+        let daemon = try startTool("pvfsd", ["--config", config, "--quiet"])
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        var listening = false
+        for _ in 0..<200 where !listening {
+            listening = FileManager.default.fileExists(atPath: socketPath)
+            if !listening { usleep(50_000) }
+        }
+        #expect(listening)
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        let bridge = Process()
+        bridge.executableURL = URL(fileURLWithPath: try builtProduct("pvfs-vm"))
+        bridge.arguments = ["socket-bridge", socketPath]
+        let end = FileHandle(fileDescriptor: pair[1], closeOnDealloc: false)
+        bridge.standardInput = end
+        bridge.standardOutput = end
+        bridge.standardError = end
+        try bridge.run()
+        close(pair[1])
+        let client = NinePClient(fileDescriptor: pair[0])
+        #expect(try client.version(msize: 65536).version == "9P2000.L")
+        _ = try client.attach(fid: 0, aname: "web1")
+        _ = try client.walk(fid: 0, newFid: 1, path: "d1/f1")
+        _ = try client.lopen(fid: 1, flags: 0)
+        #expect(try client.read(fid: 1, offset: 0, count: 4096) == benchContent(seed: 4, file: 1, bytes: 500))
+        // The guest side closing ends the bridge.
+        shutdown(pair[0], Int32(SHUT_RDWR))
+        bridge.waitUntilExit()
+        #expect(bridge.terminationStatus == 0)
+        close(pair[0])
+        // No listener: exit status 1, nothing written to the guest's stream.
+        let nowhere = try runTool("pvfs-vm", ["socket-bridge", area.sub("none.9p")])
+        #expect(nowhere.status == 1 && nowhere.stdout.isEmpty && nowhere.stderr.isEmpty)
+        kill(daemon.processIdentifier, SIGTERM)
+        daemon.waitUntilExit()
+    }
 }
