@@ -251,7 +251,7 @@ public final class SocketServer: @unchecked Sendable {
             let outstanding = connection.connection.outstandingRequestCount
             let queued = connection.queuedReplyBytes
             out.append(TenantGauge(tenant: .listener(connection.listenerName), outstandingRequests: outstanding, queuedReplyBytes: queued))
-            if let vm = admission.vm(ofConnection: connection.id) {
+            for vm in admission.vms(ofConnection: connection.id) {
                 out.append(TenantGauge(tenant: .vm(vm), outstandingRequests: outstanding, queuedReplyBytes: queued))
             }
         }

@@ -180,7 +180,11 @@ public final class TenantAdmission: @unchecked Sendable {
 
     private struct Ticket {
         var listener: String
-        var vm: String?
+        /// The VMs the connection attached to. One at a time, but a Tversion starts a new
+        /// session that may attach another, and an attach the connection then refuses (another
+        /// VM than its own) has passed the resolver: counting every VM it reached errs on the
+        /// safe side.
+        var vms: Set<String> = []
     }
 
     /// Guarded by `lock`.
@@ -245,19 +249,18 @@ public final class TenantAdmission: @unchecked Sendable {
         return nil
     }
 
-    /// Counts connection `id` against `vm` from its first attach on; later attaches of the same
-    /// connection to the same VM change nothing. Throws when the VM is at its cap.
+    /// Counts connection `id` against `vm` from its first attach to it on; later attaches of
+    /// the same connection to the same VM change nothing. Throws when the VM is at its cap.
     public func bind(connection id: UInt64, toVM vm: String) throws(AdmissionRefusal) {
         lock.lock()
         defer { lock.unlock() }
-        guard var ticket = tickets[id], ticket.vm != vm else { return }
+        guard var ticket = tickets[id], !ticket.vms.contains(vm) else { return }
         let count = vmConnections[vm] ?? 0
         if count >= limits.maximumConnectionsPerVM {
             throw refuseLocked(AdmissionRefusal(tenant: .vm(vm), limit: .vmConnections, value: count))
         }
-        if let old = ticket.vm { decrementVMLocked(old) }
         vmConnections[vm] = count + 1
-        ticket.vm = vm
+        ticket.vms.insert(vm)
         tickets[id] = ticket
     }
 
@@ -268,7 +271,7 @@ public final class TenantAdmission: @unchecked Sendable {
         guard let ticket = tickets.removeValue(forKey: id) else { return }
         total -= 1
         listenerShares[ticket.listener, default: ListenerShare()].connections -= 1
-        if let vm = ticket.vm { decrementVMLocked(vm) }
+        for vm in ticket.vms { decrementVMLocked(vm) }
     }
 
     private func decrementVMLocked(_ vm: String) {
@@ -335,9 +338,9 @@ public final class TenantAdmission: @unchecked Sendable {
         lock.withLock { _ = sources.removeValue(forKey: token) }
     }
 
-    /// The VM connection `id` is counted against, once it attached.
-    public func vm(ofConnection id: UInt64) -> String? {
-        lock.withLock { tickets[id]?.vm }
+    /// The VMs connection `id` is counted against (from its attaches).
+    public func vms(ofConnection id: UInt64) -> [String] {
+        lock.withLock { tickets[id].map { Array($0.vms) } ?? [] }
     }
 
     /// Connections counted now for `tenant` (listener or VM).

@@ -60,6 +60,7 @@ public final class XenGrantConnector: XenDeviceConnector {
             for worker in connection.workers { try worker.start() }
         } catch {
             connection.disconnect()
+            connection.join()
             throw error
         }
         return connection

@@ -208,6 +208,11 @@ struct TenantAdmissionTests {
         admission.release(connection: 2)
         #expect(admission.connections(of: .vm("web1")) == 1)
         #expect(throws: Never.self) { try admission.bind(connection: 4, toVM: "web1") }
+        // A connection that reached two VMs (a Tversion between) counts against both until it ends.
+        #expect(throws: Never.self) { try admission.bind(connection: 4, toVM: "web2") }
+        #expect(admission.connections(of: .vm("web2")) == 1)
+        admission.release(connection: 4)
+        #expect(admission.connections(of: .vm("web1")) == 1 && admission.connections(of: .vm("web2")) == 0)
         let usage = admission.usage
         #expect(usage.first { $0.tenant == .vm("web1") }?.refusals[.vmConnections] == 1)
         #expect(usage.first { $0.tenant == .listener("a") }?.refusals[.connections] == 1)
