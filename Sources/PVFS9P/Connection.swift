@@ -28,6 +28,10 @@ import SystemPackage
 ///   block for long (queue the bytes) and must not call `close()`.
 /// - Replies handed to callbacks in sequence must go out in that sequence on the same channel:
 ///   an Rflush is handed over only after the reply of the request it flushed (if any).
+/// - With `receive(_:runInline:reply:unanswered:)` every request ends in exactly one callback:
+///   its reply, or `unanswered` when it ends without one (flushed before it took effect,
+///   abandoned by a Tversion). A transport that counts requests per channel (a Xen ring) uses
+///   it to free the request's place; after `close()` began neither is called.
 /// - `receive` blocks while the connection holds `maximumOutstandingRequests` requests,
 ///   `maximumOutstandingBytes` bytes or (for a Tflush) `maximumOutstandingFlushes` flushes:
 ///   that is the back-pressure a transport relies on to bound its memory. It is always safe to
@@ -41,6 +45,8 @@ import SystemPackage
 ///   will be called.
 public final class NinePConnection: @unchecked Sendable {
     public typealias Reply = @Sendable ([UInt8]) -> Void
+    /// Called instead of the reply for a request that ends without one.
+    public typealias Unanswered = @Sendable () -> Void
 
     public let peer: NinePPeer
     public let configuration: NinePConfiguration
@@ -199,6 +205,7 @@ public final class NinePConnection: @unchecked Sendable {
         let message: NinePRequest?
         let accesses: [FidAccess]
         let reply: Reply
+        let unanswered: Unanswered?
         let cost: Int
         let generation: UInt64
         let fids: FidTable
@@ -213,12 +220,13 @@ public final class NinePConnection: @unchecked Sendable {
         /// Tflush requests waiting for this one.
         var flushes: [Request] = []
 
-        init(tag: UInt16, message: NinePRequest?, type: NinePMessageType, reply: @escaping Reply, cost: Int,
-             generation: UInt64, fids: FidTable) {
+        init(tag: UInt16, message: NinePRequest?, type: NinePMessageType, reply: @escaping Reply,
+             unanswered: Unanswered? = nil, cost: Int, generation: UInt64, fids: FidTable) {
             self.tag = tag
             self.message = message
             self.type = type
             self.reply = reply
+            self.unanswered = unanswered
             self.cost = cost
             self.generation = generation
             self.fids = fids
@@ -269,8 +277,15 @@ public final class NinePConnection: @unchecked Sendable {
     /// caller's thread and `receive` returns after its reply was handed to the callback.
     /// Otherwise as `receive(_:reply:)`.
     public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping Reply) {
+        receive(message, runInline: runInline, reply: reply, unanswered: nil)
+    }
+
+    /// As `receive(_:runInline:reply:)`; a request that ends without a reply calls `unanswered`
+    /// instead (see the type's documentation).
+    public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping Reply, unanswered: Unanswered?) {
         guard let header = NinePHeader(message) else {
             logger.debug("dropping a fragment of \(message.count) bytes")
+            unanswered?()
             return
         }
         guard Int(header.size) == message.count else {
@@ -281,9 +296,10 @@ public final class NinePConnection: @unchecked Sendable {
         case .tversion:
             version(message, tag: header.tag, reply: reply)
         case .tflush:
-            flush(message, tag: header.tag, reply: reply)
+            flush(message, tag: header.tag, reply: reply, unanswered: unanswered)
         default:
-            enqueue(message, header: header, runInline: runInline && configuration.runsIdleRequestsInline, reply: reply)
+            enqueue(message, header: header, runInline: runInline && configuration.runsIdleRequestsInline, reply: reply,
+                    unanswered: unanswered)
         }
     }
 
@@ -322,7 +338,8 @@ public final class NinePConnection: @unchecked Sendable {
         }
     }
 
-    private func enqueue(_ message: [UInt8], header: NinePHeader, runInline: Bool, reply: @escaping Reply) {
+    private func enqueue(_ message: [UInt8], header: NinePHeader, runInline: Bool, reply: @escaping Reply,
+                         unanswered: Unanswered?) {
         let decoded: NinePRequest
         do {
             decoded = try NinePRequest.decode(message).request
@@ -368,8 +385,8 @@ public final class NinePConnection: @unchecked Sendable {
             answerNow(reply, NinePResponse.error(errno: LinuxErrno.EPROTO).encode(tag: header.tag))
             return
         }
-        let request = Request(tag: header.tag, message: decoded, type: header.type, reply: reply, cost: cost,
-                              generation: generation, fids: fids)
+        let request = Request(tag: header.tag, message: decoded, type: header.type, reply: reply, unanswered: unanswered,
+                              cost: cost, generation: generation, fids: fids)
         inflight[header.tag] = request
         outstanding += 1
         outstandingBytes += cost
@@ -499,9 +516,14 @@ public final class NinePConnection: @unchecked Sendable {
         let current = request.generation == generation
         let submit = current ? releaseFids(request) : []
         let send = !closing && current && bytes != nil
+        // A request that ends without a reply still tells a transport that counts requests
+        // per channel (`unanswered`), unless the connection is closing.
+        let silent = !closing && !send && request.unanswered != nil
         if send {
             activeReplies += 1
             replying[request.tag] = request
+        } else if silent {
+            activeReplies += 1
         }
         // Its slot is free once its outcome is settled (the reply is on its way).
         outstanding -= 1
@@ -516,6 +538,13 @@ public final class NinePConnection: @unchecked Sendable {
             request.flushes = []
             state.unlock()
             for r in submit { pool.submit { self.run(r) } }
+            if silent, let unanswered = request.unanswered {
+                unanswered()
+                state.lock()
+                activeReplies -= 1
+                if activeReplies == 0 { state.broadcast() }
+                state.unlock()
+            }
             return flushes
         }
         state.unlock()
@@ -549,10 +578,10 @@ public final class NinePConnection: @unchecked Sendable {
     /// request completes. A request still queued, or waiting for a lock, is cancelled and
     /// sends no reply; one that ran to completion sends its reply first (its effects happened,
     /// and Linux honours a reply that arrives before the Rflush).
-    private func flush(_ message: [UInt8], tag: UInt16, reply: @escaping Reply) {
+    private func flush(_ message: [UInt8], tag: UInt16, reply: @escaping Reply, unanswered: Unanswered?) {
         let oldTag: UInt16
         do {
-            guard case .flush(let old) = try NinePRequest.decode(message).request else { return }
+            guard case .flush(let old) = try NinePRequest.decode(message).request else { unanswered?(); return }
             oldTag = old
         } catch {
             answerNow(reply, NinePResponse.error(errno: error.errno).encode(tag: tag))
@@ -587,8 +616,8 @@ public final class NinePConnection: @unchecked Sendable {
             answerNow(reply, NinePResponse.flush.encode(tag: tag))
             return
         }
-        let request = Request(tag: tag, message: nil, type: .tflush, reply: reply, cost: message.count,
-                              generation: generation, fids: fids)
+        let request = Request(tag: tag, message: nil, type: .tflush, reply: reply, unanswered: unanswered,
+                              cost: message.count, generation: generation, fids: fids)
         // Never queued behind fids: it completes with (after) its target.
         request.dispatched = true
         inflight[tag] = request

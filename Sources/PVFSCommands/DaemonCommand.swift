@@ -97,11 +97,13 @@ enum DaemonServices {
         daemon.installMaintenance()
         if !daemon.configuration.listeners.isEmpty {
             daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger,
-                                              configuration: daemon.ninePConfiguration))
+                                              configuration: daemon.ninePConfiguration,
+                                              limits: daemon.configuration.limits, admission: daemon.admission))
         }
         HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
         if daemon.configuration.xenEnabled {
-            daemon.add(XenService(registry: daemon.registry, logger: daemon.logger, configuration: daemon.ninePConfiguration))
+            daemon.add(XenService(registry: daemon.registry, logger: daemon.logger, configuration: daemon.ninePConfiguration,
+                                  limits: daemon.configuration.limits, admission: daemon.admission))
         }
     }
 }

@@ -4,6 +4,7 @@ import Logging
 import PVFS9P
 import PVFSEngine
 import PVFSStore
+import PVFSTransport
 
 /// Something the daemon runs: a 9P listener, the Xen backend, a FUSE mount.
 public protocol DaemonService: AnyObject, Sendable {
@@ -19,6 +20,8 @@ public final class Daemon: @unchecked Sendable {
     public let configuration: DaemonConfiguration
     public let store: Store
     public let registry: VolumeRegistry
+    /// Per-tenant connection caps and the use of every transport limit (for metrics).
+    public let admission: TenantAdmission
     public let logger: Logger
     /// Limits reached by connections not bound to a VM yet (those of a VM count in its counters).
     public let unboundLimitCounters = LimitCounters()
@@ -39,6 +42,8 @@ public final class Daemon: @unchecked Sendable {
         registry = try VolumeRegistry(store: store, logger: logger)
         registry.commitMode = configuration.commitMode
         registry.volumeLimits = configuration.volumeLimits
+        admission = TenantAdmission(limits: configuration.limits.tenants, listeners: configuration.listeners.map(\.name),
+                                    logger: logger)
     }
 
     /// The configuration of each 9P connection of this daemon's services.
@@ -191,7 +196,8 @@ public final class Daemon: @unchecked Sendable {
     func renderMetrics() -> String {
         Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts,
                        unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,
-                       volumeLimits: registry.volumeLimits)
+                       volumeLimits: registry.volumeLimits, transportLimits: configuration.limits)
+            + Metrics.render(tenants: admission.usage)
     }
 
     private func serveMetricsHTTP(_ fd: Int32) {

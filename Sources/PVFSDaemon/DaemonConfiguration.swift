@@ -1,5 +1,7 @@
 import Foundation
+import PVFS9P
 import PVFSEngine
+import PVFSTransport
 
 /// pvfsd's settings: a small config file (`/etc/pvfs/pvfsd.conf`), overridden by options.
 ///
@@ -13,8 +15,82 @@ import PVFSEngine
 ///     janitor-interval = 3600                # seconds; 0 disables
 ///     usage-save-interval = 5
 ///     catalog-commit = sync                  # or grouped (faster metadata; see Volume.CommitMode)
+///     max-connections-per-listener = 256     # per-tenant limits of the transports: see `Limits`
 ///     max-sessions-per-connection = 256      # and the other limits of DaemonConfiguration+Limits.swift
 public struct DaemonConfiguration: Sendable, Equatable {
+    /// Limits per tenant (listener, VM, Xen domain) of the transports. Connections and
+    /// timeouts refuse or close; requests and reply bytes push back (stop reading a socket or
+    /// consuming a ring). Defaults in docs/operations.md.
+    public struct Limits: Sendable, Equatable {
+        public var tenants = TenantLimits()
+        /// Reply bytes queued for a socket whose client does not read; past it the socket is not read.
+        public var replyQueueBytes = SocketServer.Configuration().replyQueueLimit
+        public var xenRing = XenRingLimits()
+
+        public init() {}
+
+        /// The settings, as pvfsd.conf names them, with their values.
+        public var settings: [(key: String, value: String)] {
+            [("max-connections", "\(tenants.maximumConnections)"),
+             ("max-connections-per-listener", "\(tenants.maximumConnectionsPerListener)"),
+             ("max-connections-per-vm", "\(tenants.maximumConnectionsPerVM)"),
+             ("handshake-timeout", "\(tenants.handshakeTimeoutSeconds)"),
+             ("idle-timeout", "\(tenants.idleTimeoutSeconds)"),
+             ("reply-queue-bytes", "\(replyQueueBytes)"),
+             ("xen-ring-requests", "\(xenRing.maxRequestsInFlight)"),
+             ("xen-ring-reply-bytes", "\(xenRing.maxReplyBytes)")]
+        }
+
+        /// Sets one limit from its pvfsd.conf line; false when `key` is not a limit.
+        mutating func set(_ key: String, _ value: String) throws -> Bool {
+            func count(_ range: ClosedRange<Int>) throws -> Int {
+                guard let v = Int(value), range.contains(v) else {
+                    throw ConfigurationError("\(key) takes a number in \(range.lowerBound)...\(range.upperBound)")
+                }
+                return v
+            }
+            func bytes(_ range: ClosedRange<Int>) throws -> Int {
+                guard let v = Self.parseBytes(value), range.contains(v) else {
+                    throw ConfigurationError("\(key) takes a size (bytes, or with K, M or G) in \(range.lowerBound)...\(range.upperBound)")
+                }
+                return v
+            }
+            func seconds() throws -> Double {
+                guard let v = Double(value), v.isFinite, v >= 0, v <= 1e6 else {
+                    throw ConfigurationError("\(key) takes seconds (0: no limit)")
+                }
+                return v
+            }
+            switch key {
+            case "max-connections": tenants.maximumConnections = try count(1...1_000_000)
+            case "max-connections-per-listener": tenants.maximumConnectionsPerListener = try count(1...1_000_000)
+            case "max-connections-per-vm": tenants.maximumConnectionsPerVM = try count(1...1_000_000)
+            case "handshake-timeout": tenants.handshakeTimeoutSeconds = try seconds()
+            case "idle-timeout": tenants.idleTimeoutSeconds = try seconds()
+            case "reply-queue-bytes": replyQueueBytes = try bytes(64 << 10 ... 1 << 34)
+            case "xen-ring-requests": xenRing.maxRequestsInFlight = try count(1...65535)
+            case "xen-ring-reply-bytes": xenRing.maxReplyBytes = try bytes(64 << 10 ... 1 << 34)
+            default: return false
+            }
+            return true
+        }
+
+        /// "4096", "512K", "8M", "1G" (powers of 1024; an optional trailing B or iB).
+        static func parseBytes(_ text: String) -> Int? {
+            var body = Substring(text.trimmingCharacters(in: .whitespaces).uppercased())
+            if body.hasSuffix("IB") { body = body.dropLast(2) } else if body.hasSuffix("B") { body = body.dropLast() }
+            let shifts: [Character: Int] = ["K": 10, "M": 20, "G": 30]
+            var shift = 0
+            if let last = body.last, let s = shifts[last] {
+                shift = s
+                body = body.dropLast()
+            }
+            guard !body.isEmpty, body.allSatisfy(\.isASCII), let number = Int(body), number >= 0 else { return nil }
+            let (product, overflow) = number.multipliedReportingOverflow(by: 1 << shift)
+            return overflow ? nil : product
+        }
+    }
+
     public struct Listener: Sendable, Equatable, CustomStringConvertible {
         public var name: String
         /// tcp:HOST:PORT or unix:PATH
@@ -55,6 +131,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var janitorIntervalSeconds: Int
     public var usageSaveIntervalSeconds: Int
     public var commitMode: Volume.CommitMode
+    /// Per-tenant limits of the transports: connections, timeouts, reply queues, Xen rings.
+    public var limits = Limits()
     /// Limits of each 9P connection and of each VM's metadata (DaemonConfiguration+Limits.swift).
     public var connectionLimits = ConnectionLimits()
     public var volumeLimits = VolumeLimits()
@@ -105,7 +183,13 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 config.commitMode = mode
             default:
                 if try config.parseLimit(key, value, line: number + 1) { continue }
-                throw ConfigurationError("line \(number + 1): unknown setting '\(key)'")
+                do {
+                    guard try config.limits.set(key, value) else {
+                        throw ConfigurationError("line \(number + 1): unknown setting '\(key)'")
+                    }
+                } catch let error as ConfigurationError where !error.description.hasPrefix("line ") {
+                    throw ConfigurationError("line \(number + 1): \(error.description)")
+                }
             }
         }
         return config

@@ -1,11 +1,13 @@
 import Foundation
 import PVFSEngine
+import PVFSTransport
 
 /// Prometheus text exposition of the daemon's per-VM counters and usage.
 public enum Metrics {
     public static func render(volumes: [Volume], sessions: [String: Int], unboundLimits: LimitCounters? = nil,
                               connectionLimits: ConnectionLimits = ConnectionLimits(),
-                              volumeLimits: VolumeLimits = VolumeLimits()) -> String {
+                              volumeLimits: VolumeLimits = VolumeLimits(),
+                              transportLimits: DaemonConfiguration.Limits = DaemonConfiguration.Limits()) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ value: (Volume) -> String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -44,7 +46,7 @@ public enum Metrics {
             }
         }
 
-        out += "# HELP pvfs_limit The configured value of each limit (per connection or per VM; -1: none).\n"
+        out += "# HELP pvfs_limit The configured value of each limit (per tenant, connection or VM; seconds for timeouts; -1: none).\n"
         out += "# TYPE pvfs_limit gauge\n"
         let v = volumeLimits
         let values: [(TenantLimit, Int64)] = [
@@ -66,6 +68,42 @@ public enum Metrics {
         for (limit, value) in values {
             out += "pvfs_limit{limit=\"\(limit.rawValue)\"} \(value)\n"
         }
+        for (key, value) in transportLimits.settings {
+            out += "pvfs_limit{limit=\"\(key)\"} \(value)\n"
+        }
+        return out
+    }
+
+    /// The transports' per-tenant limits: each limit's setting, and per tenant (listener, VM,
+    /// Xen domain) its current use and how often it refused, closed or pushed back.
+    public static func render(tenants: [TenantUsage]) -> String {
+        var out = ""
+        func labels(_ tenant: Tenant) -> String { "kind=\"\(tenant.kind)\",tenant=\"\(escape(tenant.name))\"" }
+        func gauge(_ name: String, _ help: String, _ value: (TenantUsage) -> Int?) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n"
+            for usage in tenants {
+                if let v = value(usage) { out += "\(name){\(labels(usage.tenant))} \(v)\n" }
+            }
+        }
+        func counter(_ name: String, _ help: String, _ value: (TenantUsage) -> [TransportLimit: UInt64]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
+            for usage in tenants {
+                for (limit, count) in value(usage).sorted(by: { $0.key < $1.key }) {
+                    out += "\(name){\(labels(usage.tenant)),limit=\"\(limit.rawValue)\"} \(count)\n"
+                }
+            }
+        }
+        gauge("pvfs_tenant_connections", "Socket connections served (listeners; VMs from their first attach).") {
+            $0.tenant.kind == "xen-domain" ? nil : $0.connections
+        }
+        gauge("pvfs_tenant_outstanding_requests", "Requests received and not finished (sockets; Xen: taken off the rings).") {
+            $0.outstandingRequests
+        }
+        gauge("pvfs_tenant_reply_bytes", "Reply bytes held: queued for sockets; reserved and queued for Xen rings.") {
+            $0.queuedReplyBytes
+        }
+        counter("pvfs_tenant_refusals_total", "Connections or attaches refused, and connections closed, at a limit.") { $0.refusals }
+        counter("pvfs_tenant_backpressure_total", "Times a socket or ring of the tenant was not read because of a limit.") { $0.backpressure }
         return out
     }
 

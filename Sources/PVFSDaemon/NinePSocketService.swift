@@ -13,6 +13,9 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     private let registry: VolumeRegistry
     private let logger: Logger
     private let listeners: [DaemonConfiguration.Listener]
+    private let limits: DaemonConfiguration.Limits
+    /// Connections per listener and per VM, shared with the daemon's metrics.
+    public let admission: TenantAdmission
     private let pool: NinePWorkerPool
     private let configuration: NinePConfiguration
     private var server: SocketServer?
@@ -21,11 +24,14 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
 
     public init(listeners: [DaemonConfiguration.Listener], registry: VolumeRegistry, logger: Logger,
                 configuration: NinePConfiguration = NinePConfiguration(),
+                limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(), admission: TenantAdmission? = nil,
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) throws {
         self.listeners = listeners
         self.registry = registry
         self.logger = logger
         self.configuration = configuration
+        self.limits = limits
+        self.admission = admission ?? TenantAdmission(limits: limits.tenants, logger: logger)
         pool = NinePWorkerPool(threads: workerThreads)
         var names: [String: String] = [:]
         for listener in listeners {
@@ -50,15 +56,31 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
         let logger = self.logger
         let pool = self.pool
         let names = self.names
-        let configuration = self.configuration
+        let admission = self.admission
         let serverBox = ServerBox()
-        let server = SocketServer(listen: addresses, logger: logger) { peer in
+        var serverConfiguration = SocketServer.Configuration()
+        serverConfiguration.limits = limits.tenants
+        serverConfiguration.listenerNames = names
+        serverConfiguration.replyQueueLimit = limits.replyQueueBytes
+        let nine = configuration
+        let server = SocketServer(listen: addresses, configuration: serverConfiguration, admission: admission,
+                                  logger: logger) { peer in
             let listenerName = names[peer.localAddress] ?? peer.localAddress
             let identity = Self.identity(of: peer, listener: listenerName)
-            let connection = NinePConnection(peer: peer, configuration: configuration, pool: pool, logger: logger) { request in
-                try registry.attach(aname: request.aname, identity: identity) {
+            let connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger) { request in
+                let view = try registry.attach(aname: request.aname, identity: identity) {
                     serverBox.server?.disconnect(connectionID: peer.connectionID)
                 }
+                // A connection counts against its VM from its first attach on.
+                do throws(AdmissionRefusal) {
+                    try admission.bind(connection: peer.connectionID, toVM: view.vmName)
+                } catch {
+                    registry.closeSession(view)
+                    admission.logLimit(error.tenant, error.limit, "refusing an attach to VM \(view.vmName): \(error)",
+                                       peer: "\(peer)")
+                    throw Errno.tooManyUsers
+                }
+                return view
             }
             // A session ends with its last fid (or with the connection).
             connection.onSessionEnd = { view in registry.closeSession(view) }

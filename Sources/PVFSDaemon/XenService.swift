@@ -5,8 +5,6 @@ import PVFSEngine
 import PVFSTransport
 import SystemPackage
 
-extension NinePConnection: NineMessageHandler {}
-
 /// The Xen PV 9pfs backend: pvfsd as dom0's backend for domUs' `9pnet_xen` devices. The VM a
 /// device serves is the one `pvfs-vm attach` named in the backend's dom0-owned `path` node; the
 /// binding rules must also let that domain (by ID or name) reach it. Nothing the guest writes in
@@ -16,13 +14,18 @@ public final class XenService: DaemonService, @unchecked Sendable {
     private let logger: Logger
     private let pool: NinePWorkerPool
     private let configuration: NinePConfiguration
+    private let limits: DaemonConfiguration.Limits
+    private let admission: TenantAdmission?
     private var backend: XenBackend?
 
     public init(registry: VolumeRegistry, logger: Logger, configuration: NinePConfiguration = NinePConfiguration(),
+                limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(), admission: TenantAdmission? = nil,
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
         self.registry = registry
         self.logger = logger
         self.configuration = configuration
+        self.limits = limits
+        self.admission = admission
         pool = NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker")
     }
 
@@ -32,8 +35,11 @@ public final class XenService: DaemonService, @unchecked Sendable {
         let registry = self.registry
         let logger = self.logger
         let pool = self.pool
-        let configuration = self.configuration
-        let backend = try XenBackend(logger: logger) { frontend in
+        var backendConfiguration = XenBackendConfiguration()
+        backendConfiguration.limits = limits.xenRing
+        backendConfiguration.admission = admission
+        let nine = configuration
+        let backend = try XenBackend(configuration: backendConfiguration, logger: logger) { frontend in
             guard let vm = frontend.path, !vm.isEmpty else {
                 throw XenAccessRefused("the device has no VM in its backend path node (attach it with pvfs-vm attach)")
             }
@@ -46,7 +52,7 @@ public final class XenService: DaemonService, @unchecked Sendable {
             let peer = NinePPeer(transport: .xen, remoteAddress: "domain \(frontend.domid)",
                                  localAddress: "xen:\(frontend.domid)/\(frontend.devid)", domainID: frontend.domid,
                                  connectionID: UInt64(frontend.domid) << 32 | UInt64(frontend.devid))
-            let connection = NinePConnection(peer: peer, configuration: configuration, pool: pool, logger: logger) { request in
+            let connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger) { request in
                 // The guest's aname may be empty (mount by tag) or must name the device's VM.
                 let aname = request.aname
                 guard aname.isEmpty || aname == vm || aname == "/" + vm else { throw Errno.noSuchFileOrDirectory }

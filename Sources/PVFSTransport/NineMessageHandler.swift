@@ -1,24 +1,45 @@
+import PVFS9P
 import Synchronization
 
 /// The transport-neutral side of one 9P connection, as a transport sees it.
 ///
 /// A transport hands over one complete T-message at a time (its 4-byte size header
 /// included) and gets each R-message back through the `reply` closure given with that
-/// request. Replies may come in any order and from any thread; each request gets exactly
-/// one reply. `close()` ends the connection: the transport calls it once, after it has
-/// stopped calling `receive`, and drops replies that arrive later.
+/// request. Replies may come in any order and from any thread. Each request ends in exactly
+/// one callback: its reply, or `unanswered` when the handler finishes it without a reply (9P
+/// sends none for a request flushed before it took effect, or abandoned by a Tversion); a
+/// transport that bounds the requests it has handed over counts on it. `close()` ends the
+/// connection: the transport calls it once, when it hands over no more requests (a ring thread
+/// being torn down may still be inside one `receive` call; the handler drops that request),
+/// and drops replies that arrive later.
 public protocol NineMessageHandler: AnyObject, Sendable {
     func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void)
     /// As `receive(_:reply:)`; `runInline` says the transport has nothing else to hand over now,
     /// so the handler may run the request on the caller's thread (saving two thread hand-offs)
     /// and return after its reply was given.
     func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void)
+    /// As `receive(_:runInline:reply:)`, with the callback for a request that ends without a reply.
+    func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                 unanswered: @escaping @Sendable () -> Void)
     func close()
 }
 
 extension NineMessageHandler {
     public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void) {
         receive(message, reply: reply)
+    }
+
+    /// For handlers that answer every request.
+    public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                        unanswered: @escaping @Sendable () -> Void) {
+        receive(message, runInline: runInline, reply: reply)
+    }
+}
+
+extension NinePConnection: NineMessageHandler {
+    public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                        unanswered: @escaping @Sendable () -> Void) {
+        receive(message, runInline: runInline, reply: reply, unanswered: Optional(unanswered))
     }
 }
 

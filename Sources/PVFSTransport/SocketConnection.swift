@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import PVFS9P
+import Synchronization
 import SystemPackage
 
 /// Writes a socket's replies in the order they are handed over. A reply handed over while
@@ -96,11 +97,29 @@ final class ReplyWriter: @unchecked Sendable {
     }
 
     /// Blocks while more than `limit` bytes wait to be sent: a client that does not read its
-    /// replies gets no more requests served.
-    func waitForRoom() {
+    /// replies gets no more requests served. `blocked` is called (without the lock) when it
+    /// has to wait, before waiting.
+    func waitForRoom(blocked: () -> Void = {}) {
         condition.lock()
-        while (queuedBytes > limit || queue.count - head > countLimit) && !failed { condition.wait() }
-        condition.unlock()
+        defer { condition.unlock() }
+        var reported = false
+        while (queuedBytes > limit || queue.count - head > countLimit) && !failed {
+            if !reported {
+                reported = true
+                condition.unlock()
+                blocked()
+                condition.lock()
+                continue
+            }
+            condition.wait()
+        }
+    }
+
+    /// Reply bytes waiting to be sent.
+    var queuedByteCount: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queuedBytes
     }
 
     var hasFailed: Bool {
@@ -228,6 +247,8 @@ final class ReplyWriter: @unchecked Sendable {
 final class SocketConnection: @unchecked Sendable {
     let id: UInt64
     let peer: NinePPeer
+    /// The tenant (listener) the connection came through.
+    let listenerName: String
     let connection: NinePConnection
     private let logger: Logger
     private let readSize: Int
@@ -235,19 +256,40 @@ final class SocketConnection: @unchecked Sendable {
     /// Guards `fd` against being shut down after it was closed (and reused).
     private let fdLock = NSLock()
     private var fd: Int32
+    private let stalled: @Sendable () -> Void
     private let finished: @Sendable (SocketConnection) -> Void
+    /// For the handshake and idle timeouts (`TenantAdmission.now()` values).
+    private let connectedAt = TenantAdmission.now()
+    private let lastActivity = Atomic<UInt64>(TenantAdmission.now())
+    private let attached = Atomic<Bool>(false)
 
-    init(fd: Int32, id: UInt64, peer: NinePPeer, connection: NinePConnection, readSize: Int, replyQueueLimit: Int,
-         logger: Logger, finished: @escaping @Sendable (SocketConnection) -> Void) {
+    /// `stalled`: called each time the reader stops taking requests because the client does not
+    /// read its replies.
+    init(fd: Int32, id: UInt64, peer: NinePPeer, listenerName: String, connection: NinePConnection, readSize: Int,
+         replyQueueLimit: Int, logger: Logger, stalled: @escaping @Sendable () -> Void = {},
+         finished: @escaping @Sendable (SocketConnection) -> Void) {
         self.fd = fd
         self.id = id
         self.peer = peer
+        self.listenerName = listenerName
         self.connection = connection
         self.readSize = readSize
         self.logger = logger
+        self.stalled = stalled
         self.finished = finished
         writer = ReplyWriter(fd: fd, limit: replyQueueLimit)
     }
+
+    /// What the connection is doing, for the timeouts.
+    func activity() -> ConnectionActivity {
+        let holdsFid = connection.fidCount > 0
+        if holdsFid { attached.store(true, ordering: .relaxed) }
+        return ConnectionActivity(connectedAt: connectedAt, lastActivity: lastActivity.load(ordering: .relaxed),
+                                  hasAttached: attached.load(ordering: .relaxed), holdsFid: holdsFid,
+                                  outstandingRequests: connection.outstandingRequestCount)
+    }
+
+    var queuedReplyBytes: Int { writer.queuedByteCount }
 
     func start() {
         writer.start(name: "pvfs.9p.write.\(id)")
@@ -273,7 +315,7 @@ final class SocketConnection: @unchecked Sendable {
         let reply: NinePConnection.Reply = { writer.enqueue($0) }
         var reason = "end of stream"
         reading: while true {
-            writer.waitForRoom()
+            writer.waitForRoom(blocked: stalled)
             let n = recv(socket, buffer.baseAddress, buffer.count, 0)
             if n < 0 {
                 if errno == EINTR { continue }
@@ -281,6 +323,7 @@ final class SocketConnection: @unchecked Sendable {
                 break
             }
             if n == 0 { break }
+            lastActivity.store(TenantAdmission.now(), ordering: .relaxed)
             framer.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             while true {
                 framer.maximumMessageSize = connection.maximumMessageSize
@@ -293,6 +336,9 @@ final class SocketConnection: @unchecked Sendable {
                     break reading
                 }
                 guard let message else { break }
+                // Each request waits for room in the reply queue, not only each recv: one recv
+                // may hold thousands of small requests whose replies are large (Tread).
+                writer.waitForRoom(blocked: stalled)
                 // Nothing more buffered: the client waits for this reply (or has not sent the
                 // rest yet), so an idle connection may run it on this thread.
                 connection.receive(message, runInline: framer.bufferedByteCount == 0, reply: reply)

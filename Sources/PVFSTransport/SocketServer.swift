@@ -24,8 +24,13 @@ import SystemPackage
 ///     server.stop()   // stops accepting, ends every connection, releases every engine handle
 public final class SocketServer: @unchecked Sendable {
     public struct Configuration: Sendable {
-        /// Connections served at once; more are accepted and closed at once.
-        public var maximumConnections = 256
+        /// Connections per listener and in all, and the handshake and idle timeouts. A
+        /// connection beyond a cap is accepted and closed at once; one past a timeout is closed.
+        /// Used when the server makes its own `TenantAdmission`.
+        public var limits = TenantLimits()
+        /// Tenant names of the listeners, by the address as given to `init` ("tcp:127.0.0.1:5641"
+        /// → "web1-port"); a listener missing here is its own address.
+        public var listenerNames: [String: String] = [:]
         /// Permissions of Unix socket files (who may connect).
         public var unixSocketMode: UInt32 = 0o660
         public var listenBacklog: Int32 = 64
@@ -41,6 +46,9 @@ public final class SocketServer: @unchecked Sendable {
     public typealias ConnectionFactory = @Sendable (NinePPeer) throws -> NinePConnection
 
     public let configuration: Configuration
+    /// Who may connect: caps per listener and per VM, shared with the daemon's attach resolver
+    /// (which counts connections against VMs) and its metrics.
+    public let admission: TenantAdmission
     private let requested: [ListenAddress]
     private let factory: ConnectionFactory
     private let logger: Logger
@@ -48,6 +56,8 @@ public final class SocketServer: @unchecked Sendable {
     private struct Listener {
         var fd: Int32
         var address: ListenAddress
+        /// The tenant the listener is.
+        var name: String
         /// The socket file we created, removed at stop if it is still ours.
         var unixPath: String?
         var unixIdentity: Sockets.FileIdentity?
@@ -63,13 +73,18 @@ public final class SocketServer: @unchecked Sendable {
     private var nextConnectionID: UInt64 = 1
     private var wakeFD: Int32 = -1
     private let acceptorDone = DispatchSemaphore(value: 0)
+    private var usageSource: UInt64?
 
-    public init(listen addresses: [ListenAddress], configuration: Configuration = Configuration(), logger: Logger,
-                connectionFactory: @escaping ConnectionFactory) {
+    /// `admission`: shared with the daemon (attach resolver, metrics); nil makes one from
+    /// `configuration.limits`.
+    public init(listen addresses: [ListenAddress], configuration: Configuration = Configuration(),
+                admission: TenantAdmission? = nil, logger: Logger, connectionFactory: @escaping ConnectionFactory) {
         requested = addresses
         self.configuration = configuration
+        self.admission = admission ?? TenantAdmission(limits: configuration.limits, logger: logger)
         self.logger = logger
         factory = connectionFactory
+        for address in addresses { self.admission.addListener(configuration.listenerNames[address.description] ?? address.description) }
     }
 
     /// The addresses listened on, with the ports the kernel chose for port 0.
@@ -98,14 +113,15 @@ public final class SocketServer: @unchecked Sendable {
         var bound: [Listener] = []
         do {
             for address in requested {
+                let name = configuration.listenerNames[address.description] ?? address.description
                 switch address {
                 case .tcp(let host, let port):
                     let (fd, actual) = try Sockets.listenTCP(host: host, port: port, backlog: configuration.listenBacklog)
-                    bound.append(Listener(fd: fd, address: actual))
+                    bound.append(Listener(fd: fd, address: actual, name: name))
                 case .unix(let path):
                     let (fd, identity) = try Sockets.listenUnix(path: path, mode: configuration.unixSocketMode,
                                                                 backlog: configuration.listenBacklog)
-                    bound.append(Listener(fd: fd, address: address, unixPath: path, unixIdentity: identity))
+                    bound.append(Listener(fd: fd, address: address, name: name, unixPath: path, unixIdentity: identity))
                 }
                 _ = fcntl(bound[bound.count - 1].fd, F_SETFL, O_NONBLOCK)
             }
@@ -125,6 +141,7 @@ public final class SocketServer: @unchecked Sendable {
         wakeFD = wake
         state = .running
         condition.unlock()
+        usageSource = admission.addSource { [weak self] in self?.gauges ?? [] }
         let fds = bound.map(\.fd)
         let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
         thread.name = "pvfs.9p.accept"
@@ -167,6 +184,8 @@ public final class SocketServer: @unchecked Sendable {
 
         condition.lock()
         while !connections.isEmpty { condition.wait() }
+        if let usageSource { admission.removeSource(usageSource) }
+        usageSource = nil
         Glibc.close(wake)
         wakeFD = -1
         state = .stopped
@@ -179,18 +198,64 @@ public final class SocketServer: @unchecked Sendable {
         defer { acceptorDone.signal() }
         var polled = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         polled.append(pollfd(fd: wake, events: Int16(POLLIN), revents: 0))
+        // The same thread closes connections past their handshake or idle timeout.
+        let interval = admission.limits.timeoutCheckIntervalNanoseconds
+        var nextCheck = TenantAdmission.now() &+ interval
         while true {
-            let n = poll(&polled, nfds_t(polled.count), -1)
+            let now = TenantAdmission.now()
+            if now >= nextCheck {
+                closeExpiredConnections(now: now)
+                nextCheck = now &+ interval
+            }
+            let waitMilliseconds = Int32(clamping: (nextCheck &- min(now, nextCheck)) / 1_000_000 + 1)
+            for i in polled.indices { polled[i].revents = 0 }
+            let n = poll(&polled, nfds_t(polled.count), waitMilliseconds)
             if n < 0 {
                 if errno == EINTR { continue }
                 logger.error("poll of the listeners failed: \(Errno(rawValue: errno))")
                 return
             }
+            if n == 0 { continue }
             if polled[polled.count - 1].revents != 0 { return }
             for i in 0..<fds.count where polled[i].revents != 0 {
                 acceptOne(fds[i], listenerIndex: i)
             }
         }
+    }
+
+    /// Closes connections that ran over the handshake or idle timeout.
+    private func closeExpiredConnections(now: UInt64) {
+        condition.lock()
+        let live = Array(connections.values)
+        condition.unlock()
+        let limits = admission.limits
+        for connection in live {
+            guard let expired = limits.expiredTimeout(connection.activity(), now: now) else { continue }
+            let tenant = Tenant.listener(connection.listenerName)
+            admission.countClosed(tenant, limit: expired)
+            let seconds = expired == .handshakeTimeout ? limits.handshakeTimeoutSeconds : limits.idleTimeoutSeconds
+            let what = expired == .handshakeTimeout ? "no Tversion and Tattach" : "no fid, no request"
+            admission.logLimit(tenant, expired, "closing a connection of \(tenant): \(what) within \(seconds) s (\(expired.rawValue))",
+                               peer: "\(connection.peer)")
+            connection.abort()
+        }
+    }
+
+    /// Outstanding requests and queued reply bytes per listener and per VM.
+    private var gauges: [TenantGauge] {
+        condition.lock()
+        let live = Array(connections.values)
+        condition.unlock()
+        var out: [TenantGauge] = []
+        for connection in live {
+            let outstanding = connection.connection.outstandingRequestCount
+            let queued = connection.queuedReplyBytes
+            out.append(TenantGauge(tenant: .listener(connection.listenerName), outstandingRequests: outstanding, queuedReplyBytes: queued))
+            for vm in admission.vms(ofConnection: connection.id) {
+                out.append(TenantGauge(tenant: .vm(vm), outstandingRequests: outstanding, queuedReplyBytes: queued))
+            }
+        }
+        return out
     }
 
     private func acceptOne(_ listenFD: Int32, listenerIndex: Int) {
@@ -206,12 +271,12 @@ public final class SocketServer: @unchecked Sendable {
         }
         condition.lock()
         let address = listeners[listenerIndex].address
-        let full = connections.count >= configuration.maximumConnections
+        let listenerName = listeners[listenerIndex].name
         let id = nextConnectionID
         nextConnectionID += 1
         condition.unlock()
-        if full {
-            logger.warning("refusing a connection on \(address): \(configuration.maximumConnections) connections are open")
+        if let refusal = admission.admit(connection: id, listener: listenerName) {
+            admission.logLimit(refusal.tenant, refusal.limit, "refusing a connection on \(address): \(refusal)")
             Glibc.close(fd)
             return
         }
@@ -235,16 +300,20 @@ public final class SocketServer: @unchecked Sendable {
             connection = try factory(peer)
         } catch {
             log.warning("connection refused: \(error)")
+            admission.release(connection: id)
             Glibc.close(fd)
             return
         }
+        let admission = self.admission
         let socketConnection = SocketConnection(
-            fd: fd, id: id, peer: peer, connection: connection, readSize: configuration.readSize,
+            fd: fd, id: id, peer: peer, listenerName: listenerName, connection: connection, readSize: configuration.readSize,
             replyQueueLimit: configuration.replyQueueLimit, logger: log,
+            stalled: { admission.countBackpressure(.listener(listenerName), limit: .replyQueueBytes) },
             finished: { [weak self] finished in self?.remove(finished) })
         condition.lock()
         guard state == .running else {
             condition.unlock()
+            admission.release(connection: id)
             Glibc.close(fd)
             connection.close()
             return
@@ -266,6 +335,7 @@ public final class SocketServer: @unchecked Sendable {
     }
 
     private func remove(_ connection: SocketConnection) {
+        admission.release(connection: connection.id)
         condition.lock()
         connections[connection.id] = nil
         condition.broadcast()

@@ -87,7 +87,7 @@ public final class XenBackend: @unchecked Sendable {
     public func run() throws {
         let store = try XenStore()
         let domid = try configuration.backendDomid ?? store.ownDomainID()
-        let connector = XenGrantConnector(limits: configuration.limits, logger: logger)
+        let connector = XenGrantConnector(limits: configuration.limits, admission: configuration.admission, logger: logger)
         // Fail early and clearly when gntdev or evtchn are missing rather than per device.
         _ = try XenGrantTable()
         let wakeup = self.wakeup

@@ -13,6 +13,8 @@ public struct XenBackendConfiguration: Sendable {
     /// less than 9 and then uses 9: 512 data pages, 1 MiB each way per ring.
     public var maxRingPageOrder: UInt32 = 9
     public var limits = XenRingLimits()
+    /// Where rings report their use per Xen domain (metrics); nil: nowhere.
+    public var admission: TenantAdmission?
     /// How long a stopping backend waits for connected frontends to acknowledge Closing.
     public var shutdownGrace: Duration = .seconds(2)
     /// The backend's own domain id; nil reads it from xenstore (`domid`).
@@ -37,6 +39,8 @@ public struct XenBackendConfiguration: Sendable {
 /// Something for the backend's event loop, posted from other threads.
 public enum XenBackendEvent: Sendable {
     case ringFailed(XenDeviceAddress, generation: UInt64, ring: Int, XenError)
+    /// A torn-down device's 9P handler has closed and its ring threads have ended.
+    case released(XenDeviceAddress, token: UInt64)
 }
 
 /// The xenstore side of the Xen 9pfs backend: discovers devices under the backend
@@ -69,6 +73,11 @@ public final class XenBackendCore {
     static let frontendTokenPrefix = "pvfs-fe/"
 
     private var devices: [XenDeviceAddress: Device] = [:]
+    /// Torn-down connections still finishing their requests, per device, each on a thread of
+    /// its own: one slow device must not hold up the xenstore handling of the others. A device
+    /// connects again only once its previous connection is released.
+    private var releasing: [XenDeviceAddress: [UInt64: XenThread]] = [:]
+    private var releaseCounter: UInt64 = 0
     private var generationCounter: UInt64 = 0
     private var started = false
     private var stopping = false
@@ -168,8 +177,17 @@ public final class XenBackendCore {
             logger.warning("device \(address): \(message); the other rings keep serving")
             device.error = message
             _ = guardedWrite(device, [("error", message)])
+        case let .released(address, token):
+            guard let thread = releasing[address]?.removeValue(forKey: token) else { return }
+            thread.join()
+            if releasing[address]?.isEmpty == true { releasing[address] = nil }
+            logger.info("device \(address): previous connection released")
+            if releasing[address] == nil, let device = devices[address], device.phase == .initWait { evaluate(device) }
         }
     }
+
+    /// Connections of torn-down devices still finishing their requests.
+    public var releasingCount: Int { releasing.values.reduce(0) { $0 + $1.count } }
 
     /// Daemon shutdown: connected devices are disconnected and set to Closing with an
     /// error node; devices still waiting for their frontend are handed back as Initialising
@@ -202,7 +220,8 @@ public final class XenBackendCore {
         !devices.values.contains { $0.phase == .closing }
     }
 
-    /// Final step of a shutdown: disconnects whatever is left and removes our watches.
+    /// Final step of a shutdown: disconnects whatever is left, removes our watches, and waits
+    /// for every connection to be released.
     public func finishShutdown() {
         for device in devices.values {
             disconnect(device)
@@ -210,6 +229,10 @@ public final class XenBackendCore {
         }
         try? store.unwatch(root, token: XenBackendCore.backendWatchToken)
         try? store.unwatch("@releaseDomain", token: XenBackendCore.releaseWatchToken)
+        for threads in releasing.values {
+            for thread in threads.values { thread.join() }
+        }
+        releasing.removeAll()
     }
 
     public var status: [XenDeviceStatus] {
@@ -623,6 +646,10 @@ public final class XenBackendCore {
     }
 
     private func connect(_ device: Device) {
+        if releasing[device.address] != nil {
+            logger.info("device \(device.address): waiting for the previous connection to finish its requests")
+            return
+        }
         let rings: [XenRingAnnouncement]
         do {
             rings = try readAnnouncement(device)
@@ -680,15 +707,33 @@ public final class XenBackendCore {
         }
     }
 
+    /// Unmaps the rings and unbinds the event channels at once (a dead domain's pages must go
+    /// without delay), then closes the 9P handler and ends the ring threads on a thread of
+    /// their own: that waits for the requests the device has running, which may be slow.
     private func disconnect(_ device: Device) {
-        if let connection = device.connection {
+        let connection = device.connection
+        let handler = device.handler
+        device.connection = nil
+        device.handler = nil
+        if let connection {
             connection.disconnect()
-            device.connection = nil
             logger.info("device \(device.address): rings unmapped, event channels unbound")
         }
-        if let handler = device.handler {
-            handler.close()
-            device.handler = nil
+        guard connection != nil || handler != nil else { return }
+        let release = DeviceRelease(handler: handler, connection: connection)
+        releaseCounter += 1
+        let token = releaseCounter
+        let address = device.address
+        let post = self.post
+        do {
+            let thread = try XenThread(name: "xen9p-rel-\(address.domid)") {
+                release.run()
+                post(.released(address, token: token))
+            }
+            releasing[address, default: [:]][token] = thread
+        } catch {
+            logger.warning("device \(address): \(error); releasing the connection on the xenstore thread")
+            release.run()
         }
     }
 
@@ -747,5 +792,24 @@ public final class XenBackendCore {
             logger.error("device \(device.address): cannot write backend nodes: \(error)")
             return false
         }
+    }
+}
+
+/// What a torn-down device still holds: its 9P handler (running requests finish when it
+/// closes) and its ring threads.
+private final class DeviceRelease: @unchecked Sendable {
+    private let handler: (any NineMessageHandler)?
+    private let connection: (any XenDeviceConnection)?
+
+    init(handler: (any NineMessageHandler)?, connection: (any XenDeviceConnection)?) {
+        self.handler = handler
+        self.connection = connection
+    }
+
+    /// Closing first cancels what can be cancelled and wakes a ring thread waiting in the
+    /// handler for room; then the threads end.
+    func run() {
+        handler?.close()
+        connection?.join()
     }
 }

@@ -130,9 +130,17 @@ public protocol XenDeviceConnector: AnyObject {
 public protocol XenDeviceConnection: AnyObject {
     /// The ring order each ring uses.
     var ringOrders: [UInt32] { get }
-    /// Stops every ring's thread, unbinds the event channels and unmaps the pages.
-    /// Idempotent; nothing touches the frontend's memory once it returns.
+    /// Stops every ring's thread from touching the rings, unbinds the event channels and
+    /// unmaps the pages. Idempotent; nothing touches the frontend's memory once it returns. It
+    /// does not wait for requests the 9P handler is running (see `join`).
     func disconnect()
+    /// After `disconnect()`: waits until the rings' threads have ended (a thread may still have
+    /// been handing a request to the 9P handler).
+    func join()
+}
+
+extension XenDeviceConnection {
+    public func join() {}
 }
 
 /// A snapshot of one device, for status reports.

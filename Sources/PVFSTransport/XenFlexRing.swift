@@ -120,10 +120,12 @@ public final class XenFlexRing {
     private var mask: UInt32 { ringSize - 1 }
 
     /// Takes up to `maxCount` complete requests from the out ring and publishes the new
-    /// consumer index. A request whose bytes have not all arrived stays on the ring.
+    /// consumer index. A request whose bytes have not all arrived stays on the ring, and so
+    /// does the first one `accept` declines (with every one after it).
     /// Throws on a framing violation (size below the header, above `maxMessageSize`, or a
     /// producer index further ahead than the ring holds); nothing is consumed then.
-    public func takeRequests(maxMessageSize: UInt32, maxCount: Int) throws -> [[UInt8]] {
+    public func takeRequests(maxMessageSize: UInt32, maxCount: Int,
+                             accept: ([UInt8]) -> Bool = { _ in true }) throws -> [[UInt8]] {
         let limit = min(maxMessageSize, ringSize)
         let prod = cxen_load_u32(interface + XenRingLayout.outProd)
         cxen_rmb()
@@ -156,6 +158,7 @@ public final class XenFlexRing {
             }
             // The frontend may have rewritten the header meanwhile: keep the one checked.
             message.replaceSubrange(0..<NineHeader.length, with: header)
+            guard accept(message) else { break }
             messages.append(message)
             cons &+= decoded.size
             available -= decoded.size

@@ -6,10 +6,13 @@ import Synchronization
 /// handle, and starts one worker thread per ring.
 public final class XenGrantConnector: XenDeviceConnector {
     private let limits: XenRingLimits
+    private let admission: TenantAdmission?
     private let logger: Logger
 
-    public init(limits: XenRingLimits, logger: Logger) {
+    /// `admission`: where the rings report their use per Xen domain (for metrics).
+    public init(limits: XenRingLimits, admission: TenantAdmission? = nil, logger: Logger) {
         self.limits = limits
+        self.admission = admission
         self.logger = logger
     }
 
@@ -48,6 +51,7 @@ public final class XenGrantConnector: XenDeviceConnector {
                 let ring = XenFlexRing(interface: interface.address, data: data.address, geometry: layout.geometry)
                 let worker = try XenRingWorker(index: index, ring: ring, signal: channel, handler: handler,
                                                session: session, limits: limits,
+                                               accounting: admission.map { XenRingAccounting(admission: $0, tenant: .xenDomain(frontend.domid)) },
                                                label: "xen9p-\(frontend.domid).\(frontend.devid).\(index)",
                                                logger: logger, onFailure: onRingFailure)
                 connection.workers.append(worker)
@@ -56,6 +60,7 @@ public final class XenGrantConnector: XenDeviceConnector {
             for worker in connection.workers { try worker.start() }
         } catch {
             connection.disconnect()
+            connection.join()
             throw error
         }
         return connection
@@ -72,9 +77,14 @@ final class XenGrantConnection: XenDeviceConnection {
     func disconnect() {
         guard !disconnected else { return }
         disconnected = true
-        // Threads first: once they are joined nobody touches the pages or the ports.
-        for worker in workers { worker.stop() }
+        // Threads first: once they are detached nobody touches the pages or the ports. A
+        // thread still running a request in the 9P handler ends later (`join`).
+        for worker in workers { worker.detach() }
         for channel in channels { channel.close() }
         for mapping in mappings.reversed() { mapping.unmap() }
+    }
+
+    func join() {
+        for worker in workers { worker.join() }
     }
 }

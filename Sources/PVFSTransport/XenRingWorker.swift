@@ -1,4 +1,5 @@
 import CXen
+import Foundation
 import Logging
 import Synchronization
 #if canImport(Glibc)
@@ -44,14 +45,50 @@ final class XenThread: @unchecked Sendable {
     }
 }
 
-/// Limits that keep a frontend from making the backend hold unbounded memory.
+/// Limits that keep a frontend from making the backend hold unbounded memory. Both work by
+/// back-pressure: at a limit the backend stops consuming the ring, and the frontend waits for
+/// ring space; nothing is refused.
 public struct XenRingLimits: Sendable, Equatable {
-    /// Requests taken from the ring whose replies have not been written back yet. At the
-    /// limit the backend stops consuming and the frontend waits for ring space.
+    /// Requests taken from the ring and not finished (replied to, or ended without a reply).
     public var maxRequestsInFlight: Int
-    public init(maxRequestsInFlight: Int = 128) {
-        precondition(maxRequestsInFlight >= 1)
+    /// Reply bytes the ring may hold in the backend: the largest replies the requests taken can
+    /// have (the count a Tread or Treaddir asks for, up to msize) plus the replies waiting for
+    /// ring space. The ring always takes a request when it holds nothing, so a frontend's
+    /// memory in the backend stays below this plus one msize.
+    public var maxReplyBytes: Int
+
+    public init(maxRequestsInFlight: Int = 128, maxReplyBytes: Int = 4 << 20) {
+        precondition(maxRequestsInFlight >= 1 && maxReplyBytes >= 1)
         self.maxRequestsInFlight = maxRequestsInFlight
+        self.maxReplyBytes = maxReplyBytes
+    }
+
+    /// The most bytes the reply to `request` can take, with `msize` the largest message.
+    static func replyEstimate(_ request: [UInt8], msize: Int) -> Int {
+        let small = 256
+        guard request.count >= NineHeader.length else { return small }
+        switch request[4] {
+        case 116, 40:   // Tread, Treaddir: fid[4] offset[8] count[4]
+            guard request.count >= 23 else { return small }
+            let count = Int(request[19]) | Int(request[20]) << 8 | Int(request[21]) << 16 | Int(request[22]) << 24
+            return min(msize, 11 + count)
+        case 22:        // Treadlink: a path
+            return min(msize, 4200)
+        default:
+            return min(msize, small)
+        }
+    }
+}
+
+/// Where a ring reports its use of the limits: the tenant (its Xen domain) and the shared
+/// accounting that metrics read.
+public struct XenRingAccounting: Sendable {
+    public var admission: TenantAdmission
+    public var tenant: Tenant
+
+    public init(admission: TenantAdmission, tenant: Tenant) {
+        self.admission = admission
+        self.tenant = tenant
     }
 }
 
@@ -60,6 +97,10 @@ public struct XenRingLimits: Sendable, Equatable {
 /// come from any thread, in any order) into the in ring as space allows, notifying the
 /// frontend after moving an index. A framing violation stops this ring only and is
 /// reported through `onFailure`; the other rings of the device keep going.
+///
+/// Each request taken holds a place until the handler finishes it: when its reply is on the
+/// ring, or when the handler says it ends without one (a flushed request, one abandoned by
+/// Tversion). Were only replies counted, such requests would fill the ring's places for good.
 public final class XenRingWorker: @unchecked Sendable {
     public let index: Int
     private let ring: XenFlexRing
@@ -67,36 +108,56 @@ public final class XenRingWorker: @unchecked Sendable {
     private let handler: any NineMessageHandler
     private let session: XenNineSession
     private let limits: XenRingLimits
+    private let accounting: XenRingAccounting?
     private let onFailure: @Sendable (Int, XenError) -> Void
     private let wakeup: XenWakeup
     private let label: String
     private let logger: Logger
 
     private struct Shared {
-        var replies: [[UInt8]] = []
+        /// Replies handed over, with the estimate reserved for each.
+        var replies: [(bytes: [UInt8], reserved: Int)] = []
+        /// Requests that ended without a reply: how many, and the bytes reserved for them.
+        var unanswered = 0
+        var unansweredReserved = 0
         var stopping = false
     }
     private let shared = Mutex(Shared())
     private var thread: XenThread?
+    /// Held by the worker thread while it touches the ring memory or the event channel;
+    /// `detach()` takes it to know that the thread no longer does.
+    private let ringGate = NSLock()
+    /// Guarded by `ringGate`.
+    private var detached = false
 
     // Owned by the worker thread.
     private var outbox: [[UInt8]] = []
     private var outboxHead = 0
+    private var outboxBytes = 0
     private var inFlight = 0
+    /// Bytes reserved for the replies of requests taken and not answered yet.
+    private var reservedBytes = 0
+    /// The ring is not consumed because of a limit (for counting stalls once each).
+    private var stalledAt: TransportLimit?
 
     /// Statistics, readable from any thread.
     private let requestCount = Atomic<UInt64>(0)
     private let replyCount = Atomic<UInt64>(0)
+    private let unansweredCount = Atomic<UInt64>(0)
+    private let inFlightGauge = Atomic<Int>(0)
+    private let heldBytesGauge = Atomic<Int>(0)
+    private var usageSource: UInt64?
 
     public init(index: Int, ring: XenFlexRing, signal: any XenRingSignal, handler: any NineMessageHandler,
-                session: XenNineSession, limits: XenRingLimits, label: String, logger: Logger,
-                onFailure: @escaping @Sendable (Int, XenError) -> Void) throws {
+                session: XenNineSession, limits: XenRingLimits, accounting: XenRingAccounting? = nil,
+                label: String, logger: Logger, onFailure: @escaping @Sendable (Int, XenError) -> Void) throws {
         self.index = index
         self.ring = ring
         self.signal = signal
         self.handler = handler
         self.session = session
         self.limits = limits
+        self.accounting = accounting
         self.label = label
         self.logger = logger
         self.onFailure = onFailure
@@ -107,24 +168,71 @@ public final class XenRingWorker: @unchecked Sendable {
         (requestCount.load(ordering: .relaxed), replyCount.load(ordering: .relaxed))
     }
 
+    /// Requests that ended without a reply.
+    public var unansweredRequests: UInt64 { unansweredCount.load(ordering: .relaxed) }
+
+    /// Requests taken and not finished, and the reply bytes held for them (reserved or queued),
+    /// as of the thread's last pass.
+    public var usage: (requestsInFlight: Int, replyBytes: Int) {
+        (inFlightGauge.load(ordering: .relaxed), heldBytesGauge.load(ordering: .relaxed))
+    }
+
     public func start() throws {
         precondition(thread == nil)
+        if let accounting {
+            usageSource = accounting.admission.addSource { [weak self] in
+                guard let self else { return [] }
+                let (requests, bytes) = usage
+                return [TenantGauge(tenant: accounting.tenant, outstandingRequests: requests, queuedReplyBytes: bytes)]
+            }
+        }
         thread = try XenThread(name: label) { [self] in run() }
     }
 
     /// Stops the thread and waits for it. Replies delivered afterwards are dropped; the
     /// ring memory is not touched once this returns.
     public func stop() {
+        detach()
+        join()
+    }
+
+    /// Stops using the ring: once this returns the thread touches neither the ring memory nor
+    /// the event channel, so both may go. It does not wait for a request the thread may be
+    /// running in the handler (one slow request must not hold up a teardown): `join()` does.
+    /// Replies delivered afterwards are dropped.
+    public func detach() {
         shared.withLock { $0.stopping = true }
+        ringGate.lock()
+        detached = true
+        ringGate.unlock()
         wakeup.signal()
+    }
+
+    /// Waits for the thread to end (after `detach()`).
+    public func join() {
         thread?.join()
+        if let usageSource, let accounting {
+            accounting.admission.removeSource(usageSource)
+            self.usageSource = nil
+        }
     }
 
     /// Queues a reply for the worker thread to write (any thread).
-    fileprivate func deliver(_ reply: [UInt8]) {
+    fileprivate func deliver(_ reply: [UInt8], reserved: Int) {
         let accepted = shared.withLock { state -> Bool in
             guard !state.stopping else { return false }
-            state.replies.append(reply)
+            state.replies.append((reply, reserved))
+            return true
+        }
+        if accepted { wakeup.signal() }
+    }
+
+    /// A request ended without a reply (any thread).
+    fileprivate func finishUnanswered(reserved: Int) {
+        let accepted = shared.withLock { state -> Bool in
+            guard !state.stopping else { return false }
+            state.unanswered += 1
+            state.unansweredReserved += reserved
             return true
         }
         if accepted { wakeup.signal() }
@@ -146,62 +254,117 @@ public final class XenRingWorker: @unchecked Sendable {
                    pollfd(fd: wakeup.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         while true {
             wakeup.drain()
-            let incoming: [[UInt8]]? = shared.withLock { state in
+            let taken: (replies: [(bytes: [UInt8], reserved: Int)], unanswered: Int, unansweredReserved: Int)? = shared.withLock { state in
                 if state.stopping { return nil }
-                defer { state.replies.removeAll(keepingCapacity: true) }
-                return state.replies
+                defer {
+                    state.replies.removeAll(keepingCapacity: true)
+                    state.unanswered = 0
+                    state.unansweredReserved = 0
+                }
+                return (state.replies, state.unanswered, state.unansweredReserved)
             }
-            guard let incoming else { return }
-            // Look at the ring only after re-enabling the event: one arriving later wakes poll.
-            try signal.acknowledge()
-
-            var moved = false
-            for reply in incoming {
+            guard let taken else { return }
+            inFlight -= taken.unanswered
+            reservedBytes -= taken.unansweredReserved
+            if taken.unanswered > 0 { unansweredCount.add(UInt64(taken.unanswered), ordering: .relaxed) }
+            for (reply, reserved) in taken.replies {
                 try check(reply)
                 outbox.append(reply)
-            }
-            while outboxHead < outbox.count {
-                let reply = outbox[outboxHead]
-                guard try ring.putReply(reply) else { break }
-                session.observeReply(reply)
-                outboxHead += 1
-                inFlight -= 1
-                moved = true
-                replyCount.add(1, ordering: .relaxed)
-            }
-            if outboxHead == outbox.count {
-                outbox.removeAll(keepingCapacity: true)
-                outboxHead = 0
-            } else if outboxHead > 64 {
-                outbox.removeFirst(outboxHead)
-                outboxHead = 0
+                outboxBytes += reply.count
+                reservedBytes -= reserved
             }
 
-            let capacity = limits.maxRequestsInFlight - inFlight
-            var requests: [[UInt8]] = []
-            if capacity > 0 {
-                requests = try ring.takeRequests(maxMessageSize: session.maxMessageSize(ringSize: ring.ringSize),
-                                                 maxCount: capacity)
+            ringGate.lock()
+            guard !detached else {
+                ringGate.unlock()
+                return
             }
-            if !requests.isEmpty { moved = true }
-            if moved { try signal.notify() }
+            let requests: [[UInt8]]
+            do {
+                defer { ringGate.unlock() }
+                requests = try exchange()
+            }
+            inFlightGauge.store(inFlight, ordering: .relaxed)
+            heldBytesGauge.store(reservedBytes + outboxBytes, ordering: .relaxed)
+
             // A lone request on an idle ring runs on this thread (the handler decides whether it
             // may: not fsync or locks): the reply is on the ring without waking another thread.
-            let idle = requests.count == 1 && inFlight == 0 && outbox.isEmpty
+            let idle = requests.count == 1 && inFlight == 1 && outbox.isEmpty
+            let msize = Int(session.maxMessageSize(ringSize: ring.ringSize))
             for request in requests {
-                inFlight += 1
+                if shared.withLock({ $0.stopping }) { return }
                 requestCount.add(1, ordering: .relaxed)
-                let once = ReplyOnce(worker: self)
-                handler.receive(request, runInline: idle) { reply in once.deliver(reply) }
+                let once = ReplyOnce(worker: self, reserved: XenRingLimits.replyEstimate(request, msize: msize))
+                handler.receive(request, runInline: idle, reply: { reply in once.deliver(reply) },
+                                unanswered: { once.finishUnanswered() })
             }
             // More work may be ready at once (replies given synchronously, more requests).
             if !requests.isEmpty { continue }
-            if shared.withLock({ !$0.replies.isEmpty || $0.stopping }) { continue }
+            if shared.withLock({ !$0.replies.isEmpty || $0.unanswered > 0 || $0.stopping }) { continue }
 
             for slot in fds.indices { fds[slot].revents = 0 }
             let rc = poll(&fds, nfds_t(fds.count), -1)
             if rc < 0 && errno != EINTR { throw XenError.system("poll", "ring \(index)") }
         }
+    }
+
+    /// Writes what replies fit, takes what requests the limits allow, notifies the frontend.
+    /// Caller holds `ringGate`.
+    private func exchange() throws -> [[UInt8]] {
+        // Look at the ring only after re-enabling the event: one arriving later wakes poll.
+        try signal.acknowledge()
+        var moved = false
+        while outboxHead < outbox.count {
+            let reply = outbox[outboxHead]
+            guard try ring.putReply(reply) else { break }
+            session.observeReply(reply)
+            outboxHead += 1
+            outboxBytes -= reply.count
+            inFlight -= 1
+            moved = true
+            replyCount.add(1, ordering: .relaxed)
+        }
+        if outboxHead == outbox.count {
+            outbox.removeAll(keepingCapacity: outbox.count <= 256)
+            outboxHead = 0
+        } else if outboxHead > 64 {
+            outbox.removeFirst(outboxHead)
+            outboxHead = 0
+        }
+
+        let msize = Int(session.maxMessageSize(ringSize: ring.ringSize))
+        var requests: [[UInt8]] = []
+        var blockedBy: TransportLimit?
+        let capacity = limits.maxRequestsInFlight - inFlight
+        if capacity <= 0 {
+            blockedBy = .ringRequests
+        } else {
+            var held = reservedBytes + outboxBytes
+            var admitted = inFlight
+            requests = try ring.takeRequests(maxMessageSize: UInt32(msize), maxCount: capacity) { request in
+                let estimate = XenRingLimits.replyEstimate(request, msize: msize)
+                // An empty ring always takes one: a request larger than the budget still runs.
+                guard admitted == 0 || held + estimate <= limits.maxReplyBytes else {
+                    blockedBy = .ringReplyBytes
+                    return false
+                }
+                held += estimate
+                admitted += 1
+                return true
+            }
+            inFlight += requests.count
+            reservedBytes = held - outboxBytes
+        }
+        if !requests.isEmpty { moved = true }
+        if moved { try signal.notify() }
+        // Count each stop at a limit once, and only when requests are actually waiting.
+        if let limit = blockedBy, try ring.pendingRequestBytes() > 0 {
+            if stalledAt != limit, let accounting { accounting.admission.countBackpressure(accounting.tenant, limit: limit) }
+            stalledAt = limit
+        } else {
+            stalledAt = nil
+        }
+        return requests
     }
 
     /// A reply must be one well-framed 9P message; anything else is a handler bug that would
@@ -218,15 +381,25 @@ public final class XenRingWorker: @unchecked Sendable {
     }
 }
 
-/// Passes exactly one reply per request to its ring worker.
+/// Passes exactly one outcome per request to its ring worker: the first reply, or the news
+/// that it ended without one.
 private final class ReplyOnce: Sendable {
     private let worker: XenRingWorker
+    private let reserved: Int
     private let used = Atomic<Bool>(false)
 
-    init(worker: XenRingWorker) { self.worker = worker }
+    init(worker: XenRingWorker, reserved: Int) {
+        self.worker = worker
+        self.reserved = reserved
+    }
 
     func deliver(_ reply: [UInt8]) {
         guard !used.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        worker.deliver(reply)
+        worker.deliver(reply, reserved: reserved)
+    }
+
+    func finishUnanswered() {
+        guard !used.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        worker.finishUnanswered(reserved: reserved)
     }
 }

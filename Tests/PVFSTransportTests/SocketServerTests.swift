@@ -246,7 +246,7 @@ struct SocketServerTests {
 
     @Test func connectionLimitAndRefusals() throws {
         var config = SocketServer.Configuration()
-        config.maximumConnections = 2
+        config.limits.maximumConnections = 2
         let s = try ServedSockets([.tcp(host: "127.0.0.1", port: 0)], configuration: config,
                                   refuse: { peer in peer.connectionID == 4 })
         try s.start()

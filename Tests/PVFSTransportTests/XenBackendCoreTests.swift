@@ -46,7 +46,7 @@ struct XenBackendCoreTests {
         func take() -> [XenBackendEvent] { lock.withLock { defer { events.removeAll() }; return events } }
     }
 
-    final class Harness {
+    final class Harness: @unchecked Sendable {
         let store = FakeXenStore(liveDomains: [5, 6])
         let connector = FakeConnector()
         let posted = Posted()
@@ -54,7 +54,8 @@ struct XenBackendCoreTests {
         let core: XenBackendCore
         let root = "/local/domain/0/backend/9pfs"
 
-        init(refusedTags: Set<String> = [], configure: (inout XenBackendConfiguration) -> Void = { _ in }) throws {
+        init(refusedTags: Set<String> = [], configure: (inout XenBackendConfiguration) -> Void = { _ in },
+             handlers: (@Sendable (XenFrontendInfo) -> any NineMessageHandler)? = nil) throws {
             self.refusedTags = refusedTags
             var configuration = XenBackendConfiguration()
             configure(&configuration)
@@ -70,7 +71,7 @@ struct XenBackendCoreTests {
             core = try XenBackendCore(configuration: configuration, backendDomid: 0, store: store, connector: connector,
                                       logger: logger, post: { posted.add($0) }) { info in
                 if let tag = info.tag, refused.contains(tag) { throw XenAccessRefused("tag \(tag) not allowed") }
-                return AsyncEchoHandler()
+                return handlers?(info) ?? AsyncEchoHandler()
             }
         }
 
@@ -107,6 +108,16 @@ struct XenBackendCoreTests {
 
         func backendState(_ domid: UInt32 = 5, _ devid: UInt32 = 0) -> String? { store.get("\(backend(domid, devid))/state") }
         func backendError(_ domid: UInt32 = 5, _ devid: UInt32 = 0) -> String? { store.get("\(backend(domid, devid))/error") }
+
+        /// Handles what the core posted (connections released on their own threads) until no
+        /// release is pending, as the backend's event loop does.
+        @discardableResult
+        func settle(timeout: TimeInterval = 5) -> Bool {
+            eventually(timeout: timeout) {
+                for event in posted.take() { core.handle(event) }
+                return core.releasingCount == 0
+            }
+        }
 
         func connectDevice(_ domid: UInt32 = 5, _ devid: UInt32 = 0) throws {
             try attach(domid, devid)
@@ -222,7 +233,7 @@ struct XenBackendCoreTests {
         let handler = try #require(h.connector.calls.first?.handler as? AsyncEchoHandler)
         h.frontendState("5")
         #expect(connection.disconnects == 1)
-        #expect(handler.closed)
+        #expect(eventually { handler.closed })
         #expect(h.backendState() == "5")
         h.frontendState("6")
         #expect(h.backendState() == "6")
@@ -230,8 +241,87 @@ struct XenBackendCoreTests {
         #expect(h.backendState() == "2")
         h.announce()
         h.frontendState("3")
+        // The new connection is made once the previous one is released.
+        #expect(h.settle())
         #expect(h.connector.calls.count == 2)
         #expect(h.backendState() == "4")
+    }
+
+    /// A device whose requests take long to finish is torn down while another domain's device
+    /// connects: the other domain's handshake goes on at once, on the same (xenstore) thread.
+    @Test func slowTeardownOfOneDeviceDoesNotDelayAnotherDomain() throws {
+        final class SlowToClose: NineMessageHandler, @unchecked Sendable {
+            let closing = DispatchSemaphore(value: 0)
+            let requestsDone = DispatchSemaphore(value: 0)
+            private let lock = NSLock()
+            private var closedFlag = false
+            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {}
+            /// Waits for its "running requests", as NinePConnection.close does.
+            func close() {
+                closing.signal()
+                requestsDone.wait()
+                lock.withLock { closedFlag = true }
+            }
+            var closed: Bool { lock.withLock { closedFlag } }
+        }
+        let slow = SlowToClose()
+        let h = try Harness(handlers: { info in info.domid == 5 ? slow as any NineMessageHandler : AsyncEchoHandler() })
+        try h.core.start()
+        try h.connectDevice(5)
+        #expect(h.backendState(5) == "4")
+        // The core is single-threaded: drive it from one thread, as the backend's loop does.
+        let otherConnected = DispatchSemaphore(value: 0)
+        let driver = Thread {
+            h.frontendState("5", 5)               // domain 5 closes: its requests are still running
+            try? h.connectDevice(6)               // meanwhile domain 6 starts
+            if h.backendState(6) == "4" { otherConnected.signal() }
+        }
+        driver.start()
+        #expect(otherConnected.wait(timeout: .now() + 5) == .success)
+        #expect(slow.closing.wait(timeout: .now() + 5) == .success)
+        // Domain 5's rings went at once; its handler closes when its requests are done.
+        #expect(h.connector.calls[0].connection.disconnects == 1)
+        #expect(h.backendState(5) == "5")
+        #expect(!slow.closed)
+        #expect(h.core.releasingCount == 1)
+        slow.requestsDone.signal()
+        #expect(eventually { slow.closed })
+        #expect(h.settle())
+        #expect(h.core.releasingCount == 0)
+    }
+
+    /// A frontend that reconnects while its previous connection is still finishing requests
+    /// waits for it: the new 9P session starts only once the old one is closed.
+    @Test func reconnectWaitsForThePreviousConnection() throws {
+        final class Closing: NineMessageHandler, @unchecked Sendable {
+            let requestsDone = DispatchSemaphore(value: 0)
+            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {}
+            func close() { requestsDone.wait() }
+        }
+        let first = Closing()
+        let h = try Harness(handlers: { _ in first })
+        try h.core.start()
+        try h.connectDevice()
+        // Driven from one thread, as the backend's loop does; the test thread only watches.
+        let reannounced = DispatchSemaphore(value: 0)
+        let driver = Thread {
+            h.frontendState("1")                  // the frontend restarts
+            h.announce()
+            h.frontendState("3")
+            reannounced.signal()
+        }
+        driver.start()
+        #expect(reannounced.wait(timeout: .now() + 5) == .success)
+        #expect(h.backendState() == "2")
+        #expect(h.connector.calls.count == 1)     // not yet: the old session is closing
+        usleep(50_000)
+        for event in h.posted.take() { h.core.handle(event) }
+        #expect(h.connector.calls.count == 1)
+        first.requestsDone.signal()
+        #expect(h.settle())
+        #expect(h.connector.calls.count == 2)
+        #expect(h.backendState() == "4")
+        first.requestsDone.signal()               // the second connection is closed at the end
     }
 
     @Test func frontendRestartWhileConnectedStartsANewHandshake() throws {

@@ -30,6 +30,9 @@
 #                           mounted (restart_check below; the host side restarts it when the
 #                           console shows PVFS-RESTART-REQUEST)
 #   pvfs.restartwait=SECONDS restart: how long the share stays idle for the restart (default 40)
+#   pvfs.probe=ADDR:PORT:ANAME  tcp: after mounting, try to mount another 9P share (another VM's
+#                           listener) too; pvfs.probeexpect=unreachable|reachable says which
+#                           outcome passes (marker "probe")
 #   pvfs.watch=SECONDS      debugging: every SECONDS print the kernel stacks of processes
 #                           blocked in the kernel (PVFS-WATCH lines), to tell slow from stuck
 #
@@ -51,7 +54,7 @@ finish() {
 }
 
 TRANS=tcp SERVER=10.0.2.2 PORT=564 ANAME="" TAG=pvfs MSIZE="" OPTS="" IP=10.0.2.15/24 GW=10.0.2.2
-QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH="" RESTART_WAIT=40 POSIXARGS=""
+QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH="" RESTART_WAIT=40 POSIXARGS="" PROBE="" PROBE_EXPECT=unreachable
 for arg in $(cat /proc/cmdline); do
     case $arg in
     pvfs.trans=*) TRANS=${arg#*=} ;;
@@ -72,6 +75,8 @@ for arg in $(cat /proc/cmdline); do
     pvfs.watch=*) WATCH=${arg#*=} ;;
     pvfs.restartwait=*) RESTART_WAIT=${arg#*=} ;;
     pvfs.posixargs=*) POSIXARGS=${arg#*=} ;;
+    pvfs.probe=*) PROBE=${arg#*=} ;;
+    pvfs.probeexpect=*) PROBE_EXPECT=${arg#*=} ;;
     esac
 done
 echo "PVFS-INFO init start uptime=$(uptime_s) kernel=$(uname -r) trans=$TRANS"
@@ -107,6 +112,24 @@ if mount -t 9p -o "$mopts" "$source" /mnt 2>/tmp/mount.err; then
 else
     marker mount fail "$source $mopts: $(cat /tmp/mount.err) $(dmesg | grep -i 9p | tail -3 | tr '\n' ' ')"
     finish
+fi
+
+# Can this guest reach a share it is not meant to (another VM's listener on the host)?
+if [ -n "$PROBE" ]; then
+    paddr=${PROBE%%:*} prest=${PROBE#*:}
+    pport=${prest%%:*} paname=${prest#*:}
+    mkdir -p /probe
+    if timeout 20 mount -t 9p -o "trans=tcp,port=$pport,version=9p2000.L,aname=$paname" "$paddr" /probe 2>/tmp/probe.err; then
+        outcome=reachable detail="mounted $paname from $paddr:$pport"
+        umount /probe
+    else
+        outcome=unreachable detail="$paddr:$pport: $(cat /tmp/probe.err)"
+    fi
+    if [ "$outcome" = "$PROBE_EXPECT" ]; then
+        marker probe ok "$outcome: $detail"
+    else
+        marker probe fail "$outcome (expected $PROBE_EXPECT): $detail"
+    fi
 fi
 
 if [ -n "$WATCH" ]; then

@@ -376,8 +376,12 @@ guest_test_initramfs() {
 
 # ---------------------------------------------------------------- QEMU
 
+# The guest's network: user networking on a virtio-net NIC. A test may set other options
+# (e.g. the isolated ones of `pvfs-vm qemu-args`).
+GUEST_NET_ARGS=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
+
 # guest_boot_qemu KERNEL INITRD APPEND LOG TIMEOUT [QEMU ARGS...]
-# Boots with user networking on a virtio-net NIC; returns QEMU's exit status (124 = timeout).
+# Boots with GUEST_NET_ARGS; returns QEMU's exit status (124 = timeout).
 guest_boot_qemu() {
     local kernel=$1 initrd=$2 append=$3 log=$4 to=$5
     shift 5
@@ -392,7 +396,7 @@ guest_boot_qemu() {
     timeout -k 5 "$to" qemu-system-x86_64 -accel tcg -cpu max -m "$GUEST_MEM" -smp "$GUEST_SMP" \
         -nographic -no-reboot -monitor none -serial stdio \
         -kernel "$kernel" -initrd "$initrd" -append "$append" \
-        -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
+        "${GUEST_NET_ARGS[@]}" \
         "$@" </dev/null >>"$log" 2>&1 &
     local qpid=$!
     GUEST_PIDS+=("$qpid")
