@@ -15,6 +15,8 @@ public final class VolumeRegistry: @unchecked Sendable {
     private var revokers: [UInt64: (vm: String, revoke: @Sendable () -> Void)] = [:]
     private var rules: AccessRules
     private var nextSessionID: UInt64 = 1
+    /// Set when the server stops: `openSession` refuses.
+    private var refusingSessions = false
     private var commitModeValue = Volume.CommitMode.beforeReply
 
     /// The commit mode of every volume this registry opens (and of those open already).
@@ -73,6 +75,7 @@ public final class VolumeRegistry: @unchecked Sendable {
     public func openSession(vm: String, policy: SessionPolicy, revoke: @escaping @Sendable () -> Void = {}) throws -> VMView {
         lock.lock()
         defer { lock.unlock() }
+        guard !refusingSessions else { throw StoreError("the server is stopping: VM \(vm) is not opened", errno: .ioError) }
         let volume: Volume
         if let entry = volumes[vm] {
             volume = entry.volume
@@ -148,9 +151,18 @@ public final class VolumeRegistry: @unchecked Sendable {
         }
     }
 
-    /// Closes every volume (daemon shutdown).
+    /// Refuses every new session from now on (the first step of a shutdown: no mount, attach or
+    /// maintenance request may open a VM that `closeAll` would then close under it).
+    public func refuseNewSessions() {
+        lock.lock()
+        refusingSessions = true
+        lock.unlock()
+    }
+
+    /// Closes every volume (daemon shutdown); no session opens afterwards.
     public func closeAll() {
         lock.lock()
+        refusingSessions = true
         let all = volumes.values.map(\.volume)
         volumes.removeAll()
         lock.unlock()

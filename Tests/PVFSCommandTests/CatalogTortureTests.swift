@@ -35,7 +35,7 @@ struct CatalogTortureTests {
             let problems = try torture.runRound(round)
             print("catalog torture: round \(round): \(torture.lastRoundDescription): \(problems.isEmpty ? "ok" : "FAILED")")
             guard problems.isEmpty else {
-                let report = problems.joined(separator: "\n")
+                let report = problems.joined(separator: "\n") + "\npvfsd's log ends:\n" + torture.tail(torture.daemonLog)
                 Issue.record("round \(round) (seed \(seed), \(torture.lastRoundDescription)):\n\(report)")
                 return
             }
@@ -471,7 +471,7 @@ final class CatalogTorture: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", "exec \"$0\" \"$@\" >>\"$PVFSD_LOG\" 2>&1", try builtProduct("pvfsd"),
                              "--store", store, "--listen", "torture=unix:" + socket, "--janitor-interval", "1",
-                             "--catalog-commit", commitMode, "--log-level", "warning"]
+                             "--catalog-commit", commitMode, "--log-level", "info"]
         var environment = ProcessInfo.processInfo.environment
         environment.removeValue(forKey: "PVFS_STORE")
         environment.removeValue(forKey: "NOTIFY_SOCKET")
@@ -523,7 +523,7 @@ final class CatalogTorture: @unchecked Sendable {
 
     func tail(_ path: String) -> String {
         let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").suffix(15).joined(separator: "\n")
+        return text.split(separator: "\n").suffix(25).joined(separator: "\n")
     }
 
     // MARK: Checks between rounds

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Glibc
+import Logging
 import PVFSSystem
 import SystemPackage
 import Testing
@@ -110,6 +111,33 @@ struct CatalogFilesTests {
         // The connection is back to NORMAL for ordinary commits.
         let level = try f.store.catalog.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
         #expect(level == 1)
+    }
+
+    /// Once a volume is closed its VM's lock is released and another process may own the VM:
+    /// a request still under way (a mount's, while the server stops) gets EIO and leaves the
+    /// catalog as the close left it; a stopping server opens no new session.
+    @Test func aClosedVolumeChangesNothingInTheCatalog() throws {
+        let f = try EngineFixture()
+        let vm = try f.provision("a")
+        let registry = try VolumeRegistry(store: f.store, logger: Logger(label: "test"))
+        let v = try registry.openSession(vm: "a", policy: SessionPolicy(side: .guest))
+        _ = try v.createFile("", "before", "x")
+        let entries = { try f.store.catalog.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM vm_dirent WHERE vm_id = ?", arguments: [vm.id]) ?? -1
+        } }
+        let usage = { try f.store.catalog.read { db in
+            try Row.fetchOne(db, sql: "SELECT used_bytes, used_inodes, usage_clean FROM vm WHERE id = ?", arguments: [vm.id])!
+        } }
+        registry.refuseNewSessions()
+        #expect(throws: (any Error).self) { _ = try registry.openSession(vm: "a", policy: SessionPolicy(side: .guest)) }
+        registry.closeAll()
+        let (entriesAtClose, usageAtClose) = (try entries(), try usage())
+        #expect(throws: Errno.ioError) { _ = try v.createFile("", "after", "y") }
+        #expect(throws: Errno.ioError) { _ = try v.makeDirectory(rootInode, Array("dir".utf8), mode: 0o755, as: .root) }
+        #expect(throws: (any Error).self) { try v.volume.saveUsage() }
+        #expect(try entries() == entriesAtClose)
+        #expect(try usage() == usageAtClose)
+        #expect(usageAtClose["usage_clean"] as Int64 == 1)
     }
 
     /// No code opens, copies, syncs, renames or removes the catalog's files: every mention of
