@@ -137,6 +137,9 @@ public final class Daemon: @unchecked Sendable {
         if stopping { stopped.unlock(); return }
         stopping = true
         stopped.unlock()
+        // No session opens from here on: a mount or attach arriving while the services stop
+        // would otherwise get a volume that closeAll then closes under it.
+        registry.refuseNewSessions()
         for timer in timers { timer.cancel() }
         for service in services.reversed() { service.stop() }
         control?.stop()

@@ -443,7 +443,7 @@ extension Volume {
 
     // MARK: Durability
 
-    /// fsync: the file's data, its record, and the catalog's log reach stable storage.
+    /// fsync: the file's data, its record, and every catalog commit before it reach stable storage.
     func sync(_ ino: InodeNumber, handle: OpenFile?, dataOnly: Bool) throws(Errno) {
         if let file = handle?.data?.currentFile, file.isPrivate {
             if dataOnly { try file.descriptor.dataSync() } else { try file.descriptor.sync() }
@@ -466,10 +466,10 @@ extension Volume {
         try syncCatalog()
     }
 
-    /// Makes every committed catalog transaction durable without holding up writers.
+    /// Makes every committed catalog transaction durable against power loss (through SQLite).
     func syncCatalog() throws(Errno) {
         do {
-            try store.syncCatalog()
+            try store.makeCatalogDurable()
         } catch {
             logger.error("catalog sync failed: \(error)")
             throw Errno.ioError

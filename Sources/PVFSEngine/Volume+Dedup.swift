@@ -119,7 +119,7 @@ extension Volume {
         // The private file is the only copy the old record describes: remove it only once the
         // new record is durable (an orphan left by a failed sync is removed by recovery or fsck).
         do {
-            try store.syncCatalogLog()
+            try store.makeCatalogDurable()
             removePrivateFile(ino)
         } catch {
             logger.warning("dedup: inode \(ino): \(error); its private file stays until recovery")

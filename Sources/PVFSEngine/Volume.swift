@@ -37,6 +37,8 @@ public final class Volume: @unchecked Sendable {
     var blobHashes: [Int64: BlobHash]
     let locks: LockTable
     public let counters: VolumeCounters
+    /// Set when `close` ends (under metaLock): the VM's lock is released, so from then on nothing
+    /// of this volume may reach the catalog (another process may hold the VM).
     private var closed = false
     /// Names and xattr bytes the overlay holds, kept in step with it to bound them
     /// (`VolumeLimits`). Guarded by metaLock.
@@ -182,7 +184,7 @@ public final class Volume: @unchecked Sendable {
         metaLock.lock()
         defer { metaLock.unlock() }
         guard !closed else { return }
-        closed = true
+        defer { closed = true }
         for (ino, data) in openData { persistWrittenState(ino, data) }
         openData.removeAll()
         // Sizes and times kept lazily reach the catalog here; if they cannot, the volume is not
@@ -222,9 +224,21 @@ public final class Volume: @unchecked Sendable {
     public func saveUsage() throws {
         try flushDirtyRecords()
         try catalogWriter.flush()
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        try ensureOpen()
         guard let usage = quota.takeChangedUsage() else { return }
         try store.catalog.write { db in
             try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
+        }
+    }
+
+    /// Refuses a change once the volume is closed (caller holds metaLock): a request that was
+    /// already under way when its server closed the VM gets EIO and changes nothing.
+    func ensureOpen() throws(Errno) {
+        if closed {
+            logger.warning("a change reached VM \(name) after it was closed; refused")
+            throw Errno.ioError
         }
     }
 
@@ -350,6 +364,7 @@ public final class Volume: @unchecked Sendable {
     /// On a catalog failure nothing changes and the error surfaces as EIO (or ENOSPC).
     func commit(_ changes: [OverlayChange], removing files: [InodeNumber] = [], removedBytes: Int64 = .max,
                 synchronously: Bool = false) throws(Errno) {
+        try ensureOpen()
         if synchronously || commitMode == .beforeReply || catalogWriter.hasFailed {
             try catalogWriter.flush()
             do {

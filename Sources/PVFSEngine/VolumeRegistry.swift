@@ -31,6 +31,8 @@ public final class VolumeRegistry: @unchecked Sendable {
     private var revokers: [UInt64: (vm: String, revoke: @Sendable () -> Void)] = [:]
     private var rules: AccessRules
     private var nextSessionID: UInt64 = 1
+    /// Set when the server stops: `openSession` refuses.
+    private var refusingSessions = false
     private var commitModeValue = Volume.CommitMode.beforeReply
     private var limitsValue = VolumeLimits()
 
@@ -117,6 +119,10 @@ public final class VolumeRegistry: @unchecked Sendable {
     public func openSession(vm: String, policy: SessionPolicy, revoke: @escaping @Sendable () -> Void = {}) throws -> VMView {
         condition.lock()
         while true {
+            guard !refusingSessions else {
+                condition.unlock()
+                throw StoreError("the server is stopping: VM \(vm) is not opened", errno: .ioError)
+            }
             switch volumes[vm] {
             case .open(let volume, let sessions):
                 volumes[vm] = .open(volume, sessions: sessions + 1)
@@ -235,9 +241,19 @@ public final class VolumeRegistry: @unchecked Sendable {
         }
     }
 
-    /// Closes every volume (daemon shutdown), after those being opened or closed settle.
+    /// Refuses every new session from now on (the first step of a shutdown: no mount, attach or
+    /// maintenance request may open a VM that `closeAll` would then close under it).
+    public func refuseNewSessions() {
+        condition.lock()
+        refusingSessions = true
+        condition.unlock()
+    }
+
+    /// Closes every volume (daemon shutdown), after those being opened or closed settle; no
+    /// session opens afterwards.
     public func closeAll() {
         condition.lock()
+        refusingSessions = true
         var all: [(String, Volume)] = []
         let deadline = Date(timeIntervalSinceNow: 30)
         while true {

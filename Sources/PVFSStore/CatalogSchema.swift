@@ -1,6 +1,6 @@
 import GRDB
 
-/// The catalog's tables, created by versioned migrations. docs/on-disk-format.md describes them.
+/// The catalog's tables, created by versioned migrations. docs/store-format.md and docs/engine.md describe them.
 ///
 /// Conventions: times are nanoseconds since the epoch; `mode` is the full st_mode including the
 /// S_IFMT type bits; names are BLOBs because a POSIX name is bytes, not text.
@@ -123,6 +123,17 @@ enum CatalogSchema {
         }
         registerTemplateMigrations(&migrator)
         registerAccessMigrations(&migrator)
+        migrator.registerMigration("catalog-durability") { db in
+            try db.execute(sql: """
+                -- One row that Store.makeCatalogDurable rewrites under synchronous = FULL: a commit
+                -- at which SQLite syncs the log, making every commit before it durable.
+                CREATE TABLE catalog_durability (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    commits INTEGER NOT NULL
+                );
+                INSERT INTO catalog_durability (id, commits) VALUES (1, 0);
+                """)
+        }
         return migrator
     }
 }

@@ -66,27 +66,3 @@ extension Store {
         }
     }
 }
-
-extension Store {
-    /// Makes every committed catalog transaction durable by syncing the catalog's write-ahead
-    /// log. The catalog commits with `synchronous = NORMAL` (durable against a crash of the
-    /// process, not against power loss); a step that is about to destroy the only other copy of
-    /// data a commit describes (dedup removing a private file its new record replaced) syncs the
-    /// log first, so a power loss cannot keep the removal and lose the record.
-    public func syncCatalogLog() throws {
-        let fd: FileDescriptor
-        do {
-            fd = try FileDescriptor.open(at: root, "catalog.db-wal", [.readOnly, .noFollow])
-        } catch {
-            // No log: every commit is in the database file, which a checkpoint synced.
-            if error == .noSuchFileOrDirectory { return }
-            throw StoreError("cannot open \(path)/catalog.db-wal: \(error)", errno: error)
-        }
-        defer { fd.closeQuietly() }
-        do {
-            try fd.sync()
-        } catch {
-            throw StoreError("cannot sync \(path)/catalog.db-wal: \(error)", errno: error)
-        }
-    }
-}

@@ -92,7 +92,7 @@ extension Store {
             (try String.fetchAll(db, sql: "PRAGMA integrity_check"), try Row.fetchAll(db, sql: "PRAGMA foreign_key_check"))
         }
         if integrity != ["ok"] {
-            report.add(FsckFinding(area: "catalog", kind: "catalog-integrity", subject: "catalog.db",
+            report.add(FsckFinding(area: "catalog", kind: "catalog-integrity", subject: Self.catalogFileName,
                                    message: "PRAGMA integrity_check: " + integrity.prefix(20).joined(separator: "; "),
                                    status: .unrepairable))
         }

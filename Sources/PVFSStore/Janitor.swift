@@ -164,6 +164,8 @@ extension Store {
                     }
                     return doomed
                 }
+                // The deletion must outlive a power loss before the files go (a row without its file).
+                if !doomed.isEmpty { try makeCatalogDurable() }
                 for blob in doomed {
                     unlinkBlob(blob.hash)
                     report.blobsRemoved += 1

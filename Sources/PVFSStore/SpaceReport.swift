@@ -77,9 +77,8 @@ extension Store {
                 report.blobAllocatedBytes += st.blocks * 512
             }
         }
-        for name in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
-            report.catalogBytes += ((try? root.stat(at: name))?.blocks ?? 0) * 512
-        }
+        // fstatat takes no descriptor of SQLite's files (closing one would drop SQLite's locks).
+        report.catalogBytes = Self.catalogFileNames.reduce(0) { $0 + ((try? root.stat(at: $1))?.blocks ?? 0) * 512 }
         report.temporaryBytes = Self.allocatedBytes(below: temporaryDirectory)
 
         // Private files per VM directory: inode -> (size, allocated).

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Logging
 import PVFSSystem
+import Synchronization
 import SystemPackage
 
 /// Errors of the store layer, with the message a user should read.
@@ -19,13 +20,25 @@ public struct StoreError: Error, CustomStringConvertible, ErrnoConvertible {
 
 /// A pvfs store: the directory holding the catalog, the blobs and the VMs' private areas.
 ///
-///     <store>/catalog.db          SQLite catalog (WAL)
+///     <store>/catalog.db          SQLite catalog (WAL: catalog.db-wal, catalog.db-shm)
 ///     <store>/blobs/<xx>/<sha256> immutable content, named by its SHA-256
 ///     <store>/vms/<id>/data/...   each VM's private files
 ///     <store>/tmp/                staging for atomic publication
 ///     <store>/locks/              flock(2) files coordinating processes
+///
+/// The catalog's files belong to SQLite alone: pvfs never opens, copies or syncs them itself.
+/// Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+/// included; another process would then take itself for the catalog's last user, checkpoint
+/// and delete the log under this one (docs/store-format.md, "The catalog's files").
 public final class Store: Sendable {
     public static let defaultPath = "/var/lib/pvfs"
+    /// The catalog database in the store directory.
+    public static let catalogFileName = "catalog.db"
+    /// The catalog's files: the database, SQLite's write-ahead log and its shared-memory index.
+    public static let catalogFileNames = [catalogFileName, catalogFileName + "-wal", catalogFileName + "-shm"]
+    /// Where SQLite opens the catalog of the store at `storePath`.
+    public static func catalogPath(inStore storePath: String) -> String { storePath + "/" + catalogFileName }
+    public var catalogPath: String { Self.catalogPath(inStore: path) }
 
     public let path: String
     public let root: FileDescriptor
@@ -35,6 +48,9 @@ public final class Store: Sendable {
     public let locksDirectory: FileDescriptor
     public let catalog: DatabasePool
     public let logger: Logger
+    /// `totalChangesCount` of the catalog's writer connection right after its last durable
+    /// commit (`makeCatalogDurable`); -1 before the first.
+    private let changesAtLastDurableCommit = Mutex<Int>(-1)
 
     /// Opens the store at `path`, creating its layout when `create` is true.
     public init(path: String, create: Bool = true, logger: Logger = Logger(label: "pvfs.store")) throws {
@@ -61,12 +77,12 @@ public final class Store: Sendable {
         configuration.foreignKeysEnabled = true
         configuration.label = "pvfs.catalog"
         configuration.prepareDatabase { db in
-            // NORMAL is durable across process crashes in WAL mode; fsync-level durability is
-            // requested explicitly where a client asked for it (see Catalog.checkpointDurably).
+            // NORMAL is durable across process crashes in WAL mode; durability against power
+            // loss is asked for where a client needs it (`makeCatalogDurable`).
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
         do {
-            catalog = try DatabasePool(path: path + "/catalog.db", configuration: configuration)
+            catalog = try DatabasePool(path: Self.catalogPath(inStore: path), configuration: configuration)
             try CatalogSchema.migrator.migrate(catalog)
         } catch {
             throw StoreError("cannot open the catalog of \(path): \(error)")
@@ -91,14 +107,32 @@ public final class Store: Sendable {
 }
 
 extension Store {
-    /// Makes every committed catalog transaction durable. In WAL mode a commit is in the log;
-    /// fsync of the log (and of the database, which a completed checkpoint already synced) makes
-    /// it survive a power loss. Unlike a checkpoint this never waits for, or holds up, writers.
-    public func syncCatalog() throws {
-        for name in ["catalog.db-wal", "catalog.db"] {
-            guard let fd = try? FileDescriptor.open(at: root, name, [.readOnly, .noFollow]) else { continue }
-            defer { fd.closeQuietly() }
-            try fd.sync()
+    /// Makes every transaction committed through this store's catalog durable against power loss.
+    ///
+    /// The catalog commits with `synchronous = NORMAL`: in WAL mode a commit survives a crash of
+    /// any process as soon as it returns, and a power loss once the log is synced. This commits
+    /// one small transaction (a counter in `catalog_durability`) under `synchronous = FULL`, so
+    /// SQLite syncs the log at that commit, and with it every frame written before (commits that
+    /// a checkpoint already moved into the database file were synced by that checkpoint). When
+    /// nothing was committed through this store's writer since its last durable commit, nothing
+    /// is written.
+    ///
+    /// SQLite does the syncing: pvfs never opens the catalog's files (see `Store`).
+    public func makeCatalogDurable() throws {
+        do {
+            try catalog.writeWithoutTransaction { db in
+                if changesAtLastDurableCommit.withLock({ $0 }) == db.totalChangesCount { return }
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+                defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+                try db.inTransaction {
+                    try db.execute(sql: "UPDATE catalog_durability SET commits = commits + 1")
+                    return .commit
+                }
+                let changes = db.totalChangesCount
+                changesAtLastDurableCommit.withLock { $0 = changes }
+            }
+        } catch {
+            throw StoreError("cannot make the catalog of \(path) durable: \(error)")
         }
     }
 }

@@ -136,9 +136,9 @@ extension Store {
 
     /// Deletes a (deleting) template's rows in inode ranges, one short transaction each, with the
     /// blobs that thereby lose their last reference. The caller holds the blobs lock
-    /// exclusively. Rows are committed before files are unlinked: a crash in between leaves
-    /// files without rows (collected by the janitor, or adopted by a later publication of the
-    /// same content), never a row without its file.
+    /// exclusively. Rows are committed, durably, before files are unlinked: a crash or a power
+    /// loss in between leaves files without rows (collected by the janitor, or adopted by a later
+    /// publication of the same content), never a row without its file.
     func purgeTemplate(id: Int64) throws -> (blobs: Int, bytes: Int64) {
         let maxIno: Int64 = try catalog.read { db in
             let a = try Int64.fetchOne(db, sql: "SELECT MAX(ino) FROM template_inode WHERE template_id = ?", arguments: [id]) ?? 0
@@ -161,6 +161,7 @@ extension Store {
                 try db.execute(sql: "DELETE FROM template_inode WHERE template_id = ? AND ino BETWEEN ? AND ?", arguments: [id, low, high])
                 return try Self.deleteUnreferencedBlobRows(db, ids: blobIDs)
             }
+            if !doomed.isEmpty { try makeCatalogDurable() }
             for blob in doomed {
                 unlinkBlob(blob.hash)
                 blobsRemoved += 1
@@ -319,6 +320,7 @@ extension Store {
                     }
                     return doomed
                 }
+                if !doomed.isEmpty { try makeCatalogDurable() }
                 for hash in doomed { unlinkBlob(hash) }
             }
         }

@@ -499,7 +499,7 @@ final class IngestRun: @unchecked Sendable {
         configuration.readonly = true
         configuration.busyMode = .timeout(30)
         configuration.label = "pvfs.ingest.lookup"
-        return try DatabaseQueue(path: store.path + "/catalog.db", configuration: configuration)
+        return try DatabaseQueue(path: store.catalogPath, configuration: configuration)
     }
 
     private func returnLookupConnection(_ queue: DatabaseQueue) {
