@@ -44,16 +44,19 @@ let package = Package(
         ]),
         // Copy-on-write merged views of VM roots: the one engine every transport serves.
         .target(name: "PVFSEngine", dependencies: ["PVFSStore"]),
+        // The 9P2000.L wire format: constants, messages, framing. Standard library only, so that
+        // fuzz/run-9p-decoder-fuzz.sh compiles it alone.
+        .target(name: "PVFS9PCodec"),
         // Protocols: 9P2000.L (transport-neutral) and FUSE low-level.
         .target(name: "PVFS9P", dependencies: [
-            "PVFSEngine", "PVFSSystem",
+            "PVFS9PCodec", "PVFSEngine", "PVFSSystem",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "CFuse"]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
         .target(name: "PVFSTransport", dependencies: [
-            "PVFS9P", "PVFSSystem", "CXen",
+            "PVFS9P", "PVFS9PCodec", "PVFSSystem", "CXen",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The daemon's composition: control socket, configuration, metrics.
@@ -81,9 +84,10 @@ let package = Package(
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),
         .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
-        .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P"]),
+        .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
+        .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec"]),
         .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
-        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport"]),
+        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec"]),
         .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands"]),
     ],
     swiftLanguageModes: [.v6]

@@ -3,7 +3,7 @@
 #
 #   fuzz/run-9p-decoder-fuzz.sh [SECONDS] [extra libFuzzer flags...]
 #
-# Compiles the codec sources (they import only the standard library) with the fuzz entry in
+# Compiles the PVFS9PCodec module's sources (they import only the standard library) with the fuzz entry in
 # fuzz/NinePDecoderFuzz.swift, writes a seed corpus, and runs for SECONDS (default 60).
 # Work files go to .build/fuzz-9p (crash reproducers there as crash-*); a failure exits non-zero.
 set -eu
@@ -13,7 +13,7 @@ seconds=${1:-60}
 [ $# -gt 0 ] && shift
 work=.build/fuzz-9p
 mkdir -p "$work/corpus"
-codec="Sources/PVFS9P/Protocol.swift Sources/PVFS9P/WireFormat.swift Sources/PVFS9P/Messages.swift Sources/PVFS9P/Framing.swift"
+codec=$(ls Sources/PVFS9PCodec/*.swift)
 swiftc=${SWIFTC:-swiftc}
 
 echo "building the seed writer and the fuzzer..."

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PVFS9PCodec
 import SystemPackage
 
 /// A small 9P2000.L client: pipelined requests over any byte stream, replies matched by tag.

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
 import SystemPackage

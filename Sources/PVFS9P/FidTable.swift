@@ -1,4 +1,5 @@
 import Foundation
+import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
 import SystemPackage

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
 import SystemPackage

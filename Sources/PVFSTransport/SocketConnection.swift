@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import PVFS9P
+import PVFS9PCodec
 import Synchronization
 import SystemPackage
 

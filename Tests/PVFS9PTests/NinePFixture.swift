@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import Logging
+import PVFS9PCodec
 import PVFSSystem
 import SystemPackage
 @testable import PVFS9P

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PVFS9PCodec
 import SystemPackage
 import Testing
 @testable import PVFS9P

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PVFS9PCodec
 import PVFSSystem
 import SystemPackage
 import Testing

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import PVFS9P
+import PVFS9PCodec
 import PVFSEngine
 import Synchronization
 import Testing

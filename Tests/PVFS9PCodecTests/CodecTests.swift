@@ -1,5 +1,5 @@
 import Testing
-@testable import PVFS9P
+@testable import PVFS9PCodec
 
 /// One of every T-message, with values that exercise every field.
 let sampleRequests: [NinePRequest] = [
@@ -228,13 +228,6 @@ struct CodecTests {
             _ = try NinePResponse.encodeData(type: .rread, tag: 1, capacity: 4) { (_) throws(Boom) -> Int in throw Boom() }
         }
     }
-
-    @Test func openFlagsTranslate() {
-        // x86-64's O_* equal the wire values; the translation must still drop what the engine
-        // cannot honour and keep the rest.
-        let flags = NinePOpenFlags(rawValue: NinePOpenFlags.readWrite | 0o1000 | 0o2000 | 0o40000 | 0o100000 | 0o2000000)
-        #expect(flags.hostFlags == 0o2 | 0o1000 | 0o2000)
-        #expect(NinePOpenFlags(rawValue: 3).hostFlags == 3)
-        #expect(NinePOpenFlags(rawValue: 0o200000).hostFlags == 0o200000)
-    }
 }
+
+func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -1,5 +1,5 @@
 import Testing
-@testable import PVFS9P
+@testable import PVFS9PCodec
 
 @Suite("9P framing")
 struct FramingTests {
