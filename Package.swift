@@ -81,14 +81,18 @@ let package = Package(
         // Writes files into a VM through the engine, for bench/dedup.sh and the command tests.
         .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine"], path: "bench/writer"),
 
+        // What the test targets share: a 9P client, a diagnostic 9P server. Never a dependency of Sources.
+        .target(name: "PVFSTestSupport", dependencies: [
+            "PVFS9PCodec", "PVFSSystem", .product(name: "SystemPackage", package: "swift-system"),
+        ], path: "Tests/PVFSTestSupport"),
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),
         .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
         .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
-        .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec"]),
+        .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec", "PVFSTestSupport"]),
         .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
-        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec"]),
-        .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands"]),
+        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec", "PVFSTestSupport"]),
+        .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands", "PVFSTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PVFS9PCodec
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
 @testable import PVFS9P

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import PVFS9PCodec
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 @testable import PVFS9P
 @testable import PVFSEngine

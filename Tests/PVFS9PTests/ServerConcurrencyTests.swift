@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PVFS9PCodec
+import PVFSTestSupport
 import SystemPackage
 import Testing
 @testable import PVFS9P

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PVFS9P
 import PVFSDaemon
+import PVFSTestSupport
 import PVFSTransport
 import SystemPackage
 import Testing

@@ -5,6 +5,7 @@ import PVFS9P
 import PVFSDaemon
 import PVFSEngine
 import PVFSStore
+import PVFSTestSupport
 import SystemPackage
 import Testing
 

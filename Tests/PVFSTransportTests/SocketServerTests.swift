@@ -4,6 +4,7 @@ import PVFS9P
 import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
 @testable import PVFSTransport

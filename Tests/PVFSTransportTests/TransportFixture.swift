@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import PVFS9P
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 @testable import PVFSEngine
 @testable import PVFSStore

@@ -1,12 +1,13 @@
 import Foundation
 import Glibc
 import PVFS9PCodec
+import PVFSSystem
 import SystemPackage
 
 /// A small 9P2000.L client: pipelined requests over any byte stream, replies matched by tag.
-/// The project's tests drive the server through it, and diagnostics can probe a running daemon
-/// with it. It trusts the server no more than the server trusts clients: replies are decoded
-/// strictly and anything unexpected is recorded in `violations`.
+/// The project's tests drive the server through it. It trusts the server no more than the
+/// server trusts clients: replies are decoded strictly and anything unexpected is recorded in
+/// `violations`.
 public final class NinePClient: @unchecked Sendable {
     /// A request sent and not yet answered.
     public final class Pending: @unchecked Sendable {
