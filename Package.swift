@@ -56,12 +56,13 @@ let package = Package(
         .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "CFuse"]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
         .target(name: "PVFSTransport", dependencies: [
-            "PVFS9P", "PVFS9PCodec", "PVFSSystem", "CXen",
+            "PVFS9PCodec", "PVFSSystem", "CXen",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
-            "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P",
+            "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P", "PVFS9PCodec",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -91,7 +92,7 @@ let package = Package(
         .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
         .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec", "PVFSTestSupport"]),
         .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
-        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec", "PVFSTestSupport"]),
+        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec", "PVFS9P", "PVFSTestSupport"]),
         .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands", "PVFSTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,50 +1,6 @@
+import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
-
-/// Who is at the other end of a connection, as its transport knows it. The attach resolver
-/// decides from this (and the aname) which VM the connection may reach.
-public struct NinePPeer: Sendable, Hashable, CustomStringConvertible {
-    public enum Transport: String, Sendable, Hashable {
-        case tcp
-        case unix
-        case xen
-        /// In-process connections (tests, tools).
-        case local
-    }
-
-    public var transport: Transport
-    /// The remote end: "10.0.2.15:43122", "[::1]:5640", "pid 812", "domain 7".
-    public var remoteAddress: String
-    /// The listener or device the connection came through: "tcp:127.0.0.1:5640",
-    /// "unix:/run/pvfs/vm1.9p", "xen:7/0". Binding rules may key on it.
-    public var localAddress: String
-    /// SO_PEERCRED of a Unix socket peer.
-    public var processID: Int32?
-    public var userID: UInt32?
-    public var groupID: UInt32?
-    /// The Xen domain id of a ring peer.
-    public var domainID: UInt32?
-    /// Unique within the process, for logs.
-    public var connectionID: UInt64
-
-    public init(transport: Transport, remoteAddress: String, localAddress: String, processID: Int32? = nil,
-                userID: UInt32? = nil, groupID: UInt32? = nil, domainID: UInt32? = nil, connectionID: UInt64) {
-        self.transport = transport
-        self.remoteAddress = remoteAddress
-        self.localAddress = localAddress
-        self.processID = processID
-        self.userID = userID
-        self.groupID = groupID
-        self.domainID = domainID
-        self.connectionID = connectionID
-    }
-
-    public var description: String {
-        var s = "\(transport) \(remoteAddress) via \(localAddress) #\(connectionID)"
-        if let userID { s += " uid \(userID)" }
-        return s
-    }
-}
 
 /// One Tattach, as the resolver sees it.
 public struct NinePAttachRequest: Sendable {

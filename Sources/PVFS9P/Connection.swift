@@ -10,7 +10,8 @@ import SystemPackage
 /// ## Transport contract
 ///
 /// A transport (the socket transport in PVFSTransport, a Xen PV 9pfs ring backend, a test) owns
-/// the bytes and the threads that read them; the connection owns the protocol:
+/// the bytes and the threads that read them; the connection owns the protocol, behind the
+/// `NineMessageHandler` seam every transport uses (PVFS9PCodec, Seam.swift):
 ///
 ///     let connection = NinePConnection(peer: peer, configuration: config, pool: pool,
 ///                                      logger: logger, resolver: resolve)
@@ -44,7 +45,7 @@ import SystemPackage
 ///   requests to finish, then closes every fid's handle, drops the sessions' locks and ends
 ///   them. After it returns no engine handle of the connection is open and no reply callback
 ///   will be called.
-public final class NinePConnection: @unchecked Sendable {
+public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     public typealias Reply = @Sendable ([UInt8]) -> Void
     /// Called instead of the reply for a request that ends without one.
     public typealias Unanswered = @Sendable () -> Void
@@ -151,6 +152,13 @@ public final class NinePConnection: @unchecked Sendable {
         state.lock()
         defer { state.unlock() }
         return closing
+    }
+
+    /// Requests outstanding and fids held, under one lock (for the transport's timeouts and gauges).
+    public var usage: NineConnectionUsage {
+        state.lock()
+        defer { state.unlock() }
+        return NineConnectionUsage(outstandingRequests: outstanding, fids: fids.count)
     }
 
     /// Requests received and not yet answered (for metrics and tests).

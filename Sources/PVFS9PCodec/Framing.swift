@@ -60,10 +60,7 @@ public struct NinePMessageFramer: Sendable {
         let available = buffer.count - start
         guard available >= 4 else { return nil }
         let size = peekSize()
-        guard size >= UInt32(NineP.headerSize) else { throw .messageTooShort(size) }
-        guard UInt64(size) <= UInt64(max(0, maximumMessageSize)) else {
-            throw .messageTooLarge(size, limit: maximumMessageSize)
-        }
+        try Self.validate(size: size, limit: maximumMessageSize)
         guard available >= Int(size) else { return nil }
         let message = Array(buffer[start..<(start + Int(size))])
         start += Int(size)
@@ -72,6 +69,33 @@ public struct NinePMessageFramer: Sendable {
             start = 0
         }
         return message
+    }
+
+    /// The size rules of every transport, stream or ring: a message's size field counts at
+    /// least its 7-byte header and at most `limit` bytes (the negotiated msize).
+    @inline(__always)
+    public static func validate(size: UInt32, limit: Int) throws(NinePFramingError) {
+        guard size >= UInt32(NineP.headerSize) else { throw .messageTooShort(size) }
+        guard UInt64(size) <= UInt64(max(0, limit)) else { throw .messageTooLarge(size, limit: limit) }
+    }
+
+    /// The most bytes the reply to an encoded request can take when no message exceeds `msize`:
+    /// what a transport reserves for it before the request is decoded. Only Tread and Treaddir
+    /// (their count) and Treadlink (a path) can have large replies.
+    public static func replySizeBound(ofRequest message: [UInt8], msize: Int) -> Int {
+        let small = 256
+        guard message.count >= NineP.headerSize else { return small }
+        switch NinePMessageType(rawValue: message[4]) {
+        case .tread, .treaddir:
+            // fid[4] offset[8] count[4]
+            guard message.count >= 23 else { return small }
+            let count = Int(message[19]) | Int(message[20]) << 8 | Int(message[21]) << 16 | Int(message[22]) << 24
+            return min(msize, NineP.readReplyHeaderSize + count)
+        case .treadlink:
+            return min(msize, 4200)
+        default:
+            return min(msize, small)
+        }
     }
 
     private func peekSize() -> UInt32 {

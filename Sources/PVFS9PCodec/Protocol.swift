@@ -1,7 +1,7 @@
 // 9P2000.L protocol constants, as Linux defines them (include/net/9p/9p.h, fs/9p/*.c).
 //
-// This file and WireFormat.swift, Messages.swift and Framing.swift form the codec: they import
-// nothing but the standard library, so that fuzz/run-9p-decoder-fuzz.sh can compile them alone.
+// The files of this module (the codec and the transport seam) import nothing but the standard
+// library, so that fuzz/run-9p-decoder-fuzz.sh can compile them alone.
 
 /// Protocol-wide constants.
 public enum NineP {
@@ -278,6 +278,7 @@ public enum LinuxErrno {
     public static let EINVAL: UInt32 = 22
     public static let ENFILE: UInt32 = 23
     public static let ENOSPC: UInt32 = 28
+    public static let EROFS: UInt32 = 30
     public static let E2BIG: UInt32 = 7
     public static let ERANGE: UInt32 = 34
     public static let ENAMETOOLONG: UInt32 = 36

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PVFS9PCodec
 import PVFSTransport
 
 /// The mount tag a pvfs root device gets unless told otherwise.
@@ -279,12 +280,15 @@ public struct XenServeTest: ParsableCommand {
         sigaddset(&signals, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        let backend = try XenBackend(configuration: configuration, logger: logger) { frontend in
-            if let tag = frontend.tag, refused.contains(tag) {
-                throw XenAccessRefused("tag \(tag) is refused by this backend")
+        let backend = try XenBackend(configuration: configuration, logger: logger) { peer in
+            guard case .xen(let domid, let devid, let domainName, let path, let tag) = peer.endpoint else {
+                throw NineConnectionRefused("not a Xen device")
+            }
+            if let tag, refused.contains(tag) {
+                throw NineConnectionRefused("tag \(tag) is refused by this backend")
             }
             var files = fixed
-            files["whoami"] = Array("domid=\(frontend.domid) name=\(frontend.domainName ?? "-") devid=\(frontend.devid) tag=\(frontend.tag ?? "-") path=\(frontend.path ?? "-")\n".utf8)
+            files["whoami"] = Array("domid=\(domid) name=\(domainName ?? "-") devid=\(devid) tag=\(tag ?? "-") path=\(path ?? "-")\n".utf8)
             return NineDiagnosticResponder(files: files)
         }
         do {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PVFS9P
+import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
 import PVFSTransport
@@ -97,9 +98,9 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     }
 
     static func identity(of peer: NinePPeer, listener: String) -> ClientIdentity {
-        switch peer.transport {
-        case .unix:
-            return .unix(uid: peer.userID ?? UInt32.max, pid: peer.processID ?? 0, listener: listener)
+        switch peer.endpoint {
+        case .unix(_, let processID, let userID, _):
+            return .unix(uid: userID ?? UInt32.max, pid: processID ?? 0, listener: listener)
         default:
             return .tcp(address: hostPart(of: peer.remoteAddress), listener: listener)
         }

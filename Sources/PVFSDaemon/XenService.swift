@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PVFS9P
+import PVFS9PCodec
 import PVFSEngine
 import PVFSTransport
 import SystemPackage
@@ -39,19 +40,16 @@ public final class XenService: DaemonService, @unchecked Sendable {
         backendConfiguration.limits = limits.xenRing
         backendConfiguration.admission = admission
         let nine = configuration
-        let backend = try XenBackend(configuration: backendConfiguration, logger: logger) { frontend in
-            guard let vm = frontend.path, !vm.isEmpty else {
-                throw XenAccessRefused("the device has no VM in its backend path node (attach it with pvfs-vm attach)")
+        let backend = try XenBackend(configuration: backendConfiguration, logger: logger) { peer in
+            guard case .xen(let domid, _, let domainName, let path, _) = peer.endpoint, let vm = path, !vm.isEmpty else {
+                throw NineConnectionRefused("the device has no VM in its backend path node (attach it with pvfs-vm attach)")
             }
-            let identity = ClientIdentity.xen(domid: frontend.domid, name: frontend.domainName)
+            let identity = ClientIdentity.xen(domid: domid, name: domainName)
             do {
                 _ = try registry.accessRules.resolve(aname: vm, identity: identity)
             } catch {
-                throw XenAccessRefused("domain \(frontend.domid) may not reach VM \(vm) (bind it: pvfs-vm bind \(vm) --xen-name NAME or --xen-domid ID)")
+                throw NineConnectionRefused("domain \(domid) may not reach VM \(vm) (bind it: pvfs-vm bind \(vm) --xen-name NAME or --xen-domid ID)")
             }
-            let peer = NinePPeer(transport: .xen, remoteAddress: "domain \(frontend.domid)",
-                                 localAddress: "xen:\(frontend.domid)/\(frontend.devid)", domainID: frontend.domid,
-                                 connectionID: UInt64(frontend.domid) << 32 | UInt64(frontend.devid))
             let connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger) { request in
                 // The guest's aname may be empty (mount by tag) or must name the device's VM.
                 let aname = request.aname

@@ -2,7 +2,6 @@ import Dispatch
 import Foundation
 import Glibc
 import Logging
-import PVFS9P
 import PVFS9PCodec
 import Synchronization
 import SystemPackage
@@ -243,14 +242,14 @@ final class ReplyWriter: @unchecked Sendable {
     }
 }
 
-/// One accepted socket serving one NinePConnection: a reader thread that frames requests and
-/// hands them to the connection, and a ReplyWriter for the replies.
+/// One accepted socket served by one 9P handler: a reader thread that frames requests and
+/// hands them to the handler, and a ReplyWriter for the replies.
 final class SocketConnection: @unchecked Sendable {
     let id: UInt64
     let peer: NinePPeer
     /// The tenant (listener) the connection came through.
     let listenerName: String
-    let connection: NinePConnection
+    let handler: any NineMessageHandler
     private let logger: Logger
     private let readSize: Int
     private let writer: ReplyWriter
@@ -266,14 +265,14 @@ final class SocketConnection: @unchecked Sendable {
 
     /// `stalled`: called each time the reader stops taking requests because the client does not
     /// read its replies.
-    init(fd: Int32, id: UInt64, peer: NinePPeer, listenerName: String, connection: NinePConnection, readSize: Int,
+    init(fd: Int32, id: UInt64, peer: NinePPeer, listenerName: String, handler: any NineMessageHandler, readSize: Int,
          replyQueueLimit: Int, logger: Logger, stalled: @escaping @Sendable () -> Void = {},
          finished: @escaping @Sendable (SocketConnection) -> Void) {
         self.fd = fd
         self.id = id
         self.peer = peer
         self.listenerName = listenerName
-        self.connection = connection
+        self.handler = handler
         self.readSize = readSize
         self.logger = logger
         self.stalled = stalled
@@ -283,11 +282,12 @@ final class SocketConnection: @unchecked Sendable {
 
     /// What the connection is doing, for the timeouts.
     func activity() -> ConnectionActivity {
-        let holdsFid = connection.fidCount > 0
+        let usage = handler.usage
+        let holdsFid = usage.fids > 0
         if holdsFid { attached.store(true, ordering: .relaxed) }
         return ConnectionActivity(connectedAt: connectedAt, lastActivity: lastActivity.load(ordering: .relaxed),
                                   hasAttached: attached.load(ordering: .relaxed), holdsFid: holdsFid,
-                                  outstandingRequests: connection.outstandingRequestCount)
+                                  outstandingRequests: usage.outstandingRequests)
     }
 
     var queuedReplyBytes: Int { writer.queuedByteCount }
@@ -311,9 +311,10 @@ final class SocketConnection: @unchecked Sendable {
         let socket = fd
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 16)
         defer { buffer.deallocate() }
-        var framer = NinePMessageFramer(maximumMessageSize: connection.maximumMessageSize)
+        let handler = self.handler
+        var framer = NinePMessageFramer(maximumMessageSize: handler.maximumMessageSize)
         let writer = self.writer
-        let reply: NinePConnection.Reply = { writer.enqueue($0) }
+        let reply: @Sendable ([UInt8]) -> Void = { writer.enqueue($0) }
         var reason = "end of stream"
         reading: while true {
             writer.waitForRoom(blocked: stalled)
@@ -327,7 +328,7 @@ final class SocketConnection: @unchecked Sendable {
             lastActivity.store(TenantAdmission.now(), ordering: .relaxed)
             framer.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             while true {
-                framer.maximumMessageSize = connection.maximumMessageSize
+                framer.maximumMessageSize = handler.maximumMessageSize
                 let message: [UInt8]?
                 do {
                     message = try framer.next()
@@ -342,12 +343,12 @@ final class SocketConnection: @unchecked Sendable {
                 writer.waitForRoom(blocked: stalled)
                 // Nothing more buffered: the client waits for this reply (or has not sent the
                 // rest yet), so an idle connection may run it on this thread.
-                connection.receive(message, runInline: framer.bufferedByteCount == 0, reply: reply)
+                handler.receive(message, runInline: framer.bufferedByteCount == 0, reply: reply, unanswered: nil)
             }
         }
         logger.debug("connection ends: \(reason)")
         // Requests still running finish (their replies are queued), then every fid is released.
-        connection.close()
+        handler.close()
         // Flush what is queued to a client that still reads; give up on one that does not.
         if !writer.finish(timeout: 5) {
             abort()

@@ -2,7 +2,7 @@ import Dispatch
 import Foundation
 import Glibc
 import Logging
-import PVFS9P
+import PVFS9PCodec
 import PVFSSystem
 import SystemPackage
 
@@ -11,13 +11,12 @@ import SystemPackage
 /// through a forwarded socket).
 ///
 /// One thread polls the listeners; each accepted socket gets a reader thread (framing requests
-/// into its NinePConnection, which runs them on the shared worker pool) and a writer thread
-/// (sending replies in order, partial-write safe). The factory decides, per peer, what
-/// connection to build (or refuses by throwing); the connection's attach resolver then decides
-/// which VM each Tattach reaches.
+/// into its `NineMessageHandler`) and a writer thread (sending replies in order, partial-write
+/// safe). The factory decides, per peer, what handler serves the connection (or refuses it by
+/// throwing); the 9P server behind the handler decides which VM each Tattach reaches.
 ///
 ///     let server = SocketServer(listen: [.tcp(host: "127.0.0.1", port: 5640)], logger: logger) { peer in
-///         NinePConnection(peer: peer, pool: pool, logger: logger, resolver: bindings.resolve)
+///         try nineServer.handler(for: peer)
 ///     }
 ///     try server.start()
 ///     ...
@@ -43,14 +42,12 @@ public final class SocketServer: @unchecked Sendable {
         public init() {}
     }
 
-    public typealias ConnectionFactory = @Sendable (NinePPeer) throws -> NinePConnection
-
     public let configuration: Configuration
     /// Who may connect: caps per listener and per VM, shared with the daemon's attach resolver
     /// (which counts connections against VMs) and its metrics.
     public let admission: TenantAdmission
     private let requested: [ListenAddress]
-    private let factory: ConnectionFactory
+    private let factory: NineHandlerFactory
     private let logger: Logger
 
     private struct Listener {
@@ -78,12 +75,12 @@ public final class SocketServer: @unchecked Sendable {
     /// `admission`: shared with the daemon (attach resolver, metrics); nil makes one from
     /// `configuration.limits`.
     public init(listen addresses: [ListenAddress], configuration: Configuration = Configuration(),
-                admission: TenantAdmission? = nil, logger: Logger, connectionFactory: @escaping ConnectionFactory) {
+                admission: TenantAdmission? = nil, logger: Logger, handlerFactory: @escaping NineHandlerFactory) {
         requested = addresses
         self.configuration = configuration
         self.admission = admission ?? TenantAdmission(limits: configuration.limits, logger: logger)
         self.logger = logger
-        factory = connectionFactory
+        factory = handlerFactory
         for address in addresses { self.admission.addListener(configuration.listenerNames[address.description] ?? address.description) }
     }
 
@@ -248,7 +245,7 @@ public final class SocketServer: @unchecked Sendable {
         condition.unlock()
         var out: [TenantGauge] = []
         for connection in live {
-            let outstanding = connection.connection.outstandingRequestCount
+            let outstanding = connection.handler.usage.outstandingRequests
             let queued = connection.queuedReplyBytes
             out.append(TenantGauge(tenant: .listener(connection.listenerName), outstandingRequests: outstanding, queuedReplyBytes: queued))
             for vm in admission.vms(ofConnection: connection.id) {
@@ -286,18 +283,17 @@ public final class SocketServer: @unchecked Sendable {
             Sockets.setOption(fd, Int32(IPPROTO_TCP), Sockets.tcpNoDelay, 1)
             if configuration.tcpKeepAlive { Sockets.setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1) }
             let remote = Sockets.peerAddress(fd).map { Sockets.formatHostPort($0.host, $0.port) } ?? "unknown"
-            peer = NinePPeer(transport: .tcp, remoteAddress: remote, localAddress: address.description, connectionID: id)
+            peer = NinePPeer(.tcp(remote: remote, listener: address.description), connectionID: id)
         case .unix:
             let credentials = try? FileDescriptor(rawValue: fd).peerCredentials()
-            peer = NinePPeer(transport: .unix, remoteAddress: credentials.map { "pid \($0.processID)" } ?? "unknown",
-                             localAddress: address.description, processID: credentials?.processID,
-                             userID: credentials?.userID, groupID: credentials?.groupID, connectionID: id)
+            peer = NinePPeer(.unix(listener: address.description, processID: credentials?.processID,
+                                   userID: credentials?.userID, groupID: credentials?.groupID), connectionID: id)
         }
         var log = logger
         log[metadataKey: "peer"] = "\(peer)"
-        let connection: NinePConnection
+        let handler: any NineMessageHandler
         do {
-            connection = try factory(peer)
+            handler = try factory(peer)
         } catch {
             log.warning("connection refused: \(error)")
             admission.release(connection: id)
@@ -306,7 +302,7 @@ public final class SocketServer: @unchecked Sendable {
         }
         let admission = self.admission
         let socketConnection = SocketConnection(
-            fd: fd, id: id, peer: peer, listenerName: listenerName, connection: connection, readSize: configuration.readSize,
+            fd: fd, id: id, peer: peer, listenerName: listenerName, handler: handler, readSize: configuration.readSize,
             replyQueueLimit: configuration.replyQueueLimit, logger: log,
             stalled: { admission.countBackpressure(.listener(listenerName), limit: .replyQueueBytes) },
             finished: { [weak self] finished in self?.remove(finished) })
@@ -315,7 +311,7 @@ public final class SocketServer: @unchecked Sendable {
             condition.unlock()
             admission.release(connection: id)
             Glibc.close(fd)
-            connection.close()
+            handler.close()
             return
         }
         connections[id] = socketConnection

@@ -1,5 +1,6 @@
 import CXen
 import Logging
+import PVFS9PCodec
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -10,10 +11,10 @@ import Glibc
 /// device's 9P traffic to a handler the daemon supplies.
 ///
 /// ```swift
-/// let backend = XenBackend(logger: logger) { frontend in
-///     guard let vm = rules.vm(forDomain: frontend.domid, named: frontend.domainName, tag: frontend.tag)
-///     else { throw XenAccessRefused("no VM for domain \(frontend.domid)") }
-///     return server.connection(for: vm)          // some NineMessageHandler
+/// let backend = XenBackend(logger: logger) { peer in   // NinePPeer, endpoint .xen(domainID:...)
+///     guard case .xen(let domid, _, _, let vm?, _) = peer.endpoint, rules.allow(domid, vm)
+///     else { throw NineConnectionRefused("no VM for this device") }
+///     return server.handler(for: peer)                // some NineMessageHandler
 /// }
 /// try backend.start()      // own thread; returns once the existing devices are adopted
 /// ...
@@ -23,7 +24,7 @@ import Glibc
 public final class XenBackend: @unchecked Sendable {
     public let configuration: XenBackendConfiguration
     private let logger: Logger
-    private let handlerFactory: XenHandlerFactory
+    private let handlerFactory: NineHandlerFactory
 
     private struct Control {
         var stopRequested = false
@@ -38,7 +39,7 @@ public final class XenBackend: @unchecked Sendable {
     private let ready = XenLatch()
 
     public init(configuration: XenBackendConfiguration = XenBackendConfiguration(), logger: Logger,
-                handlerFactory: @escaping XenHandlerFactory) throws {
+                handlerFactory: @escaping NineHandlerFactory) throws {
         self.configuration = try configuration.validated()
         self.logger = logger
         self.handlerFactory = handlerFactory

@@ -1,4 +1,5 @@
 import Logging
+import PVFS9PCodec
 
 /// Settings of the Xen 9pfs backend.
 public struct XenBackendConfiguration: Sendable {
@@ -64,7 +65,7 @@ public final class XenBackendCore {
     public let backendDomid: UInt32
     private let store: any XenStoreAccess
     private let connector: any XenDeviceConnector
-    private let handlerFactory: XenHandlerFactory
+    private let handlerFactory: NineHandlerFactory
     private let post: @Sendable (XenBackendEvent) -> Void
     private let logger: Logger
 
@@ -88,7 +89,7 @@ public final class XenBackendCore {
     public init(configuration: XenBackendConfiguration, backendDomid: UInt32, store: any XenStoreAccess,
                 connector: any XenDeviceConnector, logger: Logger,
                 post: @escaping @Sendable (XenBackendEvent) -> Void,
-                handlerFactory: @escaping XenHandlerFactory) throws {
+                handlerFactory: @escaping NineHandlerFactory) throws {
         self.configuration = try configuration.validated()
         self.backendDomid = backendDomid
         self.store = store
@@ -663,7 +664,7 @@ public final class XenBackendCore {
             handler = NineLostSessionHandler()
         } else {
             do {
-                handler = try handlerFactory(info)
+                handler = try handlerFactory(info.peer)
             } catch {
                 fail(device, "refused: \(error)")
                 return
@@ -676,7 +677,7 @@ public final class XenBackendCore {
         let connection: any XenDeviceConnection
         do {
             connection = try connector.connect(frontend: info, rings: rings, maxOrder: configuration.maxRingPageOrder,
-                                               handler: handler, session: XenNineSession()) { ring, error in
+                                               handler: handler) { ring, error in
                 post(.ringFailed(address, generation: generation, ring: ring, error))
             }
         } catch {

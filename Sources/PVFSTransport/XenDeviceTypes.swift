@@ -1,3 +1,5 @@
+import PVFS9PCodec
+
 /// The xenbus device states (xen/io/xenbus.h) both ends publish in their `state` node.
 public enum XenbusState: UInt32, Sendable, CustomStringConvertible {
     case unknown = 0
@@ -90,18 +92,14 @@ public struct XenFrontendInfo: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         "domain \(domid) (\(domainName ?? "unnamed")) device \(devid) tag \(tag ?? frontendTag ?? "-") path \(path ?? "-")"
     }
-}
 
-/// Why the daemon refuses a frontend (the device goes to Closed with this in its error node).
-public struct XenAccessRefused: Error, Sendable, CustomStringConvertible {
-    public var reason: String
-    public init(_ reason: String) { self.reason = reason }
-    public var description: String { reason }
+    /// The device as its 9P handler sees the other end: only what dom0 wrote (never the
+    /// frontend's own nodes). Its connection ID is unique per device: domid << 32 | devid.
+    public var peer: NinePPeer {
+        NinePPeer(.xen(domainID: domid, deviceID: devid, domainName: domainName, vm: path, tag: tag),
+                  connectionID: UInt64(domid) << 32 | UInt64(devid))
+    }
 }
-
-/// Given a connecting frontend, returns the 9P connection that serves it, or throws
-/// (for example `XenAccessRefused`) to refuse the device.
-public typealias XenHandlerFactory = @Sendable (XenFrontendInfo) throws -> any NineMessageHandler
 
 /// One ring as the frontend announced it in xenstore.
 public struct XenRingAnnouncement: Sendable, Equatable {
@@ -122,7 +120,7 @@ public struct XenRingAnnouncement: Sendable, Equatable {
 /// The real one uses gntdev and evtchn; tests use a fake.
 public protocol XenDeviceConnector: AnyObject {
     func connect(frontend: XenFrontendInfo, rings: [XenRingAnnouncement], maxOrder: UInt32,
-                 handler: any NineMessageHandler, session: XenNineSession,
+                 handler: any NineMessageHandler,
                  onRingFailure: @escaping @Sendable (Int, XenError) -> Void) throws -> any XenDeviceConnection
 }
 

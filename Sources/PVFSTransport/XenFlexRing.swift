@@ -1,37 +1,5 @@
 import CXen
-
-/// The 9P message header that frames every message on a Xen 9pfs ring:
-/// `size[4] type[1] tag[2]`, little-endian, where `size` counts the whole message.
-public struct NineHeader: Sendable, Equatable {
-    public static let length = 7
-
-    public var size: UInt32
-    public var type: UInt8
-    public var tag: UInt16
-
-    public init(size: UInt32, type: UInt8, tag: UInt16) {
-        self.size = size
-        self.type = type
-        self.tag = tag
-    }
-
-    /// Decodes the first seven bytes; nil when fewer are given.
-    public init?(_ bytes: some Collection<UInt8>) {
-        guard bytes.count >= NineHeader.length else { return nil }
-        var iterator = bytes.makeIterator()
-        func next() -> UInt8 { iterator.next()! }
-        let size = UInt32(next()) | UInt32(next()) << 8 | UInt32(next()) << 16 | UInt32(next()) << 24
-        let type = next()
-        let tag = UInt16(next()) | UInt16(next()) << 8
-        self.init(size: size, type: type, tag: tag)
-    }
-
-    public var bytes: [UInt8] {
-        [UInt8(truncatingIfNeeded: size), UInt8(truncatingIfNeeded: size >> 8),
-         UInt8(truncatingIfNeeded: size >> 16), UInt8(truncatingIfNeeded: size >> 24),
-         type, UInt8(truncatingIfNeeded: tag), UInt8(truncatingIfNeeded: tag >> 8)]
-    }
-}
+import PVFS9PCodec
 
 /// Sizes that follow from a ring's page order (XEN_FLEX_RING_SIZE and friends).
 public struct XenRingGeometry: Sendable, Equatable {
@@ -137,19 +105,17 @@ public final class XenFlexRing {
         var available = queued
         var cons = outCons
         var messages: [[UInt8]] = []
-        var header = [UInt8](repeating: 0, count: NineHeader.length)
-        while messages.count < maxCount, available >= UInt32(NineHeader.length) {
+        var header = [UInt8](repeating: 0, count: NineP.headerSize)
+        while messages.count < maxCount, available >= UInt32(NineP.headerSize) {
             header.withUnsafeMutableBytes { buffer in
-                cxen_ring_copy_out(buffer.baseAddress, outData, ringSize, cons & mask, UInt32(NineHeader.length))
+                cxen_ring_copy_out(buffer.baseAddress, outData, ringSize, cons & mask, UInt32(NineP.headerSize))
             }
-            let decoded = NineHeader(header)!
-            guard decoded.size >= UInt32(NineHeader.length) else {
+            guard let decoded = NinePHeader(header) else { break }
+            do {
+                try NinePMessageFramer.validate(size: decoded.size, limit: Int(limit))
+            } catch {
                 throw XenError(kind: .protocolViolation, call: "request header",
-                               detail: "size \(decoded.size) (type \(decoded.type), tag \(decoded.tag)) is smaller than the header")
-            }
-            guard decoded.size <= limit else {
-                throw XenError(kind: .protocolViolation, call: "request header",
-                               detail: "size \(decoded.size) (type \(decoded.type), tag \(decoded.tag)) exceeds the limit of \(limit) bytes")
+                               detail: "\(error) (type \(decoded.type.rawValue), tag \(decoded.tag))")
             }
             guard decoded.size <= available else { break }
             var message = [UInt8](repeating: 0, count: Int(decoded.size))
@@ -157,7 +123,7 @@ public final class XenFlexRing {
                 cxen_ring_copy_out(buffer.baseAddress, outData, ringSize, cons & mask, decoded.size)
             }
             // The frontend may have rewritten the header meanwhile: keep the one checked.
-            message.replaceSubrange(0..<NineHeader.length, with: header)
+            message.replaceSubrange(0..<NineP.headerSize, with: header)
             guard accept(message) else { break }
             messages.append(message)
             cons &+= decoded.size

@@ -1,4 +1,5 @@
 import Logging
+import PVFS9PCodec
 import Synchronization
 
 /// Connects devices for real: maps each ring's interface page and data pages through
@@ -17,7 +18,7 @@ public final class XenGrantConnector: XenDeviceConnector {
     }
 
     public func connect(frontend: XenFrontendInfo, rings: [XenRingAnnouncement], maxOrder: UInt32,
-                        handler: any NineMessageHandler, session: XenNineSession,
+                        handler: any NineMessageHandler,
                         onRingFailure: @escaping @Sendable (Int, XenError) -> Void) throws -> any XenDeviceConnection {
         let table = try XenGrantTable()
         let connection = XenGrantConnection()
@@ -50,7 +51,7 @@ public final class XenGrantConnector: XenDeviceConnector {
                 connection.channels.append(channel)
                 let ring = XenFlexRing(interface: interface.address, data: data.address, geometry: layout.geometry)
                 let worker = try XenRingWorker(index: index, ring: ring, signal: channel, handler: handler,
-                                               session: session, limits: limits,
+                                               limits: limits,
                                                accounting: admission.map { XenRingAccounting(admission: $0, tenant: .xenDomain(frontend.domid)) },
                                                label: "xen9p-\(frontend.domid).\(frontend.devid).\(index)",
                                                logger: logger, onFailure: onRingFailure)

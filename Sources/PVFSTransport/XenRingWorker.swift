@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import Logging
+import PVFS9PCodec
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -65,18 +66,7 @@ public struct XenRingLimits: Sendable, Equatable {
 
     /// The most bytes the reply to `request` can take, with `msize` the largest message.
     static func replyEstimate(_ request: [UInt8], msize: Int) -> Int {
-        let small = 256
-        guard request.count >= NineHeader.length else { return small }
-        switch request[4] {
-        case 116, 40:   // Tread, Treaddir: fid[4] offset[8] count[4]
-            guard request.count >= 23 else { return small }
-            let count = Int(request[19]) | Int(request[20]) << 8 | Int(request[21]) << 16 | Int(request[22]) << 24
-            return min(msize, 11 + count)
-        case 22:        // Treadlink: a path
-            return min(msize, 4200)
-        default:
-            return min(msize, small)
-        }
+        NinePMessageFramer.replySizeBound(ofRequest: request, msize: msize)
     }
 }
 
@@ -106,7 +96,6 @@ public final class XenRingWorker: @unchecked Sendable {
     private let ring: XenFlexRing
     private let signal: any XenRingSignal
     private let handler: any NineMessageHandler
-    private let session: XenNineSession
     private let limits: XenRingLimits
     private let accounting: XenRingAccounting?
     private let onFailure: @Sendable (Int, XenError) -> Void
@@ -149,13 +138,12 @@ public final class XenRingWorker: @unchecked Sendable {
     private var usageSource: UInt64?
 
     public init(index: Int, ring: XenFlexRing, signal: any XenRingSignal, handler: any NineMessageHandler,
-                session: XenNineSession, limits: XenRingLimits, accounting: XenRingAccounting? = nil,
+                limits: XenRingLimits, accounting: XenRingAccounting? = nil,
                 label: String, logger: Logger, onFailure: @escaping @Sendable (Int, XenError) -> Void) throws {
         self.index = index
         self.ring = ring
         self.signal = signal
         self.handler = handler
-        self.session = session
         self.limits = limits
         self.accounting = accounting
         self.label = label
@@ -290,7 +278,7 @@ public final class XenRingWorker: @unchecked Sendable {
             // A lone request on an idle ring runs on this thread (the handler decides whether it
             // may: not fsync or locks): the reply is on the ring without waking another thread.
             let idle = requests.count == 1 && inFlight == 1 && outbox.isEmpty
-            let msize = Int(session.maxMessageSize(ringSize: ring.ringSize))
+            let msize = messageSizeLimit
             for request in requests {
                 if shared.withLock({ $0.stopping }) { return }
                 requestCount.add(1, ordering: .relaxed)
@@ -317,7 +305,6 @@ public final class XenRingWorker: @unchecked Sendable {
         while outboxHead < outbox.count {
             let reply = outbox[outboxHead]
             guard try ring.putReply(reply) else { break }
-            session.observeReply(reply)
             outboxHead += 1
             outboxBytes -= reply.count
             inFlight -= 1
@@ -332,7 +319,7 @@ public final class XenRingWorker: @unchecked Sendable {
             outboxHead = 0
         }
 
-        let msize = Int(session.maxMessageSize(ringSize: ring.ringSize))
+        let msize = messageSizeLimit
         var requests: [[UInt8]] = []
         var blockedBy: TransportLimit?
         let capacity = limits.maxRequestsInFlight - inFlight
@@ -367,16 +354,22 @@ public final class XenRingWorker: @unchecked Sendable {
         return requests
     }
 
+    /// The largest message either side may send now: the handler's (the msize it agreed to, or
+    /// its maximum before Tversion), within the ring.
+    private var messageSizeLimit: Int {
+        Int(min(UInt32(clamping: handler.maximumMessageSize), ring.ringSize))
+    }
+
     /// A reply must be one well-framed 9P message; anything else is a handler bug that would
     /// corrupt the frontend's view of the ring.
     private func check(_ reply: [UInt8]) throws {
-        guard let header = NineHeader(reply), header.size == UInt32(reply.count) else {
+        guard let header = NinePHeader(reply), header.size == UInt32(reply.count) else {
             throw XenError(kind: .protocolViolation, call: "reply from the 9P handler",
                            detail: "\(reply.count) bytes do not frame one 9P message")
         }
         guard reply.count <= Int(ring.ringSize) else {
             throw XenError(kind: .protocolViolation, call: "reply from the 9P handler",
-                           detail: "\(reply.count) bytes (type \(header.type), tag \(header.tag)) never fit the \(ring.ringSize)-byte ring")
+                           detail: "\(reply.count) bytes (type \(header.type.rawValue), tag \(header.tag)) never fit the \(ring.ringSize)-byte ring")
         }
     }
 }

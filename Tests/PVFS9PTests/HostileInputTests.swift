@@ -21,7 +21,7 @@ final class DirectHarness: @unchecked Sendable {
         volume = try fixture.provision("vm1")
         let resolver = TestResolver(["vm1": volume], defaultVM: "vm1")
         pool = NinePWorkerPool(threads: 3)
-        connection = NinePConnection(peer: NinePPeer(transport: .local, remoteAddress: "fuzz", localAddress: "direct", connectionID: 9),
+        connection = NinePConnection(peer: NinePPeer(.local(remote: "fuzz", local: "direct"), connectionID: 9),
                                      configuration: configuration, pool: pool, logger: testLogger, resolver: resolver.resolver)
     }
 

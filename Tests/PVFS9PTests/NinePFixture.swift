@@ -256,7 +256,7 @@ final class ServedVM {
         resolver = TestResolver(["vm1": volume], defaultVM: "vm1")
         pool = NinePWorkerPool(threads: threads)
         let connection = NinePConnection(
-            peer: NinePPeer(transport: .local, remoteAddress: "test", localAddress: "socketpair", connectionID: 1),
+            peer: NinePPeer(.local(remote: "test", local: "socketpair"), connectionID: 1),
             configuration: configuration, pool: pool, logger: testLogger, resolver: resolver.resolver)
         harness = try SocketPairHarness(connection)
         if attach {

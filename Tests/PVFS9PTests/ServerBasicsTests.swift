@@ -81,7 +81,7 @@ struct ServerBasicsTests {
         let pool = NinePWorkerPool(threads: 2)
         defer { pool.shutdown() }
         let h = try SocketPairHarness(NinePConnection(
-            peer: NinePPeer(transport: .local, remoteAddress: "t", localAddress: "t", connectionID: 2),
+            peer: NinePPeer(.local(remote: "t", local: "t"), connectionID: 2),
             pool: pool, logger: testLogger, resolver: resolver.resolver))
         defer { h.finish() }
         _ = try h.client.version()

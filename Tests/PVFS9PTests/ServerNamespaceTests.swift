@@ -193,7 +193,7 @@ struct ServerNamespaceTests {
         let pool = NinePWorkerPool(threads: 2)
         defer { pool.shutdown() }
         let h = try SocketPairHarness(NinePConnection(
-            peer: NinePPeer(transport: .local, remoteAddress: "t", localAddress: "t", connectionID: 3),
+            peer: NinePPeer(.local(remote: "t", local: "t"), connectionID: 3),
             pool: pool, logger: testLogger, resolver: resolver.resolver))
         defer { h.finish() }
         _ = try h.client.version()

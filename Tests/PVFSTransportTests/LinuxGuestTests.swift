@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PVFS9P
+import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
 import SystemPackage

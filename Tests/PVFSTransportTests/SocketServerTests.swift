@@ -44,8 +44,12 @@ struct SocketServerTests {
         #expect(try c.write(fid: 1, offset: 0, bytes("tcp-host\n")) == 9)
         #expect(c.violations.isEmpty)
         let peer = try #require(s.peers.first)
-        #expect(peer.transport == .tcp)
-        #expect(peer.remoteAddress.hasPrefix("127.0.0.1:"))
+        guard case .tcp(let remote, _) = peer.endpoint else {
+            Issue.record("not a TCP peer: \(peer)")
+            return
+        }
+        #expect(remote.hasPrefix("127.0.0.1:"))
+        #expect(peer.remoteAddress == remote)
         #expect(peer.localAddress == "tcp:127.0.0.1:\(s.tcpPort)")
         #expect(s.server.connectionCount == 1)
     }
@@ -91,9 +95,7 @@ struct SocketServerTests {
         _ = try c.attach(fid: 0)
         #expect(try c.walk(fid: 0, newFid: 1, path: "etc/hostname").count == 2)
         let peer = try #require(s.peers.first)
-        #expect(peer.transport == .unix)
-        #expect(peer.userID == getuid())
-        #expect(peer.processID == getpid())
+        #expect(peer.endpoint == .unix(listener: "unix:\(path)", processID: getpid(), userID: getuid(), groupID: getgid()))
         #expect(peer.localAddress == "unix:\(path)")
         closeClient(fd)
         s.finish()

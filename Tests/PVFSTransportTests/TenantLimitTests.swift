@@ -275,7 +275,7 @@ final class RingFrontend {
 
     func drain() {
         let received = memory.receive()
-        for reply in received { replies[NineHeader(reply)?.tag ?? NineP.noTag] = reply }
+        for reply in received { replies[NinePHeader(reply)?.tag ?? NineP.noTag] = reply }
         if !received.isEmpty { signal.kick() }
     }
 
@@ -322,13 +322,13 @@ struct XenRingLimitTests {
              handler: (any NineMessageHandler)? = nil) throws {
             fixture = try TransportFixture()
             let fixture = self.fixture
-            let peer = NinePPeer(transport: .xen, remoteAddress: "domain 7", localAddress: "xen:7/0", domainID: 7, connectionID: 7)
+            let peer = NinePPeer(.xen(domainID: 7, deviceID: 0, domainName: nil, vm: "vm1", tag: nil), connectionID: 7 << 32)
             connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: quietLogger) { _ in
                 VMView(volume: fixture.volume, policy: SessionPolicy(side: .guest), sessionID: 77)
             }
             frontend = RingFrontend()
             worker = try XenRingWorker(index: 0, ring: frontend.memory.makeRing(), signal: frontend.signal,
-                                       handler: handler ?? connection, session: XenNineSession(), limits: limits,
+                                       handler: handler ?? connection, limits: limits,
                                        accounting: XenRingAccounting(admission: admission, tenant: .xenDomain(7)),
                                        label: "test-ring", logger: quietLogger) { _, _ in }
             try worker.start()
@@ -448,8 +448,7 @@ struct XenRingLimitTests {
         // Another ring of the same backend is served meanwhile.
         let otherFrontend = RingFrontend()
         let other = try XenRingWorker(index: 1, ring: otherFrontend.memory.makeRing(), signal: otherFrontend.signal,
-                                      handler: AsyncEchoHandler(maxDelayMicroseconds: 0), session: XenNineSession(),
-                                      limits: limits, label: "test-ring-1", logger: quietLogger) { _, _ in }
+                                      handler: AsyncEchoHandler(maxDelayMicroseconds: 0), limits: limits, label: "test-ring-1", logger: quietLogger) { _, _ in }
         try other.start()
         defer { other.stop() }
         for tag: UInt16 in 0..<50 {
@@ -474,17 +473,19 @@ struct XenRingLimitTests {
         final class StuckHandler: NineMessageHandler, @unchecked Sendable {
             let entered = DispatchSemaphore(value: 0)
             let release = DispatchSemaphore(value: 0)
-            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {
+            var maximumMessageSize: Int { Int(UInt32.max) }
+            func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                         unanswered: (@Sendable () -> Void)?) {
                 entered.signal()
                 release.wait()
-                reply(nineMessage(type: 101, tag: NineHeader(message)?.tag ?? 0))
+                reply(nineMessage(type: 101, tag: NinePHeader(message)?.tag ?? 0))
             }
             func close() {}
         }
         let handler = StuckHandler()
         let frontend = RingFrontend()
         let worker = try XenRingWorker(index: 0, ring: frontend.memory.makeRing(), signal: frontend.signal, handler: handler,
-                                       session: XenNineSession(), limits: XenRingLimits(), label: "test-ring",
+                                       limits: XenRingLimits(), label: "test-ring",
                                        logger: quietLogger) { _, _ in }
         try worker.start()
         #expect(frontend.send(nineMessage(type: 100, tag: 1)))

@@ -3,6 +3,7 @@ import GRDB
 import Glibc
 import Logging
 import PVFS9P
+import PVFS9PCodec
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PVFS9PCodec
 import Testing
 @testable import PVFSTransport
 
@@ -26,7 +27,7 @@ struct XenBackendCoreTests {
         var nextFailure: XenError?
 
         func connect(frontend: XenFrontendInfo, rings: [XenRingAnnouncement], maxOrder: UInt32,
-                     handler: any NineMessageHandler, session: XenNineSession,
+                     handler: any NineMessageHandler,
                      onRingFailure: @escaping @Sendable (Int, XenError) -> Void) throws -> any XenDeviceConnection {
             if let failure = nextFailure {
                 nextFailure = nil
@@ -52,10 +53,12 @@ struct XenBackendCoreTests {
         let posted = Posted()
         let refusedTags: Set<String>
         let core: XenBackendCore
+        /// The peers the backend asked the factory for a handler.
+        let peers = PeerBox()
         let root = "/local/domain/0/backend/9pfs"
 
         init(refusedTags: Set<String> = [], configure: (inout XenBackendConfiguration) -> Void = { _ in },
-             handlers: (@Sendable (XenFrontendInfo) -> any NineMessageHandler)? = nil) throws {
+             handlers: (@Sendable (NinePPeer) -> any NineMessageHandler)? = nil) throws {
             self.refusedTags = refusedTags
             var configuration = XenBackendConfiguration()
             configure(&configuration)
@@ -63,15 +66,19 @@ struct XenBackendCoreTests {
             logger.logLevel = .critical
             let posted = self.posted
             let refused = refusedTags
+            let peers = self.peers
             store.set("/local/domain/0/name", "Domain-0")
             for domid in [5, 6] {
                 store.set("/local/domain/\(domid)/name", "guest\(domid)")
                 try store.makeDirectory("/local/domain/\(domid)/device", in: .none)
             }
             core = try XenBackendCore(configuration: configuration, backendDomid: 0, store: store, connector: connector,
-                                      logger: logger, post: { posted.add($0) }) { info in
-                if let tag = info.tag, refused.contains(tag) { throw XenAccessRefused("tag \(tag) not allowed") }
-                return handlers?(info) ?? AsyncEchoHandler()
+                                      logger: logger, post: { posted.add($0) }) { peer in
+                peers.append(peer)
+                if case .xen(_, _, _, _, let tag?) = peer.endpoint, refused.contains(tag) {
+                    throw NineConnectionRefused("tag \(tag) not allowed")
+                }
+                return handlers?(peer) ?? AsyncEchoHandler()
             }
         }
 
@@ -151,6 +158,10 @@ struct XenBackendCoreTests {
         #expect(call.frontend.tag == "pvfs-root")
         #expect(call.frontend.path == "vm5")
         #expect(call.frontend.securityModel == "none")
+        // The handler's peer holds what dom0 wrote, never the frontend's own nodes.
+        #expect(h.peers.all == [NinePPeer(.xen(domainID: 5, deviceID: 0, domainName: "guest5", vm: "vm5", tag: "pvfs-root"),
+                                          connectionID: 5 << 32)])
+        #expect(h.peers.all.first?.description == "xen domain 5 via xen:5/0 #\(5 << 32)")
         #expect(h.backendState() == "4")
         #expect(h.backendError() == nil)
         #expect(h.core.status.first?.phase == .connected)
@@ -255,7 +266,9 @@ struct XenBackendCoreTests {
             let requestsDone = DispatchSemaphore(value: 0)
             private let lock = NSLock()
             private var closedFlag = false
-            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {}
+            var maximumMessageSize: Int { Int(UInt32.max) }
+            func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                         unanswered: (@Sendable () -> Void)?) {}
             /// Waits for its "running requests", as NinePConnection.close does.
             func close() {
                 closing.signal()
@@ -265,7 +278,7 @@ struct XenBackendCoreTests {
             var closed: Bool { lock.withLock { closedFlag } }
         }
         let slow = SlowToClose()
-        let h = try Harness(handlers: { info in info.domid == 5 ? slow as any NineMessageHandler : AsyncEchoHandler() })
+        let h = try Harness(handlers: { peer in peer.connectionID >> 32 == 5 ? slow as any NineMessageHandler : AsyncEchoHandler() })
         try h.core.start()
         try h.connectDevice(5)
         #expect(h.backendState(5) == "4")
@@ -295,7 +308,9 @@ struct XenBackendCoreTests {
     @Test func reconnectWaitsForThePreviousConnection() throws {
         final class Closing: NineMessageHandler, @unchecked Sendable {
             let requestsDone = DispatchSemaphore(value: 0)
-            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {}
+            var maximumMessageSize: Int { Int(UInt32.max) }
+            func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                         unanswered: (@Sendable () -> Void)?) {}
             func close() { requestsDone.wait() }
         }
         let first = Closing()
@@ -443,8 +458,9 @@ struct XenBackendCoreTests {
         // Every request is answered with EIO instead of hanging.
         final class Box: @unchecked Sendable { var reply: [UInt8] = [] }
         let box = Box()
-        call.handler.receive(nineMessage(type: 110, tag: 42, payload: [1, 2, 3])) { box.reply = $0 }
-        #expect(box.reply == NineHeader.rlerror(tag: 42, errno: 5))
+        call.handler.receive(nineMessage(type: 110, tag: 42, payload: [1, 2, 3]), runInline: true,
+                             reply: { box.reply = $0 }, unanswered: nil)
+        #expect(box.reply == NinePResponse.error(errno: 5).encode(tag: 42))
         // Closing still works as usual.
         h.frontendState("5")
         #expect(h.backendState() == "5")

@@ -1,4 +1,5 @@
 import CXen
+import PVFS9PCodec
 import Testing
 @testable import PVFSTransport
 
@@ -16,13 +17,6 @@ struct XenFlexRingTests {
         #expect(XenRingGeometry(order: 9).ringSize == 1 << 20)
         #expect(XenRingGeometry(order: 1).ringSize == 4096)
         #expect(XenRingGeometry(order: 9).dataPageCount == 512)
-    }
-
-    @Test func headerRoundTrips() {
-        let header = NineHeader(size: 0x0102_0304, type: 100, tag: 0xBEEF)
-        #expect(header.bytes == [4, 3, 2, 1, 100, 0xEF, 0xBE])
-        #expect(NineHeader(header.bytes) == header)
-        #expect(NineHeader([1, 2, 3]) == nil)
     }
 
     @Test func takesCompleteRequestsAndPublishesTheConsumer() throws {
@@ -73,7 +67,7 @@ struct XenFlexRingTests {
     @Test func headerLargerThanTheRingIsAViolation() {
         let memory = TestRingMemory(order: 1)
         let ring = memory.makeRing()
-        memory.sendRaw(NineHeader(size: 4097, type: 118, tag: 1).bytes, publish: 7)
+        memory.sendRaw(headerBytes(size: 4097, type: 118, tag: 1), publish: 7)
         #expect(throws: XenError.self) { try ring.takeRequests(maxMessageSize: .max, maxCount: 1) }
         #expect(memory.load(XenRingLayout.outCons) == 0)
     }
@@ -91,7 +85,7 @@ struct XenFlexRingTests {
     @Test func headerSmallerThanItselfIsAViolation() {
         let memory = TestRingMemory(order: 1)
         let ring = memory.makeRing()
-        memory.sendRaw(NineHeader(size: 3, type: 100, tag: 1).bytes, publish: 7)
+        memory.sendRaw(headerBytes(size: 3, type: 100, tag: 1), publish: 7)
         #expect(throws: XenError.self) { try ring.takeRequests(maxMessageSize: .max, maxCount: 1) }
     }
 
@@ -180,7 +174,7 @@ struct XenFlexRingTests {
         let message = nineMessage(type: 100, tag: 7, payload: pattern(40, seed: 1))
         memory.send(message)
         let taken = try ring.takeRequests(maxMessageSize: .max, maxCount: 1)
-        #expect(NineHeader(taken[0])?.size == UInt32(taken[0].count))
+        #expect(NinePHeader(taken[0])?.size == UInt32(taken[0].count))
     }
 
     @Test func interfacePageIsValidated() throws {
@@ -212,17 +206,5 @@ struct XenFlexRingTests {
         #expect(XenbusState(node: Array("9".utf8)) == nil)
         #expect(XenbusState(node: Array("x".utf8)) == nil)
         #expect(XenValue.describe([0x41, 0x0a, 0x22]) == "\"A\\x0a\\x22\"")
-    }
-
-    @Test func sessionTracksTheNegotiatedMsize() {
-        let session = XenNineSession()
-        #expect(session.maxMessageSize(ringSize: 4096) == 4096)
-        var rversion = nineMessage(type: 101, tag: 0xFFFF, payload: [0x00, 0x02, 0, 0, 8, 0] + Array("9P2000.L".utf8))
-        rversion[0] = UInt8(rversion.count)
-        session.observeReply(rversion)
-        #expect(session.msize == 512)
-        #expect(session.maxMessageSize(ringSize: 4096) == 512)
-        #expect(session.maxMessageSize(ringSize: 256) == 256)
-        #expect(NineHeader.rlerror(tag: 5, errno: 5) == [11, 0, 0, 0, 7, 5, 0, 5, 0, 0, 0])
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PVFS9PCodec
 import Synchronization
 import Testing
 @testable import PVFSTransport
@@ -15,12 +16,12 @@ struct XenRingWorkerTests {
     }
 
     func makeWorker(_ memory: TestRingMemory, _ signal: TestSignal, _ handler: any NineMessageHandler,
-                    session: XenNineSession = XenNineSession(), limits: XenRingLimits = XenRingLimits(),
+                    limits: XenRingLimits = XenRingLimits(),
                     failures: FailureLog = FailureLog(), index: Int = 0) throws -> XenRingWorker {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         return try XenRingWorker(index: index, ring: memory.makeRing(), signal: signal, handler: handler,
-                                 session: session, limits: limits, label: "test-ring", logger: logger) { ring, error in
+                                 limits: limits, label: "test-ring", logger: logger) { ring, error in
             failures.record(ring, error)
         }
     }
@@ -39,7 +40,7 @@ struct XenRingWorkerTests {
             }
             if progressed { signal.kick() }
             let received = memory.receive()
-            for reply in received { replies[NineHeader(reply)!.tag] = reply }
+            for reply in received { replies[NinePHeader(reply)!.tag] = reply }
             if !received.isEmpty {
                 signal.kick()  // Linux notifies after draining the in ring
                 continue
@@ -60,7 +61,7 @@ struct XenRingWorkerTests {
         let replies = exchange(memory, signal, requests: requests)
         #expect(replies.count == requests.count)
         for request in requests {
-            let header = NineHeader(request)!
+            let header = NinePHeader(request)!
             #expect(replies[header.tag] == nineMessage(type: 111, tag: header.tag, payload: Array(request[7...].reversed())))
         }
         #expect(worker.counters.requests == 300)
@@ -90,14 +91,13 @@ struct XenRingWorkerTests {
         let goodSignal = TestSignal()
         let badSignal = TestSignal()
         let handler = AsyncEchoHandler(maxDelayMicroseconds: 0)
-        let session = XenNineSession()
-        let ring0 = try makeWorker(good, goodSignal, handler, session: session, failures: failures, index: 0)
-        let ring1 = try makeWorker(bad, badSignal, handler, session: session, failures: failures, index: 1)
+        let ring0 = try makeWorker(good, goodSignal, handler, failures: failures, index: 0)
+        let ring1 = try makeWorker(bad, badSignal, handler, failures: failures, index: 1)
         try ring0.start()
         try ring1.start()
         defer { ring0.stop(); ring1.stop() }
 
-        bad.sendRaw(NineHeader(size: 2, type: 100, tag: 1).bytes, publish: 7)
+        bad.sendRaw(headerBytes(size: 2, type: 100, tag: 1), publish: 7)
         badSignal.kick()
         #expect(eventually { failures.all.count == 1 })
         #expect(failures.all.first?.0 == 1)
@@ -112,16 +112,21 @@ struct XenRingWorkerTests {
         #expect(failures.all.count == 1)
     }
 
+    /// The ring's limit is the handler's: the ring size until Tversion, then the msize agreed.
     @Test func requestsAboveTheNegotiatedMsizeAreViolations() throws {
         final class VersionHandler: NineMessageHandler, @unchecked Sendable {
-            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {
-                let header = NineHeader(message)!
-                if header.type == 100 {
+            private let agreed = Mutex(0)
+            var maximumMessageSize: Int { agreed.withLock { $0 == 0 ? 1 << 20 : $0 } }
+            func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                         unanswered: (@Sendable () -> Void)?) {
+                let header = NinePHeader(message)!
+                if header.type == .tversion {
+                    agreed.withLock { $0 = 1024 }
                     var answer = nineMessage(type: 101, tag: header.tag, payload: [0, 4, 0, 0, 8, 0] + Array("9P2000.L".utf8))
                     answer[0] = UInt8(answer.count)
                     reply(answer)
                 } else {
-                    reply(nineMessage(type: header.type + 1, tag: header.tag))
+                    reply(nineMessage(type: header.type.rawValue + 1, tag: header.tag))
                 }
             }
             func close() {}
@@ -129,13 +134,15 @@ struct XenRingWorkerTests {
         let failures = FailureLog()
         let memory = TestRingMemory(order: 2)
         let signal = TestSignal()
-        let session = XenNineSession()
-        let worker = try makeWorker(memory, signal, VersionHandler(), session: session, failures: failures)
+        let handler = VersionHandler()
+        let worker = try makeWorker(memory, signal, handler, failures: failures)
         try worker.start()
         defer { worker.stop() }
+        // Before Tversion a message may fill the ring (8 KiB here).
+        #expect(exchange(memory, signal, requests: [nineMessage(type: 110, tag: 3, payload: pattern(5000, seed: 3))]).count == 1)
         let version = nineMessage(type: 100, tag: 0xFFFF, payload: [0, 0, 1, 0, 8, 0] + Array("9P2000.L".utf8))
         #expect(exchange(memory, signal, requests: [version]).count == 1)
-        #expect(session.msize == 1024)
+        #expect(handler.maximumMessageSize == 1024)
         #expect(exchange(memory, signal, requests: [nineMessage(type: 110, tag: 1, payload: pattern(1000, seed: 1))]).count == 1)
         memory.send(nineMessage(type: 118, tag: 2, payload: pattern(1100, seed: 2)))
         signal.kick()
@@ -167,7 +174,9 @@ struct XenRingWorkerTests {
 
     @Test func replyFramingErrorsFromTheHandlerStopTheRing() throws {
         final class BrokenHandler: NineMessageHandler, @unchecked Sendable {
-            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {
+            var maximumMessageSize: Int { Int(UInt32.max) }
+            func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                         unanswered: (@Sendable () -> Void)?) {
                 reply([9, 0, 0, 0, 101, 0, 0])   // claims 9 bytes, has 7
             }
             func close() {}
@@ -188,8 +197,10 @@ struct XenRingWorkerTests {
         final class DoubleHandler: NineMessageHandler, @unchecked Sendable {
             let lock = NSLock()
             var saved: (@Sendable ([UInt8]) -> Void)?
-            func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {
-                let header = NineHeader(message)!
+            var maximumMessageSize: Int { Int(UInt32.max) }
+            func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                         unanswered: (@Sendable () -> Void)?) {
+                let header = NinePHeader(message)!
                 reply(nineMessage(type: 101, tag: header.tag))
                 reply(nineMessage(type: 101, tag: header.tag, payload: [1]))
                 lock.withLock { saved = reply }
@@ -245,8 +256,8 @@ struct XenRingWorkerTests {
         #expect(replies[5].map { Array($0[7...]) } == u32(3) + Array("hi\n".utf8))
         #expect(replies[6]?[4] == 41)
         #expect(replies[6].map { String(decoding: $0, as: UTF8.self).contains("hello.txt") } == true)
-        #expect(replies[7] == NineHeader.rlerror(tag: 7, errno: 2))
-        #expect(replies[8] == NineHeader.rlerror(tag: 8, errno: 30))
+        #expect(replies[7] == NinePResponse.error(errno: 2).encode(tag: 7))
+        #expect(replies[8] == NinePResponse.error(errno: 30).encode(tag: 8))
         #expect(replies[9]?[4] == 121)
     }
 }

@@ -1,5 +1,6 @@
 import CXen
 import Foundation
+import PVFS9PCodec
 import Synchronization
 @testable import PVFSTransport
 
@@ -203,13 +204,13 @@ final class TestRingMemory: @unchecked Sendable {
                 let prod = load(XenRingLayout.inProd)
                 cxen_rmb()
                 let queued = prod &- cons
-                guard queued >= UInt32(NineHeader.length) else { break }
-                var header = [UInt8](repeating: 0, count: NineHeader.length)
+                guard queued >= UInt32(NineP.headerSize) else { break }
+                var header = [UInt8](repeating: 0, count: NineP.headerSize)
                 header.withUnsafeMutableBytes { buffer in
                     cxen_ring_copy_out(buffer.baseAddress, data.assumingMemoryBound(to: UInt8.self), ringSize,
-                                       cons & (ringSize - 1), UInt32(NineHeader.length))
+                                       cons & (ringSize - 1), UInt32(NineP.headerSize))
                 }
-                let size = NineHeader(header)!.size
+                let size = NinePHeader(header)!.size
                 precondition(size <= queued, "backend published a partial reply")
                 var message = [UInt8](repeating: 0, count: Int(size))
                 message.withUnsafeMutableBytes { buffer in
@@ -227,7 +228,12 @@ final class TestRingMemory: @unchecked Sendable {
 
 /// A 9P-framed message with `payload` after the header.
 func nineMessage(type: UInt8, tag: UInt16, payload: [UInt8] = []) -> [UInt8] {
-    NineHeader(size: UInt32(NineHeader.length + payload.count), type: type, tag: tag).bytes + payload
+    headerBytes(size: UInt32(NineP.headerSize + payload.count), type: type, tag: tag) + payload
+}
+
+/// size[4] type[1] tag[2], whatever the size says (for malformed messages too).
+func headerBytes(size: UInt32, type: UInt8, tag: UInt16) -> [UInt8] {
+    withUnsafeBytes(of: size.littleEndian) { Array($0) } + [type] + withUnsafeBytes(of: tag.littleEndian) { Array($0) }
 }
 
 /// Deterministic filler bytes.
@@ -303,16 +309,20 @@ final class AsyncEchoHandler: NineMessageHandler, @unchecked Sendable {
         self.maxDelayMicroseconds = maxDelayMicroseconds
     }
 
-    func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {
+    /// No Tversion: the transport's own bound applies.
+    var maximumMessageSize: Int { Int(UInt32.max) }
+
+    func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                 unanswered: (@Sendable () -> Void)?) {
         lock.withLock { received.append(message) }
-        let header = NineHeader(message)!
+        let header = NinePHeader(message)!
         let payload: [UInt8]
         if let replySize {
-            payload = pattern(replySize - NineHeader.length, seed: Int(header.tag))
+            payload = pattern(replySize - NineP.headerSize, seed: Int(header.tag))
         } else {
-            payload = Array(message[NineHeader.length...].reversed())
+            payload = Array(message[NineP.headerSize...].reversed())
         }
-        let answer = nineMessage(type: header.type &+ 1, tag: header.tag, payload: payload)
+        let answer = nineMessage(type: header.type.rawValue &+ 1, tag: header.tag, payload: payload)
         let delay = maxDelayMicroseconds == 0 ? 0 : UInt32.random(in: 0...maxDelayMicroseconds)
         Thread.detachNewThread {
             if delay > 0 { usleep(delay) }
@@ -330,7 +340,10 @@ final class HoldingHandler: NineMessageHandler, @unchecked Sendable {
     private let lock = NSLock()
     private var pending: [(message: [UInt8], reply: @Sendable ([UInt8]) -> Void)] = []
 
-    func receive(_ message: [UInt8], reply: @escaping @Sendable ([UInt8]) -> Void) {
+    var maximumMessageSize: Int { Int(UInt32.max) }
+
+    func receive(_ message: [UInt8], runInline: Bool, reply: @escaping @Sendable ([UInt8]) -> Void,
+                 unanswered: (@Sendable () -> Void)?) {
         lock.withLock { pending.append((message, reply)) }
     }
 
@@ -344,8 +357,8 @@ final class HoldingHandler: NineMessageHandler, @unchecked Sendable {
             return pending
         }
         for (message, reply) in held {
-            let header = NineHeader(message)!
-            reply(nineMessage(type: header.type &+ 1, tag: header.tag))
+            let header = NinePHeader(message)!
+            reply(nineMessage(type: header.type.rawValue &+ 1, tag: header.tag))
         }
     }
 }
