@@ -50,7 +50,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "CFuse"]),
+        // The FUSE wire format and the seam between FUSE transports and servers; standard
+        // library only, so that it compiles alone for fuzzing.
+        .target(name: "PVFSFuseCodec"),
+        // One FUSE server over VMView, whatever carries its requests (virtio-fs, /dev/fuse).
+        .target(name: "PVFSFuseServer", dependencies: [
+            "PVFSEngine", "PVFSFuseCodec",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "PVFSFuseServer", "CFuse"]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
         .target(name: "PVFSTransport", dependencies: [
             "PVFS9P", "PVFSSystem", "CXen",
@@ -83,6 +91,7 @@ let package = Package(
         .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
         .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P"]),
         .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
+        .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec"]),
         .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport"]),
         .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands"]),
     ],

@@ -2,6 +2,7 @@ import CFuse
 import Glibc
 import Logging
 import PVFSEngine
+import PVFSFuseServer
 import PVFSSystem
 import Synchronization
 import SystemPackage
