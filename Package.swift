@@ -27,6 +27,7 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "CPVFSSystem"),
         .target(name: "CFuse", linkerSettings: [.linkedLibrary("fuse3")]),
+        .target(name: "CPVFSTransportIO"),
         .target(name: "CXen", linkerSettings: [
             .linkedLibrary("xenstore"), .linkedLibrary("xengnttab"), .linkedLibrary("xenevtchn"),
         ]),
@@ -58,7 +59,14 @@ let package = Package(
             "PVFSEngine", "PVFSFuseCodec",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "PVFSFuseServer", "CFuse"]),
+        // Host mounts of VM views: /dev/fuse served by PVFSFuseServer (mount(2), reader threads).
+        .target(name: "PVFSFuseHost", dependencies: [
+            "PVFSFuseServer", "PVFSFuseCodec", "PVFSEngine", "PVFSSystem", "CPVFSTransportIO",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Host mounts through libfuse (the previous FUSE implementation, kept until the server
+        // above has replaced it everywhere).
+        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "PVFSFuseServer", "PVFSFuseHost", "CFuse"]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
         .target(name: "PVFSTransport", dependencies: [
             "PVFS9P", "PVFSSystem", "CXen",
@@ -90,7 +98,7 @@ let package = Package(
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),
         .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
         .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P"]),
-        .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
+        .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse", "PVFSFuseHost"]),
         .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec"]),
         .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport"]),
         .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands"]),
