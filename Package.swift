@@ -59,6 +59,12 @@ let package = Package(
             "PVFSEngine", "PVFSFuseCodec",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The vhost-user-fs backend: control messages, guest memory, split virtqueues carrying
+        // FUSE requests to any FuseMessageHandler.
+        .target(name: "PVFSVhostUser", dependencies: [
+            "PVFSFuseCodec", "CPVFSTransportIO",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Host mounts of VM views: /dev/fuse served by PVFSFuseServer (mount(2), reader threads).
         .target(name: "PVFSFuseHost", dependencies: [
             "PVFSFuseServer", "PVFSFuseCodec", "PVFSEngine", "PVFSSystem", "CPVFSTransportIO",
@@ -99,7 +105,8 @@ let package = Package(
         .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
         .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P"]),
         .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse", "PVFSFuseHost"]),
-        .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec"]),
+        // The FUSE server, and the vhost-user transport in front of it with a simulated guest.
+        .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO"]),
         .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport"]),
         .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands"]),
     ],

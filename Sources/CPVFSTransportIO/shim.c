@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/epoll.h>
 
 int cpvfs_pipe(int fds[2], int size) {
     if (pipe2(fds, O_CLOEXEC) != 0) return -1;
@@ -91,3 +92,22 @@ ssize_t cpvfs_recv_with_fds(int socket, void *bytes, size_t length, int *fds, in
     }
     return n;
 }
+
+int cpvfs_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int cpvfs_epoll_add(int epoll, int fd, uint64_t token) {
+    struct epoll_event event = {.events = EPOLLIN, .data.u64 = token};
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
+}
+
+int cpvfs_epoll_remove(int epoll, int fd) { return epoll_ctl(epoll, EPOLL_CTL_DEL, fd, NULL); }
+
+int cpvfs_epoll_wait(int epoll, uint64_t *tokens, int capacity, int timeout_ms) {
+    struct epoll_event events[64];
+    if (capacity > 64) capacity = 64;
+    int n = epoll_wait(epoll, events, capacity, timeout_ms);
+    for (int i = 0; i < n; i++) tokens[i] = events[i].data.u64;
+    return n;
+}
+
+int cpvfs_accept(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC); }

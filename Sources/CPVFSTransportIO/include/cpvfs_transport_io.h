@@ -35,6 +35,16 @@ ssize_t cpvfs_send_with_fds(int socket, const void *bytes, size_t length, const 
 /// *truncated is set when the kernel cut data or descriptors.
 ssize_t cpvfs_recv_with_fds(int socket, void *bytes, size_t length, int *fds, int capacity, int *count, int *truncated);
 
+/// epoll(7), close-on-exec, readiness for reading (level-triggered), one 64-bit token per descriptor.
+int cpvfs_epoll_create(void);
+int cpvfs_epoll_add(int epoll, int fd, uint64_t token);
+int cpvfs_epoll_remove(int epoll, int fd);
+/// Waits up to `timeout_ms` (-1: forever); stores the tokens of ready descriptors; returns
+/// their count, or -1 with errno.
+int cpvfs_epoll_wait(int epoll, uint64_t *tokens, int capacity, int timeout_ms);
+/// accept4(2) with SOCK_CLOEXEC.
+int cpvfs_accept(int socket);
+
 // Guest memory: every field a guest can change is read once, through a volatile access, so
 // that the compiler neither re-reads it after validation nor tears it.
 static inline uint16_t cpvfs_load16(const void *p) { return *(const volatile uint16_t *)p; }
