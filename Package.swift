@@ -86,7 +86,7 @@ let package = Package(
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
-            "PVFSDaemon", "PVFSTransport",
+            "PVFSDaemon", "PVFSTransport", "PVFSVhostUser", "PVFSFuseServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
