@@ -27,6 +27,7 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "CPVFSSystem"),
         .target(name: "CFuse", linkerSettings: [.linkedLibrary("fuse3")]),
+        .target(name: "CPVFSTransportIO"),
         .target(name: "CXen", linkerSettings: [
             .linkedLibrary("xenstore"), .linkedLibrary("xengnttab"), .linkedLibrary("xenevtchn"),
         ]),
@@ -53,7 +54,28 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "CFuse"]),
+        // The FUSE wire format and the seam between FUSE transports and servers; standard
+        // library only, so that it compiles alone for fuzzing.
+        .target(name: "PVFSFuseCodec"),
+        // One FUSE server over VMView, whatever carries its requests (virtio-fs, /dev/fuse).
+        .target(name: "PVFSFuseServer", dependencies: [
+            "PVFSEngine", "PVFSFuseCodec",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The vhost-user-fs backend: control messages, guest memory, split virtqueues carrying
+        // FUSE requests to any FuseMessageHandler.
+        .target(name: "PVFSVhostUser", dependencies: [
+            "PVFSFuseCodec", "CPVFSTransportIO",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Host mounts of VM views: /dev/fuse served by PVFSFuseServer (mount(2), reader threads).
+        .target(name: "PVFSFuseHost", dependencies: [
+            "PVFSFuseServer", "PVFSFuseCodec", "PVFSEngine", "PVFSSystem", "CPVFSTransportIO",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Host mounts through libfuse (the previous FUSE implementation, kept until the server
+        // above has replaced it everywhere).
+        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "PVFSFuseServer", "PVFSFuseHost", "CFuse"]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
         .target(name: "PVFSTransport", dependencies: [
             "PVFS9PCodec", "PVFSSystem", "CXen",
@@ -68,7 +90,7 @@ let package = Package(
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
-            "PVFSDaemon", "PVFSTransport",
+            "PVFSDaemon", "PVFSTransport", "PVFSVhostUser", "PVFSFuseServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -91,7 +113,9 @@ let package = Package(
         .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
         .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
         .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec", "PVFSTestSupport"]),
-        .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
+        .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse", "PVFSFuseHost"]),
+        // The FUSE server, and the vhost-user transport in front of it with a simulated guest.
+        .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO"]),
         .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec", "PVFS9P", "PVFSTestSupport"]),
         .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands", "PVFSTestSupport"]),
     ],

@@ -4,14 +4,16 @@
 #
 #   bench/fuse-vs-overlay.sh [--runs N] [--lower DIR] [--work DIR] [--image FILE] [--image-size SIZE]
 #                            [--no-image] [--rows "walk read create_unlink seq_write seq_read"]
-#                            [--no-provision] [--bin DIR] [--baseline-bin DIR]
+#                            [--no-provision] [--bin DIR] [--baseline-bin DIR] [--fuse-server]
 #
 # Needs root, /dev/fuse, fuse-overlayfs, ostree, python3, mkfs.ext4, and release builds of
 # pvfs-vm and pvfs-devtool (built here when missing). Every run uses fresh upper layers (a fresh
 # VM for pvfs); caches are dropped before each row; each run prints its table, the last table
 # holds medians. Rows: seconds, smaller is better; the ratio columns are pvfs / other (below 1:
 # pvfs faster). --bin takes pvfs-vm and pvfs-devtool from DIR instead; --baseline-bin adds a
-# column "pvfs-base" served by DIR/pvfs-vm (an earlier build) next to the others.
+# column "pvfs-base" served by DIR/pvfs-vm (an earlier build) next to the others; --fuse-server
+# adds a column "pvfs-srv" served by pvfs's own FUSE server over /dev/fuse (`pvfs-vm mount
+# --engine fuse-server`, the server virtio-fs guests get) instead of libfuse.
 #
 # All three systems work on one freshly made ext4 (default options, with its journal) mounted
 # from a loop image at WORK: the lower tree is copied there, and the pvfs store, the upper layers
@@ -31,6 +33,7 @@ ROWS=(walk read create_unlink seq_write seq_read)
 PROVISION=1
 BIN=
 BASE_BIN=
+FUSE_SERVER=
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
@@ -43,7 +46,8 @@ while [ $# -gt 0 ]; do
         --no-provision) PROVISION=; shift ;;
         --bin) BIN=$2; shift 2 ;;
         --baseline-bin) BASE_BIN=$2; shift 2 ;;
-        *) echo "usage: $0 [--runs N] [--lower DIR] [--work DIR] [--image FILE] [--image-size SIZE] [--no-image] [--rows LIST] [--no-provision] [--bin DIR] [--baseline-bin DIR]" >&2; exit 2 ;;
+        --fuse-server) FUSE_SERVER=1; shift ;;
+        *) echo "usage: $0 [--runs N] [--lower DIR] [--work DIR] [--image FILE] [--image-size SIZE] [--no-image] [--rows LIST] [--no-provision] [--bin DIR] [--baseline-bin DIR] [--fuse-server]" >&2; exit 2 ;;
     esac
 done
 IMAGE=${IMAGE:-$WORK.img}
@@ -165,9 +169,10 @@ measure_row() {  # row system mountpoint run
 }
 
 # Columns: pvfs (default: each change in the catalog before its reply), pvfs-grouped (its
-# --grouped-commit: changes committed a few ms later, many per transaction), [pvfs-base,]
-# fuse-overlayfs, kernel overlayfs.
+# --grouped-commit: changes committed a few ms later, many per transaction), [pvfs-srv,]
+# [pvfs-base,] fuse-overlayfs, kernel overlayfs.
 SYSTEMS=(pvfs grp)
+[ -n "$FUSE_SERVER" ] && SYSTEMS+=(srv)
 [ -n "$BASE_BIN" ] && SYSTEMS+=(base)
 SYSTEMS+=(fuse kern)
 
@@ -175,9 +180,10 @@ print_table() {  # title, then "row value..." lines (one value per system) on st
     python3 -c '
 import sys
 title, systems = sys.argv[1], sys.argv[2].split()
-names = {"pvfs": "pvfs", "grp": "pvfs-grp", "base": "pvfs-base", "fuse": "fuse-ovl", "kern": "kernel-ovl"}
-# Ratios: pvfs and pvfs-grouped against each peer.
+names = {"pvfs": "pvfs", "grp": "pvfs-grp", "srv": "pvfs-srv", "base": "pvfs-base", "fuse": "fuse-ovl", "kern": "kernel-ovl"}
+# Ratios: pvfs and pvfs-grouped against each peer; pvfs-srv against libfuse-served pvfs and fuse-overlayfs.
 pairs = [(a, b) for a in ("pvfs", "grp") if a in systems for b in ("base", "fuse", "kern") if b in systems]
+pairs += [("srv", b) for b in ("pvfs", "fuse") if "srv" in systems and b in systems]
 print()
 print(title)
 print("%-16s" % "row" + "".join("%11s" % names[s] for s in systems) + "".join("%11s" % (a + "/" + b) for a, b in pairs))
@@ -210,6 +216,12 @@ for run in $(seq 1 "$RUNS"); do
     mkdir -p "$WORK/grp-mnt"
     "$BIN/pvfs-vm" mount --grouped-commit --store "$STORE" "$vm-grp" "$WORK/grp-mnt"
     MOUNTS+=("$WORK/grp-mnt"); MNT[grp]=$WORK/grp-mnt
+    if [ -n "$FUSE_SERVER" ]; then
+        "$BIN/pvfs-devtool" provision --store "$STORE" --template minbase --name "$vm-srv" > /dev/null
+        mkdir -p "$WORK/srv-mnt"
+        "$BIN/pvfs-vm" mount --engine fuse-server --store "$STORE" "$vm-srv" "$WORK/srv-mnt"
+        MOUNTS+=("$WORK/srv-mnt"); MNT[srv]=$WORK/srv-mnt
+    fi
     if [ -n "$BASE_BIN" ]; then
         "$BIN/pvfs-devtool" provision --store "$STORE" --template minbase --name "$vm-base" > /dev/null
         mkdir -p "$WORK/base-mnt"
@@ -239,6 +251,10 @@ for run in $(seq 1 "$RUNS"); do
     "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm"
     "$BIN/pvfs-vm" umount --store "$STORE" "$WORK/grp-mnt"
     "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm-grp"
+    if [ -n "$FUSE_SERVER" ]; then
+        "$BIN/pvfs-vm" umount --store "$STORE" "$WORK/srv-mnt"
+        "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm-srv"
+    fi
     if [ -n "$BASE_BIN" ]; then
         "$BASE_BIN/pvfs-vm" umount --store "$STORE" "$WORK/base-mnt"
         "$BIN/pvfs-devtool" remove --store "$STORE" --name "$vm-base"

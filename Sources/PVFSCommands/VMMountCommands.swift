@@ -55,6 +55,12 @@ public struct Mount: ParsableCommand {
     @Flag(name: .long, help: .hidden)
     public var fuseDebug = false
 
+    @Option(name: .long, help: ArgumentHelp("""
+        The FUSE implementation: libfuse, or fuse-server (pvfs's own server over /dev/fuse, the one \
+        virtio-fs guests get; root only). Default: $PVFS_FUSE_ENGINE, else libfuse.
+        """, valueName: "engine"))
+    public var engine: String?
+
     /// Serve with the caching of a mount shared with guest sessions (seconds of validity for
     /// names and attributes, no pages kept across opens): for measuring what sharing costs.
     @Option(name: .long, help: .hidden)
@@ -65,6 +71,12 @@ public struct Mount: ParsableCommand {
     public var readyFD: Int32?
 
     public init() {}
+
+    public func validate() throws {
+        if let engine, HostFuseEngine(rawValue: engine) == nil {
+            throw ValidationError("unknown engine \(engine): use \(HostFuseEngine.allCases.map(\.rawValue).joined(separator: " or "))")
+        }
+    }
 
     public func run() throws {
         if foreground {
@@ -110,8 +122,9 @@ public struct Mount: ParsableCommand {
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
         let logger = logging.makeLogger("pvfs.vm.mount")
+        let engine = engine.flatMap(HostFuseEngine.init(rawValue:)) ?? HostFuseEngine.fromEnvironment
         let volume: Volume
-        let mount: FuseMount
+        let mount: any HostFuseMount
         do {
             let store = try storeOptions.open(logger: logger)
             volume = try Volume.open(store: store, vmName: name, logger: logger)
@@ -129,11 +142,13 @@ public struct Mount: ParsableCommand {
         }
         let view = VMView(volume: volume, policy: policy, sessionID: 1)
         do {
-            mount = try FuseMount(view: view, mountpoint: directory,
-                                  options: FuseMountOptions(readOnly: readOnly, allowOther: allowOther,
-                                                            caching: sharedCacheTimeout.map { .shared(timeout: $0) } ?? .exclusive,
-                                                            debug: fuseDebug),
-                                  logger: logger)
+            let options = FuseMountOptions(readOnly: readOnly, allowOther: allowOther,
+                                           caching: sharedCacheTimeout.map { .shared(timeout: $0) } ?? .exclusive,
+                                           debug: fuseDebug)
+            switch engine {
+            case .libfuse: mount = try FuseMount(view: view, mountpoint: directory, options: options, logger: logger)
+            case .fuseServer: mount = try FuseServerMount(view: view, mountpoint: directory, options: options, logger: logger)
+            }
         } catch let error as FuseMountError {
             try? volume.close()
             let failure = CommandFailure(error.message, exitCode: error.errno == .resourceBusy ? PVFSExitCode.conflict : PVFSExitCode.failure)

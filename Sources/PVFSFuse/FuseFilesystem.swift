@@ -2,6 +2,8 @@ import CFuse
 import Glibc
 import Logging
 import PVFSEngine
+@_exported import PVFSFuseHost
+import PVFSFuseServer
 import PVFSSystem
 import Synchronization
 import SystemPackage

@@ -101,14 +101,18 @@ final class FuseFixture {
         return path
     }
 
-    /// Mounts a VM in this process, served by a thread until `unmount`.
+    /// Mounts a VM in this process, served by a thread until `unmount`, by the FUSE
+    /// implementation PVFS_FUSE_ENGINE names (libfuse unless it says fuse-server).
     func mount(_ name: String, at path: String? = nil, readOnly: Bool = false,
                caching: FuseMountOptions.Caching = .exclusive) throws -> MountedVM {
         let volume = try Volume.open(store: store, vmName: name)
         let view = VMView(volume: volume, policy: SessionPolicy(side: .host, readOnly: readOnly, permissionChecks: .hostKernel),
                           sessionID: 1)
-        let mount = try FuseMount(view: view, mountpoint: path ?? mountpoint(name),
-                                  options: FuseMountOptions(readOnly: readOnly, allowOther: true, caching: caching))
+        let options = FuseMountOptions(readOnly: readOnly, allowOther: true, caching: caching)
+        let mount: any HostFuseMount = switch HostFuseEngine.fromEnvironment {
+        case .libfuse: try FuseMount(view: view, mountpoint: path ?? mountpoint(name), options: options)
+        case .fuseServer: try FuseServerMount(view: view, mountpoint: path ?? mountpoint(name), options: options)
+        }
         return MountedVM(mount: mount, volume: volume)
     }
 }
@@ -118,18 +122,18 @@ final class FuseFixture {
 /// `unmount` drops the mount and the volume, so that the VM's lock (held by the volume's lock
 /// file until it is freed) is released for the next open.
 final class MountedVM: @unchecked Sendable {
-    private var mount: FuseMount?
+    private var mount: (any HostFuseMount)?
     private var volume: Volume?
     private let finished = DispatchSemaphore(value: 0)
     let path: String
 
-    init(mount: FuseMount, volume: Volume) {
+    init(mount: any HostFuseMount, volume: Volume) {
         self.mount = mount
         self.volume = volume
         self.path = mount.mountpoint
-        let thread = Thread { [weak mount, finished] in
+        let thread = Thread { [mount, finished] in
             do {
-                try mount?.run()
+                try mount.run()
             } catch {
                 FileHandle.standardError.write(Data("mount failed: \(error)\n".utf8))
             }
@@ -140,7 +144,7 @@ final class MountedVM: @unchecked Sendable {
 
     func unmount() throws {
         guard let mount, let volume else { return }
-        mount.stop()
+        mount.stop(force: false)
         guard finished.wait(timeout: .now() + 30) == .success else { throw TestFailure("the mount did not stop") }
         try volume.close()
         self.mount = nil

@@ -1,15 +1,15 @@
 #!/bin/sh
 # Tests/guest/guest-init.sh: /init of the test initramfs (busybox sh, PID 1 in the guest).
 #
-# Loads the modules listed in /modules/order, mounts a 9P2000.L share on /mnt and runs
-# /fileops.sh against it, then prints PVFS-TEST-DONE and powers the guest off. Everything
+# Loads the modules listed in /modules/order, mounts a 9P2000.L share (or a virtio-fs device)
+# on /mnt and runs /fileops.sh against it, then prints PVFS-TEST-DONE and powers the guest off. Everything
 # it needs comes from the kernel command line, so one image serves every test:
 #
-#   pvfs.trans=tcp|xen      transport (default tcp)
+#   pvfs.trans=tcp|xen|virtiofs  transport (default tcp)
 #   pvfs.server=ADDR        tcp: server address (default 10.0.2.2, QEMU user net's host)
 #   pvfs.port=PORT          tcp: server port (default 564)
 #   pvfs.aname=NAME         9P attach name (diod: exported path; pvfsd: VM name)
-#   pvfs.tag=TAG            xen: the 9pfs device tag (default pvfs)
+#   pvfs.tag=TAG            xen: the 9pfs device tag; virtiofs: the device's tag (default pvfs)
 #   pvfs.msize=BYTES        9P msize (default: the kernel's)
 #   pvfs.opts=a,b=c         extra mount options
 #   pvfs.ip=ADDR/PREFIX     tcp: guest address (default 10.0.2.15/24), pvfs.gw= (default 10.0.2.2)
@@ -97,20 +97,29 @@ if [ "$TRANS" = tcp ]; then
     fi
     source="$SERVER"
     mopts="trans=tcp,port=$PORT,version=9p2000.L"
+elif [ "$TRANS" = virtiofs ]; then
+    source="$TAG"
+    mopts=""
 else
     source="$TAG"
     mopts="trans=xen,version=9p2000.L"
 fi
-[ -n "$ANAME" ] && mopts="$mopts,aname=$ANAME"
-[ -n "$MSIZE" ] && mopts="$mopts,msize=$MSIZE"
-[ -n "$OPTS" ] && mopts="$mopts,$OPTS"
+fstype=9p
+if [ "$TRANS" = virtiofs ]; then
+    fstype=virtiofs
+    [ -n "$OPTS" ] && mopts="$OPTS"
+else
+    [ -n "$ANAME" ] && mopts="$mopts,aname=$ANAME"
+    [ -n "$MSIZE" ] && mopts="$mopts,msize=$MSIZE"
+    [ -n "$OPTS" ] && mopts="$mopts,$OPTS"
+fi
 
 mkdir -p /mnt
 t0=$(uptime_s)
-if mount -t 9p -o "$mopts" "$source" /mnt 2>/tmp/mount.err; then
+if mount -t "$fstype" ${mopts:+-o "$mopts"} "$source" /mnt 2>/tmp/mount.err; then
     marker mount ok "$source $mopts ($(grep ' /mnt ' /proc/mounts | cut -d' ' -f4))"
 else
-    marker mount fail "$source $mopts: $(cat /tmp/mount.err) $(dmesg | grep -i 9p | tail -3 | tr '\n' ' ')"
+    marker mount fail "$source $mopts: $(cat /tmp/mount.err) $(dmesg | grep -iE '9p|fuse|virtio' | tail -3 | tr '\n' ' ')"
     finish
 fi
 

@@ -131,6 +131,7 @@ guest_modules_order() {
 GUEST_MODS_VIRTIO_NET="virtio_pci virtio_net"
 GUEST_MODS_9P_TCP="9pnet_fd 9p"
 GUEST_MODS_9P_XEN="9pnet_xen 9p"
+GUEST_MODS_VIRTIOFS="virtio_pci virtiofs"
 
 # ---------------------------------------------------------------- initramfs recipes
 #
@@ -339,7 +340,7 @@ guest_posix_image() {
     echo "$out"
 }
 
-# guest_test_initramfs KVER [tcp|xen|all] [posix]: the standard test image (guest-init.sh runs
+# guest_test_initramfs KVER [tcp|xen|virtiofs|all] [posix]: the standard test image (guest-init.sh runs
 # fileops.sh). With "posix" it also holds the POSIX suite, its ext4 image and the modules to
 # mount it (pvfs.run=posix).
 guest_test_initramfs() {
@@ -347,6 +348,7 @@ guest_test_initramfs() {
     case $trans in
     tcp) mods="$GUEST_MODS_VIRTIO_NET $GUEST_MODS_9P_TCP" ;;
     xen) mods="$GUEST_MODS_9P_XEN" ;;
+    virtiofs) mods="$GUEST_MODS_VIRTIOFS" ;;
     all) mods="$GUEST_MODS_VIRTIO_NET $GUEST_MODS_9P_TCP $GUEST_MODS_9P_XEN" ;;
     *) gdie "unknown transport $trans" ;;
     esac

@@ -5,8 +5,8 @@
 /// With FUSE_CAP_POSIX_ACL the kernel enforces ACLs from this form, and the filesystem keeps mode
 /// and ACL in step: the rules below are Linux's own (fs/posix_acl.c), so that a file created
 /// under a default ACL, or chmod'ed, ends with the mode and ACL ext4 would give it.
-struct PosixACL: Equatable, Sendable {
-    enum Tag: UInt16, Sendable {
+public struct PosixACL: Equatable, Sendable {
+    public enum Tag: UInt16, Sendable {
         case userObject = 0x01
         case user = 0x02
         case groupObject = 0x04
@@ -15,24 +15,30 @@ struct PosixACL: Equatable, Sendable {
         case other = 0x20
     }
 
-    struct Entry: Equatable, Sendable {
-        var tag: Tag
-        var permissions: UInt16
-        var id: UInt32
+    public struct Entry: Equatable, Sendable {
+        public var tag: Tag
+        public var permissions: UInt16
+        public var id: UInt32
+
+        public init(tag: Tag, permissions: UInt16, id: UInt32) {
+            self.tag = tag
+            self.permissions = permissions
+            self.id = id
+        }
     }
 
-    static let version: UInt32 = 2
-    static let accessName: [UInt8] = Array("system.posix_acl_access".utf8)
-    static let defaultName: [UInt8] = Array("system.posix_acl_default".utf8)
+    public static let version: UInt32 = 2
+    public static let accessName: [UInt8] = Array("system.posix_acl_access".utf8)
+    public static let defaultName: [UInt8] = Array("system.posix_acl_default".utf8)
 
-    var entries: [Entry]
+    public var entries: [Entry]
 
-    init(entries: [Entry]) {
+    public init(entries: [Entry]) {
         self.entries = entries
     }
 
     /// Parses the xattr form; nil for anything malformed (wrong version, size or tag).
-    init?(xattr bytes: [UInt8]) {
+    public init?(xattr bytes: [UInt8]) {
         guard bytes.count >= 4, (bytes.count - 4) % 8 == 0 else { return nil }
         func u16(_ i: Int) -> UInt16 { UInt16(bytes[i]) | UInt16(bytes[i + 1]) << 8 }
         func u32(_ i: Int) -> UInt32 { UInt32(u16(i)) | UInt32(u16(i + 2)) << 16 }
@@ -47,7 +53,7 @@ struct PosixACL: Equatable, Sendable {
         self.entries = entries
     }
 
-    var xattr: [UInt8] {
+    public var xattr: [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(4 + 8 * entries.count)
         func put16(_ v: UInt16) { out.append(UInt8(v & 0xff)); out.append(UInt8(v >> 8)) }
@@ -63,7 +69,7 @@ struct PosixACL: Equatable, Sendable {
 
     /// posix_acl_equiv_mode: the permission bits the ACL implies and whether the ACL says more
     /// than those bits can (named entries or a mask).
-    func equivalentMode() -> (mode: UInt32, extended: Bool) {
+    public func equivalentMode() -> (mode: UInt32, extended: Bool) {
         var mode: UInt32 = 0
         var extended = false
         for e in entries {
@@ -84,7 +90,7 @@ struct PosixACL: Equatable, Sendable {
     /// posix_acl_create_masq: a default ACL inherited by a new inode, cut down to the mode the
     /// creator asked for. Returns the inode's access ACL and its permission bits; `extended` is
     /// false when the ACL adds nothing to those bits (then no access ACL is stored).
-    func inherited(mode requested: UInt32) -> (acl: PosixACL, mode: UInt32, extended: Bool) {
+    public func inherited(mode requested: UInt32) -> (acl: PosixACL, mode: UInt32, extended: Bool) {
         var acl = self
         var mode = requested & 0o777
         var extended = false
@@ -115,7 +121,7 @@ struct PosixACL: Equatable, Sendable {
     }
 
     /// posix_acl_chmod: the ACL after chmod to `mode` (owner, mask-or-group and other follow it).
-    func changingMode(_ mode: UInt32) -> PosixACL {
+    public func changingMode(_ mode: UInt32) -> PosixACL {
         var acl = self
         var groupIndex: Int?
         var maskIndex: Int?

@@ -18,8 +18,8 @@ public struct FuseMountOptions: Sendable, Equatable {
     /// (`default_permissions`) either way.
     public var allowOther: Bool
     public var caching: Caching
-    /// Upper bound of worker threads serving requests; threads blocked waiting for a lock
-    /// (F_SETLKW) count, so it must stay well above the expected number of waiters.
+    /// Upper bound of worker threads serving requests (libfuse); threads blocked waiting for a
+    /// lock (F_SETLKW) count, so it must stay well above the expected number of waiters.
     public var maximumThreads: UInt32
     /// Idle workers kept instead of exited.
     public var idleThreads: UInt32
@@ -56,20 +56,20 @@ public struct FuseMountOptions: Sendable, Equatable {
     }
 
     /// Seconds the kernel may trust a name, an attribute or a missing name.
-    var entryTimeout: Double {
+    public var entryTimeout: Double {
         switch caching {
         case .exclusive: Self.exclusiveTimeout
         case .shared(let timeout): timeout
         }
     }
 
-    var attributeTimeout: Double { entryTimeout }
-    var negativeTimeout: Double { entryTimeout }
+    public var attributeTimeout: Double { entryTimeout }
+    public var negativeTimeout: Double { entryTimeout }
 
     /// Whether pages and directory listings survive across opens.
-    var keepCache: Bool { caching == .exclusive }
+    public var keepCache: Bool { caching == .exclusive }
 
     /// A day: long enough that the kernel never asks again in practice, short enough that a
     /// missed invalidation could not last forever.
-    static let exclusiveTimeout: Double = 86_400
+    public static let exclusiveTimeout: Double = 86_400
 }

@@ -1,0 +1,128 @@
+#!/bin/bash
+# Tests/guest/run-virtiofs.sh: run the guest file-operation checks over virtio-fs.
+#
+# Starts a vhost-user-fs backend on a Unix socket, boots Debian's kernel under QEMU TCG with guest
+# memory shared through a memfd and a vhost-user-fs-pci device (no network at all), the guest
+#   mount -t virtiofs pvfs /mnt
+# runs fileops.sh and powers off; the serial log's PVFS-TEST markers decide the result.
+#
+# usage:
+#   run-virtiofs.sh [OPTIONS]                         pvfs (`pvfs-vm serve-vhost-user`) serving a fresh
+#                                                     VM of a tiny template (default)
+#   run-virtiofs.sh --store S --vm NAME               pvfs serving that VM
+#   run-virtiofs.sh --server virtiofsd [--tree DIR]   Debian's C virtiofsd serving a tree
+# options:
+#   --quota BYTES    (pvfs) the VM's quota: enables the df and EDQUOT checks
+#   --skip a,b       checks to skip (names as printed)
+#   --large MIB      large-file size (default 16)
+#   --cache SECONDS  (pvfs) how long the guest may cache names and attributes (default 1)
+#   --timeout S      bound on the guest run (default 300)
+#   --log FILE       keep the guest's serial log there
+# After the guest ends, the host checks what it wrote: for pvfs through `pvfs-vm mount` of the VM,
+# for virtiofsd in the tree.
+# exit status: 0 all checks passed, 1 a check failed or the guest did not finish, 2 setup error.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+KIND=pvfs STORE="" VM="" TREE="" QUOTA="" SKIP="" LARGE=16 CACHE=1 TIMEOUT=300 KEEPLOG=""
+while [ $# -gt 0 ]; do
+    case $1 in
+    --server) KIND=$2; shift 2 ;;
+    --store) STORE=$2; shift 2 ;;
+    --vm) VM=$2; shift 2 ;;
+    --tree) TREE=$2; shift 2 ;;
+    --quota) QUOTA=$2; shift 2 ;;
+    --skip) SKIP=$2; shift 2 ;;
+    --large) LARGE=$2; shift 2 ;;
+    --cache) CACHE=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    --log) KEEPLOG=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) gdie "unknown option $1" ;;
+    esac
+done
+
+guest_setup
+T0=$(now)
+KERNEL=$(guest_kernel)
+KVER=$(guest_kver "$KERNEL")
+INITRD=$(guest_test_initramfs "$KVER" virtiofs)
+T_BUILD=$(elapsed "$T0")
+SOCKET=$GUEST_WORK/vhost.sock
+PVFS_VM=$(pvfs_vm_binary)
+
+case $KIND in
+pvfs)
+    if [ -z "$STORE" ]; then
+        STORE=$GUEST_WORK/store VM=vm1
+        devtool=$(newest_build pvfs-devtool)
+        [ -n "$devtool" ] || gdie "no pvfs-devtool build"
+        "$GUEST_LIB_DIR/make-tiny-tree.sh" "$GUEST_WORK/tree"
+        "$devtool" template --store "$STORE" --name tiny "$GUEST_WORK/tree" >/dev/null
+        "$PVFS_VM" provision --store "$STORE" --template tiny "$VM" >/dev/null 2>&1
+    fi
+    [ -n "$VM" ] || gdie "--store needs --vm"
+    if [ -n "$QUOTA" ]; then "$PVFS_VM" set-quota --store "$STORE" "$VM" --bytes "$QUOTA" >/dev/null; fi
+    glog "server: $PVFS_VM serve-vhost-user --store $STORE $VM --socket $SOCKET --cache-timeout $CACHE"
+    guest_spawn "$GUEST_WORK/server.log" "$PVFS_VM" serve-vhost-user --store "$STORE" "$VM" --socket "$SOCKET" --cache-timeout "$CACHE"
+    ;;
+virtiofsd)
+    [ -x /usr/lib/qemu/virtiofsd ] || gdie "no /usr/lib/qemu/virtiofsd (Debian's qemu-system-common)"
+    if [ -z "$TREE" ]; then TREE=$GUEST_WORK/tree; mkdir -p "$TREE"; fi
+    TREE=$(cd "$TREE" && pwd)
+    chmod 755 "$TREE"
+    glog "server: virtiofsd $(/usr/lib/qemu/virtiofsd --version 2>&1 | head -1) on $TREE"
+    guest_spawn "$GUEST_WORK/server.log" /usr/lib/qemu/virtiofsd --socket-path="$SOCKET" -o source="$TREE" -o cache=auto -o xattr
+    ;;
+*) gdie "unknown server $KIND" ;;
+esac
+SERVER_PID=$GUEST_LAST_PID
+for _ in $(seq 1 100); do [ -S "$SOCKET" ] && break; kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+[ -S "$SOCKET" ] || { cat "$GUEST_WORK/server.log" >&2; gdie "the server did not create $SOCKET"; }
+
+GUEST_NET_ARGS=()
+APPEND="$GUEST_BASE_APPEND pvfs.trans=virtiofs pvfs.tag=pvfs pvfs.large=$LARGE"
+[ -n "$QUOTA" ] && APPEND+=" pvfs.quota=$QUOTA"
+[ -n "$SKIP" ] && APPEND+=" pvfs.skip=$SKIP"
+LOG=$GUEST_WORK/serial.log
+glog "booting: $KERNEL ($KVER) with vhost-user-fs on $SOCKET"
+QRC=0
+guest_boot_qemu "$KERNEL" "$INITRD" "$APPEND" "$LOG" "$TIMEOUT" \
+    -object "memory-backend-memfd,id=mem,size=${GUEST_MEM}M,share=on" -numa node,memdev=mem \
+    -chardev "socket,id=vfs,path=$SOCKET" -device vhost-user-fs-pci,chardev=vfs,tag=pvfs || QRC=$?
+[ -n "$KEEPLOG" ] && cp "$LOG" "$KEEPLOG"
+
+RC=0
+guest_results "$LOG" "virtiofs/$KIND" || RC=1
+server_stop
+
+# Host side: what the guest wrote is in the VM (seen through a host mount) or the tree.
+HOSTVIEW=$TREE
+if [ "$KIND" = pvfs ]; then
+    HOSTVIEW=$GUEST_WORK/view
+    mkdir -p "$HOSTVIEW"
+    "$PVFS_VM" mount --store "$STORE" "$VM" "$HOSTVIEW" || gdie "cannot mount $VM on the host"
+    guest_on_cleanup "'$PVFS_VM' umount --store '$STORE' '$HOSTVIEW' >/dev/null 2>&1 || umount -l '$HOSTVIEW'"
+fi
+if [ -f "$HOSTVIEW/pvfs-fileops/MANIFEST" ] && (cd "$HOSTVIEW/pvfs-fileops" && sha256sum --quiet -c MANIFEST) >&2; then
+    glog "host check: MANIFEST matches ($(wc -l <"$HOSTVIEW/pvfs-fileops/MANIFEST") files)"
+    META_DIFF=$(cd "$HOSTVIEW/pvfs-fileops" && while read -r p rest; do
+        got="$p $(stat -c '%u:%g %a %s %F' "$p")"
+        [ "$got" = "$p $rest" ] || echo "  guest: $p $rest | host: $got"
+    done <META)
+    if [ -n "$META_DIFF" ]; then
+        glog "host check: metadata differs:"
+        echo "$META_DIFF" >&2
+        RC=1
+    else
+        glog "host check: owners, modes, sizes and types match ($(wc -l <"$HOSTVIEW/pvfs-fileops/META") paths)"
+    fi
+else
+    glog "host check: FAILED (MANIFEST missing or mismatched under $HOSTVIEW/pvfs-fileops)"
+    RC=1
+fi
+
+glog "timings: initramfs ${T_BUILD}s, guest boot+test ${GUEST_BOOT_SECONDS}s, total $(elapsed "$T0")s"
+echo "virtiofs/$KIND: $GUEST_RESULT_SUMMARY qemu_exit=$QRC boot+test=${GUEST_BOOT_SECONDS}s"
+[ "$QRC" = 0 ] || RC=1
+exit "$RC"
