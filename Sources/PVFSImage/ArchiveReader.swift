@@ -175,9 +175,13 @@ final class ArchiveReader {
     }
 
     private static func header(of entry: OpaquePointer) throws -> ArchiveHeader {
-        let path = bytes(archive_entry_pathname(entry)) ?? []
+        // A name libarchive could not convert to the locale's charset is read in its UTF-8
+        // form; an entry without any name is refused rather than taken for the root.
+        guard let path = bytes(archive_entry_pathname(entry)) ?? bytes(archive_entry_pathname_utf8(entry)) else {
+            throw ImageError("an entry has no readable name", errno: .invalidArgument)
+        }
         func bad(_ message: String) -> ImageError {
-            ImageError("entry \(displayBytes(path)): \(message)")
+            ImageError("entry \(displayBytes(path)): \(message)", errno: .invalidArgument)
         }
         guard path.count <= maximumPathLength else { throw bad("path longer than \(maximumPathLength) bytes") }
         let kind: ArchiveHeader.Kind
@@ -212,9 +216,13 @@ final class ArchiveReader {
             var name: UnsafePointer<CChar>?
             var value: UnsafeRawPointer?
             var length = 0
+            var listedBytes = 0
             while archive_entry_xattr_next(entry, &name, &value, &length) == ARCHIVE_OK {
                 guard let nameBytes = bytes(name), !nameBytes.isEmpty, nameBytes.count <= 255 else { throw bad("extended attribute with an invalid name") }
                 guard length <= maximumXattrValue else { throw bad("extended attribute \(displayBytes(nameBytes)) larger than 64 KiB") }
+                // Linux lists at most 64 KiB of names per file (XATTR_LIST_MAX).
+                listedBytes += nameBytes.count + 1
+                guard listedBytes <= maximumXattrValue else { throw bad("more extended attributes than a file can have (64 KiB of names)") }
                 let valueBytes = value.map { Array(UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
                 if let index = xattrs.firstIndex(where: { $0.name == nameBytes }) {
                     xattrs[index].value = valueBytes
@@ -310,9 +318,14 @@ final class FileRegion: ByteInput {
         while try nextChunk().count > 0 {}
     }
 
-    /// `sha256:<hex>` of everything handed out; call once, after `drain`.
+    private var finalDigest: String?
+
+    /// `sha256:<hex>` of everything handed out; call after `drain`.
     func digest() -> String {
-        "sha256:" + (hasher.take()?.finalize().hex ?? "")
+        if let finalDigest { return finalDigest }
+        let digest = "sha256:" + (hasher.take()?.finalize().hex ?? "")
+        finalDigest = digest
+        return digest
     }
 
     /// The whole region as bytes (for JSON documents), refused beyond `limit`.

@@ -89,7 +89,10 @@ extension Store {
                            cancellation: IngestCancellation?) throws -> [LayerChange] {
         let what = "layer \(layer.number)" + (layer.blobDigest.map { " (\($0))" } ?? " (\(layer.name))")
         do {
-            let compression = Compression.detect(try region.peek(8))
+            var compression = Compression.detect(try region.peek(8))
+            // "BZh" is a weak magic number: a tar whose first name starts with it is still a tar
+            // when the media type says uncompressed.
+            if layer.announcedCompression == Compression.none && compression == .bzip2 { compression = .none }
             if let announced = layer.announcedCompression, announced != compression {
                 throw ImageError("its media type says \(announced == .none ? "uncompressed" : announced.rawValue), the data is "
                                  + (compression == .none ? "not compressed" : compression.rawValue), errno: .invalidArgument)
@@ -112,6 +115,10 @@ extension Store {
             var changes: [LayerChange] = []
             while let header = try tar.nextHeader() {
                 if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+                // A layer's changes are held until it is verified: bound them as the tree is bound.
+                guard changes.count < ImageTree.maximumNodes else {
+                    throw ImageError("more than \(ImageTree.maximumNodes) entries in one layer", errno: .invalidArgument)
+                }
                 guard var change = try classify(header) else { continue }
                 if case .entry(let path, let header, nil) = change, header.kind == .regular || header.kind == .hardlink, header.size > 0 {
                     guard header.size <= maximumFileSize else {
@@ -132,8 +139,16 @@ extension Store {
             try verify(layer, region, decompressed)
             return changes
         } catch let error as ImageError {
-            throw ImageError("\(what): \(error.message)", errno: error.errno)
+            // A blob that does not match its digest explains any error reading it: say so.
+            throw ImageError("\(what): \(blobMismatch(layer, region) ?? error.message)", errno: error.errno)
         }
+    }
+
+    /// "digest mismatch: …" when the layer's blob, read to its end, is not what the manifest says.
+    private func blobMismatch(_ layer: LayerReference, _ region: FileRegion) -> String? {
+        guard let expected = layer.blobDigest, (try? region.drain()) != nil else { return nil }
+        let found = region.digest()
+        return found == expected ? nil : "digest mismatch: the blob hashes to \(found)"
     }
 
     /// Reads what the tar reader left of the layer (padding after the end-of-archive blocks),

@@ -107,6 +107,16 @@ import Testing
         bytes[1024 + 100] ^= 1
         try Data(bytes).write(to: URL(fileURLWithPath: builder.blobPath(layerDigest)))
         try expectFailure(builder.path, "layer 1 (\(layerDigest)): digest mismatch: the blob hashes to sha256:")
+
+        // A change that breaks decompression is reported as what it is: the blob is not the
+        // one the manifest names (not as a decompression error).
+        let gzipped = try LayoutBuilder.single(at: directory.sub("corrupt-gzip"), [[.file("a", String(repeating: "a", count: 5000))]])
+        let gzipManifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: gzipped.blobPath(gzipped.manifests[0]["digest"] as! String)))) as! [String: Any]
+        let gzipDigest = ((gzipManifest["layers"] as! [[String: Any]])[0]["digest"] as! String)
+        var gzipBytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: gzipped.blobPath(gzipDigest))))
+        gzipBytes[12] ^= 0xff
+        try Data(gzipBytes).write(to: URL(fileURLWithPath: gzipped.blobPath(gzipDigest)))
+        try expectFailure(gzipped.path, "layer 1 (\(gzipDigest)): digest mismatch: the blob hashes to sha256:")
     }
 
     @Test func wrongDiffID() throws {
