@@ -81,7 +81,7 @@ public struct CreateTemplate: ParsableCommand {
             configuration is kept with the template (pvfs-template show). --platform and --image-ref \
             choose among several images. Nothing is fetched from a registry.
 
-            Without --from, builds NAME.recipe (or --recipe) with debootstrap in the store's tmp/ and \
+            Without --from or --from-oci, builds NAME.recipe (or --recipe) with debootstrap in the store's tmp/ and \
             ingests the result; see docs/templates.md for the recipe format. Recipes are looked up in \
             --recipe-dir, $PVFS_RECIPE_PATH, the source checkout's templates/ (for a binary built \
             there), /etc/pvfs/templates, <prefix>/share/pvfs/templates and /usr/share/pvfs/templates; \
