@@ -41,21 +41,34 @@ final class ImageSource {
     /// archives are first decompressed into a file `scratch` creates).
     init(path: String, scratch: () throws -> FileDescriptor) throws {
         self.path = path
-        let fd: FileDescriptor
+        // A fifo or device must not be opened at all (a fifo blocks open() beyond the reach of
+        // Ctrl-C): its kind is looked at through an O_PATH descriptor first.
+        let kind: FileKind?
         do {
-            fd = try FileDescriptor.open(at: .currentDirectory, path, [.readOnly])
+            let probe = try FileDescriptor.open(at: .currentDirectory, path, [.path])
+            defer { probe.closeQuietly() }
+            kind = try probe.stat().kind
         } catch {
             switch error {
             case .noSuchFileOrDirectory: throw ImageError("no image at \(path)", errno: error)
             default: throw ImageError("cannot open \(path): \(error)", errno: error)
             }
         }
+        guard kind == .directory || kind == .regular else {
+            throw ImageError("\(path) is neither a directory nor an archive file", errno: .invalidArgument)
+        }
+        let fd: FileDescriptor
         let st: FileStat
-        do {
-            st = try fd.stat()
+        do throws(Errno) {
+            fd = try FileDescriptor.open(at: .currentDirectory, path, [.readOnly, .nonBlocking])
+            do throws(Errno) {
+                st = try fd.stat()
+            } catch {
+                fd.closeQuietly()
+                throw error
+            }
         } catch {
-            fd.closeQuietly()
-            throw ImageError("cannot examine \(path): \(error)", errno: error)
+            throw ImageError("cannot open \(path): \(error)", errno: error)
         }
         if st.kind == .directory {
             directory = fd
@@ -267,9 +280,16 @@ final class ImageSource {
         if let directory {
             let fd: FileDescriptor
             do {
-                fd = try FileDescriptor.openBeneath(directory, name, [.readOnly])
-            } catch {
+                // Never open a fifo or device of the layout (see init): look at its kind first.
+                let probe = try FileDescriptor.openBeneath(directory, name, [.path])
+                let kind = try? probe.stat().kind
+                probe.closeQuietly()
+                guard kind == .regular else { throw ImageError("\(name) in \(path) is not a regular file", errno: .invalidArgument) }
+                fd = try FileDescriptor.openBeneath(directory, name, [.readOnly, .nonBlocking])
+            } catch let error as Errno {
                 if error == .noSuchFileOrDirectory { throw ImageError("\(path) has no \(name)", errno: error) }
+                // openat2's RESOLVE_BENEATH refuses a path that leaves the layout with EXDEV.
+                if error == .improperLink { throw ImageError("\(name) in \(path) leads outside the image layout (a symlink?)", errno: .invalidArgument) }
                 throw ImageError("cannot open \(name) in \(path): \(error)", errno: error)
             }
             let st: FileStat

@@ -255,6 +255,27 @@ import Testing
         try expectFailure(directory.sub("plain.tar"), "holds neither an OCI layout (index.json, oci-layout) nor a docker archive (manifest.json)")
     }
 
+    /// A fifo blocks open() until a writer comes, beyond the reach of Ctrl-C; a device's open
+    /// may act on hardware. Neither is ever opened, wherever it sits in the layout.
+    @Test func fifosAndDevicesInALayoutAreNeverOpened() throws {
+        let builder = try LayoutBuilder.single(at: directory.sub("fifo"), [[.file("a", "a")]])
+        let manifest = builder.blobPath(builder.manifests[0]["digest"] as! String)
+        try FileManager.default.removeItem(atPath: manifest)
+        #expect(mkfifo(manifest, 0o644) == 0)
+        try expectFailure(builder.path, "blobs/sha256/\((builder.manifests[0]["digest"] as! String).dropFirst(7)) in \(builder.path) is not a regular file")
+        try FileManager.default.removeItem(atPath: builder.path + "/index.json")
+        #expect(mknod(builder.path + "/index.json", S_IFCHR | 0o644, dev_t(deviceNumber(1, 3))) == 0)
+        try expectFailure(builder.path, "index.json in \(builder.path) is not a regular file")
+        // A blob that is a symlink out of the layout is not followed there.
+        let outside = try LayoutBuilder.single(at: directory.sub("outside"), [[.file("a", "a")]])
+        let blob = outside.blobPath(outside.manifests[0]["digest"] as! String)
+        try FileManager.default.removeItem(atPath: blob)
+        try FileManager.default.createSymbolicLink(atPath: blob, withDestinationPath: "/etc/passwd")
+        try expectFailure(outside.path, "in \(outside.path) leads outside the image layout (a symlink?)")
+        #expect(mkfifo(directory.sub("image.tar"), 0o644) == 0)
+        try expectFailure(directory.sub("image.tar"), "is neither a directory nor an archive file")
+    }
+
     @Test func unsupportedDigestAlgorithm() throws {
         let builder = try layout("sha512")
         let layer = try builder.layer([.file("a", "a")])
