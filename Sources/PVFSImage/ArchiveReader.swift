@@ -364,10 +364,6 @@ final class DecompressedStream: ByteInput {
         return chunk
     }
 
-    func drain() throws {
-        while try nextChunk().count > 0 {}
-    }
-
     func digest() -> String {
         "sha256:" + (hasher.take()?.finalize().hex ?? "")
     }

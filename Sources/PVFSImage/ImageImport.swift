@@ -107,7 +107,7 @@ extension Store {
             } catch let error as ImageError {
                 // An empty stream is an empty layer.
                 if (decompressed?.length ?? region.position) == 0 {
-                    try verify(layer, region, decompressed)
+                    try verify(layer, region, decompressed, cancellation: cancellation)
                     return []
                 }
                 throw error
@@ -136,7 +136,7 @@ extension Store {
                 }
                 changes.append(change)
             }
-            try verify(layer, region, decompressed)
+            try verify(layer, region, decompressed, cancellation: cancellation)
             return changes
         } catch let error as ImageError {
             // A blob that does not match its digest explains any error reading it: say so.
@@ -153,9 +153,16 @@ extension Store {
 
     /// Reads what the tar reader left of the layer (padding after the end-of-archive blocks),
     /// then checks the blob's digest and the uncompressed stream's diff_id.
-    private func verify(_ layer: LayerReference, _ region: FileRegion, _ decompressed: DecompressedStream?) throws {
-        try decompressed?.drain()
-        try region.drain()
+    private func verify(_ layer: LayerReference, _ region: FileRegion, _ decompressed: DecompressedStream?,
+                        cancellation: IngestCancellation?) throws {
+        // What follows the tar's end is hashed too; it may be long (data after the end-of-archive
+        // blocks), so Ctrl-C is heard here as well.
+        while let decompressed, try decompressed.nextChunk().count > 0 {
+            if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+        }
+        while try region.nextChunk().count > 0 {
+            if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+        }
         let blobDigest = region.digest()
         if let expected = layer.blobDigest, expected != blobDigest {
             throw ImageError("digest mismatch: the blob hashes to \(blobDigest)")
