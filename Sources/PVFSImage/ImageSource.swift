@@ -50,7 +50,7 @@ final class ImageSource {
             kind = try probe.stat().kind
         } catch {
             switch error {
-            case .noSuchFileOrDirectory: throw ImageError("no image at \(path)", errno: error)
+            case .noSuchFileOrDirectory: throw ImageError("no image at \(path)" + Self.transportHint(path), errno: error)
             default: throw ImageError("cannot open \(path): \(error)", errno: error)
             }
         }
@@ -79,7 +79,8 @@ final class ImageSource {
             do {
                 layout = try readDocument(named: "oci-layout")
             } catch let error as ImageError where error.errno == .noSuchFileOrDirectory {
-                throw ImageError("\(path) is a directory without an oci-layout file: not an OCI image layout", errno: .invalidArgument)
+                throw ImageError("\(path) is a directory without an oci-layout file: not an OCI image layout"
+                                 + " (a plain directory tree is imported with --from)", errno: .invalidArgument)
             }
             try checkLayoutVersion(layout)
             return
@@ -117,6 +118,18 @@ final class ImageSource {
             throw ImageError("\(path) holds neither an OCI layout (index.json, oci-layout) nor a docker archive (manifest.json)",
                              errno: .invalidArgument)
         }
+    }
+
+    /// skopeo and podman name images `oci:DIR:TAG`, `oci-archive:FILE:TAG`, `docker-archive:FILE`;
+    /// --from-oci takes the path alone, the tag going to --image-ref.
+    static func transportHint(_ path: String) -> String {
+        for transport in ["oci:", "oci-archive:", "docker-archive:"] where path.hasPrefix(transport) {
+            let rest = path.dropFirst(transport.count)
+            let parts = rest.split(separator: ":", maxSplits: 1).map(String.init)
+            guard let file = parts.first, !file.isEmpty else { return "" }
+            return " (--from-oci takes a path: --from-oci \(file)" + (parts.count == 2 ? " --image-ref \(parts[1])" : "") + ")"
+        }
+        return ""
     }
 
     deinit {

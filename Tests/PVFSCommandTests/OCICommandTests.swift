@@ -363,6 +363,11 @@ private func expectSameTrees(_ a: [String: String], _ b: [String: String], _ wha
 
         let missing = try runTemplateTool(["create", "bad", "--from-oci", area.sub("nothing"), "--store", store])
         #expect(missing.status == 3 && missing.stderr == "error: no image at \(area.sub("nothing"))\n", "\(missing.stderr)")
+        // The way skopeo names an image gets a hint at how pvfs does.
+        let transport = try runTemplateTool(["create", "bad", "--from-oci", "oci:\(layout):v1", "--store", store])
+        #expect(transport.status == 3 && transport.stderr.contains("(--from-oci takes a path: --from-oci \(layout) --image-ref v1)"), "\(transport.stderr)")
+        let bundle = try runTemplateTool(["create", "bad", "--from-oci", area.path, "--store", store])
+        #expect(bundle.status == 1 && bundle.stderr.contains("not an OCI image layout (a plain directory tree is imported with --from)"), "\(bundle.stderr)")
         let usage = try runTemplateTool(["create", "bad", "--from", area.path, "--from-oci", layout, "--store", store])
         #expect(usage.status == 64 && usage.stderr.contains("--from, --from-oci and --recipe exclude each other"))
         let platform = try runTemplateTool(["create", "bad", "--from-oci", layout, "--image-ref", "v1", "--platform", "linux/arm64", "--store", store])
