@@ -322,6 +322,53 @@ private func expectSameTrees(_ a: [String: String], _ b: [String: String], _ wha
         #expect(fsck.status == 0, "\(fsck.stdout)\(fsck.stderr)")
     }
 
+    /// A docker archive has no manifest digests: the configuration's name is its digest and the
+    /// layers must match its diff_ids. Its members are found inside the archive only.
+    @Test func dockerArchivesAreCheckedToo() throws {
+        let docker = area.sub("docker.tar")
+        try sh("skopeo copy -q 'oci:\(layout):v2' 'docker-archive:\(docker):example/web:v2'")
+        let rewrite = area.sub("rewrite.py")
+        try write(rewrite, Array("""
+            import io, json, sys, tarfile
+            src, dst, mode = sys.argv[1:4]
+            tin = tarfile.open(src); tout = tarfile.open(dst, 'w', format=tarfile.PAX_FORMAT)
+            manifest = json.load(tin.extractfile('manifest.json'))
+            layer, config = manifest[0]['Layers'][-1], manifest[0]['Config']
+            def other_tar():
+                out = io.BytesIO(); t = tarfile.open(fileobj=out, mode='w')
+                i = tarfile.TarInfo('smuggled'); i.size = 1; t.addfile(i, io.BytesIO(b'x')); t.close(); return out.getvalue()
+            for m in tin.getmembers():
+                data = tin.extractfile(m).read() if m.isfile() else None
+                if mode == 'layer' and m.name == layer: data = other_tar()
+                if mode == 'config' and m.name == config: data = data.replace(b'"amd64"', b'"amd64" ')
+                if m.name == 'manifest.json' and mode in ('escape', 'symlink'):
+                    manifest[0]['Layers'][-1] = '../../etc/passwd' if mode == 'escape' else 'evil/layer.tar'
+                    data = json.dumps(manifest).encode()
+                if data is not None: m.size = len(data)
+                tout.addfile(m, io.BytesIO(data) if data is not None else None)
+            if mode == 'symlink':
+                i = tarfile.TarInfo('evil/layer.tar'); i.type = tarfile.SYMTYPE; i.linkname = '../../outside.tar'; tout.addfile(i)
+            tout.close()
+            """.utf8))
+        let blobsBefore = try blobFiles()
+        for (mode, status, expected) in [
+            ("layer", Int32(1), "diff_id mismatch: the configuration says sha256:"),
+            ("config", 1, "digest mismatch: the content hashes to sha256:"),
+            ("escape", 3, "has no member ../../etc/passwd"),
+            ("symlink", 1, "member evil/layer.tar leads outside the archive"),
+        ] {
+            let spoiled = area.sub("docker-\(mode).tar")
+            try sh("python3 '\(rewrite)' '\(docker)' '\(spoiled)' \(mode)")
+            let result = try runTemplateTool(["create", "bad", "--from-oci", spoiled, "--store", store])
+            #expect(result.status == status && result.stderr.hasPrefix("error: ") && result.stderr.contains(expected), "\(mode): \(result.status) \(result.stderr)")
+            #expect(result.stderr.split(separator: "\n").count == 1, "\(mode): \(result.stderr)")
+            #expect(try blobFiles() == blobsBefore, "\(mode): blobs changed")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: store + "/tmp").isEmpty, "\(mode): tmp/ not empty")
+        }
+        let listed = try #require(try parseJSON(try runTemplateTool(["list", "--store", store, "--json"]).stdout) as? [[String: Any]])
+        #expect(listed.isEmpty)
+    }
+
     @Test func helpAndJSON() throws {
         let help = try runTemplateTool(["create", "--help"])
         #expect(help.status == 0)
@@ -500,6 +547,6 @@ extension OCICommandTests {
 
     /// The store's blob files, by name.
     func blobFiles() throws -> Set<String> {
-        Set(try sh("cd '\(store)/blobs' && find . -type f | sort").split(separator: "\n").map(String.init))
+        Set(try sh("find '\(store)/blobs' -type f 2>/dev/null | sort").split(separator: "\n").map(String.init))
     }
 }
