@@ -3,6 +3,7 @@
 //
 // Layers depend one way only:
 //   PVFSSystem (syscalls) → PVFSStore (blobs + catalog) → PVFSEngine (merged VM views)
+//   (PVFSImage reads container images into the store beside the engine: PVFSStore → PVFSImage)
 //   → protocols (PVFS9P, PVFSFuse) → transports (PVFSTransport: sockets, Xen rings)
 //   → PVFSDaemon / PVFSCommands → executables.
 import PackageDescription
@@ -25,6 +26,7 @@ let package = Package(
     targets: [
         // C libraries from Debian and the few syscalls Swift cannot call directly.
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .target(name: "CPVFSSystem"),
         .target(name: "CFuse", linkerSettings: [.linkedLibrary("fuse3")]),
         .target(name: "CPVFSTransportIO"),
@@ -41,6 +43,11 @@ let package = Package(
         .target(name: "PVFSStore", dependencies: [
             "PVFSSystem", "CCrypto",
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Container images (OCI layouts, docker/podman archives) read into templates.
+        .target(name: "PVFSImage", dependencies: [
+            "PVFSStore", "PVFSSystem", "CArchive",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Copy-on-write merged views of VM roots: the one engine every transport serves.
@@ -90,7 +97,7 @@ let package = Package(
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
-            "PVFSDaemon", "PVFSTransport", "PVFSVhostUser", "PVFSFuseServer",
+            "PVFSDaemon", "PVFSTransport", "PVFSVhostUser", "PVFSFuseServer", "PVFSImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -111,6 +118,9 @@ let package = Package(
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),
         .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
+        .testTarget(name: "PVFSImageTests", dependencies: [
+            "PVFSImage", "PVFSStore", "CArchive", .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
         .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec", "PVFSTestSupport"]),
         .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse", "PVFSFuseHost"]),

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Glibc
 import Logging
+import PVFSImage
 import PVFSStore
 import PVFSSystem
 
@@ -24,6 +25,9 @@ func runTemplateCommand(_ body: () throws -> Void) throws {
     } catch let error as SourceTreeError {
         reportFailure(error.message)
         throw PVFSExitCode.failure
+    } catch let error as ImageError {
+        reportFailure(error.message)
+        throw error.errno == .noSuchFileOrDirectory ? PVFSExitCode.notFound : PVFSExitCode.failure
     } catch let failure as CommandFailure {
         reportFailure(failure.message)
         throw failure.exitCode
@@ -62,7 +66,7 @@ func installCancellationHandlers(_ cancellation: IngestCancellation) -> [Dispatc
 public struct CreateTemplate: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "create",
-        abstract: "Create a template from a directory tree (--from) or by building a recipe.",
+        abstract: "Create a template from a directory tree (--from), a container image (--from-oci) or by building a recipe.",
         discussion: """
             With --from DIR, ingests the tree at DIR: every regular file's content goes into the blob \
             store once (named by its SHA-256), everything else (directories, symlinks, hardlinks, devices, \
@@ -70,7 +74,14 @@ public struct CreateTemplate: ParsableCommand {
             Symlinks inside the tree are never followed. Directories that are mount points of other \
             filesystems are kept empty unless --cross-file-systems is given.
 
-            Without --from, builds NAME.recipe (or --recipe) with debootstrap in the store's tmp/ and \
+            With --from-oci PATH, imports a container image: an OCI image layout directory, an OCI \
+            archive (podman oci-archive, docker save of Docker 25+) or a docker archive (docker save, \
+            podman save, skopeo docker-archive), compressed or not. Its layers are applied in order \
+            (whiteouts and opaque directories included), every digest is checked, and the image's \
+            configuration is kept with the template (pvfs-template show). --platform and --image-ref \
+            choose among several images. Nothing is fetched from a registry.
+
+            Without --from or --from-oci, builds NAME.recipe (or --recipe) with debootstrap in the store's tmp/ and \
             ingests the result; see docs/templates.md for the recipe format. Recipes are looked up in \
             --recipe-dir, $PVFS_RECIPE_PATH, the source checkout's templates/ (for a binary built \
             there), /etc/pvfs/templates, <prefix>/share/pvfs/templates and /usr/share/pvfs/templates; \
@@ -86,6 +97,15 @@ public struct CreateTemplate: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Ingest this directory tree.", valueName: "dir"))
     public var from: String?
+
+    @Option(name: .customLong("from-oci"), help: ArgumentHelp("Import this container image: an OCI layout directory, an OCI archive or a docker archive.", valueName: "path"))
+    public var fromOCI: String?
+
+    @Option(name: .long, help: ArgumentHelp("With --from-oci: the image's platform, os/architecture[/variant] (default: the host's, e.g. linux/amd64).", valueName: "platform"))
+    public var platform: String?
+
+    @Option(name: .long, help: ArgumentHelp("With --from-oci: the image's reference name (an OCI index's ref.name annotation, a docker archive's tag).", valueName: "name"))
+    public var imageRef: String?
 
     @Option(name: .long, help: ArgumentHelp("Build this recipe (a name or a .recipe file) instead of NAME.recipe.", valueName: "recipe"))
     public var recipe: String?
@@ -120,7 +140,10 @@ public struct CreateTemplate: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        if from != nil && recipe != nil { throw ValidationError("--from and --recipe exclude each other") }
+        if [from != nil, recipe != nil, fromOCI != nil].filter({ $0 }).count > 1 {
+            throw ValidationError("--from, --from-oci and --recipe exclude each other")
+        }
+        if fromOCI == nil && (platform != nil || imageRef != nil) { throw ValidationError("--platform and --image-ref go with --from-oci") }
         if let jobs, jobs < 1 || jobs > 256 { throw ValidationError("--jobs must be between 1 and 256") }
         if let batchFiles, batchFiles < 1 || batchFiles > 100_000 { throw ValidationError("--batch-files must be between 1 and 100000") }
     }
@@ -131,7 +154,7 @@ public struct CreateTemplate: ParsableCommand {
             try Store.validateName(name, what: "template")
             // Parse the recipe before touching the store: a typo fails fast.
             var build: (RecipeBuilder, String)?
-            if from == nil {
+            if from == nil && fromOCI == nil {
                 let (parsed, file) = try loadRecipe(recipe ?? name, searchPath: recipeSearchPath(explicitDirectory: recipeDir))
                 var builder = RecipeBuilder(recipe: parsed, recipeDirectory: URL(fileURLWithPath: file).deletingLastPathComponent().path,
                                             logger: logger)
@@ -152,6 +175,11 @@ public struct CreateTemplate: ParsableCommand {
             options.reflink = !noReflink
             if let jobs { options.jobs = jobs }
             if let batchFiles { options.batchFiles = batchFiles }
+
+            if let fromOCI {
+                try importImage(fromOCI, into: store, options: options, cancellation: cancellation)
+                return
+            }
 
             var scratch: ScratchDirectory?
             var sourcePath = from ?? ""
@@ -203,6 +231,31 @@ public struct CreateTemplate: ParsableCommand {
     struct CreateResult: Encodable {
         var template: IngestReport
         var buildSeconds: Double?
+        var image: ImageDetails?
+    }
+
+    private func importImage(_ path: String, into store: Store, options: IngestOptions, cancellation: IngestCancellation) throws {
+        let bar = ProgressBar(title: "importing \(name)", total: 0, enabled: isatty(STDERR_FILENO) == 1 && !logging.quiet, format: formatBytes)
+        let imported: ImageImport
+        do {
+            imported = try store.createTemplate(name: name, fromImage: path, selection: ImageSelection(platform: platform, reference: imageRef),
+                                                options: options, progress: { bytes, total in
+                                                    bar.setTotal(total)
+                                                    bar.advance(by: bytes)
+                                                }, cancellation: cancellation)
+        } catch {
+            bar.finish()
+            throw error
+        }
+        bar.finish()
+        let details = ImageDetails(imported.image)
+        if output.json {
+            try printJSON(CreateResult(template: imported.template, buildSeconds: nil, image: details))
+        } else {
+            print(Self.summary(imported.template, buildSeconds: nil))
+            print("  image: \(details.format), \(details.platform), \(details.layers) layer\(details.layers == 1 ? "" : "s"), "
+                  + "\(details.manifestDigest ?? details.configDigest)")
+        }
     }
 
     static func summary(_ r: IngestReport, buildSeconds: Double?) -> String {
@@ -299,6 +352,7 @@ public struct ShowTemplate: ParsableCommand {
         var sharedBlobCount: Int64
         var sharedBytes: Int64
         var vms: [String]
+        var image: ImageDetails?
     }
 
     public func run() throws {
@@ -309,7 +363,8 @@ public struct ShowTemplate: ParsableCommand {
             let u = try store.templateUsage(t)
             let details = Details(name: t.name, source: t.source, created: isoDate(nanoseconds: t.createdNanoseconds), entries: t.entryCount,
                                   inodes: u.inodes, logicalBytes: t.logicalBytes, blobCount: u.blobCount, blobBytes: u.blobBytes,
-                                  allocatedBytes: u.allocatedBytes, sharedBlobCount: u.sharedBlobCount, sharedBytes: u.sharedBytes, vms: u.vms)
+                                  allocatedBytes: u.allocatedBytes, sharedBlobCount: u.sharedBlobCount, sharedBytes: u.sharedBytes, vms: u.vms,
+                                  image: try store.templateImage(t).map(ImageDetails.init))
             if output.json {
                 try printJSON(details)
                 return
@@ -324,6 +379,7 @@ public struct ShowTemplate: ParsableCommand {
                   shared:         \(u.sharedBlobCount) blobs, \(formatBytes(u.sharedBytes)) also used by other templates
                   VMs:            \(u.vms.isEmpty ? "none" : u.vms.joined(separator: ", "))
                 """)
+            if let image = details.image { print(image.text) }
         }
     }
 }
@@ -418,4 +474,50 @@ public struct TemplateTool: ParsableCommand {
         subcommands: [CreateTemplate.self, ListTemplates.self, ShowTemplate.self, RemoveTemplate.self, ExportTemplate.self])
 
     public init() {}
+}
+
+/// A template's image as `create --from-oci` and `show` report it.
+struct ImageDetails: Encodable {
+    var format: String
+    var manifestDigest: String?
+    var configDigest: String
+    var platform: String
+    var layers: Int
+    var settings: ImageConfigSummary?
+    /// The image configuration, verbatim.
+    var config: JSONValue?
+
+    init(_ record: TemplateImageRecord) {
+        format = record.format
+        manifestDigest = record.manifestDigest
+        configDigest = record.configDigest
+        platform = record.platform
+        layers = record.layers
+        settings = ImageConfigSummary(config: record.config)
+        config = try? JSONValue(bytes: record.config)
+    }
+
+    var text: String {
+        var lines = ["  image:          \(format) \(manifestDigest ?? configDigest)",
+                     "  platform:       \(platform), \(layers) layer\(layers == 1 ? "" : "s")"]
+        if manifestDigest != nil { lines.append("  config:         \(configDigest)") }
+        guard let s = settings else { return lines.joined(separator: "\n") }
+        func quoted(_ items: [String]) -> String {
+            items.map { $0.contains(" ") || $0.isEmpty ? "\"\($0)\"" : $0 }.joined(separator: " ")
+        }
+        if let created = s.created { lines.append("  image created:  \(created)" + (s.author.map { " by \($0)" } ?? "")) }
+        if let entrypoint = s.entrypoint, !entrypoint.isEmpty { lines.append("  entrypoint:     \(quoted(entrypoint))") }
+        if let cmd = s.cmd, !cmd.isEmpty { lines.append("  cmd:            \(quoted(cmd))") }
+        if let user = s.user { lines.append("  user:           \(user)") }
+        if let dir = s.workingDir { lines.append("  working dir:    \(dir)") }
+        for (index, variable) in (s.env ?? []).enumerated() { lines.append((index == 0 ? "  env:            " : "                  ") + variable) }
+        if let ports = s.exposedPorts, !ports.isEmpty { lines.append("  exposed ports:  \(ports.joined(separator: ", "))") }
+        if let volumes = s.volumes, !volumes.isEmpty { lines.append("  volumes:        \(volumes.joined(separator: ", "))") }
+        for (index, label) in (s.labels ?? [:]).sorted(by: { $0.key < $1.key }).enumerated() {
+            lines.append((index == 0 ? "  labels:         " : "                  ") + "\(label.key)=\(label.value)")
+        }
+        if let signal = s.stopSignal { lines.append("  stop signal:    \(signal)") }
+        if s.historyEntries > 0 { lines.append("  history:        \(s.historyEntries) entries") }
+        return lines.joined(separator: "\n")
+    }
 }

@@ -134,6 +134,7 @@ enum CatalogSchema {
                 INSERT INTO catalog_durability (id, commits) VALUES (1, 0);
                 """)
         }
+        registerImageMigrations(&migrator)
         return migrator
     }
 }

@@ -14,7 +14,7 @@ public final class ScratchDirectory: @unchecked Sendable {
     private let lock: LockFile
 
     /// Kinds cleanup recognises.
-    static let kinds = ["recipe"]
+    static let kinds = ["recipe", "image"]
 
     public init(store: Store, kind: String) throws {
         precondition(Self.kinds.contains(kind))

@@ -150,7 +150,7 @@ extension Store {
 
     /// Inserts the template row in state 'building' with the ingest's token. The ingest's lock
     /// is held already, so cleanup can never take this row for an abandoned one.
-    private func beginTemplate(name: String, token: String, source: String) throws -> Int64 {
+    func beginTemplate(name: String, token: String, source: String) throws -> Int64 {
         func attempt() throws -> Int64? {
             try catalog.write { db in
                 if let state = try String.fetchOne(db, sql: "SELECT state FROM template WHERE name = ?", arguments: [name]) {
@@ -171,7 +171,7 @@ extension Store {
     }
 
     /// Marks the template ready, durably (the WAL is fsynced at this commit).
-    private func finishTemplate(id: Int64, report: IngestReport, maxInode: Int64) throws {
+    func finishTemplate(id: Int64, report: IngestReport, maxInode: Int64) throws {
         try catalog.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
             defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
@@ -190,7 +190,7 @@ extension Store {
 
     /// Undoes a failed ingest: staged files go at once; rows and published blobs too when the
     /// blobs lock can be had within a few seconds, otherwise the next cleanup finishes.
-    private func abandon(_ area: StagingArea) {
+    func abandon(_ area: StagingArea) {
         area.removeStagedFiles()
         do {
             if try reclaimIngest(token: area.token, waitSeconds: 5) {

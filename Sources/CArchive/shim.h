@@ -1,0 +1,3 @@
+// libarchive (libarchive-dev): reads the tar layers of container images, compressed or not.
+#include <archive.h>
+#include <archive_entry.h>
