@@ -59,11 +59,6 @@ extension Volume {
         if !permits(r, ctx, mask) { throw Errno.permissionDenied }
     }
 
-    /// Owner or root: who may chmod, set times explicitly, or change xattrs of trusted kinds.
-    func isOwnerOrPrivileged(_ r: InodeRecord, _ ctx: RequestContext) -> Bool {
-        !ctx.enforcePermissions || ctx.caller.privileged || ctx.caller.uid == r.uid
-    }
-
     /// Removing or renaming `victim` out of `dir` needs write+search on the directory, and in a
     /// sticky directory ownership of the victim or the directory.
     func requireCanRemove(from dir: InodeRecord, victim: InodeRecord, _ ctx: RequestContext) throws(Errno) {
