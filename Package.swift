@@ -7,6 +7,13 @@
 //   → PVFSDaemon / PVFSCommands → executables.
 import PackageDescription
 
+// Every target declares each module it imports, and nothing else (scripts/check-layers checks it,
+// with the edges docs/design.md forbids).
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
+
 let package = Package(
     name: "pvfs",
     platforms: [.macOS(.v15)],
@@ -32,59 +39,53 @@ let package = Package(
         ]),
 
         // Thin typed wrappers over Linux syscalls (openat family, xattrs, renameat2, ...).
-        .target(name: "PVFSSystem", dependencies: [
-            "CPVFSSystem",
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(name: "PVFSSystem", dependencies: ["CPVFSSystem", system]),
         // Content-addressed blob store, SQLite catalog, template ingest/export, janitor.
-        .target(name: "PVFSStore", dependencies: [
-            "PVFSSystem", "CCrypto",
-            .product(name: "GRDB", package: "GRDB.swift"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(name: "PVFSStore", dependencies: ["PVFSSystem", "CPVFSSystem", "CCrypto", grdb, logging, system]),
         // Copy-on-write merged views of VM roots: the one engine every transport serves.
-        .target(name: "PVFSEngine", dependencies: ["PVFSStore"]),
+        .target(name: "PVFSEngine", dependencies: ["PVFSStore", "PVFSSystem", grdb, logging, system]),
         // Protocols: 9P2000.L (transport-neutral) and FUSE low-level.
-        .target(name: "PVFS9P", dependencies: [
-            "PVFSEngine", "PVFSSystem",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
-        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "CFuse"]),
+        .target(name: "PVFS9P", dependencies: ["PVFSEngine", "PVFSSystem", logging, system]),
+        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "PVFSSystem", "CFuse", logging, system]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
-        .target(name: "PVFSTransport", dependencies: [
-            "PVFS9P", "PVFSSystem", "CXen",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(name: "PVFSTransport", dependencies: ["PVFS9P", "PVFSSystem", "CXen", logging, system]),
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
-            "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "SystemPackage", package: "swift-system"),
+            "PVFSTransport", "PVFSFuse", "PVFS9P", "PVFSEngine", "PVFSStore", "PVFSSystem", logging, system,
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
-            "PVFSDaemon", "PVFSTransport",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
+            "PVFSDaemon", "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem",
+            argumentParser, logging, system,
         ]),
 
-        .executableTarget(name: "pvfs-template", dependencies: ["PVFSCommands"]),
-        .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands"]),
-        .executableTarget(name: "pvfs", dependencies: ["PVFSCommands"]),
+        .executableTarget(name: "pvfs-template", dependencies: ["PVFSCommands", argumentParser]),
+        .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands", argumentParser]),
+        .executableTarget(name: "pvfs", dependencies: ["PVFSCommands", argumentParser]),
         .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
         // Builds templates and VMs straight in a store's catalog for tests and benchmarks.
-        .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore"], path: "bench/pvfs-devtool"),
+        .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore", "PVFSSystem", grdb, system],
+                          path: "bench/pvfs-devtool"),
         // Writes files into a VM through the engine, for bench/dedup.sh and the command tests.
-        .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine"], path: "bench/writer"),
+        .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine", "PVFSStore"], path: "bench/writer"),
 
+        // Each test target declares every module it imports (scripts/check-layers).
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
-        .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),
-        .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
-        .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P"]),
-        .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse"]),
-        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport"]),
-        .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands"]),
+        .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore", "PVFSSystem", grdb, system]),
+        .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine", "PVFSStore", "PVFSSystem", grdb, logging, system]),
+        .testTarget(name: "PVFS9PTests", dependencies: [
+            "PVFS9P", "PVFSEngine", "PVFSStore", "PVFSSystem", grdb, logging, system,
+        ]),
+        .testTarget(name: "PVFSFuseTests", dependencies: [
+            "PVFSFuse", "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem", grdb, system,
+        ]),
+        .testTarget(name: "PVFSTransportTests", dependencies: [
+            "PVFSTransport", "PVFS9P", "PVFSEngine", "PVFSStore", "PVFSSystem", "CXen", grdb, logging, system,
+        ]),
+        .testTarget(name: "PVFSCommandTests", dependencies: [
+            "PVFSCommands", "PVFSDaemon", "PVFSTransport", "PVFS9P", "PVFSEngine", "PVFSStore", "PVFSSystem",
+            grdb, logging, system,
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )
