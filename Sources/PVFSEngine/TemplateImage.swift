@@ -32,7 +32,7 @@ final class TemplateImage: Sendable {
     /// Loads a ready template from the catalog.
     static func load(templateID: Int64, from db: Database) throws -> TemplateImage {
         guard let maxInode = try Int64.fetchOne(db, sql: "SELECT max_inode FROM template WHERE id = ?", arguments: [templateID]) else {
-            throw StoreError("template \(templateID) is not in the catalog", errno: .noSuchFileOrDirectory)
+            throw PVFSError(.store, "template \(templateID) is not in the catalog", errno: .noSuchFileOrDirectory)
         }
         var inodes = [InodeRecord?](repeating: nil, count: Int(maxInode) + 1)
         let rows = try Row.fetchCursor(db, sql: """
@@ -42,7 +42,7 @@ final class TemplateImage: Sendable {
         while let row = try rows.next() {
             let ino: Int64 = row[0]
             guard ino >= 1, ino <= maxInode else {
-                throw StoreError("template \(templateID): inode \(ino) is out of range", errno: .ioError)
+                throw PVFSError(.store, "template \(templateID): inode \(ino) is out of range", errno: .ioError)
             }
             let blobID: Int64? = row[11]
             let size: Int64 = row[5]
@@ -70,7 +70,7 @@ final class TemplateImage: Sendable {
             inodes[1]!.parent = rootInode
             if directories[rootInode] == nil { directories[rootInode] = [:] }
         } else {
-            throw StoreError("template \(templateID) has no root directory", errno: .ioError)
+            throw PVFSError(.store, "template \(templateID) has no root directory", errno: .ioError)
         }
         for (ino, record) in inodes.enumerated() where record?.isDirectory == true && directories[UInt64(ino)] == nil {
             directories[UInt64(ino)] = [:]

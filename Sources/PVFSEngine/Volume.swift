@@ -102,10 +102,10 @@ public final class Volume: @unchecked Sendable {
         guard let vm = try store.catalog.read({ db in
             try Row.fetchOne(db, sql: "SELECT id, template_id, state FROM vm WHERE name = ?", arguments: [vmName])
         }) else {
-            throw StoreError("no VM named \(vmName)", errno: .noSuchFileOrDirectory)
+            throw PVFSError(.store, "no VM named \(vmName)", errno: .noSuchFileOrDirectory)
         }
         guard (vm[2] as String) == "ready" else {
-            throw StoreError("VM \(vmName) is not ready (state \(vm[2] as String))", errno: .resourceBusy)
+            throw PVFSError(.store, "VM \(vmName) is not ready (state \(vm[2] as String))", errno: .resourceBusy)
         }
         return try Volume(store: store, vmID: vm[0], templateID: vm[1], name: vmName,
                           logger: logger ?? Logger(label: "pvfs.volume"))
@@ -127,11 +127,11 @@ public final class Volume: @unchecked Sendable {
         do {
             vmDirectory = try FileDescriptor.open(at: store.vmsDirectory, directoryName, [.directory, .readOnly, .noFollow])
         } catch {
-            throw StoreError("the private area of VM \(name) (vms/\(directoryName)) is missing: \(error)", errno: error)
+            throw PVFSError(.store, "the private area of VM \(name) (vms/\(directoryName)) is missing: \(error)", errno: error)
         }
         guard let lock = try LockFile.acquire(at: vmDirectory, "lock", exclusive: true, nonBlocking: true) else {
             vmDirectory.closeQuietly()
-            throw StoreError("VM \(name) is in use by another process (mounted or served)", errno: .resourceBusy)
+            throw PVFSError(.store, "VM \(name) is in use by another process (mounted or served)", errno: .resourceBusy)
         }
         lockFile = lock
         for sub in ["data", "tmp"] {
@@ -204,7 +204,7 @@ public final class Volume: @unchecked Sendable {
         if let committed {
             // Not marked clean: the next open recovers from what the catalog holds.
             lockFile = nil
-            throw StoreError("VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
+            throw PVFSError(.store, "VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
         }
         let usage = quota.usage
         try store.catalog.write { db in

@@ -7,19 +7,6 @@ import PVFSSystem
 import Synchronization
 import SystemPackage
 
-/// A failure to mount or serve, with the message a user should read and the errno behind it.
-public struct FuseMountError: Error, CustomStringConvertible, ErrnoConvertible {
-    public var message: String
-    public var errno: Errno
-
-    public init(_ message: String, errno: Errno = .ioError) {
-        self.message = message
-        self.errno = errno
-    }
-
-    public var description: String { message }
-}
-
 /// One VM view mounted on the host through the kernel's FUSE, served by libfuse's low-level
 /// multithreaded loop.
 ///
@@ -56,17 +43,17 @@ public final class FuseMount: @unchecked Sendable {
         FuseLibraryLog.install()
 
         guard let resolved = realpath(mountpoint, nil) else {
-            throw FuseMountError("cannot mount on \(mountpoint): \(Errno(rawValue: Glibc.errno))", errno: Errno(rawValue: Glibc.errno))
+            throw PVFSError(.mount, "cannot mount on \(mountpoint): \(Errno(rawValue: Glibc.errno))", errno: Errno(rawValue: Glibc.errno))
         }
         let canonical = String(cString: resolved)
         free(resolved)
         self.mountpoint = canonical
         var st = Glibc.stat()
         guard Glibc.lstat(canonical, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-            throw FuseMountError("cannot mount on \(mountpoint): not a directory", errno: .notDirectory)
+            throw PVFSError(.mount, "cannot mount on \(mountpoint): not a directory", errno: .notDirectory)
         }
         if FuseMount.mountedFileSystems().contains(where: { $0.mountpoint == canonical && $0.isPVFS }) {
-            throw FuseMountError("\(canonical) already has a pvfs mount", errno: .resourceBusy)
+            throw PVFSError(.mount, "\(canonical) already has a pvfs mount", errno: .resourceBusy)
         }
 
         let filesystem = FuseFilesystem(view: view, options: options, logger: logger)
@@ -90,14 +77,14 @@ public final class FuseMount: @unchecked Sendable {
         }
         guard let created else {
             userdata.release()
-            throw FuseMountError("cannot set up a FUSE session (see the messages above)", errno: .invalidArgument)
+            throw PVFSError(.mount, "cannot set up a FUSE session (see the messages above)", errno: .invalidArgument)
         }
         session = created
         if fuse_session_mount(created, canonical) != 0 {
             fuse_session_destroy(created)
             userdata.release()
-            throw FuseMountError("cannot mount \(view.vmName) on \(canonical) (is /dev/fuse usable and the directory free?)",
-                                 errno: .notPermitted)
+            throw PVFSError(.mount, "cannot mount \(view.vmName) on \(canonical) (is /dev/fuse usable and the directory free?)",
+                                    errno: .notPermitted)
         }
         let device = FuseMount.mountedFileSystems().last { $0.mountpoint == canonical && $0.isPVFS }?.device
         connection = device?.minor
@@ -132,7 +119,7 @@ public final class FuseMount: @unchecked Sendable {
         logger.info("unmounted", metadata: ["mountpoint": "\(mountpoint)"])
         // The loop reports the kernel closing the connection (unmount) as ENODEV: a normal end.
         if rc != 0 && rc != -ENODEV && rc != ENODEV {
-            throw FuseMountError("serving \(mountpoint) failed: \(Errno(rawValue: abs(rc)))", errno: Errno(rawValue: abs(rc)))
+            throw PVFSError(.mount, "serving \(mountpoint) failed: \(Errno(rawValue: abs(rc)))", errno: Errno(rawValue: abs(rc)))
         }
     }
 

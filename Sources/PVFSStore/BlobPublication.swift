@@ -127,7 +127,7 @@ extension Store {
                 }
                 stats.syncNanoseconds += monotonicNanoseconds() - dirSyncStarted
             } catch {
-                throw StoreError("cannot publish blobs in \(path)/blobs: \(error)", errno: error)
+                throw PVFSError(.store, "cannot publish blobs in \(path)/blobs: \(error)", errno: error)
             }
         }
 
@@ -158,7 +158,7 @@ extension Store {
                     // lock keeps out), or published by this ingest, or inserted by a concurrent
                     // publisher of the same content.
                     guard let id = try Int64.fetchOne(select, arguments: [hashBlob]) else {
-                        throw StoreError("blob \(hash) is neither staged nor in the catalog", errno: .ioError)
+                        throw PVFSError(.store, "blob \(hash) is neither staged nor in the catalog", errno: .ioError)
                     }
                     ids[hash] = id
                 }
@@ -187,7 +187,7 @@ extension Store {
             }
         } catch let error as Errno {
             area.removeStagedFiles()
-            throw StoreError("cannot stage blobs in \(path)/tmp: \(error)", errno: error)
+            throw PVFSError(.store, "cannot stage blobs in \(path)/tmp: \(error)", errno: error)
         } catch {
             area.removeStagedFiles()
             throw error

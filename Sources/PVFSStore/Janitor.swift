@@ -183,7 +183,7 @@ extension Store {
         do {
             return try blobsDirectory.rawDirectoryEntries().map(\.name).filter(Self.isShardName).sorted { $0.lexicographicallyPrecedes($1) }
         } catch {
-            throw StoreError("cannot list \(path)/blobs: \(error)", errno: error)
+            throw PVFSError(.store, "cannot list \(path)/blobs: \(error)", errno: error)
         }
     }
 
@@ -233,7 +233,7 @@ extension Store {
             listing = try listShard(shard)
         } catch {
             if error == .noSuchFileOrDirectory { return (0, 0, []) }
-            throw StoreError("cannot list \(path)/blobs/\(String(decoding: shard, as: UTF8.self)): \(error)", errno: error)
+            throw PVFSError(.store, "cannot list \(path)/blobs/\(String(decoding: shard, as: UTF8.self)): \(error)", errno: error)
         }
         let orphans = try hashesWithoutRows(listing.blobs.map(\.hash))
         var bytes: Int64 = 0

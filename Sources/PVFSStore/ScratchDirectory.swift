@@ -29,14 +29,14 @@ public final class ScratchDirectory: @unchecked Sendable {
         do {
             acquired = try LockFile.acquire(at: store.temporaryDirectory, name + ".lock", exclusive: true, nonBlocking: true)
         } catch {
-            throw StoreError("cannot create \(path).lock: \(error)", errno: error)
+            throw PVFSError(.store, "cannot create \(path).lock: \(error)", errno: error)
         }
-        guard let lock = acquired else { throw StoreError("cannot lock \(path)", errno: .resourceBusy) }
+        guard let lock = acquired else { throw PVFSError(.store, "cannot lock \(path)", errno: .resourceBusy) }
         do {
             try store.temporaryDirectory.makeDirectory(at: name, mode: 0o755)
         } catch {
             _ = try? store.temporaryDirectory.unlink(at: name + ".lock")
-            throw StoreError("cannot create \(path): \(error)", errno: error)
+            throw PVFSError(.store, "cannot create \(path): \(error)", errno: error)
         }
         return lock
     }
@@ -107,11 +107,11 @@ extension Store {
             try parent.unlink(at: name)
             return
         case .failure(let error):
-            throw StoreError("cannot remove \(display): \(error)", errno: error)
+            throw PVFSError(.store, "cannot remove \(display): \(error)", errno: error)
         }
         defer { fd.closeQuietly() }
         if try fd.stat().device != device {
-            throw StoreError("cannot remove \(display): a filesystem is still mounted there", errno: .resourceBusy)
+            throw PVFSError(.store, "cannot remove \(display): a filesystem is still mounted there", errno: .resourceBusy)
         }
         for entry in try fd.rawDirectoryEntries() {
             let isDirectory = entry.type == DT_DIR || (entry.type == DT_UNKNOWN && (try? fd.stat(at: entry.name))?.kind == .directory)

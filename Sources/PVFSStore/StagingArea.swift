@@ -30,7 +30,7 @@ public final class StagingArea: @unchecked Sendable {
         self.token = token
         do {
             guard let lock = try LockFile.acquire(at: store.temporaryDirectory, Store.ingestLockName(token), exclusive: true, nonBlocking: true) else {
-                throw StoreError("cannot lock a new staging area in \(store.path)/tmp", errno: .resourceBusy)
+                throw PVFSError(.store, "cannot lock a new staging area in \(store.path)/tmp", errno: .resourceBusy)
             }
             self.lock = lock
             try store.temporaryDirectory.makeDirectory(at: Store.ingestDirectoryName(token), mode: 0o700)
@@ -38,7 +38,7 @@ public final class StagingArea: @unchecked Sendable {
             journal = try FileDescriptor.open(at: directory, "journal", [.writeOnly, .create, .append, .noFollow], mode: 0o600)
         } catch let error as Errno {
             _ = try? store.temporaryDirectory.unlink(at: Store.ingestLockName(token))
-            throw StoreError("cannot create a staging area in \(store.path)/tmp: \(error)", errno: error)
+            throw PVFSError(.store, "cannot create a staging area in \(store.path)/tmp: \(error)", errno: error)
         }
     }
 

@@ -5,19 +5,6 @@ import PVFSSystem
 import Synchronization
 import SystemPackage
 
-/// Errors of the store layer, with the message a user should read.
-public struct StoreError: Error, CustomStringConvertible, ErrnoConvertible {
-    public var message: String
-    public var errno: Errno
-
-    public init(_ message: String, errno: Errno = .ioError) {
-        self.message = message
-        self.errno = errno
-    }
-
-    public var description: String { message }
-}
-
 /// A pvfs store: the directory holding the catalog, the blobs and the VMs' private areas.
 ///
 ///     <store>/catalog.db          SQLite catalog (WAL: catalog.db-wal, catalog.db-shm)
@@ -62,7 +49,7 @@ public final class Store: Sendable {
         do {
             root = try FileDescriptor.open(at: .currentDirectory, path, [.directory, .readOnly])
         } catch {
-            throw StoreError("cannot open store \(path): \(error)", errno: error)
+            throw PVFSError(.store, "cannot open store \(path): \(error)", errno: error)
         }
         do {
             blobsDirectory = try FileDescriptor.open(at: root, "blobs", [.directory, .readOnly])
@@ -70,7 +57,7 @@ public final class Store: Sendable {
             temporaryDirectory = try FileDescriptor.open(at: root, "tmp", [.directory, .readOnly])
             locksDirectory = try FileDescriptor.open(at: root, "locks", [.directory, .readOnly])
         } catch {
-            throw StoreError("\(path) is not a pvfs store (run a pvfs command with --store \(path) to create one): \(error)", errno: error)
+            throw PVFSError(.store, "\(path) is not a pvfs store (run a pvfs command with --store \(path) to create one): \(error)", errno: error)
         }
         var configuration = Configuration()
         configuration.busyMode = .timeout(30)
@@ -85,7 +72,7 @@ public final class Store: Sendable {
             catalog = try DatabasePool(path: Self.catalogPath(inStore: path), configuration: configuration)
             try CatalogSchema.migrator.migrate(catalog)
         } catch {
-            throw StoreError("cannot open the catalog of \(path): \(error)")
+            throw PVFSError(.store, "cannot open the catalog of \(path): \(error)")
         }
     }
 
@@ -96,7 +83,7 @@ public final class Store: Sendable {
             } catch where error == .fileExists {
                 continue
             } catch {
-                throw StoreError("cannot create \(dir): \(error)", errno: error)
+                throw PVFSError(.store, "cannot create \(dir): \(error)", errno: error)
             }
         }
     }
@@ -132,7 +119,7 @@ extension Store {
                 changesAtLastDurableCommit.withLock { $0 = changes }
             }
         } catch {
-            throw StoreError("cannot make the catalog of \(path) durable: \(error)")
+            throw PVFSError(.store, "cannot make the catalog of \(path) durable: \(error)")
         }
     }
 }

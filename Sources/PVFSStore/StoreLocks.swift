@@ -19,11 +19,11 @@ extension Store {
     public func lockBlobsShared() throws -> LockFile {
         do {
             guard let lock = try LockFile.acquire(at: locksDirectory, Self.blobsLockName, exclusive: false, nonBlocking: false) else {
-                throw StoreError("cannot take \(path)/locks/\(Self.blobsLockName)")
+                throw PVFSError(.store, "cannot take \(path)/locks/\(Self.blobsLockName)")
             }
             return lock
         } catch let error as Errno {
-            throw StoreError("cannot take \(path)/locks/\(Self.blobsLockName): \(error)", errno: error)
+            throw PVFSError(.store, "cannot take \(path)/locks/\(Self.blobsLockName): \(error)", errno: error)
         }
     }
 
@@ -38,7 +38,7 @@ extension Store {
                     return lock
                 }
             } catch {
-                throw StoreError("cannot take \(path)/locks/\(Self.blobsLockName): \(error)", errno: error)
+                throw PVFSError(.store, "cannot take \(path)/locks/\(Self.blobsLockName): \(error)", errno: error)
             }
             if monotonicNanoseconds() >= deadline { return nil }
             usleep(pause)

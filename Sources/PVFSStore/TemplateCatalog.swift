@@ -80,7 +80,7 @@ extension Store {
 
     public func requireTemplate(named name: String) throws -> TemplateRecord {
         guard let record = try template(named: name) else {
-            throw StoreError("no template named \(name)", errno: .noSuchFileOrDirectory)
+            throw PVFSError(.store, "no template named \(name)", errno: .noSuchFileOrDirectory)
         }
         return record
     }
@@ -110,12 +110,12 @@ extension Store {
     public func removeTemplate(named name: String, waitSeconds: Double = 10) throws -> TemplateRemoval {
         let id: Int64 = try catalog.write { db in
             guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM template WHERE name = ? AND state = 'ready'", arguments: [name]) else {
-                throw StoreError("no template named \(name)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no template named \(name)", errno: .noSuchFileOrDirectory)
             }
             let users = try String.fetchAll(db, sql: "SELECT name FROM vm WHERE template_id = ? ORDER BY name", arguments: [id])
             if !users.isEmpty {
                 let list = users.prefix(5).joined(separator: ", ") + (users.count > 5 ? ", ..." : "")
-                throw StoreError("template \(name) is used by \(users.count) VM(s) (\(list)); remove them first", errno: .resourceBusy)
+                throw PVFSError(.store, "template \(name) is used by \(users.count) VM(s) (\(list)); remove them first", errno: .resourceBusy)
             }
             try Self.markDeleting(db, templateID: id)
             return id
@@ -222,7 +222,7 @@ extension Store {
                 if let token = Self.ingestToken(lockName: entry.name) { tokens.append(token) }
             }
         } catch {
-            throw StoreError("cannot list \(path)/tmp: \(error)", errno: error)
+            throw PVFSError(.store, "cannot list \(path)/tmp: \(error)", errno: error)
         }
         // Unfinished templates whose ingest left no lock file behind (it was removed by hand).
         let orphans: [String] = try catalog.read { db in

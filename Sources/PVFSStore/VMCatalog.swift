@@ -32,8 +32,8 @@ extension Store {
     public static func validateName(_ name: String, what: String) throws {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
         guard !name.isEmpty, name.count <= 64, name.allSatisfy(allowed.contains), name.first != ".", name.first != "-" else {
-            throw StoreError("invalid \(what) name '\(name)': use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'",
-                             errno: .invalidArgument)
+            throw PVFSError(.store, "invalid \(what) name '\(name)': use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'",
+                                    errno: .invalidArgument)
         }
     }
 
@@ -43,10 +43,10 @@ extension Store {
         try Self.validateName(name, what: "VM")
         let id: Int64 = try catalog.write { db in
             guard let templateRow = try Row.fetchOne(db, sql: "SELECT id, max_inode FROM template WHERE name = ? AND state = 'ready'", arguments: [template]) else {
-                throw StoreError("no template named \(template)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no template named \(template)", errno: .noSuchFileOrDirectory)
             }
             if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ?)", arguments: [name]) == true {
-                throw StoreError("a VM named \(name) exists already", errno: .fileExists)
+                throw PVFSError(.store, "a VM named \(name) exists already", errno: .fileExists)
             }
             try db.execute(sql: """
                 INSERT INTO vm (name, template_id, state, created_ns, next_inode, quota_bytes, quota_inodes)
@@ -63,7 +63,7 @@ extension Store {
             try fd.makeDirectory(at: "tmp", mode: 0o700)
         } catch {
             try? catalog.write { db in try db.execute(sql: "DELETE FROM vm WHERE id = ?", arguments: [id]) }
-            throw StoreError("cannot create the private area of VM \(name): \(error)", errno: error)
+            throw PVFSError(.store, "cannot create the private area of VM \(name): \(error)", errno: error)
         }
         return try catalog.write { db in
             try db.execute(sql: "UPDATE vm SET state = 'ready' WHERE id = ?", arguments: [id])
@@ -86,7 +86,7 @@ extension Store {
     }
 
     public func requireVM(named name: String) throws -> VMRecord {
-        guard let vm = try vm(named: name) else { throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory) }
+        guard let vm = try vm(named: name) else { throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory) }
         return vm
     }
 
@@ -109,7 +109,7 @@ extension Store {
             lock = try LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true)
             if lock == nil {
                 dir.closeQuietly()
-                throw StoreError("VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
+                throw PVFSError(.store, "VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
             }
         }
         try catalog.write { db in
@@ -135,10 +135,10 @@ extension Store {
         try Self.validateName(newName, what: "VM")
         try catalog.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ? AND state = 'ready')", arguments: [name]) == true else {
-                throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory)
             }
             if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ?)", arguments: [newName]) == true {
-                throw StoreError("a VM named \(newName) exists already", errno: .fileExists)
+                throw PVFSError(.store, "a VM named \(newName) exists already", errno: .fileExists)
             }
             try db.execute(sql: "UPDATE vm SET name = ? WHERE name = ?", arguments: [newName, name])
         }
@@ -147,7 +147,7 @@ extension Store {
     public func setQuota(vm name: String, bytes: Int64??, inodes: Int64??) throws {
         try catalog.write { db in
             guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM vm WHERE name = ? AND state = 'ready'", arguments: [name]) else {
-                throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory)
             }
             if let bytes { try db.execute(sql: "UPDATE vm SET quota_bytes = ? WHERE id = ?", arguments: [bytes, id]) }
             if let inodes { try db.execute(sql: "UPDATE vm SET quota_inodes = ? WHERE id = ?", arguments: [inodes, id]) }
