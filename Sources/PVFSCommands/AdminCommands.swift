@@ -11,8 +11,8 @@ import SystemPackage
 
 /// Opens an existing store (maintenance commands never create one).
 func openExistingStore(_ options: StoreOptions, logger: Logger) throws -> Store {
-    guard FileManager.default.fileExists(atPath: options.storePath + "/" + Store.catalogFileName) else {
-        throw CommandFailure("\(options.storePath) is not a pvfs store (no \(Store.catalogFileName)); give --store or set PVFS_STORE", exitCode: PVFSExitCode.notFound)
+    guard FileManager.default.fileExists(atPath: options.storePath + "/" + StoreLayout.catalog) else {
+        throw CommandFailure("\(options.storePath) is not a pvfs store (no \(StoreLayout.catalog)); give --store or set PVFS_STORE", exitCode: PVFSExitCode.notFound)
     }
     return try Store(path: options.storePath, create: false, logger: logger)
 }

@@ -34,7 +34,7 @@ extension Volume {
     /// Opens a private file read-only for hashing. The result is a snapshot hint only: what is
     /// shared is verified again under the inode's lock by `replaceWithBlob`.
     public func openPrivateFileForReading(_ ino: InodeNumber) throws(Errno) -> FileDescriptor {
-        try FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), [.readOnly, .noFollow])
+        try area.openPrivateFileForReading(ino)
     }
 
     /// Turns a private file into a reference to an already published blob with the same content,

@@ -19,12 +19,9 @@ public final class Volume: @unchecked Sendable {
     let journal: OverlayJournal
     let quota: QuotaAccount
     let logger: Logger
-    /// vms/<id>: holds data/, tmp/ and the lock file.
-    let vmDirectory: FileDescriptor
-    let dataDirectory: FileDescriptor
-    let scratchDirectory: FileDescriptor
-    /// The VM's exclusive lock; dropped by close() so another process may take the VM.
-    private var lockFile: LockFile?
+    /// The VM's private files, with its exclusive lock; close() drops the lock so another
+    /// process may take the VM.
+    let area: VMArea
 
     let metaLock = NSLock()
     /// Guarded by metaLock.
@@ -49,8 +46,6 @@ public final class Volume: @unchecked Sendable {
     private var limitsValue = VolumeLimits()
     /// Monotonic counter for qid versions. Guarded by metaLock.
     var versionCounter: UInt64 = 1
-    /// Shard directories known to exist. Guarded by metaLock.
-    var knownShards = Set<UInt8>()
     /// Inodes whose in-memory record is newer than the catalog's only in times and sizes
     /// (`updateLazily`): written by the periodic flush, fsync and close, or by the next operation
     /// that commits the inode. A crash can lose such times, never a name, an inode or data.
@@ -123,28 +118,13 @@ public final class Volume: @unchecked Sendable {
         let defaults = VolumeLimits()
         locks = LockTable(perVolume: defaults.lockRecords, perSession: defaults.lockRecordsPerSession,
                           counters: counters.limits, logger: logger)
-        let directoryName = String(vmID)
-        do {
-            vmDirectory = try FileDescriptor.open(at: store.vmsDirectory, directoryName, [.directory, .readOnly, .noFollow])
-        } catch {
-            throw PVFSError(.store, "the private area of VM \(name) (vms/\(directoryName)) is missing: \(error)", errno: error)
-        }
-        guard let lock = try LockFile.acquire(at: vmDirectory, "lock", exclusive: true, nonBlocking: true) else {
-            vmDirectory.closeQuietly()
-            throw PVFSError(.store, "VM \(name) is in use by another process (mounted or served)", errno: .resourceBusy)
-        }
-        lockFile = lock
-        for sub in ["data", "tmp"] {
-            Self.makeDirectoryIfMissing(vmDirectory, sub)
-        }
-        dataDirectory = try FileDescriptor.open(at: vmDirectory, "data", [.directory, .readOnly, .noFollow])
-        scratchDirectory = try FileDescriptor.open(at: vmDirectory, "tmp", [.directory, .readOnly, .noFollow])
+        let area = try store.openVMArea(vmID, vmName: name)
+        self.area = area
         journal = OverlayJournal(catalog: store.catalog, vmID: vmID)
         let reaper = FileReaper(logger: logger)
         self.reaper = reaper
-        let dataDirectory = dataDirectory
         catalogWriter = CatalogWriter(journal: journal, logger: logger) { files in
-            for ino in files { reaper.remove(at: dataDirectory, Self.dataPath(ino)) }
+            for ino in files { reaper.remove(ino, from: area) }
         }
 
         let (image, hashes, vmRow) = try store.catalog.read { db -> (TemplateImage, [Int64: BlobHash], Row) in
@@ -203,7 +183,7 @@ public final class Volume: @unchecked Sendable {
         reaper.drain()
         if let committed {
             // Not marked clean: the next open recovers from what the catalog holds.
-            lockFile = nil
+            area.close()
             throw PVFSError(.store, "VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
         }
         let usage = quota.usage
@@ -211,13 +191,12 @@ public final class Volume: @unchecked Sendable {
             try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = 1 WHERE id = ?",
                            arguments: [usage.bytes, usage.inodes, vmID])
         }
-        lockFile = nil
+        area.close()
         logger.debug("volume closed", metadata: ["bytes": "\(usage.bytes)", "inodes": "\(usage.inodes)"])
     }
 
     deinit {
         if !closed { try? close() }
-        for fd in [dataDirectory, scratchDirectory, vmDirectory] { fd.closeQuietly() }
     }
 
     /// Writes usage and lazily kept times to the catalog; the daemon calls this periodically.
@@ -450,39 +429,8 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: - Private data files
 
-    /// mkdirat that accepts an existing directory; returns any other error.
-    @discardableResult
-    static func makeDirectoryIfMissing(_ parent: FileDescriptor, _ name: String) -> Errno? {
-        do {
-            try parent.makeDirectory(at: name, mode: 0o700)
-            return nil
-        } catch {
-            return error == .fileExists ? nil : error
-        }
-    }
-
-    static func shard(_ ino: InodeNumber) -> UInt8 { UInt8(truncatingIfNeeded: ino) }
-
-    static func dataPath(_ ino: InodeNumber) -> String {
-        let hex = Array("0123456789abcdef".utf8)
-        let s = shard(ino)
-        return String(decoding: [hex[Int(s >> 4)], hex[Int(s & 0xf)]], as: UTF8.self) + "/" + String(ino)
-    }
-
-    /// Makes sure the shard directory of an inode's data file exists. Caller holds metaLock.
-    func ensureShard(_ ino: InodeNumber) throws(Errno) {
-        let s = Self.shard(ino)
-        guard !knownShards.contains(s) else { return }
-        let name = String(Self.dataPath(ino).prefix(2))
-        if let error = Self.makeDirectoryIfMissing(dataDirectory, name) { throw error }
-        knownShards.insert(s)
-    }
-
     func openPrivateFile(_ ino: InodeNumber, create: Bool = false) throws(Errno) -> HostFile {
-        var flags: OpenFlags = [.readWrite, .noFollow]
-        if create { flags.formUnion([.create, .exclusive]) }
-        let fd = try FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), flags, mode: 0o600)
-        return HostFile(descriptor: fd, isPrivate: true)
+        HostFile(descriptor: try area.openPrivateFile(ino, create: create), isPrivate: true)
     }
 
     /// Private files up to this size are removed before the reply (see `commit`).
@@ -491,8 +439,7 @@ public final class Volume: @unchecked Sendable {
     /// Removes a private file now (small files, and error paths where nothing names it yet).
     func removePrivateFile(_ ino: InodeNumber) {
         do {
-            try dataDirectory.unlink(at: Self.dataPath(ino))
-        } catch where error == .noSuchFileOrDirectory {
+            try area.removePrivateFile(ino)
         } catch {
             logger.warning("cannot remove private file of inode \(ino): \(error)")
         }
@@ -501,7 +448,7 @@ public final class Volume: @unchecked Sendable {
     /// Removes a private file the catalog stopped naming, in the background. Its inode number is
     /// never reused, so nothing can open it meanwhile; a crash leaves an orphan recovery removes.
     func reapPrivateFile(_ ino: InodeNumber) {
-        reaper.remove(at: dataDirectory, Self.dataPath(ino))
+        reaper.remove(ino, from: area)
     }
 
     func blobHash(_ id: Int64) throws(Errno) -> BlobHash {
@@ -539,7 +486,7 @@ public final class Volume: @unchecked Sendable {
             defer { data.lock.unlock() }
             return data.size
         }
-        return try? dataDirectory.stat(at: Self.dataPath(ino)).size
+        return try? area.statPrivateFile(ino).size
     }
 
     // MARK: - Recovery
@@ -547,9 +494,7 @@ public final class Volume: @unchecked Sendable {
     /// After a crash: drop orphans (unlinked inodes that were open), private files nothing
     /// references and staging leftovers, and recompute usage from the data.
     private func recover(afterUncleanShutdown unclean: Bool) throws {
-        for entry in (try? scratchDirectory.directoryEntries()) ?? [] {
-            try? scratchDirectory.unlink(at: entry.name)
-        }
+        area.clearScratch()
         guard unclean else { return }
         logger.notice("recovering after an unclean shutdown")
         var changes: [OverlayChange] = []
@@ -570,22 +515,21 @@ public final class Volume: @unchecked Sendable {
             try journal.commit(changes)
             for change in changes { overlay.apply(change) }
         }
-        for shard in (try? dataDirectory.directoryEntries()) ?? [] {
-            guard let shardFD = try? FileDescriptor.open(at: dataDirectory, shard.name, [.directory, .readOnly, .noFollow]) else { continue }
-            defer { shardFD.closeQuietly() }
-            for file in (try? shardFD.directoryEntries()) ?? [] {
-                let ino = UInt64(file.name) ?? 0
-                if overlay.inodes[ino]?.data != .privateFile {
-                    try? shardFD.unlink(at: file.name)
-                    logger.info("removed orphaned private file \(shard.name)/\(file.name)")
-                }
-            }
+        let files = area.listPrivateFiles()
+        for (ino, path) in files.paths where overlay.inodes[ino]?.data != .privateFile {
+            try? area.removePrivateFile(ino)
+            logger.info("removed orphaned private file \(path)")
+        }
+        // Other names inside a shard directory are no private file of the VM either.
+        for path in files.unexpected where path.contains("/") {
+            try? area.removeUnexpectedEntry(path)
+            logger.info("removed orphaned private file \(path)")
         }
         // Sizes of written files are kept in the catalog lazily: the private file's own size is
         // the truth for data the host filesystem holds.
         var resized: [OverlayChange] = []
         for (ino, record) in overlay.inodes where record.data == .privateFile && record.kind == .regular {
-            guard let size = try? dataDirectory.stat(at: Self.dataPath(ino)).size, size != record.size else { continue }
+            guard let size = try? area.statPrivateFile(ino).size, size != record.size else { continue }
             var fixed = record
             fixed.size = size
             fixed.blocks = (size + 511) / 512

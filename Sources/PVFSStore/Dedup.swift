@@ -243,7 +243,7 @@ extension Store {
                         copy = try area!.stageVerified(from: fd, size: group.key.size, expected: group.key.hash, allowReflink: options.reflink,
                                                        buffer: buffer)
                     } catch {
-                        throw PVFSError(.store, "dedup: cannot copy a private file of VM \(targets[m.target].vmName) into \(path)/tmp: \(error)",
+                        throw PVFSError(.store, "dedup: cannot copy a private file of VM \(targets[m.target].vmName) into \(path)/\(StoreLayout.temporary): \(error)",
                                                 errno: error)
                     }
                     guard let copy else { continue }  // written since it was hashed: try the next member

@@ -20,7 +20,7 @@ public final class ScratchDirectory: @unchecked Sendable {
         precondition(Self.kinds.contains(kind))
         self.store = store
         name = "\(kind)-\(makeIngestToken())"
-        path = Store.absolutePath(store.path) + "/tmp/" + name
+        path = Store.absolutePath(store.path) + "/" + StoreLayout.temporary + "/" + name
         lock = try Self.create(store: store, name: name, path: path)
     }
 
@@ -52,7 +52,7 @@ extension Store {
     /// Removes `tmp/<name>` without crossing into other filesystems (lazily unmounting any found
     /// below it), then `tmp/<name>.lock`.
     func removeScratch(_ name: String) throws {
-        let full = path + "/tmp/" + name
+        let full = path + "/" + StoreLayout.temporary + "/" + name
         Self.detachMounts(below: Self.absolutePath(full))
         try removeTreeOnOneFileSystem(parent: temporaryDirectory, name: Array(name.utf8), device: try root.stat().device, display: full)
         _ = try? temporaryDirectory.unlink(at: name + ".lock")
@@ -138,7 +138,7 @@ extension Store {
                 try removeScratch(base)
                 removed += 1
             } catch {
-                logger.warning("cannot remove the abandoned \(path)/tmp/\(base): \(error)")
+                logger.warning("cannot remove the abandoned \(path)/\(StoreLayout.temporary)/\(base): \(error)")
             }
             withExtendedLifetime(lock) {}
         }

@@ -55,12 +55,7 @@ extension Store {
             return db.lastInsertedRowID
         }
         do {
-            let dir = String(id)
-            try vmsDirectory.makeDirectory(at: dir, mode: 0o700)
-            let fd = try FileDescriptor.open(at: vmsDirectory, dir, [.directory, .readOnly, .noFollow])
-            defer { fd.closeQuietly() }
-            try fd.makeDirectory(at: "data", mode: 0o700)
-            try fd.makeDirectory(at: "tmp", mode: 0o700)
+            try VMArea.create(in: self, vmID: id)
         } catch {
             try? catalog.write { db in try db.execute(sql: "DELETE FROM vm WHERE id = ?", arguments: [id]) }
             throw PVFSError(.store, "cannot create the private area of VM \(name): \(error)", errno: error)
@@ -92,37 +87,42 @@ extension Store {
 
     /// Whether a process holds the VM (serves or mounts it).
     public func isVMInUse(_ vm: VMRecord) -> Bool {
-        guard let dir = try? FileDescriptor.open(at: vmsDirectory, String(vm.id), [.directory, .readOnly, .noFollow]) else { return false }
-        defer { dir.closeQuietly() }
-        guard let lock = try? LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true) else { return true }
-        _ = lock
+        let area: VMArea?
+        do {
+            area = try VMArea.openIfFree(in: self, vmID: vm.id)
+        } catch {
+            return false  // no private area: nobody can hold it
+        }
+        guard let area else { return true }
+        area.close()
         return false
     }
 
     /// Removes a VM and its private data. Refused while a process holds it.
     public func removeVM(named name: String) throws {
         let vm = try requireVM(named: name)
-        let dirName = String(vm.id)
-        let dir = try? FileDescriptor.open(at: vmsDirectory, dirName, [.directory, .readOnly, .noFollow])
-        var lock: LockFile?
-        if let dir {
-            lock = try LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true)
-            if lock == nil {
-                dir.closeQuietly()
-                throw PVFSError(.store, "VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
-            }
+        // Without a private area there is nothing to hold; with one, its lock keeps the VM from
+        // being opened until the catalog says it is going away.
+        let area: VMArea?
+        do {
+            area = try VMArea.openIfFree(in: self, vmID: vm.id)
+        } catch {
+            logger.debug("VM \(name) has no private area to lock: \(error)")
+            area = nil
+        }
+        if area == nil, (try? VMArea.openUnlocked(in: self, vmID: vm.id)) != nil {
+            throw PVFSError(.store, "VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
         }
         try catalog.write { db in
             try db.execute(sql: "UPDATE vm SET state = 'deleting', name = name || '.deleting.' || id WHERE id = ?", arguments: [vm.id])
         }
-        withExtendedLifetime(lock) {}
-        dir?.closeQuietly()
+        area?.close()
         try finishVMRemoval(id: vm.id)
     }
 
     /// Second half of removal, also run by cleanup after a crash: data first, then the rows.
     func finishVMRemoval(id: Int64) throws {
-        try removeTree(at: vmsDirectory, String(id))
+        try removeTree(at: vmsDirectory, StoreLayout.vmDirectory(id))
         try catalog.write { db in
             try db.execute(sql: "DELETE FROM vm_xattr WHERE vm_id = ?", arguments: [id])
             try db.execute(sql: "DELETE FROM vm_dirent WHERE vm_id = ?", arguments: [id])

@@ -127,7 +127,7 @@ final class TemplateBuilder {
         let (hash, size) = try SHA256Hasher.hash(file: fd)
         if let id = knownBlobs[hash] { return id }
         if !store.blobs.exists(hash) {
-            let relative = BlobStore.relativePath(hash)
+            let relative = StoreLayout.blobPath(hash)
             _ = try? store.blobsDirectory.makeDirectory(at: String(relative.prefix(2)), mode: 0o755)
             let staging = "blob-\(hash.hex)"
             let out = try FileDescriptor.open(at: store.temporaryDirectory, staging, [.readWrite, .create, .truncate], mode: 0o444)
