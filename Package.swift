@@ -43,7 +43,7 @@ let package = Package(
         // Content-addressed blob store, SQLite catalog, template ingest/export, janitor.
         .target(name: "PVFSStore", dependencies: ["PVFSSystem", "CPVFSSystem", "CCrypto", grdb, logging, system]),
         // Copy-on-write merged views of VM roots: the one engine every transport serves.
-        .target(name: "PVFSEngine", dependencies: ["PVFSStore", "PVFSSystem", grdb, logging, system]),
+        .target(name: "PVFSEngine", dependencies: ["PVFSStore", "PVFSSystem", logging, system]),
         // Protocols: 9P2000.L (transport-neutral) and FUSE low-level.
         .target(name: "PVFS9P", dependencies: ["PVFSEngine", "PVFSSystem", logging, system]),
         .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "PVFSSystem", "CFuse", logging, system]),

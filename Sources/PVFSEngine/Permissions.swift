@@ -1,3 +1,4 @@
+import PVFSStore
 import PVFSSystem
 import SystemPackage
 

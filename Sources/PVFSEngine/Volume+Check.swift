@@ -1,21 +1,9 @@
 import Foundation
-import GRDB
 import PVFSStore
 import PVFSSystem
 import SystemPackage
 
 // fsck and dedup of VMs: the engine's side (docs/janitor.md).
-
-/// Usage as bytes and inodes (docs/quotas.md).
-public struct UsageFigures: Codable, Sendable, Equatable {
-    public var bytes: Int64
-    public var inodes: Int64
-
-    public init(bytes: Int64, inodes: Int64) {
-        self.bytes = bytes
-        self.inodes = inodes
-    }
-}
 
 /// What checking one VM found.
 public struct VMCheckResult: Codable, Sendable {
@@ -23,8 +11,8 @@ public struct VMCheckResult: Codable, Sendable {
     public var findings: [FsckFinding] = []
     /// Usage as the catalog (or, for a served VM, the daemon's running total) has it, and as
     /// the data says.
-    public var recordedUsage: UsageFigures?
-    public var computedUsage: UsageFigures?
+    public var recordedUsage: VMUsage?
+    public var computedUsage: VMUsage?
     /// Why the VM was not checked (in use by another process), nil when it was.
     public var skipped: String?
     /// Parts of the check left out, and why.
@@ -71,8 +59,8 @@ extension Volume {
         }
         let computed = computeUsage()
         let recorded = quota.usage
-        result.recordedUsage = UsageFigures(bytes: recorded.bytes, inodes: recorded.inodes)
-        result.computedUsage = UsageFigures(bytes: computed.bytes, inodes: computed.inodes)
+        result.recordedUsage = recorded
+        result.computedUsage = computed
         if computed != recorded {
             var finding = OverlayChecker.driftFinding(name, recorded: recorded, computed: computed)
             if repair {
@@ -91,32 +79,30 @@ extension Volume {
     /// remains to fix, which is all an open after an unclean shutdown would do).
     public static func check(store: Store, vm: VMRecord, repair: Bool) throws -> VMCheckResult {
         var result = VMCheckResult(vm: vm.name)
-        let area: VMArea
+        let opened: OpenedVM
         do {
-            guard let free = try store.openVMAreaIfFree(vm.id) else {
+            guard let free = try store.openVMIfFree(vm) else {
                 result.skipped = "in use by another process"
                 return result
             }
-            area = free
+            opened = free
         } catch {
-            result.skipped = "its private area \(StoreLayout.vmPath(vm.id)) cannot be opened: \(error)"
+            result.skipped = (error as? PVFSError)?.message ?? "\(error)"
             return result
         }
+        let area = opened.area
         defer { area.close() }
         let subject = "vm \(vm.name)"
-        let (image, clean): (TemplateImage, Bool)
+        let image: TemplateImage
         do {
-            (image, clean) = try store.catalog.read { db in
-                (try TemplateImage.load(templateID: vm.templateID, from: db),
-                 (try Int64.fetchOne(db, sql: "SELECT usage_clean FROM vm WHERE id = ?", arguments: [vm.id]) ?? 1) != 0)
-            }
+            image = TemplateImage(try store.loadTemplateImage(id: vm.templateID))
         } catch {
             result.findings.append(FsckFinding(area: "vm", kind: "template-unloadable", subject: subject,
                                                message: "its template \(vm.template) cannot be loaded: \(error)", status: .unrepairable))
             return result
         }
-        let journal = OverlayJournal(catalog: store.catalog, vmID: vm.id)
-        var overlay = try journal.load()
+        let clean = opened.usageClean
+        var overlay = try opened.catalog.loadOverlay()
         let files = area.listPrivateFiles()
         let checker = OverlayChecker(vmName: vm.name, template: image, overlay: overlay, openInodes: [], files: files, sizes: files.sizes)
         let plan = checker.run()
@@ -128,7 +114,7 @@ extension Volume {
         }
         var sizes = files.sizes
         if repair {
-            try journal.commit(plan.changes)
+            try opened.catalog.apply(plan.changes)
             for change in plan.changes { overlay.apply(change) }
             for ino in plan.emptyFiles where (try? area.createEmptyPrivateFile(ino)) != nil { sizes[ino] = 0 }
             for ino in plan.removedFiles { try? area.removePrivateFile(ino) }
@@ -136,9 +122,9 @@ extension Volume {
             for i in result.findings.indices where result.findings[i].status == .found { result.findings[i].status = .repaired }
         }
         let computed = OverlayChecker.usage(overlay: overlay, template: image, sizes: sizes, openInodes: [])
-        let recorded = QuotaAccount.Usage(bytes: vm.usedBytes, inodes: vm.usedInodes)
-        result.recordedUsage = UsageFigures(bytes: recorded.bytes, inodes: recorded.inodes)
-        result.computedUsage = UsageFigures(bytes: computed.bytes, inodes: computed.inodes)
+        let recorded = VMUsage(bytes: opened.record.usedBytes, inodes: opened.record.usedInodes)
+        result.recordedUsage = recorded
+        result.computedUsage = computed
         if computed != recorded {
             var finding = OverlayChecker.driftFinding(vm.name, recorded: recorded, computed: computed)
             if repair { finding.status = .repaired }
@@ -146,10 +132,7 @@ extension Volume {
         }
         if repair {
             let settled = result.findings.allSatisfy { $0.status != .found }
-            try store.catalog.write { db in
-                try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = ? WHERE id = ?",
-                               arguments: [computed.bytes, computed.inodes, settled ? 1 : (clean ? 1 : 0), vm.id])
-            }
+            try opened.catalog.setUsage(computed, clean: settled || clean)
         }
         return result
     }
@@ -171,7 +154,7 @@ struct OverlayChecker {
 
     let vmName: String
     let template: TemplateImage
-    let overlay: OverlayState
+    let overlay: OverlayRecords
     let openInodes: Set<InodeNumber>
     let files: PrivateFileListing
     let sizes: [InodeNumber: Int64]
@@ -250,7 +233,7 @@ struct OverlayChecker {
     }
 
     /// Usage by the charging rule (docs/quotas.md), as `Volume.computeUsage` computes it.
-    static func usage(overlay: OverlayState, template: TemplateImage, sizes: [InodeNumber: Int64],
+    static func usage(overlay: OverlayRecords, template: TemplateImage, sizes: [InodeNumber: Int64],
                       openInodes: Set<InodeNumber>) -> QuotaAccount.Usage {
         var total = QuotaAccount.Usage(bytes: 0, inodes: 0)
         for (ino, record) in overlay.inodes where record.linkCount > 0 || openInodes.contains(ino) {

@@ -462,7 +462,7 @@ extension Volume {
     /// Makes every committed catalog transaction durable against power loss (through SQLite).
     func syncCatalog() throws(Errno) {
         do {
-            try store.makeCatalogDurable()
+            try catalog.makeDurable()
         } catch {
             logger.error("catalog sync failed: \(error)")
             throw Errno.ioError

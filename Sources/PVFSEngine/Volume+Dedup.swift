@@ -77,7 +77,7 @@ extension Volume {
         }
         let blob: FileDescriptor
         do {
-            blob = try store.blobs.open(hash)
+            blob = try catalog.openBlob(hash)
         } catch {
             data.lock.unlock()
             logger.error("dedup: blob \(hash) cannot be opened: \(error)")
@@ -119,7 +119,7 @@ extension Volume {
         // The private file is the only copy the old record describes: remove it only once the
         // new record is durable (an orphan left by a failed sync is removed by recovery or fsck).
         do {
-            try store.makeCatalogDurable()
+            try catalog.makeDurable()
             removePrivateFile(ino)
         } catch {
             logger.warning("dedup: inode \(ino): \(error); its private file stays until recovery")

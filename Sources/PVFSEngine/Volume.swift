@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Logging
 import PVFSStore
 import PVFSSystem
@@ -14,9 +13,11 @@ import SystemPackage
 public final class Volume: @unchecked Sendable {
     public let vmID: Int64
     public let name: String
-    public let store: Store
+    /// The VM as the store opened it for this process: its record, area and catalog rows.
+    let opened: OpenedVM
     let template: TemplateImage
-    let journal: OverlayJournal
+    /// The VM's overlay rows in the catalog.
+    let catalog: VMOverlayCatalog
     let quota: QuotaAccount
     let logger: Logger
     /// The VM's private files, with its exclusive lock; close() drops the lock so another
@@ -25,7 +26,7 @@ public final class Volume: @unchecked Sendable {
 
     let metaLock = NSLock()
     /// Guarded by metaLock.
-    var overlay: OverlayState
+    var overlay: OverlayRecords
     /// Inodes with open handles. Guarded by metaLock.
     var openData: [InodeNumber: InodeData] = [:]
     /// Sorted listings, dropped when a directory changes. Guarded by metaLock.
@@ -94,22 +95,21 @@ public final class Volume: @unchecked Sendable {
 
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
     public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
-        guard let vm = try store.catalog.read({ db in
-            try Row.fetchOne(db, sql: "SELECT id, template_id, state FROM vm WHERE name = ?", arguments: [vmName])
-        }) else {
-            throw PVFSError(.store, "no VM named \(vmName)", errno: .noSuchFileOrDirectory)
+        let opened = try store.openVM(named: vmName)
+        do {
+            let template = TemplateImage(try store.loadTemplateImage(id: opened.record.templateID))
+            return try Volume(opened: opened, template: template, logger: logger ?? Logger(label: "pvfs.volume"))
+        } catch {
+            opened.area.close()
+            throw error
         }
-        guard (vm[2] as String) == "ready" else {
-            throw PVFSError(.store, "VM \(vmName) is not ready (state \(vm[2] as String))", errno: .resourceBusy)
-        }
-        return try Volume(store: store, vmID: vm[0], templateID: vm[1], name: vmName,
-                          logger: logger ?? Logger(label: "pvfs.volume"))
     }
 
-    init(store: Store, vmID: Int64, templateID: Int64, name: String, logger: Logger) throws {
-        self.vmID = vmID
-        self.name = name
-        self.store = store
+    init(opened: OpenedVM, template: TemplateImage, logger: Logger) throws {
+        let record = opened.record
+        self.opened = opened
+        vmID = record.id
+        name = record.name
         var logger = logger
         logger[metadataKey: "vm"] = "\(name)"
         self.logger = logger
@@ -118,45 +118,29 @@ public final class Volume: @unchecked Sendable {
         let defaults = VolumeLimits()
         locks = LockTable(perVolume: defaults.lockRecords, perSession: defaults.lockRecordsPerSession,
                           counters: counters.limits, logger: logger)
-        let area = try store.openVMArea(vmID, vmName: name)
+        let area = opened.area
         self.area = area
-        journal = OverlayJournal(catalog: store.catalog, vmID: vmID)
+        catalog = opened.catalog
         let reaper = FileReaper(logger: logger)
         self.reaper = reaper
-        catalogWriter = CatalogWriter(journal: journal, logger: logger) { files in
+        catalogWriter = CatalogWriter(catalog: catalog, logger: logger) { files in
             for ino in files { reaper.remove(ino, from: area) }
         }
 
-        let (image, hashes, vmRow) = try store.catalog.read { db -> (TemplateImage, [Int64: BlobHash], Row) in
-            let image = try TemplateImage.load(templateID: templateID, from: db)
-            var hashes: [Int64: BlobHash] = [:]
-            let rows = try Row.fetchCursor(db, sql: """
-                SELECT id, hash FROM blob WHERE id IN (SELECT blob_id FROM template_inode WHERE template_id = ? AND blob_id IS NOT NULL
-                    UNION SELECT blob_id FROM vm_inode WHERE vm_id = ? AND blob_id IS NOT NULL)
-                """, arguments: [templateID, vmID])
-            while let row = try rows.next() {
-                if let hash = BlobHash(bytes: row.bytes(1)) { hashes[row[0]] = hash }
-            }
-            let vmRow = try Row.fetchOne(db, sql: "SELECT quota_bytes, quota_inodes, used_bytes, used_inodes, usage_clean FROM vm WHERE id = ?", arguments: [vmID])!
-            return (image, hashes, vmRow)
-        }
-        template = image
-        blobHashes = hashes
-        overlay = try journal.load()
-        overlay.nextInode = max(overlay.nextInode, image.maximumInode + 1)
+        self.template = template
+        blobHashes = try catalog.loadBlobHashes(templateID: template.templateID)
+        overlay = try catalog.loadOverlay()
+        overlay.nextInode = max(overlay.nextInode, template.maximumInode + 1)
         reservedInodes = overlay.nextInode
-        catalogQuota = (vmRow[0], vmRow[1])
-        quota = QuotaAccount(usage: .init(bytes: vmRow[2], inodes: vmRow[3]),
-                             limits: .init(bytes: vmRow[0],
-                                           inodes: InodeQuota.effective(quotaBytes: vmRow[0], quotaInodes: vmRow[1],
+        catalogQuota = (record.quotaBytes, record.quotaInodes)
+        quota = QuotaAccount(usage: .init(bytes: record.usedBytes, inodes: record.usedInodes),
+                             limits: .init(bytes: record.quotaBytes,
+                                           inodes: InodeQuota.effective(quotaBytes: record.quotaBytes, quotaInodes: record.quotaInodes,
                                                                         withoutQuota: defaults.inodesWithoutQuota)),
                              counters: counters.limits, logger: logger)
-        let clean = (vmRow[4] as Int64) != 0
-        try recover(afterUncleanShutdown: !clean)
+        try recover(afterUncleanShutdown: !opened.usageClean)
         tally = MetadataTally(overlay: overlay, template: template)
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vmID])
-        }
+        try catalog.markInUse()
     }
 
     /// Saves usage and marks the VM cleanly closed. Open handles are dropped.
@@ -187,10 +171,7 @@ public final class Volume: @unchecked Sendable {
             throw PVFSError(.store, "VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
         }
         let usage = quota.usage
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = 1 WHERE id = ?",
-                           arguments: [usage.bytes, usage.inodes, vmID])
-        }
+        try catalog.setUsage(usage, clean: true)
         area.close()
         logger.debug("volume closed", metadata: ["bytes": "\(usage.bytes)", "inodes": "\(usage.inodes)"])
     }
@@ -207,9 +188,7 @@ public final class Volume: @unchecked Sendable {
         defer { metaLock.unlock() }
         try ensureOpen()
         guard let usage = quota.takeChangedUsage() else { return }
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
-        }
+        try catalog.setUsage(usage, clean: nil)
     }
 
     /// Refuses a change once the volume is closed (caller holds metaLock): a request that was
@@ -242,11 +221,9 @@ public final class Volume: @unchecked Sendable {
     /// without pvfsd's control socket polls with this). Returns whether it changed.
     @discardableResult
     public func reloadQuota() throws -> Bool {
-        guard let row = try store.catalog.read({ db in
-            try Row.fetchOne(db, sql: "SELECT quota_bytes, quota_inodes FROM vm WHERE id = ?", arguments: [vmID])
-        }) else { return false }
-        let bytes: Int64? = row[0]
-        let inodes: Int64? = row[1]
+        guard let stored = try catalog.loadQuota() else { return false }
+        let bytes = stored.bytes
+        let inodes = stored.inodes
         let current = limitsLock.withLock { catalogQuota }
         guard current.bytes != bytes || current.inodes != inodes else { return false }
         setQuota(bytes: bytes, inodes: inodes)
@@ -347,11 +324,10 @@ public final class Volume: @unchecked Sendable {
         if synchronously || commitMode == .beforeReply || catalogWriter.hasFailed {
             try catalogWriter.flush()
             do {
-                try journal.commit(changes)
+                try catalog.apply(changes)
             } catch {
                 logger.error("catalog write failed: \(error)")
-                if let dbError = error as? DatabaseError, dbError.resultCode == .SQLITE_FULL { throw Errno.noSpace }
-                throw Errno.ioError
+                throw Errno.of(error)
             }
             applyCommitted(changes)
             // Unlinking a small file costs less than waking the reaper; a large one may take
@@ -455,9 +431,7 @@ public final class Volume: @unchecked Sendable {
         if let hash = blobHashes[id] { return hash }
         let hash: BlobHash?
         do {
-            hash = try store.catalog.read { db in
-                try Row.fetchOne(db, sql: "SELECT hash FROM blob WHERE id = ?", arguments: [id]).flatMap { BlobHash(bytes: $0.bytes(0)) }
-            }
+            hash = try catalog.blobHash(id: id)
         } catch {
             throw Errno.ioError
         }
@@ -472,7 +446,7 @@ public final class Volume: @unchecked Sendable {
     func openBlob(_ id: Int64) throws(Errno) -> HostFile {
         let hash = try blobHash(id)
         do {
-            return HostFile(descriptor: try store.blobs.open(hash), isPrivate: false)
+            return HostFile(descriptor: try catalog.openBlob(hash), isPrivate: false)
         } catch {
             logger.error("blob \(hash) is missing from the store: \(error)")
             throw Errno.ioError
@@ -512,7 +486,7 @@ public final class Volume: @unchecked Sendable {
             }
         }
         if !changes.isEmpty {
-            try journal.commit(changes)
+            try catalog.apply(changes)
             for change in changes { overlay.apply(change) }
         }
         let files = area.listPrivateFiles()
@@ -536,15 +510,12 @@ public final class Volume: @unchecked Sendable {
             resized.append(.putInode(ino, fixed))
         }
         if !resized.isEmpty {
-            try journal.commit(resized)
+            try catalog.apply(resized)
             for change in resized { overlay.apply(change) }
             logger.info("recovered the sizes of \(resized.count) written files")
         }
         quota.setUsage(computeUsage())
-        let usage = quota.usage
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
-        }
+        try catalog.setUsage(quota.usage, clean: nil)
     }
 
     /// Usage recomputed from the overlay and the private files (fsck and recovery).

@@ -281,18 +281,6 @@ public final class VMArea: @unchecked Sendable {
 }
 
 extension Store {
-    /// Opens the private area of a VM to serve it, taking the VM's lock (EBUSY when another
-    /// process serves or mounts it).
-    public func openVMArea(_ vm: Int64, vmName: String) throws -> VMArea {
-        try VMArea.open(in: self, vmID: vm, vmName: vmName)
-    }
-
-    /// Opens the private area of a VM no process holds, taking its lock; nil when another process
-    /// holds it. Throws when vms/<id> cannot be opened.
-    public func openVMAreaIfFree(_ vm: Int64) throws(Errno) -> VMArea? {
-        try VMArea.openIfFree(in: self, vmID: vm)
-    }
-
     /// Opens a private file of a VM that another process of this store holds, read-only (pvfs
     /// dedup reading through the daemon's VM). What it reads is a hint only: the holder verifies.
     public func openPrivateFileForReading(vm: Int64, inode: UInt64) throws(Errno) -> FileDescriptor {

@@ -18,12 +18,12 @@ public struct VMRecord: Codable, Sendable, Equatable {
 }
 
 extension Store {
-    private static let vmColumns = """
+    static let vmColumns = """
         vm.id, vm.name, template.name, vm.template_id, vm.state, vm.created_ns, vm.quota_bytes, vm.quota_inodes,
         vm.used_bytes, vm.used_inodes
         """
 
-    private static func vmRecord(_ row: Row) -> VMRecord {
+    static func vmRecord(_ row: Row) -> VMRecord {
         VMRecord(id: row[0], name: row[1], template: row[2], templateID: row[3], state: row[4], createdNanoseconds: row[5],
                  quotaBytes: row[6], quotaInodes: row[7], usedBytes: row[8], usedInodes: row[9])
     }

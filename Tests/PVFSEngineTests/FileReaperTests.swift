@@ -13,7 +13,7 @@ struct FileReaperTests {
     @Test func queuedFilesCountAsFreeSpaceUntilRemoved() throws {
         let f = try EngineFixture()
         let vm = try f.provision("p")
-        let area = try f.store.openVMArea(vm.id, vmName: vm.name)
+        let area = try f.store.openVM(named: vm.name).area
         defer { area.close() }
         let ino: UInt64 = 4242
         let file = try area.openPrivateFile(ino, create: true)
