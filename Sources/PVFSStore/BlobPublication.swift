@@ -174,7 +174,7 @@ extension Store {
     /// Publishes blobs from memory; `record` writes, in the publishing transaction, the rows that
     /// reference them (a blob nothing references may be collected as soon as this returns).
     @discardableResult
-    public func publishBlobs(_ contents: [[UInt8]], record: (Database, [Int64]) throws -> Void) throws -> PublicationStatistics {
+    func publishBlobs(_ contents: [[UInt8]], record: (Database, [Int64]) throws -> Void) throws -> PublicationStatistics {
         let area = try StagingArea(store: self)
         defer { area.dispose() }
         let lock = try lockBlobsShared()

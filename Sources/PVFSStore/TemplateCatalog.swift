@@ -56,9 +56,9 @@ public struct CleanupReport: Sendable, Equatable {
 }
 
 extension Store {
-    private static let templateColumns = "id, name, source, created_ns, entry_count, logical_bytes, max_inode"
+    static let templateColumns = "id, name, source, created_ns, entry_count, logical_bytes, max_inode"
 
-    private static func templateRecord(_ row: Row) -> TemplateRecord {
+    static func templateRecord(_ row: Row) -> TemplateRecord {
         TemplateRecord(id: row[0], name: row[1], source: row[2], createdNanoseconds: row[3], entryCount: row[4],
                        logicalBytes: row[5], maxInode: row[6])
     }
