@@ -8,6 +8,13 @@
 //   → PVFSDaemon / PVFSCommands → executables.
 import PackageDescription
 
+// Every target declares each module it imports, and nothing else (scripts/check-layers checks it,
+// with the edges docs/design.md forbids).
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
+
 let package = Package(
     name: "pvfs",
     platforms: [.macOS(.v15)],
@@ -35,99 +42,84 @@ let package = Package(
         ]),
 
         // Thin typed wrappers over Linux syscalls (openat family, xattrs, renameat2, ...).
-        .target(name: "PVFSSystem", dependencies: [
-            "CPVFSSystem",
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(name: "PVFSSystem", dependencies: ["CPVFSSystem", system]),
         // Content-addressed blob store, SQLite catalog, template ingest/export, janitor.
-        .target(name: "PVFSStore", dependencies: [
-            "PVFSSystem", "CCrypto",
-            .product(name: "GRDB", package: "GRDB.swift"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(name: "PVFSStore", dependencies: ["PVFSSystem", "CPVFSSystem", "CCrypto", grdb, logging, system]),
         // Container images (OCI layouts, docker/podman archives) read into templates.
-        .target(name: "PVFSImage", dependencies: [
-            "PVFSStore", "PVFSSystem", "CArchive",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(name: "PVFSImage", dependencies: ["PVFSStore", "PVFSSystem", "CArchive", logging, system]),
         // Copy-on-write merged views of VM roots: the one engine every transport serves.
-        .target(name: "PVFSEngine", dependencies: ["PVFSStore"]),
-        // The 9P2000.L wire format: constants, messages, framing. Standard library only, so that
-        // fuzz/run-9p-decoder-fuzz.sh compiles it alone.
+        .target(name: "PVFSEngine", dependencies: ["PVFSStore", "PVFSSystem", logging, system]),
+        // The 9P2000.L wire format: constants, messages, framing, the handler seam. Standard
+        // library only, so that fuzz/run-9p-decoder-fuzz.sh compiles it alone.
         .target(name: "PVFS9PCodec"),
-        // Protocols: 9P2000.L (transport-neutral) and FUSE low-level.
-        .target(name: "PVFS9P", dependencies: [
-            "PVFS9PCodec", "PVFSEngine", "PVFSSystem",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        // 9P2000.L requests mapped onto VMView (transport-neutral).
+        .target(name: "PVFS9P", dependencies: ["PVFS9PCodec", "PVFSEngine", "PVFSSystem", logging, system]),
         // The FUSE wire format and the seam between FUSE transports and servers; standard
         // library only, so that it compiles alone for fuzzing.
         .target(name: "PVFSFuseCodec"),
         // One FUSE server over VMView, whatever carries its requests (virtio-fs, /dev/fuse).
-        .target(name: "PVFSFuseServer", dependencies: [
-            "PVFSEngine", "PVFSFuseCodec",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(name: "PVFSFuseServer", dependencies: ["PVFSEngine", "PVFSFuseCodec", "PVFSSystem", logging, system]),
         // The vhost-user-fs backend: control messages, guest memory, split virtqueues carrying
         // FUSE requests to any FuseMessageHandler.
-        .target(name: "PVFSVhostUser", dependencies: [
-            "PVFSFuseCodec", "CPVFSTransportIO",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(name: "PVFSVhostUser", dependencies: ["PVFSFuseCodec", "CPVFSTransportIO", logging]),
         // Host mounts of VM views: /dev/fuse served by PVFSFuseServer (mount(2), reader threads).
         .target(name: "PVFSFuseHost", dependencies: [
-            "PVFSFuseServer", "PVFSFuseCodec", "PVFSEngine", "PVFSSystem", "CPVFSTransportIO",
-            .product(name: "Logging", package: "swift-log"),
+            "PVFSFuseServer", "PVFSFuseCodec", "PVFSEngine", "PVFSSystem", "CPVFSTransportIO", logging, system,
         ]),
         // Host mounts through libfuse (the previous FUSE implementation, kept until the server
         // above has replaced it everywhere).
-        .target(name: "PVFSFuse", dependencies: ["PVFSEngine", "PVFSFuseServer", "PVFSFuseHost", "CFuse"]),
-        // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
-        .target(name: "PVFSTransport", dependencies: [
-            "PVFS9PCodec", "PVFSSystem", "CXen",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "SystemPackage", package: "swift-system"),
+        .target(name: "PVFSFuse", dependencies: [
+            "PVFSEngine", "PVFSFuseServer", "PVFSFuseHost", "PVFSSystem", "CFuse", logging, system,
         ]),
+        // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
+        .target(name: "PVFSTransport", dependencies: ["PVFS9PCodec", "PVFSSystem", "CXen", logging, system]),
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
-            "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P", "PVFS9PCodec",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "SystemPackage", package: "swift-system"),
+            "PVFSTransport", "PVFSFuse", "PVFS9P", "PVFS9PCodec", "PVFSEngine", "PVFSStore", "PVFSSystem", logging, system,
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
-            "PVFSDaemon", "PVFSTransport", "PVFSVhostUser", "PVFSFuseServer", "PVFSImage",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
+            "PVFSDaemon", "PVFSTransport", "PVFSFuse", "PVFSFuseServer", "PVFSVhostUser", "PVFSImage",
+            "PVFS9PCodec", "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem",
+            argumentParser, logging, system,
         ]),
 
-        .executableTarget(name: "pvfs-template", dependencies: ["PVFSCommands"]),
-        .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands"]),
-        .executableTarget(name: "pvfs", dependencies: ["PVFSCommands"]),
+        .executableTarget(name: "pvfs-template", dependencies: ["PVFSCommands", argumentParser]),
+        .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands", argumentParser]),
+        .executableTarget(name: "pvfs", dependencies: ["PVFSCommands", argumentParser]),
         .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
-        // Builds templates and VMs straight in a store's catalog for tests and benchmarks.
-        .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore"], path: "bench/pvfs-devtool"),
+        // Builds templates (from a host tree, in memory) and VMs in a store for tests and benchmarks.
+        .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore", "PVFSSystem", system], path: "bench/pvfs-devtool"),
         // Writes files into a VM through the engine, for bench/dedup.sh and the command tests.
-        .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine"], path: "bench/writer"),
+        .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine", "PVFSStore"], path: "bench/writer"),
 
         // What the test targets share: a 9P client, a diagnostic 9P server. Never a dependency of Sources.
-        .target(name: "PVFSTestSupport", dependencies: [
-            "PVFS9PCodec", "PVFSSystem", .product(name: "SystemPackage", package: "swift-system"),
-        ], path: "Tests/PVFSTestSupport"),
+        .target(name: "PVFSTestSupport", dependencies: ["PVFS9PCodec", "PVFSSystem", system], path: "Tests/PVFSTestSupport"),
+        // Each test target declares every module it imports (scripts/check-layers).
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
-        .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore"]),
-        .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine"]),
-        .testTarget(name: "PVFSImageTests", dependencies: [
-            "PVFSImage", "PVFSStore", "CArchive", .product(name: "GRDB", package: "GRDB.swift"),
-        ]),
+        .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore", "PVFSSystem", grdb, system]),
+        .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine", "PVFSStore", "PVFSSystem", grdb, logging, system]),
+        .testTarget(name: "PVFSImageTests", dependencies: ["PVFSImage", "PVFSStore", "PVFSSystem", "CArchive", grdb, system]),
         .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
-        .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec", "PVFSTestSupport"]),
-        .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse", "PVFSFuseHost"]),
+        .testTarget(name: "PVFS9PTests", dependencies: [
+            "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", grdb, logging, system,
+        ]),
+        .testTarget(name: "PVFSFuseTests", dependencies: [
+            "PVFSFuse", "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem", grdb, system,
+        ]),
         // The FUSE server, and the vhost-user transport in front of it with a simulated guest.
-        .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO"]),
-        .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec", "PVFS9P", "PVFSTestSupport"]),
-        .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands", "PVFSTestSupport"]),
+        .testTarget(name: "PVFSFuseServerTests", dependencies: [
+            "PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO", "PVFSEngine", "PVFSStore", "PVFSSystem",
+            grdb, logging, system,
+        ]),
+        .testTarget(name: "PVFSTransportTests", dependencies: [
+            "PVFSTransport", "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", "CXen",
+            grdb, logging, system,
+        ]),
+        .testTarget(name: "PVFSCommandTests", dependencies: [
+            "PVFSCommands", "PVFSDaemon", "PVFSTransport", "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine",
+            "PVFSStore", "PVFSSystem", grdb, logging, system,
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -11,8 +11,8 @@ import SystemPackage
 
 /// Opens an existing store (maintenance commands never create one).
 func openExistingStore(_ options: StoreOptions, logger: Logger) throws -> Store {
-    guard FileManager.default.fileExists(atPath: options.storePath + "/" + Store.catalogFileName) else {
-        throw CommandFailure("\(options.storePath) is not a pvfs store (no \(Store.catalogFileName)); give --store or set PVFS_STORE", exitCode: PVFSExitCode.notFound)
+    guard FileManager.default.fileExists(atPath: options.storePath + "/" + StoreLayout.catalog) else {
+        throw CommandFailure("\(options.storePath) is not a pvfs store (no \(StoreLayout.catalog)); give --store or set PVFS_STORE", exitCode: PVFSExitCode.notFound)
     }
     return try Store(path: options.storePath, create: false, logger: logger)
 }
@@ -78,7 +78,7 @@ public struct Dedup: ParsableCommand {
                     let volume = try Volume.open(store: store, vmName: record.name, logger: logger)
                     volumes.append(volume)
                     targets.append(VolumeDedupTarget(volume))
-                } catch let error as StoreError where error.errno == .resourceBusy {
+                } catch let error as PVFSError where error.domain == .store && error.errno == .resourceBusy {
                     // Held by another process: the daemon, if it serves it (asked when listing).
                     targets.append(ServedOrLocalDedupTarget(daemon: DaemonDedupTarget(client: client, store: store, vm: record), logger: logger))
                 }
@@ -158,7 +158,7 @@ final class ServedOrLocalDedupTarget: DedupTarget, @unchecked Sendable {
                 let volume: Volume
                 do {
                     volume = try Volume.open(store: daemon.store, vmName: vmName, logger: logger)
-                } catch let busy as StoreError where busy.errno == .resourceBusy {
+                } catch let busy as PVFSError where busy.domain == .store && busy.errno == .resourceBusy {
                     throw CommandFailure("VM \(vmName) is in use by a process other than pvfsd (a FUSE mount?)", exitCode: PVFSExitCode.conflict)
                 }
                 local = VolumeDedupTarget(volume)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PVFSStore
+import PVFSSystem
 
 /// `--store PATH`, falling back to $PVFS_STORE and then /var/lib/pvfs.
 public struct StoreOptions: ParsableArguments {
@@ -132,7 +133,7 @@ public func runReportingFailures(_ body: () throws -> Void) throws {
     } catch let failure as CommandFailure {
         FileHandle.standardError.write(Data("error: \(failure.message)\n".utf8))
         throw failure.exitCode
-    } catch let error as StoreError {
+    } catch let error as PVFSError where error.domain == .store {
         FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
         throw PVFSExitCode.failure
     }

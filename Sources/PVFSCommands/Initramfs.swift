@@ -222,10 +222,6 @@ public struct KernelModules {
         return base.replacingOccurrences(of: "-", with: "_")
     }
 
-    public func isBuiltin(_ name: String) -> Bool {
-        builtin.contains(name.replacingOccurrences(of: "-", with: "_"))
-    }
-
     public func module(named name: String) -> KernelModule? {
         let n = name.replacingOccurrences(of: "-", with: "_")
         return pathByName[n].map { KernelModule(name: n, relativePath: $0) }

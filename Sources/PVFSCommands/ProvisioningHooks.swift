@@ -46,7 +46,7 @@ struct ProvisioningHooks {
         let volume = try Volume.open(store: store, vmName: vm, logger: logger)
         defer { try? volume.close() }
         let view = VMView(volume: volume, policy: SessionPolicy(side: .host, permissionChecks: .hostKernel), sessionID: 1)
-        let mountpoint = store.path + "/tmp/provision-\(vm)-\(getpid())"
+        let mountpoint = store.path + "/" + StoreLayout.scratchMountpoint(vm: vm, pid: getpid())
         try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: mountpoint) }
         let mount = try FuseMount(view: view, mountpoint: mountpoint, options: FuseMountOptions(), logger: logger)

@@ -15,14 +15,14 @@ import PVFSSystem
 func runTemplateCommand(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let error as StoreError {
+    } catch let error as PVFSError where error.domain == .store {
         reportFailure(error.message)
         switch error.errno {
         case .noSuchFileOrDirectory: throw PVFSExitCode.notFound
         case .fileExists, .resourceBusy: throw PVFSExitCode.conflict
         default: throw PVFSExitCode.failure
         }
-    } catch let error as SourceTreeError {
+    } catch let error as PVFSError where error.domain == .sourceTree {
         reportFailure(error.message)
         throw PVFSExitCode.failure
     } catch let error as ImageError {
@@ -164,7 +164,7 @@ public struct CreateTemplate: ParsableCommand {
             }
             let store = try storeOptions.open(logger: logger)
             if try store.template(named: name) != nil {
-                throw StoreError("a template named \(name) exists already", errno: .fileExists)
+                throw PVFSError(.store, "a template named \(name) exists already", errno: .fileExists)
             }
             let cancellation = IngestCancellation()
             let signalSources = installCancellationHandlers(cancellation)

@@ -18,7 +18,7 @@ func notifyDaemon(_ storePath: String, logger: Logger) {
 }
 
 /// Maps store errors to the exit codes of docs/cli.md.
-func exitCode(for error: StoreError) -> ExitCode {
+func exitCode(for error: PVFSError) -> ExitCode {
     switch error.errno {
     case .noSuchFileOrDirectory: PVFSExitCode.notFound
     case .fileExists, .resourceBusy: PVFSExitCode.conflict
@@ -30,7 +30,7 @@ func exitCode(for error: StoreError) -> ExitCode {
 func runCommand(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let error as StoreError {
+    } catch let error as PVFSError where error.domain == .store {
         FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
         throw exitCode(for: error)
     } catch let failure as CommandFailure {

@@ -129,7 +129,7 @@ public struct Mount: ParsableCommand {
             let store = try storeOptions.open(logger: logger)
             volume = try Volume.open(store: store, vmName: name, logger: logger)
             if groupedCommit { volume.commitMode = .grouped }
-        } catch let error as StoreError {
+        } catch let error as PVFSError where error.domain == .store {
             let failure = CommandFailure(error.message, exitCode: Self.exitCode(for: error.errno))
             notifier.fail(failure)
             throw Self.report(failure)
@@ -149,7 +149,7 @@ public struct Mount: ParsableCommand {
             case .libfuse: mount = try FuseMount(view: view, mountpoint: directory, options: options, logger: logger)
             case .fuseServer: mount = try FuseServerMount(view: view, mountpoint: directory, options: options, logger: logger)
             }
-        } catch let error as FuseMountError {
+        } catch let error as PVFSError where error.domain == .mount {
             try? volume.close()
             let failure = CommandFailure(error.message, exitCode: error.errno == .resourceBusy ? PVFSExitCode.conflict : PVFSExitCode.failure)
             notifier.fail(failure)
@@ -196,7 +196,7 @@ public struct Mount: ParsableCommand {
         do {
             try mount.run()
             stopFlushing()
-        } catch let error as FuseMountError {
+        } catch let error as PVFSError where error.domain == .mount {
             stopFlushing()
             try? volume.close()
             throw Self.report(CommandFailure(error.message))

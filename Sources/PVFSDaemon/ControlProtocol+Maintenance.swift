@@ -113,7 +113,7 @@ public final class DaemonDedupTarget: DedupTarget, @unchecked Sendable {
     }
 
     public func openCandidate(_ inode: UInt64) throws -> FileDescriptor {
-        try FileDescriptor.open(at: store.vmsDirectory, "\(vm.id)/" + Volume.privateDataPath(inode), [.readOnly, .noFollow])
+        try store.openPrivateFileForReading(vm: vm.id, inode: inode)
     }
 
     public func replace(_ inode: UInt64, blobID: Int64, hash: BlobHash) throws -> DedupReplacement {

@@ -3,6 +3,7 @@ import Logging
 import PVFSEngine
 import PVFSFuse
 import PVFSStore
+import PVFSSystem
 
 /// FUSE mounts of VMs made by the daemon itself (`pvfs-vm mount` while pvfsd runs): the mount
 /// and the VM's guests share one engine state, so what the host changes is what the guest sees
@@ -30,7 +31,7 @@ public final class HostMountService: @unchecked Sendable {
         lock.lock()
         let taken = mounts[canonical] != nil
         lock.unlock()
-        if taken { throw StoreError("\(canonical) is already a pvfs mount", errno: .resourceBusy) }
+        if taken { throw PVFSError(.mount, "\(canonical) is already a pvfs mount", errno: .resourceBusy) }
         let settings = try registry.store.accessSettings(vm: vm)
         var policy = AccessRules.policy(settings, binding: nil, side: .host)
         policy.readOnly = policy.readOnly || readOnly

@@ -1,6 +1,6 @@
 import Foundation
-import GRDB
 import Logging
+import PVFSStore
 import PVFSSystem
 import SystemPackage
 
@@ -34,7 +34,7 @@ final class CatalogWriter: @unchecked Sendable {
     private var stopping = false
     private var running = false
 
-    private let journal: OverlayJournal
+    private let catalog: VMOverlayCatalog
     private let logger: Logger
     private let committedFiles: @Sendable ([InodeNumber]) -> Void
     /// How long the writer lets operations gather before committing, unless someone waits.
@@ -42,9 +42,9 @@ final class CatalogWriter: @unchecked Sendable {
     /// Changes beyond which a batch is committed at once and operations wait for the writer.
     let batchLimit: Int
 
-    init(journal: OverlayJournal, logger: Logger, gatherDelay: Double = 0.002, batchLimit: Int = 4096,
+    init(catalog: VMOverlayCatalog, logger: Logger, gatherDelay: Double = 0.002, batchLimit: Int = 4096,
          committedFiles: @escaping @Sendable ([InodeNumber]) -> Void) {
-        self.journal = journal
+        self.catalog = catalog
         self.logger = logger
         self.gatherDelay = gatherDelay
         self.batchLimit = batchLimit
@@ -139,13 +139,10 @@ final class CatalogWriter: @unchecked Sendable {
 
             var error: Errno?
             do {
-                try journal.commit(batch)
-            } catch let dbError as DatabaseError where dbError.resultCode == .SQLITE_FULL {
-                logger.error("catalog write failed: \(dbError)")
-                error = .noSpace
-            } catch let other {
-                logger.error("catalog write failed: \(other)")
-                error = .ioError
+                try catalog.apply(batch)
+            } catch let failure {
+                logger.error("catalog write failed: \(failure)")
+                error = Errno.of(failure)  // ENOSPC when the catalog's filesystem is full
             }
             if error == nil && !files.isEmpty { committedFiles(files) }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PVFSStore
 import PVFSSystem
 import SystemPackage
 
@@ -10,7 +11,7 @@ import SystemPackage
 /// sees the space back in statfs at once, as on a local filesystem, not when the reaper gets to it.
 final class FileReaper: @unchecked Sendable {
     private let condition = NSCondition()
-    private var queue: [(directory: FileDescriptor, path: String, bytes: Int64)] = []
+    private var queue: [(area: VMArea, inode: UInt64, bytes: Int64)] = []
     private var busy = false
     private var pending: Int64 = 0
     private let logger: Logger
@@ -22,10 +23,11 @@ final class FileReaper: @unchecked Sendable {
         self.beforeUnlink = beforeUnlink
     }
 
-    func remove(at directory: FileDescriptor, _ path: String) {
-        let bytes = (try? directory.stat(at: path)).map { $0.blocks * 512 } ?? 0
+    /// Queues the private file of `inode` in `area` for removal.
+    func remove(_ inode: UInt64, from area: VMArea) {
+        let bytes = (try? area.statPrivateFile(inode)).map { $0.blocks * 512 } ?? 0
         condition.lock()
-        queue.append((directory, path, bytes))
+        queue.append((area, inode, bytes))
         pending += bytes
         let start = !busy
         busy = true
@@ -57,9 +59,9 @@ final class FileReaper: @unchecked Sendable {
             for item in batch {
                 beforeUnlink?()
                 do {
-                    try item.directory.unlink(at: item.path)
+                    try item.area.removePrivateFile(item.inode)
                 } catch {
-                    if error != .noSuchFileOrDirectory { logger.warning("cannot remove \(item.path): \(error)") }
+                    logger.warning("cannot remove the private file of inode \(item.inode): \(error)")
                 }
                 condition.lock()
                 pending -= item.bytes

@@ -1,3 +1,4 @@
+import PVFSStore
 import PVFSSystem
 import SystemPackage
 
@@ -57,11 +58,6 @@ extension Volume {
 
     func requirePermission(_ r: InodeRecord, _ ctx: RequestContext, _ mask: AccessMask) throws(Errno) {
         if !permits(r, ctx, mask) { throw Errno.permissionDenied }
-    }
-
-    /// Owner or root: who may chmod, set times explicitly, or change xattrs of trusted kinds.
-    func isOwnerOrPrivileged(_ r: InodeRecord, _ ctx: RequestContext) -> Bool {
-        !ctx.enforcePermissions || ctx.caller.privileged || ctx.caller.uid == r.uid
     }
 
     /// Removing or renaming `victim` out of `dir` needs write+search on the directory, and in a

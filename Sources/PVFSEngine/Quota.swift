@@ -1,6 +1,7 @@
 import Logging
-import Synchronization
+import PVFSStore
 import PVFSSystem
+import Synchronization
 import SystemPackage
 
 /// A VM's inode limit when it has no explicit inode quota. Every inode's metadata lives in
@@ -50,15 +51,8 @@ public struct VolumeLimits: Sendable, Equatable {
 /// What a VM is charged for, and its limits. Reservations are checked and added atomically,
 /// so concurrent writers cannot together pass a limit.
 final class QuotaAccount: Sendable {
-    struct Usage: Sendable, Equatable {
-        var bytes: Int64
-        var inodes: Int64
-    }
-
-    struct Limits: Sendable, Equatable {
-        var bytes: Int64?
-        var inodes: Int64?
-    }
+    typealias Usage = VMUsage
+    typealias Limits = VMQuota
 
     private struct State {
         var usage: Usage

@@ -26,42 +26,9 @@ public struct Credentials: Sendable, Hashable {
     public func isMember(of gid: UInt32) -> Bool { self.gid == gid || groups.contains(gid) }
 }
 
-/// A directory entry name: 1...255 bytes, no "/" and no NUL, neither "." nor "..".
-/// Names are bytes, not text: a guest may use any encoding.
-public struct FileName: Hashable, Sendable, CustomStringConvertible, ExpressibleByStringLiteral {
-    public let bytes: [UInt8]
-
-    public static let maximumLength = 255
-
-    /// Validates a name coming from a client. Throws EINVAL for "/" or NUL, ENAMETOOLONG past 255
-    /// bytes, ENOENT for an empty name; "." and ".." are refused with EINVAL (callers that accept
-    /// them as lookups handle them first).
-    public init(validating bytes: some Collection<UInt8>) throws(Errno) {
-        guard !bytes.isEmpty else { throw Errno.noSuchFileOrDirectory }
-        guard bytes.count <= Self.maximumLength else { throw Errno.fileNameTooLong }
-        for b in bytes where b == UInt8(ascii: "/") || b == 0 { throw Errno.invalidArgument }
-        let array = Array(bytes)
-        if array == [UInt8(ascii: ".")] || array == [UInt8(ascii: "."), UInt8(ascii: ".")] {
-            throw Errno.invalidArgument
-        }
-        self.bytes = array
-    }
-
-    public init(validating string: String) throws(Errno) {
-        try self.init(validating: Array(string.utf8))
-    }
-
-    /// For names already known valid (the catalog's).
-    public init(trusted bytes: [UInt8]) { self.bytes = bytes }
-
-    public init(stringLiteral value: String) { self.bytes = Array(value.utf8) }
-
-    public var string: String { String(decoding: bytes, as: UTF8.self) }
-    public var description: String { string }
-
-    public static func isDot(_ bytes: some Collection<UInt8>) -> Bool { bytes.count == 1 && bytes.first == UInt8(ascii: ".") }
-    public static func isDotDot(_ bytes: some Collection<UInt8>) -> Bool { Array(bytes) == [UInt8(ascii: "."), UInt8(ascii: ".")] }
-}
+/// A directory entry name (the catalog's model, `PVFSStore.FileName`), for the protocols that
+/// reach names through the engine only.
+public typealias FileName = PVFSStore.FileName
 
 /// What stat reports for an inode of a view.
 public struct Attributes: Sendable, Equatable {

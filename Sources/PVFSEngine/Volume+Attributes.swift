@@ -59,7 +59,7 @@ extension Volume {
             if let fd = file?.descriptor {
                 try fd.setTimes(access: current.accessTime, modification: current.modificationTime)
             } else {
-                try dataDirectory.setTimes(at: Self.dataPath(ino), access: current.accessTime, modification: current.modificationTime)
+                try area.setPrivateFileTimes(ino, access: current.accessTime, modification: current.modificationTime)
             }
             if let data = openData[ino] {
                 data.lock.lock()
@@ -127,7 +127,7 @@ extension Volume {
     /// statfs: the quota as the filesystem's size and what is left of it as free space, so `df`
     /// in the guest shows the VM's limits; the store's own filesystem where no quota is set.
     func statistics() -> ViewStatistics {
-        let host = (try? store.root.fileSystemStatistics()) ?? ViewStatistics(
+        let host = (try? catalog.hostStatistics()) ?? ViewStatistics(
             blockSize: 4096, fragmentSize: 4096, totalBlocks: 0, freeBlocks: 0, availableBlocks: 0,
             totalFiles: 0, freeFiles: 0, availableFiles: 0, maximumNameLength: 255)
         let usage = quota.usage

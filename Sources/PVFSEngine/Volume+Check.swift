@@ -1,21 +1,9 @@
 import Foundation
-import GRDB
 import PVFSStore
 import PVFSSystem
 import SystemPackage
 
 // fsck and dedup of VMs: the engine's side (docs/janitor.md).
-
-/// Usage as bytes and inodes (docs/quotas.md).
-public struct UsageFigures: Codable, Sendable, Equatable {
-    public var bytes: Int64
-    public var inodes: Int64
-
-    public init(bytes: Int64, inodes: Int64) {
-        self.bytes = bytes
-        self.inodes = inodes
-    }
-}
 
 /// What checking one VM found.
 public struct VMCheckResult: Codable, Sendable {
@@ -23,8 +11,8 @@ public struct VMCheckResult: Codable, Sendable {
     public var findings: [FsckFinding] = []
     /// Usage as the catalog (or, for a served VM, the daemon's running total) has it, and as
     /// the data says.
-    public var recordedUsage: UsageFigures?
-    public var computedUsage: UsageFigures?
+    public var recordedUsage: VMUsage?
+    public var computedUsage: VMUsage?
     /// Why the VM was not checked (in use by another process), nil when it was.
     public var skipped: String?
     /// Parts of the check left out, and why.
@@ -34,9 +22,6 @@ public struct VMCheckResult: Codable, Sendable {
 }
 
 extension Volume {
-    /// Where an inode's private data file lies below the VM's directory (`vms/<id>/`).
-    public static func privateDataPath(_ ino: UInt64) -> String { "data/" + dataPath(ino) }
-
     /// Checks this (open) volume's overlay against its private files and its usage against its
     /// data, under the metadata lock; with `repair`, fixes what it can (the running usage total
     /// is replaced by the recomputed one). Used by the daemon for the VMs it serves.
@@ -44,7 +29,7 @@ extension Volume {
         metaLock.lock()
         defer { metaLock.unlock() }
         var result = VMCheckResult(vm: name)
-        let files = OverlayChecker.listDataFiles(dataDirectory)
+        let files = area.listPrivateFiles()
         var sizes = files.sizes
         for (ino, data) in openData {
             data.lock.lock()
@@ -58,12 +43,8 @@ extension Volume {
         if repair && !plan.isEmpty {
             do throws(Errno) {
                 try commit(plan.changes, synchronously: true)
-                for ino in plan.emptyFiles {
-                    if let fd = try? FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), [.writeOnly, .create, .noFollow], mode: 0o600) {
-                        fd.closeQuietly()
-                    }
-                }
-                for path in plan.removedFiles { _ = try? dataDirectory.unlink(at: path) }
+                for ino in plan.emptyFiles { try? area.createEmptyPrivateFile(ino) }
+                for ino in plan.removedFiles { try? area.removePrivateFile(ino) }
                 result.findings = result.findings.map { f in var f = f; if f.status == .found { f.status = .repaired }; return f }
             } catch {
                 result.findings.append(FsckFinding(area: "vm", kind: "repair-failed", subject: "vm \(name)",
@@ -78,8 +59,8 @@ extension Volume {
         }
         let computed = computeUsage()
         let recorded = quota.usage
-        result.recordedUsage = UsageFigures(bytes: recorded.bytes, inodes: recorded.inodes)
-        result.computedUsage = UsageFigures(bytes: computed.bytes, inodes: computed.inodes)
+        result.recordedUsage = recorded
+        result.computedUsage = computed
         if computed != recorded {
             var finding = OverlayChecker.driftFinding(name, recorded: recorded, computed: computed)
             if repair {
@@ -98,36 +79,31 @@ extension Volume {
     /// remains to fix, which is all an open after an unclean shutdown would do).
     public static func check(store: Store, vm: VMRecord, repair: Bool) throws -> VMCheckResult {
         var result = VMCheckResult(vm: vm.name)
-        let directory: FileDescriptor
+        let opened: OpenedVM
         do {
-            directory = try FileDescriptor.open(at: store.vmsDirectory, String(vm.id), [.directory, .readOnly, .noFollow])
-        } catch {
-            result.skipped = "its private area vms/\(vm.id) cannot be opened: \(error)"
-            return result
-        }
-        defer { directory.closeQuietly() }
-        guard let lock = try LockFile.acquire(at: directory, "lock", exclusive: true, nonBlocking: true) else {
-            result.skipped = "in use by another process"
-            return result
-        }
-        defer { withExtendedLifetime(lock) {} }
-        let subject = "vm \(vm.name)"
-        let (image, clean): (TemplateImage, Bool)
-        do {
-            (image, clean) = try store.catalog.read { db in
-                (try TemplateImage.load(templateID: vm.templateID, from: db),
-                 (try Int64.fetchOne(db, sql: "SELECT usage_clean FROM vm WHERE id = ?", arguments: [vm.id]) ?? 1) != 0)
+            guard let free = try store.openVMIfFree(vm) else {
+                result.skipped = "in use by another process"
+                return result
             }
+            opened = free
+        } catch {
+            result.skipped = (error as? PVFSError)?.message ?? "\(error)"
+            return result
+        }
+        let area = opened.area
+        defer { area.close() }
+        let subject = "vm \(vm.name)"
+        let image: TemplateImage
+        do {
+            image = TemplateImage(try store.loadTemplateImage(id: vm.templateID))
         } catch {
             result.findings.append(FsckFinding(area: "vm", kind: "template-unloadable", subject: subject,
                                                message: "its template \(vm.template) cannot be loaded: \(error)", status: .unrepairable))
             return result
         }
-        let journal = OverlayJournal(catalog: store.catalog, vmID: vm.id)
-        var overlay = try journal.load()
-        let data = try? FileDescriptor.open(at: directory, "data", [.directory, .readOnly, .noFollow])
-        defer { data?.closeQuietly() }
-        let files = data.map(OverlayChecker.listDataFiles) ?? OverlayChecker.DataFiles()
+        let clean = opened.usageClean
+        var overlay = try opened.catalog.loadOverlay()
+        let files = area.listPrivateFiles()
         let checker = OverlayChecker(vmName: vm.name, template: image, overlay: overlay, openInodes: [], files: files, sizes: files.sizes)
         let plan = checker.run()
         result.findings = plan.findings
@@ -138,28 +114,17 @@ extension Volume {
         }
         var sizes = files.sizes
         if repair {
-            try journal.commit(plan.changes)
+            try opened.catalog.apply(plan.changes)
             for change in plan.changes { overlay.apply(change) }
-            if let data {
-                for ino in plan.emptyFiles {
-                    _ = Volume.makeDirectoryIfMissing(data, String(dataPath(ino).prefix(2)))
-                    if let fd = try? FileDescriptor.open(at: data, dataPath(ino), [.writeOnly, .create, .noFollow], mode: 0o600) {
-                        fd.closeQuietly()
-                        sizes[ino] = 0
-                    }
-                }
-                for path in plan.removedFiles { _ = try? data.unlink(at: path) }
-            }
-            if let tmp = try? FileDescriptor.open(at: directory, "tmp", [.directory, .readOnly, .noFollow]) {
-                for entry in (try? tmp.directoryEntries()) ?? [] { _ = try? tmp.unlink(at: entry.name) }
-                tmp.closeQuietly()
-            }
+            for ino in plan.emptyFiles where (try? area.createEmptyPrivateFile(ino)) != nil { sizes[ino] = 0 }
+            for ino in plan.removedFiles { try? area.removePrivateFile(ino) }
+            area.clearScratch()
             for i in result.findings.indices where result.findings[i].status == .found { result.findings[i].status = .repaired }
         }
         let computed = OverlayChecker.usage(overlay: overlay, template: image, sizes: sizes, openInodes: [])
-        let recorded = QuotaAccount.Usage(bytes: vm.usedBytes, inodes: vm.usedInodes)
-        result.recordedUsage = UsageFigures(bytes: recorded.bytes, inodes: recorded.inodes)
-        result.computedUsage = UsageFigures(bytes: computed.bytes, inodes: computed.inodes)
+        let recorded = VMUsage(bytes: opened.record.usedBytes, inodes: opened.record.usedInodes)
+        result.recordedUsage = recorded
+        result.computedUsage = computed
         if computed != recorded {
             var finding = OverlayChecker.driftFinding(vm.name, recorded: recorded, computed: computed)
             if repair { finding.status = .repaired }
@@ -167,10 +132,7 @@ extension Volume {
         }
         if repair {
             let settled = result.findings.allSatisfy { $0.status != .found }
-            try store.catalog.write { db in
-                try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = ? WHERE id = ?",
-                               arguments: [computed.bytes, computed.inodes, settled ? 1 : (clean ? 1 : 0), vm.id])
-            }
+            try opened.catalog.setUsage(computed, clean: settled || clean)
         }
         return result
     }
@@ -179,19 +141,11 @@ extension Volume {
 /// The checks of a VM's overlay, over a consistent snapshot of it (taken under the volume's
 /// metadata lock, or with the VM's lock held).
 struct OverlayChecker {
-    struct DataFiles {
-        /// Private data files by inode: their path below data/.
-        var paths: [InodeNumber: String] = [:]
-        var sizes: [InodeNumber: Int64] = [:]
-        /// Names in data/ that are not `<xx>/<ino>` of the right shard.
-        var unexpected: [String] = []
-    }
-
     struct Plan {
         var findings: [FsckFinding] = []
         var changes: [OverlayChange] = []
-        /// Paths below data/ to remove (after the changes are committed).
-        var removedFiles: [String] = []
+        /// Private files to remove (after the changes are committed).
+        var removedFiles: [InodeNumber] = []
         /// Inodes whose lost data file is recreated empty.
         var emptyFiles: [InodeNumber] = []
 
@@ -200,31 +154,10 @@ struct OverlayChecker {
 
     let vmName: String
     let template: TemplateImage
-    let overlay: OverlayState
+    let overlay: OverlayRecords
     let openInodes: Set<InodeNumber>
-    let files: DataFiles
+    let files: PrivateFileListing
     let sizes: [InodeNumber: Int64]
-
-    static func listDataFiles(_ data: FileDescriptor) -> DataFiles {
-        var result = DataFiles()
-        for shard in (try? data.directoryEntries()) ?? [] {
-            guard let fd = try? FileDescriptor.open(at: data, shard.name, [.directory, .readOnly, .noFollow]) else {
-                result.unexpected.append(shard.name)
-                continue
-            }
-            defer { fd.closeQuietly() }
-            for file in (try? fd.directoryEntries()) ?? [] {
-                let path = shard.name + "/" + file.name
-                guard let ino = UInt64(file.name), Volume.dataPath(ino) == path else {
-                    result.unexpected.append(path)
-                    continue
-                }
-                result.paths[ino] = path
-                result.sizes[ino] = (try? fd.stat(at: file.name))?.size ?? 0
-            }
-        }
-        return result
-    }
 
     /// Whether an inode is part of the VM's view (not removed).
     private func exists(_ ino: InodeNumber) -> Bool {
@@ -272,12 +205,12 @@ struct OverlayChecker {
                     found("inode-orphan", "inode \(ino) has no names (it was open when its holder died)")
                     plan.changes.append(.deleteInode(ino))
                 }
-                if r.data == .privateFile, let path = files.paths[ino] { plan.removedFiles.append(path) }
+                if r.data == .privateFile, files.paths[ino] != nil { plan.removedFiles.append(ino) }
                 continue
             }
             if r.data == .privateFile && files.paths[ino] == nil {
                 plan.findings.append(FsckFinding(area: "vm", kind: "private-file-missing", subject: subject,
-                                                 message: "the data file of inode \(ino) (\(Volume.privateDataPath(ino))) is missing: its content is lost; repair recreates it empty",
+                                                 message: "the data file of inode \(ino) (\(StoreLayout.VM.data)/\(StoreLayout.VM.privateFile(ino))) is missing: its content is lost; repair recreates it empty",
                                                  status: .unrepairable))
                 var emptied = r
                 emptied.size = 0
@@ -289,18 +222,18 @@ struct OverlayChecker {
         // Files.
         for (ino, path) in files.paths.sorted(by: { $0.key < $1.key }) {
             guard overlay.inodes[ino]?.data != .privateFile else { continue }
-            found("private-file-orphan", "data/\(path) belongs to no inode of the VM")
-            plan.removedFiles.append(path)
+            found("private-file-orphan", "\(StoreLayout.VM.data)/\(path) belongs to no inode of the VM")
+            plan.removedFiles.append(ino)
         }
         for path in files.unexpected {
             plan.findings.append(FsckFinding(area: "vm", kind: "private-file-unexpected", subject: subject,
-                                             message: "data/\(path) is not a private file name; remove it by hand", status: .found))
+                                             message: "\(StoreLayout.VM.data)/\(path) is not a private file name; remove it by hand", status: .found))
         }
         return plan
     }
 
     /// Usage by the charging rule (docs/quotas.md), as `Volume.computeUsage` computes it.
-    static func usage(overlay: OverlayState, template: TemplateImage, sizes: [InodeNumber: Int64],
+    static func usage(overlay: OverlayRecords, template: TemplateImage, sizes: [InodeNumber: Int64],
                       openInodes: Set<InodeNumber>) -> QuotaAccount.Usage {
         var total = QuotaAccount.Usage(bytes: 0, inodes: 0)
         for (ino, record) in overlay.inodes where record.linkCount > 0 || openInodes.contains(ino) {

@@ -216,14 +216,11 @@ extension Volume {
         var charged = true
         defer { if charged { try? quota.charge(bytes: before.bytes - then.bytes, inodes: before.inodes - then.inodes) } }
 
-        let scratchName = "copyup-\(ino)-\(monotonicNanoseconds())"
-        let fd = try FileDescriptor.open(at: scratchDirectory, scratchName, [.readWrite, .create, .exclusive], mode: 0o600)
+        let scratch = try area.makeScratchFile(for: ino)
+        let fd = scratch.descriptor
         var published = false
         defer {
-            if !published {
-                fd.closeQuietly()
-                try? scratchDirectory.unlink(at: scratchName)
-            }
+            if !published { area.discard(scratch) }
         }
         if size > 0, case .blob = r.data, let source = data.currentFile {
             try fd.copyContents(from: source.descriptor, size: size)
@@ -235,8 +232,7 @@ extension Volume {
 
         metaLock.lock()
         defer { metaLock.unlock() }
-        try ensureShard(ino)
-        try scratchDirectory.rename(at: scratchName, to: dataDirectory, Self.dataPath(ino))
+        try area.publish(scratch, as: ino)
         published = true
         var current = try requireRecord(ino)
         current.data = .privateFile
@@ -459,17 +455,14 @@ extension Volume {
         }
         metaLock.unlock()
         try catalogWriter.flush()
-        if isPrivate, let shard = try? FileDescriptor.open(at: dataDirectory, String(Self.dataPath(ino).prefix(2)), [.directory, .readOnly]) {
-            defer { shard.closeQuietly() }
-            try? shard.sync()
-        }
+        if isPrivate { try? area.syncShard(of: ino) }
         try syncCatalog()
     }
 
     /// Makes every committed catalog transaction durable against power loss (through SQLite).
     func syncCatalog() throws(Errno) {
         do {
-            try store.makeCatalogDurable()
+            try catalog.makeDurable()
         } catch {
             logger.error("catalog sync failed: \(error)")
             throw Errno.ioError

@@ -34,7 +34,7 @@ extension Volume {
     /// Opens a private file read-only for hashing. The result is a snapshot hint only: what is
     /// shared is verified again under the inode's lock by `replaceWithBlob`.
     public func openPrivateFileForReading(_ ino: InodeNumber) throws(Errno) -> FileDescriptor {
-        try FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), [.readOnly, .noFollow])
+        try area.openPrivateFileForReading(ino)
     }
 
     /// Turns a private file into a reference to an already published blob with the same content,
@@ -77,7 +77,7 @@ extension Volume {
         }
         let blob: FileDescriptor
         do {
-            blob = try store.blobs.open(hash)
+            blob = try catalog.openBlob(hash)
         } catch {
             data.lock.unlock()
             logger.error("dedup: blob \(hash) cannot be opened: \(error)")
@@ -119,7 +119,7 @@ extension Volume {
         // The private file is the only copy the old record describes: remove it only once the
         // new record is durable (an orphan left by a failed sync is removed by recovery or fsck).
         do {
-            try store.makeCatalogDurable()
+            try catalog.makeDurable()
             removePrivateFile(ino)
         } catch {
             logger.warning("dedup: inode \(ino): \(error); its private file stays until recovery")

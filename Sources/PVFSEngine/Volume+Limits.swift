@@ -1,3 +1,4 @@
+import PVFSStore
 import PVFSSystem
 import SystemPackage
 
@@ -13,7 +14,7 @@ struct MetadataTally: Equatable {
 
     init() {}
 
-    init(overlay: OverlayState, template: TemplateImage) {
+    init(overlay: OverlayRecords, template: TemplateImage) {
         for (ino, r) in overlay.inodes { addedLinks += Self.addedLinks(ino, r, template) }
         for set in overlay.xattrs.values { xattrBytes += Charge.xattrBytes(set) }
     }
@@ -25,7 +26,7 @@ struct MetadataTally: Equatable {
     }
 
     /// Accounts one change, before it is applied to `overlay`.
-    mutating func account(_ change: OverlayChange, overlay: OverlayState, template: TemplateImage) {
+    mutating func account(_ change: OverlayChange, overlay: OverlayRecords, template: TemplateImage) {
         switch change {
         case .putInode(let ino, let r):
             addedLinks += Self.addedLinks(ino, r, template) - Self.addedLinks(ino, overlay.inodes[ino], template)

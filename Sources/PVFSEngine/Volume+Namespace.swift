@@ -113,7 +113,7 @@ extension Volume {
                     blocks = st.blocks
                     mtime = st.modificationTime
                 }
-            } else if let st = try? dataDirectory.stat(at: Self.dataPath(ino)) {
+            } else if let st = try? area.statPrivateFile(ino) {
                 size = st.size
                 blocks = st.blocks
                 mtime = st.modificationTime
@@ -223,7 +223,6 @@ extension Volume {
         if let reservation { edit.changes.append(reservation) }
 
         if kind == .regular {
-            try ensureShard(ino)
             let file = try openPrivateFile(ino, create: true)
             // The data file exists before the catalog names it; a crash in between leaves an
             // orphan that recovery removes.

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Logging
 import PVFSStore
 import PVFSSystem
@@ -14,21 +13,20 @@ import SystemPackage
 public final class Volume: @unchecked Sendable {
     public let vmID: Int64
     public let name: String
-    public let store: Store
+    /// The VM as the store opened it for this process: its record, area and catalog rows.
+    let opened: OpenedVM
     let template: TemplateImage
-    let journal: OverlayJournal
+    /// The VM's overlay rows in the catalog.
+    let catalog: VMOverlayCatalog
     let quota: QuotaAccount
     let logger: Logger
-    /// vms/<id>: holds data/, tmp/ and the lock file.
-    let vmDirectory: FileDescriptor
-    let dataDirectory: FileDescriptor
-    let scratchDirectory: FileDescriptor
-    /// The VM's exclusive lock; dropped by close() so another process may take the VM.
-    private var lockFile: LockFile?
+    /// The VM's private files, with its exclusive lock; close() drops the lock so another
+    /// process may take the VM.
+    let area: VMArea
 
     let metaLock = NSLock()
     /// Guarded by metaLock.
-    var overlay: OverlayState
+    var overlay: OverlayRecords
     /// Inodes with open handles. Guarded by metaLock.
     var openData: [InodeNumber: InodeData] = [:]
     /// Sorted listings, dropped when a directory changes. Guarded by metaLock.
@@ -49,8 +47,6 @@ public final class Volume: @unchecked Sendable {
     private var limitsValue = VolumeLimits()
     /// Monotonic counter for qid versions. Guarded by metaLock.
     var versionCounter: UInt64 = 1
-    /// Shard directories known to exist. Guarded by metaLock.
-    var knownShards = Set<UInt8>()
     /// Inodes whose in-memory record is newer than the catalog's only in times and sizes
     /// (`updateLazily`): written by the periodic flush, fsync and close, or by the next operation
     /// that commits the inode. A crash can lose such times, never a name, an inode or data.
@@ -99,22 +95,21 @@ public final class Volume: @unchecked Sendable {
 
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
     public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
-        guard let vm = try store.catalog.read({ db in
-            try Row.fetchOne(db, sql: "SELECT id, template_id, state FROM vm WHERE name = ?", arguments: [vmName])
-        }) else {
-            throw StoreError("no VM named \(vmName)", errno: .noSuchFileOrDirectory)
+        let opened = try store.openVM(named: vmName)
+        do {
+            let template = TemplateImage(try store.loadTemplateImage(id: opened.record.templateID))
+            return try Volume(opened: opened, template: template, logger: logger ?? Logger(label: "pvfs.volume"))
+        } catch {
+            opened.area.close()
+            throw error
         }
-        guard (vm[2] as String) == "ready" else {
-            throw StoreError("VM \(vmName) is not ready (state \(vm[2] as String))", errno: .resourceBusy)
-        }
-        return try Volume(store: store, vmID: vm[0], templateID: vm[1], name: vmName,
-                          logger: logger ?? Logger(label: "pvfs.volume"))
     }
 
-    init(store: Store, vmID: Int64, templateID: Int64, name: String, logger: Logger) throws {
-        self.vmID = vmID
-        self.name = name
-        self.store = store
+    init(opened: OpenedVM, template: TemplateImage, logger: Logger) throws {
+        let record = opened.record
+        self.opened = opened
+        vmID = record.id
+        name = record.name
         var logger = logger
         logger[metadataKey: "vm"] = "\(name)"
         self.logger = logger
@@ -123,60 +118,29 @@ public final class Volume: @unchecked Sendable {
         let defaults = VolumeLimits()
         locks = LockTable(perVolume: defaults.lockRecords, perSession: defaults.lockRecordsPerSession,
                           counters: counters.limits, logger: logger)
-        let directoryName = String(vmID)
-        do {
-            vmDirectory = try FileDescriptor.open(at: store.vmsDirectory, directoryName, [.directory, .readOnly, .noFollow])
-        } catch {
-            throw StoreError("the private area of VM \(name) (vms/\(directoryName)) is missing: \(error)", errno: error)
-        }
-        guard let lock = try LockFile.acquire(at: vmDirectory, "lock", exclusive: true, nonBlocking: true) else {
-            vmDirectory.closeQuietly()
-            throw StoreError("VM \(name) is in use by another process (mounted or served)", errno: .resourceBusy)
-        }
-        lockFile = lock
-        for sub in ["data", "tmp"] {
-            Self.makeDirectoryIfMissing(vmDirectory, sub)
-        }
-        dataDirectory = try FileDescriptor.open(at: vmDirectory, "data", [.directory, .readOnly, .noFollow])
-        scratchDirectory = try FileDescriptor.open(at: vmDirectory, "tmp", [.directory, .readOnly, .noFollow])
-        journal = OverlayJournal(catalog: store.catalog, vmID: vmID)
+        let area = opened.area
+        self.area = area
+        catalog = opened.catalog
         let reaper = FileReaper(logger: logger)
         self.reaper = reaper
-        let dataDirectory = dataDirectory
-        catalogWriter = CatalogWriter(journal: journal, logger: logger) { files in
-            for ino in files { reaper.remove(at: dataDirectory, Self.dataPath(ino)) }
+        catalogWriter = CatalogWriter(catalog: catalog, logger: logger) { files in
+            for ino in files { reaper.remove(ino, from: area) }
         }
 
-        let (image, hashes, vmRow) = try store.catalog.read { db -> (TemplateImage, [Int64: BlobHash], Row) in
-            let image = try TemplateImage.load(templateID: templateID, from: db)
-            var hashes: [Int64: BlobHash] = [:]
-            let rows = try Row.fetchCursor(db, sql: """
-                SELECT id, hash FROM blob WHERE id IN (SELECT blob_id FROM template_inode WHERE template_id = ? AND blob_id IS NOT NULL
-                    UNION SELECT blob_id FROM vm_inode WHERE vm_id = ? AND blob_id IS NOT NULL)
-                """, arguments: [templateID, vmID])
-            while let row = try rows.next() {
-                if let hash = BlobHash(bytes: row.bytes(1)) { hashes[row[0]] = hash }
-            }
-            let vmRow = try Row.fetchOne(db, sql: "SELECT quota_bytes, quota_inodes, used_bytes, used_inodes, usage_clean FROM vm WHERE id = ?", arguments: [vmID])!
-            return (image, hashes, vmRow)
-        }
-        template = image
-        blobHashes = hashes
-        overlay = try journal.load()
-        overlay.nextInode = max(overlay.nextInode, image.maximumInode + 1)
+        self.template = template
+        blobHashes = try catalog.loadBlobHashes(templateID: template.templateID)
+        overlay = try catalog.loadOverlay()
+        overlay.nextInode = max(overlay.nextInode, template.maximumInode + 1)
         reservedInodes = overlay.nextInode
-        catalogQuota = (vmRow[0], vmRow[1])
-        quota = QuotaAccount(usage: .init(bytes: vmRow[2], inodes: vmRow[3]),
-                             limits: .init(bytes: vmRow[0],
-                                           inodes: InodeQuota.effective(quotaBytes: vmRow[0], quotaInodes: vmRow[1],
+        catalogQuota = (record.quotaBytes, record.quotaInodes)
+        quota = QuotaAccount(usage: .init(bytes: record.usedBytes, inodes: record.usedInodes),
+                             limits: .init(bytes: record.quotaBytes,
+                                           inodes: InodeQuota.effective(quotaBytes: record.quotaBytes, quotaInodes: record.quotaInodes,
                                                                         withoutQuota: defaults.inodesWithoutQuota)),
                              counters: counters.limits, logger: logger)
-        let clean = (vmRow[4] as Int64) != 0
-        try recover(afterUncleanShutdown: !clean)
+        try recover(afterUncleanShutdown: !opened.usageClean)
         tally = MetadataTally(overlay: overlay, template: template)
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vmID])
-        }
+        try catalog.markInUse()
     }
 
     /// Saves usage and marks the VM cleanly closed. Open handles are dropped.
@@ -203,21 +167,17 @@ public final class Volume: @unchecked Sendable {
         reaper.drain()
         if let committed {
             // Not marked clean: the next open recovers from what the catalog holds.
-            lockFile = nil
-            throw StoreError("VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
+            area.close()
+            throw PVFSError(.store, "VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
         }
         let usage = quota.usage
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = 1 WHERE id = ?",
-                           arguments: [usage.bytes, usage.inodes, vmID])
-        }
-        lockFile = nil
+        try catalog.setUsage(usage, clean: true)
+        area.close()
         logger.debug("volume closed", metadata: ["bytes": "\(usage.bytes)", "inodes": "\(usage.inodes)"])
     }
 
     deinit {
         if !closed { try? close() }
-        for fd in [dataDirectory, scratchDirectory, vmDirectory] { fd.closeQuietly() }
     }
 
     /// Writes usage and lazily kept times to the catalog; the daemon calls this periodically.
@@ -228,9 +188,7 @@ public final class Volume: @unchecked Sendable {
         defer { metaLock.unlock() }
         try ensureOpen()
         guard let usage = quota.takeChangedUsage() else { return }
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
-        }
+        try catalog.setUsage(usage, clean: nil)
     }
 
     /// Refuses a change once the volume is closed (caller holds metaLock): a request that was
@@ -263,11 +221,9 @@ public final class Volume: @unchecked Sendable {
     /// without pvfsd's control socket polls with this). Returns whether it changed.
     @discardableResult
     public func reloadQuota() throws -> Bool {
-        guard let row = try store.catalog.read({ db in
-            try Row.fetchOne(db, sql: "SELECT quota_bytes, quota_inodes FROM vm WHERE id = ?", arguments: [vmID])
-        }) else { return false }
-        let bytes: Int64? = row[0]
-        let inodes: Int64? = row[1]
+        guard let stored = try catalog.loadQuota() else { return false }
+        let bytes = stored.bytes
+        let inodes = stored.inodes
         let current = limitsLock.withLock { catalogQuota }
         guard current.bytes != bytes || current.inodes != inodes else { return false }
         setQuota(bytes: bytes, inodes: inodes)
@@ -368,11 +324,10 @@ public final class Volume: @unchecked Sendable {
         if synchronously || commitMode == .beforeReply || catalogWriter.hasFailed {
             try catalogWriter.flush()
             do {
-                try journal.commit(changes)
+                try catalog.apply(changes)
             } catch {
                 logger.error("catalog write failed: \(error)")
-                if let dbError = error as? DatabaseError, dbError.resultCode == .SQLITE_FULL { throw Errno.noSpace }
-                throw Errno.ioError
+                throw Errno.of(error)
             }
             applyCommitted(changes)
             // Unlinking a small file costs less than waking the reaper; a large one may take
@@ -450,39 +405,8 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: - Private data files
 
-    /// mkdirat that accepts an existing directory; returns any other error.
-    @discardableResult
-    static func makeDirectoryIfMissing(_ parent: FileDescriptor, _ name: String) -> Errno? {
-        do {
-            try parent.makeDirectory(at: name, mode: 0o700)
-            return nil
-        } catch {
-            return error == .fileExists ? nil : error
-        }
-    }
-
-    static func shard(_ ino: InodeNumber) -> UInt8 { UInt8(truncatingIfNeeded: ino) }
-
-    static func dataPath(_ ino: InodeNumber) -> String {
-        let hex = Array("0123456789abcdef".utf8)
-        let s = shard(ino)
-        return String(decoding: [hex[Int(s >> 4)], hex[Int(s & 0xf)]], as: UTF8.self) + "/" + String(ino)
-    }
-
-    /// Makes sure the shard directory of an inode's data file exists. Caller holds metaLock.
-    func ensureShard(_ ino: InodeNumber) throws(Errno) {
-        let s = Self.shard(ino)
-        guard !knownShards.contains(s) else { return }
-        let name = String(Self.dataPath(ino).prefix(2))
-        if let error = Self.makeDirectoryIfMissing(dataDirectory, name) { throw error }
-        knownShards.insert(s)
-    }
-
     func openPrivateFile(_ ino: InodeNumber, create: Bool = false) throws(Errno) -> HostFile {
-        var flags: OpenFlags = [.readWrite, .noFollow]
-        if create { flags.formUnion([.create, .exclusive]) }
-        let fd = try FileDescriptor.open(at: dataDirectory, Self.dataPath(ino), flags, mode: 0o600)
-        return HostFile(descriptor: fd, isPrivate: true)
+        HostFile(descriptor: try area.openPrivateFile(ino, create: create), isPrivate: true)
     }
 
     /// Private files up to this size are removed before the reply (see `commit`).
@@ -491,8 +415,7 @@ public final class Volume: @unchecked Sendable {
     /// Removes a private file now (small files, and error paths where nothing names it yet).
     func removePrivateFile(_ ino: InodeNumber) {
         do {
-            try dataDirectory.unlink(at: Self.dataPath(ino))
-        } catch where error == .noSuchFileOrDirectory {
+            try area.removePrivateFile(ino)
         } catch {
             logger.warning("cannot remove private file of inode \(ino): \(error)")
         }
@@ -501,16 +424,14 @@ public final class Volume: @unchecked Sendable {
     /// Removes a private file the catalog stopped naming, in the background. Its inode number is
     /// never reused, so nothing can open it meanwhile; a crash leaves an orphan recovery removes.
     func reapPrivateFile(_ ino: InodeNumber) {
-        reaper.remove(at: dataDirectory, Self.dataPath(ino))
+        reaper.remove(ino, from: area)
     }
 
     func blobHash(_ id: Int64) throws(Errno) -> BlobHash {
         if let hash = blobHashes[id] { return hash }
         let hash: BlobHash?
         do {
-            hash = try store.catalog.read { db in
-                try Row.fetchOne(db, sql: "SELECT hash FROM blob WHERE id = ?", arguments: [id]).flatMap { BlobHash(bytes: $0.bytes(0)) }
-            }
+            hash = try catalog.blobHash(id: id)
         } catch {
             throw Errno.ioError
         }
@@ -525,7 +446,7 @@ public final class Volume: @unchecked Sendable {
     func openBlob(_ id: Int64) throws(Errno) -> HostFile {
         let hash = try blobHash(id)
         do {
-            return HostFile(descriptor: try store.blobs.open(hash), isPrivate: false)
+            return HostFile(descriptor: try catalog.openBlob(hash), isPrivate: false)
         } catch {
             logger.error("blob \(hash) is missing from the store: \(error)")
             throw Errno.ioError
@@ -539,7 +460,7 @@ public final class Volume: @unchecked Sendable {
             defer { data.lock.unlock() }
             return data.size
         }
-        return try? dataDirectory.stat(at: Self.dataPath(ino)).size
+        return try? area.statPrivateFile(ino).size
     }
 
     // MARK: - Recovery
@@ -547,9 +468,7 @@ public final class Volume: @unchecked Sendable {
     /// After a crash: drop orphans (unlinked inodes that were open), private files nothing
     /// references and staging leftovers, and recompute usage from the data.
     private func recover(afterUncleanShutdown unclean: Bool) throws {
-        for entry in (try? scratchDirectory.directoryEntries()) ?? [] {
-            try? scratchDirectory.unlink(at: entry.name)
-        }
+        area.clearScratch()
         guard unclean else { return }
         logger.notice("recovering after an unclean shutdown")
         var changes: [OverlayChange] = []
@@ -567,40 +486,36 @@ public final class Volume: @unchecked Sendable {
             }
         }
         if !changes.isEmpty {
-            try journal.commit(changes)
+            try catalog.apply(changes)
             for change in changes { overlay.apply(change) }
         }
-        for shard in (try? dataDirectory.directoryEntries()) ?? [] {
-            guard let shardFD = try? FileDescriptor.open(at: dataDirectory, shard.name, [.directory, .readOnly, .noFollow]) else { continue }
-            defer { shardFD.closeQuietly() }
-            for file in (try? shardFD.directoryEntries()) ?? [] {
-                let ino = UInt64(file.name) ?? 0
-                if overlay.inodes[ino]?.data != .privateFile {
-                    try? shardFD.unlink(at: file.name)
-                    logger.info("removed orphaned private file \(shard.name)/\(file.name)")
-                }
-            }
+        let files = area.listPrivateFiles()
+        for (ino, path) in files.paths where overlay.inodes[ino]?.data != .privateFile {
+            try? area.removePrivateFile(ino)
+            logger.info("removed orphaned private file \(path)")
+        }
+        // Other names inside a shard directory are no private file of the VM either.
+        for path in files.unexpected where path.contains("/") {
+            try? area.removeUnexpectedEntry(path)
+            logger.info("removed orphaned private file \(path)")
         }
         // Sizes of written files are kept in the catalog lazily: the private file's own size is
         // the truth for data the host filesystem holds.
         var resized: [OverlayChange] = []
         for (ino, record) in overlay.inodes where record.data == .privateFile && record.kind == .regular {
-            guard let size = try? dataDirectory.stat(at: Self.dataPath(ino)).size, size != record.size else { continue }
+            guard let size = try? area.statPrivateFile(ino).size, size != record.size else { continue }
             var fixed = record
             fixed.size = size
             fixed.blocks = (size + 511) / 512
             resized.append(.putInode(ino, fixed))
         }
         if !resized.isEmpty {
-            try journal.commit(resized)
+            try catalog.apply(resized)
             for change in resized { overlay.apply(change) }
             logger.info("recovered the sizes of \(resized.count) written files")
         }
         quota.setUsage(computeUsage())
-        let usage = quota.usage
-        try store.catalog.write { db in
-            try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ? WHERE id = ?", arguments: [usage.bytes, usage.inodes, vmID])
-        }
+        try catalog.setUsage(quota.usage, clean: nil)
     }
 
     /// Usage recomputed from the overlay and the private files (fsck and recovery).

@@ -121,7 +121,7 @@ public final class VolumeRegistry: @unchecked Sendable {
         while true {
             guard !refusingSessions else {
                 condition.unlock()
-                throw StoreError("the server is stopping: VM \(vm) is not opened", errno: .ioError)
+                throw PVFSError(.store, "the server is stopping: VM \(vm) is not opened", errno: .ioError)
             }
             switch volumes[vm] {
             case .open(let volume, let sessions):

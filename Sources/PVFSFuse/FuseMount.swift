@@ -66,14 +66,14 @@ public final class FuseMount: @unchecked Sendable {
         }
         guard let created else {
             userdata.release()
-            throw FuseMountError("cannot set up a FUSE session (see the messages above)", errno: .invalidArgument)
+            throw PVFSError(.mount, "cannot set up a FUSE session (see the messages above)", errno: .invalidArgument)
         }
         session = created
         if fuse_session_mount(created, canonical) != 0 {
             fuse_session_destroy(created)
             userdata.release()
-            throw FuseMountError("cannot mount \(view.vmName) on \(canonical) (is /dev/fuse usable and the directory free?)",
-                                 errno: .notPermitted)
+            throw PVFSError(.mount, "cannot mount \(view.vmName) on \(canonical) (is /dev/fuse usable and the directory free?)",
+                                    errno: .notPermitted)
         }
         let device = FuseMount.mountedFileSystems().last { $0.mountpoint == canonical && $0.isPVFS }?.device
         connection = device?.minor
@@ -108,7 +108,7 @@ public final class FuseMount: @unchecked Sendable {
         logger.info("unmounted", metadata: ["mountpoint": "\(mountpoint)"])
         // The loop reports the kernel closing the connection (unmount) as ENODEV: a normal end.
         if rc != 0 && rc != -ENODEV && rc != ENODEV {
-            throw FuseMountError("serving \(mountpoint) failed: \(Errno(rawValue: abs(rc)))", errno: Errno(rawValue: abs(rc)))
+            throw PVFSError(.mount, "serving \(mountpoint) failed: \(Errno(rawValue: abs(rc)))", errno: Errno(rawValue: abs(rc)))
         }
     }
 

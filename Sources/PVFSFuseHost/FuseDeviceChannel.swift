@@ -60,7 +60,7 @@ public final class FuseDeviceChannel: @unchecked Sendable {
     private let readaheadApplied = Atomic<Bool>(false)
 
     /// Opens /dev/fuse and mounts it on `mountpoint` (a resolved directory).
-    public init(mountpoint: String, options: Options, logger: Logger) throws(FuseMountError) {
+    public init(mountpoint: String, options: Options, logger: Logger) throws(PVFSError) {
         self.mountpoint = mountpoint
         self.options = options
         self.logger = logger
@@ -68,7 +68,7 @@ public final class FuseDeviceChannel: @unchecked Sendable {
         let fd = Glibc.open("/dev/fuse", O_RDWR | O_CLOEXEC)
         guard fd >= 0 else {
             let error = Errno(rawValue: Glibc.errno)
-            throw FuseMountError("cannot open /dev/fuse: \(error)", errno: error)
+            throw PVFSError(.mount, "cannot open /dev/fuse: \(error)", errno: error)
         }
         var data = "fd=\(fd),rootmode=40000,user_id=\(getuid()),group_id=\(getgid()),default_permissions"
         if options.allowOther { data += ",allow_other" }
@@ -79,7 +79,7 @@ public final class FuseDeviceChannel: @unchecked Sendable {
             let error = Errno(rawValue: Glibc.errno)
             Glibc.close(fd)
             let hint = error == .notPermitted ? " (mounting through /dev/fuse needs root)" : ""
-            throw FuseMountError("cannot mount \(options.fsName) on \(mountpoint): \(error)\(hint)", errno: error)
+            throw PVFSError(.mount, "cannot mount \(options.fsName) on \(mountpoint): \(error)\(hint)", errno: error)
         }
         descriptor = fd
         let entry = FuseMountTable.entries().last { $0.mountpoint == mountpoint && $0.fileSystemType == "fuse.\(options.subtype)" }

@@ -3,19 +3,6 @@ import Glibc
 import PVFSSystem
 import SystemPackage
 
-/// A failure to mount or serve, with the message a user should read and the errno behind it.
-public struct FuseMountError: Error, CustomStringConvertible, ErrnoConvertible {
-    public var message: String
-    public var errno: Errno
-
-    public init(_ message: String, errno: Errno = .ioError) {
-        self.message = message
-        self.errno = errno
-    }
-
-    public var description: String { message }
-}
-
 /// pvfs mounts in the calling process's mount table (/proc/self/mountinfo).
 public enum FuseMountTable {
     public struct Entry: Sendable {
@@ -93,19 +80,19 @@ public enum FuseMountTable {
     }
 
     /// The directory a mount may go on: resolved, a directory, and without a pvfs mount yet.
-    public static func checkMountpoint(_ mountpoint: String) throws(FuseMountError) -> String {
+    public static func checkMountpoint(_ mountpoint: String) throws(PVFSError) -> String {
         guard let resolved = realpath(mountpoint, nil) else {
             let error = Errno(rawValue: Glibc.errno)
-            throw FuseMountError("cannot mount on \(mountpoint): \(error)", errno: error)
+            throw PVFSError(.mount, "cannot mount on \(mountpoint): \(error)", errno: error)
         }
         let canonical = String(cString: resolved)
         free(resolved)
         var st = Glibc.stat()
         guard Glibc.lstat(canonical, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-            throw FuseMountError("cannot mount on \(mountpoint): not a directory", errno: .notDirectory)
+            throw PVFSError(.mount, "cannot mount on \(mountpoint): not a directory", errno: .notDirectory)
         }
         if entries().contains(where: { $0.mountpoint == canonical && $0.isPVFS }) {
-            throw FuseMountError("\(canonical) already has a pvfs mount", errno: .resourceBusy)
+            throw PVFSError(.mount, "\(canonical) already has a pvfs mount", errno: .resourceBusy)
         }
         return canonical
     }

@@ -100,7 +100,7 @@ extension Store {
                     let shard = UInt8(truncatingIfNeeded: blob.hash.words.0 >> 56)
                     if try shards.ensure(shard) { createdShard = true }
                     touched.insert(shard)
-                    let target = Array(BlobStore.relativePath(blob.hash).utf8)
+                    let target = Array(StoreLayout.blobPath(blob.hash).utf8)
                     var allocated = blob.allocated
                     consumed.insert(i)
                     if case .anonymous = blob.file { linked = true }
@@ -127,7 +127,7 @@ extension Store {
                 }
                 stats.syncNanoseconds += monotonicNanoseconds() - dirSyncStarted
             } catch {
-                throw StoreError("cannot publish blobs in \(path)/blobs: \(error)", errno: error)
+                throw PVFSError(.store, "cannot publish blobs in \(path)/\(StoreLayout.blobs): \(error)", errno: error)
             }
         }
 
@@ -158,7 +158,7 @@ extension Store {
                     // lock keeps out), or published by this ingest, or inserted by a concurrent
                     // publisher of the same content.
                     guard let id = try Int64.fetchOne(select, arguments: [hashBlob]) else {
-                        throw StoreError("blob \(hash) is neither staged nor in the catalog", errno: .ioError)
+                        throw PVFSError(.store, "blob \(hash) is neither staged nor in the catalog", errno: .ioError)
                     }
                     ids[hash] = id
                 }
@@ -174,7 +174,7 @@ extension Store {
     /// Publishes blobs from memory; `record` writes, in the publishing transaction, the rows that
     /// reference them (a blob nothing references may be collected as soon as this returns).
     @discardableResult
-    public func publishBlobs(_ contents: [[UInt8]], record: (Database, [Int64]) throws -> Void) throws -> PublicationStatistics {
+    func publishBlobs(_ contents: [[UInt8]], record: (Database, [Int64]) throws -> Void) throws -> PublicationStatistics {
         let area = try StagingArea(store: self)
         defer { area.dispose() }
         let lock = try lockBlobsShared()
@@ -187,7 +187,7 @@ extension Store {
             }
         } catch let error as Errno {
             area.removeStagedFiles()
-            throw StoreError("cannot stage blobs in \(path)/tmp: \(error)", errno: error)
+            throw PVFSError(.store, "cannot stage blobs in \(path)/\(StoreLayout.temporary): \(error)", errno: error)
         } catch {
             area.removeStagedFiles()
             throw error
@@ -206,10 +206,7 @@ final class ShardDirectories: @unchecked Sendable {
         opened.withLock { for fd in $0.values { fd.closeQuietly() } }
     }
 
-    static func name(_ shard: UInt8) -> [UInt8] {
-        let digits = Array("0123456789abcdef".utf8)
-        return [digits[Int(shard >> 4)], digits[Int(shard & 0xf)]]
-    }
+    static func name(_ shard: UInt8) -> [UInt8] { Array(StoreLayout.blobShard(shard).utf8) }
 
     /// Makes sure the shard directory exists; true when this call created it.
     func ensure(_ shard: UInt8) throws(Errno) -> Bool {

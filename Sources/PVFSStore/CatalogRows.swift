@@ -3,13 +3,13 @@ import GRDB
 
 extension Row {
     /// A BLOB column as bytes (names, symlink targets, xattr values); empty for NULL.
-    public func bytes(_ index: Int) -> [UInt8] {
+    func bytes(_ index: Int) -> [UInt8] {
         guard let data = self[index] as Data? else { return [] }
         return [UInt8](data)
     }
 
     /// A BLOB column as bytes, nil for NULL.
-    public func optionalBytes(_ index: Int) -> [UInt8]? {
+    func optionalBytes(_ index: Int) -> [UInt8]? {
         guard let data = self[index] as Data? else { return nil }
         return [UInt8](data)
     }
@@ -17,5 +17,5 @@ extension Row {
 
 extension Array where Element == UInt8 {
     /// The bytes as a value SQLite stores as a BLOB.
-    public var databaseBlob: Data { Data(self) }
+    var databaseBlob: Data { Data(self) }
 }

@@ -243,8 +243,8 @@ extension Store {
                         copy = try area!.stageVerified(from: fd, size: group.key.size, expected: group.key.hash, allowReflink: options.reflink,
                                                        buffer: buffer)
                     } catch {
-                        throw StoreError("dedup: cannot copy a private file of VM \(targets[m.target].vmName) into \(path)/tmp: \(error)",
-                                         errno: error)
+                        throw PVFSError(.store, "dedup: cannot copy a private file of VM \(targets[m.target].vmName) into \(path)/\(StoreLayout.temporary): \(error)",
+                                                errno: error)
                     }
                     guard let copy else { continue }  // written since it was hashed: try the next member
                     staged.append(copy)

@@ -92,7 +92,7 @@ extension Store {
             (try String.fetchAll(db, sql: "PRAGMA integrity_check"), try Row.fetchAll(db, sql: "PRAGMA foreign_key_check"))
         }
         if integrity != ["ok"] {
-            report.add(FsckFinding(area: "catalog", kind: "catalog-integrity", subject: Self.catalogFileName,
+            report.add(FsckFinding(area: "catalog", kind: "catalog-integrity", subject: StoreLayout.catalog,
                                    message: "PRAGMA integrity_check: " + integrity.prefix(20).joined(separator: "; "),
                                    status: .unrepairable))
         }
@@ -115,7 +115,7 @@ extension Store {
             let name: String = row[1], state: String = row[2], token: String? = row[3]
             if state == "building", let token {
                 // A live ingest holds its lock: not a finding.
-                guard lockIsFree(in: temporaryDirectory, Self.ingestLockName(token)) else { continue }
+                guard lockIsFree(in: temporaryDirectory, StoreLayout.ingestLock(token)) else { continue }
                 report.add(FsckFinding(area: "interrupted", kind: "ingest-interrupted", subject: "template \(name)",
                                        message: "template \(name) was being created by a process that died", status: .found))
             } else {
@@ -126,10 +126,10 @@ extension Store {
         }
         // Staging areas of dead processes without a template (dedup, a killed publisher).
         for entry in (try? temporaryDirectory.rawDirectoryEntries()) ?? [] {
-            guard let token = Self.ingestToken(lockName: entry.name),
+            guard let token = StoreLayout.ingestToken(lockName: entry.name),
                   !templates.contains(where: { ($0[3] as String?) == token }) else { continue }
-            guard lockIsFree(in: temporaryDirectory, Self.ingestLockName(token)) else { continue }
-            report.add(FsckFinding(area: "interrupted", kind: "staging-abandoned", subject: "tmp/ingest-\(token)",
+            guard lockIsFree(in: temporaryDirectory, StoreLayout.ingestLock(token)) else { continue }
+            report.add(FsckFinding(area: "interrupted", kind: "staging-abandoned", subject: StoreLayout.temporary + "/" + StoreLayout.ingestDirectory(token),
                                    message: "staging area of a process that died", status: .found))
             needsCleanup = true
         }
@@ -149,8 +149,8 @@ extension Store {
             lockIsFree(in: temporaryDirectory, base + ".lock") && (try? temporaryDirectory.stat(at: base)) != nil
         }
         for base in stale {
-            report.add(FsckFinding(area: "tmp", kind: "tmp-abandoned", subject: "tmp/\(base)",
-                                   message: "tmp/\(base) belongs to no live process", status: .found))
+            report.add(FsckFinding(area: "tmp", kind: "tmp-abandoned", subject: "\(StoreLayout.temporary)/\(base)",
+                                   message: "\(StoreLayout.temporary)/\(base) belongs to no live process", status: .found))
         }
         guard options.repair else { return }
         var cleanupDeferred = false
@@ -167,7 +167,7 @@ extension Store {
         let remainingVMs: Set<String> = try catalog.read { db in
             Set(try String.fetchAll(db, sql: "SELECT 'vm ' || name FROM vm WHERE state != 'ready'"))
         }
-        let remainingTmp = Set((try? temporaryDirectory.rawDirectoryEntries())?.map { "tmp/" + String(decoding: $0.name, as: UTF8.self) } ?? [])
+        let remainingTmp = Set((try? temporaryDirectory.rawDirectoryEntries())?.map { StoreLayout.temporary + "/" + String(decoding: $0.name, as: UTF8.self) } ?? [])
         for i in report.findings.indices where report.findings[i].status == .found {
             let f = report.findings[i]
             switch f.area {
@@ -190,46 +190,39 @@ extension Store {
             return map
         }
         let entries = (try? vmsDirectory.directoryEntries()) ?? []
-        let present = Set(entries.compactMap { Int64($0.name) })
+        let present = Set(entries.compactMap { StoreLayout.vmID(directoryName: $0.name) })
         for entry in entries {
-            guard let id = Int64(entry.name) else {
-                report.add(FsckFinding(area: "vm", kind: "vm-directory-unexpected", subject: "vms/\(entry.name)",
-                                       message: "vms/\(entry.name) is not a VM's directory; remove it by hand", status: .found))
+            let subject = StoreLayout.vms + "/" + entry.name
+            guard let id = StoreLayout.vmID(directoryName: entry.name) else {
+                report.add(FsckFinding(area: "vm", kind: "vm-directory-unexpected", subject: subject,
+                                       message: "\(subject) is not a VM's directory; remove it by hand", status: .found))
                 continue
             }
             guard rows[id] == nil else { continue }
-            var finding = FsckFinding(area: "vm", kind: "vm-directory-orphan", subject: "vms/\(id)",
-                                      message: "vms/\(id) belongs to no VM", status: .found)
+            var finding = FsckFinding(area: "vm", kind: "vm-directory-orphan", subject: subject,
+                                      message: "\(subject) belongs to no VM", status: .found)
             if options.repair {
                 // Its lock keeps a process that still holds it (it cannot: the row is gone) safe.
-                if let dir = try? FileDescriptor.open(at: vmsDirectory, entry.name, [.directory, .readOnly, .noFollow]) {
-                    let lock = try? LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true)
-                    dir.closeQuietly()
-                    if let lock {
-                        do {
-                            try removeTree(at: vmsDirectory, entry.name)
-                            finding.status = .repaired
-                        } catch {
-                            finding.message += " (cannot remove it: \(error))"
-                        }
-                        withExtendedLifetime(lock) {}
+                if let area = try? VMArea.openIfFree(in: self, vmID: id) {
+                    do {
+                        try removeTree(at: vmsDirectory, StoreLayout.vmDirectory(id))
+                        finding.status = .repaired
+                    } catch {
+                        finding.message += " (cannot remove it: \(error))"
                     }
+                    area.close()
                 }
             }
             report.add(finding)
         }
         for (id, vm) in rows.sorted(by: { $0.key < $1.key }) where vm.state == "ready" && !present.contains(id) {
             var finding = FsckFinding(area: "vm", kind: "vm-directory-missing", subject: "vm \(vm.name)",
-                                      message: "the private area of VM \(vm.name) (vms/\(id)) is missing: its private files are lost",
+                                      message: "the private area of VM \(vm.name) (\(StoreLayout.vmPath(id))) is missing: its private files are lost",
                                       status: .unrepairable)
             if options.repair {
                 // An empty area lets the VM open; its records of private files are reported by the
                 // VM check as data loss.
-                if (try? vmsDirectory.makeDirectory(at: String(id), mode: 0o700)) != nil,
-                   let dir = try? FileDescriptor.open(at: vmsDirectory, String(id), [.directory, .readOnly, .noFollow]) {
-                    _ = try? dir.makeDirectory(at: "data", mode: 0o700)
-                    _ = try? dir.makeDirectory(at: "tmp", mode: 0o700)
-                    dir.closeQuietly()
+                if (try? VMArea.create(in: self, vmID: id)) != nil {
                     finding.message += "; recreated it empty"
                 }
             }
@@ -458,7 +451,7 @@ extension Store {
                     defer { fd.closeQuietly() }
                     let st = try fd.stat()
                     if st.kind != .regular {
-                        problem = ("blob-not-file", "blobs/\(BlobStore.relativePath(hash)) is not a regular file")
+                        problem = ("blob-not-file", "\(StoreLayout.blobs)/\(StoreLayout.blobPath(hash)) is not a regular file")
                     } else if st.size != row.size {
                         problem = ("blob-size", "its file has \(st.size) bytes, its row says \(row.size)")
                     } else if !options.quick {
@@ -470,7 +463,7 @@ extension Store {
                     }
                 } catch {
                     problem = error == .noSuchFileOrDirectory
-                        ? ("blob-missing", "it has a catalog row but its file blobs/\(BlobStore.relativePath(hash)) is missing")
+                        ? ("blob-missing", "it has a catalog row but its file \(StoreLayout.blobs)/\(StoreLayout.blobPath(hash)) is missing")
                         : ("blob-unreadable", "its file cannot be read: \(error)")
                 }
                 guard let problem else { continue }
@@ -487,7 +480,7 @@ extension Store {
     func checkBlobFiles(_ options: FsckOptions, _ report: inout FsckReport) throws {
         let shards = try blobShardNames()
         for entry in (try? blobsDirectory.rawDirectoryEntries()) ?? [] where !Self.isShardName(entry.name) {
-            report.add(FsckFinding(area: "blobs", kind: "blob-unexpected", subject: "blobs/" + String(decoding: entry.name, as: UTF8.self),
+            report.add(FsckFinding(area: "blobs", kind: "blob-unexpected", subject: StoreLayout.blobs + "/" + String(decoding: entry.name, as: UTF8.self),
                                    message: "not a shard directory of the blob store; remove it by hand", status: .found))
         }
         var index = 0
@@ -503,14 +496,14 @@ extension Store {
                 let shardName = String(decoding: shard, as: UTF8.self)
                 if let listing = try? listShard(shard) {
                     for name in listing.unexpected {
-                        report.add(FsckFinding(area: "blobs", kind: "blob-unexpected", subject: "blobs/\(shardName)/" + String(decoding: name, as: UTF8.self),
+                        report.add(FsckFinding(area: "blobs", kind: "blob-unexpected", subject: "\(StoreLayout.blobs)/\(shardName)/" + String(decoding: name, as: UTF8.self),
                                                message: "not a blob name; remove it by hand", status: .found))
                     }
                 }
                 let (_, _, orphans) = try removeOrphanBlobFiles(shard: shard, dryRun: !options.repair)
                 for hash in orphans {
                     report.add(FsckFinding(area: "blobs", kind: "blob-orphan", subject: "blob \(hash)",
-                                           message: "blobs/\(BlobStore.relativePath(hash)) has no catalog row",
+                                           message: "\(StoreLayout.blobs)/\(StoreLayout.blobPath(hash)) has no catalog row",
                                            status: options.repair ? .repaired : .found))
                 }
             } while index < shards.count && monotonicNanoseconds() - sliceStart < 200_000_000

@@ -183,16 +183,12 @@ extension Store {
         do {
             return try blobsDirectory.rawDirectoryEntries().map(\.name).filter(Self.isShardName).sorted { $0.lexicographicallyPrecedes($1) }
         } catch {
-            throw StoreError("cannot list \(path)/blobs: \(error)", errno: error)
+            throw PVFSError(.store, "cannot list \(path)/\(StoreLayout.blobs): \(error)", errno: error)
         }
     }
 
     static func isShardName(_ name: [UInt8]) -> Bool {
-        name.count == 2 && name.allSatisfy(isLowerHexDigit)
-    }
-
-    static func isLowerHexDigit(_ c: UInt8) -> Bool {
-        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(c)
+        name.count == 2 && name.allSatisfy(StoreLayout.isLowerHexDigit)
     }
 
     /// What a shard directory holds: blob names (parsed) and anything else.
@@ -206,7 +202,7 @@ extension Store {
         defer { fd.closeQuietly() }
         var listing = ShardListing()
         for entry in try fd.rawDirectoryEntries() {
-            if entry.name.count == 64, entry.name.starts(with: shardName), entry.name.allSatisfy(Self.isLowerHexDigit),
+            if entry.name.count == 64, entry.name.starts(with: shardName), entry.name.allSatisfy(StoreLayout.isLowerHexDigit),
                let hash = BlobHash(hex: String(decoding: entry.name, as: UTF8.self)) {
                 listing.blobs.append((entry.name, hash))
             } else {
@@ -233,12 +229,12 @@ extension Store {
             listing = try listShard(shard)
         } catch {
             if error == .noSuchFileOrDirectory { return (0, 0, []) }
-            throw StoreError("cannot list \(path)/blobs/\(String(decoding: shard, as: UTF8.self)): \(error)", errno: error)
+            throw PVFSError(.store, "cannot list \(path)/\(StoreLayout.blobs)/\(String(decoding: shard, as: UTF8.self)): \(error)", errno: error)
         }
         let orphans = try hashesWithoutRows(listing.blobs.map(\.hash))
         var bytes: Int64 = 0
         for hash in orphans {
-            let relative = BlobStore.relativePath(hash)
+            let relative = StoreLayout.blobPath(hash)
             bytes += ((try? blobsDirectory.stat(at: relative))?.blocks ?? 0) * 512
             if !dryRun { unlinkBlob(hash) }
         }
@@ -272,7 +268,7 @@ extension Store {
         for entry in entries {
             var name = String(decoding: entry.name, as: UTF8.self)
             if name.hasSuffix(".lock") { name = String(name.dropLast(".lock".count)) }
-            if name.hasPrefix("ingest-") && Self.ingestToken(lockName: Array((name + ".lock").utf8)) != nil { continue }
+            if StoreLayout.ingestToken(lockName: Array((name + ".lock").utf8)) != nil { continue }
             bases.insert(name)
         }
         return bases.sorted()
@@ -302,7 +298,7 @@ extension Store {
             do {
                 try removeScratch(base)
             } catch {
-                logger.warning("cannot remove the abandoned \(path)/tmp/\(base): \(error)")
+                logger.warning("cannot remove the abandoned \(path)/\(StoreLayout.temporary)/\(base): \(error)")
             }
             withExtendedLifetime(lock) {}
         }
@@ -315,18 +311,12 @@ extension Store {
     func removeStaleVMScratch(dryRun: Bool) -> Int {
         guard let entries = try? vmsDirectory.directoryEntries() else { return 0 }
         var removed = 0
-        for entry in entries where Int64(entry.name) != nil {
-            guard let dir = try? FileDescriptor.open(at: vmsDirectory, entry.name, [.directory, .readOnly, .noFollow]) else { continue }
-            defer { dir.closeQuietly() }
-            guard let tmp = try? FileDescriptor.open(at: dir, "tmp", [.directory, .readOnly, .noFollow]) else { continue }
-            defer { tmp.closeQuietly() }
-            guard let files = try? tmp.directoryEntries(), !files.isEmpty else { continue }
-            guard let lock = try? LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true) else { continue }
-            for file in (try? tmp.directoryEntries()) ?? [] {
-                removed += 1
-                if !dryRun { _ = try? tmp.unlink(at: file.name) }
-            }
-            withExtendedLifetime(lock) {}
+        for entry in entries {
+            guard let id = StoreLayout.vmID(directoryName: entry.name),
+                  (try? VMArea.openUnlocked(in: self, vmID: id))?.hasScratchFiles == true,
+                  let area = try? VMArea.openIfFree(in: self, vmID: id) else { continue }
+            removed += dryRun ? area.scratchFileCount() : area.clearScratch()
+            area.close()
         }
         return removed
     }

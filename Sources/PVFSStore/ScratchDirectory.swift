@@ -20,7 +20,7 @@ public final class ScratchDirectory: @unchecked Sendable {
         precondition(Self.kinds.contains(kind))
         self.store = store
         name = "\(kind)-\(makeIngestToken())"
-        path = Store.absolutePath(store.path) + "/tmp/" + name
+        path = Store.absolutePath(store.path) + "/" + StoreLayout.temporary + "/" + name
         lock = try Self.create(store: store, name: name, path: path)
     }
 
@@ -29,14 +29,14 @@ public final class ScratchDirectory: @unchecked Sendable {
         do {
             acquired = try LockFile.acquire(at: store.temporaryDirectory, name + ".lock", exclusive: true, nonBlocking: true)
         } catch {
-            throw StoreError("cannot create \(path).lock: \(error)", errno: error)
+            throw PVFSError(.store, "cannot create \(path).lock: \(error)", errno: error)
         }
-        guard let lock = acquired else { throw StoreError("cannot lock \(path)", errno: .resourceBusy) }
+        guard let lock = acquired else { throw PVFSError(.store, "cannot lock \(path)", errno: .resourceBusy) }
         do {
             try store.temporaryDirectory.makeDirectory(at: name, mode: 0o755)
         } catch {
             _ = try? store.temporaryDirectory.unlink(at: name + ".lock")
-            throw StoreError("cannot create \(path): \(error)", errno: error)
+            throw PVFSError(.store, "cannot create \(path): \(error)", errno: error)
         }
         return lock
     }
@@ -52,7 +52,7 @@ extension Store {
     /// Removes `tmp/<name>` without crossing into other filesystems (lazily unmounting any found
     /// below it), then `tmp/<name>.lock`.
     func removeScratch(_ name: String) throws {
-        let full = path + "/tmp/" + name
+        let full = path + "/" + StoreLayout.temporary + "/" + name
         Self.detachMounts(below: Self.absolutePath(full))
         try removeTreeOnOneFileSystem(parent: temporaryDirectory, name: Array(name.utf8), device: try root.stat().device, display: full)
         _ = try? temporaryDirectory.unlink(at: name + ".lock")
@@ -107,11 +107,11 @@ extension Store {
             try parent.unlink(at: name)
             return
         case .failure(let error):
-            throw StoreError("cannot remove \(display): \(error)", errno: error)
+            throw PVFSError(.store, "cannot remove \(display): \(error)", errno: error)
         }
         defer { fd.closeQuietly() }
         if try fd.stat().device != device {
-            throw StoreError("cannot remove \(display): a filesystem is still mounted there", errno: .resourceBusy)
+            throw PVFSError(.store, "cannot remove \(display): a filesystem is still mounted there", errno: .resourceBusy)
         }
         for entry in try fd.rawDirectoryEntries() {
             let isDirectory = entry.type == DT_DIR || (entry.type == DT_UNKNOWN && (try? fd.stat(at: entry.name))?.kind == .directory)
@@ -138,7 +138,7 @@ extension Store {
                 try removeScratch(base)
                 removed += 1
             } catch {
-                logger.warning("cannot remove the abandoned \(path)/tmp/\(base): \(error)")
+                logger.warning("cannot remove the abandoned \(path)/\(StoreLayout.temporary)/\(base): \(error)")
             }
             withExtendedLifetime(lock) {}
         }

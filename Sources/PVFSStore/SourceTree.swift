@@ -3,20 +3,6 @@ import Glibc
 import PVFSSystem
 import SystemPackage
 
-/// A problem with the tree being ingested (as opposed to the store): unreadable, vanished or
-/// changed entries. Carries the path inside the tree.
-public struct SourceTreeError: Error, CustomStringConvertible, ErrnoConvertible {
-    public var message: String
-    public var errno: Errno
-
-    public init(_ message: String, errno: Errno = .ioError) {
-        self.message = message
-        self.errno = errno
-    }
-
-    public var description: String { message }
-}
-
 /// A path inside a source tree for messages: "/"-rooted; when it is not valid UTF-8, bytes
 /// outside printable ASCII appear as \xNN.
 func displayPath(_ path: [UInt8]) -> String {
@@ -156,7 +142,7 @@ struct TreeScanner {
             for frame in stack.dropFirst() { frame.fd.closeQuietly() }
         }
         while !stack.isEmpty {
-            if cancelled() { throw StoreError("interrupted", errno: .interrupted) }
+            if cancelled() { throw PVFSError(.store, "interrupted", errno: .interrupted) }
             let top = stack.count - 1
             if stack[top].next == stack[top].entries.count {
                 let frame = stack.removeLast()
@@ -177,7 +163,7 @@ struct TreeScanner {
                 throw sourceError(error, path: path, doing: "examine")
             }
             guard let kind = st.kind else {
-                throw SourceTreeError("\(displayPath(path)): unknown file type (mode \(String(st.mode, radix: 8)))")
+                throw PVFSError(.sourceTree, "\(displayPath(path)): unknown file type (mode \(String(st.mode, radix: 8)))")
             }
             if kind == .directory, let excluded, st.device == excluded.0, st.inode == excluded.1 {
                 tree.skippedStore = true
@@ -236,14 +222,14 @@ struct TreeScanner {
         return tree
     }
 
-    private func sourceError(_ error: Errno, path: [UInt8], doing what: String) -> SourceTreeError {
+    private func sourceError(_ error: Errno, path: [UInt8], doing what: String) -> PVFSError {
         switch error {
         case .noSuchFileOrDirectory:
-            SourceTreeError("\(displayPath(path)) vanished while the tree was being ingested", errno: error)
+            PVFSError(.sourceTree, "\(displayPath(path)) vanished while the tree was being ingested", errno: error)
         case .permissionDenied, .notPermitted:
-            SourceTreeError("cannot \(what) \(displayPath(path)): permission denied", errno: error)
+            PVFSError(.sourceTree, "cannot \(what) \(displayPath(path)): permission denied", errno: error)
         default:
-            SourceTreeError("cannot \(what) \(displayPath(path)): \(error)", errno: error)
+            PVFSError(.sourceTree, "cannot \(what) \(displayPath(path)): \(error)", errno: error)
         }
     }
 
@@ -281,7 +267,7 @@ struct TreeScanner {
         }
         if st.device != expected.device || st.inode != expected.inode {
             fd.closeQuietly()
-            throw SourceTreeError("\(displayPath(path)) was replaced while the tree was being ingested", errno: .ioError)
+            throw PVFSError(.sourceTree, "\(displayPath(path)) was replaced while the tree was being ingested", errno: .ioError)
         }
         return fd
     }
@@ -311,17 +297,17 @@ extension FileJob {
         } catch {
             switch error {
             case .noSuchFileOrDirectory, .notDirectory, .tooManySymbolicLinkLevels, .improperLink:
-                throw SourceTreeError("\(displayPath(path)) vanished or was replaced while the tree was being ingested", errno: error)
+                throw PVFSError(.sourceTree, "\(displayPath(path)) vanished or was replaced while the tree was being ingested", errno: error)
             case .permissionDenied, .notPermitted:
-                throw SourceTreeError("cannot read \(displayPath(path)): permission denied", errno: error)
+                throw PVFSError(.sourceTree, "cannot read \(displayPath(path)): permission denied", errno: error)
             default:
-                throw SourceTreeError("cannot open \(displayPath(path)): \(error)", errno: error)
+                throw PVFSError(.sourceTree, "cannot open \(displayPath(path)): \(error)", errno: error)
             }
         }
         do {
             let st = try fd.stat()
             guard st.device == device, st.inode == inode, st.kind == .regular else {
-                throw SourceTreeError("\(displayPath(path)) was replaced while the tree was being ingested", errno: .ioError)
+                throw PVFSError(.sourceTree, "\(displayPath(path)) was replaced while the tree was being ingested", errno: .ioError)
             }
             try checkUnchanged(st)
             return fd
@@ -334,8 +320,8 @@ extension FileJob {
     /// Throws unless `st` (of the opened file) still matches the scan.
     func checkUnchanged(_ st: FileStat) throws {
         if st.size != size || st.modificationTime != mtime || st.changeTime != ctime {
-            throw SourceTreeError("\(displayPath(path)) changed while the tree was being ingested (the source must not change during ingest)",
-                                  errno: .ioError)
+            throw PVFSError(.sourceTree, "\(displayPath(path)) changed while the tree was being ingested (the source must not change during ingest)",
+                                         errno: .ioError)
         }
     }
 

@@ -78,24 +78,20 @@ extension Store {
             }
         }
         // fstatat takes no descriptor of SQLite's files (closing one would drop SQLite's locks).
-        report.catalogBytes = Self.catalogFileNames.reduce(0) { $0 + ((try? root.stat(at: $1))?.blocks ?? 0) * 512 }
+        report.catalogBytes = StoreLayout.catalogFiles.reduce(0) { $0 + ((try? root.stat(at: $1))?.blocks ?? 0) * 512 }
         report.temporaryBytes = Self.allocatedBytes(below: temporaryDirectory)
 
         // Private files per VM directory: inode -> (size, allocated).
         var privateByVM: [Int64: [Int64: (size: Int64, allocated: Int64)]] = [:]
         for entry in (try? vmsDirectory.directoryEntries()) ?? [] {
-            guard let id = Int64(entry.name),
-                  let data = try? FileDescriptor.open(at: vmsDirectory, entry.name + "/data", [.directory, .readOnly, .noFollow]) else { continue }
-            defer { data.closeQuietly() }
+            guard let id = StoreLayout.vmID(directoryName: entry.name),
+                  let area = try? VMArea.openUnlocked(in: self, vmID: id) else { continue }
+            let listing = area.listPrivateFiles()
             var files: [Int64: (Int64, Int64)] = [:]
-            for shard in (try? data.directoryEntries()) ?? [] {
-                guard let fd = try? FileDescriptor.open(at: data, shard.name, [.directory, .readOnly, .noFollow]) else { continue }
-                defer { fd.closeQuietly() }
-                for file in (try? fd.directoryEntries()) ?? [] {
-                    guard let ino = Int64(file.name), let st = try? fd.stat(at: file.name) else { continue }
-                    files[ino] = (st.size, st.blocks * 512)
-                    report.privateAllocatedBytes += st.blocks * 512
-                }
+            for (ino, size) in listing.sizes {
+                let allocated = listing.allocated[ino] ?? 0
+                files[Int64(bitPattern: ino)] = (size, allocated)
+                report.privateAllocatedBytes += allocated
             }
             privateByVM[id] = files
         }

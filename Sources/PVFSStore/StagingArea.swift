@@ -29,16 +29,16 @@ public final class StagingArea: @unchecked Sendable {
         let token = makeIngestToken()
         self.token = token
         do {
-            guard let lock = try LockFile.acquire(at: store.temporaryDirectory, Store.ingestLockName(token), exclusive: true, nonBlocking: true) else {
-                throw StoreError("cannot lock a new staging area in \(store.path)/tmp", errno: .resourceBusy)
+            guard let lock = try LockFile.acquire(at: store.temporaryDirectory, StoreLayout.ingestLock(token), exclusive: true, nonBlocking: true) else {
+                throw PVFSError(.store, "cannot lock a new staging area in \(store.path)/\(StoreLayout.temporary)", errno: .resourceBusy)
             }
             self.lock = lock
-            try store.temporaryDirectory.makeDirectory(at: Store.ingestDirectoryName(token), mode: 0o700)
-            directory = try FileDescriptor.open(at: store.temporaryDirectory, Store.ingestDirectoryName(token), [.directory, .readOnly, .noFollow])
+            try store.temporaryDirectory.makeDirectory(at: StoreLayout.ingestDirectory(token), mode: 0o700)
+            directory = try FileDescriptor.open(at: store.temporaryDirectory, StoreLayout.ingestDirectory(token), [.directory, .readOnly, .noFollow])
             journal = try FileDescriptor.open(at: directory, "journal", [.writeOnly, .create, .append, .noFollow], mode: 0o600)
         } catch let error as Errno {
-            _ = try? store.temporaryDirectory.unlink(at: Store.ingestLockName(token))
-            throw StoreError("cannot create a staging area in \(store.path)/tmp: \(error)", errno: error)
+            _ = try? store.temporaryDirectory.unlink(at: StoreLayout.ingestLock(token))
+            throw PVFSError(.store, "cannot create a staging area in \(store.path)/\(StoreLayout.temporary): \(error)", errno: error)
         }
     }
 
@@ -84,8 +84,8 @@ public final class StagingArea: @unchecked Sendable {
     /// or after cleanup reconciled the journal with the catalog.
     func dispose() {
         guard !disposed.exchange(true, ordering: .relaxed) else { return }
-        try? store.removeTree(at: store.temporaryDirectory, Store.ingestDirectoryName(token))
-        _ = try? store.temporaryDirectory.unlink(at: Store.ingestLockName(token))
+        try? store.removeTree(at: store.temporaryDirectory, StoreLayout.ingestDirectory(token))
+        _ = try? store.temporaryDirectory.unlink(at: StoreLayout.ingestLock(token))
         _ = lock
     }
 }

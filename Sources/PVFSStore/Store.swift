@@ -5,26 +5,8 @@ import PVFSSystem
 import Synchronization
 import SystemPackage
 
-/// Errors of the store layer, with the message a user should read.
-public struct StoreError: Error, CustomStringConvertible, ErrnoConvertible {
-    public var message: String
-    public var errno: Errno
-
-    public init(_ message: String, errno: Errno = .ioError) {
-        self.message = message
-        self.errno = errno
-    }
-
-    public var description: String { message }
-}
-
-/// A pvfs store: the directory holding the catalog, the blobs and the VMs' private areas.
-///
-///     <store>/catalog.db          SQLite catalog (WAL: catalog.db-wal, catalog.db-shm)
-///     <store>/blobs/<xx>/<sha256> immutable content, named by its SHA-256
-///     <store>/vms/<id>/data/...   each VM's private files
-///     <store>/tmp/                staging for atomic publication
-///     <store>/locks/              flock(2) files coordinating processes
+/// A pvfs store: the directory holding the catalog, the blobs and the VMs' private areas
+/// (`StoreLayout` names every part of it).
 ///
 /// The catalog's files belong to SQLite alone: pvfs never opens, copies or syncs them itself.
 /// Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
@@ -32,20 +14,16 @@ public struct StoreError: Error, CustomStringConvertible, ErrnoConvertible {
 /// and delete the log under this one (docs/store-format.md, "The catalog's files").
 public final class Store: Sendable {
     public static let defaultPath = "/var/lib/pvfs"
-    /// The catalog database in the store directory.
-    public static let catalogFileName = "catalog.db"
-    /// The catalog's files: the database, SQLite's write-ahead log and its shared-memory index.
-    public static let catalogFileNames = [catalogFileName, catalogFileName + "-wal", catalogFileName + "-shm"]
     /// Where SQLite opens the catalog of the store at `storePath`.
-    public static func catalogPath(inStore storePath: String) -> String { storePath + "/" + catalogFileName }
+    public static func catalogPath(inStore storePath: String) -> String { storePath + "/" + StoreLayout.catalog }
     public var catalogPath: String { Self.catalogPath(inStore: path) }
 
     public let path: String
-    public let root: FileDescriptor
+    let root: FileDescriptor
     public let blobsDirectory: FileDescriptor
-    public let vmsDirectory: FileDescriptor
+    let vmsDirectory: FileDescriptor
     public let temporaryDirectory: FileDescriptor
-    public let locksDirectory: FileDescriptor
+    let locksDirectory: FileDescriptor
     public let catalog: DatabasePool
     public let logger: Logger
     /// `totalChangesCount` of the catalog's writer connection right after its last durable
@@ -62,15 +40,15 @@ public final class Store: Sendable {
         do {
             root = try FileDescriptor.open(at: .currentDirectory, path, [.directory, .readOnly])
         } catch {
-            throw StoreError("cannot open store \(path): \(error)", errno: error)
+            throw PVFSError(.store, "cannot open store \(path): \(error)", errno: error)
         }
         do {
-            blobsDirectory = try FileDescriptor.open(at: root, "blobs", [.directory, .readOnly])
-            vmsDirectory = try FileDescriptor.open(at: root, "vms", [.directory, .readOnly])
-            temporaryDirectory = try FileDescriptor.open(at: root, "tmp", [.directory, .readOnly])
-            locksDirectory = try FileDescriptor.open(at: root, "locks", [.directory, .readOnly])
+            blobsDirectory = try FileDescriptor.open(at: root, StoreLayout.blobs, [.directory, .readOnly])
+            vmsDirectory = try FileDescriptor.open(at: root, StoreLayout.vms, [.directory, .readOnly])
+            temporaryDirectory = try FileDescriptor.open(at: root, StoreLayout.temporary, [.directory, .readOnly])
+            locksDirectory = try FileDescriptor.open(at: root, StoreLayout.locks, [.directory, .readOnly])
         } catch {
-            throw StoreError("\(path) is not a pvfs store (run a pvfs command with --store \(path) to create one): \(error)", errno: error)
+            throw PVFSError(.store, "\(path) is not a pvfs store (run a pvfs command with --store \(path) to create one): \(error)", errno: error)
         }
         var configuration = Configuration()
         configuration.busyMode = .timeout(30)
@@ -85,24 +63,29 @@ public final class Store: Sendable {
             catalog = try DatabasePool(path: Self.catalogPath(inStore: path), configuration: configuration)
             try CatalogSchema.migrator.migrate(catalog)
         } catch {
-            throw StoreError("cannot open the catalog of \(path): \(error)")
+            throw PVFSError(.store, "cannot open the catalog of \(path): \(error)")
         }
     }
 
     private static func makeDirectories(_ path: String) throws {
-        for dir in [path, path + "/blobs", path + "/vms", path + "/tmp", path + "/locks"] {
+        for dir in [path] + StoreLayout.topLevelDirectories.map({ path + "/" + $0 }) {
             do {
                 try FileDescriptor.currentDirectory.makeDirectory(at: dir, mode: 0o700)
             } catch where error == .fileExists {
                 continue
             } catch {
-                throw StoreError("cannot create \(dir): \(error)", errno: error)
+                throw PVFSError(.store, "cannot create \(dir): \(error)", errno: error)
             }
         }
     }
 
     deinit {
         for fd in [blobsDirectory, vmsDirectory, temporaryDirectory, locksDirectory, root] { fd.closeQuietly() }
+    }
+
+    /// statfs of the store's filesystem: where the VMs' private files and the blobs live.
+    public func fileSystemStatistics() throws(Errno) -> FileSystemStatistics {
+        try root.fileSystemStatistics()
     }
 }
 
@@ -132,7 +115,7 @@ extension Store {
                 changesAtLastDurableCommit.withLock { $0 = changes }
             }
         } catch {
-            throw StoreError("cannot make the catalog of \(path) durable: \(error)")
+            throw PVFSError(.store, "cannot make the catalog of \(path) durable: \(error)")
         }
     }
 }

@@ -2,7 +2,7 @@ import Glibc
 import PVFSSystem
 import SystemPackage
 
-/// The store-wide lock on blobs, `locks/blobs.lock` (docs/store-format.md, "Lock protocol").
+/// The store-wide lock on blobs, `locks/blobs.lock` (`StoreLayout.blobsLock`) (docs/store-format.md, "Lock protocol").
 ///
 /// - **Shared**: held by every process that publishes a blob or decides to reference an existing
 ///   one, from the moment it publishes (or looks the blob up) until the catalog transaction that
@@ -13,17 +13,15 @@ import SystemPackage
 ///
 /// The kernel drops an flock when its holder dies, so a killed process never leaves it held.
 extension Store {
-    public static let blobsLockName = "blobs.lock"
-
     /// Takes the blobs lock shared, waiting while a deleter holds it exclusively.
     public func lockBlobsShared() throws -> LockFile {
         do {
-            guard let lock = try LockFile.acquire(at: locksDirectory, Self.blobsLockName, exclusive: false, nonBlocking: false) else {
-                throw StoreError("cannot take \(path)/locks/\(Self.blobsLockName)")
+            guard let lock = try LockFile.acquire(at: locksDirectory, StoreLayout.blobsLock, exclusive: false, nonBlocking: false) else {
+                throw PVFSError(.store, "cannot take \(path)/\(StoreLayout.locks)/\(StoreLayout.blobsLock)")
             }
             return lock
         } catch let error as Errno {
-            throw StoreError("cannot take \(path)/locks/\(Self.blobsLockName): \(error)", errno: error)
+            throw PVFSError(.store, "cannot take \(path)/\(StoreLayout.locks)/\(StoreLayout.blobsLock): \(error)", errno: error)
         }
     }
 
@@ -34,31 +32,16 @@ extension Store {
         var pause: UInt32 = 2_000
         while true {
             do {
-                if let lock = try LockFile.acquire(at: locksDirectory, Self.blobsLockName, exclusive: true, nonBlocking: true) {
+                if let lock = try LockFile.acquire(at: locksDirectory, StoreLayout.blobsLock, exclusive: true, nonBlocking: true) {
                     return lock
                 }
             } catch {
-                throw StoreError("cannot take \(path)/locks/\(Self.blobsLockName): \(error)", errno: error)
+                throw PVFSError(.store, "cannot take \(path)/\(StoreLayout.locks)/\(StoreLayout.blobsLock): \(error)", errno: error)
             }
             if monotonicNanoseconds() >= deadline { return nil }
             usleep(pause)
             pause = min(pause * 2, 100_000)
         }
-    }
-
-    /// The lock file of a staging area (an ingest) in tmp/.
-    static func ingestLockName(_ token: String) -> String { "ingest-\(token).lock" }
-    static func ingestDirectoryName(_ token: String) -> String { "ingest-\(token)" }
-
-    /// The token of an ingest lock file name, nil for other names.
-    static func ingestToken(lockName: [UInt8]) -> String? {
-        let prefix = Array("ingest-".utf8), suffix = Array(".lock".utf8)
-        guard lockName.count > prefix.count + suffix.count, lockName.starts(with: prefix),
-              Array(lockName.suffix(suffix.count)) == suffix else { return nil }
-        let token = lockName[prefix.count..<(lockName.count - suffix.count)]
-        guard token.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) })
-        else { return nil }
-        return String(decoding: token, as: UTF8.self)
     }
 }
 

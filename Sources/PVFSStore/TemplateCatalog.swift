@@ -56,9 +56,9 @@ public struct CleanupReport: Sendable, Equatable {
 }
 
 extension Store {
-    private static let templateColumns = "id, name, source, created_ns, entry_count, logical_bytes, max_inode"
+    static let templateColumns = "id, name, source, created_ns, entry_count, logical_bytes, max_inode"
 
-    private static func templateRecord(_ row: Row) -> TemplateRecord {
+    static func templateRecord(_ row: Row) -> TemplateRecord {
         TemplateRecord(id: row[0], name: row[1], source: row[2], createdNanoseconds: row[3], entryCount: row[4],
                        logicalBytes: row[5], maxInode: row[6])
     }
@@ -80,7 +80,7 @@ extension Store {
 
     public func requireTemplate(named name: String) throws -> TemplateRecord {
         guard let record = try template(named: name) else {
-            throw StoreError("no template named \(name)", errno: .noSuchFileOrDirectory)
+            throw PVFSError(.store, "no template named \(name)", errno: .noSuchFileOrDirectory)
         }
         return record
     }
@@ -110,12 +110,12 @@ extension Store {
     public func removeTemplate(named name: String, waitSeconds: Double = 10) throws -> TemplateRemoval {
         let id: Int64 = try catalog.write { db in
             guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM template WHERE name = ? AND state = 'ready'", arguments: [name]) else {
-                throw StoreError("no template named \(name)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no template named \(name)", errno: .noSuchFileOrDirectory)
             }
             let users = try String.fetchAll(db, sql: "SELECT name FROM vm WHERE template_id = ? ORDER BY name", arguments: [id])
             if !users.isEmpty {
                 let list = users.prefix(5).joined(separator: ", ") + (users.count > 5 ? ", ..." : "")
-                throw StoreError("template \(name) is used by \(users.count) VM(s) (\(list)); remove them first", errno: .resourceBusy)
+                throw PVFSError(.store, "template \(name) is used by \(users.count) VM(s) (\(list)); remove them first", errno: .resourceBusy)
             }
             try Self.markDeleting(db, templateID: id)
             return id
@@ -196,7 +196,7 @@ extension Store {
     /// Unlinks a blob's file (already gone is fine).
     func unlinkBlob(_ hash: BlobHash) {
         do {
-            try blobsDirectory.unlink(at: BlobStore.relativePath(hash))
+            try blobsDirectory.unlink(at: StoreLayout.blobPath(hash))
         } catch where error == .noSuchFileOrDirectory {
         } catch {
             logger.warning("cannot remove blob \(hash): \(error)")
@@ -219,10 +219,10 @@ extension Store {
         var tokens: [String] = []
         do {
             for entry in try temporaryDirectory.rawDirectoryEntries() {
-                if let token = Self.ingestToken(lockName: entry.name) { tokens.append(token) }
+                if let token = StoreLayout.ingestToken(lockName: entry.name) { tokens.append(token) }
             }
         } catch {
-            throw StoreError("cannot list \(path)/tmp: \(error)", errno: error)
+            throw PVFSError(.store, "cannot list \(path)/\(StoreLayout.temporary): \(error)", errno: error)
         }
         // Unfinished templates whose ingest left no lock file behind (it was removed by hand).
         let orphans: [String] = try catalog.read { db in
@@ -233,7 +233,7 @@ extension Store {
         for token in tokens {
             let lock: LockFile?
             do {
-                lock = try LockFile.acquire(at: temporaryDirectory, Self.ingestLockName(token), exclusive: true, nonBlocking: true)
+                lock = try LockFile.acquire(at: temporaryDirectory, StoreLayout.ingestLock(token), exclusive: true, nonBlocking: true)
             } catch {
                 logger.warning("cannot check ingest \(token): \(error)")
                 continue
@@ -272,7 +272,7 @@ extension Store {
     }
 
     private static func isToken(_ token: String) -> Bool {
-        ingestToken(lockName: Array(ingestLockName(token).utf8)) == token
+        StoreLayout.ingestToken(lockName: Array(StoreLayout.ingestLock(token).utf8)) == token
     }
 
     private func countTemplates(token: String) throws -> Int {
@@ -285,7 +285,7 @@ extension Store {
     /// Returns false when the blobs lock could not be had: the template is then out of listings
     /// and the rest is left for later.
     func reclaimIngest(token: String, waitSeconds: Double) throws -> Bool {
-        let directory = try? FileDescriptor.open(at: temporaryDirectory, Self.ingestDirectoryName(token), [.directory, .readOnly, .noFollow])
+        let directory = try? FileDescriptor.open(at: temporaryDirectory, StoreLayout.ingestDirectory(token), [.directory, .readOnly, .noFollow])
         defer { directory?.closeQuietly() }
         if let directory { Self.removeStagedFiles(in: directory) }
 
@@ -298,8 +298,8 @@ extension Store {
         // Nothing published and no rows (a name clash, a failure during the scan): no blob can
         // need deleting, so no need to wait for the blobs lock.
         if templates.isEmpty && hashes.isEmpty {
-            try? removeTree(at: temporaryDirectory, Self.ingestDirectoryName(token))
-            _ = try? temporaryDirectory.unlink(at: Self.ingestLockName(token))
+            try? removeTree(at: temporaryDirectory, StoreLayout.ingestDirectory(token))
+            _ = try? temporaryDirectory.unlink(at: StoreLayout.ingestLock(token))
             return true
         }
         guard let blobsLock = try lockBlobsExclusive(waitSeconds: waitSeconds) else { return false }
@@ -324,8 +324,8 @@ extension Store {
                 for hash in doomed { unlinkBlob(hash) }
             }
         }
-        try? removeTree(at: temporaryDirectory, Self.ingestDirectoryName(token))
-        _ = try? temporaryDirectory.unlink(at: Self.ingestLockName(token))
+        try? removeTree(at: temporaryDirectory, StoreLayout.ingestDirectory(token))
+        _ = try? temporaryDirectory.unlink(at: StoreLayout.ingestLock(token))
         return true
     }
 

@@ -77,7 +77,7 @@ extension Store {
             }
         }
         guard let rootInode = inodes[1], rootInode.kind == .directory else {
-            throw StoreError("template \(name) has no root directory", errno: .ioError)
+            throw PVFSError(.store, "template \(name) has no root directory", errno: .ioError)
         }
 
         // 1. The namespace, depth first: directories (mode 0700 for now), empty regular files,
@@ -100,7 +100,7 @@ extension Store {
             let dir = stack[top].fd
             let path = stack[top].path.isEmpty ? entryName : stack[top].path + [UInt8(ascii: "/")] + entryName
             guard let inode = inodes[ino] else {
-                throw StoreError("template \(name): entry \(displayPath(path)) names inode \(ino), which is missing", errno: .ioError)
+                throw PVFSError(.store, "template \(name): entry \(displayPath(path)) names inode \(ino), which is missing", errno: .ioError)
             }
             do {
                 if let existing = firstPath[ino] {
@@ -128,7 +128,7 @@ extension Store {
                     try Self.applyAttributes(inode, xattrs: xattrs[ino] ?? [], in: dir, name: entryName)
                 }
             } catch {
-                throw StoreError("cannot create \(displayPath(path)) in \(destinationPath): \(error)", errno: error)
+                throw PVFSError(.store, "cannot create \(displayPath(path)) in \(destinationPath): \(error)", errno: error)
             }
         }
 
@@ -157,12 +157,12 @@ extension Store {
                         case .copyFileRange, .readWrite: copied.add(1, ordering: .relaxed)
                         }
                     } else if inode.size > 0 {
-                        throw StoreError("template \(name): \(displayPath(path)) has \(inode.size) bytes but no blob", errno: .ioError)
+                        throw PVFSError(.store, "template \(name): \(displayPath(path)) has \(inode.size) bytes but no blob", errno: .ioError)
                     }
                     try Self.applyAttributes(inode, xattrs: frozenXattrs[ino] ?? [], to: fd, path: path)
                     progress(inode.size)
                 } catch let error as Errno {
-                    failure.withLock { if $0 == nil { $0 = StoreError("cannot export \(displayPath(path)): \(error)", errno: error) } }
+                    failure.withLock { if $0 == nil { $0 = PVFSError(.store, "cannot export \(displayPath(path)): \(error)", errno: error) } }
                 } catch {
                     failure.withLock { if $0 == nil { $0 = error } }
                 }
@@ -179,7 +179,7 @@ extension Store {
                 defer { if !dirPath.isEmpty { fd.closeQuietly() } }
                 try Self.applyAttributes(inode, xattrs: xattrs[ino] ?? [], to: fd, path: dirPath)
             } catch {
-                throw StoreError("cannot set the attributes of \(displayPath(dirPath)): \(error)", errno: error)
+                throw PVFSError(.store, "cannot set the attributes of \(displayPath(dirPath)): \(error)", errno: error)
             }
         }
         let bytes = contentJobs.reduce(Int64(0)) { $0 + inodes[$1.ino]!.size }
@@ -194,22 +194,22 @@ extension Store {
             try FileDescriptor.currentDirectory.makeDirectory(at: path, mode: 0o700)
         } catch where error == .fileExists {
         } catch {
-            throw StoreError("cannot create \(path): \(error)", errno: error)
+            throw PVFSError(.store, "cannot create \(path): \(error)", errno: error)
         }
         let fd: FileDescriptor
         do {
             fd = try FileDescriptor.open(at: .currentDirectory, path, [.directory, .readOnly])
         } catch {
-            throw StoreError("cannot open \(path): \(error)", errno: error == .notDirectory ? .fileExists : error)
+            throw PVFSError(.store, "cannot open \(path): \(error)", errno: error == .notDirectory ? .fileExists : error)
         }
         do {
             if !(try fd.rawDirectoryEntries().isEmpty) {
                 fd.closeQuietly()
-                throw StoreError("\(path) is not empty; export needs a new or empty directory", errno: .fileExists)
+                throw PVFSError(.store, "\(path) is not empty; export needs a new or empty directory", errno: .fileExists)
             }
         } catch let error as Errno {
             fd.closeQuietly()
-            throw StoreError("cannot read \(path): \(error)", errno: error)
+            throw PVFSError(.store, "cannot read \(path): \(error)", errno: error)
         }
         return fd
     }

@@ -100,9 +100,9 @@ extension Store {
             rootStat = try root.stat()
         } catch {
             switch error {
-            case .noSuchFileOrDirectory: throw SourceTreeError("source directory \(path) does not exist", errno: error)
-            case .notDirectory: throw SourceTreeError("source \(path) is not a directory", errno: error)
-            default: throw SourceTreeError("cannot open source directory \(path): \(error)", errno: error)
+            case .noSuchFileOrDirectory: throw PVFSError(.sourceTree, "source directory \(path) does not exist", errno: error)
+            case .notDirectory: throw PVFSError(.sourceTree, "source \(path) is not a directory", errno: error)
+            default: throw PVFSError(.sourceTree, "cannot open source directory \(path): \(error)", errno: error)
             }
         }
         defer { root.closeQuietly() }
@@ -136,8 +136,8 @@ extension Store {
             return report
         } catch {
             abandon(area)
-            if cancellation?.isCancelled == true { throw StoreError("interrupted; nothing of template \(name) was kept", errno: .interrupted) }
-            if let error = error as? Errno { throw StoreError("cannot ingest \(path): \(error)", errno: error) }
+            if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted; nothing of template \(name) was kept", errno: .interrupted) }
+            if let error = error as? Errno { throw PVFSError(.store, "cannot ingest \(path): \(error)", errno: error) }
             throw error
         }
     }
@@ -154,7 +154,7 @@ extension Store {
         func attempt() throws -> Int64? {
             try catalog.write { db in
                 if let state = try String.fetchOne(db, sql: "SELECT state FROM template WHERE name = ?", arguments: [name]) {
-                    if state == "ready" { throw StoreError("a template named \(name) exists already", errno: .fileExists) }
+                    if state == "ready" { throw PVFSError(.store, "a template named \(name) exists already", errno: .fileExists) }
                     return nil
                 }
                 try db.execute(sql: """
@@ -167,7 +167,7 @@ extension Store {
         // Not ready: an ingest of that name runs, or one was killed and is not cleaned up yet.
         _ = try? cleanUpInterruptedIngests()
         if let id = try attempt() { return id }
-        throw StoreError("a template named \(name) is being created by another process", errno: .resourceBusy)
+        throw PVFSError(.store, "a template named \(name) is being created by another process", errno: .resourceBusy)
     }
 
     /// Marks the template ready, durably (the WAL is fsynced at this commit).
@@ -181,7 +181,7 @@ extension Store {
                     WHERE id = ? AND state = 'building'
                     """, arguments: [report.entries, report.logicalBytes, maxInode, id])
                 guard db.changesCount == 1 else {
-                    throw StoreError("template \(report.name) was removed while it was being created", errno: .ioError)
+                    throw PVFSError(.store, "template \(report.name) was removed while it was being created", errno: .ioError)
                 }
                 return .commit
             }
@@ -291,7 +291,7 @@ final class IngestRun: @unchecked Sendable {
     }
 
     private func checkCancelled() throws {
-        if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+        if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted", errno: .interrupted) }
     }
 
     /// Stages the files batch by batch on `options.jobs` threads while a committer thread
@@ -435,7 +435,7 @@ final class IngestRun: @unchecked Sendable {
             do {
                 connection = try takeLookupConnection()
             } catch {
-                fail(StoreError("cannot open the catalog of \(store.path): \(error)"))
+                fail(PVFSError(.store, "cannot open the catalog of \(store.path): \(error)"))
                 return
             }
             defer { returnLookupConnection(connection) }
@@ -467,13 +467,13 @@ final class IngestRun: @unchecked Sendable {
         } catch let error as Errno {
             switch error {
             case .noSpace, .diskQuotaExceeded:
-                throw StoreError("no space left in the store's filesystem (\(store.path)) while copying \(displayPath(job.path))", errno: error)
+                throw PVFSError(.store, "no space left in the store's filesystem (\(store.path)) while copying \(displayPath(job.path))", errno: error)
             default:
-                throw StoreError("cannot copy \(displayPath(job.path)) into the store: \(error)", errno: error)
+                throw PVFSError(.store, "cannot copy \(displayPath(job.path)) into the store: \(error)", errno: error)
             }
         }
         guard let (blob, _) = staged else {
-            throw SourceTreeError("\(displayPath(job.path)) changed while the tree was being ingested (the source must not change during ingest)")
+            throw PVFSError(.sourceTree, "\(displayPath(job.path)) changed while the tree was being ingested (the source must not change during ingest)")
         }
         do {
             try job.checkUnchanged(try fd.stat())

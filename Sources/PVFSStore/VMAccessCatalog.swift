@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import PVFSSystem
 
 /// A VM's access settings as stored in the catalog.
 public struct VMAccessSettings: Codable, Sendable, Equatable {
@@ -51,7 +52,7 @@ extension Store {
             guard let row = try Row.fetchOne(db, sql: """
                 SELECT read_only, id_mapping, anon_uid, anon_gid, shift_base, shift_count FROM vm WHERE name = ? AND state = 'ready'
                 """, arguments: [name]) else {
-                throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory)
             }
             return VMAccessSettings(readOnly: (row[0] as Int64) != 0, idMapping: row[1],
                                     anonymousUID: UInt32(truncatingIfNeeded: row[2] as Int64),
@@ -63,11 +64,11 @@ extension Store {
 
     public func setAccessSettings(vm name: String, _ settings: VMAccessSettings) throws {
         guard VMAccessSettings.mappings.contains(settings.idMapping) else {
-            throw StoreError("unknown id mapping \(settings.idMapping) (use \(VMAccessSettings.mappings.joined(separator: ", ")))", errno: .invalidArgument)
+            throw PVFSError(.store, "unknown id mapping \(settings.idMapping) (use \(VMAccessSettings.mappings.joined(separator: ", ")))", errno: .invalidArgument)
         }
         if settings.idMapping == "shift" {
             guard settings.shiftCount > 0, UInt64(settings.shiftBase) + UInt64(settings.shiftCount) <= UInt64(UInt32.max) else {
-                throw StoreError("the shifted range \(settings.shiftBase)+\(settings.shiftCount) does not fit in 32-bit ids", errno: .invalidArgument)
+                throw PVFSError(.store, "the shifted range \(settings.shiftBase)+\(settings.shiftCount) does not fit in 32-bit ids", errno: .invalidArgument)
             }
         }
         try catalog.write { db in
@@ -76,7 +77,7 @@ extension Store {
                 WHERE name = ? AND state = 'ready'
                 """, arguments: [settings.readOnly ? 1 : 0, settings.idMapping, Int64(settings.anonymousUID), Int64(settings.anonymousGID),
                                  Int64(settings.shiftBase), Int64(settings.shiftCount), name])
-            if db.changesCount == 0 { throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory) }
+            if db.changesCount == 0 { throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory) }
         }
     }
 
@@ -93,21 +94,21 @@ extension Store {
 
     public func addBinding(_ binding: VMBinding) throws {
         guard VMBinding.kinds.contains(binding.kind) else {
-            throw StoreError("unknown binding kind \(binding.kind)", errno: .invalidArgument)
+            throw PVFSError(.store, "unknown binding kind \(binding.kind)", errno: .invalidArgument)
         }
         guard ["rw", "ro"].contains(binding.access), VMBinding.squashModes.contains(binding.squash) else {
-            throw StoreError("invalid binding access or squash", errno: .invalidArgument)
+            throw PVFSError(.store, "invalid binding access or squash", errno: .invalidArgument)
         }
         try catalog.write { db in
             guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM vm WHERE name = ? AND state = 'ready'", arguments: [binding.vm]) else {
-                throw StoreError("no VM named \(binding.vm)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no VM named \(binding.vm)", errno: .noSuchFileOrDirectory)
             }
             if binding.kind == "xen-domid" || binding.kind == "xen-name" {
                 // One Xen domain reaches one VM: a second claim would make attach ambiguous.
                 if let other = try String.fetchOne(db, sql: """
                     SELECT vm.name FROM vm_binding b JOIN vm ON vm.id = b.vm_id WHERE b.kind = ? AND b.value = ? AND b.vm_id != ?
                     """, arguments: [binding.kind, binding.value, id]) {
-                    throw StoreError("\(binding.kind) \(binding.value) is bound to VM \(other) already", errno: .fileExists)
+                    throw PVFSError(.store, "\(binding.kind) \(binding.value) is bound to VM \(other) already", errno: .fileExists)
                 }
             }
             try db.execute(sql: "INSERT OR REPLACE INTO vm_binding (vm_id, kind, value, access, squash) VALUES (?, ?, ?, ?, ?)",
@@ -120,7 +121,7 @@ extension Store {
             try db.execute(sql: """
                 DELETE FROM vm_binding WHERE kind = ? AND value = ? AND vm_id = (SELECT id FROM vm WHERE name = ? AND state = 'ready')
                 """, arguments: [kind, value, name])
-            if db.changesCount == 0 { throw StoreError("VM \(name) has no binding \(kind) \(value)", errno: .noSuchFileOrDirectory) }
+            if db.changesCount == 0 { throw PVFSError(.store, "VM \(name) has no binding \(kind) \(value)", errno: .noSuchFileOrDirectory) }
         }
     }
 }

@@ -18,12 +18,12 @@ public struct VMRecord: Codable, Sendable, Equatable {
 }
 
 extension Store {
-    private static let vmColumns = """
+    static let vmColumns = """
         vm.id, vm.name, template.name, vm.template_id, vm.state, vm.created_ns, vm.quota_bytes, vm.quota_inodes,
         vm.used_bytes, vm.used_inodes
         """
 
-    private static func vmRecord(_ row: Row) -> VMRecord {
+    static func vmRecord(_ row: Row) -> VMRecord {
         VMRecord(id: row[0], name: row[1], template: row[2], templateID: row[3], state: row[4], createdNanoseconds: row[5],
                  quotaBytes: row[6], quotaInodes: row[7], usedBytes: row[8], usedInodes: row[9])
     }
@@ -32,8 +32,8 @@ extension Store {
     public static func validateName(_ name: String, what: String) throws {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
         guard !name.isEmpty, name.count <= 64, name.allSatisfy(allowed.contains), name.first != ".", name.first != "-" else {
-            throw StoreError("invalid \(what) name '\(name)': use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'",
-                             errno: .invalidArgument)
+            throw PVFSError(.store, "invalid \(what) name '\(name)': use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'",
+                                    errno: .invalidArgument)
         }
     }
 
@@ -43,10 +43,10 @@ extension Store {
         try Self.validateName(name, what: "VM")
         let id: Int64 = try catalog.write { db in
             guard let templateRow = try Row.fetchOne(db, sql: "SELECT id, max_inode FROM template WHERE name = ? AND state = 'ready'", arguments: [template]) else {
-                throw StoreError("no template named \(template)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no template named \(template)", errno: .noSuchFileOrDirectory)
             }
             if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ?)", arguments: [name]) == true {
-                throw StoreError("a VM named \(name) exists already", errno: .fileExists)
+                throw PVFSError(.store, "a VM named \(name) exists already", errno: .fileExists)
             }
             try db.execute(sql: """
                 INSERT INTO vm (name, template_id, state, created_ns, next_inode, quota_bytes, quota_inodes)
@@ -55,15 +55,10 @@ extension Store {
             return db.lastInsertedRowID
         }
         do {
-            let dir = String(id)
-            try vmsDirectory.makeDirectory(at: dir, mode: 0o700)
-            let fd = try FileDescriptor.open(at: vmsDirectory, dir, [.directory, .readOnly, .noFollow])
-            defer { fd.closeQuietly() }
-            try fd.makeDirectory(at: "data", mode: 0o700)
-            try fd.makeDirectory(at: "tmp", mode: 0o700)
+            try VMArea.create(in: self, vmID: id)
         } catch {
             try? catalog.write { db in try db.execute(sql: "DELETE FROM vm WHERE id = ?", arguments: [id]) }
-            throw StoreError("cannot create the private area of VM \(name): \(error)", errno: error)
+            throw PVFSError(.store, "cannot create the private area of VM \(name): \(error)", errno: error)
         }
         return try catalog.write { db in
             try db.execute(sql: "UPDATE vm SET state = 'ready' WHERE id = ?", arguments: [id])
@@ -86,43 +81,48 @@ extension Store {
     }
 
     public func requireVM(named name: String) throws -> VMRecord {
-        guard let vm = try vm(named: name) else { throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory) }
+        guard let vm = try vm(named: name) else { throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory) }
         return vm
     }
 
     /// Whether a process holds the VM (serves or mounts it).
     public func isVMInUse(_ vm: VMRecord) -> Bool {
-        guard let dir = try? FileDescriptor.open(at: vmsDirectory, String(vm.id), [.directory, .readOnly, .noFollow]) else { return false }
-        defer { dir.closeQuietly() }
-        guard let lock = try? LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true) else { return true }
-        _ = lock
+        let area: VMArea?
+        do {
+            area = try VMArea.openIfFree(in: self, vmID: vm.id)
+        } catch {
+            return false  // no private area: nobody can hold it
+        }
+        guard let area else { return true }
+        area.close()
         return false
     }
 
     /// Removes a VM and its private data. Refused while a process holds it.
     public func removeVM(named name: String) throws {
         let vm = try requireVM(named: name)
-        let dirName = String(vm.id)
-        let dir = try? FileDescriptor.open(at: vmsDirectory, dirName, [.directory, .readOnly, .noFollow])
-        var lock: LockFile?
-        if let dir {
-            lock = try LockFile.acquire(at: dir, "lock", exclusive: true, nonBlocking: true)
-            if lock == nil {
-                dir.closeQuietly()
-                throw StoreError("VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
-            }
+        // Without a private area there is nothing to hold; with one, its lock keeps the VM from
+        // being opened until the catalog says it is going away.
+        let area: VMArea?
+        do {
+            area = try VMArea.openIfFree(in: self, vmID: vm.id)
+        } catch {
+            logger.debug("VM \(name) has no private area to lock: \(error)")
+            area = nil
+        }
+        if area == nil, (try? VMArea.openUnlocked(in: self, vmID: vm.id)) != nil {
+            throw PVFSError(.store, "VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
         }
         try catalog.write { db in
             try db.execute(sql: "UPDATE vm SET state = 'deleting', name = name || '.deleting.' || id WHERE id = ?", arguments: [vm.id])
         }
-        withExtendedLifetime(lock) {}
-        dir?.closeQuietly()
+        area?.close()
         try finishVMRemoval(id: vm.id)
     }
 
     /// Second half of removal, also run by cleanup after a crash: data first, then the rows.
     func finishVMRemoval(id: Int64) throws {
-        try removeTree(at: vmsDirectory, String(id))
+        try removeTree(at: vmsDirectory, StoreLayout.vmDirectory(id))
         try catalog.write { db in
             try db.execute(sql: "DELETE FROM vm_xattr WHERE vm_id = ?", arguments: [id])
             try db.execute(sql: "DELETE FROM vm_dirent WHERE vm_id = ?", arguments: [id])
@@ -135,10 +135,10 @@ extension Store {
         try Self.validateName(newName, what: "VM")
         try catalog.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ? AND state = 'ready')", arguments: [name]) == true else {
-                throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory)
             }
             if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vm WHERE name = ?)", arguments: [newName]) == true {
-                throw StoreError("a VM named \(newName) exists already", errno: .fileExists)
+                throw PVFSError(.store, "a VM named \(newName) exists already", errno: .fileExists)
             }
             try db.execute(sql: "UPDATE vm SET name = ? WHERE name = ?", arguments: [newName, name])
         }
@@ -147,7 +147,7 @@ extension Store {
     public func setQuota(vm name: String, bytes: Int64??, inodes: Int64??) throws {
         try catalog.write { db in
             guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM vm WHERE name = ? AND state = 'ready'", arguments: [name]) else {
-                throw StoreError("no VM named \(name)", errno: .noSuchFileOrDirectory)
+                throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory)
             }
             if let bytes { try db.execute(sql: "UPDATE vm SET quota_bytes = ? WHERE id = ?", arguments: [bytes, id]) }
             if let inodes { try db.execute(sql: "UPDATE vm SET quota_inodes = ? WHERE id = ?", arguments: [inodes, id]) }

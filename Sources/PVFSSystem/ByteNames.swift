@@ -144,12 +144,6 @@ extension FileDescriptor {
         return entries
     }
 
-    /// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback of the whole file without
-    /// waiting, so that a later fsync or syncfs finds less to do.
-    public func startWriteback() {
-        _ = cpvfs_sync_file_range(rawValue, 0, 0, CPVFS_SYNC_FILE_RANGE_WRITE)
-    }
-
     /// posix_fadvise(POSIX_FADV_SEQUENTIAL) over the whole file; advice only, errors ignored.
     public func adviseSequential() {
         _ = cpvfs_fadvise(rawValue, 0, 0, CPVFS_FADV_SEQUENTIAL)

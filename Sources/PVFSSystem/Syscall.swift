@@ -17,15 +17,6 @@ public func retryingSyscall<T: FixedWidthInteger>(_ body: () -> T) throws(Errno)
     }
 }
 
-/// Like `retryingSyscall` but for calls that must not be retried (close).
-@inline(never)
-@discardableResult
-public func onceSyscall<T: FixedWidthInteger>(_ body: () -> T) throws(Errno) -> T {
-    let result = body()
-    if result == -1 { throw Errno(rawValue: Glibc.errno) }
-    return result
-}
-
 extension Errno {
     /// The errno a foreign error stands for when it must cross a protocol boundary.
     public static func of(_ error: any Error) -> Errno {

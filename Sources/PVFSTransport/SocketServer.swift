@@ -104,7 +104,7 @@ public final class SocketServer: @unchecked Sendable {
         condition.lock()
         guard state == .idle else {
             condition.unlock()
-            throw TransportError("the server was already started", errno: .invalidArgument)
+            throw PVFSError(.transport, "the server was already started", errno: .invalidArgument)
         }
         condition.unlock()
         var bound: [Listener] = []
@@ -131,7 +131,7 @@ public final class SocketServer: @unchecked Sendable {
             wake = try FileDescriptor.makeEventFD().rawValue
         } catch {
             Self.close(bound)
-            throw TransportError("eventfd: \(error)", errno: error)
+            throw PVFSError(.transport, "eventfd: \(error)", errno: error)
         }
         condition.lock()
         listeners = bound

@@ -2,19 +2,6 @@ import Glibc
 import PVFSSystem
 import SystemPackage
 
-/// Why a listener could not be set up, with the errno behind it when there is one.
-public struct TransportError: Error, CustomStringConvertible, ErrnoConvertible {
-    public var message: String
-    public var errno: Errno
-
-    public init(_ message: String, errno: Errno = .ioError) {
-        self.message = message
-        self.errno = errno
-    }
-
-    public var description: String { message }
-}
-
 /// The few socket calls the transport needs, with errors as `Errno`. Every descriptor is
 /// created close-on-exec.
 enum Sockets {
@@ -33,7 +20,7 @@ enum Sockets {
         let rc = getaddrinfo(host == "*" ? nil : host, String(port), &hints, &result)
         guard rc == 0, let first = result else {
             let reason = gai_strerror(rc).map { String(validatingCString: $0) ?? "" } ?? ""
-            throw TransportError("cannot resolve \(host): \(reason)", errno: .invalidArgument)
+            throw PVFSError(.transport, "cannot resolve \(host): \(reason)", errno: .invalidArgument)
         }
         defer { freeaddrinfo(result) }
         var lastError = Errno.addressNotAvailable
@@ -52,7 +39,7 @@ enum Sockets {
             let bound = localAddress(fd) ?? (host, port)
             return (fd, .tcp(host: host == "*" ? "*" : bound.host, port: bound.port))
         }
-        throw TransportError("cannot listen on tcp:\(host):\(port): \(lastError)", errno: lastError)
+        throw PVFSError(.transport, "cannot listen on tcp:\(host):\(port): \(lastError)", errno: lastError)
     }
 
     /// The identity of a socket file, so that only the one we made is removed.
@@ -75,7 +62,7 @@ enum Sockets {
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
         let pathBytes = Array(path.utf8)
         guard pathBytes.count < capacity else {
-            throw TransportError("socket path \(path) is longer than \(capacity - 1) bytes", errno: .fileNameTooLong)
+            throw PVFSError(.transport, "socket path \(path) is longer than \(capacity - 1) bytes", errno: .fileNameTooLong)
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: pathBytes)
@@ -84,28 +71,28 @@ enum Sockets {
         var st = stat()
         if lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else {
-                throw TransportError("\(path) exists and is not a socket", errno: .fileExists)
+                throw PVFSError(.transport, "\(path) exists and is not a socket", errno: .fileExists)
             }
             if isLive(&address) {
-                throw TransportError("another server listens on \(path)", errno: .addressInUse)
+                throw PVFSError(.transport, "another server listens on \(path)", errno: .addressInUse)
             }
             unlink(path)
         }
         let fd = socket(AF_UNIX, streamType | closeOnExec, 0)
-        guard fd >= 0 else { throw TransportError("socket(AF_UNIX): \(Errno(rawValue: errno))", errno: Errno(rawValue: errno)) }
+        guard fd >= 0 else { throw PVFSError(.transport, "socket(AF_UNIX): \(Errno(rawValue: errno))", errno: Errno(rawValue: errno)) }
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard bound == 0 else {
             let error = Errno(rawValue: errno)
             Glibc.close(fd)
-            throw TransportError("cannot bind unix:\(path): \(error)", errno: error)
+            throw PVFSError(.transport, "cannot bind unix:\(path): \(error)", errno: error)
         }
         guard chmod(path, mode_t(mode)) == 0, listen(fd, backlog) == 0 else {
             let error = Errno(rawValue: errno)
             Glibc.close(fd)
             unlink(path)
-            throw TransportError("cannot listen on unix:\(path): \(error)", errno: error)
+            throw PVFSError(.transport, "cannot listen on unix:\(path): \(error)", errno: error)
         }
         return (fd, fileIdentity(path))
     }

@@ -49,7 +49,7 @@ final class NinePFixture {
 
     func publishBlob(_ bytes: [UInt8]) throws -> Int64 {
         let hash = SHA256Hasher.hash(bytes)
-        let rel = BlobStore.relativePath(hash)
+        let rel = StoreLayout.blobPath(hash)
         let shard = String(rel.prefix(2))
         _ = try? store.blobsDirectory.makeDirectory(at: shard)
         let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)

@@ -97,12 +97,3 @@ private func cpioListing(_ archive: Data) throws -> [String]? {
         #expect(listing.contains("etc/pvfs-boot/boot.conf"))
     }
 }
-
-/// Lets scripts drive the command before it is wired into an executable:
-/// PVFS_BOOT_FILES_ARGS='["vm", "--output", "/dir", ...]' swift test --filter bootFilesFromEnvironment
-@Test func bootFilesFromEnvironment() throws {
-    guard let json = ProcessInfo.processInfo.environment["PVFS_BOOT_FILES_ARGS"] else { return }
-    let args = try JSONDecoder().decode([String].self, from: Data(json.utf8))
-    let cmd = try BootFilesCommand.parse(args)
-    try cmd.run()
-}

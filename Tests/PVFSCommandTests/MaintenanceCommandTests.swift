@@ -99,7 +99,7 @@ struct MaintenanceCommandTests {
         #expect((fsck["skipped"] as? [String])?.isEmpty == true)
         // An orphaned private file of the served VM is removed by the daemon on --repair.
         let vmID = try Store(path: store, create: false).requireVM(named: "a").id
-        let path = "\(store)/vms/\(vmID)/" + Volume.privateDataPath(7777)
+        let path = "\(store)/" + StoreLayout.privateFilePath(vm: vmID, inode: 7777)
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try write(path, [1, 2, 3])
         #expect(try runTool("pvfs", ["fsck", "--store", store]).status == 5)

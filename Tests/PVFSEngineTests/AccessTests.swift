@@ -115,7 +115,8 @@ struct AccessTests {
         #expect(try rules.resolve(aname: "web1", identity: .tcp(address: "10.1.2.3", listener: "main")).vm == "web1")
         #expect(throws: Errno.noSuchFileOrDirectory) { _ = try rules.resolve(aname: "web1", identity: .tcp(address: "11.1.2.3", listener: "main")) }
         #expect(throws: Errno.noSuchFileOrDirectory) { _ = try rules.resolve(aname: "../web1", identity: .xen(domid: 5, name: nil)) }
-        #expect(throws: StoreError.self) { try f.store.addBinding(VMBinding(vm: "web2", kind: "xen-domid", value: "5")) }
+        let taken = #expect(throws: PVFSError.self) { try f.store.addBinding(VMBinding(vm: "web2", kind: "xen-domid", value: "5")) }
+        #expect(taken?.domain == .store)
     }
 
     @Test func crashRecoveryRemovesOrphans() throws {

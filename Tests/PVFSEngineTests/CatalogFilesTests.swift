@@ -145,13 +145,13 @@ struct CatalogFilesTests {
     @Test func noCodeOpensTheCatalogsFiles() throws {
         let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().path
-        let definitions = ["static let catalogFileName = \"catalog.db\"", "static let catalogFileNames = ", "static func catalogPath(inStore", "var catalogPath: String"]
+        let definitions = ["static let catalog = \"catalog.db\"", "static let catalogFiles = ", "static func catalogPath(inStore", "var catalogPath: String"]
         let allowedUses = [
             "DatabasePool(path:", "DatabaseQueue(path:",  // SQLite opens it
             ".stat(at:", "fileExists(atPath:",  // metadata, no descriptor
             "subject:", "CommandFailure(",  // its name in a message
         ]
-        let names = ["catalogFileName", "catalogFileNames", "catalogPath"]
+        let names = ["StoreLayout.catalog", "catalogPath"]
         let literals = ["catalog.db", "\"-wal\"", "\"-shm\"", "-wal\"", "-shm\""]
         var offending: [String] = []
         var scanned = 0

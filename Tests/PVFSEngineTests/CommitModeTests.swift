@@ -80,4 +80,42 @@ struct CommitModeTests {
         #expect(try v.resolve("f").size == 5000)
         try v.volume.close()
     }
+
+    /// A catalog whose filesystem is full refuses operations with ENOSPC (not EIO), in both
+    /// modes, and the view keeps what the catalog has.
+    @Test(arguments: [Volume.CommitMode.beforeReply, .grouped])
+    func aFullCatalogGivesENOSPC(mode: Volume.CommitMode) throws {
+        let f = try EngineFixture()
+        _ = try f.provision("a")
+        let v = try f.view("a")
+        v.volume.commitMode = mode
+        _ = try v.createFile("", "before", "x")
+        try v.volume.commitPendingChanges()
+        try f.store.catalog.writeWithoutTransaction { db in
+            let pages = try Int.fetchOne(db, sql: "PRAGMA page_count") ?? 0
+            try db.execute(sql: "PRAGMA max_page_count = \(pages)")
+        }
+        var refused: Errno?
+        for n in 0..<2000 where refused == nil {
+            do {
+                _ = try v.makeDirectory(rootInode, Array("d\(n)-\(String(repeating: "x", count: 200))".utf8), mode: 0o755, as: .root)
+            } catch {
+                refused = error
+            }
+        }
+        if refused == nil {
+            do { try v.volume.commitPendingChanges() } catch { refused = Errno.of(error) }
+        }
+        #expect(refused == .noSpace)
+        try f.store.catalog.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA max_page_count = 1073741823") }
+        // With room again, the queued changes go in. In grouped mode the first flush may still
+        // report an attempt the writer began before the room came back; the next one starts after.
+        var flushed = false
+        for _ in 0..<3 where !flushed {
+            flushed = (try? v.volume.commitPendingChanges()) != nil
+        }
+        #expect(flushed)
+        try v.volume.close()
+        #expect(try f.view("a").readAll("before") == "x")
+    }
 }

@@ -206,7 +206,7 @@ struct JanitorTests {
     func orphanBlob(_ store: Store, _ content: [UInt8]) throws -> BlobHash {
         let hash = SHA256Hasher.hash(content)
         _ = try? store.blobsDirectory.makeDirectory(at: String(hash.hex.prefix(2)), mode: 0o755)
-        let fd = try FileDescriptor.open(at: store.blobsDirectory, BlobStore.relativePath(hash), [.writeOnly, .create], mode: 0o444)
+        let fd = try FileDescriptor.open(at: store.blobsDirectory, StoreLayout.blobPath(hash), [.writeOnly, .create], mode: 0o444)
         try fd.writeAll(content, at: 0)
         fd.closeQuietly()
         return hash

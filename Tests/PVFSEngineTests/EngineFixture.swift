@@ -36,7 +36,7 @@ final class EngineFixture {
     func publishBlob(_ content: String) throws -> Int64 {
         let bytes = Array(content.utf8)
         let hash = SHA256Hasher.hash(bytes)
-        let rel = BlobStore.relativePath(hash)
+        let rel = StoreLayout.blobPath(hash)
         let shard = String(rel.prefix(2))
         _ = try? store.blobsDirectory.makeDirectory(at: shard)
         let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)

@@ -9,9 +9,9 @@ import Testing
 
 /// Creates an empty file at a VM's private data path of `ino` (its shard directory too).
 func plantPrivateFile(_ store: Store, vmID: Int64, ino: UInt64) throws {
-    let path = "\(vmID)/" + Volume.privateDataPath(ino)
-    _ = try? store.vmsDirectory.makeDirectory(at: String(path.dropLast(String(ino).count + 1)), mode: 0o700)
-    let fd = try FileDescriptor.open(at: store.vmsDirectory, path, [.writeOnly, .create], mode: 0o600)
+    let path = StoreLayout.privateFilePath(vm: vmID, inode: ino)
+    _ = try? store.root.makeDirectory(at: String(path.dropLast(String(ino).count + 1)), mode: 0o700)
+    let fd = try FileDescriptor.open(at: store.root, path, [.writeOnly, .create], mode: 0o600)
     fd.closeQuietly()
 }
 
@@ -55,7 +55,7 @@ struct FsckTests {
     @Test func missingBlobIsDataLossWithItsUsers() throws {
         let (f, _) = try populated()
         let hash = SHA256Hasher.hash(Array("deep\n".utf8))
-        try f.store.blobsDirectory.unlink(at: BlobStore.relativePath(hash))
+        try f.store.blobsDirectory.unlink(at: StoreLayout.blobPath(hash))
         let report = try runFsck(f.store, repair: true)
         let lost = try #require(report.findings.first { $0.kind == "blob-missing" })
         #expect(lost.status == .unrepairable)
@@ -66,7 +66,7 @@ struct FsckTests {
     @Test func corruptBlobIsFoundByHashNotByQuickCheck() throws {
         let (f, _) = try populated()
         let hash = SHA256Hasher.hash(Array("shared\n".utf8))
-        let path = BlobStore.relativePath(hash)
+        let path = StoreLayout.blobPath(hash)
         try f.store.blobsDirectory.changeMode(at: path, 0o644)
         let fd = try FileDescriptor.open(at: f.store.blobsDirectory, path, [.writeOnly])
         try fd.writeAll(Array("SHARED\n".utf8), at: 0)
@@ -82,7 +82,7 @@ struct FsckTests {
         let content = Array("no row".utf8)
         let hash = SHA256Hasher.hash(content)
         _ = try? f.store.blobsDirectory.makeDirectory(at: String(hash.hex.prefix(2)), mode: 0o755)
-        let fd = try FileDescriptor.open(at: f.store.blobsDirectory, BlobStore.relativePath(hash), [.writeOnly, .create], mode: 0o444)
+        let fd = try FileDescriptor.open(at: f.store.blobsDirectory, StoreLayout.blobPath(hash), [.writeOnly, .create], mode: 0o444)
         fd.closeQuietly()
         let found = try runFsck(f.store)
         #expect(found.findings.map(\.kind) == ["blob-orphan"] && found.findings[0].status == .found)
@@ -115,7 +115,7 @@ struct FsckTests {
                            arguments: [vm.id, Array("dangling".utf8).databaseBlob])
             try db.execute(sql: "UPDATE vm SET used_bytes = used_bytes + 12345 WHERE id = ?", arguments: [vm.id])
         }
-        try f.store.vmsDirectory.unlink(at: "\(vm.id)/" + Volume.privateDataPath(UInt64(own)))
+        try f.store.root.unlink(at: StoreLayout.privateFilePath(vm: vm.id, inode: UInt64(own)))
         let found = try runFsck(f.store)
         #expect(Set(found.findings.map(\.kind)) == ["private-file-orphan", "dirent-dangling", "private-file-missing", "usage-drift"])
         let repaired = try runFsck(f.store, repair: true)
@@ -136,7 +136,7 @@ struct FsckTests {
             try db.execute(sql: "INSERT INTO template (name, state, created_ns) VALUES ('gone.deleting.9', 'deleting', 0)")
             try db.execute(sql: "INSERT INTO vm (name, template_id, state, created_ns, next_inode) VALUES ('half', 1, 'provisioning', 0, 11)")
         }
-        try f.store.vmsDirectory.makeDirectory(at: "999", mode: 0o700)
+        try f.store.root.makeDirectory(at: StoreLayout.vmPath(999), mode: 0o700)
         let found = try runFsck(f.store)
         #expect(Set(found.findings.map(\.kind)) == ["vm-unclean-shutdown", "template-removal-interrupted", "vm-provisioning-interrupted",
                                                     "vm-directory-orphan"])
@@ -149,7 +149,7 @@ struct FsckTests {
     @Test func sizesOfWrittenFilesAreRecoveredAfterACrash() throws {
         let (f, vm) = try populated()
         let ino = try f.view("a").resolve("own").inode
-        let path = f.store.path + "/vms/\(vm.id)/" + Volume.privateDataPath(ino)
+        let path = f.store.path + "/" + StoreLayout.privateFilePath(vm: vm.id, inode: ino)
         let host = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.append])
         _ = try host.writeAll(pseudoRandom(3000, seed: 9))
         try host.close()

@@ -21,7 +21,7 @@ import Testing
         #expect(BlobHash(hex: "zz") == nil)
         #expect(BlobHash(hex: String(repeating: "g", count: 64)) == nil)
         #expect(BlobHash(hex: hash.hex.uppercased()) == nil)  // names are lower case
-        #expect(BlobStore.relativePath(hash) == String(hash.hex.prefix(2)) + "/" + hash.hex)
+        #expect(StoreLayout.blobPath(hash) == String(hash.hex.prefix(2)) + "/" + hash.hex)
         let other = SHA256Hasher.hash(Array("pvfs2".utf8))
         #expect((hash < other) == (hash.hex < other.hex))
     }
@@ -119,7 +119,7 @@ import Testing
         let (ids, stats) = try publish(store, [content], template: "a")
         #expect(stats.newBlobs == 1 && stats.newBytes == Int64(content.count) && stats.reused == 0)
         let hash = SHA256Hasher.hash(content)
-        let st = try store.blobsDirectory.stat(at: BlobStore.relativePath(hash))
+        let st = try store.blobsDirectory.stat(at: StoreLayout.blobPath(hash))
         #expect(st.permissions == 0o444)
         #expect(st.size == Int64(content.count))
         let fd = try store.blobs.open(hash)
@@ -154,7 +154,7 @@ import Testing
         let hash = SHA256Hasher.hash(content)
         // A complete blob file without a catalog row, as a crash between rename and commit leaves.
         try? store.blobsDirectory.makeDirectory(at: String(hash.hex.prefix(2)))
-        let fd = try FileDescriptor.open(at: store.blobsDirectory, BlobStore.relativePath(hash), [.writeOnly, .create], mode: 0o444)
+        let fd = try FileDescriptor.open(at: store.blobsDirectory, StoreLayout.blobPath(hash), [.writeOnly, .create], mode: 0o444)
         try fd.writeAll(content, at: 0)
         fd.closeQuietly()
         let (ids, stats) = try publish(store, [content], template: "t")

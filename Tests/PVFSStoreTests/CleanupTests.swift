@@ -43,7 +43,7 @@ import Testing
         try area.journal([next.hash])
         let shard = ShardDirectories(blobs: store.blobsDirectory)
         _ = try shard.ensure(UInt8(truncatingIfNeeded: next.hash.words.0 >> 56))
-        #expect(try area.publish(next.file!, to: store.blobsDirectory, Array(BlobStore.relativePath(next.hash).utf8)))
+        #expect(try area.publish(next.file!, to: store.blobsDirectory, Array(StoreLayout.blobPath(next.hash).utf8)))
         // And files still staged, named and unnamed.
         _ = try area.stage(bytes: Array("staged only".utf8))
         let unnamed = try area.createStagedFile()

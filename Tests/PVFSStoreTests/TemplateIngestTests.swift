@@ -146,10 +146,12 @@ import Testing
         try writeFile(dir.sub("src/x"), [1, 2, 3])
         let store = try Store(path: dir.sub("store"))
         _ = try store.createTemplate(name: "t", fromDirectory: dir.sub("src"))
-        let error = #expect(throws: StoreError.self) { try store.createTemplate(name: "t", fromDirectory: dir.sub("src")) }
-        #expect(error?.errno == .fileExists)
-        #expect(throws: StoreError.self) { try store.createTemplate(name: "../bad", fromDirectory: dir.sub("src")) }
-        let missing = #expect(throws: SourceTreeError.self) { try store.createTemplate(name: "u", fromDirectory: dir.sub("nope")) }
+        let error = #expect(throws: PVFSError.self) { try store.createTemplate(name: "t", fromDirectory: dir.sub("src")) }
+        #expect(error?.domain == .store && error?.errno == .fileExists)
+        let invalid = #expect(throws: PVFSError.self) { try store.createTemplate(name: "../bad", fromDirectory: dir.sub("src")) }
+        #expect(invalid?.domain == .store)
+        let missing = #expect(throws: PVFSError.self) { try store.createTemplate(name: "u", fromDirectory: dir.sub("nope")) }
+        #expect(missing?.domain == .sourceTree)
         #expect(missing?.message.contains("does not exist") == true)
         #expect(try store.listTemplates().map(\.name) == ["t"])
         #expect(try store.temporaryEntries() == [])
@@ -162,14 +164,15 @@ import Testing
         let store = try Store(path: dir.sub("store"))
         _ = try store.createTemplate(name: "base", fromDirectory: dir.sub("src"))
         _ = try store.provisionVM(name: "vm1", template: "base")
-        let error = #expect(throws: StoreError.self) { try store.removeTemplate(named: "base") }
-        #expect(error?.errno == .resourceBusy)
+        let error = #expect(throws: PVFSError.self) { try store.removeTemplate(named: "base") }
+        #expect(error?.domain == .store && error?.errno == .resourceBusy)
         #expect(error?.message.contains("vm1") == true)
         #expect(try store.templateUsage(try store.requireTemplate(named: "base")).vms == ["vm1"])
         try store.removeVM(named: "vm1")
         _ = try store.removeTemplate(named: "base")
         #expect(try store.listTemplates().isEmpty)
-        #expect(throws: StoreError.self) { try store.removeTemplate(named: "base") }
+        let gone = #expect(throws: PVFSError.self) { try store.removeTemplate(named: "base") }
+        #expect(gone?.domain == .store)
     }
 
     @Test func vanishedSourceFileFailsCleanly() throws {
@@ -180,7 +183,8 @@ import Testing
         let store = try Store(path: dir.sub("store"))
         // Between the scan and the copy, a file disappears.
         let progress = IngestProgress(scanned: { _, _, _ in unlink(src + "/f7") })
-        let error = #expect(throws: SourceTreeError.self) { try store.createTemplate(name: "t", fromDirectory: src, progress: progress) }
+        let error = #expect(throws: PVFSError.self) { try store.createTemplate(name: "t", fromDirectory: src, progress: progress) }
+        #expect(error?.domain == .sourceTree)
         #expect(error?.message.contains("/f7 vanished") == true)
         try expectNoTrace(store)
     }
@@ -196,7 +200,8 @@ import Testing
             _ = write(fd, "more", 4)
             close(fd)
         })
-        let error = #expect(throws: SourceTreeError.self) { try store.createTemplate(name: "t", fromDirectory: src, progress: progress) }
+        let error = #expect(throws: PVFSError.self) { try store.createTemplate(name: "t", fromDirectory: src, progress: progress) }
+        #expect(error?.domain == .sourceTree)
         #expect(error?.message.contains("/f3 changed") == true)
         try expectNoTrace(store)
     }
@@ -213,9 +218,10 @@ import Testing
         options.jobs = 1
         let staged = SharedCounter(0)
         let progress = IngestProgress(staged: { _ in if staged.increment() == 100 { cancellation.cancel() } })
-        #expect(throws: StoreError.self) {
+        let error = #expect(throws: PVFSError.self) {
             try store.createTemplate(name: "t", fromDirectory: src, options: options, progress: progress, cancellation: cancellation)
         }
+        #expect(error?.domain == .store && error?.errno == .interrupted)
         try expectNoTrace(store)
     }
 
@@ -231,8 +237,8 @@ import Testing
         let store = try Store(path: dir.sub("store"))
         var options = IngestOptions()
         options.batchFiles = 3
-        let error = #expect(throws: StoreError.self) { try store.createTemplate(name: "big", fromDirectory: src, options: options) }
-        #expect(error?.errno == .noSpace)
+        let error = #expect(throws: PVFSError.self) { try store.createTemplate(name: "big", fromDirectory: src, options: options) }
+        #expect(error?.domain == .store && error?.errno == .noSpace)
         #expect(error?.message.contains("no space left") == true)
         try expectNoTrace(store)
         // Space came back: a small tree still fits.

@@ -113,22 +113,26 @@ struct SocketServerTests {
         try s1.start()
         // A live one is not taken over.
         let s2 = try ServedSockets([.unix(path: stale)])
-        #expect(throws: TransportError.self) { try s2.start() }
+        let s2Error = #expect(throws: PVFSError.self) { try s2.start() }
+        #expect(s2Error?.domain == .transport)
         s1.finish()
         // Nor is a file of another kind.
         let file = dir.path + "/regular"
         _ = FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
         let s3 = try ServedSockets([.unix(path: file)])
-        #expect(throws: TransportError.self) { try s3.start() }
+        let s3Error = #expect(throws: PVFSError.self) { try s3.start() }
+        #expect(s3Error?.domain == .transport)
         #expect(FileManager.default.fileExists(atPath: file))
         // Binding is all or nothing.
         let ok = dir.path + "/ok.9p"
         let s4 = try ServedSockets([.unix(path: ok), .unix(path: file)])
-        #expect(throws: TransportError.self) { try s4.start() }
+        let s4Error = #expect(throws: PVFSError.self) { try s4.start() }
+        #expect(s4Error?.domain == .transport)
         #expect(!FileManager.default.fileExists(atPath: ok))
         // Paths too long for sockaddr_un.
         let s5 = try ServedSockets([.unix(path: dir.path + "/" + String(repeating: "x", count: 120))])
-        #expect(throws: TransportError.self) { try s5.start() }
+        let s5Error = #expect(throws: PVFSError.self) { try s5.start() }
+        #expect(s5Error?.domain == .transport)
     }
 
     @Test func manyClientsAtOnce() throws {

@@ -61,7 +61,7 @@ final class TransportFixture: @unchecked Sendable {
 
     private static func publish(_ store: Store, _ bytes: [UInt8]) throws -> Int64 {
         let hash = SHA256Hasher.hash(bytes)
-        let rel = BlobStore.relativePath(hash)
+        let rel = StoreLayout.blobPath(hash)
         _ = try? store.blobsDirectory.makeDirectory(at: String(rel.prefix(2)))
         let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)
         try bytes.withUnsafeBytes { try fd.writeAll($0, at: 0) }

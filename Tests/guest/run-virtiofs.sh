@@ -55,10 +55,8 @@ case $KIND in
 pvfs)
     if [ -z "$STORE" ]; then
         STORE=$GUEST_WORK/store VM=vm1
-        devtool=$(newest_build pvfs-devtool)
-        [ -n "$devtool" ] || gdie "no pvfs-devtool build"
         "$GUEST_LIB_DIR/make-tiny-tree.sh" "$GUEST_WORK/tree"
-        "$devtool" template --store "$STORE" --name tiny "$GUEST_WORK/tree" >/dev/null
+        "$(dirname "$PVFS_VM")/pvfs-template" create tiny --from "$GUEST_WORK/tree" --store "$STORE" >/dev/null
         "$PVFS_VM" provision --store "$STORE" --template tiny "$VM" >/dev/null 2>&1
     fi
     [ -n "$VM" ] || gdie "--store needs --vm"

@@ -1,12 +1,11 @@
-// pvfs-devtool: builds templates and VMs in a store for tests and benchmarks, straight through
-// the store's catalog, so that they do not depend on the template ingest command.
+// pvfs-devtool: builds templates and VMs in a store for tests and benchmarks, through the store's
+// API for trees built in memory, so that they do not depend on the template ingest command.
 //
 //     pvfs-devtool template --store S --name T DIR   a template holding DIR's tree
 //     pvfs-devtool provision --store S --template T --name VM [--count N]
 //         provisions VM (or VM-1..VM-N) and prints the seconds each took
 //     pvfs-devtool remove --store S --name VM
 import Foundation
-import GRDB
 import Glibc
 import PVFSStore
 import PVFSSystem
@@ -26,62 +25,29 @@ func required(_ name: String, in arguments: [String]) throws -> String {
     return value
 }
 
-/// One inode of the tree being ingested.
-struct IngestedInode {
-    var stat: FileStat
-    var blobID: Int64?
-    var symlinkTarget: [UInt8]?
-    var linkCount: Int64
-    var xattrs: [(String, [UInt8])]
-}
+/// Walks a host tree into a `TemplateTree`: inodes numbered from 1 (the root) in walk order,
+/// hardlinks sharing one number, each inode with the host's mode, owner, times and xattrs.
+struct TreeWalker {
+    var tree = TemplateTree()
+    var inodeCount: UInt64 = 0
+    var entryCount = 0
+    var byHostInode: [UInt64: UInt64] = [:]
 
-/// Walks a host tree and writes it as a template: inodes numbered from 1 (the root) in walk
-/// order, hardlinks sharing one number, file contents published as blobs.
-final class TemplateBuilder {
-    let store: Store
-    var inodes: [IngestedInode] = []
-    var entries: [(parent: Int64, name: [UInt8], ino: Int64)] = []
-    var byHostInode: [UInt64: Int64] = [:]
-    var knownBlobs: [BlobHash: Int64] = [:]
-
-    init(store: Store) {
-        self.store = store
-    }
-
-    func build(name: String, from root: String) throws {
+    mutating func walk(root: String) throws {
         let rootStat = try FileDescriptor.currentDirectory.stat(at: root)
         guard rootStat.kind == .directory else { throw Failure(description: "\(root) is not a directory") }
-        inodes.append(IngestedInode(stat: rootStat, blobID: nil, symlinkTarget: nil, linkCount: 2,
-                                    xattrs: readXattrs(root)))
+        add(rootStat, path: root, content: nil)
         try walk(root, ino: 1)
-        try store.catalog.write { db in
-            try db.execute(sql: "INSERT INTO template (name, state, source, created_ns) VALUES (?, 'building', ?, ?)",
-                           arguments: [name, root, Timespec.now.totalNanoseconds])
-            let id = db.lastInsertedRowID
-            for (index, inode) in inodes.enumerated() {
-                let s = inode.stat
-                try db.cachedStatement(sql: """
-                    INSERT INTO template_inode (template_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns,
-                        ctime_ns, rdev, blob_id, symlink_target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """).execute(arguments: [
-                        id, index + 1, Int64(s.mode), Int64(s.uid), Int64(s.gid), inode.linkCount,
-                        s.kind == .directory ? 4096 : s.size, s.blocks,
-                        s.accessTime.totalNanoseconds, s.modificationTime.totalNanoseconds, s.changeTime.totalNanoseconds,
-                        Int64(bitPattern: s.rdev), inode.blobID, inode.symlinkTarget?.databaseBlob,
-                    ])
-                for (xname, value) in inode.xattrs {
-                    try db.cachedStatement(sql: "INSERT INTO template_xattr (template_id, ino, name, value) VALUES (?, ?, ?, ?)")
-                        .execute(arguments: [id, index + 1, Array(xname.utf8).databaseBlob, value.databaseBlob])
-                }
-            }
-            for e in entries {
-                try db.cachedStatement(sql: "INSERT INTO template_dirent (template_id, parent, name, ino) VALUES (?, ?, ?, ?)")
-                    .execute(arguments: [id, e.parent, e.name.databaseBlob, e.ino])
-            }
-            let logical = inodes.reduce(Int64(0)) { $0 + ($1.stat.kind == .regular ? $1.stat.size : 0) }
-            try db.execute(sql: "UPDATE template SET state = 'ready', max_inode = ?, entry_count = ?, logical_bytes = ? WHERE id = ?",
-                           arguments: [inodes.count, entries.count, logical, id])
-        }
+    }
+
+    private mutating func add(_ s: FileStat, path: String, content: TemplateTree.Content?, symlinkTarget: [UInt8]? = nil) {
+        inodeCount += 1
+        let record = InodeRecord(mode: s.mode, uid: s.uid, gid: s.gid, linkCount: 0,
+                                 size: s.kind == .directory ? 4096 : s.size, blocks: s.blocks,
+                                 accessTime: s.accessTime, modificationTime: s.modificationTime, changeTime: s.changeTime,
+                                 rdev: s.rdev, parent: 0, data: .none, symlinkTarget: symlinkTarget, privateXattrs: false)
+        tree.node(inodeCount, record, content: content)
+        for (name, value) in readXattrs(path) { tree.xattr(inodeCount, name, value) }
     }
 
     private func readXattrs(_ path: String) -> [(String, [UInt8])] {
@@ -89,60 +55,30 @@ final class TemplateBuilder {
         return names.compactMap { name in (try? ExtendedAttributes.get(.path(path), name: name)).map { (name, $0) } }
     }
 
-    private func walk(_ path: String, ino directoryIno: Int64) throws {
+    private mutating func walk(_ path: String, ino directoryIno: UInt64) throws {
         let dir = try FileDescriptor.open(at: .currentDirectory, path, [.directory, .readOnly, .noFollow])
         defer { dir.closeQuietly() }
         for item in try dir.directoryEntries().sorted(by: { $0.name < $1.name }) {
             let childPath = path + "/" + item.name
             let s = try dir.stat(at: item.name)
+            entryCount += 1
             if s.kind != .directory, s.linkCount > 1, let existing = byHostInode[s.inode] {
-                inodes[Int(existing - 1)].linkCount += 1
-                entries.append((directoryIno, Array(item.name.utf8), existing))
+                tree.entry(directoryIno, item.name, existing)
                 continue
             }
-            var inode = IngestedInode(stat: s, blobID: nil, symlinkTarget: nil, linkCount: 1, xattrs: readXattrs(childPath))
             switch s.kind {
             case .regular where s.size > 0:
-                inode.blobID = try publish(dir, item.name)
+                add(s, path: childPath, content: .hostFile(childPath))
             case .symlink:
-                inode.symlinkTarget = try dir.readLink(at: item.name)
-            case .directory:
-                inode.linkCount = 2
-                inodes[Int(directoryIno - 1)].linkCount += 1
+                add(s, path: childPath, content: nil, symlinkTarget: try dir.readLink(at: item.name))
             default:
-                break
+                add(s, path: childPath, content: nil)
             }
-            inodes.append(inode)
-            let ino = Int64(inodes.count)
+            let ino = inodeCount
             if s.kind != .directory && s.linkCount > 1 { byHostInode[s.inode] = ino }
-            entries.append((directoryIno, Array(item.name.utf8), ino))
+            tree.entry(directoryIno, item.name, ino)
             if s.kind == .directory { try walk(childPath, ino: ino) }
         }
-    }
-
-    /// Copies a file into the blob area under its SHA-256 (once per content) and records it.
-    private func publish(_ dir: FileDescriptor, _ name: String) throws -> Int64 {
-        let fd = try FileDescriptor.open(at: dir, name, [.readOnly, .noFollow])
-        defer { fd.closeQuietly() }
-        let (hash, size) = try SHA256Hasher.hash(file: fd)
-        if let id = knownBlobs[hash] { return id }
-        if !store.blobs.exists(hash) {
-            let relative = BlobStore.relativePath(hash)
-            _ = try? store.blobsDirectory.makeDirectory(at: String(relative.prefix(2)), mode: 0o755)
-            let staging = "blob-\(hash.hex)"
-            let out = try FileDescriptor.open(at: store.temporaryDirectory, staging, [.readWrite, .create, .truncate], mode: 0o444)
-            try out.copyContents(from: fd, size: size)
-            try out.sync()
-            out.closeQuietly()
-            try store.temporaryDirectory.rename(at: staging, to: store.blobsDirectory, relative)
-        }
-        let id = try store.catalog.write { db -> Int64 in
-            try db.execute(sql: "INSERT OR IGNORE INTO blob (hash, size, allocated, created_ns) VALUES (?, ?, ?, ?)",
-                           arguments: [hash.bytes.databaseBlob, size, size, Timespec.now.totalNanoseconds])
-            return try Int64.fetchOne(db, sql: "SELECT id FROM blob WHERE hash = ?", arguments: [hash.bytes.databaseBlob])!
-        }
-        knownBlobs[hash] = id
-        return id
     }
 }
 
@@ -157,10 +93,11 @@ func run() throws {
         guard let source = arguments.dropFirst().last, !source.hasPrefix("--") else { throw Failure(description: "missing DIR") }
         let name = try required("--name", in: arguments)
         let start = monotonicNanoseconds()
-        let builder = TemplateBuilder(store: store)
-        try builder.build(name: name, from: source)
+        var walker = TreeWalker()
+        try walker.walk(root: source)
+        try store.createTemplate(name: name, tree: walker.tree, source: source)
         let seconds = Double(monotonicNanoseconds() - start) / 1e9
-        print("template \(name): \(builder.inodes.count) inodes, \(builder.entries.count) entries, \(String(format: "%.3f", seconds)) s")
+        print("template \(name): \(walker.inodeCount) inodes, \(walker.entryCount) entries, \(String(format: "%.3f", seconds)) s")
     case "provision":
         let template = try required("--template", in: arguments)
         let name = try required("--name", in: arguments)

@@ -7,8 +7,6 @@
 
 /// getdents64(2): fills `buffer` with struct linux_dirent64 records; 0 at end of directory.
 ssize_t cpvfs_getdents64(int fd, void *buffer, size_t count);
-/// sync_file_range(2).
-int cpvfs_sync_file_range(int fd, off_t offset, off_t count, unsigned int flags);
 /// posix_fadvise(2); returns the error number (0 on success), as posix_fadvise does.
 int cpvfs_fadvise(int fd, off_t offset, off_t length, int advice);
 
@@ -17,9 +15,6 @@ int cpvfs_fadvise(int fd, off_t offset, off_t length, int advice);
 ssize_t cpvfs_listxattrat(int dirfd, const char *path, char *list, size_t size);
 ssize_t cpvfs_getxattrat(int dirfd, const char *path, const char *name, void *value, size_t size);
 
-static const unsigned int CPVFS_SYNC_FILE_RANGE_WAIT_BEFORE = 1;
-static const unsigned int CPVFS_SYNC_FILE_RANGE_WRITE = 2;
-static const unsigned int CPVFS_SYNC_FILE_RANGE_WAIT_AFTER = 4;
 static const int CPVFS_FADV_SEQUENTIAL = 2;
 static const int CPVFS_FADV_DONTNEED = 4;
 
