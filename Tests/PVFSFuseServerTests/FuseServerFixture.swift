@@ -44,7 +44,7 @@ final class FuseServerFixture {
 
     private func publishBlob(_ bytes: [UInt8]) throws -> Int64 {
         let hash = SHA256Hasher.hash(bytes)
-        let rel = BlobStore.relativePath(hash)
+        let rel = StoreLayout.blobPath(hash)
         _ = try? store.blobsDirectory.makeDirectory(at: String(rel.prefix(2)))
         let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)
         try bytes.withUnsafeBytes { try fd.writeAll($0, at: 0) }

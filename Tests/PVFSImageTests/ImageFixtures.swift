@@ -326,7 +326,7 @@ extension Store {
                 """, arguments: [template.id]) {
                 var content: [UInt8]?
                 if let hashBytes = row[8] as Data?, let hash = BlobHash(bytes: [UInt8](hashBytes)) {
-                    content = try [UInt8](Data(contentsOf: URL(fileURLWithPath: self.path + "/blobs/" + BlobStore.relativePath(hash))))
+                    content = try [UInt8](Data(contentsOf: URL(fileURLWithPath: self.path + "/blobs/" + StoreLayout.blobPath(hash))))
                 } else if UInt32(row[1] as Int64) & 0o170000 == 0o100000 {
                     content = []
                 }
