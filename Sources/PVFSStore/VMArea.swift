@@ -1,3 +1,4 @@
+import Glibc
 import PVFSSystem
 import Synchronization
 import SystemPackage
@@ -54,6 +55,10 @@ public final class VMArea: @unchecked Sendable {
         try fd.makeDirectory(at: StoreLayout.VM.scratch, mode: 0o700)
     }
 
+    /// How long `open` waits for a VM's lock held only by a child between fork and exec (µs).
+    static let transientHolderWait: useconds_t = 500_000
+    static let transientHolderPoll: useconds_t = 2_000
+
     /// Opens a VM's area for serving: takes its lock (EBUSY when another process holds it) and
     /// recreates data/ or tmp/ if they went missing.
     static func open(in store: Store, vmID: Int64, vmName: String) throws -> VMArea {
@@ -64,12 +69,22 @@ public final class VMArea: @unchecked Sendable {
         } catch {
             throw PVFSError(.store, "the private area of VM \(vmName) (\(StoreLayout.vms)/\(name)) is missing: \(error)", errno: error)
         }
-        let acquired: LockFile?
-        do {
-            acquired = try LockFile.acquire(at: directory, StoreLayout.VM.lock, exclusive: true, nonBlocking: true)
-        } catch {
-            directory.closeQuietly()
-            throw PVFSError(.store, "cannot lock the private area of VM \(vmName) (\(StoreLayout.vms)/\(name)): \(error)", errno: error)
+        var acquired: LockFile?
+        // A child being spawned by any thread of this process holds a copy of every descriptor,
+        // the lock's included, until it execs (O_CLOEXEC acts only then); a VM closed and opened
+        // again in that window would look busy. A real holder keeps the lock far longer than
+        // the short wait below.
+        var waited: useconds_t = 0
+        while true {
+            do {
+                acquired = try LockFile.acquire(at: directory, StoreLayout.VM.lock, exclusive: true, nonBlocking: true)
+            } catch {
+                directory.closeQuietly()
+                throw PVFSError(.store, "cannot lock the private area of VM \(vmName) (\(StoreLayout.vms)/\(name)): \(error)", errno: error)
+            }
+            if acquired != nil || waited >= Self.transientHolderWait { break }
+            usleep(Self.transientHolderPoll)
+            waited += Self.transientHolderPoll
         }
         guard let lock = acquired else {
             directory.closeQuietly()

@@ -102,7 +102,7 @@ guest_results "$LOG" "posix-9p-tcp/$KIND" || RC=1
 COMPARE=("$GUEST_LIB_DIR/posix-compare.sh" --label "posix-9p-tcp/$KIND")
 [ -n "$KNOWN" ] && COMPARE+=(--known "$KNOWN")
 [ -n "$SAVE" ] && COMPARE+=(--save "$SAVE")
-SUMMARY=$("${COMPARE[@]}" "$LOG" | tee /dev/stderr | tail -1) || RC=1
+SUMMARY=$("${COMPARE[@]}" "$LOG" | tee -a /dev/stderr | tail -1) || RC=1
 [ "$QRC" = 0 ] || RC=1
 glog "timings: initramfs ${T_BUILD}s, guest boot+suite ${GUEST_BOOT_SECONDS}s, total $(elapsed "$T0")s"
 echo "${SUMMARY:-posix-9p-tcp/$KIND: no comparison} qemu_exit=$QRC boot+suite=${GUEST_BOOT_SECONDS}s"
