@@ -84,7 +84,7 @@ let package = Package(
         ]),
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
-            "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P", "PVFS9PCodec",
+            "PVFSTransport", "PVFSFuse", "PVFSEngine", "PVFS9P", "PVFS9PCodec", "PVFSVhostUser", "PVFSFuseServer",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -115,7 +115,7 @@ let package = Package(
         .testTarget(name: "PVFS9PTests", dependencies: ["PVFS9P", "PVFS9PCodec", "PVFSTestSupport"]),
         .testTarget(name: "PVFSFuseTests", dependencies: ["PVFSFuse", "PVFSFuseHost"]),
         // The FUSE server, and the vhost-user transport in front of it with a simulated guest.
-        .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO"]),
+        .testTarget(name: "PVFSFuseServerTests", dependencies: ["PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO", "PVFSDaemon"]),
         .testTarget(name: "PVFSTransportTests", dependencies: ["PVFSTransport", "PVFS9PCodec", "PVFS9P", "PVFSTestSupport"]),
         .testTarget(name: "PVFSCommandTests", dependencies: ["PVFSCommands", "PVFSTestSupport"]),
     ],
