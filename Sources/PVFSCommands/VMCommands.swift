@@ -438,9 +438,9 @@ public struct BindingTarget: ParsableArguments {
     @Flag(name: .long, help: "Any client of the daemon (for trusted single-tenant setups and tests).")
     public var any = false
 
-    @Option(name: .long, help: ArgumentHelp("""
-        A vhost-user-fs socket (absolute path): pvfsd listens there and serves this VM, and only         it, to the QEMU that connects (virtio-fs; see pvfs-vm qemu-args --transport virtiofs).
-        """, valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp(
+        "A vhost-user-fs socket (absolute path): pvfsd listens there and serves this VM, and only it, to the QEMU that connects (virtio-fs; see pvfs-vm qemu-args --transport virtiofs).",
+        valueName: "path"))
     public var vhostUser: String?
 
     public init() {}

@@ -118,6 +118,8 @@ if [ "$KILL" = 1 ]; then
     [ "$rc" = 0 ] || { RC=1; tail -20 "$GUEST_WORK/victim-again.out" >&2; }
 fi
 kill -0 "$PVFSD_PID" 2>/dev/null || { glog "error: pvfsd died"; RC=1; }
+# RssShmem counts the guests' memory pvfsd has touched through its mappings.
+[ -r "/proc/$PVFSD_PID/status" ] && glog "pvfsd memory: $(grep -E '^(VmHWM|RssAnon|RssShmem)' "/proc/$PVFSD_PID/status" | tr -s ' \t\n' ' ')"
 if grep -aqiE 'fatal|crash|backtrace' "$GUEST_WORK/pvfsd.log"; then
     glog "error: pvfsd logged a crash"
     RC=1
