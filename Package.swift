@@ -75,7 +75,8 @@ let package = Package(
         .target(name: "PVFSTransport", dependencies: ["PVFS9PCodec", "PVFSSystem", "CXen", logging, system]),
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
-            "PVFSTransport", "PVFSFuse", "PVFS9P", "PVFS9PCodec", "PVFSEngine", "PVFSStore", "PVFSSystem", logging, system,
+            "PVFSTransport", "PVFSVhostUser", "PVFSFuse", "PVFSFuseServer", "PVFSFuseCodec", "PVFS9P", "PVFS9PCodec", "PVFSEngine",
+            "PVFSStore", "PVFSSystem", logging, system,
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
@@ -109,8 +110,8 @@ let package = Package(
         ]),
         // The FUSE server, and the vhost-user transport in front of it with a simulated guest.
         .testTarget(name: "PVFSFuseServerTests", dependencies: [
-            "PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO", "PVFSEngine", "PVFSStore", "PVFSSystem",
-            grdb, logging, system,
+            "PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO", "PVFSDaemon", "PVFSEngine", "PVFSStore",
+            "PVFSSystem", grdb, logging, system,
         ]),
         .testTarget(name: "PVFSTransportTests", dependencies: [
             "PVFSTransport", "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", "CXen",

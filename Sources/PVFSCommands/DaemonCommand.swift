@@ -9,7 +9,7 @@ import PVFSStore
 public struct DaemonCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "pvfsd",
-        abstract: "Serve every VM's merged view: 9P2000.L over TCP/Unix sockets and Xen PV rings, FUSE mounts on request.",
+        abstract: "Serve every VM's merged view: 9P2000.L over TCP/Unix sockets and Xen PV rings, virtio-fs (vhost-user) sockets, FUSE mounts on request.",
         discussion: """
             Settings come from --config (default /etc/pvfs/pvfsd.conf when it exists), then options.
             The control socket is <store>/pvfsd.sock; pvfs-vm changes (quota, access, bindings, rm) take effect live.
@@ -101,6 +101,10 @@ enum DaemonServices {
                                               limits: daemon.configuration.limits, admission: daemon.admission))
         }
         HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
+        // Always present, so that a binding made while pvfsd runs starts serving at once.
+        let vhostUser = VhostUserService(registry: daemon.registry, logger: daemon.logger)
+        daemon.add(vhostUser)
+        daemon.addReloadHandler { [weak vhostUser] in vhostUser?.reconcile() }
         if daemon.configuration.xenEnabled {
             daemon.add(XenService(registry: daemon.registry, logger: daemon.logger, configuration: daemon.ninePConfiguration,
                                   limits: daemon.configuration.limits, admission: daemon.admission))

@@ -438,6 +438,11 @@ public struct BindingTarget: ParsableArguments {
     @Flag(name: .long, help: "Any client of the daemon (for trusted single-tenant setups and tests).")
     public var any = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A vhost-user-fs socket (absolute path): pvfsd listens there and serves this VM, and only it, to the QEMU that connects (virtio-fs; see pvfs-vm qemu-args --transport virtiofs).",
+        valueName: "path"))
+    public var vhostUser: String?
+
     public init() {}
 
     func kindAndValue() throws -> (String, String) {
@@ -453,16 +458,34 @@ public struct BindingTarget: ParsableArguments {
         }
         if let unixUid { found.append(("unix-uid", String(unixUid))) }
         if any { found.append(("any", "*")) }
+        if let vhostUser { found.append(("vhost-user", try Self.socketPath(vhostUser))) }
         guard found.count == 1 else {
-            throw ValidationError("name exactly one of --xen-domid, --xen-name, --listener, --tcp, --unix-uid, --any")
+            throw ValidationError("name exactly one of --xen-domid, --xen-name, --listener, --tcp, --unix-uid, --any, --vhost-user")
         }
         return found[0]
+    }
+
+    /// An absolute, normalised socket path that fits a sockaddr_un.
+    static func socketPath(_ text: String) throws -> String {
+        guard text.hasPrefix("/") else { throw ValidationError("--vhost-user takes an absolute path (QEMU and pvfsd must agree on it)") }
+        let path = URL(fileURLWithPath: text).standardizedFileURL.path
+        guard path != "/", !path.hasSuffix("/") else { throw ValidationError("--vhost-user must name a socket file, not a directory") }
+        guard path.utf8.count < 108, !path.utf8.contains(0), !path.contains(","), !path.contains("'") else {
+            throw ValidationError("--vhost-user path must be shorter than 108 bytes and contain no comma or quote")
+        }
+        return path
     }
 }
 
 public struct Bind: ParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Allow a kind of client (Xen domain, listener, TCP peer, Unix uid) to reach a VM.")
+        abstract: "Allow a kind of client (Xen domain, listener, TCP peer, Unix uid, vhost-user socket) to reach a VM.",
+        discussion: """
+            --vhost-user PATH makes pvfsd listen on PATH (mode 0600, owned by pvfsd's user) and serve \
+            this VM over virtio-fs to one QEMU at a time; the binding is the guest's identity. \
+            pvfsd picks bindings up at start and at once while it runs; `pvfs-vm qemu-args VM \
+            --transport virtiofs` and `pvfs-vm libvirt-xml VM` print what QEMU or libvirt need.
+            """)
 
     @OptionGroup public var storeOptions: StoreOptions
     @OptionGroup public var logging: LoggingOptions

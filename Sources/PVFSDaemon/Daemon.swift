@@ -33,6 +33,8 @@ public final class Daemon: @unchecked Sendable {
     private var timers: [DispatchSourceTimer] = []
     /// Extra control operations (mount requests, dedup commits) registered by other layers.
     private var controlHandlers: [String: @Sendable (ControlProtocol.Request) throws -> ControlProtocol.Response] = [:]
+    /// Services that follow the catalog (vhost-user bindings), told after every reload.
+    private var reloadHandlers: [@Sendable () -> Void] = []
 
     public init(configuration: DaemonConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -53,6 +55,17 @@ public final class Daemon: @unchecked Sendable {
 
     public func add(_ service: any DaemonService) {
         services.append(service)
+    }
+
+    /// `body` runs after every catalog reload (a `pvfs-vm` change, SIGHUP).
+    public func addReloadHandler(_ body: @escaping @Sendable () -> Void) {
+        reloadHandlers.append(body)
+    }
+
+    /// Re-reads access rules and quotas, then tells the services that follow the catalog.
+    public func reload() throws {
+        try registry.reload()
+        for handler in reloadHandlers { handler() }
     }
 
     public func addControlHandler(op: String, _ handler: @escaping @Sendable (ControlProtocol.Request) throws -> ControlProtocol.Response) {
@@ -114,7 +127,7 @@ public final class Daemon: @unchecked Sendable {
                 sigwait(&waitSet, &signal)
                 if signal == SIGHUP {
                     logger.notice("SIGHUP: reloading the catalog")
-                    do { try registry.reload() } catch { logger.error("reload failed: \(error)") }
+                    do { try reload() } catch { logger.error("reload failed: \(error)") }
                     continue
                 }
                 logger.notice("signal \(signal): shutting down")
@@ -180,7 +193,7 @@ public final class Daemon: @unchecked Sendable {
             }.sorted { $0.name < $1.name }
             return .init(ok: true, status: .init(pid: getpid(), listeners: services.map(\.serviceDescription), servedVMs: served))
         case "reload":
-            try registry.reload()
+            try reload()
             return .init(ok: true)
         case "release":
             guard let vm = request.vm else { return .init(ok: false, error: "release needs a vm") }

@@ -12,12 +12,15 @@ public enum ClientIdentity: Sendable, Equatable, CustomStringConvertible {
     case tcp(address: String, listener: String)
     /// A Unix-socket peer (SO_PEERCRED) on a named listener.
     case unix(uid: UInt32, pid: Int32, listener: String)
+    /// A vhost-user-fs front-end (QEMU) on the socket pvfsd listens on for one VM.
+    case vhostUser(socket: String)
 
     public var description: String {
         switch self {
         case .xen(let domid, let name): "xen domain \(domid)\(name.map { " (\($0))" } ?? "")"
         case .tcp(let address, let listener): "tcp \(address) on \(listener)"
         case .unix(let uid, let pid, let listener): "unix uid \(uid) pid \(pid) on \(listener)"
+        case .vhostUser(let socket): "vhost-user on \(socket)"
         }
     }
 }
@@ -49,7 +52,7 @@ public struct AccessRules: Sendable {
     }
 
     /// Specificity order: the most specific matching binding decides access and squash.
-    private static let precedence = ["xen-domid", "xen-name", "unix-uid", "listener", "tcp", "any"]
+    private static let precedence = ["vhost-user", "xen-domid", "xen-name", "unix-uid", "listener", "tcp", "any"]
 
     static func matches(_ binding: VMBinding, _ identity: ClientIdentity) -> Bool {
         switch (binding.kind, identity) {
@@ -58,6 +61,7 @@ public struct AccessRules: Sendable {
         case ("listener", .tcp(_, let listener)), ("listener", .unix(_, _, let listener)): return binding.value == listener
         case ("tcp", .tcp(let address, _)): return addressMatches(address, binding.value)
         case ("unix-uid", .unix(let uid, _, _)): return UInt32(binding.value) == uid
+        case ("vhost-user", .vhostUser(let socket)): return binding.value == socket
         case ("any", _): return true
         default: return false
         }

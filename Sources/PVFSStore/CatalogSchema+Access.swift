@@ -27,5 +27,24 @@ extension CatalogSchema {
                 CREATE INDEX vm_binding_by_identity ON vm_binding(kind, value);
                 """)
         }
+        // A vhost-user socket pvfsd listens on serves exactly one VM: identity by socket. The
+        // kind CHECK cannot be altered in place, so the table is rebuilt with the new kind.
+        migrator.registerMigration("vhost-user-bindings") { db in
+            try db.execute(sql: """
+                CREATE TABLE vm_binding_new (
+                    vm_id INTEGER NOT NULL REFERENCES vm(id) ON DELETE CASCADE,
+                    kind TEXT NOT NULL CHECK (kind IN ('xen-domid', 'xen-name', 'listener', 'tcp', 'unix-uid', 'any', 'vhost-user')),
+                    value TEXT NOT NULL,
+                    access TEXT NOT NULL DEFAULT 'rw' CHECK (access IN ('rw', 'ro')),
+                    squash TEXT NOT NULL DEFAULT 'inherit' CHECK (squash IN ('inherit', 'none', 'root', 'all')),
+                    PRIMARY KEY (vm_id, kind, value)
+                ) WITHOUT ROWID;
+                INSERT INTO vm_binding_new (vm_id, kind, value, access, squash)
+                    SELECT vm_id, kind, value, access, squash FROM vm_binding;
+                DROP TABLE vm_binding;
+                ALTER TABLE vm_binding_new RENAME TO vm_binding;
+                CREATE INDEX vm_binding_by_identity ON vm_binding(kind, value);
+                """)
+        }
     }
 }

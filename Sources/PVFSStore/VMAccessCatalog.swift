@@ -27,7 +27,9 @@ public struct VMAccessSettings: Codable, Sendable, Equatable {
 
 /// One rule saying a kind of client may reach a VM.
 public struct VMBinding: Codable, Sendable, Equatable, Hashable {
-    public static let kinds = ["xen-domid", "xen-name", "listener", "tcp", "unix-uid", "any"]
+    public static let kinds = ["xen-domid", "xen-name", "listener", "tcp", "unix-uid", "any", "vhost-user"]
+    /// Kinds whose value names one client, so it may be bound to one VM only.
+    public static let exclusiveKinds: Set<String> = ["xen-domid", "xen-name", "vhost-user"]
     public static let squashModes = ["inherit", "none", "root", "all"]
 
     public var vm: String
@@ -103,8 +105,8 @@ extension Store {
             guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM vm WHERE name = ? AND state = 'ready'", arguments: [binding.vm]) else {
                 throw PVFSError(.store, "no VM named \(binding.vm)", errno: .noSuchFileOrDirectory)
             }
-            if binding.kind == "xen-domid" || binding.kind == "xen-name" {
-                // One Xen domain reaches one VM: a second claim would make attach ambiguous.
+            if VMBinding.exclusiveKinds.contains(binding.kind) {
+                // One Xen domain or vhost-user socket reaches one VM: a second claim would be ambiguous.
                 if let other = try String.fetchOne(db, sql: """
                     SELECT vm.name FROM vm_binding b JOIN vm ON vm.id = b.vm_id WHERE b.kind = ? AND b.value = ? AND b.vm_id != ?
                     """, arguments: [binding.kind, binding.value, id]) {

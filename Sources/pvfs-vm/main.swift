@@ -11,7 +11,7 @@ struct PVFSVM: ParsableCommand {
             Provision.self, ListVMs.self, ShowVM.self, RemoveVM.self, RenameVM.self,
             SetQuota.self, SetAccess.self, Bind.self, Unbind.self,
             Mount.self, Umount.self,
-            BootFilesCommand.self, QemuArgs.self, SocketBridge.self,
+            BootFilesCommand.self, QemuArgs.self, LibvirtXML.self, SocketBridge.self,
             Attach.self, Detach.self, XlConfig.self, XenServeTest.self, ServeVhostUser.self,
         ])
 }

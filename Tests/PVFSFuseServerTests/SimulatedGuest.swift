@@ -28,7 +28,9 @@ final class SimulatedGuest {
     private var dataCursor = 0x80000
     var unique: UInt64 = 1
 
-    init(queues: Int = 2, queueSize: UInt16 = 128, memorySize: Int = 8 << 20, seal: Bool = true) throws {
+    /// `path`: connect to a listening backend there (as QEMU's chardev does) instead of handing
+    /// the backend a socketpair end (`backendSocket` is then -1).
+    init(queues: Int = 2, queueSize: UInt16 = 128, memorySize: Int = 8 << 20, seal: Bool = true, path: String? = nil) throws {
         self.queueSize = queueSize
         self.memorySize = memorySize
         memfd = cpvfs_memfd("guest")
@@ -39,8 +41,13 @@ final class SimulatedGuest {
         }
         memory = m
         var fds: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
-            throw VhostUserProtocolError("socketpair")
+        if let path {
+            fds = [Self.connect(path), -1]
+            guard fds[0] >= 0 else { throw VhostUserProtocolError("cannot connect to \(path)") }
+        } else {
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+                throw VhostUserProtocolError("socketpair")
+            }
         }
         socket = fds[0]
         backendSocket = fds[1]
@@ -59,6 +66,27 @@ final class SimulatedGuest {
         Glibc.close(memfd)
         Glibc.close(socket)
         for fd in kicks + calls + errors { Glibc.close(fd) }
+    }
+
+    static func connect(_ path: String) -> Int32 {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let b = Array(path.utf8)
+            raw.copyBytes(from: b)
+            raw[b.count] = 0
+        }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 { Glibc.close(fd); return -1 }
+        return fd
+    }
+
+    /// The front-end dies (QEMU killed): its end of the control socket goes, nothing else.
+    func hangUp() {
+        shutdown(socket, Int32(SHUT_RDWR))
     }
 
     // MARK: Addresses

@@ -10,6 +10,13 @@
 #   run-virtiofs.sh [OPTIONS]                         pvfs (`pvfs-vm serve-vhost-user`) serving a fresh
 #                                                     VM of a tiny template (default)
 #   run-virtiofs.sh --store S --vm NAME               pvfs serving that VM
+#   run-virtiofs.sh --server pvfsd [--store S --vm NAME] [--daemon-running]
+#                                                     pvfsd serving the VM on its vhost-user binding
+#                                                     (`pvfs-vm bind VM --vhost-user PATH`; made for
+#                                                     the run if the VM has none); QEMU's options come
+#                                                     from `pvfs-vm qemu-args --transport virtiofs`.
+#                                                     --daemon-running: a pvfsd serves S already
+#                                                     (several guests, one daemon); else one is started
 #   run-virtiofs.sh --server virtiofsd [--tree DIR]   Debian's C virtiofsd serving a tree
 # options:
 #   --quota BYTES    (pvfs) the VM's quota: enables the df and EDQUOT checks
@@ -24,7 +31,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-KIND=pvfs STORE="" VM="" TREE="" QUOTA="" SKIP="" LARGE=16 CACHE=1 TIMEOUT=300 KEEPLOG=""
+KIND=pvfs STORE="" VM="" TREE="" QUOTA="" SKIP="" LARGE=16 CACHE=1 TIMEOUT=300 KEEPLOG="" DAEMON_RUNNING=0
 while [ $# -gt 0 ]; do
     case $1 in
     --server) KIND=$2; shift 2 ;;
@@ -37,6 +44,7 @@ while [ $# -gt 0 ]; do
     --cache) CACHE=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --log) KEEPLOG=$2; shift 2 ;;
+    --daemon-running) DAEMON_RUNNING=1; shift ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) gdie "unknown option $1" ;;
     esac
@@ -51,8 +59,10 @@ T_BUILD=$(elapsed "$T0")
 SOCKET=$GUEST_WORK/vhost.sock
 PVFS_VM=$(pvfs_vm_binary)
 
+QEMU_FS_ARGS=(-object "memory-backend-memfd,id=mem,size=${GUEST_MEM}M,share=on" -numa node,memdev=mem
+    -chardev "socket,id=vfs,path=$SOCKET" -device vhost-user-fs-pci,chardev=vfs,tag=pvfs)
 case $KIND in
-pvfs)
+pvfs | pvfsd)
     if [ -z "$STORE" ]; then
         STORE=$GUEST_WORK/store VM=vm1
         "$GUEST_LIB_DIR/make-tiny-tree.sh" "$GUEST_WORK/tree"
@@ -61,8 +71,30 @@ pvfs)
     fi
     [ -n "$VM" ] || gdie "--store needs --vm"
     if [ -n "$QUOTA" ]; then "$PVFS_VM" set-quota --store "$STORE" "$VM" --bytes "$QUOTA" >/dev/null; fi
-    glog "server: $PVFS_VM serve-vhost-user --store $STORE $VM --socket $SOCKET --cache-timeout $CACHE"
-    guest_spawn "$GUEST_WORK/server.log" "$PVFS_VM" serve-vhost-user --store "$STORE" "$VM" --socket "$SOCKET" --cache-timeout "$CACHE"
+    if [ "$KIND" = pvfs ]; then
+        glog "server: $PVFS_VM serve-vhost-user --store $STORE $VM --socket $SOCKET --cache-timeout $CACHE"
+        guest_spawn "$GUEST_WORK/server.log" "$PVFS_VM" serve-vhost-user --store "$STORE" "$VM" --socket "$SOCKET" --cache-timeout "$CACHE"
+    else
+        if [ "$DAEMON_RUNNING" = 1 ]; then
+            [ -S "$STORE/pvfsd.sock" ] || gdie "--daemon-running: no pvfsd control socket in $STORE"
+        else
+            PVFSD_BIN=$(pvfsd_binary)
+            glog "server: $PVFSD_BIN --store $STORE"
+            guest_spawn "$GUEST_WORK/server.log" "$PVFSD_BIN" --store "$STORE" --log-level notice
+            for _ in $(seq 1 100); do [ -S "$STORE/pvfsd.sock" ] && break; sleep 0.1; done
+            [ -S "$STORE/pvfsd.sock" ] || { cat "$GUEST_WORK/server.log" >&2; gdie "pvfsd did not start"; }
+        fi
+        # The VM's own vhost-user socket, or one bound for this run (pvfsd listens at once).
+        if ! "$PVFS_VM" qemu-args --store "$STORE" "$VM" --transport virtiofs --json >/dev/null 2>&1; then
+            "$PVFS_VM" bind --store "$STORE" "$VM" --vhost-user "$SOCKET" >/dev/null
+            guest_on_cleanup "'$PVFS_VM' unbind --store '$STORE' '$VM' --vhost-user '$SOCKET' >/dev/null 2>&1"
+        fi
+        mapfile -t QEMU_FS_ARGS < <("$PVFS_VM" qemu-args --store "$STORE" "$VM" --transport virtiofs --memory "${GUEST_MEM}M" \
+            --tag pvfs --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["socket"]); print("\n".join(r["arguments"]))')
+        SOCKET=${QEMU_FS_ARGS[0]}
+        QEMU_FS_ARGS=("${QEMU_FS_ARGS[@]:1}")
+        glog "pvfsd serves VM $VM on $SOCKET: ${QEMU_FS_ARGS[*]}"
+    fi
     ;;
 virtiofsd)
     [ -x /usr/lib/qemu/virtiofsd ] || gdie "no /usr/lib/qemu/virtiofsd (Debian's qemu-system-common)"
@@ -74,20 +106,21 @@ virtiofsd)
     ;;
 *) gdie "unknown server $KIND" ;;
 esac
-SERVER_PID=$GUEST_LAST_PID
-for _ in $(seq 1 100); do [ -S "$SOCKET" ] && break; kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-[ -S "$SOCKET" ] || { cat "$GUEST_WORK/server.log" >&2; gdie "the server did not create $SOCKET"; }
+SERVER_PID=${GUEST_LAST_PID:-}
+[ "$DAEMON_RUNNING" = 1 ] && SERVER_PID=""
+for _ in $(seq 1 100); do [ -S "$SOCKET" ] && break; [ -z "$SERVER_PID" ] || kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+[ -S "$SOCKET" ] || { cat "$GUEST_WORK/server.log" >&2 2>/dev/null; gdie "the server did not create $SOCKET"; }
 
 GUEST_NET_ARGS=()
-APPEND="$GUEST_BASE_APPEND pvfs.trans=virtiofs pvfs.tag=pvfs pvfs.large=$LARGE"
+# no_timer_check: TCG guests booting side by side on a busy host fail Linux's IO-APIC timer
+# check (a panic, or a hang before /init); KVM guests skip it the same way.
+APPEND="$GUEST_BASE_APPEND no_timer_check pvfs.trans=virtiofs pvfs.tag=pvfs pvfs.large=$LARGE"
 [ -n "$QUOTA" ] && APPEND+=" pvfs.quota=$QUOTA"
 [ -n "$SKIP" ] && APPEND+=" pvfs.skip=$SKIP"
 LOG=$GUEST_WORK/serial.log
 glog "booting: $KERNEL ($KVER) with vhost-user-fs on $SOCKET"
 QRC=0
-guest_boot_qemu "$KERNEL" "$INITRD" "$APPEND" "$LOG" "$TIMEOUT" \
-    -object "memory-backend-memfd,id=mem,size=${GUEST_MEM}M,share=on" -numa node,memdev=mem \
-    -chardev "socket,id=vfs,path=$SOCKET" -device vhost-user-fs-pci,chardev=vfs,tag=pvfs || QRC=$?
+guest_boot_qemu "$KERNEL" "$INITRD" "$APPEND" "$LOG" "$TIMEOUT" "${QEMU_FS_ARGS[@]}" || QRC=$?
 [ -n "$KEEPLOG" ] && cp "$LOG" "$KEEPLOG"
 
 RC=0
@@ -96,7 +129,7 @@ server_stop
 
 # Host side: what the guest wrote is in the VM (seen through a host mount) or the tree.
 HOSTVIEW=$TREE
-if [ "$KIND" = pvfs ]; then
+if [ "$KIND" != virtiofsd ]; then
     HOSTVIEW=$GUEST_WORK/view
     mkdir -p "$HOSTVIEW"
     "$PVFS_VM" mount --store "$STORE" "$VM" "$HOSTVIEW" || gdie "cannot mount $VM on the host"
