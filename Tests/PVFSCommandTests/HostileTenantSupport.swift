@@ -270,17 +270,24 @@ final class RawNineConnection: @unchecked Sendable {
     }
 
     /// Tversion and Tattach of `aname` as fid 0.
+    /// Throws `AttachRefused` when the Tattach gets an Rlerror.
     func mount(_ aname: String, msize: UInt32 = 65536, uid: UInt32 = 0) throws {
-        guard case .version = try call(.version(msize: msize, version: NineP.protocolVersion), tag: NineP.noTag),
-              case .attach = try call(.attach(fid: 0, afid: NineP.noFid, uname: [], aname: Array(aname.utf8), uid: uid))
-        else { throw Errno.badMessage }
+        let version = try call(.version(msize: msize, version: NineP.protocolVersion), tag: NineP.noTag)
+        guard case .version = version else { throw TestSupportError("Tversion: \(version)") }
+        switch try call(.attach(fid: 0, afid: NineP.noFid, uname: [], aname: Array(aname.utf8), uid: uid)) {
+        case .attach: return
+        case .error(let errno): throw AttachRefused(errno: errno)
+        case let other: throw TestSupportError("Tattach of \(aname): \(other)")
+        }
     }
 
     /// Walks fid 0 to `path` as `fid` and opens it (flags as Tlopen's).
     func open(_ path: String, fid: UInt32, flags: UInt32 = 0) throws {
         let names = path.split(separator: "/").map { Array($0.utf8) }
-        guard case .walk = try call(.walk(fid: 0, newFid: fid, names: names)),
-              case .lopen = try call(.lopen(fid: fid, flags: flags)) else { throw Errno.badMessage }
+        let walk = try call(.walk(fid: 0, newFid: fid, names: names))
+        guard case .walk = walk else { throw TestSupportError("Twalk to \(path): \(walk)") }
+        let open = try call(.lopen(fid: fid, flags: flags))
+        guard case .lopen = open else { throw TestSupportError("Tlopen of \(path): \(open)") }
     }
 
     /// Whether the server ends the connection within `timeout` seconds (replies are skipped).
@@ -310,6 +317,12 @@ final class RawNineConnection: @unchecked Sendable {
         closed = true
         Glibc.close(fd)
     }
+}
+
+/// A Tattach answered with an error.
+struct AttachRefused: Error, CustomStringConvertible {
+    let errno: UInt32
+    var description: String { "Tattach refused with errno \(errno)" }
 }
 
 /// Hostile bytes: random, truncated, oversized, lying about their size, on bad fids and tags.

@@ -601,6 +601,50 @@ struct HostileTenantTests {
         try finish(daemon)
     }
 
+    /// A victim with eight reads in flight goes through the worker pool, which connections take
+    /// turns on (`maximumParallelRequests` each): its share shrinks as the abuser opens more
+    /// connections. Prints the victim's batch latency quiet and beside 6, 24 and 48 abuser
+    /// connections of 64 KiB reads; every reply must come. Run by bench/hostile-tenant.sh
+    /// (`PVFS_HOSTILE_POOL_SHARE=1`), about a minute.
+    @Test(.enabled(if: environment["PVFS_HOSTILE_POOL_SHARE"] != nil))
+    func pipelinedVictimSharesTheWorkerPool() throws {
+        let daemon = try HostileDaemon()
+        let victim = try Victim(daemon)
+        let c = victim.connection
+        func batch() throws -> Double {
+            var bytes: [UInt8] = []
+            for t in 0..<8 { bytes += NinePRequest.read(fid: 1, offset: UInt64(t) * 4096, count: 4096).encode(tag: UInt16(100 + t)) }
+            let start = monotonicSeconds()
+            guard c.send(bytes) else { throw Errno.connectionReset }
+            for _ in 0..<8 {
+                guard case .read(let data) = try NinePResponse.decode(try c.receive()).response, data.count == 4096 else {
+                    throw TestSupportError("victim: a pipelined read failed")
+                }
+            }
+            return (monotonicSeconds() - start) * 1e6
+        }
+        for _ in 0..<200 { _ = try batch() }
+        print("hostile: pool share: the victim's batch of 8 pipelined 4 KiB reads (us), quiet and beside the abuser's 64 KiB reads")
+        for connections in [6, 24, 48] {
+            var quiet: [Double] = [], loaded: [Double] = []
+            for round in 0..<3 {
+                for _ in 0..<500 { quiet.append(try batch()) }
+                let flood = TenantFlood(port: daemon.abuserPort, shape: .init(pipelines: connections, slowReaders: 0, churners: 0,
+                                                                              garbage: 0, requests: .reads), seed: Self.seed &+ UInt64(round))
+                flood.start()
+                usleep(300_000)
+                for _ in 0..<500 { loaded.append(try batch()) }
+                flood.stop()
+                #expect(flood.problems.isEmpty, "\(flood.problems.prefix(3))")
+                #expect(try waitForAbuserToLeave(daemon))
+            }
+            print(String(format: "hostile: pool share: %2d abuser connections: quiet p50 %6.0f p99 %6.0f | loaded p50 %6.0f p99 %6.0f",
+                         connections, percentile(quiet, 0.5), percentile(quiet, 0.99), percentile(loaded, 0.5), percentile(loaded, 0.99)))
+        }
+        try victim.check()
+        try finish(daemon)
+    }
+
     // MARK: - Memory
 
     /// Abuse cycles (connect/attach/garbage/reset, Tflush storms, attach/clunk, reads left
@@ -626,12 +670,27 @@ struct HostileTenantTests {
         }
         usleep(200_000)
 
+        // Connections reset by the client end in pvfsd a moment later: when it falls behind (a
+        // busy machine), up to max-connections-per-vm (64) of them still count, and the next
+        // attach is refused with EUSERS, as it should be. Counted; the cycle is skipped.
+        var refusedAtTheCap = 0
+        func mountUnlessAtTheCap(_ c: RawNineConnection) throws -> Bool {
+            do {
+                try c.mount("abuser")
+                return true
+            } catch let refused as AttachRefused where refused.errno == 87 {
+                refusedAtTheCap += 1
+                c.abort()
+                return false
+            }
+        }
+
         func cycle(_ i: Int) throws {
             let source = UInt8(2 + i % 16)
             switch i % 5 {
             case 0:
                 let c = try RawNineConnection(port: daemon.abuserPort, sourceHost: source)
-                try c.mount("abuser")
+                guard try mountUnlessAtTheCap(c) else { return }
                 for _ in 0..<3 { c.send(maker.message()) }
                 c.abort()
             case 1:
@@ -644,7 +703,7 @@ struct HostileTenantTests {
                 _ = try persistent.call(.clunk(fid: 5))
             case 3:
                 let c = try RawNineConnection(port: daemon.abuserPort, sourceHost: source)
-                try c.mount("abuser")
+                guard try mountUnlessAtTheCap(c) else { return }
                 try c.open("big", fid: 1)
                 var reads: [UInt8] = []
                 for t in 0..<16 { reads += NinePRequest.read(fid: 1, offset: UInt64(t) << 16, count: 65536 - 11).encode(tag: UInt16(t)) }
@@ -681,7 +740,9 @@ struct HostileTenantTests {
         let end = daemon.residentKiB
         // What the garbage created in the abuser's VM stays, as in any filesystem (its quota bounds it).
         let inodes = Int(daemon.metric(#"pvfs_used_inodes{vm="abuser"}"#) ?? -1)
-        print("hostile: memory: RSS (KiB) by cycle: \(trace.joined(separator: ", ")); abuser's inodes in use: \(inodes)")
+        print("hostile: memory: RSS (KiB) by cycle: \(trace.joined(separator: ", ")); abuser's inodes in use: \(inodes); "
+              + "attaches refused at max-connections-per-vm: \(refusedAtTheCap)")
+        #expect(refusedAtTheCap * 100 <= cycles, "\(refusedAtTheCap) attaches refused at the VM's connection cap")
         persistent.abort()
         #expect(try waitForAbuserToLeave(daemon))
         #expect(try waitForQuiet(daemon, threads: idleThreads))
