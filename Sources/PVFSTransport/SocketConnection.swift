@@ -6,6 +6,16 @@ import PVFS9PCodec
 import Synchronization
 import SystemPackage
 
+/// Closed once when the server stops: from then on no connection of the server sends anything.
+/// Every connection stops sending at the same instant, before any of them releases its fids and
+/// locks; otherwise a connection ending first could hand its lock to another still sending, and
+/// that client would be told it got a lock just before its connection ends.
+final class SendGate: Sendable {
+    private let closed = Atomic<Bool>(false)
+    var isClosed: Bool { closed.load(ordering: .acquiring) }
+    func close() { closed.store(true, ordering: .releasing) }
+}
+
 /// Writes a socket's replies in the order they are handed over. A reply handed over while
 /// nothing is queued or being sent goes out at once from the caller's thread with a
 /// non-blocking send (no thread switch on the way out: a request costs one hand-off fewer);
@@ -15,6 +25,7 @@ import SystemPackage
 final class ReplyWriter: @unchecked Sendable {
     private let fd: Int32
     private let limit: Int
+    private let gate: SendGate
     private let condition = NSCondition()
     /// Guarded by `condition`.
     private var queue: [[UInt8]] = []
@@ -39,9 +50,10 @@ final class ReplyWriter: @unchecked Sendable {
     }
 
     /// `limit`: queued bytes above which the reader stops taking requests.
-    init(fd: Int32, limit: Int) {
+    init(fd: Int32, limit: Int, gate: SendGate) {
         self.fd = fd
         self.limit = limit
+        self.gate = gate
     }
 
     func start(name: String) {
@@ -51,10 +63,11 @@ final class ReplyWriter: @unchecked Sendable {
         thread.start()
     }
 
-    /// Sends or queues a reply; never blocks. Replies after a write error are dropped.
+    /// Sends or queues a reply; never blocks. Replies after a write error, or once the gate is
+    /// closed, are dropped.
     func enqueue(_ reply: [UInt8]) {
         condition.lock()
-        guard !failed else { condition.unlock(); return }
+        guard !failed && !gate.isClosed else { condition.unlock(); return }
         guard !sending && head == queue.count && !finishing && !reply.isEmpty else {
             queue.append(reply)
             queuedBytes += reply.count
@@ -180,7 +193,7 @@ final class ReplyWriter: @unchecked Sendable {
                 head = 0
             }
             condition.unlock()
-            let sent = sendAll(batch)
+            let sent = !gate.isClosed && sendAll(batch)
             condition.lock()
             sending = false
             queuedBytes -= bytes
@@ -266,7 +279,7 @@ final class SocketConnection: @unchecked Sendable {
     /// `stalled`: called each time the reader stops taking requests because the client does not
     /// read its replies.
     init(fd: Int32, id: UInt64, peer: NinePPeer, listenerName: String, handler: any NineMessageHandler, readSize: Int,
-         replyQueueLimit: Int, logger: Logger, stalled: @escaping @Sendable () -> Void = {},
+         replyQueueLimit: Int, sendGate: SendGate, logger: Logger, stalled: @escaping @Sendable () -> Void = {},
          finished: @escaping @Sendable (SocketConnection) -> Void) {
         self.fd = fd
         self.id = id
@@ -277,7 +290,7 @@ final class SocketConnection: @unchecked Sendable {
         self.logger = logger
         self.stalled = stalled
         self.finished = finished
-        writer = ReplyWriter(fd: fd, limit: replyQueueLimit)
+        writer = ReplyWriter(fd: fd, limit: replyQueueLimit, gate: sendGate)
     }
 
     /// What the connection is doing, for the timeouts.

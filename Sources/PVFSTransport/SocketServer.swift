@@ -70,6 +70,8 @@ public final class SocketServer: @unchecked Sendable {
     private var nextConnectionID: UInt64 = 1
     private var wakeFD: Int32 = -1
     private let acceptorDone = DispatchSemaphore(value: 0)
+    /// Closed by `stop()` before it ends any connection.
+    private let sendGate = SendGate()
     private var usageSource: UInt64?
 
     /// `admission`: shared with the daemon (attach resolver, metrics); nil makes one from
@@ -177,6 +179,8 @@ public final class SocketServer: @unchecked Sendable {
         let live = Array(connections.values)
         condition.unlock()
         Self.close(bound)
+        // No client hears anything more, then the connections end and release what they hold.
+        sendGate.close()
         for connection in live { connection.abort() }
 
         condition.lock()
@@ -303,7 +307,7 @@ public final class SocketServer: @unchecked Sendable {
         let admission = self.admission
         let socketConnection = SocketConnection(
             fd: fd, id: id, peer: peer, listenerName: listenerName, handler: handler, readSize: configuration.readSize,
-            replyQueueLimit: configuration.replyQueueLimit, logger: log,
+            replyQueueLimit: configuration.replyQueueLimit, sendGate: sendGate, logger: log,
             stalled: { admission.countBackpressure(.listener(listenerName), limit: .replyQueueBytes) },
             finished: { [weak self] finished in self?.remove(finished) })
         condition.lock()
