@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 import PVFS9P
+import PVFS9PCodec
+import PVFSTestSupport
 import PVFSDaemon
 import SystemPackage
 
