@@ -10,7 +10,7 @@
 #      threads): on a machine of few cores any load raises the p99, and the control shows by how
 #      much. Quiet and loaded phases alternate; p50/p99 are medians over the rounds.
 #   2. pool share: a victim with 8 reads in flight (these go through the worker pool, shared
-#      by connections in turn) quiet and beside 6, 24 and 48 abuser connections of 64 KiB reads.
+#      by VMs in turn) quiet and beside 6, 24 and 48 abuser connections of 64 KiB reads.
 #   3. memory: pvfsd's RSS before and after CYCLES abuse cycles (connect/attach/garbage/reset,
 #      Tflush storms, attach/clunk, 64 KiB reads left unread at a reset, framing violations),
 #      and after the abuser left; its own threads and descriptors.

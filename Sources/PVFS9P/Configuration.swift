@@ -50,7 +50,8 @@ public struct NinePConfiguration: Sendable {
     /// Bytes held for outstanding requests (the request plus the largest reply it can have).
     public var maximumOutstandingBytes: Int = 32 << 20
     /// Worker threads one connection may occupy at once; the rest of its requests wait in its
-    /// own queue so that one busy VM cannot take the whole pool.
+    /// own queue, so that a VM's connections take turns on its share of the pool (the pool
+    /// itself takes turns between VMs).
     public var maximumParallelRequests: Int = 4
     /// Fids one connection may hold (Linux keeps one per cached dentry). A fid costs about
     /// 200 bytes plus the name it was reached by.

@@ -100,7 +100,13 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     var blockedLocks = 0
     private(set) var fids: FidTable
     /// The VM this connection serves (set by its first attach).
-    var boundVM: String?
+    var boundVM: String? {
+        didSet { poolTenant = boundVM.map { .vm($0) } ?? NinePWorkerPool.Tenant(peer: peer) }
+    }
+    /// Whose share of the worker pool the connection's requests take: its VM (every session of
+    /// the connection is of that VM), or before an attach the listener or Xen domain it came
+    /// through. So a VM's share does not grow with the connections it opens.
+    private(set) var poolTenant: NinePWorkerPool.Tenant
     /// Sessions whose attach succeeded and that still have fids, by view.
     var sessions: [ObjectIdentifier: VMView] = [:]
     /// Attaches between the session check and their fid's insertion.
@@ -112,6 +118,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     public init(peer: NinePPeer, configuration: NinePConfiguration = NinePConfiguration(), pool: NinePWorkerPool,
                 logger: Logger, resolver: @escaping NinePAttachResolver) {
         self.peer = peer
+        poolTenant = NinePWorkerPool.Tenant(peer: peer)
         var configuration = configuration
         // msize travels as a u32; beyond 1 GiB nothing is gained.
         configuration.maximumMessageSize = min(1 << 30, max(NineP.minimumMessageSize, configuration.maximumMessageSize))
@@ -403,12 +410,13 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         var submit: Request?
         let idle = running == 0
         if isReady(request) { submit = dispatchLocked(request) }
+        let tenant = poolTenant
         state.unlock()
         guard let submit else { return }
         if runInline && idle && Self.mayRunInline(decoded) {
             run(submit)
         } else {
-            pool.submit { self.run(submit) }
+            pool.submit(for: tenant) { self.run(submit) }
         }
     }
 
@@ -456,7 +464,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     }
 
     /// Runs one request, then hands this parallel slot to the next runnable request through the
-    /// pool (so that connections take turns on its threads).
+    /// pool (so that connections of a tenant take turns on its share of the threads).
     private func run(_ request: Request) {
         execute(request)
         state.lock()
@@ -467,8 +475,9 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
                 runQueue.removeAll(keepingCapacity: runQueue.count <= 1024)
                 runQueueHead = 0
             }
+            let tenant = poolTenant
             state.unlock()
-            pool.submit { self.run(next) }
+            pool.submit(for: tenant) { self.run(next) }
         } else {
             running -= 1
             state.unlock()
@@ -539,6 +548,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         if request.type == .tflush { outstandingFlushes -= 1 }
         outstandingBytes -= request.cost
         state.broadcast()
+        let tenant = poolTenant
         let limit = negotiatedSize ?? configuration.maximumMessageSize
         guard send, var bytes else {
             // No reply to wait for: its flushes are answered now.
@@ -546,7 +556,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             let flushes = request.flushes
             request.flushes = []
             state.unlock()
-            for r in submit { pool.submit { self.run(r) } }
+            for r in submit { pool.submit(for: tenant) { self.run(r) } }
             if silent, let unanswered = request.unanswered {
                 unanswered()
                 state.lock()
@@ -557,7 +567,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             return flushes
         }
         state.unlock()
-        for r in submit { pool.submit { self.run(r) } }
+        for r in submit { pool.submit(for: tenant) { self.run(r) } }
         if bytes.count > limit {
             logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
             bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)

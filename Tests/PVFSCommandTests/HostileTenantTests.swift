@@ -603,9 +603,9 @@ struct HostileTenantTests {
         try finish(daemon)
     }
 
-    /// A victim with eight reads in flight goes through the worker pool, which connections take
-    /// turns on (`maximumParallelRequests` each): its share shrinks as the abuser opens more
-    /// connections. Prints the victim's batch latency quiet and beside 6, 24 and 48 abuser
+    /// A victim with eight reads in flight goes through the worker pool, which VMs take turns on
+    /// (and a VM's connections within its turns, `maximumParallelRequests` each): its share
+    /// stays the same however many connections the abuser opens. Prints the victim's batch latency quiet and beside 6, 24 and 48 abuser
     /// connections of 64 KiB reads; every reply must come. Run by bench/hostile-tenant.sh
     /// (`PVFS_HOSTILE_POOL_SHARE=1`), about a minute.
     @Test(.enabled(if: environment["PVFS_HOSTILE_POOL_SHARE"] != nil))
