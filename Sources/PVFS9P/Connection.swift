@@ -89,6 +89,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     private var replying: [UInt16: Request] = [:]
     /// Requests received and not finished, Tflush included.
     private var outstanding = 0
+    /// A fid was inserted at some point (sticky across Tversion), for the idle timeout.
+    private var hasHeldFid = false
     private var outstandingFlushes = 0
     private var outstandingBytes = 0
     /// Requests waiting for a parallel slot of this connection.
@@ -165,7 +167,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     public var usage: NineConnectionUsage {
         state.lock()
         defer { state.unlock() }
-        return NineConnectionUsage(outstandingRequests: outstanding, fids: fids.count)
+        return NineConnectionUsage(outstandingRequests: outstanding, fids: fids.count, hasHeldFid: hasHeldFid)
     }
 
     /// Requests received and not yet answered (for metrics and tests).
@@ -758,6 +760,9 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     func insert(_ fid: Fid, into table: FidTable) throws(Errno) {
         do throws(Errno) {
             try table.insert(fid)
+            state.lock()
+            hasHeldFid = true
+            state.unlock()
         } catch where error == .tooManyOpenFilesInSystem {
             limitReached(.fidsPerConnection, "\(table.limit) fids in use")
             throw error

@@ -69,10 +69,14 @@ public struct NineConnectionUsage: Sendable, Equatable {
     public var outstandingRequests: Int
     /// Fids in use (a connection holding none, with nothing outstanding, is idle).
     public var fids: Int
+    /// It held a fid at some point (an attach succeeded), however briefly: a transport that
+    /// only samples `fids` can miss an attach and clunk between two looks.
+    public var hasHeldFid: Bool
 
-    public init(outstandingRequests: Int, fids: Int) {
+    public init(outstandingRequests: Int, fids: Int, hasHeldFid: Bool? = nil) {
         self.outstandingRequests = outstandingRequests
         self.fids = fids
+        self.hasHeldFid = hasHeldFid ?? (fids > 0)
     }
 }
 

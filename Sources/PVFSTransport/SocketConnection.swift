@@ -297,7 +297,7 @@ final class SocketConnection: @unchecked Sendable {
     func activity() -> ConnectionActivity {
         let usage = handler.usage
         let holdsFid = usage.fids > 0
-        if holdsFid { attached.store(true, ordering: .relaxed) }
+        if holdsFid || usage.hasHeldFid { attached.store(true, ordering: .relaxed) }
         return ConnectionActivity(connectedAt: connectedAt, lastActivity: lastActivity.load(ordering: .relaxed),
                                   hasAttached: attached.load(ordering: .relaxed), holdsFid: holdsFid,
                                   outstandingRequests: usage.outstandingRequests)

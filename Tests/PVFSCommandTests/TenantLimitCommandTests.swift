@@ -6,6 +6,7 @@ import PVFSDaemon
 import PVFSEngine
 import PVFSStore
 import PVFSTestSupport
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -61,7 +62,8 @@ struct TenantLimitCommandTests {
 
     /// 200 rounds of connect, Tversion, Tattach, abort: each attach is served. The last
     /// session's volume used to close outside the registry's lock, and an attach in that window
-    /// failed to take the VM's lock: EBUSY, a rebooting guest without its root.
+    /// failed to take the VM's lock: EBUSY, a rebooting guest without its root. So did one while
+    /// a child spawned by another thread still held the lock's descriptor before its exec.
     @Test func quickReconnectsNeverFindTheirVMBusy() throws {
         let area = try ScratchArea()
         let store = try makeStore(area)
@@ -77,6 +79,19 @@ struct TenantLimitCommandTests {
         var failures: [String] = []
         var descriptors: [Int32] = []
         defer { for fd in descriptors { close(fd) } }
+        // Meanwhile another thread spawns processes, as other tests (and hooks) do: each child
+        // holds a copy of the VM's flock'd lock descriptor until it execs.
+        let spawning = Atomic<Bool>(true)
+        let spawner = Thread {
+            while spawning.load(ordering: .relaxed) {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/bin/true")
+                try? p.run()
+                p.waitUntilExit()
+            }
+        }
+        spawner.start()
+        defer { spawning.store(false, ordering: .relaxed) }
         for round in 0..<200 {
             let (fd, client) = try Self.connect(address)
             descriptors.append(fd)

@@ -126,13 +126,32 @@ struct TenantSocketLimitTests {
         let m = client(mounted)
         _ = try m.version()
         _ = try m.attach(fid: 0)
-        // Wait until the server saw the attach, then give the fid up.
         #expect(waitUntil { s.server.admission.connections(of: .listener("a")) == 2 })
-        Thread.sleep(forTimeInterval: 0.3)
         try d.clunk(fid: 0)
         #expect(waitUntil(5) { s.server.connectionCount == 1 })
         Thread.sleep(forTimeInterval: 0.8)
         #expect(try m.walk(fid: 0, newFid: 1, ["etc"]).count == 1)
+        let refusals = s.server.admission.usage.first { $0.tenant == .listener("a") }?.refusals ?? [:]
+        #expect(refusals[.idleTimeout] == 1)
+    }
+
+    /// A connection that attaches and clunks its fid at once, between two looks of the timeout
+    /// check, is still one that attached: idle, it is closed.
+    @Test func idleTimeoutClosesConnectionsThatClunkedAtOnce() throws {
+        let (s, portA, _) = try twoListeners {
+            $0.limits.handshakeTimeoutSeconds = 0
+            $0.limits.idleTimeoutSeconds = 2
+        }
+        defer { s.finish() }
+        let fd = try connectTCP(portA)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let c = client(fd)
+        _ = try c.version()
+        _ = try c.attach(fid: 0)
+        try c.clunk(fid: 0)
+        #expect(waitUntil(10) { s.server.connectionCount == 0 })
         let refusals = s.server.admission.usage.first { $0.tenant == .listener("a") }?.refusals ?? [:]
         #expect(refusals[.idleTimeout] == 1)
     }

@@ -143,9 +143,16 @@ final class PeerBox: @unchecked Sendable {
     var all: [NinePPeer] { lock.lock(); defer { lock.unlock() }; return peers }
 }
 
-func connectTCP(_ port: UInt16, host: String = "127.0.0.1") throws -> Int32 {
+/// `receiveBuffer`: SO_RCVBUF, set before connecting. Shrinking it on a connected TCP socket
+/// keeps the window scale agreed for the larger buffer: the kernel then drops segments it
+/// advertised room for, and every one of them waits for a retransmission timeout (2 MiB took
+/// about 50 s over loopback that way, instead of well under a second).
+func connectTCP(_ port: UInt16, host: String = "127.0.0.1", receiveBuffer: Int32? = nil) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw Errno(rawValue: errno) }
+    if var size = receiveBuffer {
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = port.bigEndian
