@@ -5,6 +5,7 @@ import Logging
 import PVFSEngine
 import PVFSFuseServer
 import PVFSStore
+import PVFSSystem
 import PVFSVhostUser
 
 /// `pvfs-vm serve-vhost-user NAME --socket PATH`: one VM served to one QEMU over a
@@ -48,7 +49,7 @@ public struct ServeVhostUser: ParsableCommand {
             store = try storeOptions.open(logger: logger)
             volume = try Volume.open(store: store, vmName: name, logger: logger)
             settings = (try? store.accessSettings(vm: name)) ?? VMAccessSettings()
-        } catch let error as StoreError {
+        } catch let error as PVFSError {
             throw CommandFailure(error.message, exitCode: error.errno == .noSuchFileOrDirectory ? PVFSExitCode.notFound : PVFSExitCode.conflict)
         }
         if groupedCommit { volume.commitMode = .grouped }

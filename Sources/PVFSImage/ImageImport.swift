@@ -40,7 +40,7 @@ extension Store {
             do throws(Errno) {
                 return try FileDescriptor.open(at: .currentDirectory, directory.path + "/archive.tar", [.readWrite, .create, .exclusive], mode: 0o600)
             } catch {
-                throw StoreError("cannot create \(directory.path)/archive.tar: \(error)", errno: error)
+                throw PVFSError(.store, "cannot create \(directory.path)/archive.tar: \(error)", errno: error)
             }
         }
         let image = try source.resolve(selection)
@@ -78,7 +78,7 @@ extension Store {
             return ImageImport(template: report, image: record, layerSeconds: layerSeconds)
         } catch {
             ingest.abandon()
-            if cancellation?.isCancelled == true { throw StoreError("interrupted; nothing of template \(name) was kept", errno: .interrupted) }
+            if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted; nothing of template \(name) was kept", errno: .interrupted) }
             throw error
         }
     }
@@ -114,7 +114,7 @@ extension Store {
             }
             var changes: [LayerChange] = []
             while let header = try tar.nextHeader() {
-                if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+                if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted", errno: .interrupted) }
                 // A layer's changes are held until it is verified: bound them as the tree is bound.
                 guard changes.count < ImageTree.maximumNodes else {
                     throw ImageError("more than \(ImageTree.maximumNodes) entries in one layer", errno: .invalidArgument)
@@ -129,7 +129,7 @@ extension Store {
                     let content: StagedContent
                     do {
                         content = try ingest.stageContent(size: header.size, from: &blocks)
-                    } catch let error as StoreError where error.errno == .invalidArgument || error.errno == .ioError {
+                    } catch let error as PVFSError where error.errno == .invalidArgument || error.errno == .ioError {
                         throw ImageError("entry \(displayBytes(header.path)): \(error.message)", errno: error.errno)
                     }
                     change = .entry(path: path, header: header, content: content)
@@ -158,10 +158,10 @@ extension Store {
         // What follows the tar's end is hashed too; it may be long (data after the end-of-archive
         // blocks), so Ctrl-C is heard here as well.
         while let decompressed, try decompressed.nextChunk().count > 0 {
-            if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+            if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted", errno: .interrupted) }
         }
         while try region.nextChunk().count > 0 {
-            if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+            if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted", errno: .interrupted) }
         }
         let blobDigest = region.digest()
         if let expected = layer.blobDigest, expected != blobDigest {

@@ -204,7 +204,7 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
 
     private func checkState() throws {
         precondition(!done, "streamed ingest used after finish or abandon")
-        if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+        if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted", errno: .interrupted) }
         if let error = failure.withLock({ $0 }) { throw error }
     }
 
@@ -213,14 +213,14 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
     /// backwards or reach past `size`.
     public func stageContent(size: Int64, from blocks: inout some ContentBlocks) throws -> StagedContent {
         try checkState()
-        guard size > 0 else { throw StoreError("content of size \(size) cannot be staged", errno: .invalidArgument) }
+        guard size > 0 else { throw PVFSError(.store, "content of size \(size) cannot be staged", errno: .invalidArgument) }
         let result: (StagedBlob, Int64)
         do {
             result = size <= Int64(buffer.bytes.count) ? try stageInMemory(size: size, &blocks) : try stageByWriting(size: size, &blocks)
         } catch let error as Errno {
             switch error {
-            case .noSpace, .diskQuotaExceeded: throw StoreError("no space left in the store's filesystem (\(store.path))", errno: error)
-            default: throw StoreError("cannot stage content in \(store.path)/tmp: \(error)", errno: error)
+            case .noSpace, .diskQuotaExceeded: throw PVFSError(.store, "no space left in the store's filesystem (\(store.path))", errno: error)
+            default: throw PVFSError(.store, "cannot stage content in \(store.path)/tmp: \(error)", errno: error)
             }
         }
         let (blob, dataBytes) = result
@@ -244,8 +244,8 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
 
         mutating func accept(_ count: Int, at offset: Int64) throws {
             guard offset >= position, offset <= size, Int64(count) <= size - offset else {
-                if offset < position { throw StoreError("content blocks overlap or go backwards (offset \(offset) after \(position))") }
-                throw StoreError("content runs past its size of \(size) bytes (block at \(offset) of \(count) bytes)")
+                if offset < position { throw PVFSError(.store, "content blocks overlap or go backwards (offset \(offset) after \(position))") }
+                throw PVFSError(.store, "content runs past its size of \(size) bytes (block at \(offset) of \(count) bytes)")
             }
             position = offset + Int64(count)
             dataBytes += Int64(count)
@@ -307,7 +307,7 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
                     hasher.update(bytes)
                     try writer.fd.writeAll(bytes, at: offset)
                 }
-                if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+                if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted", errno: .interrupted) }
             }
             if cursor.position < size { hasher.updateZeros(count: size - cursor.position) }
             try writer.fd.truncate(size: size)
@@ -396,7 +396,7 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
             return report
         } catch {
             abandon()
-            if cancellation?.isCancelled == true { throw StoreError("interrupted; nothing of template \(name) was kept", errno: .interrupted) }
+            if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted; nothing of template \(name) was kept", errno: .interrupted) }
             throw error
         }
     }
@@ -406,7 +406,7 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
     public func abandon() {
         guard !done else { return }
         done = true
-        failure.withLock { if $0 == nil { $0 = StoreError("abandoned", errno: .interrupted) } }
+        failure.withLock { if $0 == nil { $0 = PVFSError(.store, "abandoned", errno: .interrupted) } }
         for blob in batch { area.discard(blob.file) }
         batch = []
         pending.wait()
@@ -416,7 +416,7 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
     }
 
     private func validate(_ tree: StreamedTree) throws {
-        func bad(_ message: String) -> StoreError { StoreError("invalid tree for template \(name): \(message)", errno: .invalidArgument) }
+        func bad(_ message: String) -> PVFSError { PVFSError(.store, "invalid tree for template \(name): \(message)", errno: .invalidArgument) }
         guard let root = tree.inodes.first, root.kind == .directory else { throw bad("inode 1 is not a directory") }
         let count = Int64(tree.inodes.count)
         for (index, inode) in tree.inodes.enumerated() {
@@ -456,7 +456,7 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
                     continue
                 }
                 guard let id = try Int64.fetchOne(statement, arguments: [hash.bytes.databaseBlob]) else {
-                    throw StoreError("blob \(hash) is neither published nor in the catalog", errno: .ioError)
+                    throw PVFSError(.store, "blob \(hash) is neither published nor in the catalog", errno: .ioError)
                 }
                 byHash[hash] = id
                 ids[index] = id
@@ -524,7 +524,7 @@ public final class StreamedTemplateIngest: @unchecked Sendable {
     }
 
     private func checkCancelled() throws {
-        if cancellation?.isCancelled == true { throw StoreError("interrupted", errno: .interrupted) }
+        if cancellation?.isCancelled == true { throw PVFSError(.store, "interrupted", errno: .interrupted) }
     }
 
     private func makeReport(_ tree: StreamedTree) -> IngestReport {

@@ -157,7 +157,7 @@ extension Store {
                 throw PVFSError(.store, "a template named \(name) exists already", errno: .fileExists)
             }
             var logical: Int64 = 0
-            for (ino, r) in records where r.kind == .regular { logical += r.size }
+            for (_, r) in records where r.kind == .regular { logical += r.size }
             try db.execute(sql: """
                 INSERT INTO template (name, state, source, created_ns, entry_count, logical_bytes, max_inode)
                 VALUES (?, 'ready', ?, ?, ?, ?, ?)
@@ -188,7 +188,7 @@ extension Store {
         if staged.isEmpty {
             templateID = try catalog.write { db in try write(db, [:]) }
         } else {
-            try publish(staged, from: area, shards: ShardDirectories(blobs: blobsDirectory), rowsPerTransaction: staged.count) { db, _, ids in
+            _ = try publish(staged, from: area, shards: ShardDirectories(blobs: blobsDirectory), rowsPerTransaction: staged.count) { db, _, ids in
                 var blobIDs: [UInt64: Int64] = [:]
                 for (index, ino) in stagedInodes.enumerated() { blobIDs[ino] = ids[staged[index].hash] }
                 templateID = try write(db, blobIDs)

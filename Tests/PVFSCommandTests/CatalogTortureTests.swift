@@ -458,7 +458,7 @@ final class CatalogTorture: @unchecked Sendable {
             try mustRun("pvfs-vm", ["bind", vm, "--listener", "torture", "--store", store])
         }
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: daemonLog, contents: nil)
+        _ = FileManager.default.createFile(atPath: daemonLog, contents: nil)
     }
 
     var summary: String {

@@ -37,7 +37,7 @@ final class HostileDaemon {
                      "listen = abuser tcp:127.0.0.1:\(abuserPort)", "janitor-interval = 0"] + settings
         try write(config, Array((lines.joined(separator: "\n") + "\n").utf8))
         logPath = area.sub("pvfsd.log")
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process = Process()
         process.executableURL = URL(fileURLWithPath: try builtProduct("pvfsd"))
         process.arguments = ["--config", config, "--log-level", "error"]

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PVFSDaemon
 import PVFSFuseCodec
+import PVFSSystem
 import SystemPackage
 import Testing
 @testable import PVFSEngine
@@ -138,7 +139,7 @@ struct DaemonVhostUserTests {
         }
         defer { other.close() }
         let regular = s.fixture.directory + "/run/regular-file"
-        FileManager.default.createFile(atPath: regular, contents: Data("keep".utf8))
+        _ = FileManager.default.createFile(atPath: regular, contents: Data("keep".utf8))
         try s.bind("web1", foreign)
         try s.bind("web1", regular)
         try s.bind("web2", s.socket("web2"))
@@ -156,8 +157,8 @@ struct DaemonVhostUserTests {
         let s = try Setup(vms: ["web1", "web2"])
         let path = s.socket("shared")
         try s.fixture.store.addBinding(VMBinding(vm: "web1", kind: "vhost-user", value: path))
-        #expect(throws: StoreError.self) { try s.fixture.store.addBinding(VMBinding(vm: "web2", kind: "vhost-user", value: path)) }
-        #expect(throws: StoreError.self) { try s.fixture.store.addBinding(VMBinding(vm: "nope", kind: "vhost-user", value: path + "2")) }
+        #expect(throws: PVFSError.self) { try s.fixture.store.addBinding(VMBinding(vm: "web2", kind: "vhost-user", value: path)) }
+        #expect(throws: PVFSError.self) { try s.fixture.store.addBinding(VMBinding(vm: "nope", kind: "vhost-user", value: path + "2")) }
         // Read-only and squash narrow the socket's sessions like any binding.
         let rules = try AccessRules.load(from: s.fixture.store)
         let (vm, policy) = try rules.resolve(aname: "", identity: .vhostUser(socket: path))

@@ -139,7 +139,9 @@ if [ "$BACKEND" = pvfsd ]; then
             DOM0_FILES+=("${b%%:*}:/usr/local/bin/${b#*:}")
         fi
     done
-    [ "$DOM0MEM_SET" = 1 ] || DOM0MEM=1024
+    # dom0's root is a tmpfs of half its memory holding the tools, the stripped binaries and the
+    # store: the quota checks need the VM's 64 MiB quota to run out before that filesystem does.
+    [ "$DOM0MEM_SET" = 1 ] || DOM0MEM=1536
     DOM0_TREES+=("$STORE:/var/lib/pvfs")
     HOOK_ENV+=("PVFS_XEN_STORE=/var/lib/pvfs" "PVFS_XEN_VM=$VM")
 fi
