@@ -275,7 +275,7 @@ extension FuseFilesystem {
             let cred = credentials(req)
             var result = try view.setAttributes(ino, changes, handle: Self.handle(fi), as: cred)
             if let mode = changes.mode, aclActive.load(ordering: .relaxed) {
-                result = try followModeInAccessACL(ino, mode: mode, attributes: result)
+                result = try view.followModeInAccessACL(ino, mode: mode, attributes: result)
             }
             replyAttributes(req, result)
         } catch {
@@ -741,7 +741,8 @@ extension FuseFilesystem {
         }
         do throws(Errno) {
             if name == PosixACL.accessName, aclActive.load(ordering: .relaxed) {
-                try setAccessACL(req, ino, bytes, mode: mode)
+                try view.setAccessACL(ino, bytes, mode: mode, as: credentials(req),
+                                      clearsSetGID: { !callerIsMember(req, of: $0) })
             } else {
                 try view.setXattr(ino, name, bytes, mode: mode, as: credentials(req))
             }
@@ -758,41 +759,6 @@ extension FuseFilesystem {
         } catch {
             reply(req, error)
         }
-    }
-
-    /// setfacl of an access ACL: the mode follows the ACL (posix_acl_update_mode), and an ACL
-    /// that says no more than the mode is not stored, as on ext4.
-    func setAccessACL(_ req: fuse_req_t, _ ino: fuse_ino_t, _ bytes: [UInt8], mode: XattrSetMode) throws(Errno) {
-        guard let acl = PosixACL(xattr: bytes) else { throw Errno.invalidArgument }
-        let cred = credentials(req)
-        let current = try view.getAttributes(ino)
-        let (aclMode, extended) = acl.equivalentMode()
-        var newMode = (current.mode & ~0o777) | aclMode
-        if newMode & 0o2000 != 0 && !callerIsMember(req, of: current.gid) { newMode &= ~0o2000 }
-        if extended {
-            try view.setXattr(ino, PosixACL.accessName, bytes, mode: mode, as: cred)
-        } else {
-            if mode == .replaceOnly, (try? view.getXattr(ino, PosixACL.accessName, as: .root)) == nil { throw Errno.noData }
-            do throws(Errno) {
-                try view.removeXattr(ino, PosixACL.accessName, as: cred)
-            } catch where error == .noData {
-            }
-        }
-        if newMode & permissionBitsMask != current.mode & permissionBitsMask {
-            _ = try view.setAttributes(ino, AttributeChanges(mode: newMode & permissionBitsMask), as: .root)
-        }
-    }
-
-    /// chmod of an inode with an access ACL rewrites the ACL's owner, mask (or group) and other
-    /// entries (posix_acl_chmod).
-    func followModeInAccessACL(_ ino: fuse_ino_t, mode: UInt32, attributes: Attributes) throws(Errno) -> Attributes {
-        guard let bytes = try? view.getXattr(ino, PosixACL.accessName, as: .root), let acl = PosixACL(xattr: bytes) else {
-            return attributes
-        }
-        let updated = acl.changingMode(mode)
-        guard updated != acl else { return attributes }
-        try view.setXattr(ino, PosixACL.accessName, updated.xattr, as: .root)
-        return try view.getAttributes(ino)
     }
 }
 

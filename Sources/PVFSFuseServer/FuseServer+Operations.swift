@@ -171,7 +171,7 @@ extension FuseServer {
         }
         var result = try view.setAttributes(r.node, changes, handle: file, as: credentials(r))
         if let mode = changes.mode, r.negotiation.aclActive {
-            result = try followModeInAccessACL(r.node, mode: mode, attributes: result)
+            result = try view.followModeInAccessACL(r.node, mode: mode, attributes: result)
         }
         replyAttributes(r, result)
     }
@@ -497,49 +497,15 @@ extension FuseServer {
         default: throw Errno.invalidArgument
         }
         if name == PosixACL.accessName, r.negotiation.aclActive {
-            try setAccessACL(r, value, mode: mode, killSGID: r.negotiation.extendedSetxattr
-                ? setxattrFlags & FuseMiscFlags.setxattrACLKillSGID != 0 : nil)
+            // With FUSE_SETXATTR_EXT the client says whether set-group-id goes; without it the
+            // server decides from the caller's groups.
+            let clientVerdict = r.negotiation.extendedSetxattr ? setxattrFlags & FuseMiscFlags.setxattrACLKillSGID != 0 : nil
+            try view.setAccessACL(r.node, value, mode: mode, as: credentials(r),
+                                  clearsSetGID: { clientVerdict ?? !callerIsMember(r, of: $0) })
         } else {
             try view.setXattr(r.node, name, value, mode: mode, as: credentials(r))
         }
         r.ok()
-    }
-
-    /// setfacl of an access ACL: the mode follows the ACL (posix_acl_update_mode), and an ACL
-    /// that says no more than the mode is not stored, as on ext4. `killSGID` is the client's
-    /// verdict (FUSE_SETXATTR_EXT); without it the server decides from the caller's groups.
-    func setAccessACL(_ r: Request, _ bytes: [UInt8], mode: XattrSetMode, killSGID: Bool?) throws(Errno) {
-        guard let acl = PosixACL(xattr: bytes) else { throw Errno.invalidArgument }
-        let cred = credentials(r)
-        let ino = r.node
-        let current = try view.getAttributes(ino)
-        let (aclMode, extended) = acl.equivalentMode()
-        var newMode = (current.mode & ~0o777) | aclMode
-        if newMode & 0o2000 != 0 && (killSGID ?? !callerIsMember(r, of: current.gid)) { newMode &= ~0o2000 }
-        if extended {
-            try view.setXattr(ino, PosixACL.accessName, bytes, mode: mode, as: cred)
-        } else {
-            if mode == .replaceOnly, (try? view.getXattr(ino, PosixACL.accessName, as: .root)) == nil { throw Errno.noData }
-            do throws(Errno) {
-                try view.removeXattr(ino, PosixACL.accessName, as: cred)
-            } catch where error == .noData {
-            }
-        }
-        if newMode & permissionBitsMask != current.mode & permissionBitsMask {
-            _ = try view.setAttributes(ino, AttributeChanges(mode: newMode & permissionBitsMask), as: .root)
-        }
-    }
-
-    /// chmod of an inode with an access ACL rewrites the ACL's owner, mask (or group) and other
-    /// entries (posix_acl_chmod).
-    func followModeInAccessACL(_ ino: InodeNumber, mode: UInt32, attributes: Attributes) throws(Errno) -> Attributes {
-        guard let bytes = try? view.getXattr(ino, PosixACL.accessName, as: .root), let acl = PosixACL(xattr: bytes) else {
-            return attributes
-        }
-        let updated = acl.changingMode(mode)
-        guard updated != acl else { return attributes }
-        try view.setXattr(ino, PosixACL.accessName, updated.xattr, as: .root)
-        return try view.getAttributes(ino)
     }
 
     // MARK: Locks
