@@ -241,8 +241,10 @@ struct FuseServerLimitTests {
                 _ = c.postRaw(mutated)
             }
         }
-        // Random messages of every opcode.
-        for opcode in 0..<60 {
+        // Random messages of every opcode but DESTROY: a DESTROY with an empty body (about one
+        // random message in 120) is well-formed and ends the session by design, after which the
+        // last check below would rightly get EIO.
+        for opcode in 0..<60 where opcode != Int(FuseOpcode.destroy.rawValue) {
             for _ in 0..<20 {
                 var w = FuseWriter()
                 let body = (0..<Int.random(in: 0..<120, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
