@@ -555,3 +555,25 @@ pvfs_vm_binary() {
 guest_boot_files() {
     "$(pvfs_vm_binary)" boot-files "$@"
 }
+
+# guest_host_check DIR: what fileops.sh wrote, read back on the host under DIR/pvfs-fileops:
+# every file of its MANIFEST with the same sha256, every path of its META with the same owner,
+# mode, size and type. Returns 1 (and says why) when anything differs or is missing.
+guest_host_check() {
+    local dir=$1/pvfs-fileops meta_diff
+    if [ ! -f "$dir/MANIFEST" ] || ! (cd "$dir" && sha256sum --quiet -c MANIFEST) >&2; then
+        glog "host check: FAILED (MANIFEST missing or mismatched under $dir)"
+        return 1
+    fi
+    glog "host check: MANIFEST matches ($(wc -l <"$dir/MANIFEST") files)"
+    meta_diff=$(cd "$dir" && while read -r p rest; do
+        got="$p $(stat -c '%u:%g %a %s %F' "$p")"
+        [ "$got" = "$p $rest" ] || echo "  guest: $p $rest | host: $got"
+    done <META)
+    if [ -n "$meta_diff" ]; then
+        glog "host check: metadata differs:"
+        echo "$meta_diff" >&2
+        return 1
+    fi
+    glog "host check: owners, modes, sizes and types match ($(wc -l <"$dir/META") paths)"
+}

@@ -111,24 +111,7 @@ server_stop
 if [ -n "$HOSTVIEW" ] && [ -f "$HOSTVIEW/pvfs-fileops/MANIFEST" ] && [ ! -s "$HOSTVIEW/pvfs-fileops/MANIFEST" ]; then
     glog "host check: manifest empty (the checks that write it were skipped)"
 elif [ -n "$HOSTVIEW" ]; then
-    if [ -f "$HOSTVIEW/pvfs-fileops/MANIFEST" ] &&
-        (cd "$HOSTVIEW/pvfs-fileops" && sha256sum --quiet -c MANIFEST) >&2; then
-        glog "host check: MANIFEST matches the served tree ($(wc -l <"$HOSTVIEW/pvfs-fileops/MANIFEST") files)"
-        META_DIFF=$(cd "$HOSTVIEW/pvfs-fileops" && while read -r p rest; do
-            got="$p $(stat -c '%u:%g %a %s %F' "$p")"
-            [ "$got" = "$p $rest" ] || echo "  guest: $p $rest | host: $got"
-        done <META)
-        if [ -n "$META_DIFF" ]; then
-            glog "host check: metadata differs:"
-            echo "$META_DIFF" >&2
-            RC=1
-        else
-            glog "host check: owners, modes, sizes and types match ($(wc -l <"$HOSTVIEW/pvfs-fileops/META") paths)"
-        fi
-    else
-        glog "host check: FAILED (MANIFEST missing or mismatched under $HOSTVIEW/pvfs-fileops)"
-        RC=1
-    fi
+    guest_host_check "$HOSTVIEW" || RC=1
 fi
 
 glog "timings: initramfs ${T_BUILD}s, guest boot+test ${GUEST_BOOT_SECONDS}s, total $(elapsed "$T0")s"

@@ -135,23 +135,7 @@ if [ "$KIND" != virtiofsd ]; then
     "$PVFS_VM" mount --store "$STORE" "$VM" "$HOSTVIEW" || gdie "cannot mount $VM on the host"
     guest_on_cleanup "'$PVFS_VM' umount --store '$STORE' '$HOSTVIEW' >/dev/null 2>&1 || umount -l '$HOSTVIEW'"
 fi
-if [ -f "$HOSTVIEW/pvfs-fileops/MANIFEST" ] && (cd "$HOSTVIEW/pvfs-fileops" && sha256sum --quiet -c MANIFEST) >&2; then
-    glog "host check: MANIFEST matches ($(wc -l <"$HOSTVIEW/pvfs-fileops/MANIFEST") files)"
-    META_DIFF=$(cd "$HOSTVIEW/pvfs-fileops" && while read -r p rest; do
-        got="$p $(stat -c '%u:%g %a %s %F' "$p")"
-        [ "$got" = "$p $rest" ] || echo "  guest: $p $rest | host: $got"
-    done <META)
-    if [ -n "$META_DIFF" ]; then
-        glog "host check: metadata differs:"
-        echo "$META_DIFF" >&2
-        RC=1
-    else
-        glog "host check: owners, modes, sizes and types match ($(wc -l <"$HOSTVIEW/pvfs-fileops/META") paths)"
-    fi
-else
-    glog "host check: FAILED (MANIFEST missing or mismatched under $HOSTVIEW/pvfs-fileops)"
-    RC=1
-fi
+guest_host_check "$HOSTVIEW" || RC=1
 
 glog "timings: initramfs ${T_BUILD}s, guest boot+test ${GUEST_BOOT_SECONDS}s, total $(elapsed "$T0")s"
 echo "virtiofs/$KIND: $GUEST_RESULT_SUMMARY qemu_exit=$QRC boot+test=${GUEST_BOOT_SECONDS}s"
