@@ -234,7 +234,7 @@ final class SocketPairHarness: @unchecked Sendable {
     func finish() {
         shutdown(clientFD, Int32(SHUT_RDWR))
         done.wait()
-        Glibc.close(clientFD)
+        NinePClient.closeSocket(clientFD)
         Glibc.close(serverFD)
     }
 }

@@ -193,19 +193,19 @@ struct DaemonServiceTests {
                 _ = try client.version(msize: 65536)
                 _ = try client.attach(fid: 0, aname: "b")
             } catch {
-                close(fd)
+                NinePClient.closeSocket(fd)
                 throw error
             }
             return (fd, client)
         }
         let (fd1, c1) = try attach()
-        defer { close(fd1) }
+        defer { NinePClient.closeSocket(fd1) }
         _ = try c1.walk(fid: 0, newFid: 1, path: "d0/f0")
         _ = try c1.lopen(fid: 1, flags: 0)
         #expect(try c1.read(fid: 1, offset: 0, count: 4096) == benchContent(seed: 3, file: 0, bytes: 1000))
         // Its cap: a second connection attaches, a third is refused with EUSERS.
         let (fd2, _) = try attach()
-        defer { close(fd2) }
+        defer { NinePClient.closeSocket(fd2) }
         #expect(throws: Errno.tooManyUsers) { _ = try attach() }
 
         let listenerA = "{kind=\"listener\",tenant=\"a-port\""

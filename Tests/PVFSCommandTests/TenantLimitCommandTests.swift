@@ -78,7 +78,7 @@ struct TenantLimitCommandTests {
         let address = try #require(service.boundAddresses.first)
         var failures: [String] = []
         var descriptors: [Int32] = []
-        defer { for fd in descriptors { close(fd) } }
+        defer { for fd in descriptors { NinePClient.closeSocket(fd) } }
         // Meanwhile another thread spawns processes, as other tests (and hooks) do: each child
         // holds a copy of the VM's flock'd lock descriptor until it execs.
         let spawning = Atomic<Bool>(true)
@@ -131,9 +131,7 @@ struct TenantLimitCommandTests {
         }
         let (fd, client) = try Self.connect("unix:" + socketPath)
         defer {
-            Self.abort(fd)
-            usleep(100_000)
-            close(fd)
+            NinePClient.closeSocket(fd)
         }
         _ = try client.version(msize: 65536)
         _ = try client.attach(fid: 0, aname: "guest", uid: 0)

@@ -65,9 +65,11 @@ public final class NinePClient: @unchecked Sendable {
 
     /// A client that writes messages with `send` and reads them with `receive` (one complete
     /// message per call, nil at the end of the stream) on a thread of its own.
-    public init(send: @escaping @Sendable ([UInt8]) throws -> Void, receive: @escaping @Sendable () throws -> [UInt8]?) {
+    public init(send: @escaping @Sendable ([UInt8]) throws -> Void, receive: @escaping @Sendable () throws -> [UInt8]?,
+                readerEnded: (@Sendable () -> Void)? = nil) {
         self.send = send
         let thread = Thread { [weak self] in
+            defer { readerEnded?() }
             while true {
                 let message: [UInt8]?
                 do {
@@ -89,9 +91,12 @@ public final class NinePClient: @unchecked Sendable {
         thread.start()
     }
 
-    /// A client over a connected stream socket (or pipe pair). The client does not close `fd`.
+    /// A client over a connected stream socket (or pipe pair). Close `fd` with
+    /// `NinePClient.closeSocket(_:)`, never with close(2) alone: the client's reader may still be
+    /// about to read it, and would read whatever socket next gets the number.
     public convenience init(fileDescriptor fd: Int32, maximumMessageSize: Int = 16 << 20) {
         let framer = FramerBox(NinePMessageFramer(maximumMessageSize: maximumMessageSize))
+        socketReaders.started(fd)
         self.init(send: { bytes in
             try bytes.withUnsafeBytes { raw in
                 var done = 0
@@ -106,7 +111,16 @@ public final class NinePClient: @unchecked Sendable {
             }
         }, receive: {
             try framer.next(from: fd)
+        }, readerEnded: {
+            socketReaders.ended(fd)
         })
+    }
+
+    /// Ends a client's connection and closes its socket once no reader of the socket is left.
+    public static func closeSocket(_ fd: Int32) {
+        shutdown(fd, Int32(SHUT_RDWR))
+        socketReaders.waitUntilNoReader(fd)
+        Glibc.close(fd)
     }
 
     /// Problems seen in the server's replies: undecodable messages, replies to unknown tags.
@@ -392,6 +406,35 @@ public final class NinePClient: @unchecked Sendable {
 }
 
 /// A framer reading from a descriptor, for `NinePClient(fileDescriptor:)`.
+/// Sockets with a client reader still running, so that closing one can wait for its readers.
+private final class SocketReaders: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var readers: [Int32: Int] = [:]
+
+    func started(_ fd: Int32) {
+        condition.lock()
+        readers[fd, default: 0] += 1
+        condition.unlock()
+    }
+
+    func ended(_ fd: Int32) {
+        condition.lock()
+        readers[fd, default: 1] -= 1
+        if readers[fd] == 0 { readers[fd] = nil }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// After shutdown(2) every reader's recv returns at once, so this wait is short.
+    func waitUntilNoReader(_ fd: Int32) {
+        condition.lock()
+        while readers[fd] != nil { condition.wait() }
+        condition.unlock()
+    }
+}
+
+private let socketReaders = SocketReaders()
+
 private final class FramerBox: @unchecked Sendable {
     private var framer: NinePMessageFramer
     private var scratch = [UInt8](repeating: 0, count: 65536)

@@ -193,8 +193,7 @@ func connectUnix(_ path: String) throws -> Int32 {
 func client(_ fd: Int32) -> NinePClient { NinePClient(fileDescriptor: fd) }
 
 func closeClient(_ fd: Int32) {
-    shutdown(fd, Int32(SHUT_RDWR))
-    close(fd)
+    NinePClient.closeSocket(fd)
 }
 
 func waitUntil(_ timeout: Double = 10, _ condition: () -> Bool) -> Bool {
