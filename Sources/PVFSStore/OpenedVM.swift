@@ -298,9 +298,18 @@ public final class VMOverlayCatalog: Sendable {
         store.spaceReserve.admitsGrowth()
     }
 
-    /// statfs of the store's filesystem, where the VM's files live.
+    /// statfs of the store's filesystem, where the VM's files live. While the space reserve is
+    /// depleted, the space it gave back counts as free but not as available (as a filesystem's
+    /// blocks reserved for root do), since writes get ENOSPC until it is allocated again.
     public func hostStatistics() throws(Errno) -> FileSystemStatistics {
-        try store.fileSystemStatistics()
+        let reserve = store.spaceReserve
+        _ = reserve.admitsGrowth()  // allocates it again if space came back
+        var statistics = try store.fileSystemStatistics()
+        if reserve.bytes > 0 && !reserve.isHeld {
+            let reserveBlocks = UInt64(reserve.bytes) / max(1, statistics.fragmentSize)
+            statistics.availableBlocks -= min(statistics.availableBlocks, reserveBlocks)
+        }
+        return statistics
     }
 
     /// A catalog failure as the engine reports it: ENOSPC when the filesystem is full.

@@ -130,6 +130,9 @@ struct FullFileSystemTests {
         return big
         }()
         #expect(try v.getAttributes(big.inode).size == written)
+        // statfs agrees with the refusal: no space is available to the guest.
+        let full = v.statistics()
+        #expect(full.availableBlocks * full.fragmentSize < 512 << 10, "statfs when full: \(full)")
 
         // The guest frees space: the unlink must be committed, and the space must come back.
         try v.unlink(rootInode, Array("big".utf8), as: .root)
