@@ -38,6 +38,8 @@ public final class SpaceReserve: Sendable {
     private let logger: Logger
     /// Whether the reserve file is missing (released, or not yet allocated for lack of room).
     private let depleted = Atomic<Bool>(false)
+    /// Whether this process released the reserve since it last allocated it (for the log).
+    private let released = Atomic<Bool>(false)
     /// Serialises allocating and releasing the file.
     private let lock = Mutex<Void>(())
 
@@ -48,10 +50,9 @@ public final class SpaceReserve: Sendable {
         if self.bytes > 0 {
             depleted.store(true, ordering: .relaxed)
             _ = restore()
-        } else {
-            // A reserve left from an earlier configuration is space for nobody.
-            try? directory.unlink(at: StoreLayout.spaceReserve)
         }
+        // Without a reserve of its own, a process leaves the file alone: another process
+        // sharing the store may count on it.
     }
 
     /// Parses a size as the environment variable gives it ("8M", "65536", "0").
@@ -94,6 +95,7 @@ public final class SpaceReserve: Sendable {
                 // Another process sharing the store released it first (or it was never made).
                 return false
             }
+            released.store(true, ordering: .relaxed)
             if wasHeld {
                 logger.warning("store filesystem full: released the space reserve so that catalog commits go on; data writes get ENOSPC until space is freed",
                                metadata: ["reserve-bytes": "\(bytes)"])
@@ -134,7 +136,11 @@ public final class SpaceReserve: Sendable {
                 return false
             }
             depleted.store(false, ordering: .relaxed)
-            logger.notice("space reserve allocated", metadata: ["reserve-bytes": "\(bytes)"])
+            if released.exchange(false, ordering: .relaxed) {
+                logger.notice("space back: space reserve allocated again", metadata: ["reserve-bytes": "\(bytes)"])
+            } else {
+                logger.debug("space reserve allocated", metadata: ["reserve-bytes": "\(bytes)"])
+            }
             return true
         }
     }
