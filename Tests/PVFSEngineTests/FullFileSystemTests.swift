@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import PVFSSystem
+import Synchronization
 import SystemPackage
 import Testing
 @testable import PVFSEngine
@@ -66,6 +67,41 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// Writes `name` in the root of `view` until a write is refused: rounds of writes (1 MiB, then
+/// 4 KiB), each round ending with an fsync, since filesystems with delayed allocation (ext4) give
+/// back what they held for pending writes once the data is on disk, so a guest that keeps
+/// writing fills those blocks too. Checks that what was acknowledged reads back; the handle is
+/// closed on return, as a guest's close drops it.
+func fillUntilRefused(_ view: VMView, _ name: String, _ chunk: [UInt8]) throws -> (Attributes, Int64, Errno?) {
+    let (file, handle) = try view.create(rootInode, Array(name.utf8), mode: 0o644, flags: O_RDWR, as: .root)
+    defer { view.release(handle) }
+    var written: Int64 = 0
+    var refusal: Errno?
+    var step = chunk.count
+    let period = Int64(chunk.count)
+    while written < 1 << 30 {
+        let before = written
+        refusal = nil
+        while refusal == nil && written < 1 << 30 {
+            do {
+                let at = Int(written % period)
+                let count = min(step, chunk.count - at)
+                written += Int64(try view.write(handle, offset: written, bytes: Array(chunk[at..<at + count]), as: .root))
+            } catch {
+                refusal = Errno.of(error)
+            }
+        }
+        // An fsync on a full filesystem may fail too; the read-back below shows what stayed.
+        try? view.sync(file.inode, handle: handle, dataOnly: true)
+        if written == before { break }
+        step = 4096
+    }
+    let tailOffset = max(0, written - 4096)
+    let tail = try view.read(handle, offset: tailOffset, count: 4096)
+    #expect(tail == (tailOffset..<written).map { chunk[Int($0 % period)] }, "\(name): acknowledged bytes read back")
+    return (file, written, refusal)
+}
+
 /// A store whose filesystem a guest fills completely must not lock the guest out: the write
 /// that finds no room gets ENOSPC with what it wrote intact, and deleting a file (a catalog
 /// commit, which needs room in SQLite's log) must still succeed and give the space back.
@@ -90,45 +126,11 @@ struct FullFileSystemTests {
         // commit after the filesystem fills needs new blocks for it.
         _ = try f.store.catalog.writeWithoutTransaction { db in try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
 
-        // Fill the filesystem through the view, 1 MiB at a time, until the write is refused.
+        // Fill the filesystem through the view until the write is refused.
         let chunk = pseudoRandom(1 << 20, seed: 3)
-        var written: Int64 = 0
-        // The handle goes away with this scope, as a guest's close drops it.
-        let big = try { () throws -> Attributes in
-        let (big, handle) = try v.create(rootInode, Array("big".utf8), mode: 0o644, flags: O_RDWR, as: .root)
-        var refusal: Errno?
-        // Rounds of writes until one is refused, each round ending with an fsync: filesystems
-        // with delayed allocation (ext4) give back what they held for pending writes once the
-        // data is on disk, so a guest that keeps writing fills those blocks too.
-        var step = chunk.count
-        while written < 1 << 30 {
-            let before = written
-            refusal = nil
-            while refusal == nil && written < 1 << 30 {
-                do {
-                    let count = Int(min(Int64(step), Int64(chunk.count) - written % Int64(chunk.count)))
-                    let piece = Array(chunk[Int(written % Int64(chunk.count))..<Int(written % Int64(chunk.count)) + count])
-                    let n = try v.write(handle, offset: written, bytes: piece, as: .root)
-                    written += Int64(n)
-                } catch {
-                    refusal = Errno.of(error)
-                }
-            }
-            // An fsync on a full filesystem may fail too; the read-back below shows what stayed.
-            try? v.sync(big.inode, handle: handle, dataOnly: true)
-            if written == before { break }
-            step = 4096
-        }
+        let (big, written, refusal) = try fillUntilRefused(v, "big", chunk)
         #expect(refusal == .noSpace, "the write that found the filesystem full: \(String(describing: refusal))")
         #expect(written > 20 << 20, "wrote only \(written) bytes before ENOSPC")
-        // What the guest wrote is there, up to the last byte acknowledged.
-        let tailOffset = max(0, written - 4096)
-        let tail = try v.read(handle, offset: tailOffset, count: 4096)
-        let expectedTail = (tailOffset..<written).map { chunk[Int($0 % Int64(chunk.count))] }
-        #expect(tail == expectedTail)
-        v.release(handle)
-        return big
-        }()
         #expect(try v.getAttributes(big.inode).size == written)
         // statfs agrees with the refusal: no space is available to the guest.
         let full = v.statistics()
@@ -161,5 +163,57 @@ struct FullFileSystemTests {
         #expect(try view.readBytes("after") == after)
         #expect(throws: Errno.noSuchFileOrDirectory) { try view.resolve("big") }
         try volume.close()
+    }
+
+    /// Several VMs write at once until the filesystem is full: every one gets ENOSPC, every one
+    /// can then delete its file, and the store stays consistent.
+    @Test func manyVMsFillTheFileSystemAtOnceThenFreeSpace() throws {
+        let fs = try SmallFileSystem(.ext4, megabytes: 64)
+        defer { fs.unmount() }
+        var fixture: EngineFixture? = try EngineFixture(directory: fs.mountpoint)
+        defer { fixture = nil }
+        let f = try #require(fixture)
+        let names = ["a", "b", "c", "d"]
+        let views = try names.map { name in _ = try f.provision(name); return try f.view(name) }
+        _ = try f.store.catalog.writeWithoutTransaction { db in try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+
+        let results = Mutex<[String: (Int64, Errno?, Errno?)]>([:])
+        DispatchQueue.concurrentPerform(iterations: views.count) { i in
+            let chunk = pseudoRandom(1 << 20, seed: UInt64(i + 1))
+            do {
+                let (_, written, refusal) = try fillUntilRefused(views[i], "big", chunk)
+                var removal: Errno?
+                do { try views[i].unlink(rootInode, Array("big".utf8), as: .root) } catch { removal = Errno.of(error) }
+                results.withLock { $0[names[i]] = (written, refusal, removal) }
+            } catch {
+                results.withLock { $0[names[i]] = (-1, Errno.of(error), nil) }
+            }
+        }
+        let outcome = results.withLock { $0 }
+        for name in names {
+            let (written, refusal, removal) = try #require(outcome[name])
+            #expect(written >= 0 && refusal == .noSpace, "VM \(name): wrote \(written), refused with \(String(describing: refusal))")
+            #expect(removal == nil, "VM \(name): rm failed with \(String(describing: removal))")
+        }
+        let total = outcome.values.reduce(Int64(0)) { $0 + max(0, $1.0) }
+        #expect(total > 40 << 20, "all VMs together wrote \(total) bytes")
+        let deadline = Date().addingTimeInterval(20)
+        while fs.availableBytes < 40 << 20 && Date() < deadline { usleep(20_000) }
+        #expect(fs.availableBytes >= 40 << 20, "free after rm: \(fs.availableBytes)")
+        for (i, view) in views.enumerated() {
+            let bytes = pseudoRandom(1 << 20, seed: UInt64(100 + i))
+            _ = try view.createBytes("", "after", bytes)
+            try view.volume.close()
+        }
+        let report = try runFsck(f.store)
+        #expect(report.findings.isEmpty, "\(report.findings)")
+        let reopened = try Store(path: f.store.path)
+        for (i, name) in names.enumerated() {
+            let volume = try Volume.open(store: reopened, vmName: name)
+            let view = VMView(volume: volume, policy: SessionPolicy(side: .guest, readOnly: false), sessionID: 3)
+            #expect(try view.readBytes("after") == pseudoRandom(1 << 20, seed: UInt64(100 + i)))
+            #expect(throws: Errno.noSuchFileOrDirectory) { try view.resolve("big") }
+            try volume.close()
+        }
     }
 }
