@@ -83,7 +83,8 @@ public final class SpaceReserve: Sendable {
     public var isHeld: Bool { bytes > 0 && !depleted.load(ordering: .relaxed) }
 
     /// Deletes the reserve file so that a catalog commit that found the filesystem full can go
-    /// through. Returns whether space was freed (false when the file was already gone).
+    /// through, and refuses growth until it is allocated again. Returns whether this call freed
+    /// the space (false when the file was already gone).
     func release() -> Bool {
         guard bytes > 0 else { return false }
         return lock.withLock { _ in
@@ -191,7 +192,10 @@ extension Store {
             if spaceReserve.bytes > 0 && !spaceReserve.isHeld { spaceReserve.restore() }
             return result
         } catch let error as DatabaseError where error.resultCode == .SQLITE_FULL {
-            guard spaceReserve.release() else { throw error }
+            guard spaceReserve.bytes > 0 else { throw error }
+            // Once more even when another thread or process released the file a moment ago:
+            // the space it freed may be what this commit needs.
+            _ = spaceReserve.release()
             return try write()
         }
     }

@@ -67,13 +67,18 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Writes `name` in the root of `view` until a write is refused: rounds of writes (1 MiB, then
+/// Writes `name` (created when missing) in the root of `view` until a write is refused: rounds of writes (1 MiB, then
 /// 4 KiB), each round ending with an fsync, since filesystems with delayed allocation (ext4) give
 /// back what they held for pending writes once the data is on disk, so a guest that keeps
 /// writing fills those blocks too. Checks that what was acknowledged reads back; the handle is
 /// closed on return, as a guest's close drops it.
 func fillUntilRefused(_ view: VMView, _ name: String, _ chunk: [UInt8]) throws -> (Attributes, Int64, Errno?) {
-    let (file, handle) = try view.create(rootInode, Array(name.utf8), mode: 0o644, flags: O_RDWR, as: .root)
+    let file: Attributes, handle: OpenFile
+    if let existing = try? view.lookup(rootInode, Array(name.utf8), as: .root) {
+        (file, handle) = (existing, try view.open(existing.inode, flags: O_RDWR, as: .root))
+    } else {
+        (file, handle) = try view.create(rootInode, Array(name.utf8), mode: 0o644, flags: O_RDWR, as: .root)
+    }
     defer { view.release(handle) }
     var written: Int64 = 0
     var refusal: Errno?
@@ -175,6 +180,8 @@ struct FullFileSystemTests {
         let f = try #require(fixture)
         let names = ["a", "b", "c", "d"]
         let views = try names.map { name in _ = try f.provision(name); return try f.view(name) }
+        // Created before any VM fills the filesystem: a create on a full one gets ENOSPC.
+        for view in views { _ = try view.createBytes("", "big", []) }
         _ = try f.store.catalog.writeWithoutTransaction { db in try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
 
         let results = Mutex<[String: (Int64, Errno?, Errno?)]>([:])
@@ -186,6 +193,7 @@ struct FullFileSystemTests {
                 do { try views[i].unlink(rootInode, Array("big".utf8), as: .root) } catch { removal = Errno.of(error) }
                 results.withLock { $0[names[i]] = (written, refusal, removal) }
             } catch {
+                Issue.record("VM \(names[i]): \(error)")
                 results.withLock { $0[names[i]] = (-1, Errno.of(error), nil) }
             }
         }
