@@ -206,6 +206,7 @@ extension Volume {
         metaLock.unlock()
         guard r.kind == .regular else { throw Errno.invalidArgument }
         if r.data == .privateFile { return }
+        try requireRoomToGrow()
 
         let size = min(r.size, limit ?? r.size)
         var after = r
@@ -278,6 +279,7 @@ extension Volume {
         if ctx.readOnly { throw Errno.readOnlyFileSystem }
         guard offset >= 0 else { throw Errno.invalidArgument }
         if buffer.count == 0 { return 0 }
+        try requireRoomToGrow()
         data.lock.lock()
         defer { data.lock.unlock() }
         guard let file = data.file, file.isPrivate else { throw Errno.badFileDescriptor }
@@ -314,6 +316,7 @@ extension Volume {
         defer { data.lock.unlock() }
         guard let file = data.file, file.isPrivate else { throw Errno.ioError }
         let oldSize = data.size
+        if newSize > oldSize { try requireRoomToGrow() }
         let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)
         if delta > 0 { try quota.charge(bytes: delta, inodes: 0) }
         do throws(Errno) {
@@ -360,6 +363,7 @@ extension Volume {
         defer { data.lock.unlock() }
         guard let file = data.file, file.isPrivate else { throw Errno.badFileDescriptor }
         let keepSize = mode & FallocateMode.keepSize != 0
+        if mode & (FallocateMode.punchHole | FallocateMode.collapseRange) == 0 { try requireRoomToGrow() }
         let oldSize = data.size
         var newSize = oldSize
         var hostOffset = offset
@@ -411,6 +415,7 @@ extension Volume {
         let sourceSize = (try? input.descriptor.stat().size) ?? 0
         let count = Int(max(0, min(Int64(length), sourceSize - sourceOffset)))
         if count == 0 { return 0 }
+        try requireRoomToGrow()
         data.lock.lock()
         defer { data.lock.unlock() }
         guard let output = data.file, output.isPrivate else { throw Errno.badFileDescriptor }

@@ -180,6 +180,7 @@ extension Volume {
         let fname = try FileName(validating: name)
         try requirePermission(dir, ctx, [.write, .execute])
         if entry(parent, fname) != nil { throw Errno.fileExists }
+        try requireRoomToGrow()
         guard let kind = FileKind(mode: mode) else { throw Errno.invalidArgument }
         if kind == .directory { try requireLinkRoom(parent, dir.linkCount) }
 
@@ -282,6 +283,7 @@ extension Volume {
         defer { metaLock.unlock() }
         var r = try requireRecord(ino)
         guard r.linkCount > 0 else { throw Errno.noSuchFileOrDirectory }
+        try requireRoomToGrow()
         guard !r.isDirectory else { throw Errno.notPermitted }
         let dir = try requireDirectory(newParent)
         if FileName.isDot(newName) || FileName.isDotDot(newName) { throw Errno.fileExists }

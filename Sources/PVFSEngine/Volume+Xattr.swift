@@ -48,6 +48,7 @@ extension Volume {
         try checkXattrName(name)
         guard value.count <= XattrLimits.maximumValueSize else { throw Errno.argListTooLong }
         if XattrLimits.aclNames.contains(name) { try checkACL(value) }
+        try requireRoomToGrow()
         metaLock.lock()
         defer { metaLock.unlock() }
         let r = try requireRecord(ino)

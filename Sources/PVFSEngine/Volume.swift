@@ -193,6 +193,14 @@ public final class Volume: @unchecked Sendable {
 
     /// Refuses a change once the volume is closed (caller holds metaLock): a request that was
     /// already under way when its server closed the VM gets EIO and changes nothing.
+    /// ENOSPC while the store's space reserve is depleted (`SpaceReserve`): what is left of the
+    /// filesystem stays for catalog commits, so deletes and truncates keep working.
+    func requireRoomToGrow() throws(Errno) {
+        guard catalog.admitsGrowth() else {
+            throw Errno.noSpace
+        }
+    }
+
     func ensureOpen() throws(Errno) {
         if closed {
             logger.warning("a change reached VM \(name) after it was closed; refused")

@@ -157,7 +157,7 @@ extension Store {
                 let allocated = Dictionary(candidates.map { ($0.id, $0.allocated) }, uniquingKeysWith: { a, _ in a })
                 // Checked again inside the deleting transaction: exact, since the lock keeps every
                 // new reference out.
-                let doomed: [(id: Int64, hash: BlobHash, size: Int64)] = try catalog.write { db in
+                let doomed: [(id: Int64, hash: BlobHash, size: Int64)] = try writeCatalog { db in
                     var doomed: [(Int64, BlobHash, Int64)] = []
                     for blob in candidates {
                         for gone in try Self.deleteUnreferencedBlobRows(db, ids: [blob.id]) { doomed.append((blob.id, gone.hash, gone.size)) }

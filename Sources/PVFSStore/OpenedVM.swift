@@ -187,7 +187,7 @@ public final class VMOverlayCatalog: Sendable {
     public func apply(_ batch: OverlayBatch) throws {
         guard !batch.isEmpty else { return }
         do {
-            try store.catalog.write { db in
+            try store.writeCatalog { db in
                 for change in batch { try write(change, db) }
             }
         } catch {
@@ -260,14 +260,14 @@ public final class VMOverlayCatalog: Sendable {
 
     /// Marks the VM held (`usage_clean = 0`) until a clean close sets its usage.
     public func markInUse() throws {
-        try store.catalog.write { db in
+        try store.writeCatalog { db in
             try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vmID])
         }
     }
 
     /// Records the VM's usage; `clean` sets `usage_clean` too (nil leaves it as it is).
     public func setUsage(_ usage: VMUsage, clean: Bool?) throws {
-        try store.catalog.write { db in
+        try store.writeCatalog { db in
             if let clean {
                 try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = ? WHERE id = ?",
                                arguments: [usage.bytes, usage.inodes, clean ? 1 : 0, vmID])
@@ -292,9 +292,24 @@ public final class VMOverlayCatalog: Sendable {
         try store.makeCatalogDurable()
     }
 
-    /// statfs of the store's filesystem, where the VM's files live.
+    /// Whether the store's filesystem may take more of this VM's data: false while the space
+    /// reserve is depleted (`SpaceReserve`), so that what is left stays for catalog commits.
+    public func admitsGrowth() -> Bool {
+        store.spaceReserve.admitsGrowth()
+    }
+
+    /// statfs of the store's filesystem, where the VM's files live. While the space reserve is
+    /// depleted, the space it gave back counts as free but not as available (as a filesystem's
+    /// blocks reserved for root do), since writes get ENOSPC until it is allocated again.
     public func hostStatistics() throws(Errno) -> FileSystemStatistics {
-        try store.fileSystemStatistics()
+        let reserve = store.spaceReserve
+        _ = reserve.admitsGrowth()  // allocates it again if space came back
+        var statistics = try store.fileSystemStatistics()
+        if reserve.bytes > 0 && !reserve.isHeld {
+            let reserveBlocks = UInt64(reserve.bytes) / max(1, statistics.fragmentSize)
+            statistics.availableBlocks -= min(statistics.availableBlocks, reserveBlocks)
+        }
+        return statistics
     }
 
     /// A catalog failure as the engine reports it: ENOSPC when the filesystem is full.

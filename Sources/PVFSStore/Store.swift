@@ -26,12 +26,17 @@ public final class Store: Sendable {
     let locksDirectory: FileDescriptor
     public let catalog: DatabasePool
     public let logger: Logger
+    /// Space held back for catalog commits on a full filesystem (`SpaceReserve`).
+    public let spaceReserve: SpaceReserve
     /// `totalChangesCount` of the catalog's writer connection right after its last durable
     /// commit (`makeCatalogDurable`); -1 before the first.
     private let changesAtLastDurableCommit = Mutex<Int>(-1)
 
-    /// Opens the store at `path`, creating its layout when `create` is true.
-    public init(path: String, create: Bool = true, logger: Logger = Logger(label: "pvfs.store")) throws {
+    /// Opens the store at `path`, creating its layout when `create` is true. `spaceReserve` is
+    /// the size of its space reserve in bytes (0: none); nil takes `PVFS_SPACE_RESERVE` or the
+    /// default (`SpaceReserve`).
+    public init(path: String, create: Bool = true, spaceReserve reserveBytes: Int64? = nil,
+                logger: Logger = Logger(label: "pvfs.store")) throws {
         self.path = path
         self.logger = logger
         if create {
@@ -65,6 +70,8 @@ public final class Store: Sendable {
         } catch {
             throw PVFSError(.store, "cannot open the catalog of \(path): \(error)")
         }
+        spaceReserve = SpaceReserve(directory: root, bytes: reserveBytes ?? Self.configuredReserve(root, logger: logger),
+                                    logger: logger)
     }
 
     private static func makeDirectories(_ path: String) throws {
@@ -103,7 +110,7 @@ extension Store {
     /// SQLite does the syncing: pvfs never opens the catalog's files (see `Store`).
     public func makeCatalogDurable() throws {
         do {
-            try catalog.writeWithoutTransaction { db in
+            try withSpaceReserve { try catalog.writeWithoutTransaction { db in
                 if changesAtLastDurableCommit.withLock({ $0 }) == db.totalChangesCount { return }
                 try db.execute(sql: "PRAGMA synchronous = FULL")
                 defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
@@ -113,7 +120,7 @@ extension Store {
                 }
                 let changes = db.totalChangesCount
                 changesAtLastDurableCommit.withLock { $0 = changes }
-            }
+            } }
         } catch {
             throw PVFSError(.store, "cannot make the catalog of \(path) durable: \(error)")
         }

@@ -8,11 +8,15 @@
 ///     vms/<id>/lock                  flock(2) held by the one process that serves the VM
 ///     tmp/                           staging areas (ingest-<token>/) and other scratch entries
 ///     locks/blobs.lock               the store-wide lock on blobs (StoreLocks.swift)
+///     reserve                        space held back for catalog commits (SpaceReserve.swift)
 public enum StoreLayout {
     /// The catalog database; SQLite's write-ahead log and shared-memory index sit beside it.
     public static let catalog = "catalog.db"
     /// The catalog's files: they belong to SQLite alone (see `Store`).
     public static let catalogFiles = [catalog, catalog + "-wal", catalog + "-shm"]
+
+    /// The space reserve's file: allocated space, no content.
+    public static let spaceReserve = "reserve"
 
     public static let blobs = "blobs"
     public static let vms = "vms"

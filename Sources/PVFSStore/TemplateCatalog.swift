@@ -108,7 +108,7 @@ extension Store {
     /// the blobs nothing else references (holding the blobs lock exclusively, waiting for it up
     /// to `waitSeconds`; when it stays busy the removal is finished by a later cleanup).
     public func removeTemplate(named name: String, waitSeconds: Double = 10) throws -> TemplateRemoval {
-        let id: Int64 = try catalog.write { db in
+        let id: Int64 = try writeCatalog { db in
             guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM template WHERE name = ? AND state = 'ready'", arguments: [name]) else {
                 throw PVFSError(.store, "no template named \(name)", errno: .noSuchFileOrDirectory)
             }
@@ -152,7 +152,7 @@ extension Store {
         var low: Int64 = 0
         while low <= maxIno {
             let high = low + step - 1
-            let doomed: [(hash: BlobHash, size: Int64)] = try catalog.write { db in
+            let doomed: [(hash: BlobHash, size: Int64)] = try writeCatalog { db in
                 try db.execute(sql: "DELETE FROM template_xattr WHERE template_id = ? AND ino BETWEEN ? AND ?", arguments: [id, low, high])
                 try db.execute(sql: "DELETE FROM template_dirent WHERE template_id = ? AND parent BETWEEN ? AND ?", arguments: [id, low, high])
                 let blobIDs = try Int64.fetchAll(db, sql: """
@@ -169,7 +169,7 @@ extension Store {
             }
             low += step
         }
-        try catalog.write { db in
+        try writeCatalog { db in
             try db.execute(sql: "DELETE FROM template WHERE id = ?", arguments: [id])
         }
         return (blobsRemoved, bytesRemoved)

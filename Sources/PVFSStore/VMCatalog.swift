@@ -113,7 +113,7 @@ extension Store {
         if area == nil, (try? VMArea.openUnlocked(in: self, vmID: vm.id)) != nil {
             throw PVFSError(.store, "VM \(name) is in use (served by pvfsd or mounted); stop it first", errno: .resourceBusy)
         }
-        try catalog.write { db in
+        try writeCatalog { db in
             try db.execute(sql: "UPDATE vm SET state = 'deleting', name = name || '.deleting.' || id WHERE id = ?", arguments: [vm.id])
         }
         area?.close()
@@ -123,7 +123,7 @@ extension Store {
     /// Second half of removal, also run by cleanup after a crash: data first, then the rows.
     func finishVMRemoval(id: Int64) throws {
         try removeTree(at: vmsDirectory, StoreLayout.vmDirectory(id))
-        try catalog.write { db in
+        try writeCatalog { db in
             try db.execute(sql: "DELETE FROM vm_xattr WHERE vm_id = ?", arguments: [id])
             try db.execute(sql: "DELETE FROM vm_dirent WHERE vm_id = ?", arguments: [id])
             try db.execute(sql: "DELETE FROM vm_inode WHERE vm_id = ?", arguments: [id])

@@ -21,10 +21,16 @@ final class EngineFixture {
     let directory: String
     let store: Store
 
-    init() throws {
-        var template = Array("/tmp/pvfs-engine-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        directory = String(cString: made)
+    /// `directory`: where the store goes (its contents are removed with the fixture); a fresh
+    /// temporary directory when nil.
+    init(directory given: String? = nil) throws {
+        if let given {
+            directory = given
+        } else {
+            var template = Array("/tmp/pvfs-engine-test-XXXXXX".utf8CString)
+            guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
+            directory = String(cString: made)
+        }
         store = try Store(path: directory + "/store")
         try makeTemplate()
     }
