@@ -9,17 +9,9 @@ import SystemPackage
 
 // `pvfs`: the store's maintenance (docs/janitor.md): dedup, gc, fsck, df, status.
 
-/// Opens an existing store (maintenance commands never create one).
-func openExistingStore(_ options: StoreOptions, logger: Logger) throws -> Store {
-    guard FileManager.default.fileExists(atPath: options.storePath + "/" + StoreLayout.catalog) else {
-        throw CommandFailure("\(options.storePath) is not a pvfs store (no \(StoreLayout.catalog)); give --store or set PVFS_STORE", exitCode: PVFSExitCode.notFound)
-    }
-    return try Store(path: options.storePath, create: false, logger: logger)
-}
-
 func seconds(_ value: Double) -> String { String(format: "%.2f s", value) }
 
-public struct Dedup: ParsableCommand {
+public struct Dedup: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Share identical files that VMs wrote: identical private files become one copy-on-write blob.",
         discussion: """
@@ -61,9 +53,7 @@ public struct Dedup: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.dedup")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.dedup") { store, logger in
             let vms = all ? try store.listVMs() : try vm.map { try store.requireVM(named: $0) }
             let client = DaemonClient(storePath: storeOptions.storePath)
             var targets: [any DedupTarget] = []
@@ -92,9 +82,7 @@ public struct Dedup: ParsableCommand {
             options.reflink = !noReflink
             let report = try store.deduplicate(targets, options: options)
             let skippedVMs = report.vms.filter { $0.error != nil }
-            if output.json {
-                try printJSON(report)
-            } else {
+            try output.emit(report) {
                 print(Self.summary(report))
             }
             for vm in skippedVMs {
@@ -181,7 +169,7 @@ final class ServedOrLocalDedupTarget: DedupTarget, @unchecked Sendable {
     }
 }
 
-public struct GarbageCollect: ParsableCommand {
+public struct GarbageCollect: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "gc",
         abstract: "Run the janitor: reclaim blobs nothing references, orphaned blob files and abandoned temporary files.",
@@ -207,16 +195,12 @@ public struct GarbageCollect: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.gc")
-        try runCommand {
-            let store = try openExistingStore(storeOptions, logger: logger)
+        try withStore(log: "pvfs.gc", existing: true) { store, logger in
             var options = JanitorOptions()
             options.waitSeconds = max(0, wait)
             options.dryRun = dryRun
             let report = try store.collectGarbage(options)
-            if output.json {
-                try printJSON(report)
-            } else {
+            try output.emit(report) {
                 let verb = dryRun ? "would remove" : "removed"
                 print("\(verb) \(report.blobsRemoved) unreferenced blobs (\(formatBytes(report.blobBytes)), \(formatBytes(report.blobAllocatedBytes)) on disk)")
                 print("\(verb) \(report.orphanFilesRemoved) blob files without a catalog row (\(formatBytes(report.orphanBytes)))")
@@ -234,7 +218,7 @@ public struct GarbageCollect: ParsableCommand {
     }
 }
 
-public struct Fsck: ParsableCommand {
+public struct Fsck: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Check the store: catalog, blobs, templates, VM overlays, usage accounting, interrupted operations.",
         discussion: """
@@ -263,9 +247,7 @@ public struct Fsck: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.fsck")
-        try runCommand {
-            let store = try openExistingStore(storeOptions, logger: logger)
+        try withStore(log: "pvfs.fsck", existing: true) { store, logger in
             let started = monotonicNanoseconds()
             var options = FsckOptions()
             options.repair = repair
@@ -300,9 +282,7 @@ public struct Fsck: ParsableCommand {
                 for note in result.notes { report.skipped.append("vm \(vm.name): \(note)") }
             }
             report.seconds = Double(monotonicNanoseconds() - started) / 1e9
-            if output.json {
-                try printJSON(report)
-            } else {
+            try output.emit(report) {
                 print(Self.render(report))
             }
             if !report.clean { throw PVFSExitCode.inconsistent }
@@ -340,7 +320,7 @@ public struct Fsck: ParsableCommand {
     }
 }
 
-public struct DiskUsage: ParsableCommand {
+public struct DiskUsage: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "df",
         abstract: "Show where the store's space goes: physical bytes, logical bytes per template and VM, sharing, savings.",
@@ -357,45 +337,41 @@ public struct DiskUsage: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.df")
-        try runCommand {
-            let store = try openExistingStore(storeOptions, logger: logger)
+        try withStore(log: "pvfs.df", existing: true) { store, logger in
             let r = try store.spaceReport()
-            if output.json {
-                try printJSON(r)
-                return
-            }
-            let templateLogical = r.templates.reduce(Int64(0)) { $0 + $1.logicalBytes }
-            print("store \(store.path): filesystem \(formatBytes(r.filesystemBytes)), \(formatBytes(r.filesystemFreeBytes)) free")
-            print("physical      \(formatBytes(r.physicalBytes).leftPad(10))  blobs \(formatBytes(r.blobAllocatedBytes)) in \(r.blobCount) files, "
-                  + "private files \(formatBytes(r.privateAllocatedBytes)), catalog \(formatBytes(r.catalogBytes)), tmp \(formatBytes(r.temporaryBytes))")
-            print("logical       \(formatBytes(r.logicalBytes).leftPad(10))  templates \(formatBytes(templateLogical)), "
-                  + "VMs \(formatBytes(r.logicalBytes - templateLogical))")
-            print("savings ratio \(String(format: "%.2fx", r.savingsRatio).leftPad(10))  logical / physical")
-            print("shared        \(formatBytes(r.sharedBytes).leftPad(10))  \(r.sharedBlobs) blobs used by more than one file "
-                  + "(\(formatBytes(r.referencedBytes)) as separate copies), \(r.blobsSharedAcrossObjects) by several templates or VMs")
-            if r.unreferencedBlobs > 0 {
-                print("unreferenced  \(formatBytes(r.unreferencedBytes).leftPad(10))  \(r.unreferencedBlobs) blobs nothing uses (pvfs gc reclaims them)")
-            }
-            if !r.templates.isEmpty {
-                print("")
-                printTable(["TEMPLATE", "LOGICAL", "BLOBS", "BLOB BYTES", "ONLY ITS OWN", "VMS"], r.templates.map {
-                    [$0.name, formatBytes($0.logicalBytes), "\($0.blobs)", formatBytes($0.blobBytes), formatBytes($0.exclusiveBytes), "\($0.vms)"]
-                })
-            }
-            if !r.vms.isEmpty {
-                print("")
-                printTable(["VM", "TEMPLATE", "LOGICAL", "PRIVATE", "ON DISK", "DEDUPED", "USED", "QUOTA"], r.vms.map {
-                    [$0.name, $0.template, formatBytes($0.logicalBytes), "\($0.privateFiles) files, \(formatBytes($0.privateBytes))",
-                     formatBytes($0.privateAllocatedBytes), "\($0.sharedFiles) files, \(formatBytes($0.sharedBytes))",
-                     formatBytes($0.usedBytes), $0.quotaBytes.map(formatBytes) ?? "-"]
-                })
+            try output.emit(r) {
+                let templateLogical = r.templates.reduce(Int64(0)) { $0 + $1.logicalBytes }
+                print("store \(store.path): filesystem \(formatBytes(r.filesystemBytes)), \(formatBytes(r.filesystemFreeBytes)) free")
+                print("physical      \(formatBytes(r.physicalBytes).leftPad(10))  blobs \(formatBytes(r.blobAllocatedBytes)) in \(r.blobCount) files, "
+                      + "private files \(formatBytes(r.privateAllocatedBytes)), catalog \(formatBytes(r.catalogBytes)), tmp \(formatBytes(r.temporaryBytes))")
+                print("logical       \(formatBytes(r.logicalBytes).leftPad(10))  templates \(formatBytes(templateLogical)), "
+                      + "VMs \(formatBytes(r.logicalBytes - templateLogical))")
+                print("savings ratio \(String(format: "%.2fx", r.savingsRatio).leftPad(10))  logical / physical")
+                print("shared        \(formatBytes(r.sharedBytes).leftPad(10))  \(r.sharedBlobs) blobs used by more than one file "
+                      + "(\(formatBytes(r.referencedBytes)) as separate copies), \(r.blobsSharedAcrossObjects) by several templates or VMs")
+                if r.unreferencedBlobs > 0 {
+                    print("unreferenced  \(formatBytes(r.unreferencedBytes).leftPad(10))  \(r.unreferencedBlobs) blobs nothing uses (pvfs gc reclaims them)")
+                }
+                if !r.templates.isEmpty {
+                    print("")
+                    printTable(["TEMPLATE", "LOGICAL", "BLOBS", "BLOB BYTES", "ONLY ITS OWN", "VMS"], r.templates.map {
+                        [$0.name, formatBytes($0.logicalBytes), "\($0.blobs)", formatBytes($0.blobBytes), formatBytes($0.exclusiveBytes), "\($0.vms)"]
+                    })
+                }
+                if !r.vms.isEmpty {
+                    print("")
+                    printTable(["VM", "TEMPLATE", "LOGICAL", "PRIVATE", "ON DISK", "DEDUPED", "USED", "QUOTA"], r.vms.map {
+                        [$0.name, $0.template, formatBytes($0.logicalBytes), "\($0.privateFiles) files, \(formatBytes($0.privateBytes))",
+                         formatBytes($0.privateAllocatedBytes), "\($0.sharedFiles) files, \(formatBytes($0.sharedBytes))",
+                         formatBytes($0.usedBytes), $0.quotaBytes.map(formatBytes) ?? "-"]
+                    })
+                }
             }
         }
     }
 }
 
-public struct Status: ParsableCommand {
+public struct Status: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Show whether pvfsd runs for the store (pid, listeners, served VMs) and a summary of the store.")
 
@@ -412,9 +388,7 @@ public struct Status: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.status")
-        try runCommand {
-            let store = try openExistingStore(storeOptions, logger: logger)
+        try withStore(log: "pvfs.status", existing: true) { store, logger in
             let client = DaemonClient(storePath: storeOptions.storePath)
             var daemon: ControlProtocol.DaemonStatus?
             var janitor: JanitorReport?
@@ -425,32 +399,30 @@ public struct Status: ParsableCommand {
                 logger.warning("the daemon's control socket did not answer: \(error)")
             }
             let summary = try store.summary()
-            if output.json {
-                try printJSON(Result(daemon: daemon, lastJanitorRun: janitor, store: summary))
-                return
-            }
-            if let daemon {
-                print("pvfsd: running, pid \(daemon.pid)")
-                print("  listeners:   \(daemon.listeners.isEmpty ? "none" : daemon.listeners.joined(separator: ", "))")
-                if daemon.servedVMs.isEmpty {
-                    print("  served VMs:  none")
-                } else {
-                    print("  served VMs:")
-                    for vm in daemon.servedVMs {
-                        print("    \(vm.name): \(vm.sessions) session(s), \(formatBytes(vm.usedBytes)) and \(vm.usedInodes) inodes used")
+            try output.emit(Result(daemon: daemon, lastJanitorRun: janitor, store: summary)) {
+                if let daemon {
+                    print("pvfsd: running, pid \(daemon.pid)")
+                    print("  listeners:   \(daemon.listeners.isEmpty ? "none" : daemon.listeners.joined(separator: ", "))")
+                    if daemon.servedVMs.isEmpty {
+                        print("  served VMs:  none")
+                    } else {
+                        print("  served VMs:")
+                        for vm in daemon.servedVMs {
+                            print("    \(vm.name): \(vm.sessions) session(s), \(formatBytes(vm.usedBytes)) and \(vm.usedInodes) inodes used")
+                        }
                     }
+                    if let janitor {
+                        print("  janitor:     last run reclaimed \(formatBytes(janitor.reclaimedBytes)) (\(janitor.blobsRemoved) blobs, \(janitor.orphanFilesRemoved) orphaned files)")
+                    }
+                } else {
+                    print("pvfsd: not running for this store")
                 }
-                if let janitor {
-                    print("  janitor:     last run reclaimed \(formatBytes(janitor.reclaimedBytes)) (\(janitor.blobsRemoved) blobs, \(janitor.orphanFilesRemoved) orphaned files)")
-                }
-            } else {
-                print("pvfsd: not running for this store")
+                print("store \(summary.path)")
+                print("  templates:   \(summary.templates)" + (summary.templatesInProgress > 0 ? " (+\(summary.templatesInProgress) being created or removed)" : ""))
+                print("  VMs:         \(summary.vms), \(formatBytes(summary.vmUsedBytes)) charged to them")
+                print("  blobs:       \(summary.blobs), \(formatBytes(summary.blobBytes)) (\(formatBytes(summary.blobAllocatedBytes)) on disk)")
+                print("  filesystem:  \(formatBytes(summary.filesystemFreeBytes)) free of \(formatBytes(summary.filesystemBytes))")
             }
-            print("store \(summary.path)")
-            print("  templates:   \(summary.templates)" + (summary.templatesInProgress > 0 ? " (+\(summary.templatesInProgress) being created or removed)" : ""))
-            print("  VMs:         \(summary.vms), \(formatBytes(summary.vmUsedBytes)) charged to them")
-            print("  blobs:       \(summary.blobs), \(formatBytes(summary.blobBytes)) (\(formatBytes(summary.blobAllocatedBytes)) on disk)")
-            print("  filesystem:  \(formatBytes(summary.filesystemFreeBytes)) free of \(formatBytes(summary.filesystemBytes))")
         }
     }
 }

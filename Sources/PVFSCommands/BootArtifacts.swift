@@ -536,12 +536,10 @@ public struct BootFilesCommand: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        try runReportingFailures {
+        try runCommand {
             do {
                 let result = try build()
-                if outputOptions.json {
-                    try printJSON(result)
-                } else {
+                try outputOptions.emit(result) {
                     printHuman(result)
                 }
             } catch let error as BootArtifactError {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PVFSImage
 import PVFSStore
 import PVFSSystem
 
@@ -44,6 +45,15 @@ public struct OutputOptions: ParsableArguments {
     public var json = false
 
     public init() {}
+
+    /// Prints `value` as JSON with --json, else what `text` prints.
+    func emit(_ value: some Encodable, text: () throws -> Void) throws {
+        if json {
+            try printJSON(value)
+        } else {
+            try text()
+        }
+    }
 }
 
 /// `--verbose` / `--quiet` / `--log-level`.
@@ -126,15 +136,78 @@ public func printJSON(_ value: some Encodable) throws {
     FileHandle.standardOutput.write(Data("\n".utf8))
 }
 
-/// Runs a command body, turning failures into a message on stderr and the right exit code.
-public func runReportingFailures(_ body: () throws -> Void) throws {
+/// Maps store errors to the exit codes of docs/cli.md.
+func exitCode(for error: PVFSError) -> ExitCode {
+    switch error.errno {
+    case .noSuchFileOrDirectory: PVFSExitCode.notFound
+    case .fileExists, .resourceBusy: PVFSExitCode.conflict
+    default: PVFSExitCode.failure
+    }
+}
+
+/// Runs a command body, reporting every failure as one line on stderr with an exit code from
+/// PVFSExitCode (docs/cli.md); usage errors stay ArgumentParser's.
+func runCommand(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let failure as CommandFailure {
-        FileHandle.standardError.write(Data("error: \(failure.message)\n".utf8))
-        throw failure.exitCode
     } catch let error as PVFSError where error.domain == .store {
-        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+        reportFailure(error.message)
+        throw exitCode(for: error)
+    } catch let error as PVFSError where error.domain == .sourceTree {
+        reportFailure(error.message)
+        throw PVFSExitCode.failure
+    } catch let error as ImageError {
+        reportFailure(error.message)
+        throw error.errno == .noSuchFileOrDirectory ? PVFSExitCode.notFound : PVFSExitCode.failure
+    } catch let failure as CommandFailure {
+        reportFailure(failure.message)
+        throw failure.exitCode
+    } catch let error as ValidationError {
+        throw error
+    } catch let code as ExitCode {
+        throw code
+    } catch {
+        reportFailure("\(error)")
         throw PVFSExitCode.failure
     }
+}
+
+private func reportFailure(_ message: String) {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+}
+
+/// A command that works on a store: `--store` and the logging options.
+protocol StoreCommand {
+    var storeOptions: StoreOptions { get }
+    var logging: LoggingOptions { get }
+}
+
+extension StoreCommand {
+    /// The command prologue: a logger named `label`, the store opened (created on first use, or
+    /// only an existing one), and failures reported as `runCommand` does.
+    func withStore(log label: String, existing: Bool = false, _ body: (Store, Logger) throws -> Void) throws {
+        let logger = logging.makeLogger(label)
+        try runCommand {
+            let store = existing ? try openExistingStore(storeOptions, logger: logger) : try storeOptions.open(logger: logger)
+            try body(store, logger)
+        }
+    }
+
+    /// `withStore` for a change to the catalog: a running daemon re-reads it, then the line `body`
+    /// returns is printed.
+    func changeStore(log label: String, _ body: (Store, Logger) throws -> String) throws {
+        try withStore(log: label) { store, logger in
+            let line = try body(store, logger)
+            notifyDaemon(storeOptions.storePath, logger: logger)
+            print(line)
+        }
+    }
+}
+
+/// Opens an existing store (maintenance commands never create one).
+func openExistingStore(_ options: StoreOptions, logger: Logger) throws -> Store {
+    guard FileManager.default.fileExists(atPath: options.storePath + "/" + StoreLayout.catalog) else {
+        throw CommandFailure("\(options.storePath) is not a pvfs store (no \(StoreLayout.catalog)); give --store or set PVFS_STORE", exitCode: PVFSExitCode.notFound)
+    }
+    return try Store(path: options.storePath, create: false, logger: logger)
 }

@@ -136,11 +136,9 @@ public struct QemuArgs: ParsableCommand {
     }
 
     public func run() throws {
-        try runReportingFailures {
+        try runCommand {
             let result = try build()
-            if output.json {
-                try printJSON(result)
-            } else {
+            try output.emit(result) {
                 print(result.command)
                 FileHandle.standardError.write(Data("# in the guest: \(result.mount)\n".utf8))
             }
@@ -189,10 +187,7 @@ public struct QemuArgs: ParsableCommand {
         } catch {
             throw CommandFailure("\(configPath): \(error)")
         }
-        let logger = logging.makeLogger("pvfs.vm")
-        let store = try Store(path: storeOptions.storePath, create: false, logger: logger)
-        _ = try store.requireVM(named: vm)
-        let bound = Set(try store.bindings(vm: vm).filter { $0.kind == "listener" }.map(\.value))
+        let bound = Set(try bindingValues(vm: vm, kind: "listener", storeOptions: storeOptions, logging: logging))
         let sockets = daemon.listeners.filter { bound.contains($0.name) && $0.address.hasPrefix("unix:") }
         switch sockets.count {
         case 1:
@@ -222,6 +217,13 @@ public struct QemuArgs: ParsableCommand {
     }
 }
 
+/// The values of an existing VM's bindings of one kind (listener names, socket paths).
+func bindingValues(vm: String, kind: String, storeOptions: StoreOptions, logging: LoggingOptions) throws -> [String] {
+    let store = try Store(path: storeOptions.storePath, create: false, logger: logging.makeLogger("pvfs.vm"))
+    _ = try store.requireVM(named: vm)
+    return try store.bindings(vm: vm).filter { $0.kind == kind }.map(\.value)
+}
+
 /// The vhost-user socket a VM is bound to (`pvfs-vm bind VM --vhost-user PATH`), or `socket`.
 func vhostUserSocket(vm: String, socket: String?, storeOptions: StoreOptions, logging: LoggingOptions) throws -> String {
     if let socket {
@@ -231,10 +233,7 @@ func vhostUserSocket(vm: String, socket: String?, storeOptions: StoreOptions, lo
             throw CommandFailure(error.message.replacingOccurrences(of: "--vhost-user", with: "--socket"))
         }
     }
-    let logger = logging.makeLogger("pvfs.vm")
-    let store = try Store(path: storeOptions.storePath, create: false, logger: logger)
-    _ = try store.requireVM(named: vm)
-    let sockets = try store.bindings(vm: vm).filter { $0.kind == "vhost-user" }.map(\.value).sorted()
+    let sockets = try bindingValues(vm: vm, kind: "vhost-user", storeOptions: storeOptions, logging: logging).sorted()
     switch sockets.count {
     case 1:
         return sockets[0]
@@ -302,11 +301,9 @@ public struct LibvirtXML: ParsableCommand {
     }
 
     public func run() throws {
-        try runReportingFailures {
+        try runCommand {
             let result = try build()
-            if output.json {
-                try printJSON(result)
-            } else {
+            try output.emit(result) {
                 print(result.memoryBacking)
                 print(result.filesystem)
                 FileHandle.standardError.write(Data("# in the guest: \(result.mount)\n".utf8))

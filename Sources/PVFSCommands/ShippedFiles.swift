@@ -50,13 +50,9 @@ public enum ShippedFiles {
         if let env = environment["PVFS_RECIPE_PATH"] {
             directories += env.split(separator: ":").map(String.init).filter { !$0.isEmpty }
         }
-        if let sourceCheckout { directories.append(sourceCheckout + "/templates") }
-        directories.append("/etc/pvfs/templates")
-        if let installationPrefix { directories.append(installationPrefix + "/share/pvfs/templates") }
-        directories.append("/usr/share/pvfs/templates")
-        return directories.reduce(into: []) { unique, directory in
-            if !unique.contains(directory) { unique.append(directory) }
-        }
+        directories += shippedLocations(checkout: "templates", etc: "/etc/pvfs/templates", prefix: "share/pvfs/templates",
+                                        usr: "/usr/share/pvfs/templates")
+        return withoutRepeats(directories)
     }
 
     /// Where provisioning hooks are looked for when neither --hooks-dir nor $PVFS_HOOKS_DIR is
@@ -64,12 +60,22 @@ public enum ShippedFiles {
     /// built there), /etc/pvfs/hooks.d, the installation's `<prefix>/lib/pvfs/hooks`,
     /// /usr/lib/pvfs/hooks.
     static var hookDirectoryCandidates: [String] {
-        var candidates: [String] = []
-        if let sourceCheckout { candidates.append(sourceCheckout + "/hooks") }
-        candidates.append("/etc/pvfs/hooks.d")
-        if let installationPrefix { candidates.append(installationPrefix + "/lib/pvfs/hooks") }
-        candidates.append("/usr/lib/pvfs/hooks")
-        return candidates.reduce(into: []) { unique, directory in
+        withoutRepeats(shippedLocations(checkout: "hooks", etc: "/etc/pvfs/hooks.d", prefix: "lib/pvfs/hooks", usr: "/usr/lib/pvfs/hooks"))
+    }
+
+    /// One kind of shipped file's places, in the order they win: the source checkout (for a
+    /// binary built there), /etc, the installation's prefix, /usr.
+    static func shippedLocations(checkout: String, etc: String, prefix: String, usr: String) -> [String] {
+        var locations: [String] = []
+        if let sourceCheckout { locations.append(sourceCheckout + "/" + checkout) }
+        locations.append(etc)
+        if let installationPrefix { locations.append(installationPrefix + "/" + prefix) }
+        locations.append(usr)
+        return locations
+    }
+
+    static func withoutRepeats(_ directories: [String]) -> [String] {
+        directories.reduce(into: []) { unique, directory in
             if !unique.contains(directory) { unique.append(directory) }
         }
     }

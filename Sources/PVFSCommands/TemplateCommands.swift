@@ -10,41 +10,6 @@ import PVFSSystem
 // `pvfs-template`: templates are read-only root trees in the store, named, ingested once and
 // shared by every VM provisioned from them (docs/templates.md).
 
-/// Runs a template command body: one clear line on stderr and an exit code from
-/// PVFSExitCode for every failure.
-func runTemplateCommand(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let error as PVFSError where error.domain == .store {
-        reportFailure(error.message)
-        switch error.errno {
-        case .noSuchFileOrDirectory: throw PVFSExitCode.notFound
-        case .fileExists, .resourceBusy: throw PVFSExitCode.conflict
-        default: throw PVFSExitCode.failure
-        }
-    } catch let error as PVFSError where error.domain == .sourceTree {
-        reportFailure(error.message)
-        throw PVFSExitCode.failure
-    } catch let error as ImageError {
-        reportFailure(error.message)
-        throw error.errno == .noSuchFileOrDirectory ? PVFSExitCode.notFound : PVFSExitCode.failure
-    } catch let failure as CommandFailure {
-        reportFailure(failure.message)
-        throw failure.exitCode
-    } catch let error as ValidationError {
-        throw error
-    } catch let code as ExitCode {
-        throw code
-    } catch {
-        reportFailure("\(error)")
-        throw PVFSExitCode.failure
-    }
-}
-
-private func reportFailure(_ message: String) {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-}
-
 func isoDate(nanoseconds: Int64) -> String {
     ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
 }
@@ -150,7 +115,7 @@ public struct CreateTemplate: ParsableCommand {
 
     public func run() throws {
         let logger = logging.makeLogger("pvfs.template")
-        try runTemplateCommand {
+        try runCommand {
             try Store.validateName(name, what: "template")
             // Parse the recipe before touching the store: a typo fails fast.
             var build: (RecipeBuilder, String)?
@@ -220,9 +185,7 @@ public struct CreateTemplate: ParsableCommand {
                 throw error
             }
             bar.finish()
-            if output.json {
-                try printJSON(CreateResult(template: report, buildSeconds: buildSeconds))
-            } else {
+            try output.emit(CreateResult(template: report, buildSeconds: buildSeconds)) {
                 print(Self.summary(report, buildSeconds: buildSeconds))
             }
         }
@@ -249,9 +212,7 @@ public struct CreateTemplate: ParsableCommand {
         }
         bar.finish()
         let details = ImageDetails(imported.image)
-        if output.json {
-            try printJSON(CreateResult(template: imported.template, buildSeconds: nil, image: details))
-        } else {
+        try output.emit(CreateResult(template: imported.template, buildSeconds: nil, image: details)) {
             print(Self.summary(imported.template, buildSeconds: nil))
             print("  image: \(details.format), \(details.platform), \(details.layers) layer\(details.layers == 1 ? "" : "s"), "
                   + "\(details.manifestDigest ?? details.configDigest)")
@@ -275,7 +236,7 @@ public struct CreateTemplate: ParsableCommand {
     }
 }
 
-public struct ListTemplates: ParsableCommand {
+public struct ListTemplates: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(commandName: "list", abstract: "List the ready templates.")
 
     @OptionGroup public var storeOptions: StoreOptions
@@ -293,28 +254,24 @@ public struct ListTemplates: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.template")
-        try runTemplateCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.template") { store, logger in
             let templates = try store.listTemplates()
             let items = templates.map {
                 Item(name: $0.name, source: $0.source, created: isoDate(nanoseconds: $0.createdNanoseconds), entries: $0.entryCount,
                      logicalBytes: $0.logicalBytes)
             }
-            if output.json {
-                try printJSON(items)
-                return
-            }
-            if items.isEmpty {
-                print("no templates (create one with: pvfs-template create NAME --from DIR)")
-                return
-            }
-            let width = max(4, items.map(\.name.count).max() ?? 0)
-            print("NAME".padding(toLength: width, withPad: " ", startingAt: 0) + "  ENTRIES       SIZE  CREATED               SOURCE")
-            for item in items {
-                print(item.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
-                      + String(item.entries).leftPad(7) + "  " + formatBytes(item.logicalBytes).leftPad(9) + "  "
-                      + item.created.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + item.source)
+            try output.emit(items) {
+                if items.isEmpty {
+                    print("no templates (create one with: pvfs-template create NAME --from DIR)")
+                    return
+                }
+                let width = max(4, items.map(\.name.count).max() ?? 0)
+                print("NAME".padding(toLength: width, withPad: " ", startingAt: 0) + "  ENTRIES       SIZE  CREATED               SOURCE")
+                for item in items {
+                    print(item.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                          + String(item.entries).leftPad(7) + "  " + formatBytes(item.logicalBytes).leftPad(9) + "  "
+                          + item.created.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + item.source)
+                }
             }
         }
     }
@@ -326,7 +283,7 @@ extension String {
     }
 }
 
-public struct ShowTemplate: ParsableCommand {
+public struct ShowTemplate: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "show", abstract: "Show a template: entries, sizes, blobs, what it shares with other templates, its VMs.")
 
@@ -356,35 +313,31 @@ public struct ShowTemplate: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.template")
-        try runTemplateCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.template") { store, logger in
             let t = try store.requireTemplate(named: name)
             let u = try store.templateUsage(t)
             let details = Details(name: t.name, source: t.source, created: isoDate(nanoseconds: t.createdNanoseconds), entries: t.entryCount,
                                   inodes: u.inodes, logicalBytes: t.logicalBytes, blobCount: u.blobCount, blobBytes: u.blobBytes,
                                   allocatedBytes: u.allocatedBytes, sharedBlobCount: u.sharedBlobCount, sharedBytes: u.sharedBytes, vms: u.vms,
                                   image: try store.templateImage(t).map(ImageDetails.init))
-            if output.json {
-                try printJSON(details)
-                return
+            try output.emit(details) {
+                print("""
+                    template \(t.name)
+                      source:         \(t.source)
+                      created:        \(details.created)
+                      entries:        \(t.entryCount) (\(u.inodes) inodes)
+                      logical size:   \(formatBytes(t.logicalBytes))
+                      blobs:          \(u.blobCount) (\(formatBytes(u.blobBytes)), \(formatBytes(u.allocatedBytes)) on disk)
+                      shared:         \(u.sharedBlobCount) blobs, \(formatBytes(u.sharedBytes)) also used by other templates
+                      VMs:            \(u.vms.isEmpty ? "none" : u.vms.joined(separator: ", "))
+                    """)
+                if let image = details.image { print(image.text) }
             }
-            print("""
-                template \(t.name)
-                  source:         \(t.source)
-                  created:        \(details.created)
-                  entries:        \(t.entryCount) (\(u.inodes) inodes)
-                  logical size:   \(formatBytes(t.logicalBytes))
-                  blobs:          \(u.blobCount) (\(formatBytes(u.blobBytes)), \(formatBytes(u.allocatedBytes)) on disk)
-                  shared:         \(u.sharedBlobCount) blobs, \(formatBytes(u.sharedBytes)) also used by other templates
-                  VMs:            \(u.vms.isEmpty ? "none" : u.vms.joined(separator: ", "))
-                """)
-            if let image = details.image { print(image.text) }
         }
     }
 }
 
-public struct RemoveTemplate: ParsableCommand {
+public struct RemoveTemplate: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "rm", abstract: "Remove a template and the blobs only it used (refused while a VM uses it).",
         aliases: ["remove"])
@@ -399,22 +352,20 @@ public struct RemoveTemplate: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.template")
-        try runTemplateCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.template") { store, logger in
             let removal = try store.removeTemplate(named: name)
-            if output.json {
-                try printJSON(removal)
-            } else if removal.deferred {
-                print("removed template \(name); another process holds the blobs lock, so its blobs are freed by a later command")
-            } else {
-                print("removed template \(name), freed \(removal.blobsRemoved) blobs (\(formatBytes(removal.bytesRemoved)))")
+            try output.emit(removal) {
+                if removal.deferred {
+                    print("removed template \(name); another process holds the blobs lock, so its blobs are freed by a later command")
+                } else {
+                    print("removed template \(name), freed \(removal.blobsRemoved) blobs (\(formatBytes(removal.bytesRemoved)))")
+                }
             }
         }
     }
 }
 
-public struct ExportTemplate: ParsableCommand {
+public struct ExportTemplate: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "export",
         abstract: "Write a template out as a real directory tree, exactly (content, holes, owners, modes, times, xattrs, hardlinks, devices).",
@@ -436,9 +387,7 @@ public struct ExportTemplate: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.template")
-        try runTemplateCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.template") { store, logger in
             let template = try store.requireTemplate(named: name)
             let bar = ProgressBar(title: "exporting \(name)", total: template.logicalBytes,
                                   enabled: isatty(STDERR_FILENO) == 1 && !logging.quiet, format: formatBytes)
@@ -451,9 +400,7 @@ public struct ExportTemplate: ParsableCommand {
                 throw error
             }
             bar.finish()
-            if output.json {
-                try printJSON(report)
-            } else {
+            try output.emit(report) {
                 print("exported template \(name) to \(report.destination): \(report.entries) entries, \(formatBytes(report.bytes)) ("
                       + "\(report.copyMethod)) in " + String(format: "%.2f s", report.seconds))
             }

@@ -17,35 +17,6 @@ func notifyDaemon(_ storePath: String, logger: Logger) {
     }
 }
 
-/// Maps store errors to the exit codes of docs/cli.md.
-func exitCode(for error: PVFSError) -> ExitCode {
-    switch error.errno {
-    case .noSuchFileOrDirectory: PVFSExitCode.notFound
-    case .fileExists, .resourceBusy: PVFSExitCode.conflict
-    default: PVFSExitCode.failure
-    }
-}
-
-/// Runs a command body, reporting failures as one line on stderr with a meaningful exit code.
-func runCommand(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let error as PVFSError where error.domain == .store {
-        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
-        throw exitCode(for: error)
-    } catch let failure as CommandFailure {
-        FileHandle.standardError.write(Data("error: \(failure.message)\n".utf8))
-        throw failure.exitCode
-    } catch let error as ValidationError {
-        throw error
-    } catch let code as ExitCode {
-        throw code
-    } catch {
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        throw PVFSExitCode.failure
-    }
-}
-
 /// What `pvfs-vm show` and `list --json` print for a VM.
 struct VMReport: Codable {
     var name: String
@@ -94,7 +65,7 @@ func parseQuota(_ text: String?, what: String, sizes: Bool) throws -> Int64?? {
     return .some(value)
 }
 
-public struct Provision: ParsableCommand {
+public struct Provision: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Create a VM root as a copy-on-write overlay over a template (instant, whatever the template's size).")
 
@@ -134,9 +105,7 @@ public struct Provision: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.vm") { store, logger in
             let bytes = try parseQuota(quotaBytes, what: "byte quota", sizes: true) ?? nil
             let inodes = try parseQuota(quotaInodes, what: "inode quota", sizes: false) ?? nil
             let started = monotonicNanoseconds()
@@ -185,7 +154,7 @@ public struct Provision: ParsableCommand {
     }
 }
 
-public struct ListVMs: ParsableCommand {
+public struct ListVMs: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(commandName: "list", abstract: "List VMs.")
 
     @OptionGroup public var storeOptions: StoreOptions
@@ -195,25 +164,21 @@ public struct ListVMs: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.vm") { store, logger in
             let reports = try store.listVMs().map { try VMReport($0, store: store, detailed: false) }
-            if output.json {
-                try printJSON(reports)
-                return
+            try output.emit(reports) {
+                let header = ["NAME", "TEMPLATE", "USED", "QUOTA", "INODES", "IN USE"]
+                let rows = reports.map { r in
+                    [r.name, r.template, formatBytes(r.usedBytes), r.quotaBytes.map(formatBytes) ?? "-",
+                     "\(r.usedInodes)" + (r.inodeLimit.map { "/\($0)" } ?? ""), r.inUse ? "yes" : "no"]
+                }
+                printTable(header, rows)
             }
-            let header = ["NAME", "TEMPLATE", "USED", "QUOTA", "INODES", "IN USE"]
-            let rows = reports.map { r in
-                [r.name, r.template, formatBytes(r.usedBytes), r.quotaBytes.map(formatBytes) ?? "-",
-                 "\(r.usedInodes)" + (r.inodeLimit.map { "/\($0)" } ?? ""), r.inUse ? "yes" : "no"]
-            }
-            printTable(header, rows)
         }
     }
 }
 
-public struct ShowVM: ParsableCommand {
+public struct ShowVM: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a VM: template, quota, usage, access rules.")
 
     @OptionGroup public var storeOptions: StoreOptions
@@ -226,34 +191,30 @@ public struct ShowVM: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try withStore(log: "pvfs.vm") { store, logger in
             let report = try VMReport(try store.requireVM(named: name), store: store, detailed: true)
-            if output.json {
-                try printJSON(report)
-                return
-            }
-            print("name:        \(report.name)")
-            print("template:    \(report.template)")
-            print("created:     \(report.created)")
-            print("used:        \(formatBytes(report.usedBytes)), \(report.usedInodes) inodes")
-            print("quota:       \(report.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: report.quotaInodes, limit: report.inodeLimit))")
-            print("in use:      \(report.inUse ? "yes (served or mounted)" : "no")")
-            if let access = report.access {
-                var mapping = access.idMapping
-                if access.idMapping == "shift" { mapping += " (VM 0..\(access.shiftCount - 1) = host \(access.shiftBase)..)" }
-                if access.idMapping.hasSuffix("squash") { mapping += " (anonymous \(access.anonymousUID):\(access.anonymousGID))" }
-                print("access:      \(access.readOnly ? "read-only" : "read-write"), id mapping \(mapping)")
-            }
-            for b in report.bindings ?? [] {
-                print("binding:     \(b.kind) \(b.value) \(b.access)\(b.squash == "inherit" ? "" : " squash=\(b.squash)")")
+            try output.emit(report) {
+                print("name:        \(report.name)")
+                print("template:    \(report.template)")
+                print("created:     \(report.created)")
+                print("used:        \(formatBytes(report.usedBytes)), \(report.usedInodes) inodes")
+                print("quota:       \(report.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: report.quotaInodes, limit: report.inodeLimit))")
+                print("in use:      \(report.inUse ? "yes (served or mounted)" : "no")")
+                if let access = report.access {
+                    var mapping = access.idMapping
+                    if access.idMapping == "shift" { mapping += " (VM 0..\(access.shiftCount - 1) = host \(access.shiftBase)..)" }
+                    if access.idMapping.hasSuffix("squash") { mapping += " (anonymous \(access.anonymousUID):\(access.anonymousGID))" }
+                    print("access:      \(access.readOnly ? "read-only" : "read-write"), id mapping \(mapping)")
+                }
+                for b in report.bindings ?? [] {
+                    print("binding:     \(b.kind) \(b.value) \(b.access)\(b.squash == "inherit" ? "" : " squash=\(b.squash)")")
+                }
             }
         }
     }
 }
 
-public struct RemoveVM: ParsableCommand {
+public struct RemoveVM: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a VM and its private data.")
 
     @OptionGroup public var storeOptions: StoreOptions
@@ -268,9 +229,7 @@ public struct RemoveVM: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try changeStore(log: "pvfs.vm") { store, logger in
             let vm = try store.requireVM(named: name)
             if store.isVMInUse(vm) {
                 guard force else {
@@ -284,13 +243,12 @@ public struct RemoveVM: ParsableCommand {
                 }
             }
             try store.removeVM(named: name)
-            notifyDaemon(storeOptions.storePath, logger: logger)
-            print("removed VM \(name)")
+            return "removed VM \(name)"
         }
     }
 }
 
-public struct RenameVM: ParsableCommand {
+public struct RenameVM: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(commandName: "rename", abstract: "Rename a VM.")
 
     @OptionGroup public var storeOptions: StoreOptions
@@ -305,17 +263,14 @@ public struct RenameVM: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try changeStore(log: "pvfs.vm") { store, _ in
             try store.renameVM(name, to: newName)
-            notifyDaemon(storeOptions.storePath, logger: logger)
-            print("renamed VM \(name) to \(newName)")
+            return "renamed VM \(name) to \(newName)"
         }
     }
 }
 
-public struct SetQuota: ParsableCommand {
+public struct SetQuota: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "set-quota", abstract: "Change a VM's quota; a served or mounted VM applies it at once.",
         discussion: """
@@ -344,21 +299,18 @@ public struct SetQuota: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try changeStore(log: "pvfs.vm") { store, _ in
             try store.setQuota(vm: name, bytes: try parseQuota(bytes, what: "byte quota", sizes: true),
                                inodes: try parseQuota(inodes, what: "inode quota", sizes: false))
-            notifyDaemon(storeOptions.storePath, logger: logger)
             let vm = try store.requireVM(named: name)
             let limit = InodeQuota.effective(quotaBytes: vm.quotaBytes, quotaInodes: vm.quotaInodes,
                                              withoutQuota: VolumeLimits().inodesWithoutQuota)
-            print("VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: vm.quotaInodes, limit: limit))")
+            return "VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: vm.quotaInodes, limit: limit))"
         }
     }
 }
 
-public struct SetAccess: ParsableCommand {
+public struct SetAccess: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "set-access", abstract: "Change a VM's access mode and uid/gid mapping.")
 
@@ -400,9 +352,7 @@ public struct SetAccess: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try changeStore(log: "pvfs.vm") { store, _ in
             var settings = try store.accessSettings(vm: name)
             if readOnly { settings.readOnly = true }
             if readWrite { settings.readOnly = false }
@@ -412,8 +362,7 @@ public struct SetAccess: ParsableCommand {
             if let shiftBase { settings.shiftBase = shiftBase }
             if let shiftCount { settings.shiftCount = shiftCount }
             try store.setAccessSettings(vm: name, settings)
-            notifyDaemon(storeOptions.storePath, logger: logger)
-            print("VM \(name): \(settings.readOnly ? "read-only" : "read-write"), id mapping \(settings.idMapping)")
+            return "VM \(name): \(settings.readOnly ? "read-only" : "read-write"), id mapping \(settings.idMapping)"
         }
     }
 }
@@ -477,7 +426,7 @@ public struct BindingTarget: ParsableArguments {
     }
 }
 
-public struct Bind: ParsableCommand {
+public struct Bind: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Allow a kind of client (Xen domain, listener, TCP peer, Unix uid, vhost-user socket) to reach a VM.",
         discussion: """
@@ -508,18 +457,15 @@ public struct Bind: ParsableCommand {
     }
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try changeStore(log: "pvfs.vm") { store, _ in
             let (kind, value) = try target.kindAndValue()
             try store.addBinding(VMBinding(vm: name, kind: kind, value: value, access: readOnly ? "ro" : "rw", squash: squash))
-            notifyDaemon(storeOptions.storePath, logger: logger)
-            print("VM \(name): \(kind) \(value) may reach it \(readOnly ? "read-only" : "read-write")")
+            return "VM \(name): \(kind) \(value) may reach it \(readOnly ? "read-only" : "read-write")"
         }
     }
 }
 
-public struct Unbind: ParsableCommand {
+public struct Unbind: ParsableCommand, StoreCommand {
     public static let configuration = CommandConfiguration(abstract: "Remove a client binding from a VM.")
 
     @OptionGroup public var storeOptions: StoreOptions
@@ -532,13 +478,10 @@ public struct Unbind: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let logger = logging.makeLogger("pvfs.vm")
-        try runCommand {
-            let store = try storeOptions.open(logger: logger)
+        try changeStore(log: "pvfs.vm") { store, _ in
             let (kind, value) = try target.kindAndValue()
             try store.removeBinding(vm: name, kind: kind, value: value)
-            notifyDaemon(storeOptions.storePath, logger: logger)
-            print("VM \(name): \(kind) \(value) removed")
+            return "VM \(name): \(kind) \(value) removed"
         }
     }
 }

@@ -60,16 +60,14 @@ public struct Attach: ParsableCommand {
     }
 
     public func run() throws {
-        try runReportingFailures {
+        try runCommand {
             let store = try openXenStore()
             let spec = XenToolstack.DeviceSpec(vmName: name, domid: device.domid, devid: device.devid, tag: tag,
                                                backendDomid: device.backendDomid)
             let attached = try mapToolstackFailures { try XenToolstack.attach(spec, store: store) }
             let result = Result(vm: name, domid: device.domid, devid: attached.devid, tag: tag,
                                 backend: attached.paths.backend, frontend: attached.paths.frontend)
-            if output.json {
-                try printJSON(result)
-            } else {
+            try output.emit(result) {
                 print("attached \(name) to domain \(device.domid) as 9pfs device \(attached.devid) (tag \(tag))")
                 print("  backend  \(attached.paths.backend)")
                 print("  frontend \(attached.paths.frontend)")
@@ -104,7 +102,7 @@ public struct Detach: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        try runReportingFailures {
+        try runCommand {
             let store = try openXenStore()
             let devids: [UInt32]
             if let devid = device.devid {

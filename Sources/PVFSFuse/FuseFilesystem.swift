@@ -122,6 +122,31 @@ final class FuseFilesystem: @unchecked Sendable {
         fuse_reply_err(req, 0)
     }
 
+    /// Runs a handler that replies itself; an errno it throws is the reply instead.
+    @inline(__always)
+    func replying(_ req: fuse_req_t, _ body: () throws(Errno) -> Void) {
+        do throws(Errno) {
+            try body()
+        } catch {
+            reply(req, error)
+        }
+    }
+
+    /// Replies success once `body` is done, or the errno it throws.
+    @inline(__always)
+    func replyOK(_ req: fuse_req_t, after body: () throws(Errno) -> Void) {
+        replying(req) { () throws(Errno) in
+            try body()
+            replyOK(req)
+        }
+    }
+
+    /// Replies with the entry of the inode `body` returns, or the errno it throws.
+    @inline(__always)
+    func replyEntry(_ req: fuse_req_t, _ body: () throws(Errno) -> Attributes) {
+        replying(req) { () throws(Errno) in replyEntry(req, try body()) }
+    }
+
     /// Reads up to this size are copied through a buffer rather than spliced (libfuse itself
     /// copies replies under two pages, and allocates the whole request size to do so).
     static let copiedReadLimit = 128 << 10
@@ -266,7 +291,7 @@ extension FuseFilesystem {
         } else if toSet & CFUSE_SET_ATTR_MTIME != 0 {
             changes.modificationTime = .set(Timespec(a.st_mtim))
         }
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             if changes.isEmpty {
                 // Only a ctime the kernel keeps itself (writeback cache): nothing to store.
                 replyAttributes(req, try view.getAttributes(ino))
@@ -278,102 +303,59 @@ extension FuseFilesystem {
                 result = try view.followModeInAccessACL(ino, mode: mode, attributes: result)
             }
             replyAttributes(req, result)
-        } catch {
-            reply(req, error)
         }
     }
 
     func readlink(_ req: fuse_req_t, _ ino: fuse_ino_t) {
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             var target = try view.readLink(ino)
             target.append(0)
             target.withUnsafeBufferPointer { buffer in
                 buffer.withMemoryRebound(to: CChar.self) { _ = fuse_reply_readlink(req, $0.baseAddress) }
             }
-        } catch {
-            reply(req, error)
         }
     }
 
-    /// The mode a new inode gets, and the ACLs it inherits: Linux's posix_acl_create.
-    func creationMode(_ req: fuse_req_t, parent: fuse_ino_t, mode: UInt32, directory: Bool) -> (UInt32, access: [UInt8]?, inheritedDefault: [UInt8]?) {
-        guard umaskIsOurs.load(ordering: .relaxed) else { return (mode, nil, nil) }
-        let umask = UInt32(fuse_req_ctx(req)!.pointee.umask)
-        guard aclActive.load(ordering: .relaxed),
-              let bytes = try? view.getXattr(parent, PosixACL.defaultName, as: .root),
-              let acl = PosixACL(xattr: bytes) else {
-            return (mode & ~(umask & 0o777), nil, nil)
-        }
-        let (access, newMode, extended) = acl.inherited(mode: mode)
-        return (newMode, extended ? access.xattr : nil, directory ? bytes : nil)
-    }
-
-    /// Stores the ACLs a new inode inherited. A failure here leaves the inode with its mode only,
-    /// which is what the caller sees as an error.
-    func applyInheritedACLs(_ ino: InodeNumber, access: [UInt8]?, inheritedDefault: [UInt8]?) throws(Errno) {
-        if let access { try view.setXattr(ino, PosixACL.accessName, access, as: .root) }
-        if let inheritedDefault { try view.setXattr(ino, PosixACL.defaultName, inheritedDefault, as: .root) }
+    /// The umask for a new inode: nil where the kernel applied it already.
+    func umaskToApply(_ req: fuse_req_t) -> UInt32? {
+        umaskIsOurs.load(ordering: .relaxed) ? UInt32(fuse_req_ctx(req)!.pointee.umask) : nil
     }
 
     func mknod(_ req: fuse_req_t, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>, _ mode: mode_t, _ rdev: dev_t) {
-        do throws(Errno) {
-            let (finalMode, access, _) = creationMode(req, parent: parent, mode: mode, directory: false)
-            var a = try view.makeNode(parent, Self.name(name), mode: finalMode, rdev: UInt64(rdev), as: credentials(req))
-            if access != nil {
-                try applyInheritedACLs(a.inode, access: access, inheritedDefault: nil)
-                a = try view.getAttributes(a.inode)
-            }
-            replyEntry(req, a)
-        } catch {
-            reply(req, error)
+        replyEntry(req) { () throws(Errno) in
+            try view.makeNode(parent, Self.name(name), mode: mode, rdev: UInt64(rdev), umask: umaskToApply(req),
+                              aclActive: aclActive.load(ordering: .relaxed), as: credentials(req))
         }
     }
 
     func mkdir(_ req: fuse_req_t, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>, _ mode: mode_t) {
-        do throws(Errno) {
-            let (finalMode, access, inherited) = creationMode(req, parent: parent, mode: mode, directory: true)
-            var a = try view.makeDirectory(parent, Self.name(name), mode: finalMode, as: credentials(req))
-            if access != nil || inherited != nil {
-                try applyInheritedACLs(a.inode, access: access, inheritedDefault: inherited)
-                a = try view.getAttributes(a.inode)
-            }
-            replyEntry(req, a)
-        } catch {
-            reply(req, error)
+        replyEntry(req) { () throws(Errno) in
+            try view.makeDirectory(parent, Self.name(name), mode: mode, umask: umaskToApply(req),
+                                   aclActive: aclActive.load(ordering: .relaxed), as: credentials(req))
         }
     }
 
     func symlink(_ req: fuse_req_t, _ target: UnsafePointer<CChar>, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>) {
-        do throws(Errno) {
-            replyEntry(req, try view.makeSymlink(parent, Self.name(name), target: Self.name(target), as: credentials(req)))
-        } catch {
-            reply(req, error)
+        replyEntry(req) { () throws(Errno) in
+            try view.makeSymlink(parent, Self.name(name), target: Self.name(target), as: credentials(req))
         }
     }
 
     func link(_ req: fuse_req_t, _ ino: fuse_ino_t, _ newParent: fuse_ino_t, _ newName: UnsafePointer<CChar>) {
-        do throws(Errno) {
-            replyEntry(req, try view.link(ino, into: newParent, Self.name(newName), as: credentials(req)))
-        } catch {
-            reply(req, error)
+        replyEntry(req) { () throws(Errno) in
+            try view.link(ino, into: newParent, Self.name(newName), as: credentials(req))
         }
     }
 
     func unlink(_ req: fuse_req_t, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>) {
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.unlink(parent, Self.name(name), as: credentials(req))
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 
     func rmdir(_ req: fuse_req_t, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>) {
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.removeDirectory(parent, Self.name(name), as: credentials(req))
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 
@@ -381,12 +363,9 @@ extension FuseFilesystem {
                 _ newName: UnsafePointer<CChar>, _ flags: UInt32) {
         let known: UInt32 = RenameFlags.noReplace.rawValue | RenameFlags.exchange.rawValue | RenameFlags.whiteout.rawValue
         guard flags & ~known == 0 else { return reply(req, .invalidArgument) }
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.rename(parent, Self.name(name), to: newParent, Self.name(newName),
                             flags: RenameFlags(rawValue: flags), as: credentials(req))
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 
@@ -406,11 +385,8 @@ extension FuseFilesystem {
     }
 
     func access(_ req: fuse_req_t, _ ino: fuse_ino_t, _ mask: Int32) {
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.access(ino, AccessMask(rawValue: UInt32(mask & 7)), as: credentials(req))
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 }
@@ -429,7 +405,7 @@ extension FuseFilesystem {
 
     func open(_ req: fuse_req_t, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         afterInit()
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             let handle = try view.open(ino, flags: fi.pointee.flags, as: credentials(req))
             fi.pointee.fh = Self.handleValue(handle)
             setOpenReplyFlags(fi, directory: false)
@@ -437,49 +413,28 @@ extension FuseFilesystem {
                 // The opener went away (interrupted): nobody will release this handle.
                 if let h = Self.takeHandle(fi) { view.release(h) }
             }
-        } catch {
-            reply(req, error)
         }
     }
 
     func create(_ req: fuse_req_t, _ parent: fuse_ino_t, _ cName: UnsafePointer<CChar>, _ mode: mode_t,
                 _ fi: UnsafeMutablePointer<fuse_file_info>) {
-        let name = Self.name(cName)
-        let cred = credentials(req)
-        do throws(Errno) {
-            let (finalMode, access, _) = creationMode(req, parent: parent, mode: mode, directory: false)
-            var (attributes, handle): (Attributes, OpenFile)
-            do throws(Errno) {
-                (attributes, handle) = try view.create(parent, name, mode: finalMode, flags: fi.pointee.flags, as: cred)
-                if access != nil {
-                    do throws(Errno) {
-                        try applyInheritedACLs(attributes.inode, access: access, inheritedDefault: nil)
-                        attributes = try view.getAttributes(attributes.inode)
-                    } catch {
-                        view.release(handle)
-                        throw error
-                    }
-                }
-            } catch where error == .fileExists && fi.pointee.flags & O_EXCL == 0 {
-                // Another creator won the race: O_CREAT without O_EXCL opens what is there.
-                attributes = try view.lookup(parent, name, as: cred)
-                handle = try view.open(attributes.inode, flags: fi.pointee.flags & ~O_CREAT, as: cred)
-            }
+        replying(req) { () throws(Errno) in
+            let (attributes, handle) = try view.createOrOpen(parent, Self.name(cName), mode: mode, flags: fi.pointee.flags,
+                                                             umask: umaskToApply(req), aclActive: aclActive.load(ordering: .relaxed),
+                                                             as: credentials(req))
             fi.pointee.fh = Self.handleValue(handle)
             setOpenReplyFlags(fi, directory: false)
             var e = entry(attributes)
             if fuse_reply_create(req, &e, fi) != 0 {
                 if let h = Self.takeHandle(fi) { view.release(h) }
             }
-        } catch {
-            reply(req, error)
         }
     }
 
     func read(_ req: fuse_req_t, _ size: Int, _ offset: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard let handle = Self.handle(fi) else { return reply(req, .badFileDescriptor) }
         guard offset >= 0 else { return reply(req, .invalidArgument) }
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             try view.withReadDescriptor(handle) { (fd: FileDescriptor?) throws(Errno) in
                 guard let fd, size > 0 else {
                     fuse_reply_buf(req, nil, 0)
@@ -490,20 +445,16 @@ extension FuseFilesystem {
                 // through a per-thread buffer than sent through a pipe.
                 _ = cfuse_reply_read(req, fd.rawValue, size, offset, Self.copiedReadLimit)
             }
-        } catch {
-            reply(req, error)
         }
     }
 
     func write(_ req: fuse_req_t, _ buffer: UnsafePointer<CChar>?, _ size: Int, _ offset: off_t,
                _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard let handle = Self.handle(fi) else { return reply(req, .badFileDescriptor) }
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             let n = try view.write(handle, offset: Int64(offset), from: UnsafeRawBufferPointer(start: buffer, count: size),
                                    as: credentials(req))
             fuse_reply_write(req, n)
-        } catch {
-            reply(req, error)
         }
     }
 
@@ -524,22 +475,16 @@ extension FuseFilesystem {
     }
 
     func fsync(_ req: fuse_req_t, _ ino: fuse_ino_t, _ dataOnly: Bool, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.sync(ino, handle: Self.handle(fi), dataOnly: dataOnly)
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 
     func fallocate(_ req: fuse_req_t, _ ino: fuse_ino_t, _ mode: Int32, _ offset: off_t, _ length: off_t,
                    _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard let handle = Self.handle(fi) else { return reply(req, .badFileDescriptor) }
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.allocate(handle, mode: mode, offset: Int64(offset), length: Int64(length), as: credentials(req))
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 
@@ -547,12 +492,10 @@ extension FuseFilesystem {
                        _ outputOffset: off_t, _ output: UnsafeMutablePointer<fuse_file_info>?, _ length: Int, _ flags: Int32) {
         guard flags == 0 else { return reply(req, .invalidArgument) }
         guard let source = Self.handle(input), let destination = Self.handle(output) else { return reply(req, .badFileDescriptor) }
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             let n = try view.copyRange(from: source, at: Int64(inputOffset), to: destination, at: Int64(outputOffset),
                                        length: min(length, 1 << 30), as: credentials(req))
             fuse_reply_write(req, n)
-        } catch {
-            reply(req, error)
         }
     }
 
@@ -572,14 +515,12 @@ extension FuseFilesystem {
             }
         }
         defer { if let temporary { view.release(temporary) } }
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             let result: off_t = try view.withReadDescriptor(handle) { (fd: FileDescriptor?) throws(Errno) -> off_t in
                 guard let fd else { throw Errno.noSuchAddressOrDevice }  // empty: no data, no hole before EOF
                 return try retryingSyscall { Glibc.lseek(fd.rawValue, offset, whence) }
             }
             fuse_reply_lseek(req, result)
-        } catch {
-            reply(req, error)
         }
     }
 }
@@ -588,7 +529,7 @@ extension FuseFilesystem {
 
 extension FuseFilesystem {
     func opendir(_ req: fuse_req_t, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             let handle = try view.open(ino, flags: O_RDONLY | O_DIRECTORY, as: credentials(req))
             let attributes = try view.getAttributes(ino)
             openDirectories.withLock { table in
@@ -599,8 +540,6 @@ extension FuseFilesystem {
             if fuse_reply_open(req, fi) != 0 {
                 if let h = Self.takeHandle(fi) { closeDirectory(h) }
             }
-        } catch {
-            reply(req, error)
         }
     }
 
@@ -677,11 +616,8 @@ extension FuseFilesystem {
     }
 
     func fsyncdir(_ req: fuse_req_t, _ ino: fuse_ino_t, _ dataOnly: Bool) {
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.sync(ino, handle: nil, dataOnly: dataOnly)
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 }
@@ -705,15 +641,13 @@ extension FuseFilesystem {
     }
 
     func getxattr(_ req: fuse_req_t, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>, _ size: Int) {
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             replyXattrValue(req, try view.getXattr(ino, Self.name(name), as: credentials(req)), size: size)
-        } catch {
-            reply(req, error)
         }
     }
 
     func listxattr(_ req: fuse_req_t, _ ino: fuse_ino_t, _ size: Int) {
-        do throws(Errno) {
+        replying(req) { () throws(Errno) in
             // trusted.* is listed only to root, as ext4 and tmpfs do.
             let showTrusted = fuse_req_ctx(req)!.pointee.uid == 0
             var list: [UInt8] = []
@@ -723,8 +657,6 @@ extension FuseFilesystem {
                 list.append(0)
             }
             replyXattrValue(req, list, size: size)
-        } catch {
-            reply(req, error)
         }
     }
 
@@ -739,25 +671,19 @@ extension FuseFilesystem {
         case CFUSE_XATTR_REPLACE: mode = .replaceOnly
         default: return reply(req, .invalidArgument)
         }
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             if name == PosixACL.accessName, aclActive.load(ordering: .relaxed) {
                 try view.setAccessACL(ino, bytes, mode: mode, as: credentials(req),
                                       clearsSetGID: { !callerIsMember(req, of: $0) })
             } else {
                 try view.setXattr(ino, name, bytes, mode: mode, as: credentials(req))
             }
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 
     func removexattr(_ req: fuse_req_t, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>) {
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.removeXattr(ino, Self.name(name), as: credentials(req))
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 }
@@ -801,12 +727,9 @@ extension FuseFilesystem {
     func setlk(_ req: fuse_req_t, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>,
                _ lock: UnsafeMutablePointer<flock>, _ sleep: Bool) {
         guard let range = Self.range(lock.pointee) else { return reply(req, .invalidArgument) }
-        do throws(Errno) {
+        replyOK(req) { () throws(Errno) in
             try view.setLock(ino, owner: fi.pointee.lock_owner, range: range, wait: sleep,
                              cancelled: { fuse_req_interrupted(req) != 0 })
-            replyOK(req)
-        } catch {
-            reply(req, error)
         }
     }
 

@@ -111,7 +111,7 @@ extension FuseRequest {
             var items: [FuseForgetOne] = []
             items.reserveCapacity(Int(count))
             for _ in 0..<count {
-                items.append(FuseForgetOne(nodeID: try r.u64("forget_one.nodeid"), count: try r.u64("forget_one.nlookup")))
+                items.append(try FuseForgetOne.decode(&r))
             }
             request = .batchForget(items)
         case .getattr:
@@ -163,8 +163,7 @@ extension FuseRequest {
             request = .write(input, dataOffset: offset)
         case .statfs: request = .statfs
         case .release, .releasedir:
-            let input = FuseReleaseIn(handle: try r.u64("release.fh"), flags: try r.u32("release.flags"),
-                                      releaseFlags: try r.u32("release.release_flags"), lockOwner: try r.u64("release.lock_owner"))
+            let input = try FuseReleaseIn.decode(&r)
             request = op == .release ? .release(input) : .releasedir(input)
         case .fsync, .fsyncdir:
             let handle = try r.u64("fsync.fh")
@@ -197,29 +196,17 @@ extension FuseRequest {
             _ = try r.u32()
             request = .flush(handle: handle, lockOwner: try r.u64("flush.lock_owner"))
         case .getlk, .setlk, .setlkw:
-            let handle = try r.u64("lk.fh")
-            let owner = try r.u64("lk.owner")
-            let lock = try FuseFileLock.decode(&r)
-            let flags = try r.u32("lk.lk_flags")
-            _ = try r.u32()
-            let input = FuseLockIn(handle: handle, owner: owner, lock: lock, lockFlags: flags)
+            let input = try FuseLockIn.decode(&r)
             request = op == .getlk ? .getlk(input) : .setlk(input, wait: op == .setlkw)
         case .access:
             let mask = try r.u32("access.mask")
             _ = try r.u32()
             request = .access(mask: mask)
         case .create:
-            let input = FuseCreateIn(flags: try r.u32("create.flags"), mode: try r.u32("create.mode"),
-                                     umask: try r.u32("create.umask"), openFlags: try r.u32("create.open_flags"))
-            request = .create(input, name: try r.name("create.name"))
+            request = .create(try FuseCreateIn.decode(&r), name: try r.name("create.name"))
         case .interrupt: request = .interrupt(unique: try r.u64("interrupt.unique"))
         case .fallocate:
-            let handle = try r.u64("fallocate.fh")
-            let offset = try r.u64("fallocate.offset")
-            let length = try r.u64("fallocate.length")
-            let mode = try r.u32("fallocate.mode")
-            _ = try r.u32()
-            request = .fallocate(FuseFallocateIn(handle: handle, offset: offset, length: length, mode: mode))
+            request = .fallocate(try FuseFallocateIn.decode(&r))
         case .lseek:
             let handle = try r.u64("lseek.fh")
             let offset = try r.u64("lseek.offset")
@@ -227,11 +214,7 @@ extension FuseRequest {
             _ = try r.u32()
             request = .lseek(handle: handle, offset: offset, whence: whence)
         case .copyFileRange:
-            request = .copyFileRange(FuseCopyFileRangeIn(
-                handleIn: try r.u64("copy_file_range.fh_in"), offsetIn: try r.u64("copy_file_range.off_in"),
-                nodeOut: try r.u64("copy_file_range.nodeid_out"), handleOut: try r.u64("copy_file_range.fh_out"),
-                offsetOut: try r.u64("copy_file_range.off_out"), length: try r.u64("copy_file_range.len"),
-                flags: try r.u64("copy_file_range.flags")))
+            request = .copyFileRange(try FuseCopyFileRangeIn.decode(&r))
         case .syncfs:
             _ = try r.u64("syncfs.padding")
             request = .syncfs
@@ -308,7 +291,7 @@ extension FuseRequest {
         case .forget(let count): w.u64(count)
         case .batchForget(let items):
             w.u32(UInt32(truncatingIfNeeded: items.count)); w.u32(0)
-            for item in items { w.u64(item.nodeID); w.u64(item.count) }
+            for item in items { item.encode(into: &w) }
         case .getattr(let flags, let handle): w.u32(flags); w.u32(0); w.u64(handle)
         case .setattr(let s): s.encode(into: &w)
         case .symlink(let name, let target): w.name(name); w.name(target)
@@ -325,7 +308,7 @@ extension FuseRequest {
             i.size = UInt32(truncatingIfNeeded: data.count)
             i.encode(into: &w)
             w.data(data)
-        case .release(let i), .releasedir(let i): w.u64(i.handle); w.u32(i.flags); w.u32(i.releaseFlags); w.u64(i.lockOwner)
+        case .release(let i), .releasedir(let i): i.encode(into: &w)
         case .fsync(let handle, let flags), .fsyncdir(let handle, let flags): w.u64(handle); w.u32(flags); w.u32(0)
         case .setxattr(let flags, let setxattrFlags, let name, let value):
             w.u32(UInt32(truncatingIfNeeded: value.count)); w.u32(flags)
@@ -334,14 +317,13 @@ extension FuseRequest {
         case .getxattr(let size, let name): w.u32(size); w.u32(0); w.name(name)
         case .listxattr(let size): w.u32(size); w.u32(0)
         case .flush(let handle, let lockOwner): w.u64(handle); w.u32(0); w.u32(0); w.u64(lockOwner)
-        case .getlk(let i), .setlk(let i, _): w.u64(i.handle); w.u64(i.owner); i.lock.encode(into: &w); w.u32(i.lockFlags); w.u32(0)
+        case .getlk(let i), .setlk(let i, _): i.encode(into: &w)
         case .access(let mask): w.u32(mask); w.u32(0)
-        case .create(let i, let name): w.u32(i.flags); w.u32(i.mode); w.u32(i.umask); w.u32(i.openFlags); w.name(name)
+        case .create(let i, let name): i.encode(into: &w); w.name(name)
         case .interrupt(let unique): w.u64(unique)
-        case .fallocate(let i): w.u64(i.handle); w.u64(i.offset); w.u64(i.length); w.u32(i.mode); w.u32(0)
+        case .fallocate(let i): i.encode(into: &w)
         case .lseek(let handle, let offset, let whence): w.u64(handle); w.u64(offset); w.u32(whence); w.u32(0)
-        case .copyFileRange(let i):
-            w.u64(i.handleIn); w.u64(i.offsetIn); w.u64(i.nodeOut); w.u64(i.handleOut); w.u64(i.offsetOut); w.u64(i.length); w.u64(i.flags)
+        case .copyFileRange(let i): i.encode(into: &w)
         case .syncfs: w.u64(0)
         }
         var bytes = w.bytes

@@ -2,7 +2,7 @@
 // names follow fuse.h; padding fields are written as zeros and ignored when read.
 
 /// fuse_attr (88 bytes).
-public struct FuseAttr: Sendable, Hashable {
+public struct FuseAttr: Sendable, Hashable, FuseFixedLayout {
     public var ino: UInt64 = 0
     public var size: UInt64 = 0
     public var blocks: UInt64 = 0
@@ -24,26 +24,19 @@ public struct FuseAttr: Sendable, Hashable {
 
     public static let size = 88
 
-    public func encode(into w: inout FuseWriter) {
-        w.u64(ino); w.u64(size); w.u64(blocks); w.u64(atime); w.u64(mtime); w.u64(ctime)
-        w.u32(atimensec); w.u32(mtimensec); w.u32(ctimensec); w.u32(mode); w.u32(nlink)
-        w.u32(uid); w.u32(gid); w.u32(rdev); w.u32(blksize); w.u32(flags)
-    }
-
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseAttr {
-        var a = FuseAttr()
-        a.ino = try r.u64("attr.ino"); a.size = try r.u64("attr.size"); a.blocks = try r.u64("attr.blocks")
-        a.atime = try r.u64("attr.atime"); a.mtime = try r.u64("attr.mtime"); a.ctime = try r.u64("attr.ctime")
-        a.atimensec = try r.u32(); a.mtimensec = try r.u32(); a.ctimensec = try r.u32()
-        a.mode = try r.u32(); a.nlink = try r.u32(); a.uid = try r.u32(); a.gid = try r.u32()
-        a.rdev = try r.u32(); a.blksize = try r.u32(); a.flags = try r.u32("attr.flags")
-        return a
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&ino, "attr.ino"); try c.field(&size, "attr.size"); try c.field(&blocks, "attr.blocks")
+        try c.field(&atime, "attr.atime"); try c.field(&mtime, "attr.mtime"); try c.field(&ctime, "attr.ctime")
+        try c.field(&atimensec, "attr.atimensec"); try c.field(&mtimensec, "attr.mtimensec"); try c.field(&ctimensec, "attr.ctimensec")
+        try c.field(&mode, "attr.mode"); try c.field(&nlink, "attr.nlink"); try c.field(&uid, "attr.uid"); try c.field(&gid, "attr.gid")
+        try c.field(&rdev, "attr.rdev"); try c.field(&blksize, "attr.blksize"); try c.field(&flags, "attr.flags")
     }
 }
 
 /// fuse_entry_out (128 bytes). A nodeid of 0 is a negative entry: the name is absent and the
 /// kernel may remember that for `entryValid`.
-public struct FuseEntryOut: Sendable, Hashable {
+public struct FuseEntryOut: Sendable, Hashable, FuseFixedLayout {
     public var nodeID: UInt64 = 0
     public var generation: UInt64 = 0
     public var entryValid: UInt64 = 0
@@ -56,23 +49,17 @@ public struct FuseEntryOut: Sendable, Hashable {
 
     public static let size = 40 + FuseAttr.size
 
-    public func encode(into w: inout FuseWriter) {
-        w.u64(nodeID); w.u64(generation); w.u64(entryValid); w.u64(attrValid)
-        w.u32(entryValidNsec); w.u32(attrValidNsec)
-        attr.encode(into: &w)
-    }
-
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseEntryOut {
-        var e = FuseEntryOut()
-        e.nodeID = try r.u64("entry.nodeid"); e.generation = try r.u64(); e.entryValid = try r.u64(); e.attrValid = try r.u64()
-        e.entryValidNsec = try r.u32(); e.attrValidNsec = try r.u32()
-        e.attr = try FuseAttr.decode(&r)
-        return e
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&nodeID, "entry.nodeid"); try c.field(&generation, "entry.generation")
+        try c.field(&entryValid, "entry.entry_valid"); try c.field(&attrValid, "entry.attr_valid")
+        try c.field(&entryValidNsec, "entry.entry_valid_nsec"); try c.field(&attrValidNsec, "entry.attr_valid_nsec")
+        try attr.fields(&c)
     }
 }
 
 /// fuse_attr_out (104 bytes).
-public struct FuseAttrOut: Sendable, Hashable {
+public struct FuseAttrOut: Sendable, Hashable, FuseFixedLayout {
     public var attrValid: UInt64 = 0
     public var attrValidNsec: UInt32 = 0
     public var attr = FuseAttr()
@@ -81,21 +68,16 @@ public struct FuseAttrOut: Sendable, Hashable {
 
     public static let size = 16 + FuseAttr.size
 
-    public func encode(into w: inout FuseWriter) {
-        w.u64(attrValid); w.u32(attrValidNsec); w.u32(0)
-        attr.encode(into: &w)
-    }
-
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseAttrOut {
-        var a = FuseAttrOut()
-        a.attrValid = try r.u64("attr_out.attr_valid"); a.attrValidNsec = try r.u32(); _ = try r.u32()
-        a.attr = try FuseAttr.decode(&r)
-        return a
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&attrValid, "attr_out.attr_valid"); try c.field(&attrValidNsec, "attr_out.attr_valid_nsec")
+        try c.padding(4, "attr_out.dummy")
+        try attr.fields(&c)
     }
 }
 
 /// fuse_open_out (16 bytes).
-public struct FuseOpenOut: Sendable, Hashable {
+public struct FuseOpenOut: Sendable, Hashable, FuseFixedLayout {
     public var handle: UInt64
     public var openFlags: UInt32
 
@@ -106,20 +88,16 @@ public struct FuseOpenOut: Sendable, Hashable {
 
     public static let size = 16
 
-    public func encode(into w: inout FuseWriter) {
-        w.u64(handle); w.u32(openFlags); w.u32(0)
-    }
+    public init() { self.init(handle: 0, openFlags: 0) }
 
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseOpenOut {
-        let handle = try r.u64("open_out.fh")
-        let flags = try r.u32()
-        _ = try r.u32()
-        return FuseOpenOut(handle: handle, openFlags: flags)
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&handle, "open_out.fh"); try c.field(&openFlags, "open_out.open_flags"); try c.padding(4, "open_out.padding")
     }
 }
 
 /// fuse_kstatfs (80 bytes).
-public struct FuseStatfsOut: Sendable, Hashable {
+public struct FuseStatfsOut: Sendable, Hashable, FuseFixedLayout {
     public var blocks: UInt64 = 0
     public var bfree: UInt64 = 0
     public var bavail: UInt64 = 0
@@ -133,24 +111,18 @@ public struct FuseStatfsOut: Sendable, Hashable {
 
     public static let size = 80
 
-    public func encode(into w: inout FuseWriter) {
-        w.u64(blocks); w.u64(bfree); w.u64(bavail); w.u64(files); w.u64(ffree)
-        w.u32(bsize); w.u32(namelen); w.u32(frsize); w.u32(0)
-        w.zeros(24)
-    }
-
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseStatfsOut {
-        var s = FuseStatfsOut()
-        s.blocks = try r.u64("statfs.blocks"); s.bfree = try r.u64(); s.bavail = try r.u64(); s.files = try r.u64(); s.ffree = try r.u64()
-        s.bsize = try r.u32(); s.namelen = try r.u32(); s.frsize = try r.u32(); _ = try r.u32()
-        try r.skip(24, "statfs.spare")
-        return s
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&blocks, "statfs.blocks"); try c.field(&bfree, "statfs.bfree"); try c.field(&bavail, "statfs.bavail")
+        try c.field(&files, "statfs.files"); try c.field(&ffree, "statfs.ffree")
+        try c.field(&bsize, "statfs.bsize"); try c.field(&namelen, "statfs.namelen"); try c.field(&frsize, "statfs.frsize")
+        try c.padding(4 + 24, "statfs.spare")
     }
 }
 
 /// fuse_file_lock (24 bytes). `end` is inclusive; the kernel's "to the end of the file" is
 /// Int64.max (OFFSET_MAX). `type` is F_RDLCK 0, F_WRLCK 1, F_UNLCK 2.
-public struct FuseFileLock: Sendable, Hashable {
+public struct FuseFileLock: Sendable, Hashable, FuseFixedLayout {
     public var start: UInt64
     public var end: UInt64
     public var type: UInt32
@@ -170,12 +142,11 @@ public struct FuseFileLock: Sendable, Hashable {
 
     public static let size = 24
 
-    public func encode(into w: inout FuseWriter) {
-        w.u64(start); w.u64(end); w.u32(type); w.u32(pid)
-    }
+    public init() { self.init(start: 0, end: 0, type: 0, pid: 0) }
 
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseFileLock {
-        FuseFileLock(start: try r.u64("lock.start"), end: try r.u64("lock.end"), type: try r.u32("lock.type"), pid: try r.u32("lock.pid"))
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&start, "lock.start"); try c.field(&end, "lock.end"); try c.field(&type, "lock.type"); try c.field(&pid, "lock.pid")
     }
 }
 
@@ -196,7 +167,7 @@ public struct FuseInitIn: Sendable, Hashable {
 }
 
 /// fuse_init_out (64 bytes).
-public struct FuseInitOut: Sendable, Hashable {
+public struct FuseInitOut: Sendable, Hashable, FuseFixedLayout {
     public var major: UInt32 = FuseProtocol.major
     public var minor: UInt32 = FuseProtocol.minor
     public var maxReadahead: UInt32 = 0
@@ -212,30 +183,23 @@ public struct FuseInitOut: Sendable, Hashable {
 
     public static let size = 64
 
-    public func encode(into w: inout FuseWriter) {
-        w.u32(major); w.u32(minor); w.u32(maxReadahead)
-        w.u32(UInt32(truncatingIfNeeded: flags.rawValue))
-        w.u16(maxBackground); w.u16(congestionThreshold); w.u32(maxWrite); w.u32(timeGranularity)
-        w.u16(maxPages); w.u16(mapAlignment)
-        w.u32(UInt32(truncatingIfNeeded: flags.rawValue >> 32))
-        w.zeros(28)
-    }
-
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseInitOut {
-        var o = FuseInitOut()
-        o.major = try r.u32("init_out.major"); o.minor = try r.u32(); o.maxReadahead = try r.u32()
-        let low = try r.u32()
-        o.maxBackground = try r.u16(); o.congestionThreshold = try r.u16(); o.maxWrite = try r.u32(); o.timeGranularity = try r.u32()
-        o.maxPages = try r.u16(); o.mapAlignment = try r.u16()
-        let high = try r.u32()
-        try r.skip(28, "init_out.unused")
-        o.flags = FuseInitFlags(rawValue: UInt64(low) | UInt64(high) << 32)
-        return o
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        var low = UInt32(truncatingIfNeeded: flags.rawValue)
+        var high = UInt32(truncatingIfNeeded: flags.rawValue >> 32)
+        try c.field(&major, "init_out.major"); try c.field(&minor, "init_out.minor"); try c.field(&maxReadahead, "init_out.max_readahead")
+        try c.field(&low, "init_out.flags")
+        try c.field(&maxBackground, "init_out.max_background"); try c.field(&congestionThreshold, "init_out.congestion_threshold")
+        try c.field(&maxWrite, "init_out.max_write"); try c.field(&timeGranularity, "init_out.time_gran")
+        try c.field(&maxPages, "init_out.max_pages"); try c.field(&mapAlignment, "init_out.map_alignment")
+        try c.field(&high, "init_out.flags2")
+        try c.padding(28, "init_out.unused")
+        flags = FuseInitFlags(rawValue: UInt64(low) | UInt64(high) << 32)
     }
 }
 
 /// fuse_setattr_in (88 bytes).
-public struct FuseSetattrIn: Sendable, Hashable {
+public struct FuseSetattrIn: Sendable, Hashable, FuseFixedLayout {
     public var valid: UInt32 = 0
     public var handle: UInt64 = 0
     public var size: UInt64 = 0
@@ -254,97 +218,53 @@ public struct FuseSetattrIn: Sendable, Hashable {
 
     public static let size = 88
 
-    public func encode(into w: inout FuseWriter) {
-        w.u32(valid); w.u32(0); w.u64(handle); w.u64(size); w.u64(lockOwner)
-        w.u64(atime); w.u64(mtime); w.u64(ctime); w.u32(atimensec); w.u32(mtimensec); w.u32(ctimensec)
-        w.u32(mode); w.u32(0); w.u32(uid); w.u32(gid); w.u32(0)
-    }
-
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseSetattrIn {
-        var s = FuseSetattrIn()
-        s.valid = try r.u32("setattr.valid"); _ = try r.u32()
-        s.handle = try r.u64(); s.size = try r.u64(); s.lockOwner = try r.u64()
-        s.atime = try r.u64(); s.mtime = try r.u64(); s.ctime = try r.u64()
-        s.atimensec = try r.u32(); s.mtimensec = try r.u32(); s.ctimensec = try r.u32()
-        s.mode = try r.u32(); _ = try r.u32(); s.uid = try r.u32(); s.gid = try r.u32(); _ = try r.u32("setattr.unused5")
-        return s
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&valid, "setattr.valid"); try c.padding(4, "setattr.padding")
+        try c.field(&handle, "setattr.fh"); try c.field(&size, "setattr.size"); try c.field(&lockOwner, "setattr.lock_owner")
+        try c.field(&atime, "setattr.atime"); try c.field(&mtime, "setattr.mtime"); try c.field(&ctime, "setattr.ctime")
+        try c.field(&atimensec, "setattr.atimensec"); try c.field(&mtimensec, "setattr.mtimensec"); try c.field(&ctimensec, "setattr.ctimensec")
+        try c.field(&mode, "setattr.mode"); try c.padding(4, "setattr.unused4")
+        try c.field(&uid, "setattr.uid"); try c.field(&gid, "setattr.gid"); try c.padding(4, "setattr.unused5")
     }
 }
 
-/// fuse_read_in (40 bytes), also the argument of READDIR and READDIRPLUS.
-public struct FuseReadIn: Sendable, Hashable {
+/// fuse_read_in and fuse_write_in (40 bytes each, one layout): READ, READDIR and READDIRPLUS take
+/// the first, WRITE the second with its data after it. `ioFlags` is read_flags or write_flags.
+public struct FuseIOIn: Sendable, Hashable, FuseFixedLayout {
     public var handle: UInt64
     public var offset: UInt64
     public var size: UInt32
-    public var readFlags: UInt32
+    public var ioFlags: UInt32
     public var lockOwner: UInt64
     public var flags: UInt32
 
-    public init(handle: UInt64, offset: UInt64, size: UInt32, readFlags: UInt32 = 0, lockOwner: UInt64 = 0, flags: UInt32 = 0) {
+    public init(handle: UInt64, offset: UInt64, size: UInt32, ioFlags: UInt32 = 0, lockOwner: UInt64 = 0, flags: UInt32 = 0) {
         self.handle = handle
         self.offset = offset
         self.size = size
-        self.readFlags = readFlags
+        self.ioFlags = ioFlags
         self.lockOwner = lockOwner
         self.flags = flags
     }
 
     public static let size = 40
 
-    public func encode(into w: inout FuseWriter) {
-        w.u64(handle); w.u64(offset); w.u32(size); w.u32(readFlags); w.u64(lockOwner); w.u32(flags); w.u32(0)
-    }
+    public init() { self.init(handle: 0, offset: 0, size: 0) }
 
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseReadIn {
-        let handle = try r.u64("read.fh")
-        let offset = try r.u64("read.offset")
-        let size = try r.u32("read.size")
-        let readFlags = try r.u32()
-        let lockOwner = try r.u64()
-        let flags = try r.u32()
-        _ = try r.u32("read.padding")
-        return FuseReadIn(handle: handle, offset: offset, size: size, readFlags: readFlags, lockOwner: lockOwner, flags: flags)
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&handle, "io.fh"); try c.field(&offset, "io.offset"); try c.field(&size, "io.size")
+        try c.field(&ioFlags, "io.flags"); try c.field(&lockOwner, "io.lock_owner"); try c.field(&flags, "io.open_flags")
+        try c.padding(4, "io.padding")
     }
 }
 
-/// fuse_write_in (40 bytes); the data follows it.
-public struct FuseWriteIn: Sendable, Hashable {
-    public var handle: UInt64
-    public var offset: UInt64
-    public var size: UInt32
-    public var writeFlags: UInt32
-    public var lockOwner: UInt64
-    public var flags: UInt32
-
-    public init(handle: UInt64, offset: UInt64, size: UInt32, writeFlags: UInt32 = 0, lockOwner: UInt64 = 0, flags: UInt32 = 0) {
-        self.handle = handle
-        self.offset = offset
-        self.size = size
-        self.writeFlags = writeFlags
-        self.lockOwner = lockOwner
-        self.flags = flags
-    }
-
-    public static let size = 40
-
-    public func encode(into w: inout FuseWriter) {
-        w.u64(handle); w.u64(offset); w.u32(size); w.u32(writeFlags); w.u64(lockOwner); w.u32(flags); w.u32(0)
-    }
-
-    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> FuseWriteIn {
-        let handle = try r.u64("write.fh")
-        let offset = try r.u64("write.offset")
-        let size = try r.u32("write.size")
-        let writeFlags = try r.u32()
-        let lockOwner = try r.u64()
-        let flags = try r.u32()
-        _ = try r.u32("write.padding")
-        return FuseWriteIn(handle: handle, offset: offset, size: size, writeFlags: writeFlags, lockOwner: lockOwner, flags: flags)
-    }
-}
+public typealias FuseReadIn = FuseIOIn
+public typealias FuseWriteIn = FuseIOIn
 
 /// fuse_release_in (24 bytes), for RELEASE and RELEASEDIR.
-public struct FuseReleaseIn: Sendable, Hashable {
+public struct FuseReleaseIn: Sendable, Hashable, FuseFixedLayout {
     public var handle: UInt64
     public var flags: UInt32
     public var releaseFlags: UInt32
@@ -356,10 +276,18 @@ public struct FuseReleaseIn: Sendable, Hashable {
         self.releaseFlags = releaseFlags
         self.lockOwner = lockOwner
     }
+
+    public init() { self.init(handle: 0) }
+
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&handle, "release.fh"); try c.field(&flags, "release.flags")
+        try c.field(&releaseFlags, "release.release_flags"); try c.field(&lockOwner, "release.lock_owner")
+    }
 }
 
 /// fuse_lk_in (48 bytes), for GETLK, SETLK and SETLKW.
-public struct FuseLockIn: Sendable, Hashable {
+public struct FuseLockIn: Sendable, Hashable, FuseFixedLayout {
     public var handle: UInt64
     public var owner: UInt64
     public var lock: FuseFileLock
@@ -371,10 +299,18 @@ public struct FuseLockIn: Sendable, Hashable {
         self.lock = lock
         self.lockFlags = lockFlags
     }
+
+    public init() { self.init(handle: 0, owner: 0, lock: FuseFileLock()) }
+
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&handle, "lk.fh"); try c.field(&owner, "lk.owner"); try lock.fields(&c)
+        try c.field(&lockFlags, "lk.lk_flags"); try c.padding(4, "lk.padding")
+    }
 }
 
 /// fuse_create_in (16 bytes); the name follows it.
-public struct FuseCreateIn: Sendable, Hashable {
+public struct FuseCreateIn: Sendable, Hashable, FuseFixedLayout {
     public var flags: UInt32
     public var mode: UInt32
     public var umask: UInt32
@@ -386,10 +322,18 @@ public struct FuseCreateIn: Sendable, Hashable {
         self.umask = umask
         self.openFlags = openFlags
     }
+
+    public init() { self.init(flags: 0, mode: 0) }
+
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&flags, "create.flags"); try c.field(&mode, "create.mode")
+        try c.field(&umask, "create.umask"); try c.field(&openFlags, "create.open_flags")
+    }
 }
 
 /// fuse_fallocate_in (32 bytes).
-public struct FuseFallocateIn: Sendable, Hashable {
+public struct FuseFallocateIn: Sendable, Hashable, FuseFixedLayout {
     public var handle: UInt64
     public var offset: UInt64
     public var length: UInt64
@@ -401,10 +345,18 @@ public struct FuseFallocateIn: Sendable, Hashable {
         self.length = length
         self.mode = mode
     }
+
+    public init() { self.init(handle: 0, offset: 0, length: 0, mode: 0) }
+
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&handle, "fallocate.fh"); try c.field(&offset, "fallocate.offset"); try c.field(&length, "fallocate.length")
+        try c.field(&mode, "fallocate.mode"); try c.padding(4, "fallocate.padding")
+    }
 }
 
 /// fuse_copy_file_range_in (56 bytes); the source node is the header's.
-public struct FuseCopyFileRangeIn: Sendable, Hashable {
+public struct FuseCopyFileRangeIn: Sendable, Hashable, FuseFixedLayout {
     public var handleIn: UInt64
     public var offsetIn: UInt64
     public var nodeOut: UInt64
@@ -423,16 +375,33 @@ public struct FuseCopyFileRangeIn: Sendable, Hashable {
         self.length = length
         self.flags = flags
     }
+
+    public init() { self.init(handleIn: 0, offsetIn: 0, nodeOut: 0, handleOut: 0, offsetOut: 0, length: 0) }
+
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&handleIn, "copy_file_range.fh_in"); try c.field(&offsetIn, "copy_file_range.off_in")
+        try c.field(&nodeOut, "copy_file_range.nodeid_out"); try c.field(&handleOut, "copy_file_range.fh_out")
+        try c.field(&offsetOut, "copy_file_range.off_out"); try c.field(&length, "copy_file_range.len")
+        try c.field(&flags, "copy_file_range.flags")
+    }
 }
 
 /// fuse_forget_one (16 bytes).
-public struct FuseForgetOne: Sendable, Hashable {
+public struct FuseForgetOne: Sendable, Hashable, FuseFixedLayout {
     public var nodeID: UInt64
     public var count: UInt64
 
     public init(nodeID: UInt64, count: UInt64) {
         self.nodeID = nodeID
         self.count = count
+    }
+
+    public init() { self.init(nodeID: 0, count: 0) }
+
+    @inlinable
+    public mutating func fields<Coder: FuseFieldCoder>(_ c: inout Coder) throws(FuseDecodeError) {
+        try c.field(&nodeID, "forget_one.nodeid"); try c.field(&count, "forget_one.nlookup")
     }
 }
 

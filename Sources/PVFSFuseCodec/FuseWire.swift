@@ -148,3 +148,49 @@ public struct FuseWriter {
         for k in 0..<4 { bytes[index + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(k))) }
     }
 }
+
+/// One walk over a fixed structure's fields in wire order: `FuseWriter` appends each field,
+/// `FuseReader` reads each one into place. A structure spells its layout once for both.
+public protocol FuseFieldCoder {
+    mutating func field(_ value: inout UInt64, _ name: String) throws(FuseDecodeError)
+    mutating func field(_ value: inout UInt32, _ name: String) throws(FuseDecodeError)
+    mutating func field(_ value: inout UInt16, _ name: String) throws(FuseDecodeError)
+    /// Reserved bytes: written as zeros, skipped when read.
+    mutating func padding(_ count: Int, _ name: String) throws(FuseDecodeError)
+}
+
+extension FuseWriter: FuseFieldCoder {
+    @inlinable public mutating func field(_ value: inout UInt64, _ name: String) { u64(value) }
+    @inlinable public mutating func field(_ value: inout UInt32, _ name: String) { u32(value) }
+    @inlinable public mutating func field(_ value: inout UInt16, _ name: String) { u16(value) }
+    @inlinable public mutating func padding(_ count: Int, _ name: String) { zeros(count) }
+}
+
+extension FuseReader: FuseFieldCoder {
+    @inlinable public mutating func field(_ value: inout UInt64, _ name: String) throws(FuseDecodeError) { value = try u64(name) }
+    @inlinable public mutating func field(_ value: inout UInt32, _ name: String) throws(FuseDecodeError) { value = try u32(name) }
+    @inlinable public mutating func field(_ value: inout UInt16, _ name: String) throws(FuseDecodeError) { value = try u16(name) }
+    @inlinable public mutating func padding(_ count: Int, _ name: String) throws(FuseDecodeError) { try skip(count, name) }
+}
+
+/// A fixed-size structure whose layout is the one `fields` walks.
+public protocol FuseFixedLayout {
+    /// Every field zero, to be filled in by decoding.
+    init()
+    mutating func fields<Coder: FuseFieldCoder>(_ coder: inout Coder) throws(FuseDecodeError)
+}
+
+extension FuseFixedLayout {
+    @inlinable
+    public func encode(into w: inout FuseWriter) {
+        var copy = self
+        do { try copy.fields(&w) } catch { /* a FuseWriter never fails */ }
+    }
+
+    @inlinable
+    public static func decode(_ r: inout FuseReader) throws(FuseDecodeError) -> Self {
+        var value = Self()
+        try value.fields(&r)
+        return value
+    }
+}

@@ -181,48 +181,24 @@ extension FuseServer {
         return Timespec(seconds: Int64(bitPattern: seconds), nanoseconds: Int64(nanoseconds))
     }
 
-    /// The mode a new inode gets, and the ACLs it inherits: Linux's posix_acl_create. With
-    /// DONT_MASK the client leaves the umask to the server, which applies it only where no
-    /// default ACL replaces it.
-    func creationMode(_ r: Request, mode: UInt32, umask: UInt32, directory: Bool) -> (UInt32, access: [UInt8]?, inheritedDefault: [UInt8]?) {
-        guard r.negotiation.umaskIsOurs else { return (mode, nil, nil) }
-        guard r.negotiation.aclActive,
-              let bytes = try? view.getXattr(r.node, PosixACL.defaultName, as: .root),
-              let acl = PosixACL(xattr: bytes) else {
-            return (mode & ~(umask & 0o777), nil, nil)
-        }
-        let (access, newMode, extended) = acl.inherited(mode: mode)
-        return (newMode, extended ? access.xattr : nil, directory ? bytes : nil)
-    }
-
-    /// Stores the ACLs a new inode inherited. A failure leaves the inode with its mode only,
-    /// which the caller sees as an error.
-    func applyInheritedACLs(_ ino: InodeNumber, access: [UInt8]?, inheritedDefault: [UInt8]?) throws(Errno) {
-        if let access { try view.setXattr(ino, PosixACL.accessName, access, as: .root) }
-        if let inheritedDefault { try view.setXattr(ino, PosixACL.defaultName, inheritedDefault, as: .root) }
+    /// The umask for a new inode: nil where the client applied it already.
+    func umaskToApply(_ r: Request, _ umask: UInt32) -> UInt32? {
+        r.negotiation.umaskIsOurs ? umask : nil
     }
 
     func mknod(_ r: Request, mode: UInt32, rdev: UInt32, umask: UInt32, name: [UInt8]) throws(Errno) {
         try requireHeld(r.node)
         try requireNodeRoom()
-        let (finalMode, access, _) = creationMode(r, mode: mode, umask: umask, directory: false)
-        var a = try view.makeNode(r.node, name, mode: finalMode, rdev: UInt64(rdev), as: credentials(r))
-        if access != nil {
-            try applyInheritedACLs(a.inode, access: access, inheritedDefault: nil)
-            a = try view.getAttributes(a.inode)
-        }
+        let a = try view.makeNode(r.node, name, mode: mode, rdev: UInt64(rdev), umask: umaskToApply(r, umask),
+                                  aclActive: r.negotiation.aclActive, as: credentials(r))
         replyEntry(r, a, force: true)
     }
 
     func mkdir(_ r: Request, mode: UInt32, umask: UInt32, name: [UInt8]) throws(Errno) {
         try requireHeld(r.node)
         try requireNodeRoom()
-        let (finalMode, access, inherited) = creationMode(r, mode: mode, umask: umask, directory: true)
-        var a = try view.makeDirectory(r.node, name, mode: finalMode, as: credentials(r))
-        if access != nil || inherited != nil {
-            try applyInheritedACLs(a.inode, access: access, inheritedDefault: inherited)
-            a = try view.getAttributes(a.inode)
-        }
+        let a = try view.makeDirectory(r.node, name, mode: mode, umask: umaskToApply(r, umask),
+                                       aclActive: r.negotiation.aclActive, as: credentials(r))
         replyEntry(r, a, force: true)
     }
 
@@ -290,27 +266,9 @@ extension FuseServer {
     func create(_ r: Request, _ input: FuseCreateIn, name: [UInt8]) throws(Errno) {
         try requireHeld(r.node)
         try requireNodeRoom()
-        let cred = credentials(r)
-        let flags = Int32(bitPattern: input.flags)
-        let (finalMode, access, _) = creationMode(r, mode: input.mode, umask: input.umask, directory: false)
-        var attributes: Attributes
-        var file: OpenFile
-        do throws(Errno) {
-            (attributes, file) = try view.create(r.node, name, mode: finalMode, flags: flags, as: cred)
-            if access != nil {
-                do throws(Errno) {
-                    try applyInheritedACLs(attributes.inode, access: access, inheritedDefault: nil)
-                    attributes = try view.getAttributes(attributes.inode)
-                } catch {
-                    view.release(file)
-                    throw error
-                }
-            }
-        } catch where error == .fileExists && flags & O_EXCL == 0 {
-            // Another creator won the race: O_CREAT without O_EXCL opens what is there.
-            attributes = try view.lookup(r.node, name, as: cred)
-            file = try view.open(attributes.inode, flags: flags & ~O_CREAT, as: cred)
-        }
+        let (attributes, file) = try view.createOrOpen(r.node, name, mode: input.mode, flags: Int32(bitPattern: input.flags),
+                                                       umask: umaskToApply(r, input.umask), aclActive: r.negotiation.aclActive,
+                                                       as: credentials(r))
         let fh = try insertHandle(file, directory: false)
         let limit = configuration.limits.nodes
         _ = state.withLock { $0.nodes.add(attributes.inode, limit: limit, force: true) }
