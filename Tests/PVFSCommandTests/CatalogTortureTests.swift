@@ -429,7 +429,7 @@ final class MountedFiles: TortureFiles, @unchecked Sendable {
 
 /// A store, pvfsd, and the workers that hammer them.
 final class CatalogTorture: @unchecked Sendable {
-    let area: ScratchArea
+    let area: TemporaryDirectory
     let store: String
     let socket: String
     let mountpoint: String
@@ -446,7 +446,7 @@ final class CatalogTorture: @unchecked Sendable {
 
     init(seed: UInt64) throws {
         random = SeededRandom(state: seed)
-        area = try ScratchArea("pvfs-catalog-torture")
+        area = try TemporaryDirectory("pvfs-catalog-torture")
         store = area.sub("store")
         socket = area.sub("9p.sock")
         mountpoint = area.sub("mnt")
