@@ -23,7 +23,8 @@ import Testing
 ///
 /// `PVFS_CATALOG_TORTURE_ROUNDS` sets the number of rounds (default 10, about 30 s; a soak runs
 /// hundreds), `PVFS_CATALOG_TORTURE_SEED` replays a run's random choices.
-@Suite("catalog torture", .serialized)
+/// Slow: runs with PVFS_SLOW_TESTS=1 (scripts/test sets it).
+@Suite("catalog torture", .serialized, .tags(.slow), .slowTestsOnly)
 struct CatalogTortureTests {
     @Test(.enabled(if: geteuid() == 0, "needs root: FUSE mounts through pvfsd"))
     func catalogSurvivesTheDaemonAndTheCommands() throws {

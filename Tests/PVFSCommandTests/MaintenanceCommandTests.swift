@@ -205,7 +205,7 @@ struct MaintenanceCommandTests {
     /// kill -9 of `pvfs gc`, `pvfs dedup` and `pvfs-template create` at random points: fsck then
     /// finds nothing, or only what --repair fixes (never lost data), every file reads back right,
     /// and running the command again finishes its work.
-    @Test func killedMaintenanceLeavesARepairableStore() throws {
+    @Test(.tags(.slow), .slowTestsOnly) func killedMaintenanceLeavesARepairableStore() throws {
         let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area, vms: ["a", "b"], files: 16, bytes: 64_000)
         let src2 = area.sub("src2")

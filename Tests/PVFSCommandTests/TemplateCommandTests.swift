@@ -118,7 +118,7 @@ import Testing
 
     /// kill -9 in the middle of an ingest: the template is never listed, the next command
     /// removes its rows, staging and blobs, and the catalog stays consistent.
-    @Test func killedIngestIsCleanedUpByTheNextCommand() throws {
+    @Test(.tags(.slow), .slowTestsOnly) func killedIngestIsCleanedUpByTheNextCommand() throws {
         let area = try TemporaryDirectory("pvfs-command-test")
         let store = area.sub("store")
         try makeGeneratedTree(at: area.sub("src"), files: 3000, size: 16 * 1024)

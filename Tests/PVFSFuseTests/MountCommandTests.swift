@@ -193,7 +193,7 @@ struct MountCommandTests {
 
     /// kill -9 during a stream of renames (files and a template directory): every entry is under
     /// its old name or its new one, exactly once, with its content.
-    @Test func killDuringRenames() throws {
+    @Test(.tags(.slow), .slowTestsOnly) func killDuringRenames() throws {
         let f = try FuseFixture()
         for attempt in 0..<3 {
             let name = "r\(attempt)"
