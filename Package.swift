@@ -95,7 +95,8 @@ let package = Package(
         .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine", "PVFSStore"], path: "bench/writer"),
 
         // What the test targets share: stores with template fixtures written through the store's API,
-        // a 9P client. Never a dependency of Sources.
+        // the one door to catalog SQL for tests that damage the catalog, the slow-test gate, a 9P
+        // client. Never a dependency of Sources.
         .target(name: "PVFSTestSupport", dependencies: ["PVFS9PCodec", "PVFSStore", "PVFSSystem", grdb, system],
                 path: "Tests/PVFSTestSupport"),
         // Each test target declares every module it imports (scripts/check-layers).
