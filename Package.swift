@@ -89,7 +89,7 @@ let package = Package(
         .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands", argumentParser]),
         .executableTarget(name: "pvfs", dependencies: ["PVFSCommands", argumentParser]),
         .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
-        // Builds templates (from a host tree, in memory) and VMs in a store for tests and benchmarks.
+        // Builds templates (from a host tree, in memory) and VMs in a store for benchmarks.
         .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore", "PVFSSystem", system], path: "bench/pvfs-devtool"),
         // Writes files into a VM through the engine, for bench/dedup.sh and the command tests.
         .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine", "PVFSStore"], path: "bench/writer"),
