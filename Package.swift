@@ -89,33 +89,40 @@ let package = Package(
         .executableTarget(name: "pvfs-vm", dependencies: ["PVFSCommands", argumentParser]),
         .executableTarget(name: "pvfs", dependencies: ["PVFSCommands", argumentParser]),
         .executableTarget(name: "pvfsd", dependencies: ["PVFSCommands"]),
-        // Builds templates (from a host tree, in memory) and VMs in a store for tests and benchmarks.
+        // Builds templates (from a host tree, in memory) and VMs in a store for benchmarks.
         .executableTarget(name: "pvfs-devtool", dependencies: ["PVFSStore", "PVFSSystem", system], path: "bench/pvfs-devtool"),
         // Writes files into a VM through the engine, for bench/dedup.sh and the command tests.
         .executableTarget(name: "pvfs-bench-writer", dependencies: ["PVFSEngine", "PVFSStore"], path: "bench/writer"),
 
-        // What the test targets share: a 9P client, a diagnostic 9P server. Never a dependency of Sources.
-        .target(name: "PVFSTestSupport", dependencies: ["PVFS9PCodec", "PVFSSystem", system], path: "Tests/PVFSTestSupport"),
+        // What the test targets share: stores with template fixtures written through the store's API,
+        // the one door to catalog SQL for tests that damage the catalog, the slow-test gate, a 9P
+        // client. Never a dependency of Sources.
+        .target(name: "PVFSTestSupport", dependencies: ["PVFS9PCodec", "PVFSStore", "PVFSSystem", grdb, system],
+                path: "Tests/PVFSTestSupport"),
         // Each test target declares every module it imports (scripts/check-layers).
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem"]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore", "PVFSSystem", grdb, system]),
-        .testTarget(name: "PVFSEngineTests", dependencies: ["PVFSEngine", "PVFSStore", "PVFSSystem", grdb, logging, system]),
-        .testTarget(name: "PVFSImageTests", dependencies: ["PVFSImage", "PVFSStore", "PVFSSystem", "CArchive", grdb, system]),
+        .testTarget(name: "PVFSEngineTests", dependencies: [
+            "PVFSEngine", "PVFSStore", "PVFSSystem", "PVFSTestSupport", grdb, logging, system,
+        ]),
+        .testTarget(name: "PVFSImageTests", dependencies: [
+            "PVFSImage", "PVFSStore", "PVFSSystem", "PVFSTestSupport", "CArchive", grdb, system,
+        ]),
         .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
         .testTarget(name: "PVFS9PTests", dependencies: [
-            "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", grdb, logging, system,
+            "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", logging, system,
         ]),
         .testTarget(name: "PVFSFuseTests", dependencies: [
-            "PVFSFuse", "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem", grdb, system,
+            "PVFSFuse", "PVFSEngine", "PVFSStore", "PVFSSystem", "PVFSTestSupport", "CPVFSSystem", grdb, system,
         ]),
         // The FUSE server, and the vhost-user transport in front of it with a simulated guest.
         .testTarget(name: "PVFSFuseServerTests", dependencies: [
             "PVFSFuseServer", "PVFSFuseCodec", "PVFSVhostUser", "CPVFSTransportIO", "PVFSDaemon", "PVFSEngine", "PVFSStore",
-            "PVFSSystem", grdb, logging, system,
+            "PVFSSystem", "PVFSTestSupport", logging, system,
         ]),
         .testTarget(name: "PVFSTransportTests", dependencies: [
             "PVFSTransport", "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", "CXen",
-            grdb, logging, system,
+            logging, system,
         ]),
         .testTarget(name: "PVFSCommandTests", dependencies: [
             "PVFSCommands", "PVFSDaemon", "PVFSTransport", "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine",

@@ -202,7 +202,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// `limitReached` with `state` held.
     func limitReachedLocked(_ limit: TenantLimit, _ detail: @autoclosure () -> String) {
         let view = sessions.values.first
-        let counters = view?.volume.counters.limits ?? configuration.unboundLimitCounters ?? ownLimitCounters
+        let counters = view?.limitCounters ?? configuration.unboundLimitCounters ?? ownLimitCounters
         counters.record(limit, logger: logger, "\(detail()) (\(view.map { "VM \($0.vmName)" } ?? "no VM attached"))")
     }
 

@@ -109,15 +109,16 @@ struct GuestAccountFileStamp: Sendable, Equatable {
 
 /// Parsed account files, shared by every connection of a VM, so that a guest opening many
 /// connections (or reconnecting) costs one parse per change of its files, not one per
-/// connection. Entries hold their volume weakly: a VM closed and another opened in its place
-/// never see each other's accounts.
+/// connection. Entries hold their VM (`VMView.vmIdentity`) weakly: a VM closed and another
+/// opened in its place never see each other's accounts.
 final class GuestAccountCache: @unchecked Sendable {
     static let shared = GuestAccountCache()
-    /// Entries kept at most; past it, those of closed volumes go first, then any.
+    /// Entries kept at most; past it, those of closed VMs go first, then any.
     static let maximumEntries = 1024
 
     private struct Entry {
-        weak var volume: Volume?
+        /// `VMView.vmIdentity`, held weakly.
+        weak var vm: AnyObject?
         var stamps: [GuestAccountFileStamp?]
         var database: GuestAccountDatabase
     }
@@ -130,9 +131,9 @@ final class GuestAccountCache: @unchecked Sendable {
 
     func database(for view: VMView) -> GuestAccountDatabase {
         let stamps = [GuestAccountFileStamp(view, "passwd"), GuestAccountFileStamp(view, "group")]
-        let key = ObjectIdentifier(view.volume)
+        let key = ObjectIdentifier(view.vmIdentity)
         lock.lock()
-        if let entry = entries[key], entry.volume === view.volume, entry.stamps == stamps {
+        if let entry = entries[key], entry.vm === view.vmIdentity, entry.stamps == stamps {
             lock.unlock()
             return entry.database
         }
@@ -143,10 +144,10 @@ final class GuestAccountCache: @unchecked Sendable {
         defer { lock.unlock() }
         parses += 1
         if entries[key] == nil && entries.count >= Self.maximumEntries {
-            entries = entries.filter { $0.value.volume != nil }
+            entries = entries.filter { $0.value.vm != nil }
             if entries.count >= Self.maximumEntries, let victim = entries.keys.first { entries[victim] = nil }
         }
-        entries[key] = Entry(volume: view.volume, stamps: stamps, database: fresh)
+        entries[key] = Entry(vm: view.vmIdentity, stamps: stamps, database: fresh)
         return fresh
     }
 
@@ -181,10 +182,10 @@ final class GuestAccounts: @unchecked Sendable {
     private func current(_ view: VMView) -> GuestAccountDatabase {
         guard case .guestDatabase(let refresh) = policy else { return GuestAccountDatabase() }
         let now = DispatchTime.now().uptimeNanoseconds
-        let volume = ObjectIdentifier(view.volume)
+        let vm = ObjectIdentifier(view.vmIdentity)
         lock.lock()
         let age = Double(now &- loadedAt) / 1e9
-        if let database, loadedFor == volume, age < refresh {
+        if let database, loadedFor == vm, age < refresh {
             lock.unlock()
             return database
         }
@@ -193,7 +194,7 @@ final class GuestAccounts: @unchecked Sendable {
         lock.lock()
         database = fresh
         loadedAt = now
-        loadedFor = volume
+        loadedFor = vm
         lock.unlock()
         return fresh
     }

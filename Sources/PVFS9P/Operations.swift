@@ -77,7 +77,7 @@ extension NinePConnection {
         case .renameat(let oldDirFid, let oldName, let newDirFid, let newName):
             return try withFid(request, oldDirFid) { (from) throws(Errno) in
                 try withFid(request, newDirFid) { (to) throws(Errno) in
-                    guard from.view.volume === to.view.volume else { throw Errno.improperLink }
+                    guard from.view.isSameVM(as: to.view) else { throw Errno.improperLink }
                     let source = try plainFile(from)
                     let target = try plainFile(to)
                     try from.view.rename(source.inode, oldName, to: target.inode, newName, as: credentials(from))
@@ -98,7 +98,7 @@ extension NinePConnection {
         case .link(let dfid, let fid, let name):
             return try withFid(request, dfid) { (dir) throws(Errno) in
                 try withFid(request, fid) { (file) throws(Errno) in
-                    guard dir.view.volume === file.view.volume else { throw Errno.improperLink }
+                    guard dir.view.isSameVM(as: file.view) else { throw Errno.improperLink }
                     let d = try plainFile(dir)
                     let target = try plainFile(file)
                     _ = try dir.view.link(target.inode, into: d.inode, name, as: credentials(dir))
@@ -511,7 +511,7 @@ extension NinePConnection {
     private func rename(_ request: Request, fid: UInt32, dfid: UInt32, name: [UInt8]) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             try withFid(request, dfid) { (d) throws(Errno) in
-                guard f.view.volume === d.view.volume else { throw Errno.improperLink }
+                guard f.view.isSameVM(as: d.view) else { throw Errno.improperLink }
                 let s = try plainFile(f)
                 let target = try plainFile(d)
                 guard let path = try currentPath(f, s) else {

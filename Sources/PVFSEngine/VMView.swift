@@ -9,7 +9,8 @@ import SystemPackage
 /// Inode numbers, names and offsets are what the client sent and get validated here; errors are
 /// thrown as `Errno` with the value the client should see.
 public final class VMView: Sendable {
-    public let volume: Volume
+    /// The engine's own: the protocols above reach the VM only through this view.
+    let volume: Volume
     public let policy: SessionPolicy
     /// Distinguishes this session's lock owners from other sessions'.
     public let sessionID: UInt64
@@ -21,6 +22,18 @@ public final class VMView: Sendable {
     }
 
     public var vmName: String { volume.name }
+
+    /// Whether both views show the same open VM (a link or rename between two VMs is EXDEV).
+    public func isSameVM(as other: VMView) -> Bool { volume === other.volume }
+
+    /// An object that stands for the open VM: identical (`===`) for every view of it, alive
+    /// while the VM is open. For caches per VM, which hold it weakly so that a VM closed and
+    /// another opened in its place never share an entry.
+    public var vmIdentity: AnyObject { volume }
+
+    /// The VM's counters of refusals by tenant limits, where a protocol records the limits it
+    /// enforces itself for this VM's sessions.
+    public var limitCounters: LimitCounters { volume.counters.limits }
 
     /// Counts a request and its failure in the VM's counters.
     @inline(__always)

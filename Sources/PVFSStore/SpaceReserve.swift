@@ -179,7 +179,7 @@ extension Store {
 
     /// Runs a catalog write transaction; when it fails because the filesystem is full, releases
     /// the space reserve and runs it once more.
-    public func writeCatalog<T>(_ body: (Database) throws -> T) throws -> T {
+    func writeCatalog<T>(_ body: (Database) throws -> T) throws -> T {
         try withSpaceReserve { try catalog.write(body) }
     }
 

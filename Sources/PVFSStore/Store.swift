@@ -24,7 +24,9 @@ public final class Store: Sendable {
     let vmsDirectory: FileDescriptor
     public let temporaryDirectory: FileDescriptor
     let locksDirectory: FileDescriptor
-    public let catalog: DatabasePool
+    /// The catalog's connections. Only the store runs SQL: the layers above ask for what they need
+    /// through its API, in their own terms (`openVM`, `loadTemplateImage`, `VMOverlayCatalog`).
+    let catalog: DatabasePool
     public let logger: Logger
     /// Space held back for catalog commits on a full filesystem (`SpaceReserve`).
     public let spaceReserve: SpaceReserve

@@ -11,11 +11,6 @@ import Testing
 /// attaches that are never clunked, floods of Tflush.
 @Suite("9P server: limits of one connection")
 struct ConnectionLimitTests {
-    private func openHostname(_ c: NinePClient, _ fid: UInt32) throws {
-        _ = try c.walk(fid: 0, newFid: fid, path: "etc/hostname")
-        _ = try c.lopen(fid: fid, flags: Dotl.rdwr)
-    }
-
     /// 5,000 Tflush, each flushing the one before, behind a Tlock waiting for a lock; then the
     /// lock is released. The chain unwinds without recursion (it used to take pvfsd down with
     /// SIGSEGV), every Tflush gets its Rflush in order, the flushed Tlock gets none, and the

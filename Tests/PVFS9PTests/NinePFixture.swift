@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Glibc
 import Logging
 import PVFS9PCodec
@@ -10,8 +9,8 @@ import SystemPackage
 @testable import PVFSEngine
 @testable import PVFSStore
 
-/// A store in a fresh temporary directory holding one template written straight into the
-/// catalog (as the engine's tests do) and VMs provisioned from it:
+/// A store in a fresh temporary directory holding `TemplateFixture.accounts` (written through the
+/// store's API) and VMs provisioned from it:
 ///
 ///     /                      ino 1
 ///     /etc                   ino 2
@@ -26,92 +25,18 @@ import SystemPackage
 ///     /project/notes         ino 11  0660 alice:project "notes\n"
 ///     /big                   ino 12  300000 bytes of a pattern
 final class NinePFixture {
-    let directory: String
-    let store: Store
-    static let bigSize = 300_000
+    private let fixture: FixtureStore
+    var directory: String { fixture.directory }
+    var store: Store { fixture.store }
+    static let bigSize = TemplateFixture.bigSize
+    static let passwd = TemplateFixture.passwd
+    static let group = TemplateFixture.group
 
     init() throws {
-        var template = Array("/tmp/pvfs-9p-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        directory = String(cString: made)
-        store = try Store(path: directory + "/store")
-        try makeTemplate()
+        fixture = try FixtureStore(prefix: "pvfs-9p-test", template: TemplateFixture.accounts)
     }
 
-    deinit {
-        // Not Process("rm"): waiting for a child from many parallel tests can hang Foundation.
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    static func bigContent() -> [UInt8] {
-        (0..<bigSize).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
-    }
-
-    func publishBlob(_ bytes: [UInt8]) throws -> Int64 {
-        let hash = SHA256Hasher.hash(bytes)
-        let rel = StoreLayout.blobPath(hash)
-        let shard = String(rel.prefix(2))
-        _ = try? store.blobsDirectory.makeDirectory(at: shard)
-        let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)
-        try bytes.withUnsafeBytes { try fd.writeAll($0, at: 0) }
-        fd.closeQuietly()
-        return try store.catalog.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO blob (hash, size, allocated, created_ns) VALUES (?, ?, ?, 0)",
-                           arguments: [hash.bytes.databaseBlob, bytes.count, bytes.count])
-            return try Int64.fetchOne(db, sql: "SELECT id FROM blob WHERE hash = ?", arguments: [hash.bytes.databaseBlob])!
-        }
-    }
-
-    static let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n"
-    static let group = "root:x:0:\nalice:x:1000:\nbob:x:1001:\nproject:x:2000:alice,bob\n"
-
-    private func makeTemplate() throws {
-        let hostname = try publishBlob(Array("template-host\n".utf8))
-        let passwd = try publishBlob(Array(Self.passwd.utf8))
-        let group = try publishBlob(Array(Self.group.utf8))
-        let notes = try publishBlob(Array("notes\n".utf8))
-        let big = try publishBlob(Self.bigContent())
-        let t: Int64 = 1_700_000_000_000_000_000
-        try store.catalog.write { db in
-            try db.execute(sql: "INSERT INTO template (id, name, state, created_ns, entry_count, max_inode) VALUES (1, 'tiny', 'ready', 0, 12, 12)")
-            func inode(_ ino: Int, _ mode: Int, _ nlink: Int, _ size: Int, _ blob: Int64?, _ target: String? = nil,
-                       uid: Int = 0, gid: Int = 0) throws {
-                try db.execute(sql: """
-                    INSERT INTO template_inode (template_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, rdev, blob_id, symlink_target)
-                    VALUES (1, ?, ?, ?, ?, ?, ?, 8, ?, ?, ?, 0, ?, ?)
-                    """, arguments: [ino, mode, uid, gid, nlink, size, t, t, t, blob, target.map { Array($0.utf8).databaseBlob }])
-            }
-            func dirent(_ parent: Int, _ name: String, _ ino: Int) throws {
-                try db.execute(sql: "INSERT INTO template_dirent (template_id, parent, name, ino) VALUES (1, ?, ?, ?)",
-                               arguments: [parent, Array(name.utf8).databaseBlob, ino])
-            }
-            try inode(1, 0o040755, 6, 4096, nil)
-            try inode(2, 0o040755, 2, 4096, nil)
-            try inode(3, 0o100644, 1, 14, hostname)
-            try inode(4, 0o100644, 1, Self.passwd.utf8.count, passwd)
-            try inode(5, 0o100644, 1, Self.group.utf8.count, group)
-            try inode(6, 0o040755, 2, 4096, nil)
-            try inode(7, 0o120777, 1, 7, nil, "busybox")
-            try inode(8, 0o040755, 3, 4096, nil)
-            try inode(9, 0o040700, 2, 4096, nil, uid: 1000, gid: 1000)
-            try inode(10, 0o042770, 2, 4096, nil, gid: 2000)
-            try inode(11, 0o100660, 1, 6, notes, uid: 1000, gid: 2000)
-            try inode(12, 0o100644, 1, Self.bigSize, big)
-            try dirent(1, "etc", 2)
-            try dirent(2, "hostname", 3)
-            try dirent(2, "passwd", 4)
-            try dirent(2, "group", 5)
-            try dirent(1, "bin", 6)
-            try dirent(6, "sh", 7)
-            try dirent(1, "home", 8)
-            try dirent(8, "alice", 9)
-            try dirent(1, "project", 10)
-            try dirent(10, "notes", 11)
-            try dirent(1, "big", 12)
-            try db.execute(sql: "INSERT INTO template_xattr (template_id, ino, name, value) VALUES (1, 3, ?, ?)",
-                           arguments: [Array("user.origin".utf8).databaseBlob, Array("template".utf8).databaseBlob])
-        }
-    }
+    static func bigContent() -> [UInt8] { TemplateFixture.bigContent() }
 
     func provision(_ name: String, quotaBytes: Int64? = nil) throws -> Volume {
         _ = try store.provisionVM(name: name, template: "tiny", quotaBytes: quotaBytes, quotaInodes: nil)
@@ -303,6 +228,12 @@ enum Dotl {
     static let trunc: UInt32 = 0o1000
     static let append: UInt32 = 0o2000
     static let directory: UInt32 = 0o200000
+}
+
+/// Walks the attached root (fid 0) to etc/hostname as `fid` and opens it for reading and writing.
+func openHostname(_ c: NinePClient, _ fid: UInt32) throws {
+    _ = try c.walk(fid: 0, newFid: fid, path: "etc/hostname")
+    _ = try c.lopen(fid: fid, flags: Dotl.rdwr)
 }
 
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -15,12 +15,6 @@ func lockRequest(_ type: UInt8, start: UInt64 = 0, length: UInt64 = 0, pid: UInt
 
 @Suite("9P server: locks, flush, concurrency")
 struct ServerConcurrencyTests {
-    /// Opens etc/hostname on `fid` for reading and writing.
-    private func openHostname(_ c: NinePClient, _ fid: UInt32) throws {
-        _ = try c.walk(fid: 0, newFid: fid, path: "etc/hostname")
-        _ = try c.lopen(fid: fid, flags: Dotl.rdwr)
-    }
-
     @Test func posixLocks() throws {
         let s = try ServedVM()
         defer { s.finish() }

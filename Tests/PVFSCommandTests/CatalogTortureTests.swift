@@ -23,7 +23,8 @@ import Testing
 ///
 /// `PVFS_CATALOG_TORTURE_ROUNDS` sets the number of rounds (default 10, about 30 s; a soak runs
 /// hundreds), `PVFS_CATALOG_TORTURE_SEED` replays a run's random choices.
-@Suite("catalog torture", .serialized)
+/// Slow: runs with PVFS_SLOW_TESTS=1 (scripts/test sets it).
+@Suite("catalog torture", .serialized, .tags(.slow), .slowTestsOnly)
 struct CatalogTortureTests {
     @Test(.enabled(if: geteuid() == 0, "needs root: FUSE mounts through pvfsd"))
     func catalogSurvivesTheDaemonAndTheCommands() throws {
@@ -429,7 +430,7 @@ final class MountedFiles: TortureFiles, @unchecked Sendable {
 
 /// A store, pvfsd, and the workers that hammer them.
 final class CatalogTorture: @unchecked Sendable {
-    let area: ScratchArea
+    let area: TemporaryDirectory
     let store: String
     let socket: String
     let mountpoint: String
@@ -446,7 +447,7 @@ final class CatalogTorture: @unchecked Sendable {
 
     init(seed: UInt64) throws {
         random = SeededRandom(state: seed)
-        area = try ScratchArea("pvfs-catalog-torture")
+        area = try TemporaryDirectory("pvfs-catalog-torture")
         store = area.sub("store")
         socket = area.sub("9p.sock")
         mountpoint = area.sub("mnt")

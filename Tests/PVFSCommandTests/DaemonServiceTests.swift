@@ -52,7 +52,7 @@ struct DaemonServiceTests {
 
     /// Under a Type=notify unit, systemd waits for READY=1 and sees STOPPING=1 on SIGTERM.
     @Test func readinessIsReportedToTheServiceManager() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let socketPath = area.sub("notify")
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         #expect(fd >= 0)
@@ -153,7 +153,7 @@ struct DaemonServiceTests {
     /// listener leave the other VM's client unaffected, are closed after the handshake timeout,
     /// and show in the metrics; a VM's connection cap answers EUSERS.
     @Test func oneTenantsFloodLeavesTheOthersServed() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = area.sub("store")
         try makeSeededTree(at: area.sub("src"), files: 4, size: 1000, seed: 3)
         try mustRun("pvfs-template", ["create", "base", "--from", area.sub("src"), "--store", store])
@@ -243,7 +243,7 @@ struct DaemonServiceTests {
     /// `pvfs-vm socket-bridge` (run with one socket as stdin and stdout, as QEMU runs it) carries
     /// a 9P session to that listener.
     @Test func qemuArgsAndSocketBridgeReachTheVMsSocket() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = area.sub("store")
         try makeSeededTree(at: area.sub("src"), files: 2, size: 500, seed: 4)
         try mustRun("pvfs-template", ["create", "base", "--from", area.sub("src"), "--store", store])

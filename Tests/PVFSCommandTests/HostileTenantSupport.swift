@@ -10,7 +10,7 @@ import SystemPackage
 /// "victim", a well-behaved guest, and "abuser", the hostile tenant. Both VMs come from one
 /// template with /big (1 MiB) and 16 small files in d0...d7.
 final class HostileDaemon {
-    let area: ScratchArea
+    let area: TemporaryDirectory
     let store: String
     let victimPort: UInt16
     let abuserPort: UInt16
@@ -19,7 +19,7 @@ final class HostileDaemon {
 
     /// `settings`: extra pvfsd.conf lines (limits).
     init(settings: [String] = []) throws {
-        area = try ScratchArea("pvfs-hostile")
+        area = try TemporaryDirectory("pvfs-hostile")
         store = area.sub("store")
         let src = area.sub("src")
         try makeSeededTree(at: src, files: 16, size: 4000, seed: 11)

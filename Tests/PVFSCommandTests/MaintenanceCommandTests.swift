@@ -5,6 +5,7 @@ import PVFSDaemon
 import PVFSEngine
 import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import Synchronization
 import Testing
 
@@ -13,7 +14,7 @@ import Testing
 @Suite("pvfs maintenance commands", .serialized)
 struct MaintenanceCommandTests {
     /// A store with template "base" (from a seeded tree) and VMs that wrote the same files.
-    func makeStore(_ area: ScratchArea, vms: [String], files: Int = 12, bytes: Int = 40_000) throws -> String {
+    func makeStore(_ area: TemporaryDirectory, vms: [String], files: Int = 12, bytes: Int = 40_000) throws -> String {
         let store = area.sub("store")
         let src = area.sub("src")
         try makeSeededTree(at: src, files: 40, size: 10_000, seed: 99)
@@ -27,7 +28,7 @@ struct MaintenanceCommandTests {
     }
 
     @Test func dedupGcFsckDfAndStatusFromTheCommandLine() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area, vms: ["a", "b", "c"])
         let help = try mustRun("pvfs", ["--help"])
         for sub in ["dedup", "gc", "fsck", "df", "status"] { #expect(help.stdout.contains(sub)) }
@@ -61,7 +62,7 @@ struct MaintenanceCommandTests {
     }
 
     @Test func servedVMsAreDeduplicatedAndCheckedThroughTheDaemon() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area, vms: ["a", "b"])
         var logger = Logger(label: "test.pvfsd")
         logger.logLevel = .warning
@@ -80,7 +81,7 @@ struct MaintenanceCommandTests {
         // a through the daemon, b opened by the command itself.
         let done = try parseJSON(try mustRun("pvfs", ["dedup", "--all", "--json", "--store", store]).stdout) as! [String: Any]
         #expect(done["filesDeduplicated"] as? Int == 24)
-        #expect(view.volume.privateFiles(minimumSize: 1).isEmpty)
+        #expect(try #require(daemon.registry.volume(named: "a")).privateFiles(minimumSize: 1).isEmpty)
         for n in 0..<12 {
             #expect(try view.readWhole("bench/f\(n)") == benchContent(seed: 5, file: n, bytes: 40_000))
         }
@@ -109,7 +110,7 @@ struct MaintenanceCommandTests {
     }
 
     @Test func vmsHeldByAnotherProcessAreSkipped() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area, vms: ["a", "b", "c"], files: 3, bytes: 20_000)
         // This process holds c (as a FUSE mount would); no daemon runs.
         let volume = try Volume.open(store: try Store(path: store, create: false), vmName: "c")
@@ -125,7 +126,7 @@ struct MaintenanceCommandTests {
     }
 
     @Test func daemonRunsTheJanitorPeriodically() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area, vms: ["a", "b"], files: 4, bytes: 20_000)
         try mustRun("pvfs", ["dedup", "--all", "--store", store])
         try mustRun("pvfs-vm", ["rm", "a", "--store", store])
@@ -151,7 +152,7 @@ struct MaintenanceCommandTests {
     /// The same race as the engine's concurrency test, across processes: `pvfs gc` in a loop
     /// while templates are created and removed, VMs written and deduplicated.
     @Test func gcRacesIngestAndDedupAcrossProcesses() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area, vms: ["a", "b"], files: 4, bytes: 30_000)
         let src2 = area.sub("src2")
         // Shares content with the VMs' files (seed 5) and the base template (seed 99).
@@ -204,8 +205,8 @@ struct MaintenanceCommandTests {
     /// kill -9 of `pvfs gc`, `pvfs dedup` and `pvfs-template create` at random points: fsck then
     /// finds nothing, or only what --repair fixes (never lost data), every file reads back right,
     /// and running the command again finishes its work.
-    @Test func killedMaintenanceLeavesARepairableStore() throws {
-        let area = try ScratchArea()
+    @Test(.tags(.slow), .slowTestsOnly) func killedMaintenanceLeavesARepairableStore() throws {
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area, vms: ["a", "b"], files: 16, bytes: 64_000)
         let src2 = area.sub("src2")
         try makeSeededTree(at: src2, files: 400, size: 16_000, seed: 1234)

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import Testing
 
 /// The tools these tests build images with; scripts/setup installs them (umoci, skopeo, zstd,
@@ -75,12 +76,12 @@ private func expectSameTrees(_ a: [String: String], _ b: [String: String], _ wha
 /// `pvfs-template create --from-oci` with images built by Debian's umoci and skopeo (nothing is
 /// pulled from a registry): every archive format gives the tree umoci itself unpacks.
 @Suite(.serialized, .enabled(if: haveImageTools, "needs root and umoci, skopeo, zstd, python3, getfattr (scripts/setup installs them)")) struct OCICommandTests {
-    let area: ScratchArea
+    let area: TemporaryDirectory
     let store: String
     let layout: String
 
     init() throws {
-        area = try ScratchArea("pvfs-oci-test")
+        area = try TemporaryDirectory("pvfs-oci-test")
         store = area.sub("store")
         layout = area.sub("layout")
         let bundle = area.sub("bundle")
@@ -447,7 +448,7 @@ fileprivate struct HandLayer {
 /// `h(name, target)`, `dev(name, major, minor)`, `lying(name, size)` (a header claiming `size`
 /// bytes followed by one block of data).
 private func pythonTar(_ body: String) throws -> [UInt8] {
-    let scratch = try ScratchArea("pvfs-oci-tar")
+    let scratch = try TemporaryDirectory("pvfs-oci-tar")
     let script = """
         import io, sys, tarfile
         out = open(sys.argv[1], 'wb')

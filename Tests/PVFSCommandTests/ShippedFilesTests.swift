@@ -1,4 +1,5 @@
 import Foundation
+import PVFSTestSupport
 import Testing
 @testable import PVFSCommands
 
@@ -6,7 +7,7 @@ import Testing
 /// checkout's own only for a binary built in it.
 @Suite(.serialized) struct ShippedFilesTests {
     @Test func sourceCheckoutIsTheDirectoryAboveTheBuildDirectory() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let checkout = area.sub("src/pvfs")
         try FileManager.default.createDirectory(atPath: checkout + "/Sources/PVFSCommands", withIntermediateDirectories: true)
         try write(checkout + "/Package.swift", Array("// pvfs\n".utf8))
@@ -32,7 +33,7 @@ import Testing
     /// Root running `pvfs-template create NAME` in a folder that has a templates/ must not build
     /// the recipes lying there.
     @Test func recipesInTheCurrentDirectoryAreIgnored() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         try FileManager.default.createDirectory(atPath: area.sub("work/templates"), withIntermediateDirectories: true)
         try write(area.sub("work/templates/stray.recipe"), Array("suite bookworm\nhook evil.sh\n".utf8))
         let result = try runTemplateTool(["create", "stray", "--store", area.sub("store")], currentDirectory: area.sub("work"))

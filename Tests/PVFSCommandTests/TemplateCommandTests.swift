@@ -1,15 +1,16 @@
 import Foundation
 import Glibc
 import GRDB
-import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
+@testable import PVFSStore
 
 /// `pvfs-template` driven as a user drives it: the built binary, its output and exit codes.
 @Suite(.serialized) struct TemplateCommandTests {
     @Test func lifecycleWithJSONAndExitCodes() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = area.sub("store")
         try FileManager.default.createDirectory(atPath: area.sub("src/etc"), withIntermediateDirectories: true)
         try write(area.sub("src/etc/hostname"), Array("vm\n".utf8))
@@ -77,7 +78,7 @@ import Testing
     }
 
     @Test func badInputGivesOneLineAndAnExitCode() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = area.sub("store")
         let noSource = try runTemplateTool(["create", "t", "--store", store, "--from", area.sub("missing")])
         #expect(noSource.status == 1)
@@ -97,7 +98,7 @@ import Testing
 
     @Test(.enabled(if: geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "needs root and setpriv"))
     func unreadableFileIsReported() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         chmod(area.path, 0o755)
         try FileManager.default.createDirectory(atPath: area.sub("src/etc"), withIntermediateDirectories: true)
         try write(area.sub("src/etc/open"), Array("readable".utf8))
@@ -111,14 +112,14 @@ import Testing
         #expect(listed.status == 0)
         #expect((try parseJSON(listed.stdout) as? [Any])?.isEmpty == true)
         let opened = try Store(path: area.sub("store"))
-        #expect(try opened.catalog.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM template") } == 0)
+        #expect(try CatalogSQL(opened.catalog).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM template") } == 0)
         #expect(try opened.temporaryDirectory.rawDirectoryEntries().isEmpty)
     }
 
     /// kill -9 in the middle of an ingest: the template is never listed, the next command
     /// removes its rows, staging and blobs, and the catalog stays consistent.
-    @Test func killedIngestIsCleanedUpByTheNextCommand() throws {
-        let area = try ScratchArea()
+    @Test(.tags(.slow), .slowTestsOnly) func killedIngestIsCleanedUpByTheNextCommand() throws {
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = area.sub("store")
         try makeGeneratedTree(at: area.sub("src"), files: 3000, size: 16 * 1024)
         _ = try runTemplateTool(["list", "--store", store])
@@ -135,7 +136,7 @@ import Testing
         var published = 0
         let deadline = Date().addingTimeInterval(60)
         while process.isRunning && Date() < deadline {
-            published = (try? opened.catalog.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM blob") ?? 0 }) ?? 0
+            published = (try? CatalogSQL(opened.catalog).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM blob") ?? 0 }) ?? 0
             if published >= 200 { break }
             usleep(2000)
         }
@@ -145,7 +146,7 @@ import Testing
         #expect(process.terminationReason == .uncaughtSignal)
 
         // What the killed process left: a building template (not listed), its staging area.
-        #expect(try opened.catalog.read { db in try String.fetchOne(db, sql: "SELECT state FROM template WHERE name = 'big'") } == "building")
+        #expect(try CatalogSQL(opened.catalog).read { db in try String.fetchOne(db, sql: "SELECT state FROM template WHERE name = 'big'") } == "building")
         #expect(try opened.listTemplates().isEmpty)
         #expect(try opened.temporaryDirectory.rawDirectoryEntries().count == 2)
 
@@ -153,7 +154,7 @@ import Testing
         let listed = try runTemplateTool(["list", "--store", store, "--json"])
         #expect(listed.status == 0)
         #expect((try parseJSON(listed.stdout) as? [Any])?.isEmpty == true)
-        let (integrity, foreignKeyProblems, rows) = try opened.catalog.read { db -> (String?, Int, [String: Int]) in
+        let (integrity, foreignKeyProblems, rows) = try CatalogSQL(opened.catalog).read { db -> (String?, Int, [String: Int]) in
             var rows: [String: Int] = [:]
             for table in ["template", "template_inode", "template_dirent", "template_xattr", "blob"] {
                 rows[table] = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? -1
@@ -176,6 +177,6 @@ import Testing
         let retried = try runTemplateTool(["create", "big", "--store", store, "--from", area.sub("src"), "--json"])
         #expect(retried.status == 0, "\(retried.stderr)")
         #expect(try opened.listTemplates().map(\.name) == ["big"])
-        #expect(try opened.catalog.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM blob") } == 3000)
+        #expect(try CatalogSQL(opened.catalog).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM blob") } == 3000)
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import PVFSEngine
 import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import Testing
 
 /// What `createTemplate` writes is what the engine reads: a VM provisioned on an ingested
@@ -10,7 +11,7 @@ import Testing
 @Suite struct TemplateEngineContractTests {
     @Test(.enabled(if: geteuid() == 0, "needs root: device nodes and owners"))
     func engineServesAnIngestedTemplate() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let src = area.sub("src")
         try FileManager.default.createDirectory(atPath: src + "/etc/sub", withIntermediateDirectories: true)
         try write(src + "/etc/hostname", Array("engine\n".utf8), mode: 0o640)

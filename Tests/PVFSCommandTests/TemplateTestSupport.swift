@@ -66,23 +66,6 @@ func collectOutput(of process: Process) -> CommandResult {
                          stderr: String(decoding: errData, as: UTF8.self))
 }
 
-/// A fresh directory under /tmp, removed when the value goes away.
-final class ScratchArea {
-    let path: String
-
-    init(_ prefix: String = "pvfs-command-test") throws {
-        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        path = String(cString: made)
-    }
-
-    deinit {
-        _ = try? Process.run(URL(fileURLWithPath: "/bin/rm"), arguments: ["-rf", path]).waitUntilExit()
-    }
-
-    func sub(_ name: String) -> String { path + "/" + name }
-}
-
 func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
     guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else { throw TestSupportError("cannot create \(path)") }
     chmod(path, mode)

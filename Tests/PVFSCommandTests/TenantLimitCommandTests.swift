@@ -15,7 +15,7 @@ import Testing
 @Suite("pvfsd: limits per tenant", .serialized)
 struct TenantLimitCommandTests {
     /// A store with a small template and one VM bound to every client.
-    func makeStore(_ area: ScratchArea, vm: String = "guest") throws -> String {
+    func makeStore(_ area: TemporaryDirectory, vm: String = "guest") throws -> String {
         let store = area.sub("store")
         let src = area.sub("src")
         try makeSeededTree(at: src, files: 16, size: 2000, seed: 7)
@@ -65,7 +65,7 @@ struct TenantLimitCommandTests {
     /// failed to take the VM's lock: EBUSY, a rebooting guest without its root. So did one while
     /// a child spawned by another thread still held the lock's descriptor before its exec.
     @Test func quickReconnectsNeverFindTheirVMBusy() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area)
         var logger = Logger(label: "test.pvfsd")
         logger.logLevel = .critical
@@ -116,7 +116,7 @@ struct TenantLimitCommandTests {
     /// at the one attach the client keeps, and its memory stays flat (it grew by 7 MiB when each
     /// attach left a session until the connection closed).
     @Test func attachClunkCyclesLeaveNoSessionsBehind() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area)
         let socketPath = area.sub("9p.sock")
         let daemon = try startTool("pvfsd", ["--store", store, "--listen", "unix:" + socketPath, "--quiet"])
@@ -202,7 +202,7 @@ struct TenantLimitCommandTests {
 
     /// The metrics name every limit, with how often each VM reached it.
     @Test func metricsNameEveryLimit() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = try makeStore(area)
         var logger = Logger(label: "test.pvfsd")
         logger.logLevel = .critical

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PVFSTestSupport
 import Testing
 
 /// `pvfs-vm bind/unbind --vhost-user`, served by a running pvfsd, and the QEMU options and
@@ -43,7 +44,7 @@ struct VhostUserCommandTests {
     }
 
     @Test func bindServesUnbindStopsAndTheGuestOptionsMatch() throws {
-        let area = try ScratchArea()
+        let area = try TemporaryDirectory("pvfs-command-test")
         let store = area.sub("store")
         try makeSeededTree(at: area.sub("src"), files: 2, size: 500, seed: 5)
         try mustRun("pvfs-template", ["create", "base", "--from", area.sub("src"), "--store", store])

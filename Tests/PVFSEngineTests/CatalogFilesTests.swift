@@ -3,6 +3,7 @@ import GRDB
 import Glibc
 import Logging
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
 @testable import PVFSEngine
@@ -29,7 +30,7 @@ struct CatalogFilesTests {
     }
 
     func durableCommits(_ store: Store) throws -> Int64 {
-        try store.catalog.read { db in try Int64.fetchOne(db, sql: "SELECT commits FROM catalog_durability") ?? -1 }
+        try CatalogSQL(store.catalog).read { db in try Int64.fetchOne(db, sql: "SELECT commits FROM catalog_durability") ?? -1 }
     }
 
     /// Opens the catalog in another process (as any pvfs command does) and closes it again.
@@ -109,7 +110,7 @@ struct CatalogFilesTests {
         try v.sync(made.inode, handle: nil, dataOnly: true)
         #expect(try durableCommits(f.store) == before + 2)
         // The connection is back to NORMAL for ordinary commits.
-        let level = try f.store.catalog.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
+        let level = try CatalogSQL(f.store.catalog).write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
         #expect(level == 1)
     }
 
@@ -122,10 +123,10 @@ struct CatalogFilesTests {
         let registry = try VolumeRegistry(store: f.store, logger: Logger(label: "test"))
         let v = try registry.openSession(vm: "a", policy: SessionPolicy(side: .guest))
         _ = try v.createFile("", "before", "x")
-        let entries = { try f.store.catalog.read { db in
+        let entries = { try CatalogSQL(f.store.catalog).read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM vm_dirent WHERE vm_id = ?", arguments: [vm.id]) ?? -1
         } }
-        let usage = { try f.store.catalog.read { db in
+        let usage = { try CatalogSQL(f.store.catalog).read { db in
             try Row.fetchOne(db, sql: "SELECT used_bytes, used_inodes, usage_clean FROM vm WHERE id = ?", arguments: [vm.id])!
         } }
         registry.refuseNewSessions()

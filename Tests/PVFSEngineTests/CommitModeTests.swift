@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
 @testable import PVFSEngine
@@ -11,7 +12,7 @@ import Testing
 @Suite("catalog commit modes")
 struct CommitModeTests {
     func entryCount(_ f: EngineFixture, _ vm: VMRecord, _ name: String) throws -> Int64 {
-        try f.store.catalog.read { db in
+        try CatalogSQL(f.store.catalog).read { db in
             try Int64.fetchOne(db, sql: "SELECT count(*) FROM vm_dirent WHERE vm_id = ? AND name = ?",
                                arguments: [vm.id, Data(name.utf8)]) ?? 0
         }
@@ -71,11 +72,11 @@ struct CommitModeTests {
         var v = try f.view("a")
         _ = try v.createBytes("", "f", [UInt8](repeating: 9, count: 5000))
         #expect(try v.resolve("f").size == 5000)
-        try f.store.catalog.write { db in
+        try CatalogSQL(f.store.catalog).write { db in
             try db.execute(sql: "CREATE TRIGGER refuse_inodes BEFORE INSERT ON vm_inode BEGIN SELECT RAISE(ABORT, 'refused'); END")
         }
         #expect(throws: (any Error).self) { try v.volume.close() }
-        try f.store.catalog.write { db in try db.execute(sql: "DROP TRIGGER refuse_inodes") }
+        try CatalogSQL(f.store.catalog).write { db in try db.execute(sql: "DROP TRIGGER refuse_inodes") }
         v = try f.view("a")
         #expect(try v.resolve("f").size == 5000)
         try v.volume.close()
@@ -91,7 +92,7 @@ struct CommitModeTests {
         v.volume.commitMode = mode
         _ = try v.createFile("", "before", "x")
         try v.volume.commitPendingChanges()
-        try f.store.catalog.writeWithoutTransaction { db in
+        try CatalogSQL(f.store.catalog).writeWithoutTransaction { db in
             let pages = try Int.fetchOne(db, sql: "PRAGMA page_count") ?? 0
             try db.execute(sql: "PRAGMA max_page_count = \(pages)")
         }
@@ -107,7 +108,7 @@ struct CommitModeTests {
             do { try v.volume.commitPendingChanges() } catch { refused = Errno.of(error) }
         }
         #expect(refused == .noSpace)
-        try f.store.catalog.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA max_page_count = 1073741823") }
+        try CatalogSQL(f.store.catalog).writeWithoutTransaction { db in try db.execute(sql: "PRAGMA max_page_count = 1073741823") }
         // With room again, the queued changes go in. In grouped mode the first flush may still
         // report an attempt the writer began before the room came back; the next one starts after.
         var flushed = false

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Synchronization
 import Testing
@@ -44,7 +45,7 @@ extension VMView {
 
 extension Store {
     func scalar(_ sql: String) throws -> Int64 {
-        try catalog.read { db in try Int64.fetchOne(db, sql: sql) ?? 0 }
+        try CatalogSQL(catalog).read { db in try Int64.fetchOne(db, sql: sql) ?? 0 }
     }
 
     /// Every blob a row references has its file (checked under the blobs lock, shared, so that
@@ -52,7 +53,7 @@ extension Store {
     func referencedBlobsMissingFiles() throws -> [String] {
         let lock = try lockBlobsShared()
         defer { withExtendedLifetime(lock) {} }
-        let hashes: [BlobHash] = try catalog.read { db in
+        let hashes: [BlobHash] = try CatalogSQL(catalog).read { db in
             try Row.fetchAll(db, sql: """
                 SELECT hash FROM blob WHERE id IN (SELECT blob_id FROM template_inode WHERE blob_id IS NOT NULL
                                                  UNION SELECT blob_id FROM vm_inode WHERE blob_id IS NOT NULL)
@@ -184,7 +185,7 @@ struct DedupTests {
         _ = try a.createBytes("", "y", data)
         let report = try f.store.deduplicate([racing])
         // Whatever was published is named by the hash of its bytes.
-        let rows: [(BlobHash, Int64)] = try f.store.catalog.read { db in
+        let rows: [(BlobHash, Int64)] = try CatalogSQL(f.store.catalog).read { db in
             try Row.fetchAll(db, sql: "SELECT hash, size FROM blob").map { (BlobHash(bytes: $0.bytes(0))!, $0[1]) }
         }
         for (hash, _) in rows {

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
 @testable import PVFSEngine
@@ -93,7 +94,7 @@ struct FsckTests {
 
     @Test func templateLinkCountsAndDanglingEntriesAreRepaired() throws {
         let (f, _) = try populated()
-        try f.store.catalog.write { db in
+        try CatalogSQL(f.store.catalog).write { db in
             try db.execute(sql: "UPDATE template_inode SET nlink = 7 WHERE template_id = 1 AND ino = 4")
             try db.execute(sql: "INSERT INTO template_dirent (template_id, parent, name, ino) VALUES (1, 2, ?, 99)",
                            arguments: [Array("ghost".utf8).databaseBlob])
@@ -110,7 +111,7 @@ struct FsckTests {
         // An orphaned private file, an entry pointing nowhere, a lost private file and a drifted total.
         try plantPrivateFile(f.store, vmID: vm.id, ino: 4242)
         let own: Int64 = try f.store.scalar("SELECT ino FROM vm_inode WHERE vm_id = \(vm.id) AND ino > 10 AND data = 2")
-        try f.store.catalog.write { db in
+        try CatalogSQL(f.store.catalog).write { db in
             try db.execute(sql: "INSERT INTO vm_dirent (vm_id, parent, name, ino) VALUES (?, 1, ?, 777)",
                            arguments: [vm.id, Array("dangling".utf8).databaseBlob])
             try db.execute(sql: "UPDATE vm SET used_bytes = used_bytes + 12345 WHERE id = ?", arguments: [vm.id])
@@ -131,7 +132,7 @@ struct FsckTests {
 
     @Test func uncleanShutdownAndInterruptedOperationsAreFinished() throws {
         let (f, vm) = try populated()
-        try f.store.catalog.write { db in
+        try CatalogSQL(f.store.catalog).write { db in
             try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vm.id])
             try db.execute(sql: "INSERT INTO template (name, state, created_ns) VALUES ('gone.deleting.9', 'deleting', 0)")
             try db.execute(sql: "INSERT INTO vm (name, template_id, state, created_ns, next_inode) VALUES ('half', 1, 'provisioning', 0, 11)")
@@ -153,7 +154,7 @@ struct FsckTests {
         let host = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.append])
         _ = try host.writeAll(pseudoRandom(3000, seed: 9))
         try host.close()
-        try f.store.catalog.write { db in
+        try CatalogSQL(f.store.catalog).write { db in
             try db.execute(sql: "UPDATE vm SET usage_clean = 0 WHERE id = ?", arguments: [vm.id])
         }
         let v = try f.view("a")

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import PVFSSystem
+import PVFSTestSupport
 import Synchronization
 import SystemPackage
 import Testing
@@ -129,7 +130,7 @@ struct FullFileSystemTests {
 
         // The log as a restarted pvfsd finds it (the last close checkpointed and removed it): a
         // commit after the filesystem fills needs new blocks for it.
-        _ = try f.store.catalog.writeWithoutTransaction { db in try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        _ = try CatalogSQL(f.store.catalog).writeWithoutTransaction { db in try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
 
         // Fill the filesystem through the view until the write is refused.
         let chunk = pseudoRandom(1 << 20, seed: 3)
@@ -159,7 +160,7 @@ struct FullFileSystemTests {
         // Consistent, and everything acknowledged is there after reopening the store.
         let report = try runFsck(f.store)
         #expect(report.findings.isEmpty, "\(report.findings)")
-        let integrity = try f.store.catalog.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") }
+        let integrity = try CatalogSQL(f.store.catalog).read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") }
         #expect(integrity == "ok")
         let reopened = try Store(path: f.store.path)
         let volume = try Volume.open(store: reopened, vmName: "a")
@@ -182,7 +183,7 @@ struct FullFileSystemTests {
         let views = try names.map { name in _ = try f.provision(name); return try f.view(name) }
         // Created before any VM fills the filesystem: a create on a full one gets ENOSPC.
         for view in views { _ = try view.createBytes("", "big", []) }
-        _ = try f.store.catalog.writeWithoutTransaction { db in try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        _ = try CatalogSQL(f.store.catalog).writeWithoutTransaction { db in try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
 
         let results = Mutex<[String: (Int64, Errno?, Errno?)]>([:])
         DispatchQueue.concurrentPerform(iterations: views.count) { i in

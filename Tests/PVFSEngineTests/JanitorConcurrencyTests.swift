@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import PVFSSystem
+import PVFSTestSupport
 import Synchronization
 import SystemPackage
 import Testing
@@ -64,7 +65,7 @@ struct JanitorConcurrencyTests {
             }
         }
 
-        let sources = try TemporaryDirectoryForTests()
+        let sources = try TemporaryDirectory("pvfs-janitor-test")
         let writersDone = Atomic<Int>(0)
         spawn("ingest") {
             defer { writersDone.add(1, ordering: .relaxed) }
@@ -156,20 +157,5 @@ struct JanitorConcurrencyTests {
             """) == 0)
         let report = try runFsck(store)
         #expect(report.clean, "\(report.findings)")
-    }
-}
-
-/// A scratch directory for test sources, removed at the end.
-final class TemporaryDirectoryForTests: Sendable {
-    let path: String
-
-    init() throws {
-        var template = Array("/tmp/pvfs-janitor-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        path = String(cString: made)
-    }
-
-    deinit {
-        _ = try? Process.run(URL(fileURLWithPath: "/bin/rm"), arguments: ["-rf", path]).waitUntilExit()
     }
 }

@@ -1,17 +1,17 @@
 import Foundation
-import GRDB
 import Glibc
 import Logging
 import PVFSFuseCodec
 import PVFSSystem
+import PVFSTestSupport
 import Synchronization
 import SystemPackage
 @testable import PVFSEngine
 @testable import PVFSFuseServer
 @testable import PVFSStore
 
-/// A store in a fresh temporary directory with one small template written straight into the
-/// catalog and VMs provisioned from it:
+/// A store in a fresh temporary directory holding `TemplateFixture.fuseServer` (written through
+/// the store's API) and VMs provisioned from it:
 ///
 ///     /                      ino 1
 ///     /etc                   ino 2
@@ -22,75 +22,16 @@ import SystemPackage
 ///     /home/alice            ino 7   0700 uid 1000
 ///     /big                   ino 8   300000 bytes of a pattern
 final class FuseServerFixture {
-    let directory: String
-    let store: Store
-    static let bigSize = 300_000
+    private let fixture: FixtureStore
+    var directory: String { fixture.directory }
+    var store: Store { fixture.store }
+    static let bigSize = TemplateFixture.bigSize
 
     init() throws {
-        var template = Array("/tmp/pvfs-fuse-server-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        directory = String(cString: made)
-        store = try Store(path: directory + "/store")
-        try makeTemplate()
+        fixture = try FixtureStore(prefix: "pvfs-fuse-server-test", template: TemplateFixture.fuseServer)
     }
 
-    deinit {
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    static func bigContent() -> [UInt8] {
-        (0..<bigSize).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
-    }
-
-    private func publishBlob(_ bytes: [UInt8]) throws -> Int64 {
-        let hash = SHA256Hasher.hash(bytes)
-        let rel = StoreLayout.blobPath(hash)
-        _ = try? store.blobsDirectory.makeDirectory(at: String(rel.prefix(2)))
-        let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)
-        try bytes.withUnsafeBytes { try fd.writeAll($0, at: 0) }
-        fd.closeQuietly()
-        return try store.catalog.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO blob (hash, size, allocated, created_ns) VALUES (?, ?, ?, 0)",
-                           arguments: [hash.bytes.databaseBlob, bytes.count, bytes.count])
-            return try Int64.fetchOne(db, sql: "SELECT id FROM blob WHERE hash = ?", arguments: [hash.bytes.databaseBlob])!
-        }
-    }
-
-    private func makeTemplate() throws {
-        let hostname = try publishBlob(Array("template-host\n".utf8))
-        let big = try publishBlob(Self.bigContent())
-        let t: Int64 = 1_700_000_000_000_000_000
-        try store.catalog.write { db in
-            try db.execute(sql: "INSERT INTO template (id, name, state, created_ns, entry_count, max_inode) VALUES (1, 'tiny', 'ready', 0, 8, 8)")
-            func inode(_ ino: Int, _ mode: Int, _ nlink: Int, _ size: Int, _ blob: Int64?, _ target: String? = nil, uid: Int = 0) throws {
-                try db.execute(sql: """
-                    INSERT INTO template_inode (template_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, rdev, blob_id, symlink_target)
-                    VALUES (1, ?, ?, ?, ?, ?, ?, 8, ?, ?, ?, 0, ?, ?)
-                    """, arguments: [ino, mode, uid, uid, nlink, size, t, t, t, blob, target.map { Array($0.utf8).databaseBlob }])
-            }
-            func dirent(_ parent: Int, _ name: String, _ ino: Int) throws {
-                try db.execute(sql: "INSERT INTO template_dirent (template_id, parent, name, ino) VALUES (1, ?, ?, ?)",
-                               arguments: [parent, Array(name.utf8).databaseBlob, ino])
-            }
-            try inode(1, 0o040755, 5, 4096, nil)
-            try inode(2, 0o040755, 2, 4096, nil)
-            try inode(3, 0o100644, 1, 14, hostname)
-            try inode(4, 0o040755, 2, 4096, nil)
-            try inode(5, 0o120777, 1, 7, nil, "busybox")
-            try inode(6, 0o040755, 3, 4096, nil)
-            try inode(7, 0o040700, 2, 4096, nil, uid: 1000)
-            try inode(8, 0o100644, 1, Self.bigSize, big)
-            try dirent(1, "etc", 2)
-            try dirent(2, "hostname", 3)
-            try dirent(1, "bin", 4)
-            try dirent(4, "sh", 5)
-            try dirent(1, "home", 6)
-            try dirent(6, "alice", 7)
-            try dirent(1, "big", 8)
-            try db.execute(sql: "INSERT INTO template_xattr (template_id, ino, name, value) VALUES (1, 3, ?, ?)",
-                           arguments: [Array("user.origin".utf8).databaseBlob, Array("template".utf8).databaseBlob])
-        }
-    }
+    static func bigContent() -> [UInt8] { TemplateFixture.bigContent() }
 
     func provision(_ name: String, quotaBytes: Int64? = nil) throws -> Volume {
         _ = try store.provisionVM(name: name, template: "tiny", quotaBytes: quotaBytes, quotaInodes: nil)

@@ -1,6 +1,5 @@
 import CPVFSSystem
 import Foundation
-import GRDB
 import Glibc
 import PVFSEngine
 import PVFSFuse
@@ -8,9 +7,8 @@ import PVFSStore
 import PVFSSystem
 import SystemPackage
 
-/// A store in a fresh temporary directory holding one template built from a small host tree
-/// (by the pvfs-devtool binary, as benchmarks build theirs), VMs provisioned over it, and real
-/// FUSE mounts of them:
+/// A store in a fresh temporary directory holding one template written through the store's API
+/// (`Store.createTemplate(name:tree:)`), VMs provisioned over it, and real FUSE mounts of them:
 ///
 ///     /etc/hostname              "template-host\n"
 ///     /etc/hard-a, /etc/hard-b   one inode, two links, "shared\n"
@@ -46,11 +44,8 @@ final class FuseFixture {
         chmod(directory, 0o755)
         storePath = directory + "/store"
         self.bigFileBytes = bigFileBytes
-        try Self.buildSourceTree(directory + "/source", bigFileBytes: bigFileBytes)
-        let result = try run(Self.binaries + "/pvfs-devtool",
-                             ["template", "--store", storePath, "--name", Self.templateName, directory + "/source"])
-        guard result.status == 0 else { throw TestFailure("pvfs-devtool template failed: \(result.output)") }
-        store = try Store(path: storePath, create: false)
+        store = try Store(path: storePath)
+        try store.createTemplate(name: Self.templateName, tree: Self.tree(bigFileBytes: bigFileBytes))
     }
 
     deinit {
@@ -62,30 +57,39 @@ final class FuseFixture {
 
     static func pattern(_ offset: Int) -> UInt8 { UInt8(truncatingIfNeeded: offset &* 31 &+ offset >> 12) }
 
-    private static func buildSourceTree(_ root: String, bigFileBytes: Int) throws {
-        let fm = FileManager.default
-        for dir in ["etc", "usr/bin", "usr/share/doc/deep", "bin", "home/user", "var/tmp"] {
-            try fm.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
+    /// The template's tree, its times those of its creation as if ingested from a host tree.
+    private static func tree(bigFileBytes: Int) -> TemplateTree {
+        var t = TemplateTree(time: .now)
+        var next: UInt64 = 1
+        t.directory(1)
+        func add(_ parent: UInt64, _ name: String, _ make: (inout TemplateTree, UInt64) -> Void) -> UInt64 {
+            next += 1
+            make(&t, next)
+            t.entry(parent, name, next)
+            return next
         }
-        func write(_ path: String, _ text: String, mode: Int = 0o644) throws {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: root + "/" + path))
-            chmod(root + "/" + path, mode_t(mode))
-        }
-        try write("etc/hostname", "template-host\n")
-        try write("etc/hard-a", "shared\n")
-        link(root + "/etc/hard-a", root + "/etc/hard-b")
-        try write("etc/tagged", "xattr\n")
-        setxattr(root + "/etc/tagged", "user.origin", "template", 8, 0)
-        try write("usr/bin/tool", "#!/bin/sh\necho tool\n", mode: 0o755)
-        try write("usr/share/doc/deep/readme", "deep\n")
-        symlink("busybox", root + "/bin/sh")
-        try write("home/user/private", "mine\n", mode: 0o600)
-        chown(root + "/home/user/private", 1000, 1000)
-        chown(root + "/home/user", 1000, 1000)
-        chmod(root + "/var/tmp", 0o1777)
-        var big = [UInt8](repeating: 0, count: bigFileBytes)
-        for i in 0..<bigFileBytes { big[i] = pattern(i) }
-        try Data(big).write(to: URL(fileURLWithPath: root + "/big"))
+        let etc = add(1, "etc") { $0.directory($1) }
+        _ = add(etc, "hostname") { $0.file($1, content: "template-host\n") }
+        let shared = add(etc, "hard-a") { $0.file($1, content: "shared\n") }
+        t.entry(etc, "hard-b", shared)
+        let tagged = add(etc, "tagged") { $0.file($1, content: "xattr\n") }
+        t.xattr(tagged, "user.origin", Array("template".utf8))
+        let usr = add(1, "usr") { $0.directory($1) }
+        let usrBin = add(usr, "bin") { $0.directory($1) }
+        _ = add(usrBin, "tool") { $0.file($1, content: "#!/bin/sh\necho tool\n", mode: 0o755) }
+        let share = add(usr, "share") { $0.directory($1) }
+        let doc = add(share, "doc") { $0.directory($1) }
+        let deep = add(doc, "deep") { $0.directory($1) }
+        _ = add(deep, "readme") { $0.file($1, content: "deep\n") }
+        let bin = add(1, "bin") { $0.directory($1) }
+        _ = add(bin, "sh") { $0.symlink($1, target: "busybox") }
+        let home = add(1, "home") { $0.directory($1) }
+        let user = add(home, "user") { $0.directory($1, uid: 1000, gid: 1000) }
+        _ = add(user, "private") { $0.file($1, content: "mine\n", mode: 0o600, uid: 1000, gid: 1000) }
+        let variable = add(1, "var") { $0.directory($1) }
+        _ = add(variable, "tmp") { $0.directory($1, mode: 0o1777) }
+        _ = add(1, "big") { $0.file($1, content: (0..<bigFileBytes).map(pattern)) }
+        return t
     }
 
     @discardableResult

@@ -3,10 +3,11 @@ import GRDB
 import Glibc
 import PVFSEngine
 import PVFSFuse
-import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
+@testable import PVFSStore
 
 /// `pvfs-vm mount` / `pvfs-vm umount` as a user runs them, and what a killed mount process leaves.
 @Suite("pvfs-vm mount and crashes", .serialized)
@@ -101,7 +102,7 @@ struct MountCommandTests {
         #expect(server.terminationStatus == 0)
         #expect(FuseMount.pvfsMount(at: path) == nil)
         // Closed cleanly: no recovery needed and the data is there.
-        let clean = try f.store.catalog.read { db in
+        let clean = try CatalogSQL(f.store.catalog).read { db in
             try Int64.fetchOne(db, sql: "SELECT usage_clean FROM vm WHERE name = 'a'")
         }
         #expect(clean == 1)
@@ -192,7 +193,7 @@ struct MountCommandTests {
 
     /// kill -9 during a stream of renames (files and a template directory): every entry is under
     /// its old name or its new one, exactly once, with its content.
-    @Test func killDuringRenames() throws {
+    @Test(.tags(.slow), .slowTestsOnly) func killDuringRenames() throws {
         let f = try FuseFixture()
         for attempt in 0..<3 {
             let name = "r\(attempt)"
@@ -248,7 +249,7 @@ struct MountCommandTests {
     func expectConsistent(_ f: FuseFixture, vmID: Int64) throws {
         let vmDir = "\(f.storePath)/vms/\(vmID)"
         #expect(try FileManager.default.contentsOfDirectory(atPath: vmDir + "/tmp").isEmpty)
-        let (integrity, privateInodes, danglingEntries, clean) = try f.store.catalog.read { db in
+        let (integrity, privateInodes, danglingEntries, clean) = try CatalogSQL(f.store.catalog).read { db in
             (try String.fetchOne(db, sql: "PRAGMA integrity_check"),
              Set(try Int64.fetchAll(db, sql: "SELECT ino FROM vm_inode WHERE vm_id = ? AND data = 2", arguments: [vmID])),
              try Int64.fetchOne(db, sql: """

@@ -1,8 +1,9 @@
 import Foundation
+import PVFSTestSupport
 import Testing
 
 /// The project's POSIX conformance suite (Tests/posix, pytest) against a real mount of a VM.
-@Suite("POSIX conformance over FUSE", .serialized)
+@Suite("POSIX conformance over FUSE", .serialized, .tags(.slow), .slowTestsOnly)
 struct PosixSuiteTests {
     func runSuite(caching: FuseMountOptionsCaching) throws {
         let f = try FuseFixture()

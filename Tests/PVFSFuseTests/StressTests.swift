@@ -1,10 +1,11 @@
 import Foundation
 import Glibc
+import PVFSTestSupport
 import Testing
 
 /// stress-ng's filesystem stressors and fio with data verification against a mount, bounded in
 /// time; afterwards the view must still answer and hold what was verified.
-@Suite("Stress over FUSE", .serialized)
+@Suite("Stress over FUSE", .serialized, .tags(.slow), .slowTestsOnly)
 struct StressTests {
     /// Stressors of stress-ng's filesystem class that apply to a FUSE mount (no bind mounts,
     /// inode flags, fanotify or fs-verity), in groups run one after the other (all of them at

@@ -1,26 +1,10 @@
 import CArchive
 import Foundation
 import Glibc
-import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
-
-/// A fresh directory under /tmp, removed when the value goes away.
-final class TemporaryDirectory {
-    let path: String
-
-    init(_ prefix: String = "pvfs-image-test") throws {
-        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        path = String(cString: made)
-    }
-
-    deinit {
-        _ = try? Process.run(URL(fileURLWithPath: "/bin/rm"), arguments: ["-rf", path]).waitUntilExit()
-    }
-
-    func sub(_ name: String) -> String { path + "/" + name }
-}
+@testable import PVFSStore
 
 struct FixtureError: Error, CustomStringConvertible {
     var description: String
@@ -318,7 +302,7 @@ extension Store {
     /// Every path of a template with its attributes and content.
     func tree(of name: String) throws -> [String: TemplateEntry] {
         let template = try requireTemplate(named: name)
-        return try catalog.read { db in
+        return try CatalogSQL(catalog).read { db in
             var inodes: [Int64: TemplateEntry] = [:]
             for row in try Row.fetchAll(db, sql: """
                 SELECT i.ino, i.mode, i.uid, i.gid, i.nlink, i.size, i.mtime_ns, i.rdev, b.hash, i.symlink_target
@@ -356,7 +340,7 @@ extension Store {
     }
 
     func blobCount() throws -> Int {
-        try catalog.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM blob") ?? 0 }
+        try CatalogSQL(catalog).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM blob") ?? 0 }
     }
 
     func fsckFindings() throws -> [FsckFinding] {

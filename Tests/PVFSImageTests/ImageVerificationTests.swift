@@ -2,10 +2,11 @@ import Foundation
 import Glibc
 import GRDB
 import PVFSImage
-import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
+@testable import PVFSStore
 
 /// Choosing the image (platform, reference, nested indexes), checking every digest, and
 /// refusing hostile layers with a clear error while keeping nothing.
@@ -93,7 +94,7 @@ import Testing
         #expect(summary.exposedPorts == ["80/tcp"] && summary.labels == ["org.example.role": "test"] && summary.historyEntries == 1)
         // Removing the template removes its image record (ON DELETE CASCADE).
         _ = try store.removeTemplate(named: "c")
-        #expect(try store.catalog.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM template_image") } == 0)
+        #expect(try CatalogSQL(store.catalog).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM template_image") } == 0)
     }
 
     // MARK: Digests
@@ -235,7 +236,7 @@ import Testing
         _ = try store.createTemplate(name: "holes", fromImage: builder.path)
         let template = try store.requireTemplate(named: "holes")
         #expect(template.logicalBytes == 1 << 30)
-        let allocated = try store.catalog.read { db in try Int64.fetchOne(db, sql: "SELECT allocated FROM blob") ?? -1 }
+        let allocated = try CatalogSQL(store.catalog).read { db in try Int64.fetchOne(db, sql: "SELECT allocated FROM blob") ?? -1 }
         #expect(allocated >= 0 && allocated < 1 << 20)
     }
 

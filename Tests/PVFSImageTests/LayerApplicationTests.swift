@@ -4,6 +4,7 @@ import GRDB
 import PVFSImage
 import PVFSStore
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
 

@@ -4,6 +4,7 @@ import PVFS9P
 import PVFS9PCodec
 import PVFSEngine
 import PVFSSystem
+import PVFSTestSupport
 import SystemPackage
 import Testing
 @testable import PVFSTransport
@@ -12,7 +13,8 @@ import Testing
 /// served by the socket transport and runs scripts/guest-9p/init.sh against it. Slow (a minute
 /// or two) and needs qemu-system-x86, linux-image-amd64 and busybox-static, so it runs only with
 /// PVFS_GUEST_TESTS=1.
-@Suite("Linux guest over 9P", .serialized, .enabled(if: ProcessInfo.processInfo.environment["PVFS_GUEST_TESTS"] == "1"))
+@Suite("Linux guest over 9P", .serialized, .tags(.slow),
+       .enabled(if: ProcessInfo.processInfo.environment["PVFS_GUEST_TESTS"] == "1"))
 struct LinuxGuestTests {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path

@@ -384,17 +384,6 @@ struct SocketServerTests {
     }
 }
 
-/// A temporary directory removed when the value goes.
-final class TemporaryDirectory {
-    let path: String
-    init() throws {
-        var template = Array("/tmp/pvfs-sock-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        path = String(cString: made)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
-
 extension VMView {
     func readAll(_ path: String) throws -> [UInt8] {
         let attributes = try resolve(path)

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Glibc
 import Logging
 import PVFS9P
@@ -11,67 +10,25 @@ import SystemPackage
 @testable import PVFSStore
 @testable import PVFSTransport
 
-/// A store in a temporary directory with a small template written into the catalog (as the
-/// engine's tests do) and one VM, "vm1":
+/// A store in a temporary directory holding `TemplateFixture.transport` (written through the
+/// store's API) and one VM, "vm1":
 ///
 ///     /etc/hostname   ino 3  "template-host\n"
 ///     /big            ino 4  2 MiB of a pattern
 final class TransportFixture: @unchecked Sendable {
-    let directory: String
-    let store: Store
+    private let fixture: FixtureStore
+    var directory: String { fixture.directory }
+    var store: Store { fixture.store }
     let volume: Volume
-    static let bigSize = 2 << 20
+    static let bigSize = TemplateFixture.transportBigSize
 
     init() throws {
-        var template = Array("/tmp/pvfs-transport-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Errno(rawValue: errno) }
-        directory = String(cString: made)
-        store = try Store(path: directory + "/store")
-        let hostname = try Self.publish(store, Array("template-host\n".utf8))
-        let big = try Self.publish(store, Self.bigContent())
-        let t: Int64 = 1_700_000_000_000_000_000
-        try store.catalog.write { db in
-            try db.execute(sql: "INSERT INTO template (id, name, state, created_ns, entry_count, max_inode) VALUES (1, 'tiny', 'ready', 0, 4, 4)")
-            func inode(_ ino: Int, _ mode: Int, _ nlink: Int, _ size: Int, _ blob: Int64?) throws {
-                try db.execute(sql: """
-                    INSERT INTO template_inode (template_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, rdev, blob_id, symlink_target)
-                    VALUES (1, ?, ?, 0, 0, ?, ?, 8, ?, ?, ?, 0, ?, NULL)
-                    """, arguments: [ino, mode, nlink, size, t, t, t, blob])
-            }
-            try inode(1, 0o040755, 3, 4096, nil)
-            try inode(2, 0o040755, 2, 4096, nil)
-            try inode(3, 0o100644, 1, 14, hostname)
-            try inode(4, 0o100644, 1, Self.bigSize, big)
-            for (parent, name, ino) in [(1, "etc", 2), (2, "hostname", 3), (1, "big", 4)] {
-                try db.execute(sql: "INSERT INTO template_dirent (template_id, parent, name, ino) VALUES (1, ?, ?, ?)",
-                               arguments: [parent, Array(name.utf8).databaseBlob, ino])
-            }
-        }
-        _ = try store.provisionVM(name: "vm1", template: "tiny")
-        volume = try Volume.open(store: store, vmName: "vm1")
+        fixture = try FixtureStore(prefix: "pvfs-transport-test", template: TemplateFixture.transport)
+        _ = try fixture.store.provisionVM(name: "vm1", template: FixtureStore.templateName)
+        volume = try Volume.open(store: fixture.store, vmName: "vm1")
     }
 
-    deinit {
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    static func bigContent() -> [UInt8] {
-        (0..<bigSize).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 9) }
-    }
-
-    private static func publish(_ store: Store, _ bytes: [UInt8]) throws -> Int64 {
-        let hash = SHA256Hasher.hash(bytes)
-        let rel = StoreLayout.blobPath(hash)
-        _ = try? store.blobsDirectory.makeDirectory(at: String(rel.prefix(2)))
-        let fd = try FileDescriptor.open(at: store.blobsDirectory, rel, [.writeOnly, .create, .truncate], mode: 0o444)
-        try bytes.withUnsafeBytes { try fd.writeAll($0, at: 0) }
-        fd.closeQuietly()
-        return try store.catalog.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO blob (hash, size, allocated, created_ns) VALUES (?, ?, ?, 0)",
-                           arguments: [hash.bytes.databaseBlob, bytes.count, bytes.count])
-            return try Int64.fetchOne(db, sql: "SELECT id FROM blob WHERE hash = ?", arguments: [hash.bytes.databaseBlob])!
-        }
-    }
+    static func bigContent() -> [UInt8] { TemplateFixture.transportBigContent() }
 
     var openHandleCount: Int {
         volume.metaLock.lock()

@@ -1,4 +1,4 @@
-// pvfs-devtool: builds templates and VMs in a store for tests and benchmarks, through the store's
+// pvfs-devtool: builds templates and VMs in a store for benchmarks, through the store's
 // API for trees built in memory, so that they do not depend on the template ingest command.
 //
 //     pvfs-devtool template --store S --name T DIR   a template holding DIR's tree
