@@ -527,7 +527,8 @@ struct HostileTenantTests {
     @Test func anotherTenantIsServedWhileOneFloods() throws {
         let rounds = max(1, Self.environment["PVFS_HOSTILE_LATENCY_ROUNDS"].flatMap { Int($0) } ?? 4)
         let samples = max(100, Self.environment["PVFS_HOSTILE_LATENCY_SAMPLES"].flatMap { Int($0) } ?? 2000)
-        let daemon = try HostileDaemon()
+        let inProcess = Self.environment["PVFS_HOSTILE_LOAD_IN_PROCESS"] != nil
+        let daemon = try HostileDaemon(settings: Self.environment["PVFS_HOSTILE_TENANT_CPU_NICE"].map { ["tenant-cpu-nice = \($0)"] } ?? [])
         let victim = try Victim(daemon)
         for _ in 0..<500 { try victim.request() }
         func measure() throws -> [Double] {
@@ -543,35 +544,35 @@ struct HostileTenantTests {
         struct Phases {
             var quietP50: [Double] = [], quietP99: [Double] = [], loadedP50: [Double] = [], loadedP99: [Double] = []
             var loadedMax = 0.0
-            var abuserReplies = 0, abuserConnections = 0
+            var abuserReplies = 0, abuserConnections = 0, abuserRefusedAtTheCap = 0
         }
         var phases: [Load: Phases] = [:]
+        var loaded: [Double] = []
         for round in 0..<rounds {
             for load in Load.allCases {
                 let quiet = try measure()
-                let flood = load.flood.map { TenantFlood(port: daemon.abuserPort, shape: $0, seed: Self.seed &+ UInt64(round)) }
-                let spinning = StopFlag()
-                let spinners = DispatchGroup()
-                if let flood {
-                    flood.start()
+                let seed = Self.seed &+ UInt64(round)
+                var counts = (replies: 0, connections: 0, refusedAtTheCap: 0, problems: [String]())
+                if inProcess {
+                    let flood = load.flood.map { TenantFlood(port: daemon.abuserPort, shape: $0, seed: seed) }
+                    let spinning = StopFlag()
+                    let spinners = DispatchGroup()
+                    if let flood { flood.start() } else { Self.spin(threads: 4, until: spinning, group: spinners) }
+                    usleep(300_000)
+                    loaded = try measure()
+                    spinning.set()
+                    spinners.wait()
+                    flood?.stop()
+                    counts = (flood?.counts.replies ?? 0, flood?.counts.connections ?? 0, flood?.attachesRefusedAtTheCap ?? 0,
+                              flood?.problems ?? [])
                 } else {
-                    for _ in 0..<4 {
-                        spinners.enter()
-                        Thread {
-                            defer { spinners.leave() }
-                            var x: UInt64 = 1
-                            while !spinning.isSet { for _ in 0..<100_000 { x = x &* 6364136223846793005 &+ 1 } }
-                            if x == 0 { print("") }
-                        }.start()
-                    }
+                    let child = try ChildLoad(port: daemon.abuserPort, load: load, seed: seed)
+                    usleep(300_000)
+                    loaded = try measure()
+                    counts = try child.stop()
                 }
-                usleep(300_000)
-                let loaded = try measure()
-                spinning.set()
-                spinners.wait()
-                if let flood {
-                    flood.stop()
-                    #expect(flood.problems.isEmpty, "\(load.rawValue): \(flood.problems.prefix(3))")
+                if load.flood != nil {
+                    #expect(counts.problems.isEmpty, "\(load.rawValue): \(counts.problems.prefix(3))")
                     #expect(try waitForAbuserToLeave(daemon))
                 }
                 var p = phases[load] ?? Phases()
@@ -580,12 +581,16 @@ struct HostileTenantTests {
                 p.loadedP50.append(percentile(loaded, 0.5))
                 p.loadedP99.append(percentile(loaded, 0.99))
                 p.loadedMax = max(p.loadedMax, loaded.max() ?? 0)
-                p.abuserReplies += flood?.counts.replies ?? 0
-                p.abuserConnections += flood?.counts.connections ?? 0
+                p.abuserReplies += counts.replies
+                p.abuserConnections += counts.connections
+                p.abuserRefusedAtTheCap += counts.refusedAtTheCap
                 phases[load] = p
             }
         }
-        print("hostile: latency of the victim's requests (us; medians over \(rounds) rounds of \(samples) requests per phase)")
+        print("hostile: latency of the victim's requests (us; medians over \(rounds) rounds of \(samples) requests per phase; "
+              + "load \(inProcess ? "in the test's process" : "in a child process")); abuser demoted "
+              + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="abuser"}"#) ?? -1)) times, victim "
+              + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="victim"}"#) ?? 0)) times")
         print("hostile: load                      quiet p50    p99 | loaded p50    p99    max | p99 x quiet")
         for load in Load.allCases {
             guard let p = phases[load] else { continue }
@@ -597,7 +602,10 @@ struct HostileTenantTests {
             if load.flood.map({ $0.pipelines > 0 }) == true {
                 #expect(p.abuserReplies > 0, "\(load.rawValue): the abuser was not served")
             }
-            if load == .reconnects { #expect(p.abuserConnections > 0, "the abuser could not reconnect") }
+            if load == .reconnects {
+                #expect(p.abuserConnections > 0, "the abuser could not reconnect")
+                print("hostile: reconnects: \(p.abuserConnections) attached, \(p.abuserRefusedAtTheCap) refused at max-connections-per-vm")
+            }
         }
         try victim.check()
         try finish(daemon)
