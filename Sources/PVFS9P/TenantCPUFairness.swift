@@ -172,8 +172,9 @@ public final class TenantCPUFairness: @unchecked Sendable {
     /// every `demandHalfLifeWindows`), and the tenants under their share are not demoted for
     /// using more than a throttled one. The share is the mean demand of the tenants competing
     /// (using at least `minimumCPUFraction` of a CPU); lighter tenants are never demoted. A
-    /// tenant that stops is promoted at once; one demoted for long is promoted when its demand
-    /// has decayed to the share, and demoted again if it still takes more.
+    /// demoted tenant gets nothing while others keep the CPU busy, which looks the same as
+    /// having stopped: either way it is promoted when its demand has decayed below the share
+    /// (seconds), and demoted again if it still takes more.
     private func compareSharesLocked(windows: UInt64) {
         let decay = pow(0.5, Double(min(windows, 64)))
         let slowDecay = pow(0.5, Double(min(windows, 1 << 20)) / Self.demandHalfLifeWindows)
@@ -184,7 +185,7 @@ public final class TenantCPUFairness: @unchecked Sendable {
             // The window's use spread over the windows that passed, as nanoseconds per window.
             let used = Double(account.window) / Double(max(1, windows))
             account.recent = account.recent * decay + used * (1 - decay)
-            account.demand = account.demoted && account.window > 0 ? max(account.recent, account.demand * slowDecay) : account.recent
+            account.demand = account.demoted ? max(account.recent, account.demand * slowDecay) : account.recent
             account.idleWindows = account.window == 0 ? account.idleWindows + Int(min(windows, 1 << 20)) : 0
             account.window = 0
             if account.idleWindows > Self.forgetAfterIdleWindows {
@@ -199,7 +200,7 @@ public final class TenantCPUFairness: @unchecked Sendable {
         }
         let fairShare = competing > 0 ? total / Double(competing) : 0
         for (tenant, var account) in accounts {
-            let over = competing > 1 && account.demand >= floor && account.demand > fairShare * settings.overShare
+            let over = demotes && competing > 1 && account.demand >= floor && account.demand > fairShare * settings.overShare
             let under = competing <= 1 || account.demand < fairShare
             if over && !account.demoted {
                 account.demoted = true
