@@ -75,6 +75,8 @@ public final class TenantCPUFairness: @unchecked Sendable {
     private var windowStart: UInt64
     /// Windows of 100 ms without use after which a tenant's account is dropped (10 minutes).
     private static let forgetAfterIdleWindows = 6000
+    /// Windows without any use after which a demoted tenant counts as gone (0.5 s).
+    private static let goneAfterIdleWindows = 5
     /// Windows over which a demoted tenant's demand halves (2 s).
     private static let demandHalfLifeWindows = 20.0
 
@@ -172,9 +174,9 @@ public final class TenantCPUFairness: @unchecked Sendable {
     /// every `demandHalfLifeWindows`), and the tenants under their share are not demoted for
     /// using more than a throttled one. The share is the mean demand of the tenants competing
     /// (using at least `minimumCPUFraction` of a CPU); lighter tenants are never demoted. A
-    /// demoted tenant gets nothing while others keep the CPU busy, which looks the same as
-    /// having stopped: either way it is promoted when its demand has decayed below the share
-    /// (seconds), and demoted again if it still takes more.
+    /// demoted tenant that used nothing for `goneAfterIdleWindows` has gone and is promoted;
+    /// one that keeps taking little is promoted when its demand has decayed below the share
+    /// (seconds), and demoted again if it then takes more.
     private func compareSharesLocked(windows: UInt64) {
         let decay = pow(0.5, Double(min(windows, 64)))
         let slowDecay = pow(0.5, Double(min(windows, 1 << 20)) / Self.demandHalfLifeWindows)
@@ -191,6 +193,11 @@ public final class TenantCPUFairness: @unchecked Sendable {
             if account.idleWindows > Self.forgetAfterIdleWindows {
                 accounts[tenant] = nil
                 continue
+            }
+            if account.idleWindows >= Self.goneAfterIdleWindows {
+                // Nothing at all for a while: gone, not starved (a starved thread still gets
+                // the CPU others leave between their requests).
+                account.demand = account.recent
             }
             accounts[tenant] = account
             if account.demand >= floor {

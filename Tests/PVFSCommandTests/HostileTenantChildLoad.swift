@@ -4,10 +4,11 @@ import Testing
 
 /// One loaded phase's load run by a child process: this test binary again, running only
 /// `HostileTenantTests.loadInAChildProcess`. On a host each guest is a QEMU process of its own
-/// (in a cgroup of its own, of the same weight as the others'); the child calls setsid(), so
-/// the kernel puts it in a scheduling group (autogroup) of its own as well, of the same weight
-/// as the test's and pvfsd's. Its client threads thus compete with the victim's client as a
-/// guest's would, not as threads of the victim's own process.
+/// (in a cgroup of its own, of the same weight as the others'); the child runs in a session of
+/// its own (setsid), so the kernel puts it in a scheduling group (autogroup) of its own as
+/// well, of the same weight as the test's (whose group pvfsd shares). Its client threads thus
+/// compete with the victim's client as a guest's would, not as threads of the victim's own
+/// process.
 final class ChildLoad {
     static let environmentKey = "PVFS_HOSTILE_CHILD_LOAD"
     private let process = Process()
@@ -16,8 +17,11 @@ final class ChildLoad {
     private var buffered: [UInt8] = []
 
     init(port: UInt16, load: HostileTenantTests.Load, seed: UInt64) throws {
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        process.arguments = ["--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
+        // setsid(1) forks when it has to (Process makes the child a process group leader, which
+        // cannot start a session) and waits: closing the pipes still reaches the load.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        process.arguments = ["--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+                             "--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
         var environment = ProcessInfo.processInfo.environment
         environment[Self.environmentKey] = "\(port) \(load) \(seed)"
         process.environment = environment
@@ -25,8 +29,14 @@ final class ChildLoad {
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()
-        guard try line(startingWith: "hostile-load: ready") != nil else {
+        guard let ready = try line(startingWith: "hostile-load: ready") else {
             throw TestSupportError("the child load did not start")
+        }
+        // "hostile-load: ready /autogroup-N nice 0": not the test's own scheduling group.
+        let own = (try? String(contentsOfFile: "/proc/self/autogroup", encoding: .utf8)) ?? ""
+        let group = ready.dropFirst("hostile-load: ready ".count).split(separator: " ").first.map(String.init) ?? ""
+        guard !group.isEmpty, !own.hasPrefix(group + " ") else {
+            throw TestSupportError("the child load runs in the test's scheduling group (\(own))")
         }
     }
 
@@ -84,7 +94,6 @@ extension HostileTenantTests {
             Issue.record("bad \(ChildLoad.environmentKey)")
             return
         }
-        _ = setsid()
         let flood = load.flood.map { TenantFlood(port: port, shape: $0, seed: seed) }
         let spinning = StopFlag()
         let spinners = DispatchGroup()
@@ -93,7 +102,8 @@ extension HostileTenantTests {
         } else {
             HostileTenantTests.spin(threads: 4, until: spinning, group: spinners)
         }
-        print("hostile-load: ready")
+        let group = (try? String(contentsOfFile: "/proc/self/autogroup", encoding: .utf8)) ?? "none"
+        print("hostile-load: ready \(group.trimmingCharacters(in: .whitespacesAndNewlines))")
         fflush(nil)
         var byte: UInt8 = 0
         while read(0, &byte, 1) > 0 {}

@@ -19,8 +19,10 @@ import Testing
 /// Environment: `PVFS_HOSTILE_CYCLES` (abuse cycles of the memory test, default 10000; the
 /// full run is 100000), `PVFS_HOSTILE_LATENCY_ROUNDS` (quiet/loaded rounds, default 4),
 /// `PVFS_HOSTILE_LATENCY_SAMPLES` (requests per phase, default 2000), `PVFS_HOSTILE_SEED`
-/// (replays the random choices). bench/hostile-tenant.sh runs the latency and memory tests
-/// long and prints their numbers.
+/// (replays the random choices), `PVFS_HOSTILE_LOAD_IN_PROCESS` (the latency test's loads run
+/// in this process rather than in a child), `PVFS_HOSTILE_TENANT_CPU_NICE` (that setting for
+/// the latency test's pvfsd), `PVFS_HOSTILE_PVFSD` (another pvfsd binary, for before/after).
+/// bench/hostile-tenant.sh runs the latency and memory tests long and prints their numbers.
 @Suite("pvfsd: hostile tenants", .serialized)
 struct HostileTenantTests {
     static let environment = ProcessInfo.processInfo.environment
@@ -608,6 +610,33 @@ struct HostileTenantTests {
             }
         }
         try victim.check()
+        try finish(daemon)
+    }
+
+    /// What CPU accounting costs a tenant alone: replies per second to six connections of
+    /// pipelined requests (mixed, then 64 KiB reads), nobody else served. Run by
+    /// bench/hostile-tenant.sh (`PVFS_HOSTILE_THROUGHPUT=1`); with `PVFS_HOSTILE_PVFSD`, of
+    /// another build.
+    @Test(.enabled(if: environment["PVFS_HOSTILE_THROUGHPUT"] != nil))
+    func singleTenantThroughput() throws {
+        let daemon = try HostileDaemon()
+        for requests in [TenantFlood.PipelineRequests.mixed, .reads] {
+            var rates: [Double] = []
+            for round in 0..<5 {
+                let flood = TenantFlood(port: daemon.victimPort, aname: "victim",
+                                        shape: .init(pipelines: 6, slowReaders: 0, churners: 0, garbage: 0, requests: requests),
+                                        seed: Self.seed &+ UInt64(round))
+                flood.start()
+                usleep(300_000)
+                let before = flood.counts.replies, start = monotonicSeconds()
+                usleep(2_000_000)
+                rates.append(Double(flood.counts.replies - before) / (monotonicSeconds() - start))
+                flood.stop()
+                #expect(flood.problems.isEmpty, "\(flood.problems.prefix(3))")
+            }
+            print(String(format: "hostile: throughput: one tenant, 6 pipelined connections, %@: %.0f replies/s (median of 5 rounds of 2 s)",
+                         requests.rawValue, median(rates)))
+        }
         try finish(daemon)
     }
 
