@@ -156,10 +156,16 @@ public final class TenantCPUFairness: @unchecked Sendable {
 
     // MARK: Accounting
 
-    private func chargeLocked(_ tenant: Tenant, _ nanoseconds: UInt64) {
+    /// Charges `nanoseconds` to `tenant` at monotonic time `now` (tests drive the windows with it).
+    func record(_ tenant: Tenant, nanoseconds: UInt64, at now: UInt64) {
+        lock.lock()
+        chargeLocked(tenant, nanoseconds, now: now)
+        lock.unlock()
+    }
+
+    private func chargeLocked(_ tenant: Tenant, _ nanoseconds: UInt64, now: UInt64 = monotonicNanoseconds()) {
         accounts[tenant, default: Account()].total &+= nanoseconds
         accounts[tenant, default: Account()].window &+= nanoseconds
-        let now = Self.monotonicNanoseconds()
         let elapsed = now &- windowStart
         if now > windowStart && elapsed >= settings.windowNanoseconds {
             compareSharesLocked(windows: elapsed / settings.windowNanoseconds)
@@ -257,7 +263,7 @@ public final class TenantCPUFairness: @unchecked Sendable {
         return state
     }
 
-    private static func monotonicNanoseconds() -> UInt64 {
+    static func monotonicNanoseconds() -> UInt64 {
         var t = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t)
         return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)

@@ -1,17 +1,43 @@
 import Foundation
-import Glibc
 import PVFSSystem
 import Testing
 @testable import PVFS9P
 
-@Suite("9P: CPU fairness between tenants", .serialized)
+@Suite("9P: CPU fairness between tenants")
 struct TenantCPUFairnessTests {
+    typealias Tenant = NinePWorkerPool.Tenant
+    static let window: UInt64 = 100_000_000
+
+    /// A fairness whose windows the test drives: charges at times an hour ahead of the clock,
+    /// so that the threads' own charges (at the real time) never end a window.
+    final class Driven {
+        let fairness: TenantCPUFairness
+        private var now = TenantCPUFairness.monotonicNanoseconds() + 3600 * 1_000_000_000
+
+        init(nice: Int32 = 20) {
+            var settings = TenantCPUFairness.Settings()
+            settings.demotedNice = nice
+            fairness = TenantCPUFairness(settings: settings)
+        }
+
+        /// `windows` windows in which each tenant uses the given fraction of a CPU.
+        func run(_ windows: Int, _ use: [Tenant: Double]) {
+            for _ in 0..<windows {
+                for (tenant, fraction) in use where fraction > 0 {
+                    fairness.record(tenant, nanoseconds: UInt64(fraction * Double(TenantCPUFairnessTests.window)), at: now)
+                }
+                now += TenantCPUFairnessTests.window
+                // A charge of nothing ends the window.
+                fairness.record(.listener("clock"), nanoseconds: 0, at: now)
+            }
+        }
+    }
+
     /// The scheduling policy of thread `id` of this process (field 41 of its stat).
     static func policy(ofThread id: Int32) -> Int {
         let text = (try? String(contentsOfFile: "/proc/self/task/\(id)/stat", encoding: .utf8)) ?? ""
         guard let close = text.lastIndex(of: ")") else { return -1 }
         let fields = text[text.index(after: close)...].split(separator: " ")
-        // Fields from the third (state) on: policy is field 41, so index 38 here.
         return fields.count > 38 ? Int(fields[38]) ?? -1 : -1
     }
 
@@ -22,100 +48,63 @@ struct TenantCPUFairnessTests {
         done.wait()
     }
 
-    static func spin(seconds: Double) {
-        let end = Date(timeIntervalSinceNow: seconds)
-        var x: UInt64 = 1
-        while Date() < end { for _ in 0..<10_000 { x = x &* 6364136223846793005 &+ 1 } }
-        if x == 0 { print("") }
+    @Test func aTenantOverItsShareIsDemotedAndAnotherIsNot() {
+        let d = Driven()
+        let heavy = Tenant.vm("heavy"), light = Tenant.vm("light")
+        d.run(10, [heavy: 0.9, light: 0.3])
+        #expect(d.fairness.isDemoted(heavy) && !d.fairness.isDemoted(light))
+        // Demoted, the heavy one gets little: what it got is no measure of what it wants, so
+        // the light one, now using more than it, is not demoted in its place.
+        d.run(10, [heavy: 0.02, light: 0.3])
+        #expect(d.fairness.isDemoted(heavy) && !d.fairness.isDemoted(light))
+        // Nothing at all for half a second: gone, promoted.
+        d.run(6, [light: 0.3])
+        #expect(!d.fairness.isDemoted(heavy) && !d.fairness.isDemoted(light))
+        let usage = Dictionary(uniqueKeysWithValues: d.fairness.usage.map { ($0.tenant, $0) })
+        #expect(usage[heavy]?.demotions == 1 && usage[light]?.demotions == 0)
+        #expect(usage[heavy]?.cpuNanoseconds == 10 * 90_000_000 + 10 * 2_000_000)
     }
 
-    /// A tenant that takes far more CPU than another is demoted and its thread runs at
-    /// SCHED_IDLE; the light one keeps normal priority; once the heavy one stops, it is
-    /// promoted again, and a lone busy tenant is never demoted. CPU is accounted per tenant.
-    @Test func aTenantOverItsShareIsDemotedAndPromotedBack() throws {
-        var settings = TenantCPUFairness.Settings()
-        settings.windowNanoseconds = 20_000_000
-        let fairness = TenantCPUFairness(settings: settings)
-        try #require(fairness.demotes, "this test needs CAP_SYS_NICE (root)")
-        let heavy = NinePWorkerPool.Tenant.vm("heavy"), light = NinePWorkerPool.Tenant.vm("light")
-        let heavyPolicy = Atomic(-1)
-        let lightThread = Thread {
-            let end = Date(timeIntervalSinceNow: 1.5)
-            while Date() < end {
-                fairness.serve(light)
-                Self.spin(seconds: 0.003)
-                fairness.charge()
-                usleep(7_000)
-            }
-        }
-        lightThread.start()
-        Self.onThread {
-            let end = Date(timeIntervalSinceNow: 1)
-            while Date() < end {
-                fairness.serve(heavy)
-                Self.spin(seconds: 0.005)
-                fairness.charge()
-            }
-            heavyPolicy.store(Self.policy(ofThread: ThreadCPU.currentThreadID))
-        }
-        #expect(fairness.isDemoted(heavy))
-        #expect(!fairness.isDemoted(light))
-        #expect(heavyPolicy.load() == 5 /* SCHED_IDLE */, "the heavy tenant's thread runs at SCHED_IDLE")
-        let usage = Dictionary(uniqueKeysWithValues: fairness.usage.map { ($0.tenant, $0) })
-        #expect((usage[heavy]?.cpuNanoseconds ?? 0) > 100_000_000)
-        #expect((usage[light]?.cpuNanoseconds ?? 0) > 10_000_000 && (usage[light]?.cpuNanoseconds ?? 0) < (usage[heavy]?.cpuNanoseconds ?? 0))
-        #expect((usage[heavy]?.demotions ?? 0) >= 1 && usage[light]?.demotions == 0)
+    @Test func aTenantAloneOrLightIsNeverDemoted() {
+        let d = Driven()
+        d.run(20, [.vm("alone"): 1.8])
+        #expect(!d.fairness.isDemoted(.vm("alone")))
+        // Below a tenth of a CPU nobody is demoted, whatever the ratio.
+        d.run(20, [.vm("a"): 0.09, .vm("b"): 0.01])
+        #expect(!d.fairness.isDemoted(.vm("a")))
+    }
 
-        // The heavy tenant stopped: alone now, the light one keeps going, and the next thread
-        // to serve the heavy one finds it promoted and runs at normal priority.
-        Thread.sleep(forTimeInterval: 0.6)
-        let promotedPolicy = Atomic(-1)
+    /// A thread serving a demoted tenant runs at SCHED_IDLE, and at normal priority again as
+    /// soon as it serves another tenant.
+    @Test func threadsTakeTheirTenantsPriority() throws {
+        let d = Driven()
+        try #require(d.fairness.demotes, "this test needs CAP_SYS_NICE (root)")
+        d.run(10, [.vm("heavy"): 0.9, .vm("light"): 0.2])
+        let policies = Locked<[Int]>([])
+        let fairness = d.fairness
         Self.onThread {
-            fairness.serve(heavy)
-            Self.spin(seconds: 0.001)
-            fairness.charge()
-            promotedPolicy.store(Self.policy(ofThread: ThreadCPU.currentThreadID))
+            let id = ThreadCPU.currentThreadID
+            fairness.serve(.vm("heavy"))
+            policies.append(Self.policy(ofThread: id))
+            fairness.serve(.vm("light"))
+            policies.append(Self.policy(ofThread: id))
         }
-        #expect(!fairness.isDemoted(heavy))
-        #expect(promotedPolicy.load() == 0 /* SCHED_OTHER */)
-
-        // Alone, a tenant may use all it wants.
-        let alone = NinePWorkerPool.Tenant.listener("alone")
-        Self.onThread {
-            let end = Date(timeIntervalSinceNow: 0.5)
-            while Date() < end {
-                fairness.serve(alone)
-                Self.spin(seconds: 0.005)
-                fairness.charge()
-            }
-        }
-        #expect(!fairness.isDemoted(alone))
+        #expect(policies.value == [5, 0])   // SCHED_IDLE, SCHED_OTHER
     }
 
     /// With tenant-cpu-nice 0, CPU is accounted and nobody is demoted.
     @Test func accountingOnlyDemotesNobody() {
-        var settings = TenantCPUFairness.Settings()
-        settings.demotedNice = 0
-        settings.windowNanoseconds = 10_000_000
-        let fairness = TenantCPUFairness(settings: settings)
-        #expect(!fairness.demotes)
-        Self.onThread {
-            for i in 0..<40 {
-                fairness.serve(.vm(i % 4 == 0 ? "light" : "heavy"))
-                Self.spin(seconds: 0.005)
-                fairness.charge()
-            }
-        }
-        #expect(fairness.usage.count == 2)
-        #expect(fairness.usage.allSatisfy { !$0.isDemoted })
+        let d = Driven(nice: 0)
+        #expect(!d.fairness.demotes)
+        d.run(10, [.vm("heavy"): 0.9, .vm("light"): 0.2])
+        #expect(d.fairness.usage.count == 3 && d.fairness.usage.allSatisfy { !$0.isDemoted })
     }
 }
 
-/// An atomic Int without Synchronization's non-copyable type (captured by @Sendable closures).
-final class Atomic: @unchecked Sendable {
+final class Locked<Value>: @unchecked Sendable {
     private let lock = NSLock()
-    private var value: Int
-    init(_ value: Int) { self.value = value }
-    func load() -> Int { lock.lock(); defer { lock.unlock() }; return value }
-    func store(_ newValue: Int) { lock.lock(); value = newValue; lock.unlock() }
+    private var stored: Value
+    init(_ value: Value) { stored = value }
+    var value: Value { lock.lock(); defer { lock.unlock() }; return stored }
+    func append<Element>(_ element: Element) where Value == [Element] { lock.lock(); stored.append(element); lock.unlock() }
 }

@@ -499,7 +499,7 @@ struct HostileTenantTests {
         case slowReaders = "slow readers"
         case reconnects = "reconnects, garbage"
         case everything = "all at once"
-        /// Not pvfsd: CPU-bound threads in this process, the machine's own share of the rise.
+        /// Not pvfsd: CPU-bound threads in the load's process, the machine's own share of the rise.
         case cpuControl = "control: 4 CPU spinners"
 
         /// The abuser's flood (nil for the control).
@@ -520,10 +520,12 @@ struct HostileTenantTests {
     /// request is answered correctly and in time (p99 under 250 ms; a request queued behind
     /// the slow readers' backlog would never be answered), and the abuser is served as well.
     ///
+    /// Each load runs in a child process in a scheduling group of its own (`ChildLoad`), as a
+    /// guest's load is another process; `PVFS_HOSTILE_LOAD_IN_PROCESS` runs it in this one.
     /// Quiet and loaded phases alternate, and the medians over the rounds of their p50 and p99
-    /// are printed side by side with a control load that never touches pvfsd (CPU-bound threads
-    /// in this process): on a machine of few cores any load raises the victim's p99, and the
-    /// control shows how much of that is the scheduler's. The victim's requests run on its own
+    /// are printed side by side with a control load that never touches pvfsd (CPU-bound
+    /// threads): on a machine of few cores any load raises the victim's p99, and the control
+    /// shows how much of that is the scheduler's. The victim's requests run on its own
     /// connection's thread and queue behind nothing of the abuser's, so a bound relative to the
     /// quiet p99 would measure the machine; bench/hostile-tenant.sh prints the table.
     @Test func anotherTenantIsServedWhileOneFloods() throws {
