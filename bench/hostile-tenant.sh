@@ -8,14 +8,21 @@
 #      connections, 8 slow readers (2000 reads of 60 KiB each, never read), reconnects with
 #      garbage, all at once; beside them a control load that never touches pvfsd (4 CPU-bound
 #      threads): on a machine of few cores any load raises the p99, and the control shows by how
-#      much. Quiet and loaded phases alternate; p50/p99 are medians over the rounds.
+#      much. Each load runs in a child process in a session (autogroup) of its own, as a guest's
+#      load is another process of the same weight (--in-process: in the test's process).
+#      Quiet and loaded phases alternate; p50/p99 are medians over the rounds.
 #   2. pool share: a victim with 8 reads in flight (these go through the worker pool, shared
 #      by VMs in turn) quiet and beside 6, 24 and 48 abuser connections of 64 KiB reads.
+#   2b. throughput: one tenant alone, six connections of pipelined requests, replies per second
+#      (what pvfsd's per-tenant CPU accounting costs).
 #   3. memory: pvfsd's RSS before and after CYCLES abuse cycles (connect/attach/garbage/reset,
 #      Tflush storms, attach/clunk, 64 KiB reads left unread at a reset, framing violations),
 #      and after the abuser left; its own threads and descriptors.
 #
-# usage: bench/hostile-tenant.sh [--rounds N] [--samples N] [--cycles N] [--seed N]
+# usage: bench/hostile-tenant.sh [--rounds N] [--samples N] [--cycles N] [--seed N] [--pvfsd PATH]
+#                               [--in-process] [--tenant-cpu-nice N]
+# --pvfsd: another pvfsd binary (an earlier build, for before/after); --tenant-cpu-nice: that
+# pvfsd.conf setting for the latency test's daemon.
 # Defaults: 7 rounds of 4000 requests per phase, 100000 cycles (the test's own defaults are
 # shorter). Builds the debug test bundle (`swift build --build-tests`) if needed; the daemon
 # is that build's pvfsd, so compare numbers between runs of this script, not with release ones.
@@ -28,6 +35,9 @@ while [ $# -gt 0 ]; do
     --samples) SAMPLES=$2; shift 2 ;;
     --cycles) CYCLES=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
+    --pvfsd) export PVFS_HOSTILE_PVFSD=$2; shift 2 ;;
+    --in-process) export PVFS_HOSTILE_LOAD_IN_PROCESS=1; shift ;;
+    --tenant-cpu-nice) export PVFS_HOSTILE_TENANT_CPU_NICE=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -36,10 +46,11 @@ export PATH=/opt/swift/usr/bin:$PATH
 cd "$REPO"
 swift build --build-tests >&2
 export PVFS_HOSTILE_LATENCY_ROUNDS=$ROUNDS PVFS_HOSTILE_LATENCY_SAMPLES=$SAMPLES PVFS_HOSTILE_CYCLES=$CYCLES PVFS_HOSTILE_POOL_SHARE=1
+export PVFS_HOSTILE_THROUGHPUT=1
 [ -n "$SEED" ] && export PVFS_HOSTILE_SEED=$SEED
 echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
-for test in anotherTenantIsServedWhileOneFloods pipelinedVictimSharesTheWorkerPool memoryStaysFlatOverAbuseCycles; do
+for test in anotherTenantIsServedWhileOneFloods pipelinedVictimSharesTheWorkerPool singleTenantThroughput memoryStaysFlatOverAbuseCycles; do
     if out=$(swift test --skip-build --filter "HostileTenantTests/$test" 2>&1); then
         grep '^hostile: ' <<<"$out" | sed 's/^hostile: //' || true
     else

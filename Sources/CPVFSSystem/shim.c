@@ -83,3 +83,25 @@ int cpvfs_syncfs(int fd) { return syncfs(fd); }
 ssize_t cpvfs_copy_file_range(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len, unsigned int flags) {
     return copy_file_range(fd_in, off_in, fd_out, off_out, len, flags);
 }
+
+#include <sys/syscall.h>
+#include <time.h>
+
+int cpvfs_gettid(void) { return (int)syscall(SYS_gettid); }
+
+uint64_t cpvfs_thread_cpu_nanoseconds(void) {
+    struct timespec t;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) != 0) return 0;
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+#include <sys/resource.h>
+
+#include <sched.h>
+
+int cpvfs_set_thread_nice(int tid, int nice) {
+    struct sched_param param = { .sched_priority = 0 };
+    if (nice >= 20) return sched_setscheduler(tid, SCHED_IDLE, &param) == 0 ? 0 : errno;
+    if (sched_getscheduler(tid) != SCHED_OTHER && sched_setscheduler(tid, SCHED_OTHER, &param) != 0) return errno;
+    return setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0 ? 0 : errno;
+}

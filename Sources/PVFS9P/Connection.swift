@@ -301,6 +301,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// As `receive(_:runInline:reply:)`; a request that ends without a reply calls `unanswered`
     /// instead (see the type's documentation).
     public func receive(_ message: [UInt8], runInline: Bool, reply: @escaping Reply, unanswered: Unanswered?) {
+        serveOnCurrentThread()
         guard let header = NinePHeader(message) else {
             logger.debug("dropping a fragment of \(message.count) bytes")
             unanswered?()
@@ -319,6 +320,16 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             enqueue(message, header: header, runInline: runInline && configuration.runsIdleRequestsInline, reply: reply,
                     unanswered: unanswered)
         }
+    }
+
+    /// Charges the calling thread's CPU since its last charge to the tenant it served (this
+    /// connection's, for a transport's own threads) and runs it at the connection's tenant's priority.
+    public func serveOnCurrentThread() {
+        guard let fairness = pool.fairness else { return }
+        state.lock()
+        let tenant = poolTenant
+        state.unlock()
+        fairness.serve(tenant)
     }
 
     /// Calls a reply callback unless the connection is closing; `close()` waits for callbacks

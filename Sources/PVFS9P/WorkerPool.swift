@@ -58,9 +58,13 @@ public final class NinePWorkerPool: @unchecked Sendable {
     private var running = 0
     private var threads: [Thread] = []
     public let threadCount: Int
+    /// Charges each job's CPU to its tenant and runs it at the tenant's priority; the
+    /// connections using the pool charge their transport threads to it as well.
+    public let fairness: TenantCPUFairness?
 
-    public init(threads: Int, name: String = "pvfs.9p.worker") {
+    public init(threads: Int, name: String = "pvfs.9p.worker", fairness: TenantCPUFairness? = nil) {
         threadCount = max(1, threads)
+        self.fairness = fairness
         for i in 0..<threadCount {
             let thread = Thread { [self] in self.work() }
             thread.name = "\(name).\(i)"
@@ -121,7 +125,7 @@ public final class NinePWorkerPool: @unchecked Sendable {
 
     /// The next job: the first of the tenant whose turn it is, which then goes to the back of
     /// the ring if it has more. Caller holds `condition`.
-    private func takeLocked() -> Job? {
+    private func takeLocked() -> (Tenant, Job)? {
         while let queue = active.popFirst() {
             // A queue is in the ring only while it holds jobs; an empty one is dropped.
             guard let job = queue.jobs.popFirst() else {
@@ -134,7 +138,7 @@ public final class NinePWorkerPool: @unchecked Sendable {
             } else {
                 active.append(queue)
             }
-            return job
+            return (queue.tenant, job)
         }
         return nil
     }
@@ -143,14 +147,20 @@ public final class NinePWorkerPool: @unchecked Sendable {
         while true {
             condition.lock()
             while queued == 0 && !stopping { condition.wait() }
-            guard let job = takeLocked() else {
+            guard let (tenant, job) = takeLocked() else {
                 running -= 1
                 condition.broadcast()
                 condition.unlock()
                 return
             }
             condition.unlock()
-            job()
+            if let fairness {
+                fairness.serve(tenant)
+                job()
+                fairness.charge()
+            } else {
+                job()
+            }
         }
     }
 }

@@ -107,12 +107,18 @@ public protocol NineMessageHandler: AnyObject, Sendable {
                  unanswered: (@Sendable () -> Void)?)
     /// Requests outstanding and fids held, for idle timeouts and metrics.
     var usage: NineConnectionUsage { get }
+    /// Charges the calling thread's CPU to the handler's tenant and runs the thread at that
+    /// tenant's priority (pvfsd's per-tenant CPU fairness). `receive` does it for the reader;
+    /// a transport calls it from the other threads it runs for the connection (a writer).
+    func serveOnCurrentThread()
     func close()
 }
 
 extension NineMessageHandler {
     /// For handlers that hold nothing between requests.
     public var usage: NineConnectionUsage { NineConnectionUsage(outstandingRequests: 0, fids: 0) }
+    /// For handlers whose CPU nobody accounts.
+    public func serveOnCurrentThread() {}
 }
 
 /// Why a connection is refused before any message: sockets close it, a Xen device goes to

@@ -98,7 +98,8 @@ enum DaemonServices {
         if !daemon.configuration.listeners.isEmpty {
             daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger,
                                               configuration: daemon.ninePConfiguration,
-                                              limits: daemon.configuration.limits, admission: daemon.admission))
+                                              limits: daemon.configuration.limits, admission: daemon.admission,
+                                              cpuFairness: daemon.cpuFairness))
         }
         HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
         // Always present, so that a binding made while pvfsd runs starts serving at once.
@@ -107,7 +108,8 @@ enum DaemonServices {
         daemon.addReloadHandler { [weak vhostUser] in vhostUser?.reconcile() }
         if daemon.configuration.xenEnabled {
             daemon.add(XenService(registry: daemon.registry, logger: daemon.logger, configuration: daemon.ninePConfiguration,
-                                  limits: daemon.configuration.limits, admission: daemon.admission))
+                                  limits: daemon.configuration.limits, admission: daemon.admission,
+                                  cpuFairness: daemon.cpuFairness))
         }
     }
 }

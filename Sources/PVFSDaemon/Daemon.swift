@@ -22,6 +22,9 @@ public final class Daemon: @unchecked Sendable {
     public let registry: VolumeRegistry
     /// Per-tenant connection caps and the use of every transport limit (for metrics).
     public let admission: TenantAdmission
+    /// pvfsd's CPU per tenant, and the priority of the threads serving each (shared by the 9P
+    /// transports' worker pools and connections).
+    public let cpuFairness: TenantCPUFairness
     public let logger: Logger
     /// Limits reached by connections not bound to a VM yet (those of a VM count in its counters).
     public let unboundLimitCounters = LimitCounters()
@@ -46,6 +49,9 @@ public final class Daemon: @unchecked Sendable {
         registry.volumeLimits = configuration.volumeLimits
         admission = TenantAdmission(limits: configuration.limits.tenants, listeners: configuration.listeners.map(\.name),
                                     logger: logger)
+        var fairness = TenantCPUFairness.Settings()
+        fairness.demotedNice = configuration.limits.tenantCPUNice
+        cpuFairness = TenantCPUFairness(settings: fairness, logger: logger)
     }
 
     /// The configuration of each 9P connection of this daemon's services.
@@ -213,7 +219,7 @@ public final class Daemon: @unchecked Sendable {
         Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts,
                        unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,
                        volumeLimits: registry.volumeLimits, transportLimits: configuration.limits)
-            + Metrics.render(tenants: admission.usage)
+            + Metrics.render(tenants: admission.usage) + Metrics.render(cpu: cpuFairness)
     }
 
     private func serveMetricsHTTP(_ fd: Int32) {

@@ -26,6 +26,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
         /// Reply bytes queued for a socket whose client does not read; past it the socket is not read.
         public var replyQueueBytes = SocketServer.Configuration().replyQueueLimit
         public var xenRing = XenRingLimits()
+        /// Nice value (1...19; 20: SCHED_IDLE) of the threads serving a tenant that uses more
+        /// than its share of pvfsd's CPU (`TenantCPUFairness`); 0: account CPU per tenant,
+        /// demote nobody.
+        public var tenantCPUNice: Int32 = TenantCPUFairness.Settings().demotedNice
 
         public init() {}
 
@@ -38,7 +42,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
              ("idle-timeout", "\(tenants.idleTimeoutSeconds)"),
              ("reply-queue-bytes", "\(replyQueueBytes)"),
              ("xen-ring-requests", "\(xenRing.maxRequestsInFlight)"),
-             ("xen-ring-reply-bytes", "\(xenRing.maxReplyBytes)")]
+             ("xen-ring-reply-bytes", "\(xenRing.maxReplyBytes)"),
+             ("tenant-cpu-nice", "\(tenantCPUNice)")]
         }
 
         /// Sets one limit from its pvfsd.conf line; false when `key` is not a limit.
@@ -70,6 +75,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "reply-queue-bytes": replyQueueBytes = try bytes(64 << 10 ... 1 << 34)
             case "xen-ring-requests": xenRing.maxRequestsInFlight = try count(1...65535)
             case "xen-ring-reply-bytes": xenRing.maxReplyBytes = try bytes(64 << 10 ... 1 << 34)
+            case "tenant-cpu-nice": tenantCPUNice = Int32(try count(0...20))
             default: return false
             }
             return true

@@ -1,4 +1,5 @@
 import Foundation
+import PVFS9P
 import PVFSEngine
 import PVFSTransport
 
@@ -104,6 +105,33 @@ public enum Metrics {
         }
         counter("pvfs_tenant_refusals_total", "Connections or attaches refused, and connections closed, at a limit.") { $0.refusals }
         counter("pvfs_tenant_backpressure_total", "Times a socket or ring of the tenant was not read because of a limit.") { $0.backpressure }
+        return out
+    }
+
+    /// CPU time pvfsd's threads spent per tenant, and the tenants' demotions to a lower
+    /// priority for using more than their share (`tenant-cpu-nice`).
+    public static func render(cpu fairness: TenantCPUFairness) -> String {
+        var out = ""
+        func labels(_ tenant: TenantCPUFairness.Tenant) -> String {
+            switch tenant {
+            case .vm(let name): "kind=\"vm\",tenant=\"\(escape(name))\""
+            case .listener(let name): "kind=\"listener\",tenant=\"\(escape(name))\""
+            case .xenDomain(let id): "kind=\"xen-domain\",tenant=\"\(id)\""
+            }
+        }
+        let usage = fairness.usage
+        out += "# HELP pvfs_tenant_cpu_seconds_total CPU time pvfsd spent serving the tenant (connection threads and workers).\n"
+        out += "# TYPE pvfs_tenant_cpu_seconds_total counter\n"
+        for u in usage { out += "pvfs_tenant_cpu_seconds_total{\(labels(u.tenant))} \(Double(u.cpuNanoseconds) / 1e9)\n" }
+        out += "# HELP pvfs_tenant_cpu_demotions_total Times the tenant's threads were lowered to tenant-cpu-nice for using more than its share.\n"
+        out += "# TYPE pvfs_tenant_cpu_demotions_total counter\n"
+        for u in usage { out += "pvfs_tenant_cpu_demotions_total{\(labels(u.tenant))} \(u.demotions)\n" }
+        out += "# HELP pvfs_tenant_cpu_demoted Whether the tenant's threads run at tenant-cpu-nice now.\n"
+        out += "# TYPE pvfs_tenant_cpu_demoted gauge\n"
+        for u in usage { out += "pvfs_tenant_cpu_demoted{\(labels(u.tenant))} \(u.isDemoted ? 1 : 0)\n" }
+        out += "# HELP pvfs_tenant_cpu_fairness_active Whether over-share tenants are demoted (0: tenant-cpu-nice = 0, or pvfsd may not raise a thread's priority back).\n"
+        out += "# TYPE pvfs_tenant_cpu_fairness_active gauge\n"
+        out += "pvfs_tenant_cpu_fairness_active \(fairness.demotes ? 1 : 0)\n"
         return out
     }
 

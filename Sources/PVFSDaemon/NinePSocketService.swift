@@ -26,6 +26,7 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     public init(listeners: [DaemonConfiguration.Listener], registry: VolumeRegistry, logger: Logger,
                 configuration: NinePConfiguration = NinePConfiguration(),
                 limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(), admission: TenantAdmission? = nil,
+                cpuFairness: TenantCPUFairness? = nil,
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) throws {
         self.listeners = listeners
         self.registry = registry
@@ -33,7 +34,7 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
         self.configuration = configuration
         self.limits = limits
         self.admission = admission ?? TenantAdmission(limits: limits.tenants, logger: logger)
-        pool = NinePWorkerPool(threads: workerThreads)
+        pool = NinePWorkerPool(threads: workerThreads, fairness: cpuFairness)
         var names: [String: String] = [:]
         for listener in listeners {
             guard let address = ListenAddress(listener.address) else {

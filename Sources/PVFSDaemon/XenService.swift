@@ -21,13 +21,14 @@ public final class XenService: DaemonService, @unchecked Sendable {
 
     public init(registry: VolumeRegistry, logger: Logger, configuration: NinePConfiguration = NinePConfiguration(),
                 limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(), admission: TenantAdmission? = nil,
+                cpuFairness: TenantCPUFairness? = nil,
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
         self.registry = registry
         self.logger = logger
         self.configuration = configuration
         self.limits = limits
         self.admission = admission
-        pool = NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker")
+        pool = NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker", fairness: cpuFairness)
     }
 
     public var serviceDescription: String { "Xen PV 9pfs backend" }

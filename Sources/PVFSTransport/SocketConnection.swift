@@ -50,10 +50,14 @@ final class ReplyWriter: @unchecked Sendable {
     }
 
     /// `limit`: queued bytes above which the reader stops taking requests.
-    init(fd: Int32, limit: Int, gate: SendGate) {
+    /// Called on the writer thread before each batch it sends (the tenant's CPU accounting).
+    private let beforeSending: @Sendable () -> Void
+
+    init(fd: Int32, limit: Int, gate: SendGate, beforeSending: @escaping @Sendable () -> Void = {}) {
         self.fd = fd
         self.limit = limit
         self.gate = gate
+        self.beforeSending = beforeSending
     }
 
     func start(name: String) {
@@ -163,6 +167,7 @@ final class ReplyWriter: @unchecked Sendable {
 
     private func run() {
         defer {
+            beforeSending()
             condition.lock()
             ended = true
             condition.broadcast()
@@ -193,6 +198,7 @@ final class ReplyWriter: @unchecked Sendable {
                 head = 0
             }
             condition.unlock()
+            beforeSending()
             let sent = !gate.isClosed && sendAll(batch)
             condition.lock()
             sending = false
@@ -290,7 +296,7 @@ final class SocketConnection: @unchecked Sendable {
         self.logger = logger
         self.stalled = stalled
         self.finished = finished
-        writer = ReplyWriter(fd: fd, limit: replyQueueLimit, gate: sendGate)
+        writer = ReplyWriter(fd: fd, limit: replyQueueLimit, gate: sendGate, beforeSending: { [handler] in handler.serveOnCurrentThread() })
     }
 
     /// What the connection is doing, for the timeouts.
@@ -328,6 +334,8 @@ final class SocketConnection: @unchecked Sendable {
         var framer = NinePMessageFramer(maximumMessageSize: handler.maximumMessageSize)
         let writer = self.writer
         let reply: @Sendable ([UInt8]) -> Void = { writer.enqueue($0) }
+        // At the tenant's priority from the start: a demoted tenant's new connections are too.
+        handler.serveOnCurrentThread()
         var reason = "end of stream"
         reading: while true {
             writer.waitForRoom(blocked: stalled)
@@ -362,6 +370,8 @@ final class SocketConnection: @unchecked Sendable {
         logger.debug("connection ends: \(reason)")
         // Requests still running finish (their replies are queued), then every fid is released.
         handler.close()
+        // What the connection's end cost is the tenant's too.
+        handler.serveOnCurrentThread()
         // Flush what is queued to a client that still reads; give up on one that does not.
         if !writer.finish(timeout: 5) {
             abort()

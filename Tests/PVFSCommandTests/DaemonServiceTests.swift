@@ -36,14 +36,17 @@ struct DaemonServiceTests {
             reply-queue-bytes = 512K
             xen-ring-requests = 32
             xen-ring-reply-bytes = 1MiB
+            tenant-cpu-nice = 10
             """, defaults: config)
+        #expect(tuned.limits.tenantCPUNice == 10)
         #expect(tuned.limits.tenants.maximumConnections == 100 && tuned.limits.tenants.maximumConnectionsPerListener == 10)
         #expect(tuned.limits.tenants.maximumConnectionsPerVM == 3 && tuned.limits.tenants.handshakeTimeoutSeconds == 2.5)
         #expect(tuned.limits.tenants.idleTimeoutSeconds == 0 && tuned.connectionLimits.outstandingRequests == 16)
         #expect(tuned.connectionLimits.outstandingBytes == 8 << 20 && tuned.limits.replyQueueBytes == 512 << 10)
         #expect(tuned.limits.xenRing == XenRingLimits(maxRequestsInFlight: 32, maxReplyBytes: 1 << 20))
         for bad in ["max-connections = 0", "handshake-timeout = -1", "reply-queue-bytes = 12Q",
-                    "max-outstanding-bytes = 99999999999999999999G", "xen-ring-requests = many"] {
+                    "max-outstanding-bytes = 99999999999999999999G", "xen-ring-requests = many",
+                    "tenant-cpu-nice = 21", "tenant-cpu-nice = -1"] {
             #expect(throws: ConfigurationError.self) { try DaemonConfiguration.parse(bad, defaults: config) }
         }
         let unit = try String(contentsOfFile: packageRoot + "/contrib/systemd/pvfsd.service", encoding: .utf8)

@@ -39,7 +39,9 @@ final class HostileDaemon {
         logPath = area.sub("pvfsd.log")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process = Process()
-        process.executableURL = URL(fileURLWithPath: try builtProduct("pvfsd"))
+        // PVFS_HOSTILE_PVFSD: another pvfsd binary (an earlier build, for before/after benches).
+        let executable = try ProcessInfo.processInfo.environment["PVFS_HOSTILE_PVFSD"] ?? builtProduct("pvfsd")
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = ["--config", config, "--log-level", "error"]
         var environment = ProcessInfo.processInfo.environment
         environment.removeValue(forKey: "PVFS_STORE")

@@ -19,8 +19,10 @@ import Testing
 /// Environment: `PVFS_HOSTILE_CYCLES` (abuse cycles of the memory test, default 10000; the
 /// full run is 100000), `PVFS_HOSTILE_LATENCY_ROUNDS` (quiet/loaded rounds, default 4),
 /// `PVFS_HOSTILE_LATENCY_SAMPLES` (requests per phase, default 2000), `PVFS_HOSTILE_SEED`
-/// (replays the random choices). bench/hostile-tenant.sh runs the latency and memory tests
-/// long and prints their numbers.
+/// (replays the random choices), `PVFS_HOSTILE_LOAD_IN_PROCESS` (the latency test's loads run
+/// in this process rather than in a child), `PVFS_HOSTILE_TENANT_CPU_NICE` (that setting for
+/// the latency test's pvfsd), `PVFS_HOSTILE_PVFSD` (another pvfsd binary, for before/after).
+/// bench/hostile-tenant.sh runs the latency and memory tests long and prints their numbers.
 @Suite("pvfsd: hostile tenants", .serialized)
 struct HostileTenantTests {
     static let environment = ProcessInfo.processInfo.environment
@@ -497,7 +499,7 @@ struct HostileTenantTests {
         case slowReaders = "slow readers"
         case reconnects = "reconnects, garbage"
         case everything = "all at once"
-        /// Not pvfsd: CPU-bound threads in this process, the machine's own share of the rise.
+        /// Not pvfsd: CPU-bound threads in the load's process, the machine's own share of the rise.
         case cpuControl = "control: 4 CPU spinners"
 
         /// The abuser's flood (nil for the control).
@@ -518,16 +520,19 @@ struct HostileTenantTests {
     /// request is answered correctly and in time (p99 under 250 ms; a request queued behind
     /// the slow readers' backlog would never be answered), and the abuser is served as well.
     ///
+    /// Each load runs in a child process in a scheduling group of its own (`ChildLoad`), as a
+    /// guest's load is another process; `PVFS_HOSTILE_LOAD_IN_PROCESS` runs it in this one.
     /// Quiet and loaded phases alternate, and the medians over the rounds of their p50 and p99
-    /// are printed side by side with a control load that never touches pvfsd (CPU-bound threads
-    /// in this process): on a machine of few cores any load raises the victim's p99, and the
-    /// control shows how much of that is the scheduler's. The victim's requests run on its own
+    /// are printed side by side with a control load that never touches pvfsd (CPU-bound
+    /// threads): on a machine of few cores any load raises the victim's p99, and the control
+    /// shows how much of that is the scheduler's. The victim's requests run on its own
     /// connection's thread and queue behind nothing of the abuser's, so a bound relative to the
     /// quiet p99 would measure the machine; bench/hostile-tenant.sh prints the table.
     @Test func anotherTenantIsServedWhileOneFloods() throws {
         let rounds = max(1, Self.environment["PVFS_HOSTILE_LATENCY_ROUNDS"].flatMap { Int($0) } ?? 4)
         let samples = max(100, Self.environment["PVFS_HOSTILE_LATENCY_SAMPLES"].flatMap { Int($0) } ?? 2000)
-        let daemon = try HostileDaemon()
+        let inProcess = Self.environment["PVFS_HOSTILE_LOAD_IN_PROCESS"] != nil
+        let daemon = try HostileDaemon(settings: Self.environment["PVFS_HOSTILE_TENANT_CPU_NICE"].map { ["tenant-cpu-nice = \($0)"] } ?? [])
         let victim = try Victim(daemon)
         for _ in 0..<500 { try victim.request() }
         func measure() throws -> [Double] {
@@ -543,35 +548,35 @@ struct HostileTenantTests {
         struct Phases {
             var quietP50: [Double] = [], quietP99: [Double] = [], loadedP50: [Double] = [], loadedP99: [Double] = []
             var loadedMax = 0.0
-            var abuserReplies = 0, abuserConnections = 0
+            var abuserReplies = 0, abuserConnections = 0, abuserRefusedAtTheCap = 0
         }
         var phases: [Load: Phases] = [:]
+        var loaded: [Double] = []
         for round in 0..<rounds {
             for load in Load.allCases {
                 let quiet = try measure()
-                let flood = load.flood.map { TenantFlood(port: daemon.abuserPort, shape: $0, seed: Self.seed &+ UInt64(round)) }
-                let spinning = StopFlag()
-                let spinners = DispatchGroup()
-                if let flood {
-                    flood.start()
+                let seed = Self.seed &+ UInt64(round)
+                var counts = (replies: 0, connections: 0, refusedAtTheCap: 0, problems: [String]())
+                if inProcess {
+                    let flood = load.flood.map { TenantFlood(port: daemon.abuserPort, shape: $0, seed: seed) }
+                    let spinning = StopFlag()
+                    let spinners = DispatchGroup()
+                    if let flood { flood.start() } else { Self.spin(threads: 4, until: spinning, group: spinners) }
+                    usleep(300_000)
+                    loaded = try measure()
+                    spinning.set()
+                    spinners.wait()
+                    flood?.stop()
+                    counts = (flood?.counts.replies ?? 0, flood?.counts.connections ?? 0, flood?.attachesRefusedAtTheCap ?? 0,
+                              flood?.problems ?? [])
                 } else {
-                    for _ in 0..<4 {
-                        spinners.enter()
-                        Thread {
-                            defer { spinners.leave() }
-                            var x: UInt64 = 1
-                            while !spinning.isSet { for _ in 0..<100_000 { x = x &* 6364136223846793005 &+ 1 } }
-                            if x == 0 { print("") }
-                        }.start()
-                    }
+                    let child = try ChildLoad(port: daemon.abuserPort, load: load, seed: seed)
+                    usleep(300_000)
+                    loaded = try measure()
+                    counts = try child.stop()
                 }
-                usleep(300_000)
-                let loaded = try measure()
-                spinning.set()
-                spinners.wait()
-                if let flood {
-                    flood.stop()
-                    #expect(flood.problems.isEmpty, "\(load.rawValue): \(flood.problems.prefix(3))")
+                if load.flood != nil {
+                    #expect(counts.problems.isEmpty, "\(load.rawValue): \(counts.problems.prefix(3))")
                     #expect(try waitForAbuserToLeave(daemon))
                 }
                 var p = phases[load] ?? Phases()
@@ -580,12 +585,16 @@ struct HostileTenantTests {
                 p.loadedP50.append(percentile(loaded, 0.5))
                 p.loadedP99.append(percentile(loaded, 0.99))
                 p.loadedMax = max(p.loadedMax, loaded.max() ?? 0)
-                p.abuserReplies += flood?.counts.replies ?? 0
-                p.abuserConnections += flood?.counts.connections ?? 0
+                p.abuserReplies += counts.replies
+                p.abuserConnections += counts.connections
+                p.abuserRefusedAtTheCap += counts.refusedAtTheCap
                 phases[load] = p
             }
         }
-        print("hostile: latency of the victim's requests (us; medians over \(rounds) rounds of \(samples) requests per phase)")
+        print("hostile: latency of the victim's requests (us; medians over \(rounds) rounds of \(samples) requests per phase; "
+              + "load \(inProcess ? "in the test's process" : "in a child process")); abuser demoted "
+              + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="abuser"}"#) ?? -1)) times, victim "
+              + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="victim"}"#) ?? 0)) times")
         print("hostile: load                      quiet p50    p99 | loaded p50    p99    max | p99 x quiet")
         for load in Load.allCases {
             guard let p = phases[load] else { continue }
@@ -597,9 +606,39 @@ struct HostileTenantTests {
             if load.flood.map({ $0.pipelines > 0 }) == true {
                 #expect(p.abuserReplies > 0, "\(load.rawValue): the abuser was not served")
             }
-            if load == .reconnects { #expect(p.abuserConnections > 0, "the abuser could not reconnect") }
+            if load == .reconnects {
+                #expect(p.abuserConnections > 0, "the abuser could not reconnect")
+                print("hostile: reconnects: \(p.abuserConnections) attached, \(p.abuserRefusedAtTheCap) refused at max-connections-per-vm")
+            }
         }
         try victim.check()
+        try finish(daemon)
+    }
+
+    /// What CPU accounting costs a tenant alone: replies per second to six connections of
+    /// pipelined requests (mixed, then 64 KiB reads), nobody else served. Run by
+    /// bench/hostile-tenant.sh (`PVFS_HOSTILE_THROUGHPUT=1`); with `PVFS_HOSTILE_PVFSD`, of
+    /// another build.
+    @Test(.enabled(if: environment["PVFS_HOSTILE_THROUGHPUT"] != nil))
+    func singleTenantThroughput() throws {
+        let daemon = try HostileDaemon()
+        for requests in [TenantFlood.PipelineRequests.mixed, .reads] {
+            var rates: [Double] = []
+            for round in 0..<5 {
+                let flood = TenantFlood(port: daemon.victimPort, aname: "victim",
+                                        shape: .init(pipelines: 6, slowReaders: 0, churners: 0, garbage: 0, requests: requests),
+                                        seed: Self.seed &+ UInt64(round))
+                flood.start()
+                usleep(300_000)
+                let before = flood.counts.replies, start = monotonicSeconds()
+                usleep(2_000_000)
+                rates.append(Double(flood.counts.replies - before) / (monotonicSeconds() - start))
+                flood.stop()
+                #expect(flood.problems.isEmpty, "\(flood.problems.prefix(3))")
+            }
+            print(String(format: "hostile: throughput: one tenant, 6 pipelined connections, %@: %.0f replies/s (median of 5 rounds of 2 s)",
+                         requests.rawValue, median(rates)))
+        }
         try finish(daemon)
     }
 

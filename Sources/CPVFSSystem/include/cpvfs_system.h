@@ -70,4 +70,12 @@ static const uint64_t CPVFS_RESOLVE_NO_XDEV = 0x01;
 static const uint64_t CPVFS_RESOLVE_NO_SYMLINKS = 0x04;
 static const uint64_t CPVFS_RESOLVE_BENEATH = 0x08;
 
+/// The calling thread's kernel id (gettid(2)); setpriority(PRIO_PROCESS, tid) sets one thread's nice.
+int cpvfs_gettid(void);
+/// CPU time the calling thread has used, in nanoseconds (CLOCK_THREAD_CPUTIME_ID); 0 if unavailable.
+uint64_t cpvfs_thread_cpu_nanoseconds(void);
+/// One thread's scheduling class: nice -20...19 under SCHED_OTHER, or 20 for SCHED_IDLE (which the
+/// kernel itself treats as nice 20). 0, or the error number.
+int cpvfs_set_thread_nice(int tid, int nice);
+
 #endif

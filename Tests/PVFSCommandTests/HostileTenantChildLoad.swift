@@ -1,0 +1,130 @@
+import Foundation
+import Glibc
+import Testing
+
+/// One loaded phase's load run by a child process: this test binary again, running only
+/// `HostileTenantTests.loadInAChildProcess`. On a host each guest is a QEMU process of its own
+/// (in a cgroup of its own, of the same weight as the others'); the child runs in a session of
+/// its own (setsid), so the kernel puts it in a scheduling group (autogroup) of its own as
+/// well, of the same weight as the test's (whose group pvfsd shares). Its client threads thus
+/// compete with the victim's client as a guest's would, not as threads of the victim's own
+/// process.
+final class ChildLoad {
+    static let environmentKey = "PVFS_HOSTILE_CHILD_LOAD"
+    private let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+    private var buffered: [UInt8] = []
+
+    init(port: UInt16, load: HostileTenantTests.Load, seed: UInt64) throws {
+        // setsid(1) forks when it has to (Process makes the child a process group leader, which
+        // cannot start a session) and waits: closing the pipes still reaches the load.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        process.arguments = ["--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+                             "--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
+        var environment = ProcessInfo.processInfo.environment
+        environment[Self.environmentKey] = "\(port) \(load) \(seed)"
+        process.environment = environment
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        guard let ready = try line(startingWith: "hostile-load: ready") else {
+            throw TestSupportError("the child load did not start")
+        }
+        // "hostile-load: ready /autogroup-N nice 0": not the test's own scheduling group.
+        let own = (try? String(contentsOfFile: "/proc/self/autogroup", encoding: .utf8)) ?? ""
+        let group = ready.dropFirst("hostile-load: ready ".count).split(separator: " ").first.map(String.init) ?? ""
+        guard !group.isEmpty, !own.hasPrefix(group + " ") else {
+            throw TestSupportError("the child load runs in the test's scheduling group (\(own))")
+        }
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    /// The next line of the child's output that starts with `prefix` (nil at its end).
+    private func line(startingWith prefix: String) throws -> String? {
+        let fd = output.fileHandleForReading.fileDescriptor
+        while true {
+            while let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                let text = String(decoding: buffered[..<newline], as: UTF8.self)
+                buffered.removeSubrange(...newline)
+                if let start = text.range(of: prefix) { return String(text[start.lowerBound...]) }
+            }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &chunk, chunk.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return nil }
+            buffered += chunk[..<n]
+        }
+    }
+
+    /// Ends the load (closing the child's stdin) and returns what its flood counted.
+    func stop() throws -> (replies: Int, connections: Int, refusedAtTheCap: Int, problems: [String]) {
+        try input.fileHandleForWriting.close()
+        var problems: [String] = []
+        var counts = (0, 0, 0)
+        while let text = try line(startingWith: "hostile-load: ") {
+            let words = text.split(separator: " ")
+            if words.count == 5 && words[1] == "counts" {
+                counts = (Int(words[2]) ?? 0, Int(words[3]) ?? 0, Int(words[4]) ?? 0)
+            } else if words.count > 2 && words[1] == "problem" {
+                problems.append(words.dropFirst(2).joined(separator: " "))
+            }
+        }
+        process.waitUntilExit()
+        if process.terminationStatus != 0 { problems.append("the child load exited \(process.terminationStatus)") }
+        return (counts.0, counts.1, counts.2, problems)
+    }
+}
+
+extension HostileTenantTests {
+    /// The child's side of `ChildLoad`: runs one load until its stdin closes, then prints its
+    /// counts and problems. Runs only in a child (`PVFS_HOSTILE_CHILD_LOAD`).
+    @Test(.enabled(if: environment[ChildLoad.environmentKey] != nil))
+    func loadInAChildProcess() throws {
+        let words = (Self.environment[ChildLoad.environmentKey] ?? "").split(separator: " ").map(String.init)
+        guard words.count == 3, let port = UInt16(words[0]), let load = Load.allCases.first(where: { "\($0)" == words[1] }),
+              let seed = UInt64(words[2]) else {
+            Issue.record("bad \(ChildLoad.environmentKey)")
+            return
+        }
+        let flood = load.flood.map { TenantFlood(port: port, shape: $0, seed: seed) }
+        let spinning = StopFlag()
+        let spinners = DispatchGroup()
+        if let flood {
+            flood.start()
+        } else {
+            HostileTenantTests.spin(threads: 4, until: spinning, group: spinners)
+        }
+        let group = (try? String(contentsOfFile: "/proc/self/autogroup", encoding: .utf8)) ?? "none"
+        print("hostile-load: ready \(group.trimmingCharacters(in: .whitespacesAndNewlines))")
+        fflush(nil)
+        var byte: UInt8 = 0
+        while read(0, &byte, 1) > 0 {}
+        spinning.set()
+        spinners.wait()
+        flood?.stop()
+        print("hostile-load: counts \(flood?.counts.replies ?? 0) \(flood?.counts.connections ?? 0) \(flood?.attachesRefusedAtTheCap ?? 0)")
+        for problem in flood?.problems ?? [] { print("hostile-load: problem \(problem.replacingOccurrences(of: "\n", with: " "))") }
+        fflush(nil)
+    }
+
+    /// CPU-bound threads that never touch pvfsd, until `flag` is set.
+    static func spin(threads: Int, until flag: StopFlag, group: DispatchGroup) {
+        for _ in 0..<threads {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                var x: UInt64 = 1
+                while !flag.isSet { for _ in 0..<100_000 { x = x &* 6364136223846793005 &+ 1 } }
+                if x == 0 { print("") }
+            }.start()
+        }
+    }
+}
