@@ -528,7 +528,7 @@ struct HostileTenantTests {
     /// shows how much of that is the scheduler's. The victim's requests run on its own
     /// connection's thread and queue behind nothing of the abuser's, so a bound relative to the
     /// quiet p99 would measure the machine; bench/hostile-tenant.sh prints the table.
-    @Test func anotherTenantIsServedWhileOneFloods() throws {
+    @Test(.tags(.slow), .slowTestsOnly) func anotherTenantIsServedWhileOneFloods() throws {
         let rounds = max(1, Self.environment["PVFS_HOSTILE_LATENCY_ROUNDS"].flatMap { Int($0) } ?? 4)
         let samples = max(100, Self.environment["PVFS_HOSTILE_LATENCY_SAMPLES"].flatMap { Int($0) } ?? 2000)
         let inProcess = Self.environment["PVFS_HOSTILE_LOAD_IN_PROCESS"] != nil
