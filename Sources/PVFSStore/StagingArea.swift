@@ -29,7 +29,14 @@ public final class StagingArea: @unchecked Sendable {
         let token = makeIngestToken()
         self.token = token
         do {
-            guard let lock = try LockFile.acquire(at: store.temporaryDirectory, StoreLayout.ingestLock(token), exclusive: true, nonBlocking: true) else {
+            // The token is new, so only a cleanup checking whether this area's ingest still runs
+            // (between our open and our lock) can hold it, for as long as that check takes.
+            var acquired: LockFile?
+            for attempt in 0..<100 where acquired == nil {
+                if attempt > 0 { usleep(10_000) }
+                acquired = try LockFile.acquire(at: store.temporaryDirectory, StoreLayout.ingestLock(token), exclusive: true, nonBlocking: true)
+            }
+            guard let lock = acquired else {
                 throw PVFSError(.store, "cannot lock a new staging area in \(store.path)/\(StoreLayout.temporary)", errno: .resourceBusy)
             }
             self.lock = lock

@@ -1,4 +1,0 @@
-import Testing
-@testable import PVFSSystem
-
-@Test func placeholder() {}
