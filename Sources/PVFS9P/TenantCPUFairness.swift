@@ -147,6 +147,22 @@ public final class TenantCPUFairness: @unchecked Sendable {
         apply(demoted, to: state)
     }
 
+    /// Charges what the calling thread used to the tenant it served, and runs it at normal
+    /// priority again with no tenant: a pool worker between jobs takes the pool's shared lock,
+    /// which it must not hold at a demoted tenant's priority.
+    public func finish() {
+        let state = Self.threadState()
+        guard let tenant = state.tenant else { return }
+        let now = ThreadCPU.currentThreadNanoseconds
+        let used = now &- state.lastCPU
+        state.lastCPU = now
+        lock.lock()
+        chargeLocked(tenant, used)
+        lock.unlock()
+        state.tenant = nil
+        apply(false, to: state)
+    }
+
     private func apply(_ demoted: Bool, to state: ThreadState) {
         guard demotes else { return }
         let nice = demoted ? settings.demotedNice : 0

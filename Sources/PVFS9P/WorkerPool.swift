@@ -157,7 +157,7 @@ public final class NinePWorkerPool: @unchecked Sendable {
             if let fairness {
                 fairness.serve(tenant)
                 job()
-                fairness.charge()
+                fairness.finish()
             } else {
                 job()
             }

@@ -206,9 +206,11 @@ extension Volume {
         metaLock.unlock()
         guard r.kind == .regular else { throw Errno.invalidArgument }
         if r.data == .privateFile { return }
-        try requireRoomToGrow()
 
         let size = min(r.size, limit ?? r.size)
+        // A copy-up of nothing (open with O_TRUNC, truncate to 0) takes no space: allowed on a
+        // full filesystem like any truncate.
+        if size > 0 { try requireRoomToGrow() }
         var after = r
         after.data = .privateFile
         let before = Charge.of(r, createdByVM: !isTemplateInode(ino), privateSize: nil, xattrBytes: 0)

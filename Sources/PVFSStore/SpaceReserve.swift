@@ -36,23 +36,27 @@ public final class SpaceReserve: Sendable {
     public let bytes: Int64
     private let directory: FileDescriptor
     private let logger: Logger
-    /// Whether the reserve file is missing (released, or not yet allocated for lack of room).
-    private let depleted = Atomic<Bool>(false)
+    /// The reserve file, open, while this process sees it in place. Whether the reserve is held
+    /// is read from the file itself (its link count), not remembered: another process sharing
+    /// the store (a command, a host mount) or an admin may delete it at any time.
+    private let held = Mutex<FileDescriptor?>(nil)
     /// Whether this process released the reserve since it last allocated it (for the log).
     private let released = Atomic<Bool>(false)
-    /// Serialises allocating and releasing the file.
-    private let lock = Mutex<Void>(())
+    /// The largest reserve honoured (1 TiB): larger settings are clamped, so no size arithmetic
+    /// can overflow.
+    static let maximumBytes: Int64 = 1 << 40
 
     init(directory: FileDescriptor, bytes: Int64, logger: Logger) {
         self.directory = directory
-        self.bytes = max(0, bytes)
+        self.bytes = min(Self.maximumBytes, max(0, bytes))
         self.logger = logger
-        if self.bytes > 0 {
-            depleted.store(true, ordering: .relaxed)
-            _ = restore()
-        }
+        if self.bytes > 0 { _ = restore() }
         // Without a reserve of its own, a process leaves the file alone: another process
         // sharing the store may count on it.
+    }
+
+    deinit {
+        held.withLock { $0?.closeQuietly() }
     }
 
     /// Parses a size as the environment variable gives it ("8M", "65536", "0").
@@ -68,6 +72,7 @@ public final class SpaceReserve: Sendable {
         }
         if unit != 1 { digits.removeLast() }
         guard let value = Int64(digits), value >= 0 else { return nil }
+        // Anything above `maximumBytes` is clamped to it at use.
         let (product, overflow) = value.multipliedReportingOverflow(by: unit)
         return overflow ? nil : product
     }
@@ -75,21 +80,32 @@ public final class SpaceReserve: Sendable {
     /// Whether the store's filesystem may take more data: false while the reserve is depleted
     /// and the filesystem still has no room to allocate it again.
     public func admitsGrowth() -> Bool {
-        if !depleted.load(ordering: .relaxed) { return true }
+        guard bytes > 0 else { return true }
+        if isHeld { return true }
         return restore()
     }
 
-    /// Whether the reserve file is in place.
-    public var isHeld: Bool { bytes > 0 && !depleted.load(ordering: .relaxed) }
+    /// Whether the reserve file is in place (one fstat: deleted by anyone, it is depleted).
+    public var isHeld: Bool {
+        guard bytes > 0 else { return false }
+        return held.withLock { file in
+            guard let current = file else { return false }
+            if let st = try? current.stat(), st.linkCount > 0 { return true }
+            current.closeQuietly()
+            file = nil
+            return false
+        }
+    }
 
     /// Deletes the reserve file so that a catalog commit that found the filesystem full can go
     /// through, and refuses growth until it is allocated again. Returns whether this call freed
     /// the space (false when the file was already gone).
     func release() -> Bool {
         guard bytes > 0 else { return false }
-        return lock.withLock { _ in
-            let wasHeld = !depleted.load(ordering: .relaxed)
-            depleted.store(true, ordering: .relaxed)
+        return held.withLock { file in
+            let wasHeld = file != nil
+            file?.closeQuietly()
+            file = nil
             do throws(Errno) {
                 try directory.unlink(at: StoreLayout.spaceReserve)
             } catch {
@@ -106,40 +122,48 @@ public final class SpaceReserve: Sendable {
     }
 
     /// Allocates the reserve file again when the filesystem has room for it and as much again
-    /// (so the data writes it lets in do not fill the filesystem at once). Returns whether the
-    /// reserve is held.
+    /// (so the data writes it lets in do not fill the filesystem at once); a statfs while the
+    /// filesystem is still full. Returns whether the reserve is held.
     @discardableResult
     func restore() -> Bool {
         guard bytes > 0 else { return true }
-        let existing = Self.allocatedBytes(directory)
-        if existing < bytes {
-            // Room for the reserve and as much again; the file's own blocks count as room.
-            guard let stats = try? directory.fileSystemStatistics() else { return false }
-            let available = Int64(clamping: stats.availableBlocks.multipliedReportingOverflow(by: stats.fragmentSize).partialValue)
-            guard available + existing >= 2 * bytes else { return false }
-        }
-        return lock.withLock { _ in
-            guard depleted.load(ordering: .relaxed) else { return true }
-            if existing >= bytes {
-                depleted.store(false, ordering: .relaxed)
-                return true
+        // Everything below under the lock: what is measured is what is decided on.
+        return held.withLock { file in
+            if let current = file, let st = try? current.stat(), st.linkCount > 0 { return true }
+            file?.closeQuietly()
+            file = nil
+            let existing = Self.allocatedBytes(directory)
+            if existing < bytes {
+                // Room for the reserve and as much again; the file's own blocks count as room.
+                guard let stats = try? directory.fileSystemStatistics() else { return false }
+                let available = Int64(clamping: stats.availableBlocks.multipliedReportingOverflow(by: stats.fragmentSize).partialValue)
+                guard available.addingReportingOverflow(existing).partialValue >= 2 * bytes else { return false }
             }
             do throws(Errno) {
-                let file = try FileDescriptor.open(at: directory, StoreLayout.spaceReserve, [.writeOnly, .create], mode: 0o600)
-                defer { file.closeQuietly() }
-                do throws(Errno) {
-                    try file.allocate(mode: 0, offset: 0, length: bytes)
-                } catch where error == .notSupported {
-                    try Self.writeZeros(file, bytes)
+                let reserve = try FileDescriptor.open(at: directory, StoreLayout.spaceReserve, [.readWrite, .create, .noFollow], mode: 0o600)
+                if existing < bytes {
+                    do throws(Errno) {
+                        try reserve.allocate(mode: 0, offset: 0, length: bytes)
+                    } catch where error == .notSupported {
+                        do throws(Errno) {
+                            try Self.writeZeros(reserve, bytes)
+                        } catch {
+                            reserve.closeQuietly()
+                            throw error
+                        }
+                    } catch {
+                        reserve.closeQuietly()
+                        throw error
+                    }
                 }
+                file = reserve
             } catch {
                 try? directory.unlink(at: StoreLayout.spaceReserve)
                 return false
             }
-            depleted.store(false, ordering: .relaxed)
             if released.exchange(false, ordering: .relaxed) {
                 logger.notice("space back: space reserve allocated again", metadata: ["reserve-bytes": "\(bytes)"])
-            } else {
+            } else if existing < bytes {
                 logger.debug("space reserve allocated", metadata: ["reserve-bytes": "\(bytes)"])
             }
             return true
@@ -187,16 +211,26 @@ extension Store {
     /// space reserve and runs it once more. A failed SQLite transaction changed nothing, so
     /// running it again is safe.
     func withSpaceReserve<T>(_ write: () throws -> T) throws -> T {
-        do {
-            let result = try write()
-            if spaceReserve.bytes > 0 && !spaceReserve.isHeld { spaceReserve.restore() }
-            return result
-        } catch let error as DatabaseError where error.resultCode == .SQLITE_FULL {
-            guard spaceReserve.bytes > 0 else { throw error }
-            // Once more even when another thread or process released the file a moment ago:
-            // the space it freed may be what this commit needs.
-            _ = spaceReserve.release()
-            return try write()
+        var attempt = 0
+        while true {
+            do {
+                let result = try write()
+                if spaceReserve.bytes > 0 && !spaceReserve.isHeld { spaceReserve.restore() }
+                return result
+            } catch let error as DatabaseError where Self.isFilesystemFull(error) && spaceReserve.bytes > 0 && attempt < 5 {
+                // Again even when another thread or process released the file a moment ago: the
+                // space it freed may be what this commit needs. Filesystems that free an unlinked
+                // file's blocks at their next commit (btrfs, ZFS) need a moment: a few tries.
+                if attempt > 0 { usleep(UInt32(50_000 << min(attempt, 3))) }
+                _ = spaceReserve.release()
+                attempt += 1
+            }
         }
+    }
+
+    /// SQLITE_FULL, or the shared-memory index failing to grow (SQLITE_IOERR_SHMSIZE): both are
+    /// a full filesystem to SQLite's WAL.
+    static func isFilesystemFull(_ error: DatabaseError) -> Bool {
+        error.resultCode == .SQLITE_FULL || error.extendedResultCode == .SQLITE_IOERR_SHMSIZE
     }
 }

@@ -113,6 +113,22 @@ func fillUntilRefused(_ view: VMView, _ name: String, _ chunk: [UInt8]) throws -
 /// commit, which needs room in SQLite's log) must still succeed and give the space back.
 @Suite("a completely full store filesystem", .serialized)
 struct FullFileSystemTests {
+    /// Whether the reserve is in place is read from the file: one deleted by another process
+    /// (a command that released it, an admin) counts as released at once, and the next check
+    /// that finds room allocates it again.
+    @Test func aReserveDeletedByAnotherProcessIsSeenAndAllocatedAgain() throws {
+        let scratch = try TemporaryDirectory("pvfs-reserve-test")
+        let store = try Store(path: scratch.sub("store"), spaceReserve: 1 << 20)
+        let reserve = store.spaceReserve
+        #expect(reserve.isHeld)
+        #expect(unlink(scratch.sub("store/reserve")) == 0)
+        #expect(!reserve.isHeld, "a deleted reserve still counted as held")
+        #expect(reserve.admitsGrowth())
+        #expect(reserve.isHeld)
+        var st = stat()
+        #expect(stat(scratch.sub("store/reserve"), &st) == 0 && st.st_blocks * 512 >= 1 << 20)
+    }
+
     @Test(arguments: SmallFileSystem.Kind.allCases)
     func guestFillsTheFileSystemThenFreesSpace(_ kind: SmallFileSystem.Kind) throws {
         let fs = try SmallFileSystem(kind, megabytes: 64)
