@@ -9,8 +9,8 @@ import SystemPackage
 /// its requests) charges the CPU time it used to that tenant: it reads its own CPU clock each
 /// time it starts serving a tenant and after each request. Every `window` the tenants' use is
 /// compared: a tenant using more than `overShare` times its fair share, the mean use of the
-/// tenants competing for pvfsd's CPU, is demoted, and the threads serving it run at `demotedNice` (by default
-/// SCHED_IDLE) until its use falls back to its share. Tenants under their share run at normal priority, so on a busy
+/// tenants competing for pvfsd's CPU, is demoted, and the threads serving it run at `demotedNice`
+/// until its use falls back to its share (with the default 0, nobody is demoted: CPU is accounted). Tenants under their share run at normal priority, so on a busy
 /// machine their requests preempt the demoted tenant's at wakeup. A lone busy tenant is never
 /// demoted (it uses its whole share), and a demoted one still gets every CPU nobody else wants:
 /// nice and SCHED_IDLE lower a thread's weight (SCHED_IDLE to the least), they never stop it.
@@ -24,8 +24,9 @@ public final class TenantCPUFairness: @unchecked Sendable {
     public struct Settings: Sendable, Equatable {
         /// Nice value (1...19) of threads serving a tenant over its share, or 20 for SCHED_IDLE
         /// (any other runnable thread preempts them at wakeup; when the CPU is free they run as
-        /// any other); 0 accounts CPU without demoting anyone.
-        public var demotedNice: Int32 = 20
+        /// any other); 0, the default, accounts CPU without demoting anyone (demotion has not
+        /// yet shown a gain, and can demote a victim in an abuser's place: docs/operations.md).
+        public var demotedNice: Int32 = 0
         /// How often shares are compared.
         public var windowNanoseconds: UInt64 = 100_000_000
         /// A tenant is demoted above this multiple of its fair share, and promoted again below 1.
@@ -120,47 +121,37 @@ public final class TenantCPUFairness: @unchecked Sendable {
     /// The calling thread serves `tenant` from now on: what it used since its last call is
     /// charged to the tenant it served then, and it runs at `tenant`'s priority.
     public func serve(_ tenant: Tenant) {
-        let state = Self.threadState()
-        let now = ThreadCPU.currentThreadNanoseconds
-        let used = now &- state.lastCPU
-        state.lastCPU = now
-        lock.lock()
-        if let previous = state.tenant { chargeLocked(previous, used) }
-        let demoted = accounts[tenant]?.demoted ?? false
-        lock.unlock()
-        state.tenant = tenant
-        apply(demoted, to: state)
+        moveThread(to: tenant)
     }
 
     /// Charges what the calling thread used since its last call to the tenant it serves, and
     /// updates its priority if that tenant was demoted or promoted meanwhile.
     public func charge() {
-        let state = Self.threadState()
-        guard let tenant = state.tenant else { return }
-        let now = ThreadCPU.currentThreadNanoseconds
-        let used = now &- state.lastCPU
-        state.lastCPU = now
-        lock.lock()
-        chargeLocked(tenant, used)
-        let demoted = accounts[tenant]?.demoted ?? false
-        lock.unlock()
-        apply(demoted, to: state)
+        guard let tenant = Self.threadState().tenant else { return }
+        moveThread(to: tenant)
     }
 
     /// Charges what the calling thread used to the tenant it served, and runs it at normal
     /// priority again with no tenant: a pool worker between jobs takes the pool's shared lock,
     /// which it must not hold at a demoted tenant's priority.
     public func finish() {
+        guard Self.threadState().tenant != nil else { return }
+        moveThread(to: nil)
+    }
+
+    /// Charges the calling thread's CPU since its last call to the tenant it served, and makes it
+    /// serve `next` (nil: nobody) at `next`'s priority.
+    private func moveThread(to next: Tenant?) {
         let state = Self.threadState()
-        guard let tenant = state.tenant else { return }
         let now = ThreadCPU.currentThreadNanoseconds
         let used = now &- state.lastCPU
         state.lastCPU = now
         lock.lock()
-        chargeLocked(tenant, used)
+        if let previous = state.tenant { chargeLocked(previous, used) }
+        let demoted = next.map { accounts[$0]?.demoted ?? false } ?? false
         lock.unlock()
-        state.tenant = nil
-        apply(false, to: state)
+        state.tenant = next
+        apply(demoted, to: state)
     }
 
     private func apply(_ demoted: Bool, to state: ThreadState) {

@@ -28,9 +28,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var xenRing = XenRingLimits()
         /// Nice value (1...19; 20: SCHED_IDLE) of the threads serving a tenant that uses more
         /// than its share of pvfsd's CPU (`TenantCPUFairness`); 0: account CPU per tenant,
-        /// demote nobody (the default: demotion has not yet shown a gain, and a victim can be
-        /// demoted in an abuser's place; docs/operations.md).
-        public var tenantCPUNice: Int32 = 0
+        /// demote nobody (the default).
+        public var tenantCPUNice: Int32 = TenantCPUFairness.Settings().demotedNice
 
         public init() {}
 
