@@ -303,9 +303,10 @@ public final class VMOverlayCatalog: Sendable {
     /// blocks reserved for root do), since writes get ENOSPC until it is allocated again.
     public func hostStatistics() throws(Errno) -> FileSystemStatistics {
         let reserve = store.spaceReserve
-        _ = reserve.admitsGrowth()  // allocates it again if space came back
+        // admitsGrowth allocates the reserve again if space came back.
+        let depleted = !reserve.admitsGrowth()
         var statistics = try store.fileSystemStatistics()
-        if reserve.bytes > 0 && !reserve.isHeld {
+        if depleted {
             let reserveBlocks = UInt64(reserve.bytes) / max(1, statistics.fragmentSize)
             statistics.availableBlocks -= min(statistics.availableBlocks, reserveBlocks)
         }

@@ -88,13 +88,16 @@ public final class SpaceReserve: Sendable {
     /// Whether the reserve file is in place (one fstat: deleted by anyone, it is depleted).
     public var isHeld: Bool {
         guard bytes > 0 else { return false }
-        return held.withLock { file in
-            guard let current = file else { return false }
-            if let st = try? current.stat(), st.linkCount > 0 { return true }
-            current.closeQuietly()
-            file = nil
-            return false
-        }
+        return held.withLock { Self.stillInPlace(&$0) }
+    }
+
+    /// Whether `file` (the reserve, open) still has its name; forgets it when not. Under `held`.
+    private static func stillInPlace(_ file: inout FileDescriptor?) -> Bool {
+        guard let current = file else { return false }
+        if let st = try? current.stat(), st.linkCount > 0 { return true }
+        current.closeQuietly()
+        file = nil
+        return false
     }
 
     /// Deletes the reserve file so that a catalog commit that found the filesystem full can go
@@ -129,9 +132,7 @@ public final class SpaceReserve: Sendable {
         guard bytes > 0 else { return true }
         // Everything below under the lock: what is measured is what is decided on.
         return held.withLock { file in
-            if let current = file, let st = try? current.stat(), st.linkCount > 0 { return true }
-            file?.closeQuietly()
-            file = nil
+            if Self.stillInPlace(&file) { return true }
             let existing = Self.allocatedBytes(directory)
             if existing < bytes {
                 // Room for the reserve and as much again; the file's own blocks count as room.
@@ -141,20 +142,11 @@ public final class SpaceReserve: Sendable {
             }
             do throws(Errno) {
                 let reserve = try FileDescriptor.open(at: directory, StoreLayout.spaceReserve, [.readWrite, .create, .noFollow], mode: 0o600)
-                if existing < bytes {
-                    do throws(Errno) {
-                        try reserve.allocate(mode: 0, offset: 0, length: bytes)
-                    } catch where error == .notSupported {
-                        do throws(Errno) {
-                            try Self.writeZeros(reserve, bytes)
-                        } catch {
-                            reserve.closeQuietly()
-                            throw error
-                        }
-                    } catch {
-                        reserve.closeQuietly()
-                        throw error
-                    }
+                do throws(Errno) {
+                    if existing < bytes { try Self.allocate(reserve, bytes) }
+                } catch {
+                    reserve.closeQuietly()
+                    throw error
                 }
                 file = reserve
             } catch {
@@ -175,8 +167,12 @@ public final class SpaceReserve: Sendable {
         return st.blocks.multipliedReportingOverflow(by: 512).partialValue
     }
 
-    /// For filesystems without fallocate(2).
-    private static func writeZeros(_ file: FileDescriptor, _ bytes: Int64) throws(Errno) {
+    /// fallocate(2), or zeros written where the filesystem has none.
+    private static func allocate(_ file: FileDescriptor, _ bytes: Int64) throws(Errno) {
+        do throws(Errno) {
+            try file.allocate(mode: 0, offset: 0, length: bytes)
+            return
+        } catch where error == .notSupported {}
         let chunk = [UInt8](repeating: 0, count: 1 << 20)
         var offset: Int64 = 0
         while offset < bytes {
@@ -215,7 +211,7 @@ extension Store {
         while true {
             do {
                 let result = try write()
-                if spaceReserve.bytes > 0 && !spaceReserve.isHeld { spaceReserve.restore() }
+                _ = spaceReserve.admitsGrowth()  // allocates the reserve again if it can
                 return result
             } catch let error as DatabaseError where Self.isFilesystemFull(error) && spaceReserve.bytes > 0 && attempt < 5 {
                 // Again even when another thread or process released the file a moment ago: the
