@@ -100,7 +100,7 @@ let package = Package(
         .target(name: "PVFSTestSupport", dependencies: ["PVFS9PCodec", "PVFSStore", "PVFSSystem", grdb, system],
                 path: "Tests/PVFSTestSupport"),
         // Each test target declares every module it imports (scripts/check-layers).
-        .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem", "PVFSTestSupport", system]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore", "PVFSSystem", grdb, system]),
         .testTarget(name: "PVFSEngineTests", dependencies: [
             "PVFSEngine", "PVFSStore", "PVFSSystem", "PVFSTestSupport", grdb, logging, system,

@@ -1,5 +1,6 @@
 import Foundation
 import PVFSSystem
+import PVFSTestSupport
 import Testing
 @testable import PVFS9P
 
@@ -85,11 +86,11 @@ struct TenantCPUFairnessTests {
         Self.onThread {
             let id = ThreadCPU.currentThreadID
             fairness.serve(.vm("heavy"))
-            policies.append(Self.policy(ofThread: id))
+            policies.withLock { $0.append(Self.policy(ofThread: id)) }
             fairness.serve(.vm("light"))
-            policies.append(Self.policy(ofThread: id))
+            policies.withLock { $0.append(Self.policy(ofThread: id)) }
         }
-        #expect(policies.value == [5, 0])   // SCHED_IDLE, SCHED_OTHER
+        #expect(policies.withLock { $0 } == [5, 0])   // SCHED_IDLE, SCHED_OTHER
     }
 
     /// With tenant-cpu-nice 0, CPU is accounted and nobody is demoted.
@@ -101,10 +102,3 @@ struct TenantCPUFairnessTests {
     }
 }
 
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Value
-    init(_ value: Value) { stored = value }
-    var value: Value { lock.lock(); defer { lock.unlock() }; return stored }
-    func append<Element>(_ element: Element) where Value == [Element] { lock.lock(); stored.append(element); lock.unlock() }
-}

@@ -50,18 +50,6 @@ struct CatalogTortureTests {
     }
 }
 
-/// A value shared by the round's threads.
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-}
-
 /// Tells a round's workers to stop.
 final class StopFlag: Sendable {
     private let flag = Atomic<Bool>(false)

@@ -3,6 +3,7 @@ import Glibc
 import SystemPackage
 import Testing
 @testable import PVFSSystem
+import PVFSTestSupport
 
 @Suite("lock files") struct LockFileTests {
     func scratch() throws -> (String, FileDescriptor) {
@@ -23,7 +24,7 @@ import Testing
         }
         var first: LockFile? = try #require(try LockFile.acquire(at: directory, "x.lock", exclusive: true, nonBlocking: true))
         let waiterHolds = DispatchSemaphore(value: 0)
-        let waiter = LockedBox<LockFile?>(nil)
+        let waiter = Locked<LockFile?>(nil)
         Thread {
             let lock = try? LockFile.acquire(at: directory, "x.lock", exclusive: true, nonBlocking: false)
             waiter.withLock { $0 = lock }
@@ -55,17 +56,5 @@ import Testing
         held = nil
         #expect(held == nil)
         #expect(try LockFile.acquire(at: directory, "y.lock", exclusive: true, nonBlocking: true) != nil)
-    }
-}
-
-/// A value behind a lock, for the test's threads.
-final class LockedBox<Value>: @unchecked Sendable {
-    private var value: Value
-    private let lock = NSLock()
-    init(_ value: Value) { self.value = value }
-    func withLock<T>(_ body: (inout Value) -> T) -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
     }
 }
