@@ -342,6 +342,11 @@ public struct DiskUsage: ParsableCommand, StoreCommand {
             try output.emit(r) {
                 let templateLogical = r.templates.reduce(Int64(0)) { $0 + $1.logicalBytes }
                 print("store \(store.path): filesystem \(formatBytes(r.filesystemBytes)), \(formatBytes(r.filesystemFreeBytes)) free")
+                if r.reserveBytes > 0 {
+                    print(r.reserveHeld
+                        ? "space reserve \(formatBytes(r.reserveAllocatedBytes).leftPad(10))  held for catalog commits on a full filesystem"
+                        : "space reserve \(formatBytes(0).leftPad(10))  IN USE: the filesystem filled up; writes and ingests get ENOSPC until \(formatBytes(2 * r.reserveBytes)) are free")
+                }
                 print("physical      \(formatBytes(r.physicalBytes).leftPad(10))  blobs \(formatBytes(r.blobAllocatedBytes)) in \(r.blobCount) files, "
                       + "private files \(formatBytes(r.privateAllocatedBytes)), catalog \(formatBytes(r.catalogBytes)), tmp \(formatBytes(r.temporaryBytes))")
                 print("logical       \(formatBytes(r.logicalBytes).leftPad(10))  templates \(formatBytes(templateLogical)), "

@@ -58,6 +58,12 @@ public struct SpaceReport: Codable, Sendable {
     /// The filesystem holding the store.
     public var filesystemBytes: Int64 = 0
     public var filesystemFreeBytes: Int64 = 0
+    /// The space reserve (`SpaceReserve`): its configured size, the space its file takes now, and
+    /// whether it is in place (false: a full filesystem made the catalog use it, and growth is
+    /// refused until it can be allocated again).
+    public var reserveBytes: Int64 = 0
+    public var reserveAllocatedBytes: Int64 = 0
+    public var reserveHeld = false
     public var templates: [TemplateSpace] = []
     public var vms: [VMSpace] = []
 }
@@ -80,6 +86,9 @@ extension Store {
         // fstatat takes no descriptor of SQLite's files (closing one would drop SQLite's locks).
         report.catalogBytes = StoreLayout.catalogFiles.reduce(0) { $0 + ((try? root.stat(at: $1))?.blocks ?? 0) * 512 }
         report.temporaryBytes = Self.allocatedBytes(below: temporaryDirectory)
+        report.reserveBytes = spaceReserve.bytes
+        report.reserveHeld = spaceReserve.admitsGrowth() && spaceReserve.isHeld
+        report.reserveAllocatedBytes = ((try? root.stat(at: StoreLayout.spaceReserve))?.blocks ?? 0) * 512
 
         // Private files per VM directory: inode -> (size, allocated).
         var privateByVM: [Int64: [Int64: (size: Int64, allocated: Int64)]] = [:]

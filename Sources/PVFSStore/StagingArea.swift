@@ -301,6 +301,7 @@ extension StagingArea {
     /// Creates a new staged file: an O_TMPFILE where the filesystem has them (created in the
     /// staging directory, so the inode is allocated near it), else a new name.
     func createStagedFile() throws(Errno) -> Writer {
+        try requireRoomToGrow()
         if anonymousFiles.load(ordering: .relaxed) != 2 {
             do throws(Errno) {
                 let fd = try FileDescriptor.open(at: directory, ".", [.readWrite, .temporaryFile], mode: 0o444)
@@ -312,6 +313,13 @@ extension StagingArea {
         let name = newStagedName()
         let fd = try FileDescriptor.open(at: directory, name, [.readWrite, .create, .exclusive, .noFollow], mode: 0o444)
         return Writer(file: .named(name), fd: fd)
+    }
+
+    /// ENOSPC while the store's space reserve is depleted: what the reserve freed is kept for
+    /// catalog commits (guests deleting files), not for new blobs. Every staged file is new
+    /// data, so an ingest or a dedup pass stops at its next file.
+    func requireRoomToGrow() throws(Errno) {
+        guard store.spaceReserve.admitsGrowth() else { throw Errno.noSpace }
     }
 
     /// Drops a staged file: unlinks a named one, closes (and so frees) an anonymous one.
@@ -348,6 +356,7 @@ extension StagingArea {
 
     /// Stages bytes held in memory (always as a named file).
     func stage(bytes: [UInt8]) throws(Errno) -> StagedBlob {
+        try requireRoomToGrow()
         let name = newStagedName()
         let target = try FileDescriptor.open(at: directory, name, [.writeOnly, .create, .exclusive, .noFollow], mode: 0o444)
         defer { target.closeQuietly() }

@@ -467,7 +467,9 @@ final class IngestRun: @unchecked Sendable {
         } catch let error as Errno {
             switch error {
             case .noSpace, .diskQuotaExceeded:
-                throw PVFSError(.store, "no space left in the store's filesystem (\(store.path)) while copying \(displayPath(job.path))", errno: error)
+                let reserve = store.spaceReserve.bytes > 0 && !store.spaceReserve.isHeld
+                    ? " (its space reserve is in use by the catalog: free space, then try again)" : ""
+                throw PVFSError(.store, "no space left in the store's filesystem (\(store.path)) while copying \(displayPath(job.path))\(reserve)", errno: error)
             default:
                 throw PVFSError(.store, "cannot copy \(displayPath(job.path)) into the store: \(error)", errno: error)
             }

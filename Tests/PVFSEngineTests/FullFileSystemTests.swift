@@ -242,3 +242,50 @@ struct FullFileSystemTests {
         }
     }
 }
+
+/// While the reserve is in use, new blobs are refused too: an ingest on a full filesystem stops
+/// with ENOSPC and a message naming the reserve, leaves no template and no staged file behind,
+/// and works again once space is back. `pvfs df`'s report says whether the reserve is held.
+@Suite("ingest beside a depleted space reserve", .serialized)
+struct IngestBesideDepletedReserveTests {
+    @Test func anIngestIsRefusedWhileTheReserveIsInUse() throws {
+        let fs = try SmallFileSystem(.tmpfs, megabytes: 32)
+        defer { fs.unmount() }
+        let source = try TemporaryDirectory("pvfs-reserve-ingest-source")
+        // Less than the reserve freed: without the check, the ingest would take that space.
+        for i in 0..<4 {
+            try Data(pseudoRandom(64 << 10, seed: UInt64(i + 1))).write(to: URL(fileURLWithPath: source.sub("file\(i)")))
+        }
+        let store = try Store(path: fs.mountpoint + "/store", spaceReserve: 1 << 20)
+        #expect(try store.spaceReport().reserveHeld)
+
+        // Fill what is left, then take the reserve away as a catalog commit on a full
+        // filesystem would: there is no room to allocate it again.
+        let filler = open(fs.mountpoint + "/filler", O_WRONLY | O_CREAT, 0o600)
+        #expect(filler >= 0)
+        let chunk = [UInt8](repeating: 7, count: 1 << 20)
+        while chunk.withUnsafeBytes({ write(filler, $0.baseAddress, $0.count) }) > 0 {}
+        #expect(unlink(fs.mountpoint + "/store/reserve") == 0)
+        #expect(!store.spaceReserve.admitsGrowth())
+        let depleted = try store.spaceReport()
+        #expect(!depleted.reserveHeld && depleted.reserveAllocatedBytes == 0 && depleted.reserveBytes == 1 << 20)
+
+        do {
+            _ = try store.createTemplate(name: "refused", fromDirectory: source.path)
+            Issue.record("an ingest went through while the reserve was in use")
+        } catch {
+            #expect(Errno.of(error) == .noSpace, "\(error)")
+            #expect("\(error)".contains("space reserve"), "\(error)")
+        }
+        #expect(try store.template(named: "refused") == nil)
+        #expect(try store.temporaryDirectory.rawDirectoryEntries().filter { !String(decoding: $0.name, as: UTF8.self).hasSuffix(".lock") }.isEmpty)
+
+        // Space comes back: the reserve is allocated again and the ingest goes through.
+        close(filler)
+        #expect(unlink(fs.mountpoint + "/filler") == 0)
+        let created = try store.createTemplate(name: "accepted", fromDirectory: source.path)
+        #expect(created.regularFiles == 4)
+        #expect(try store.spaceReport().reserveHeld)
+        #expect(try runFsck(store).findings.isEmpty)
+    }
+}
