@@ -170,26 +170,8 @@ public struct Mount: ParsableCommand {
         signalThread.start()
 
         // Times and sizes kept lazily reach the catalog every few seconds, as in pvfsd.
-        let flushQueue = DispatchQueue(label: "pvfs.mount.flush")
-        let flusher = DispatchSource.makeTimerSource(queue: flushQueue)
-        flusher.schedule(deadline: .now() + 5, repeating: 5)
-        flusher.setEventHandler {
-            do { try volume.saveUsage() } catch { logger.warning("saving usage and times: \(error)") }
-        }
-        flusher.resume()
-        // `pvfs-vm set-quota` tells pvfsd through its control socket; this process has none, so
-        // it reads the VM's quota from the catalog every `quotaPollInterval` instead.
-        let quotaPoller = DispatchSource.makeTimerSource(queue: flushQueue)
-        quotaPoller.schedule(deadline: .now() + Self.quotaPollInterval, repeating: Self.quotaPollInterval)
-        quotaPoller.setEventHandler {
-            do { try volume.reloadQuota() } catch { logger.warning("reading the VM's quota: \(error)") }
-        }
-        quotaPoller.resume()
-        func stopFlushing() {
-            flusher.cancel()
-            quotaPoller.cancel()
-            flushQueue.sync {}  // a flush under way ends before the volume closes
-        }
+        let housekeeping = volume.housekeeping(saveEvery: 5, reloadQuotaEvery: Self.quotaPollSeconds, logger: logger)
+        func stopFlushing() { housekeeping.stop() }
 
         notifier.ready()
         if readyFD != nil { detachStandardStreams() }
@@ -288,7 +270,7 @@ public struct Mount: ParsableCommand {
     static let spawnSetSID: Int32 = 0x80
 
     /// How often a mount served without pvfsd looks for a quota change (seconds).
-    static let quotaPollInterval: DispatchTimeInterval = .seconds(1)
+    static let quotaPollSeconds = 1
 
     // MARK: Errors
 

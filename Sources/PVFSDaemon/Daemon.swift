@@ -34,6 +34,8 @@ public final class Daemon: @unchecked Sendable {
     private let stopped = NSCondition()
     private var stopping = false
     private var timers: [DispatchSourceTimer] = []
+    /// The engine's periodic save of usage, sizes and times, stopped before the volumes close.
+    private var usageSaving: PeriodicWork?
     /// Extra control operations (mount requests, dedup commits) registered by other layers.
     private var controlHandlers: [String: @Sendable (ControlProtocol.Request) throws -> ControlProtocol.Response] = [:]
     /// Services that follow the catalog (vhost-user bindings), told after every reload.
@@ -92,7 +94,7 @@ public final class Daemon: @unchecked Sendable {
             try service.start()
             logger.notice("serving \(service.serviceDescription)")
         }
-        schedule(every: configuration.usageSaveIntervalSeconds) { [weak self] in self?.registry.saveUsage() }
+        usageSaving = registry.savingUsagePeriodically(every: configuration.usageSaveIntervalSeconds)
         logger.notice("pvfsd started", metadata: ["store": "\(configuration.storePath)", "pid": "\(getpid())"])
     }
 
@@ -160,6 +162,7 @@ public final class Daemon: @unchecked Sendable {
         // would otherwise get a volume that closeAll then closes under it.
         registry.refuseNewSessions()
         for timer in timers { timer.cancel() }
+        usageSaving?.stop()
         for service in services.reversed() { service.stop() }
         control?.stop()
         metricsListener?.stop()
