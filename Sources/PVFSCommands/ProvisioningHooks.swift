@@ -49,20 +49,11 @@ struct ProvisioningHooks {
         let mountpoint = store.path + "/" + StoreLayout.scratchMountpoint(vm: vm, pid: getpid())
         try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: mountpoint) }
-        let mount = try FuseMount(view: view, mountpoint: mountpoint, options: FuseMountOptions(), logger: logger)
-        let done = DispatchSemaphore(value: 0)
-        let server = Thread {
-            do { try mount.run() } catch { logger.error("provisioning mount: \(error)") }
-            done.signal()
+        let mount = BackgroundHostMount(try HostFuseEngine.fromEnvironment.mount(view, on: mountpoint, options: FuseMountOptions(), logger: logger),
+                                        name: "pvfs.fuse.provisioning") { error in
+            if let error { logger.error("provisioning mount: \(error)") }
         }
-        server.start()
-        defer {
-            mount.stop(force: false)
-            if done.wait(timeout: .now() + 30) == .timedOut {
-                mount.stop(force: true)
-                done.wait()
-            }
-        }
+        defer { mount.stop() }
         var environment = ProcessInfo.processInfo.environment
         environment["PVFS_VM"] = vm
         environment["PVFS_VIEW"] = mountpoint

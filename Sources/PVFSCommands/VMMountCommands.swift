@@ -145,10 +145,7 @@ public struct Mount: ParsableCommand {
             let options = FuseMountOptions(readOnly: readOnly, allowOther: allowOther,
                                            caching: sharedCacheTimeout.map { .shared(timeout: $0) } ?? .exclusive,
                                            debug: fuseDebug)
-            switch engine {
-            case .libfuse: mount = try FuseMount(view: view, mountpoint: directory, options: options, logger: logger)
-            case .fuseServer: mount = try FuseServerMount(view: view, mountpoint: directory, options: options, logger: logger)
-            }
+            mount = try engine.mount(view, on: directory, options: options, logger: logger)
         } catch let error as PVFSError where error.domain == .mount {
             try? volume.close()
             let failure = CommandFailure(error.message, exitCode: error.errno == .resourceBusy ? PVFSExitCode.conflict : PVFSExitCode.failure)

@@ -11,9 +11,8 @@ import PVFSSystem
 /// cached pages on open (close-to-open consistency) because guests change the same files.
 public final class HostMountService: @unchecked Sendable {
     private struct Entry {
-        var mount: FuseMount
+        var mount: BackgroundHostMount
         var view: VMView
-        var thread: Thread
     }
 
     private let registry: VolumeRegistry
@@ -37,38 +36,39 @@ public final class HostMountService: @unchecked Sendable {
         policy.readOnly = policy.readOnly || readOnly
         policy.permissionChecks = .hostKernel  // the kernel checks (default_permissions)
         let view = try registry.openSession(vm: vm, policy: policy)
-        let mount: FuseMount
+        let mount: any HostFuseMount
         do {
-            mount = try FuseMount(view: view, mountpoint: canonical,
-                                  options: FuseMountOptions(readOnly: policy.readOnly, allowOther: allowOther,
-                                                            caching: .shared(timeout: 1)),
-                                  logger: logger)
+            mount = try HostFuseEngine.fromEnvironment.mount(view, on: canonical,
+                                                             options: FuseMountOptions(readOnly: policy.readOnly, allowOther: allowOther,
+                                                                                       caching: .shared(timeout: 1)),
+                                                             logger: logger)
         } catch {
             registry.closeSession(view)
             throw error
         }
         let registry = self.registry
         let logger = self.logger
-        let thread = Thread { [weak self] in
-            do {
-                try mount.run()
-            } catch {
-                logger.error("mount of \(vm) on \(canonical) ended: \(error)")
-            }
+        // Registered before it serves, so that the end of a mount that fails at once finds it.
+        lock.lock()
+        let background = BackgroundHostMount(mount, name: "pvfs.fuse \(vm)") { [weak self] error in
+            if let error { logger.error("mount of \(vm) on \(canonical) ended: \(error)") }
             registry.closeSession(view)
             self?.forget(canonical, mount)
         }
-        thread.name = "pvfs.fuse \(vm)"
-        lock.lock()
-        mounts[canonical] = Entry(mount: mount, view: view, thread: thread)
+        let lost = mounts[canonical] != nil
+        if !lost { mounts[canonical] = Entry(mount: background, view: view) }
         lock.unlock()
-        thread.start()
+        if lost {
+            // Another mount request for the same place won the race since the check above.
+            background.stop(grace: 1)
+            throw PVFSError(.mount, "\(canonical) is already a pvfs mount", errno: .resourceBusy)
+        }
         logger.notice("mounted VM \(vm) on \(canonical)")
     }
 
-    private func forget(_ path: String, _ mount: FuseMount) {
+    private func forget(_ path: String, _ mount: any HostFuseMount) {
         lock.lock()
-        if mounts[path]?.mount === mount { mounts[path] = nil }
+        if mounts[path]?.mount.mount === mount { mounts[path] = nil }
         lock.unlock()
     }
 
@@ -79,7 +79,7 @@ public final class HostMountService: @unchecked Sendable {
         let entry = mounts[canonical]
         lock.unlock()
         guard let entry else { return false }
-        entry.mount.stop(force: force)
+        entry.mount.mount.stop(force: force)
         // run() returns once the kernel has let go; wait a little so the caller sees it gone.
         let deadline = Date(timeIntervalSinceNow: 10)
         while Date() < deadline {
