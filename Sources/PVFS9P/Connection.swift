@@ -62,8 +62,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
 
     /// Called once when `close()` has released everything.
     public var onClose: (@Sendable () -> Void)? {
-        get { state.lock(); defer { state.unlock() }; return closeHandler }
-        set { state.lock(); closeHandler = newValue; state.unlock() }
+        get { state.withLock { closeHandler } }
+        set { state.withLock { closeHandler = newValue } }
     }
 
     /// Called (from any thread, never under the connection's lock) with the view of each session
@@ -135,38 +135,25 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// The largest message the connection accepts now: the negotiated msize, or the configured
     /// maximum before Tversion.
     public var maximumMessageSize: Int {
-        state.lock()
-        defer { state.unlock() }
-        return negotiatedSize ?? configuration.maximumMessageSize
+        state.withLock { negotiatedSize ?? configuration.maximumMessageSize }
     }
 
     /// The msize agreed with the client, nil before Tversion.
-    public var messageSize: Int? {
-        state.lock()
-        defer { state.unlock() }
-        return negotiatedSize
-    }
+    public var messageSize: Int? { state.withLock { negotiatedSize } }
 
-    public var isClosed: Bool {
-        state.lock()
-        defer { state.unlock() }
-        return closing
-    }
+    public var isClosed: Bool { state.withLock { closing } }
 
     /// Requests outstanding and fids held, under one lock (for the transport's timeouts and gauges).
     public var usage: NineConnectionUsage {
-        state.lock()
-        defer { state.unlock() }
-        let fidUsage = session.fidUsage
-        return NineConnectionUsage(outstandingRequests: outstanding, fids: fidUsage.count, hasHeldFid: fidUsage.everInserted)
+        state.withLock {
+            let fidUsage = session.fidUsage
+            return NineConnectionUsage(outstandingRequests: outstanding, fids: fidUsage.count,
+                                       hasHeldFid: fidUsage.everInserted)
+        }
     }
 
     /// Requests received and not yet answered (for metrics and tests).
-    public var outstandingRequestCount: Int {
-        state.lock()
-        defer { state.unlock() }
-        return outstanding
-    }
+    public var outstandingRequestCount: Int { state.withLock { outstanding } }
 
     /// Fids in use (for metrics and tests).
     public var fidCount: Int { session.fidUsage.count }
