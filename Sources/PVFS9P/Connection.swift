@@ -5,7 +5,10 @@ import PVFSEngine
 import PVFSSystem
 import SystemPackage
 
-/// One 9P2000.L session with one client, independent of what carries its bytes.
+/// One 9P2000.L connection with one client, independent of what carries its bytes: it
+/// schedules the client's requests (admission and back-pressure, tags, Tversion and Tflush,
+/// ordering on fids, parallel slots on the worker pool, replies, close). What each request
+/// means (fids, attaches, files, locks) is its `NinePSession`'s.
 ///
 /// ## Transport contract
 ///
@@ -52,29 +55,28 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
 
     public let peer: NinePPeer
     public let configuration: NinePConfiguration
-    let resolver: NinePAttachResolver
     let pool: NinePWorkerPool
     let logger: Logger
-    let accounts: GuestAccounts
+    /// What the messages mean: fids, attached views, accounts.
+    let session: NinePSession
 
     /// Called once when `close()` has released everything.
     public var onClose: (@Sendable () -> Void)? {
-        get { state.lock(); defer { state.unlock() }; return closeHandler }
-        set { state.lock(); closeHandler = newValue; state.unlock() }
+        get { state.withLock { closeHandler } }
+        set { state.withLock { closeHandler = newValue } }
     }
 
     /// Called (from any thread, never under the connection's lock) with the view of each session
     /// that ended: its last fid was clunked, a Tversion or `close()` dropped its fids, or its
     /// attach failed after the resolver made it. The transport closes it in its registry.
     public var onSessionEnd: (@Sendable (VMView) -> Void)? {
-        get { state.lock(); defer { state.unlock() }; return sessionEndHandler }
-        set { state.lock(); sessionEndHandler = newValue; state.unlock() }
+        get { session.onSessionEnd }
+        set { session.onSessionEnd = newValue }
     }
 
     /// Guards everything below.
     let state = NSCondition()
     private var closeHandler: (@Sendable () -> Void)?
-    private var sessionEndHandler: (@Sendable (VMView) -> Void)?
     private var closing = false
     private var closed = false
     /// Reply callbacks running now; `close()` waits for them.
@@ -89,8 +91,6 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     private var replying: [UInt16: Request] = [:]
     /// Requests received and not finished, Tflush included.
     private var outstanding = 0
-    /// A fid was inserted at some point (sticky across Tversion), for the idle timeout.
-    private var hasHeldFid = false
     private var outstandingFlushes = 0
     private var outstandingBytes = 0
     /// Requests waiting for a parallel slot of this connection.
@@ -99,23 +99,14 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     private var running = 0
     /// Requests not yet completed that use each fid, in arrival order (for fid ordering).
     private var fidQueues: [UInt32: [Request]] = [:]
-    var blockedLocks = 0
-    private(set) var fids: FidTable
-    /// The VM this connection serves (set by its first attach).
-    var boundVM: String? {
-        didSet { poolTenant = boundVM.map { .vm($0) } ?? NinePWorkerPool.Tenant(peer: peer) }
-    }
-    /// Whose share of the worker pool the connection's requests take: its VM (every session of
-    /// the connection is of that VM), or before an attach the listener or Xen domain it came
-    /// through. So a VM's share does not grow with the connections it opens.
+    /// Requests waiting long (blocking locks) on threads of their own.
+    private var blockedLocks = 0
+    /// The session's fid table of the current generation, given to each request received.
+    private var fids: FidTable
+    /// Whose share of the worker pool the connection's requests take: the VM its session
+    /// serves (every attach of the connection is of that VM), or before an attach the listener
+    /// or Xen domain it came through. So a VM's share does not grow with the connections it opens.
     private(set) var poolTenant: NinePWorkerPool.Tenant
-    /// Sessions whose attach succeeded and that still have fids, by view.
-    var sessions: [ObjectIdentifier: VMView] = [:]
-    /// Attaches between the session check and their fid's insertion.
-    var attachesInProgress = 0
-    var xattrBytes = 0
-    /// Limits reached when neither a VM nor the configuration gives counters.
-    private let ownLimitCounters = LimitCounters()
 
     public init(peer: NinePPeer, configuration: NinePConfiguration = NinePConfiguration(), pool: NinePWorkerPool,
                 logger: Logger, resolver: @escaping NinePAttachResolver) {
@@ -137,73 +128,46 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "peer"] = "\(peer)"
         self.logger = logger
-        self.resolver = resolver
-        accounts = GuestAccounts(policy: configuration.accounts)
-        fids = FidTable(limit: configuration.maximumFids)
+        session = NinePSession(peer: peer, configuration: configuration, logger: logger, resolver: resolver)
+        fids = session.fids
     }
 
     /// The largest message the connection accepts now: the negotiated msize, or the configured
     /// maximum before Tversion.
     public var maximumMessageSize: Int {
-        state.lock()
-        defer { state.unlock() }
-        return negotiatedSize ?? configuration.maximumMessageSize
+        state.withLock { negotiatedSize ?? configuration.maximumMessageSize }
     }
 
     /// The msize agreed with the client, nil before Tversion.
-    public var messageSize: Int? {
-        state.lock()
-        defer { state.unlock() }
-        return negotiatedSize
-    }
+    public var messageSize: Int? { state.withLock { negotiatedSize } }
 
-    public var isClosed: Bool {
-        state.lock()
-        defer { state.unlock() }
-        return closing
-    }
+    public var isClosed: Bool { state.withLock { closing } }
 
     /// Requests outstanding and fids held, under one lock (for the transport's timeouts and gauges).
     public var usage: NineConnectionUsage {
-        state.lock()
-        defer { state.unlock() }
-        return NineConnectionUsage(outstandingRequests: outstanding, fids: fids.count, hasHeldFid: hasHeldFid)
+        state.withLock {
+            let fidUsage = session.fidUsage
+            return NineConnectionUsage(outstandingRequests: outstanding, fids: fidUsage.count,
+                                       hasHeldFid: fidUsage.everInserted)
+        }
     }
 
     /// Requests received and not yet answered (for metrics and tests).
-    public var outstandingRequestCount: Int {
-        state.lock()
-        defer { state.unlock() }
-        return outstanding
-    }
+    public var outstandingRequestCount: Int { state.withLock { outstanding } }
 
     /// Fids in use (for metrics and tests).
-    public var fidCount: Int {
-        state.lock()
-        defer { state.unlock() }
-        return fids.count
-    }
+    public var fidCount: Int { session.fidUsage.count }
 
     /// Sessions open (for metrics and tests).
-    public var sessionCount: Int {
-        state.lock()
-        defer { state.unlock() }
-        return sessions.count
-    }
+    public var sessionCount: Int { session.sessionCount }
 
-    /// Counts and logs a limit reached: in the counters of the VM the connection serves, or in
-    /// the daemon's while it serves none yet (the log line is rate-limited per limit).
-    func limitReached(_ limit: TenantLimit, _ detail: @autoclosure () -> String) {
-        state.lock()
-        defer { state.unlock() }
-        limitReachedLocked(limit, detail())
-    }
+    /// Bytes held in xattr fids (for tests).
+    var xattrBytes: Int { session.xattrBytes }
 
-    /// `limitReached` with `state` held.
-    func limitReachedLocked(_ limit: TenantLimit, _ detail: @autoclosure () -> String) {
-        let view = sessions.values.first
-        let counters = view?.limitCounters ?? configuration.unboundLimitCounters ?? ownLimitCounters
-        counters.record(limit, logger: logger, "\(detail()) (\(view.map { "VM \($0.vmName)" } ?? "no VM attached"))")
+    /// Counts and logs a limit of the connection reached, where the session counts its own
+    /// (its VM's counters, or the daemon's before an attach). Caller holds `state`.
+    private func limitReachedLocked(_ limit: TenantLimit, _ detail: @autoclosure () -> String) {
+        session.limitReached(limit, detail())
     }
 
     // MARK: - Requests
@@ -227,6 +191,9 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         let cost: Int
         let generation: UInt64
         let fids: FidTable
+        /// The msize of its generation.
+        let messageSize: Int
+        let connection: NinePConnection
         /// Guarded by the connection's `state`.
         var cancelled = false
         /// Its outcome is settled; its reply (if any) may still be on its way.
@@ -239,7 +206,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         var flushes: [Request] = []
 
         init(tag: UInt16, message: NinePRequest?, type: NinePMessageType, reply: @escaping Reply,
-             unanswered: Unanswered? = nil, cost: Int, generation: UInt64, fids: FidTable) {
+             unanswered: Unanswered? = nil, cost: Int, generation: UInt64, fids: FidTable, messageSize: Int,
+             connection: NinePConnection) {
             self.tag = tag
             self.message = message
             self.type = type
@@ -248,6 +216,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             self.cost = cost
             self.generation = generation
             self.fids = fids
+            self.messageSize = messageSize
+            self.connection = connection
             accesses = message.map(Self.accesses) ?? []
         }
 
@@ -415,7 +385,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             return
         }
         let request = Request(tag: header.tag, message: decoded, type: header.type, reply: reply, unanswered: unanswered,
-                              cost: cost, generation: generation, fids: fids)
+                              cost: cost, generation: generation, fids: fids, messageSize: msize, connection: self)
         inflight[header.tag] = request
         outstanding += 1
         outstandingBytes += cost
@@ -505,18 +475,12 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             complete(request, nil)
             return
         }
-        switch handle(request, message) {
+        switch session.handle(message, request) {
         case .reply(let bytes):
             complete(request, bytes)
         case .deferred:
             break
         }
-    }
-
-    enum Outcome {
-        case reply([UInt8])
-        /// The handler completes the request later (a lock wait on its own thread).
-        case deferred
     }
 
     /// Finishes a request: sends its reply (nil: it was cancelled before taking effect, send
@@ -649,7 +613,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             return
         }
         let request = Request(tag: tag, message: nil, type: .tflush, reply: reply, unanswered: unanswered,
-                              cost: message.count, generation: generation, fids: fids)
+                              cost: message.count, generation: generation, fids: fids,
+                              messageSize: negotiatedSize ?? NineP.minimumMessageSize, connection: self)
         // Never queued behind fids: it completes with (after) its target.
         request.dispatched = true
         inflight[tag] = request
@@ -691,9 +656,9 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         inflight.removeAll()
         replying.removeAll()
         fidQueues.removeAll()
-        let oldFids = fids
-        fids = FidTable(limit: configuration.maximumFids)
-        boundVM = nil
+        let tables = session.reset()
+        fids = tables.new
+        poolTenant = NinePWorkerPool.Tenant(peer: peer)
         let answer: NinePResponse
         if !speaks {
             negotiatedSize = nil
@@ -709,7 +674,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         state.unlock()
         for request in abandoned { complete(request, nil) }
         // The old sessions end as their fids go: now, or when the requests using them finish.
-        for fid in oldFids.close() { finalize(fid, in: oldFids) }
+        session.end(tables.old)
         logger.debug("Tversion \(String(decoding: version, as: UTF8.self)) msize \(msize): \(answer)")
         answerNow(reply, answer.encode(tag: tag))
     }
@@ -733,15 +698,9 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         for request in abandoned { complete(request, nil) }
         state.lock()
         while outstanding > 0 || activeReplies > 0 { state.wait() }
-        let table = fids
         state.unlock()
-
-        for fid in table.close() { finalize(fid, in: table) }
-        // Nothing runs any more, so every fid went above; a session left has none.
-        state.lock()
-        let left = Array(sessions.values)
-        state.unlock()
-        for view in left { endSession(view) }
+        // Nothing runs any more: every fid goes now, and with them every session.
+        session.close()
 
         state.lock()
         closed = true
@@ -753,87 +712,40 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         handler?()
     }
 
-    // MARK: - Fids
+    // MARK: - What running requests ask
 
-    /// Runs `body` with a use of fid `number` of the request's session.
-    func withFid<T>(_ request: Request, _ number: UInt32, _ body: (Fid) throws(Errno) -> T) throws(Errno) -> T {
-        guard let fid = request.fids.acquire(number) else { throw Errno.badFileDescriptor }
-        defer { release(fid, in: request.fids) }
-        return try body(fid)
-    }
-
-    func release(_ fid: Fid, in table: FidTable) {
-        if table.release(fid) { finalize(fid, in: table) }
-    }
-
-    /// Inserts a new fid into a table (see `FidTable.insert`), counting the fid limit when it is
-    /// the reason of a refusal.
-    func insert(_ fid: Fid, into table: FidTable) throws(Errno) {
-        do throws(Errno) {
-            try table.insert(fid)
-            state.lock()
-            hasHeldFid = true
-            state.unlock()
-        } catch where error == .tooManyOpenFilesInSystem {
-            limitReached(.fidsPerConnection, "\(table.limit) fids in use")
-            throw error
-        }
-    }
-
-    /// Ends a session: its attach failed after the resolver made it, or its last fid went.
-    /// Drops its locks and hands it back to the transport.
-    func endSession(_ view: VMView) {
+    /// An attach of `request` bound the session to a VM: its work is charged there from now on
+    /// (unless a Tversion came meanwhile).
+    fileprivate func bind(_ request: Request, toVM name: String) {
         state.lock()
-        sessions[ObjectIdentifier(view)] = nil
-        let handler = sessionEndHandler
-        state.unlock()
-        view.releaseAllLocks()
-        handler?(view)
-    }
-
-    /// Closes what a detached fid holds: its open handle (dropping the locks taken through it)
-    /// and its xattr buffer; ends its session when it was the session's last fid.
-    func finalize(_ fid: Fid, in table: FidTable) {
-        defer { if table.forget(fid) { endSession(fid.view) } }
-        fid.lock.lock()
-        let state = fid.state
-        fid.state = .idle
-        let owners = fid.lockOwners
-        fid.lockOwners = []
-        let inode = fid.inode
-        let held = fid.xattrBytes
-        fid.xattrBytes = 0
-        fid.lock.unlock()
-        if held > 0 { releaseXattrBytes(held) }
-        if case .open(let handle) = state {
-            for owner in owners {
-                try? fid.view.setLock(inode, owner: owner, range: FileLockRange(type: .unlock, start: 0, end: .max, pid: 0), wait: false)
-            }
-            fid.view.release(handle)
-        }
-    }
-
-    /// Reserves xattr buffer bytes against the connection's budget.
-    func reserveXattrBytes(_ n: Int) throws(Errno) {
-        state.lock()
-        defer { state.unlock() }
-        guard xattrBytes + n <= configuration.maximumXattrBytes else {
-            limitReachedLocked(.xattrBufferBytes, "\(xattrBytes) bytes held in xattr fids, \(n) more asked")
-            throw Errno.noMemory
-        }
-        xattrBytes += n
-    }
-
-    func releaseXattrBytes(_ n: Int) {
-        state.lock()
-        xattrBytes -= n
+        if request.generation == generation { poolTenant = .vm(name) }
         state.unlock()
     }
 
-    /// The negotiated msize (requests only run after Tversion).
-    var msize: Int {
+    /// Takes a blocked-lock place: a waiter holds an outstanding slot indefinitely, so their
+    /// number is bounded below the outstanding limit.
+    fileprivate func reserveBlockedWait() -> Bool {
         state.lock()
         defer { state.unlock() }
-        return negotiatedSize ?? NineP.minimumMessageSize
+        guard blockedLocks < configuration.maximumBlockedLocks else {
+            limitReachedLocked(.blockedLocks, "\(blockedLocks) Tlock requests waiting; answered BLOCKED")
+            return false
+        }
+        blockedLocks += 1
+        return true
     }
+
+    fileprivate func releaseBlockedWait() {
+        state.lock()
+        blockedLocks -= 1
+        state.unlock()
+    }
+}
+
+extension NinePConnection.Request: NinePRequestContext {
+    var isCancelled: Bool { connection.isCancelled(self) }
+    func reserveBlockedWait() -> Bool { connection.reserveBlockedWait() }
+    func releaseBlockedWait() { connection.releaseBlockedWait() }
+    func bound(toVM name: String) { connection.bind(self, toVM: name) }
+    func complete(_ reply: [UInt8]?) { connection.complete(self, reply) }
 }

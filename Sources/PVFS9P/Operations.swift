@@ -8,8 +8,11 @@ import SystemPackage
 // Each T-message mapped onto VMView. Handlers run on worker threads, throw `Errno` for
 // Rlerror, and return the encoded reply.
 
-extension NinePConnection {
-    func handle(_ request: Request, _ decoded: NinePRequest) -> Outcome {
+extension NinePSession {
+    /// Executes one decoded request (not Tversion or Tflush: the connection answers those) and
+    /// returns its encoded reply, an Rlerror included; `.deferred` when it completes later
+    /// through `request.complete`.
+    func handle(_ decoded: NinePRequest, _ request: any NinePRequestContext) -> NinePOutcome {
         let tag = request.tag
         do throws(Errno) {
             if case .lock(let fid, let lock) = decoded {
@@ -27,7 +30,7 @@ extension NinePConnection {
         }
     }
 
-    private func perform(_ request: Request, _ message: NinePRequest) throws(Errno) -> NinePResponse {
+    private func perform(_ request: any NinePRequestContext, _ message: NinePRequest) throws(Errno) -> NinePResponse {
         switch message {
         case .version, .flush, .lock, .read, .readdir:
             // Handled before dispatch; a second copy of the tag would be a bug.
@@ -108,7 +111,7 @@ extension NinePConnection {
         case .readlink(let fid):
             return try withFid(request, fid) { (f) throws(Errno) in
                 let target = try f.view.readLink(try plainFile(f).inode)
-                guard NineP.headerSize + 2 + target.count <= msize else { throw Errno.fileNameTooLong }
+                guard NineP.headerSize + 2 + target.count <= request.messageSize else { throw Errno.fileNameTooLong }
                 return .readlink(target: target)
             }
         case .getattr(let fid, _):
@@ -150,50 +153,23 @@ extension NinePConnection {
 
     // MARK: Attach and walk
 
-    private func attach(_ request: Request, fid number: UInt32, afid: UInt32, uname: [UInt8], aname: [UInt8],
+    private func attach(_ request: any NinePRequestContext, fid number: UInt32, afid: UInt32, uname: [UInt8], aname: [UInt8],
                         uid: UInt32) throws(Errno) -> NinePResponse {
         guard afid == NineP.noFid else { throw Errno.invalidArgument }
         guard number != NineP.noFid, !request.fids.contains(number) else { throw Errno.invalidArgument }
         let numeric: UInt32? = uid != NineP.noUid ? uid : GuestAccountDatabase.decimal(uname)
         let attachRequest = NinePAttachRequest(anameBytes: aname, unameBytes: uname, uid: numeric, peer: peer)
-        // Each attach is a session in the registry until its last fid goes: bounded, so that
-        // attaching without end cannot grow the server.
-        state.lock()
-        let held = sessions.count + attachesInProgress
-        guard held < configuration.maximumSessions else {
-            limitReachedLocked(.sessionsPerConnection, "\(held) sessions open; attach refused")
-            state.unlock()
-            throw Errno.tooManyUsers
-        }
-        attachesInProgress += 1
-        state.unlock()
+        try beginAttach()
         let view: VMView
         do {
             view = try resolver(attachRequest)
         } catch {
-            state.lock()
-            attachesInProgress -= 1
-            state.unlock()
+            abandonAttach()
             let errno = Errno.of(error)
             logger.info("attach to \"\(attachRequest.aname)\" as \(numeric.map(String.init) ?? attachRequest.uname) refused: \(error)")
             throw errno
         }
-        state.lock()
-        attachesInProgress -= 1
-        if let bound = boundVM, bound != view.vmName {
-            state.unlock()
-            endSession(view)
-            logger.warning("attach to VM \(view.vmName) refused: the connection serves \(bound)")
-            throw Errno.permissionDenied
-        }
-        guard request.generation == generation else {
-            state.unlock()
-            endSession(view)
-            throw Errno.badFileDescriptor
-        }
-        boundVM = view.vmName
-        sessions[ObjectIdentifier(view)] = view
-        state.unlock()
+        try admitAttach(view, for: request)
         do throws(Errno) {
             // Linux's first attach of a mount (access=client, its default) names no uid and the
             // user "nobody"; a name the VM does not know acts as nobody too: never with privilege.
@@ -214,7 +190,7 @@ extension NinePConnection {
     /// Twalk: each name from the fid's directory; "." stays, ".." goes up (and stays at the
     /// root). A failure at the first name is an error; later, Rwalk lists the qids reached and
     /// newfid is not made. No names: newfid becomes a clone of fid.
-    private func walk(_ request: Request, fid: UInt32, newFid: UInt32, names: [[UInt8]]) throws(Errno) -> NinePResponse {
+    private func walk(_ request: any NinePRequestContext, fid: UInt32, newFid: UInt32, names: [[UInt8]]) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             let start = try plainFile(f)
             if newFid != fid {
@@ -290,7 +266,7 @@ extension NinePConnection {
         f.lock.unlock()
     }
 
-    private func open(_ request: Request, fid: UInt32, flags: NinePOpenFlags) throws(Errno) -> NinePResponse {
+    private func open(_ request: any NinePRequestContext, fid: UInt32, flags: NinePOpenFlags) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             let s = try beginOpening(f)
             do throws(Errno) {
@@ -318,7 +294,7 @@ extension NinePConnection {
     /// for the new file, open. As open(2) with O_CREAT, an existing name is opened unless
     /// O_EXCL is given (Linux sends Tlcreate only for a name it saw missing, but another client
     /// may have created it since).
-    private func create(_ request: Request, fid: UInt32, name: [UInt8], flags: NinePOpenFlags, mode: UInt32,
+    private func create(_ request: any NinePRequestContext, fid: UInt32, name: [UInt8], flags: NinePOpenFlags, mode: UInt32,
                         gid: UInt32) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             let s = try beginOpening(f)
@@ -352,8 +328,8 @@ extension NinePConnection {
 
     // MARK: Read, write, readdir
 
-    private func read(_ request: Request, fid: UInt32, offset: UInt64, count: UInt32) throws(Errno) -> [UInt8] {
-        let capacity = min(Int(count), msize - NineP.readReplyHeaderSize)
+    private func read(_ request: any NinePRequestContext, fid: UInt32, offset: UInt64, count: UInt32) throws(Errno) -> [UInt8] {
+        let capacity = min(Int(count), request.messageSize - NineP.readReplyHeaderSize)
         return try withFid(request, fid) { (f) throws(Errno) in
             let s = f.snapshot
             switch s.state {
@@ -373,7 +349,7 @@ extension NinePConnection {
         }
     }
 
-    private func write(_ request: Request, fid: UInt32, offset: UInt64, data: ArraySlice<UInt8>) throws(Errno) -> NinePResponse {
+    private func write(_ request: any NinePRequestContext, fid: UInt32, offset: UInt64, data: ArraySlice<UInt8>) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             let s = f.snapshot
             switch s.state {
@@ -412,8 +388,8 @@ extension NinePConnection {
     /// Treaddir: entries after `offset` (an engine cookie: 0 to start), as many as fit in
     /// `count` bytes. Cookies stay valid while the directory changes, so paging never repeats
     /// or skips an entry that stays.
-    private func readDirectory(_ request: Request, fid: UInt32, offset: UInt64, count: UInt32) throws(Errno) -> [UInt8] {
-        let capacity = min(Int(count), msize - NineP.readReplyHeaderSize)
+    private func readDirectory(_ request: any NinePRequestContext, fid: UInt32, offset: UInt64, count: UInt32) throws(Errno) -> [UInt8] {
+        let capacity = min(Int(count), request.messageSize - NineP.readReplyHeaderSize)
         return try withFid(request, fid) { (f) throws(Errno) in
             let s = f.snapshot
             guard case .open = s.state else { throw Errno.badFileDescriptor }
@@ -436,7 +412,7 @@ extension NinePConnection {
 
     // MARK: Clunk and remove
 
-    private func clunk(_ request: Request, fid: UInt32) throws(Errno) -> NinePResponse {
+    private func clunk(_ request: any NinePRequestContext, fid: UInt32) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             request.fids.detach(f)
             var pending: XattrWrite?
@@ -480,7 +456,7 @@ extension NinePConnection {
 
     /// Tremove: unlinks the fid's file from the directory it was reached through, and clunks
     /// the fid whatever the outcome.
-    private func remove(_ request: Request, fid: UInt32) throws(Errno) -> NinePResponse {
+    private func remove(_ request: any NinePRequestContext, fid: UInt32) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             request.fids.detach(f)
             let s = try plainFile(f)
@@ -508,7 +484,7 @@ extension NinePConnection {
     }
 
     /// Trename: moves the fid's file into dfid's directory under `name`.
-    private func rename(_ request: Request, fid: UInt32, dfid: UInt32, name: [UInt8]) throws(Errno) -> NinePResponse {
+    private func rename(_ request: any NinePRequestContext, fid: UInt32, dfid: UInt32, name: [UInt8]) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             try withFid(request, dfid) { (d) throws(Errno) in
                 guard f.view.isSameVM(as: d.view) else { throw Errno.improperLink }
@@ -528,7 +504,7 @@ extension NinePConnection {
 
     // MARK: Attributes
 
-    private func setAttributes(_ request: Request, fid: UInt32, _ s: NinePSetattr) throws(Errno) -> NinePResponse {
+    private func setAttributes(_ request: any NinePRequestContext, fid: UInt32, _ s: NinePSetattr) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             let snapshot = try plainFile(f)
             let known: NinePSetattrMask = [.mode, .uid, .gid, .size, .accessTime, .modificationTime, .changeTime,
@@ -567,7 +543,7 @@ extension NinePConnection {
 
     /// Txattrwalk: newfid holds one attribute's value (or, for an empty name, the list of
     /// names, each NUL-terminated) for Tread; Rxattrwalk gives its size.
-    private func xattrWalk(_ request: Request, fid: UInt32, newFid: UInt32, name: [UInt8]) throws(Errno) -> NinePResponse {
+    private func xattrWalk(_ request: any NinePRequestContext, fid: UInt32, newFid: UInt32, name: [UInt8]) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             let s = try plainFile(f)
             guard newFid != fid, newFid != NineP.noFid, !request.fids.contains(newFid) else { throw Errno.invalidArgument }
@@ -599,7 +575,7 @@ extension NinePConnection {
 
     /// Txattrcreate: the fid turns into a buffer for the value; Twrite fills it and Tclunk sets
     /// the attribute (and reports the error, if any).
-    private func xattrCreate(_ request: Request, fid: UInt32, name: [UInt8], size: UInt64, flags: UInt32) throws(Errno) -> NinePResponse {
+    private func xattrCreate(_ request: any NinePRequestContext, fid: UInt32, name: [UInt8], size: UInt64, flags: UInt32) throws(Errno) -> NinePResponse {
         guard flags & ~(NinePXattrFlags.create | NinePXattrFlags.replace) == 0,
               flags != NinePXattrFlags.create | NinePXattrFlags.replace else { throw Errno.invalidArgument }
         guard size <= UInt64(NineP.maximumXattrSize) else { throw Errno.argListTooLong }
@@ -630,7 +606,7 @@ extension NinePConnection {
     /// SUCCESS), `lockWaitSeconds` pass (then BLOCKED: Linux sleeps and asks again), the client
     /// flushes it (then no reply), or the connection closes. Waiters past `maximumBlockedLocks`
     /// get BLOCKED at once.
-    private func lock(_ request: Request, fid number: UInt32, _ l: NinePLock) throws(Errno) -> Outcome {
+    private func lock(_ request: any NinePRequestContext, fid number: UInt32, _ l: NinePLock) throws(Errno) -> NinePOutcome {
         guard let fid = request.fids.acquire(number) else { throw Errno.badFileDescriptor }
         var handedOff = false
         defer { if !handedOff { release(fid, in: request.fids) } }
@@ -653,18 +629,9 @@ extension NinePConnection {
                 return .reply(NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
             }
         }
-        state.lock()
-        guard configuration.lockWaitSeconds > 0 else {
-            state.unlock()
+        guard configuration.lockWaitSeconds > 0, request.reserveBlockedWait() else {
             return .reply(NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
         }
-        guard blockedLocks < configuration.maximumBlockedLocks else {
-            limitReachedLocked(.blockedLocks, "\(blockedLocks) Tlock requests waiting; answered BLOCKED")
-            state.unlock()
-            return .reply(NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag))
-        }
-        blockedLocks += 1
-        state.unlock()
         handedOff = true
         let table = request.fids
         let wait = configuration.lockWaitSeconds
@@ -673,9 +640,9 @@ extension NinePConnection {
             let reply: [UInt8]?
             do throws(Errno) {
                 try fid.view.setLock(s.inode, owner: owner, range: range, wait: true, cancelled: {
-                    self.isCancelled(request) || DispatchTime.now().uptimeNanoseconds >= deadline
+                    request.isCancelled || DispatchTime.now().uptimeNanoseconds >= deadline
                 })
-                if isCancelled(request) {
+                if request.isCancelled {
                     // Granted just as it was flushed: the client will not learn of it, so undo it.
                     let undo = FileLockRange(type: .unlock, start: range.start, end: range.end, pid: range.pid)
                     try? fid.view.setLock(s.inode, owner: owner, range: undo, wait: false)
@@ -685,17 +652,15 @@ extension NinePConnection {
                 }
             } catch where error == .interrupted {
                 // Flushed (or the session ended): no reply. Out of time: BLOCKED, and Linux retries.
-                reply = isCancelled(request) ? nil : NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag)
+                reply = request.isCancelled ? nil : NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag)
             } catch {
                 reply = NinePResponse.error(errno: UInt32(bitPattern: error.rawValue)).encode(tag: request.tag)
             }
             // The fid goes before the request completes, so that once nothing is outstanding
             // (what close() waits for) no request holds a fid either.
-            state.lock()
-            blockedLocks -= 1
-            state.unlock()
+            request.releaseBlockedWait()
             release(fid, in: table)
-            complete(request, reply)
+            request.complete(reply)
         }
         thread.name = "pvfs.9p.lockwait"
         thread.stackSize = 256 << 10
@@ -706,7 +671,7 @@ extension NinePConnection {
     /// Tgetlock: the first lock of another owner that conflicts, or type UNLCK. Linux asks
     /// with type UNLCK (its own test already ran); that is answered as a test for a write lock,
     /// which any other owner's lock conflicts with.
-    private func getLock(_ request: Request, fid: UInt32, _ l: NinePGetlock) throws(Errno) -> NinePResponse {
+    private func getLock(_ request: any NinePRequestContext, fid: UInt32, _ l: NinePGetlock) throws(Errno) -> NinePResponse {
         try withFid(request, fid) { (f) throws(Errno) in
             let s = try plainFile(f)
             let type: LockType
