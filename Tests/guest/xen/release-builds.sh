@@ -6,17 +6,19 @@
 #       builds the products (default: pvfsd pvfs-vm pvfs-template) in ROOT/.build/release when
 #       needed; prints what it did on stderr; fails if a build fails
 
-# The sources of the products: the package's, and those of the test backend (pvfs-xen-test-backend).
+# release_build_inputs ROOT PRODUCT: the files and directories PRODUCT is built from.
 release_build_inputs() {
-    printf '%s\n' "$1/Sources" "$1/Package.swift" "$1/Tests/PVFSTestSupport" "$1/Tests/guest/xen/test-backend"
+    printf '%s\n' "$1/Sources" "$1/Package.swift"
+    [ "$2" = pvfs-xen-test-backend ] && printf '%s\n' "$1/Tests/PVFSTestSupport" "$1/Tests/guest/xen/test-backend"
+    return 0
 }
 
 release_builds_stale() {
     local root=$1 rel=$1/.build/release b inputs
     shift
-    mapfile -t inputs < <(release_build_inputs "$root")
     for b in "$@"; do
         [ -x "$rel/$b" ] || return 0
+        mapfile -t inputs < <(release_build_inputs "$root" "$b")
         [ -z "$(find "${inputs[@]}" -newer "$rel/$b" -type f -print -quit 2>/dev/null)" ] || return 0
         ldd "$rel/$b" 2>/dev/null | grep -q libswiftCore && return 0
     done
