@@ -57,7 +57,8 @@
 #   --env NAME=VALUE        a setting for the hook (written to dom0's /etc/pvfs-xen.conf)
 #   --dom0-append ARGS      extra dom0 kernel arguments;  --domu-append ARGS: extra domU ones
 #   --cpu MODEL             QEMU CPU model (default $PVFS_XEN_CPU or max,-xsave; see README)
-#   --dom0-mem MIB          dom0 memory (default 768, 1024 with pvfsd; QEMU gets dom0 + 1280 MiB)
+#   --dom0-mem MIB          dom0 memory (default 768, 1536 with pvfsd and --transport-check; QEMU
+#                           gets dom0 + 1280 MiB)
 #   --timeout S             bound on the whole QEMU run (default 1800)
 #   --shell                 stop in a dom0 shell after the toolstack is up (interactive)
 #   --log FILE              keep the serial log there
@@ -174,6 +175,8 @@ if [ "$TRANSPORT" = 1 ]; then
         gdie "--transport-check needs --test-backend BIN --pvfs-vm BIN (or --build-pvfs)"
     strip_into_dom0 "$TESTBACKEND_BIN" pvfs-xen-test-backend
     strip_into_dom0 "$PVFSVM_BIN" pvfs-vm
+    # dom0's root (half its memory) holds the tools, two Swift binaries and three domU images.
+    [ "$DOM0MEM_SET" = 1 ] || DOM0MEM=1536
     [ -x /opt/swift/usr/libexec/swift/linux/swift-backtrace-static ] &&
         DOM0_FILES+=("/opt/swift/usr/libexec/swift/linux/swift-backtrace-static:/bin/swift-backtrace")
     gcc -O2 -Wall -o "$GUEST_WORK/hostile-frontend" "$XEN_DIR/hostile-frontend.c" -lxenstore -lxengnttab -lxenevtchn ||
