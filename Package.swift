@@ -81,7 +81,7 @@ let package = Package(
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
             "PVFSDaemon", "PVFSTransport", "PVFSFuse", "PVFSFuseServer", "PVFSVhostUser", "PVFSImage",
-            "PVFS9PCodec", "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem",
+            "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem",
             argumentParser, logging, system,
         ]),
 
@@ -96,9 +96,15 @@ let package = Package(
 
         // What the test targets share: stores with template fixtures written through the store's API,
         // the one door to catalog SQL for tests that damage the catalog, the slow-test gate, a 9P
-        // client. Never a dependency of Sources.
+        // client and a diagnostic 9P server. Never a dependency of Sources.
         .target(name: "PVFSTestSupport", dependencies: ["PVFS9PCodec", "PVFSStore", "PVFSSystem", grdb, system],
                 path: "Tests/PVFSTestSupport"),
+        // The Xen 9pfs backend serving NineDiagnosticResponder instead of pvfsd's 9P server, for the
+        // nested-Xen transport check (Tests/guest/xen/run-xen-9pfs.sh --transport-check). Not a product:
+        // never installed.
+        .executableTarget(name: "pvfs-xen-test-backend", dependencies: [
+            "PVFSTransport", "PVFS9PCodec", "PVFSTestSupport", argumentParser, logging,
+        ], path: "Tests/guest/xen/test-backend"),
         // Each test target declares every module it imports (scripts/check-layers).
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem", "PVFSTestSupport", system]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore", "PVFSSystem", grdb, system]),

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Logging
-import PVFS9PCodec
 import PVFSTransport
 
 /// The mount tag a pvfs root device gets unless told otherwise.
@@ -228,79 +227,6 @@ public struct XlConfig: ParsableCommand {
 
     public func run() throws {
         print(render(), terminator: "")
-    }
-}
-
-/// `pvfs-vm xen-serve-test`: a diagnostic that runs the Xen 9pfs backend with a tiny built-in
-/// read-only 9P responder instead of the real server, to check the Xen transport on its
-/// own (used by Tests/guest/xen). Not for serving VMs.
-public struct XenServeTest: ParsableCommand {
-    public static let configuration = CommandConfiguration(
-        commandName: "xen-serve-test",
-        abstract: "Diagnostic: serve Xen 9pfs devices with a built-in read-only responder.",
-        shouldDisplay: false)
-
-    @Option(name: .customLong("file"), help: "NAME=CONTENT: a file in the served root (repeatable).")
-    public var files: [String] = []
-
-    @Option(name: .long, help: "Refuse devices with this backend tag (repeatable).")
-    public var refuseTag: [String] = []
-
-    @Option(name: .long, help: "max-rings to offer.")
-    public var maxRings: UInt32 = 8
-
-    @Option(name: .long, help: "max-ring-page-order to offer.")
-    public var maxRingPageOrder: UInt32 = 9
-
-    @OptionGroup public var logging: LoggingOptions
-
-    public init() {}
-
-    public func run() throws {
-        let logger = logging.makeLogger("pvfs.xen")
-        var contents: [String: [UInt8]] = [:]
-        for entry in files {
-            guard let equals = entry.firstIndex(of: "=") else {
-                throw ValidationError("--file wants NAME=CONTENT, got \(entry)")
-            }
-            contents[String(entry[..<equals])] = Array(entry[entry.index(after: equals)...].utf8) + [0x0a]
-        }
-        var configuration = XenBackendConfiguration()
-        configuration.maxRings = maxRings
-        configuration.maxRingPageOrder = maxRingPageOrder
-        let refused = Set(refuseTag)
-        let fixed = contents
-
-        // Signals go to a waiting thread, not to whichever thread happens to run.
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGINT)
-        sigaddset(&signals, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-
-        let backend = try XenBackend(configuration: configuration, logger: logger) { peer in
-            guard case .xen(let domid, let devid, let domainName, let path, let tag) = peer.endpoint else {
-                throw NineConnectionRefused("not a Xen device")
-            }
-            if let tag, refused.contains(tag) {
-                throw NineConnectionRefused("tag \(tag) is refused by this backend")
-            }
-            var files = fixed
-            files["whoami"] = Array("domid=\(domid) name=\(domainName ?? "-") devid=\(devid) tag=\(tag ?? "-") path=\(path ?? "-")\n".utf8)
-            return NineDiagnosticResponder(files: files)
-        }
-        do {
-            try backend.start()
-        } catch {
-            throw CommandFailure("cannot start the Xen backend: \(error)")
-        }
-        logger.notice("xen-serve-test: backend running (pid \(getpid()))")
-        var received: Int32 = 0
-        sigwait(&signals, &received)
-        logger.notice("xen-serve-test: signal \(received), stopping")
-        backend.stop()
-        backend.wait()
-        for device in backend.status { logger.notice("xen-serve-test: final \(device)") }
     }
 }
 

@@ -12,7 +12,7 @@ struct PVFSVM: ParsableCommand {
             SetQuota.self, SetAccess.self, Bind.self, Unbind.self,
             Mount.self, Umount.self,
             BootFilesCommand.self, QemuArgs.self, LibvirtXML.self, SocketBridge.self,
-            Attach.self, Detach.self, XlConfig.self, XenServeTest.self, ServeVhostUser.self,
+            Attach.self, Detach.self, XlConfig.self, ServeVhostUser.self,
         ])
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PVFS9PCodec
+import PVFSTestSupport
 import Synchronization
 import Testing
 @testable import PVFSTransport

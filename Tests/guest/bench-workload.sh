@@ -5,8 +5,10 @@
 # Per round: create FILES small files (4 KiB each), stat them all, unlink them all (in one
 # process: pvfs-guest-helper smallfiles, else shell loops), write one
 # MIB-MiB file sequentially (1 MiB blocks, fsync), drop caches, read it back sequentially.
-# Prints "PVFS-BENCH round=R op=OP n=N seconds=S" lines and one PVFS-TEST marker per round.
+# Prints "PVFS-BENCH round=R op=OP n=N seconds=S" lines and one result line per round
+# (lib/results.sh).
 DIR=${1:?usage: bench-workload.sh DIR}
+. /lib/pvfs/results.sh
 FILES=100 MIB=16 ROUNDS=3
 for arg in $(cat /proc/cmdline); do
     case $arg in pvfs.bench=*) v=${arg#*=}; IFS=, read -r FILES MIB ROUNDS <<E
@@ -19,7 +21,7 @@ since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.2f", a - b }'; }
 head -c 4096 /dev/urandom >/tmp/small
 W=$DIR/pvfs-bench
 rm -rf "$W"
-mkdir -p "$W" || { echo "PVFS-TEST bench fail cannot create $W"; exit 1; }
+mkdir -p "$W" || { marker bench fail "cannot create $W"; exit 1; }
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
     ok=1
@@ -52,7 +54,7 @@ while [ "$r" -le "$ROUNDS" ]; do
     [ "$n" = "$MIB" ] || ok=0
     echo "PVFS-BENCH round=$r op=read n=$MIB seconds=$(since "$t")"
     rm -rf "$W/r$r"
-    if [ $ok = 1 ]; then echo "PVFS-TEST bench-round-$r ok $FILES files, $MIB MiB"; else echo "PVFS-TEST bench-round-$r fail (an operation failed; $(cat /tmp/dd.err | tail -1))"; fi
+    if [ $ok = 1 ]; then marker "bench-round-$r" ok "$FILES files, $MIB MiB"; else marker "bench-round-$r" fail "(an operation failed; $(cat /tmp/dd.err | tail -1))"; fi
     r=$((r + 1))
 done
 rmdir "$W"

@@ -12,7 +12,7 @@
 #   PVFS_READDIR    number of files the readdir check creates (default 300)
 #
 # Each check runs in a subshell inside its own fresh directory MOUNTPOINT/pvfs-fileops/<name>
-# and prints exactly one line:  PVFS-TEST <name> ok|fail|skip <detail>
+# and prints exactly one result line (lib/results.sh):  PVFS-TEST <name> ok|fail|skip <detail>
 # Errno checks use /bin/pvfs-guest-helper (a static helper; see helper/pvfs-guest-helper.c),
 # which prints "ERR <ENAME> ..." on failure; without it those checks report skip.
 #
@@ -35,6 +35,8 @@ SKIP=${PVFS_SKIP:-}
 [ -x $H ] || H=""
 
 # ------------------------------------------------------------------ check framework
+
+. /lib/pvfs/results.sh
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 secs_since() { echo "$(uptime_s) - $1" | bc; }
@@ -83,10 +85,10 @@ skipped() { case ",$SKIP," in *",$1,"*) return 0 ;; esac; return 1; }
 NOK=0 NFAIL=0 NSKIP=0
 check() {
     name=$1
-    if skipped "$name"; then echo "PVFS-TEST $name skip pvfs.skip"; NSKIP=$((NSKIP + 1)); return; fi
+    if skipped "$name"; then marker "$name" skip pvfs.skip; NSKIP=$((NSKIP + 1)); return; fi
     rm -f /tmp/fileops.detail
     if ! mkdir "$ROOT/$name" 2>/tmp/fileops.out; then
-        echo "PVFS-TEST $name fail mkdir $ROOT/$name: $(cat /tmp/fileops.out)"; NFAIL=$((NFAIL + 1)); return
+        marker "$name" fail "mkdir $ROOT/$name: $(cat /tmp/fileops.out)"; NFAIL=$((NFAIL + 1)); return
     fi
     t0=$(uptime_s)
     (cd "$ROOT/$name" && set -u && "check_$name") >/tmp/fileops.out 2>&1
@@ -94,11 +96,11 @@ check() {
     dt=$(secs_since "$t0")
     detail=$(cat /tmp/fileops.detail 2>/dev/null)
     case $rc in
-    0) echo "PVFS-TEST $name ok ${dt}s $detail"; NOK=$((NOK + 1)) ;;
-    77) echo "PVFS-TEST $name skip $detail"; NSKIP=$((NSKIP + 1)) ;;
+    0) marker "$name" ok "${dt}s $detail"; NOK=$((NOK + 1)) ;;
+    77) marker "$name" skip "$detail"; NSKIP=$((NSKIP + 1)) ;;
     *)
         [ -n "$detail" ] || detail="exit $rc: $(tail -1 /tmp/fileops.out)"
-        echo "PVFS-TEST $name fail $detail"; NFAIL=$((NFAIL + 1))
+        marker "$name" fail "$detail"; NFAIL=$((NFAIL + 1))
         ;;
     esac
 }
@@ -498,7 +500,7 @@ check_quota() {
 
 rm -rf "$ROOT"
 if ! mkdir "$ROOT"; then
-    echo "PVFS-TEST fileops-setup fail cannot create $ROOT"
+    marker fileops-setup fail "cannot create $ROOT"
     exit 1
 fi
 echo "PVFS-INFO fileops on $MNT quota=${QUOTA:-none} ($QUOTA_ERR) skip=${SKIP:-none} helper=${H:-none}"

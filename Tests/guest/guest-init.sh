@@ -36,7 +36,7 @@
 #   pvfs.watch=SECONDS      debugging: every SECONDS print the kernel stacks of processes
 #                           blocked in the kernel (PVFS-WATCH lines), to tell slow from stuck
 #
-# Markers: "PVFS-TEST <name> ok|fail|skip <detail>" and finally "PVFS-TEST-DONE".
+# Results: "PVFS-TEST <name> ok|fail|skip <detail>" and finally "PVFS-TEST-DONE" (lib/results.sh).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -44,9 +44,9 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
-marker() { echo "PVFS-TEST $*"; }
+. /lib/pvfs/results.sh # marker, marker_done: the result format (Tests/guest/lib/results.sh)
 finish() {
-    echo "PVFS-TEST-DONE uptime=$(uptime_s)"
+    marker_done "uptime=$(uptime_s)"
     sync
     poweroff -f
     sleep 5

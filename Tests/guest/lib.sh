@@ -16,9 +16,10 @@
 #                                    inside the guest (pvfs.run=posix; run-posix-suite.sh)
 #   guest_boot_qemu                  boot QEMU TCG, serial log to a file, bounded by timeout
 #   guest_results LOG                parse PVFS-TEST markers; non-zero on a failure or no DONE
+#   guest_initramfs_results          put lib/results.sh into an image (as /lib/pvfs/results.sh)
 #   server_start KIND ...            start a 9P server (diod, pvfsd, custom) on 127.0.0.1:PORT
 #
-# Marker protocol (printed by the guest on its console, one per line):
+# Result format (lib/results.sh, which writes and reads it; printed on the guest's console):
 #   PVFS-TEST <name> ok|fail|skip <detail...>
 #   PVFS-TEST-DONE [summary]
 #
@@ -34,6 +35,7 @@
 
 GUEST_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GUEST_REPO_ROOT=$(cd "$GUEST_LIB_DIR/../.." && pwd)
+. "$GUEST_LIB_DIR/lib/results.sh"
 GUEST_CACHE=${PVFS_GUEST_CACHE:-/var/tmp/pvfs-guest-cache}
 GUEST_MEM=${PVFS_GUEST_MEM:-512}
 GUEST_SMP=${PVFS_GUEST_SMP:-1}
@@ -282,8 +284,13 @@ guest_vmlinux() {
     echo "$out"
 }
 
+# guest_initramfs_results: the result format's writer (lib/results.sh) as /lib/pvfs/results.sh,
+# which every guest-side script sources.
+guest_initramfs_results() { guest_initramfs_file "$GUEST_LIB_DIR/lib/results.sh" /lib/pvfs/results.sh 0644; }
+
 # guest_simple_initramfs NAME INIT_SCRIPT MOD...: busybox + the modules (dependencies first,
-# listed in /modules/order for `insmod /modules/$m.ko`) + INIT_SCRIPT as /init; prints the image.
+# listed in /modules/order for `insmod /modules/$m.ko`) + INIT_SCRIPT as /init + the result
+# format's writer; prints the image.
 guest_simple_initramfs() {
     local name=$1 init=$2
     shift 2
@@ -291,6 +298,7 @@ guest_simple_initramfs() {
     guest_initramfs_busybox
     [ $# -gt 0 ] && guest_initramfs_modules "$(guest_kver)" "$@"
     guest_initramfs_file "$init" /init 0755
+    guest_initramfs_results
     guest_initramfs_pack "$name"
 }
 
@@ -365,6 +373,7 @@ guest_test_initramfs() {
     guest_initramfs_file "$GUEST_LIB_DIR/guest-init.sh" /init 0755
     guest_initramfs_file "$GUEST_LIB_DIR/fileops.sh" /fileops.sh 0755
     guest_initramfs_file "$GUEST_LIB_DIR/bench-workload.sh" /bench.sh 0755
+    guest_initramfs_results
     helper=$(guest_helper)
     [ -n "$helper" ] && guest_initramfs_file "$helper" /bin/pvfs-guest-helper 0755
     guest_initramfs_text /etc/passwd 0644 $'root:x:0:0:root:/root:/bin/sh\npvfsuser:x:1000:1000::/tmp:/bin/sh\n'
@@ -415,32 +424,26 @@ GUEST_BASE_APPEND="console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init"
 
 # ---------------------------------------------------------------- results
 
-# guest_markers LOG: the marker lines, carriage returns and console noise stripped.
-guest_markers() {
-    tr -d '\r' <"$1" | grep -aoE 'PVFS-TEST(-DONE)?( .*)?$' || true
-}
+# guest_markers LOG: the result lines (lib/results.sh), carriage returns and console noise stripped.
+guest_markers() { markers_of "$1"; }
 
-# guest_results LOG [LABEL]: print a summary; exit status 0 only if something passed,
-# nothing failed and the guest printed PVFS-TEST-DONE.
+# guest_results LOG [LABEL]: print the results and a summary (GUEST_RESULT_SUMMARY); exit
+# status 0 only if something passed, nothing failed and the guest printed PVFS-TEST-DONE.
 guest_results() {
-    local log=$1 label=${2:-guest} markers nok nfail nskip done=no
-    markers=$(guest_markers "$log")
-    nok=$(grep -c '^PVFS-TEST [^ ]* ok' <<<"$markers" || true)
-    nfail=$(grep -c '^PVFS-TEST [^ ]* fail' <<<"$markers" || true)
-    nskip=$(grep -c '^PVFS-TEST [^ ]* skip' <<<"$markers" || true)
-    grep -q '^PVFS-TEST-DONE' <<<"$markers" && done=yes
+    local log=$1 label=${2:-guest}
+    markers_tally "$log"
     {
         echo "---- $label results ----"
-        grep '^PVFS-TEST ' <<<"$markers" | awk '{ d=""; for (i=4;i<=NF;i++) d=d" "$i; printf "  %-5s %-22s%s\n", $3, $2, d }'
-        echo "---- $label: ok=$nok fail=$nfail skip=$nskip done=$done ----"
+        markers_of "$log" | grep '^PVFS-TEST ' | awk '{ d=""; for (i=4;i<=NF;i++) d=d" "$i; printf "  %-5s %-22s%s\n", $3, $2, d }'
+        echo "---- $label: ok=$MARKERS_OK fail=$MARKERS_FAIL skip=$MARKERS_SKIP done=$MARKERS_DONE ----"
     } >&2
-    GUEST_RESULT_SUMMARY="ok=$nok fail=$nfail skip=$nskip done=$done"
-    if [ "$done" != yes ]; then
+    GUEST_RESULT_SUMMARY="ok=$MARKERS_OK fail=$MARKERS_FAIL skip=$MARKERS_SKIP done=$MARKERS_DONE"
+    if [ "$MARKERS_DONE" != yes ]; then
         glog "$label: no PVFS-TEST-DONE; last lines of $log:"
         tr -d '\r' <"$log" | tail -40 >&2
         return 1
     fi
-    [ "$nfail" -eq 0 ] && [ "$nok" -gt 0 ]
+    markers_passed
 }
 
 # ---------------------------------------------------------------- 9P servers

@@ -1,197 +1,243 @@
 #!/bin/sh
-# dom0 /init of the nested-Xen end-to-end test of pvfs's Xen 9pfs backend.
-# Prints "E2E: PASS <check>" / "E2E: FAIL <check>" lines and "E2E: RESULT ..." at the end.
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin
+# Tests/guest/xen/dom0-init.sh: /init of the Xen dom0 of run-xen-9pfs.sh (busybox sh).
+#
+# Brings up the Xen toolstack (xenstored, xen-init-dom0, xenconsoled), then runs one PV domU
+# whose test initramfs (Tests/guest/guest-init.sh + fileops.sh) mounts a Xen 9pfs share with
+#   mount -t 9p -o trans=xen,version=9p2000.L TAG /mnt
+# and runs the file-operation checks. The domU's console (written by xenconsoled) is copied to
+# dom0's console as it arrives, so the host reads every result line (Tests/guest/lib/results.sh,
+# /lib/pvfs/results.sh here) from one serial log.
+# With XEN_SCENARIO=transport (run-xen-9pfs.sh --transport-check) it runs transport-check.sh
+# instead, once the toolstack is up: the Xen transport alone, three domUs, hostile frontends.
+#
+# The 9pfs backend is pluggable: /etc/pvfs-xen/backend.sh (from xen/backends/) is sourced and
+# may define these hooks (all optional):
+#   backend_prepare SHARE TAG         before the domU exists: start daemons
+#   backend_xl_config SHARE TAG       print extra xl.cfg lines (e.g. a p9 = [...] line)
+#   backend_attach DOMID SHARE TAG    domU created paused: connect its 9pfs device
+#   backend_teardown DOMID            after the domU is gone: stop daemons, remove xenstore nodes
+#   backend_host_view SHARE           print a dom0 path that shows the served tree (for the
+#                                     manifest check), or nothing
+#   backend_restart DOMID             XEN_RESTART=1, once the domU's console shows
+#                                     PVFS-RESTART-REQUEST: kill the backend (SIGKILL) and start it
+#                                     again while the device is mounted
+# Helpers hooks can use: xs_attach_9pfs DOMID TAG PATH [DEVID], xs_detach_9pfs DOMID [DEVID],
+# t MSG (timestamped log line), marker NAME ok|fail DETAIL (lib/results.sh).
+# Settings: /etc/pvfs-xen.conf (written per run by run-xen-9pfs.sh). Besides the file checks,
+# the domU can instead boot its root from the share (XEN_DOMU_RAMDISK/XEN_DOMU_CMDLINE from
+# `pvfs-vm boot-files --transport xen`, XEN_SHARE_SEED = the root tree, XEN_MARKER_NONCE = what
+# the booted tree must write to /var/lib/pvfs-boot-marker).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin:/usr/local/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm /run /tmp
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+exec </dev/console >/dev/console 2>&1
+
+t() { echo "PVFS-XEN[$(cut -d' ' -f1 /proc/uptime)] $*"; }
+. /lib/pvfs/results.sh
 up() { cut -d' ' -f1 /proc/uptime; }
-t() { echo "E2E[$(up)] $*"; }
-FAILS=0
-pass() { echo "E2E: PASS $*"; }
-fail() { echo "E2E: FAIL $*"; FAILS=$((FAILS + 1)); }
-check() { name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
+finish() {
+    t "dom0 done"
+    sync
+    reboot -f
+}
 
-for m in $(cat /modules/order); do insmod /modules/$m || t "insmod $m FAILED"; done
+XEN_TAG=share XEN_SHARE=/srv/share XEN_QUOTA_FS="" XEN_DOMU_EXTRA="" XEN_DOMU_MEM=256 XEN_DOMU_WAIT=600
+XEN_DOMU_RAMDISK=/guest/initrd.img XEN_DOMU_CMDLINE="" XEN_SHARE_SEED="" XEN_MARKER_NONCE="" XEN_SCENARIO=files
+[ -f /etc/pvfs-xen.conf ] && . /etc/pvfs-xen.conf
+[ -n "$XEN_DOMU_CMDLINE" ] ||
+    XEN_DOMU_CMDLINE="console=hvc0 rdinit=/init quiet loglevel=3 panic=-1 pvfs.trans=xen pvfs.tag=$XEN_TAG $XEN_DOMU_EXTRA"
+grep -q 'pvfsxen=shell' /proc/cmdline && XEN_SHELL=1
+
+# xs_attach_9pfs DOMID TAG PATH [DEVID]: create a PV 9pfs device by writing xenstore the way
+# libxl does for p9=[...] (backend under dom0, frontend under the guest, libxl's permissions).
+xs_attach_9pfs() {
+    d=$1 tag=$2 path=$3 dev=${4:-0}
+    be=/local/domain/0/backend/9pfs/$d/$dev
+    fe=/local/domain/$d/device/9pfs/$dev
+    xenstore-write "$be/frontend" "$fe" "$be/frontend-id" "$d" "$be/online" 1 "$be/state" 1 \
+        "$be/path" "$path" "$be/security_model" none &&
+        xenstore-chmod -r "$be" n0 "r$d" &&
+        xenstore-write "$fe/backend" "$be" "$fe/backend-id" 0 "$fe/state" 1 "$fe/tag" "$tag" &&
+        xenstore-chmod -r "$fe" "n$d" r0
+}
+xs_detach_9pfs() {
+    xenstore-rm "/local/domain/0/backend/9pfs/$1/${2:-0}" 2>/dev/null
+    xenstore-rm "/local/domain/$1/device/9pfs/${2:-0}" 2>/dev/null
+    true
+}
+
+# Default hooks; the backend file overrides what it needs.
+backend_prepare() { :; }
+backend_xl_config() { :; }
+backend_attach() { :; }
+backend_teardown() { :; }
+backend_host_view() { echo "$1"; }
+backend_restart() { t "this backend cannot be restarted"; return 1; }
+
+t "dom0 init; kernel $(uname -r); cmdline: $(cat /proc/cmdline)"
+for m in $(cat /modules/order); do
+    insmod "/modules/$m.ko" 2>/tmp/insmod.err || t "insmod $m: $(cat /tmp/insmod.err)"
+done
 mkdir -p /proc/xen /var/run/xen /var/run/xenstored /var/lib/xenstored /var/lib/xen /var/log/xen/console
-mount -t xenfs xenfs /proc/xen
+mount -t xenfs xenfs /proc/xen || { marker xen-dom0 fail "cannot mount xenfs"; finish; }
 xenstored --pid-file /var/run/xen/xenstored.pid
-i=0; while [ ! -f /var/run/xen/xenstored.pid ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
-xen-init-dom0 > /dev/null && t "xen-init-dom0 ok"
+i=0
+while [ ! -s /var/run/xen/xenstored.pid ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+if ! xen-init-dom0 >/tmp/init-dom0.log 2>&1; then
+    marker xen-dom0 fail "xen-init-dom0: $(tail -1 /tmp/init-dom0.log)"
+    finish
+fi
 xenconsoled --pid-file=/var/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
-t "toolstack up; cpu flags: $(grep -m1 -oE 'fsgsbase|pcid|invpcid|smep|smap|pku' /proc/cpuinfo | tr '\n' ' ')"
-
-PV=/bin/pvfs-vm
-BE=/local/domain/0/backend/9pfs
-now() { cut -d. -f1 /proc/uptime; }
-# wait_xs PATH VALUE SECONDS: waits until the node holds VALUE
-wait_xs() {
-  end=$(( $(now) + $3 ))
-  while [ "$(now)" -lt $end ]; do
-    [ "$(xenstore-read "$1" 2>/dev/null)" = "$2" ] && return 0
-    usleep 300000
-  done
-  t "timeout waiting for $1=$2 (is: $(xenstore-read "$1" 2>&1))"
-  return 1
-}
-# wait_log FILE PATTERN SECONDS
-wait_log() {
-  end=$(( $(now) + $3 ))
-  while [ "$(now)" -lt $end ]; do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    usleep 300000
-  done
-  t "timeout waiting for '$2' in $1"
-  return 1
-}
-# Guest consoles (xenconsoled logs) stream to this console as they are written.
-follow_console() { touch /var/log/xen/console/guest-$1.log; tail -F /var/log/xen/console/guest-$1.log 2>/dev/null & }
-start_backend() {
-  SWIFT_BACKTRACE=enable=yes,interactive=no,color=no,threads=all,swift-backtrace=/bin/swift-backtrace \
-  $PV xen-serve-test --file hello.txt=hello-from-pvfs --refuse-tag refused --log-level info \
-    > /var/log/pvfs-backend-$1.log 2>&1 &
-  BPID=$!
-  tail -F /var/log/pvfs-backend-$1.log 2>/dev/null | sed "s/^/[backend-$1] /" &
-  wait_log /var/log/pvfs-backend-$1.log "backend running" 60
-}
-
-if grep -q 'pvfse2e=mmstress' /proc/cmdline; then
-  # Control experiment: memory-management churn in dom0 without any Xen device.
-  /bin/mmstress > /dev/null &
-  end=$(( $(now) + 150 ))
-  n=0
-  while [ "$(now)" -lt $end ]; do n=$((n + 1)); x=$(xenstore-read /local/domain/0/name); usleep 100000; done
-  t "forked $n subshells under mmstress"
-  dmesg | grep -E 'segfault|traps:|general protection' && fail dom0-process-crashed || pass no-dom0-crash
-  reboot -f
+ver=$(xl info 2>/dev/null | sed -n 's/^xen_version *: *//p')
+if [ -n "$ver" ]; then marker xen-dom0 ok "Xen $ver toolstack up at $(up)s"; else marker xen-dom0 fail "xl info failed"; finish; fi
+[ "${XEN_SHELL:-0}" = 1 ] && { t "shell requested"; setsid cttyhack sh; }
+if [ "$XEN_SCENARIO" = transport ]; then
+    . /etc/pvfs-xen/transport-check.sh
+    finish
 fi
-t "starting backend"
-check backend-started start_backend 1
-T0=$(up)
 
-# The backend and this script must not starve behind three booting guests under emulation.
-xl sched-credit -d 0 -w 1024
-for d in main churn hostile; do
-  follow_console $d
-  xl create -p /guest/$d.cfg > /var/log/xen/xl-create-$d.log 2>&1 || { t "xl create $d failed"; tail -20 /var/log/xen/xl-create-$d.log; }
-done
-M=$(xl domid main); C=$(xl domid churn); H=$(xl domid hostile)
-t "domains: main=$M churn=$C hostile=$H"
-check attach-main $PV attach vm-main --domid $M
-check attach-churn $PV attach vm-churn --domid $C --json
-n=0
-grep -qE 'pvfse2e=(qemu-)?destroy' /proc/cmdline ||
-for s in nr0 nr100 nrabc refabc refbad order20 order0 evbad ver2 refused malformed jump huge; do
-  $PV attach vm-hostile --domid $H --devid $n --tag $s > /dev/null || fail "attach-hostile-$s"
-  n=$((n + 1))
-done
-check attach-twice-refused sh -c "! $PV attach vm-main --domid $M --devid 0 2>/dev/null"
-check attach-unknown-domain sh -c "! $PV attach vm-x --domid 4242 2>/dev/null"
-check backend-initwait wait_xs $BE/$M/0/state 2 30
-xenstore-ls -fp $BE/$M 2>&1
-xenstore-ls -fp /local/domain/$M/device/9pfs 2>&1
-$PV xl-config vm-main --kernel /guest/vmlinuz --initrd /guest/guest-initrd.gz --memory 128 > /tmp/vm-main.cfg
-check xl-config grep -q 'rootflags=trans=xen,version=9p2000.L' /tmp/vm-main.cfg
-cat /tmp/vm-main.cfg
-
-# Started one after the other: three kernels booting at once crawl under nested emulation.
-if grep -q 'pvfse2e=qemu-destroy' /proc/cmdline; then
-  # Control experiment: QEMU's 9pfs backend instead of pvfs for the churn domain.
-  kill $BPID
-  mkdir -p /tmp/share; echo hello > /tmp/share/hello.txt; echo qemu > /tmp/share/whoami
-  xenstore-write $BE/$C/0/path /tmp/share
-  /usr/libexec/xen-qemu-system-i386 -xen-domid $C -xen-attach -machine xenpv -nodefaults -no-user-config \
-    -display none -m 256 > /var/log/qemu-backend.log 2>&1 &
-  xl unpause churn
-  check churn-busy wait_xs /local/domain/$C/data/phase busy 300
-  sleep 5
-  t "destroying churn mid-session (QEMU backend)"
-  xl destroy churn
-  sleep 20
-  xl list
-  dmesg | grep -E 'segfault|traps|general protection' && fail dom0-process-crashed || pass no-dom0-crash
-  cat /var/log/qemu-backend.log | tail
-  reboot -f
+# The share: a tmpfs of the quota's size (df and ENOSPC checks), else an ext2 image on a loop
+# device, because dom0's rootfs (tmpfs in 6.1) keeps no user.* xattrs.
+mkdir -p "$XEN_SHARE"
+if [ -n "$XEN_QUOTA_FS" ]; then
+    mount -t tmpfs -o "size=$XEN_QUOTA_FS,mode=755" share "$XEN_SHARE" || marker xen-share fail "tmpfs of $XEN_QUOTA_FS"
+elif truncate -s 512M /tmp/share.img && mke2fs -q -F /tmp/share.img >/tmp/mke2fs.log 2>&1 &&
+    mount -t ext2 -o loop,user_xattr /tmp/share.img "$XEN_SHARE" 2>>/tmp/mke2fs.log; then
+    t "share: ext2 image on $(grep " $XEN_SHARE " /proc/mounts | cut -d' ' -f1)"
+else
+    t "share: no loop ext2 ($(tail -2 /tmp/mke2fs.log | tr '\n' ' ')); using dom0's rootfs"
 fi
-if grep -q 'pvfse2e=destroy' /proc/cmdline; then
-  xl unpause churn
-  check churn-busy wait_xs /local/domain/$C/data/phase busy 300
-  sleep 5
-  t "destroying churn mid-session"
-  xl destroy churn
-  sleep 20
-  xl list
-  check backend-alive-after-destroy kill -0 $BPID
-  dmesg | grep -E 'segfault|traps|general protection' && fail dom0-process-crashed || pass no-dom0-crash
-  reboot -f
+chmod 755 "$XEN_SHARE"
+if [ -n "$XEN_SHARE_SEED" ]; then
+    cp -a "$XEN_SHARE_SEED/." "$XEN_SHARE/" && t "share seeded from $XEN_SHARE_SEED ($(du -sk "$XEN_SHARE" | cut -f1) KiB)"
 fi
-xl unpause main
-t "main unpaused"
-check main-mounted wait_xs /local/domain/$M/data/phase mounted 300
-xl unpause churn
-t "churn unpaused"
-check churn-busy wait_xs /local/domain/$C/data/phase busy 300
-check two-domains-connected sh -c "[ \$(xenstore-read $BE/$M/0/state) = 4 ] && [ \$(xenstore-read $BE/$C/0/state) = 4 ]"
-T1=$(up)
-t "two domUs mounted after $(awk -v a="$T1" -v b="$T0" 'BEGIN{print a-b}')s"
-xl unpause hostile
-t "hostile unpaused"
-check hostile-done wait_xs /local/domain/$H/data/phase done 400
-check hostile-scenarios wait_xs /local/domain/$H/data/hostile pass 5
-check backend-survived-hostile kill -0 $BPID
-for n in 0 1 2 3 4 5 6 7 8 9 10 11 12; do
-  echo "hostile device $n: tag=$(xenstore-read $BE/$H/$n/tag) state=$(xenstore-read $BE/$H/$n/state) error=$(xenstore-read $BE/$H/$n/error 2>/dev/null)"
+
+. /etc/pvfs-xen/backend.sh
+t "backend: ${XEN_BACKEND:-?}"
+if ! backend_prepare "$XEN_SHARE" "$XEN_TAG"; then
+    marker xen-backend-prepare fail "see the lines above"
+    finish
+fi
+
+cat >/tmp/domU.cfg <<EOF
+name = "domU"
+type = "pv"
+kernel = "/guest/vmlinux"
+ramdisk = "$XEN_DOMU_RAMDISK"
+extra = "$XEN_DOMU_CMDLINE"
+memory = $XEN_DOMU_MEM
+vcpus = 1
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "destroy"
+$(backend_xl_config "$XEN_SHARE" "$XEN_TAG")
+EOF
+t0=$(up)
+if ! xl create -p /tmp/domU.cfg >/var/log/xen/xl-create.log 2>&1; then
+    marker xen-domU-create fail "$(tail -3 /var/log/xen/xl-create.log | tr '\n' ' ')"
+    cat /tmp/domU.cfg /var/log/xen/xl-create.log /var/log/xen/qemu-dm-domU.log 2>/dev/null | tail -40
+    finish
+fi
+domid=$(xl domid domU)
+marker xen-domU-create ok "domid $domid (paused) in $(echo "$(up) - $t0" | bc)s"
+
+: >/var/log/xen/console/guest-domU.log
+tail -f /var/log/xen/console/guest-domU.log &
+tailpid=$!
+
+if backend_attach "$domid" "$XEN_SHARE" "$XEN_TAG"; then
+    marker xen-backend-attach ok "domid $domid tag $XEN_TAG"
+else
+    marker xen-backend-attach fail "domid $domid"
+fi
+if [ -n "${XEN_DEBUG:-}" ]; then
+    # Debugging (--env XEN_DEBUG=SECONDS): the backend's threads and the 9pfs device state.
+    (
+        while sleep "$XEN_DEBUG"; do
+            for p in $(pidof xen-qemu-system-i386 pvfsd); do
+                t "watch: $(cat /proc/$p/comm) $p $(cut -d' ' -f3,14,15 /proc/$p/stat) threads: $(for k in /proc/$p/task/*; do echo "$(cat $k/comm)/$(cut -d' ' -f3 $k/stat)/$(cat $k/wchan)"; done | tr '\n' ' ')"
+            done
+            t "watch: 9pfs fe state $(xenstore-read /local/domain/$domid/device/9pfs/0/state 2>&1) be state $(xenstore-read /local/domain/0/backend/9pfs/$domid/0/state 2>&1) error '$(xenstore-read /local/domain/0/backend/9pfs/$domid/0/error 2>/dev/null)'; evtchn irqs: $(grep -c xen-dyn /proc/interrupts)"
+            for f in /var/log/xen/pvfsd.log /var/log/xen/backend.log; do
+                [ -s "$f" ] && t "watch: $f: $(tail -3 "$f" | tr '\n' ' ')"
+            done
+        done
+    ) &
+fi
+xl unpause domU
+t1=$(up)
+# Poll xenstore, not xl: xl is heavy under emulation and has been seen to crash when run
+# every second, which would end the wait early.
+i=0 restarted=0
+while :; do
+    xenstore-exists "/local/domain/$domid" 2>/dev/null
+    [ $? -eq 1 ] && break # gone (a crashed tool, status >= 128, is not an answer)
+    if [ "${XEN_RESTART:-0}" = 1 ] && [ $restarted = 0 ] && grep -q PVFS-RESTART-REQUEST /var/log/xen/console/guest-domU.log; then
+        restarted=1
+        t0=$(up)
+        if backend_restart "$domid"; then
+            marker xen-backend-restart ok "killed (SIGKILL) and restarted in $(echo "$(up) - $t0" | bc)s"
+        else
+            marker xen-backend-restart fail "see the lines above"
+        fi
+    fi
+    sleep 2
+    i=$((i + 2))
+    if [ $i -ge "$XEN_DOMU_WAIT" ]; then
+        marker xen-domU-run fail "still running after ${XEN_DOMU_WAIT}s; destroying it"
+        xl destroy domU
+        break
+    fi
 done
+[ $i -lt "$XEN_DOMU_WAIT" ] && marker xen-domU-run ok "domU ran $(echo "$(up) - $t1" | bc)s"
+sleep 1
+kill $tailpid 2>/dev/null
+backend_teardown "$domid"
 
-t "destroying churn mid-session"
-TD=$(up)
-xl destroy churn
-end=$(( $(now) + 60 ))
-while [ "$(now)" -lt $end ]; do
-  xl list | grep -qE "churn|\(null\)" || break
-  usleep 300000
-done
-xl list
-check churn-gone-no-zombie sh -c "! xl list | grep -qE 'churn|\(null\)'"
-t "churn fully destroyed after $(awk -v a="$(up)" -v b="$TD" 'BEGIN{print a-b}')s"
-check churn-teardown-logged wait_log /var/log/pvfs-backend-1.log "device $C/0: rings unmapped" 10
-check churn-nodes-removed sh -c "! xenstore-read $BE/$C/0/state 2>/dev/null"
+if grep -q 'PVFS-TEST-DONE' /var/log/xen/console/guest-domU.log; then :; else
+    t "domU did not finish; its console, xl and device-model logs follow"
+    tail -30 /var/log/xen/xl-create.log
+    tail -30 /var/log/xen/qemu-dm-domU.log 2>/dev/null
+    ls -la /var/log/xen
+fi
 
-xenstore-write /local/domain/$M/data/cmd recheck
-check main-still-serving wait_xs /local/domain/$M/data/phase rechecked 120
-check backend-still-alive kill -0 $BPID
+# With XSAVE exposed to nested Xen under TCG, dom0 processes crashed at random (segfaults in
+# xl, xenstore tools, busybox); the kernel logs such crashes whatever the console level.
+crashes=$(dmesg | grep -E 'segfault at|traps: |general protection fault' | grep -v 'hostile-frontend')
+if [ -z "$crashes" ]; then
+    marker xen-dom0-no-crash ok "no process crashed in dom0"
+else
+    marker xen-dom0-no-crash fail "$(echo "$crashes" | head -3 | tr '\n' ' ')"
+fi
 
-t "killing the backend (SIGKILL) while main has the share mounted"
-kill -9 $BPID
-wait $BPID 2>/dev/null
-check backend-restarted start_backend 2
-check lost-session-adopted wait_log /var/log/pvfs-backend-2.log "device $M/0: adopted a connected frontend" 30
-xenstore-read $BE/$M/0/error
-check lost-session-error-node sh -c "xenstore-read $BE/$M/0/error | grep -q 'session lost'"
-xenstore-write /local/domain/$M/data/cmd stale
-check main-unmounted wait_xs /local/domain/$M/data/phase unmounted 240
-
-t "detaching main's device"
-$PV detach vm-main --domid $M > /tmp/detach.out 2>&1
-cat /tmp/detach.out
-check detach-closed-by-backend grep -q '^detached vm-main device 0' /tmp/detach.out
-check detach-nodes-removed sh -c "! xenstore-read $BE/$M/0/state 2>/dev/null && ! xenstore-read /local/domain/$M/device/9pfs/0/state 2>/dev/null"
-check detach-logged wait_log /var/log/pvfs-backend-2.log "device $M/0: removed" 10
-
-t "stopping the backend (SIGTERM)"
-kill -TERM $BPID
-end=$(( $(now) + 30 )); while kill -0 $BPID 2>/dev/null && [ "$(now)" -lt $end ]; do usleep 100000; done
-check backend-stopped-cleanly sh -c "! kill -0 $BPID 2>/dev/null && grep -q 'xen 9pfs backend stopped' /var/log/pvfs-backend-2.log"
-
-xenstore-write /local/domain/$M/data/cmd poweroff
-sleep 3
-# Any crashed dom0 process (the backend, the toolstack, this script's helpers) fails the run.
-if dmesg | grep -E 'segfault|traps:|general protection'; then fail no-dom0-process-crashed; else pass no-dom0-process-crashed; fi
-xl destroy hostile 2>/dev/null
-xl list
-
-if [ $FAILS -eq 0 ]; then echo "E2E: RESULT PASS"; else echo "E2E: RESULT FAIL ($FAILS failed)"; fi
-reboot -f
+view=$(backend_host_view "$XEN_SHARE")
+if [ -n "$XEN_MARKER_NONCE" ]; then
+    got=$(cat "$view/var/lib/pvfs-boot-marker" 2>&1)
+    case $got in
+    "$XEN_MARKER_NONCE "*) marker xen-dom0-marker ok "the booted root wrote: $got" ;;
+    *) marker xen-dom0-marker fail "marker: '$got', want nonce $XEN_MARKER_NONCE" ;;
+    esac
+fi
+if [ -n "$XEN_MARKER_NONCE" ]; then
+    : # a root boot, not the file checks: no manifest
+elif [ "${XEN_RESTART:-0}" = 1 ]; then
+    case $(cat "$view/restart-probe" 2>&1) in
+    "pvfs restart probe "*) marker xen-dom0-restart-probe ok "written before the SIGKILL, read through the store: $(cat "$view/restart-probe")" ;;
+    *) marker xen-dom0-restart-probe fail "restart-probe: '$(cat "$view/restart-probe" 2>&1)'" ;;
+    esac
+elif case " $XEN_DOMU_EXTRA " in *" pvfs.run=bench "* | *" pvfs.run=shell "* | *" pvfs.run=posix "*) true ;; *) false ;; esac then
+    : # the benchmark workload, a shell or the POSIX suite: no manifest either
+elif [ -n "$view" ] && [ -f "$view/pvfs-fileops/MANIFEST" ] && [ ! -s "$view/pvfs-fileops/MANIFEST" ]; then
+    t "manifest empty (the checks that write it were skipped)"
+elif [ -n "$view" ]; then
+    if [ -f "$view/pvfs-fileops/MANIFEST" ] && (cd "$view/pvfs-fileops" && sha256sum -c -s MANIFEST); then
+        marker xen-dom0-manifest ok "dom0 reads what the domU wrote ($(wc -l <"$view/pvfs-fileops/MANIFEST") files)"
+    else
+        marker xen-dom0-manifest fail "MANIFEST missing or mismatched under $view/pvfs-fileops"
+    fi
+fi
+finish

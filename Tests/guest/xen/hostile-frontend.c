@@ -5,9 +5,9 @@
  * owns) to do what a hostile guest kernel could do: write garbage into xenstore and into
  * the rings. Each 9pfs device attached to this domain is one scenario, named by its tag.
  *
- * For every scenario it prints
- *   HOSTILE <scenario> PASS|FAIL backend-state=<n> error="<backend error node>"
- * and finally writes data/phase=done.
+ * For every scenario it prints one result line in the format of Tests/guest/lib/results.sh
+ *   PVFS-TEST hostile-<scenario> ok|fail backend-state=<n> error="<backend error node>"
+ * (other lines start with HOSTILE) and finally writes data/hostile=pass|fail and data/phase=done.
  *
  * Build: gcc -O2 -o hostile-frontend hostile-frontend.c -lxenstore -lxengnttab -lxenevtchn
  */
@@ -95,7 +95,7 @@ static int wait_error(const char *be, const char *needle, double timeout) {
 
 static void report(const char *scenario, const char *be, int ok) {
     char *e = fe_read(be, "error");
-    printf("HOSTILE %s %s backend-state=%d error=\"%s\"\n", scenario, ok ? "PASS" : "FAIL",
+    printf("PVFS-TEST hostile-%s %s backend-state=%d error=\"%s\"\n", scenario, ok ? "ok" : "fail",
            read_state(be), e ? e : "");
     fflush(stdout);
     free(e);
@@ -181,7 +181,7 @@ static int ring_receive(struct ring *r, uint16_t *tag, double timeout) {
             for (int i = 0; i < 7; i++) h[i] = r->data[(cons + i) & (r->size - 1)];
             uint32_t size = h[0] | h[1] << 8 | h[2] << 16 | (uint32_t)h[3] << 24;
             if (prod - cons < size) {
-                printf("HOSTILE note: backend published a partial reply\n");
+                printf("PVFS-TEST hostile-whole-replies fail the backend published a partial reply\n");
                 failures++;
                 return -1;
             }
@@ -209,7 +209,7 @@ static void run(const char *scenario, const char *dev, const char *be, uint32_t 
     memset(rings, 0, sizeof(rings));
     int st = wait_state(be, 2, 60);
     if (st != 2) {
-        printf("HOSTILE %s FAIL backend never reached InitWait (state %d)\n", scenario, st);
+        printf("PVFS-TEST hostile-%s fail backend never reached InitWait (state %d)\n", scenario, st);
         failures++;
         return;
     }
@@ -304,7 +304,7 @@ static void run(const char *scenario, const char *dev, const char *be, uint32_t 
         fe_write(dev, "state", "6");
         ok = ok && wait_state(be, 6, 20) == 6;
     } else {
-        printf("HOSTILE %s FAIL unknown scenario\n", scenario);
+        printf("PVFS-TEST hostile-%s fail unknown scenario\n", scenario);
         failures++;
         return;
     }
@@ -319,7 +319,7 @@ int main(void) {
     gs = xengntshr_open(NULL, 0);
     xe = xenevtchn_open(NULL, 0);
     if (!xs || !gs || !xe) {
-        printf("HOSTILE FAIL cannot open xenstore/gntalloc/evtchn: %s\n", strerror(errno));
+        printf("PVFS-TEST hostile-frontend fail cannot open xenstore/gntalloc/evtchn: %s\n", strerror(errno));
         return 1;
     }
     unsigned int n = 0;
@@ -328,7 +328,7 @@ int main(void) {
     while (now() < end && !(devs = xs_directory(xs, XBT_NULL, "device/9pfs", &n)))
         usleep(100 * 1000);
     if (!devs) {
-        printf("HOSTILE FAIL no device/9pfs directory\n");
+        printf("PVFS-TEST hostile-frontend fail no device/9pfs directory\n");
         return 1;
     }
     for (unsigned int i = 0; i < n; i++) {
@@ -338,7 +338,7 @@ int main(void) {
         char *be = fe_read(dev, "backend");
         char *bid = fe_read(dev, "backend-id");
         if (!tag || !be || !bid) {
-            printf("HOSTILE FAIL device %s lacks tag/backend\n", devs[i]);
+            printf("PVFS-TEST hostile-device-%s fail lacks tag/backend\n", devs[i]);
             failures++;
             continue;
         }

@@ -1,12 +1,12 @@
 #!/bin/bash
-# Tests/guest/xen/run-xen-9pfs.sh: the guest file-operation checks in a Xen PV domU over Xen 9pfs.
+# Tests/guest/xen/run-xen-9pfs.sh: the guest checks in Xen PV domUs over Xen 9pfs (the one Xen driver).
 #
-# Boots Xen 4.17 nested under QEMU TCG with Debian's kernel as PV dom0 (xen/lab-dom0-init.sh as its
+# Boots Xen 4.17 nested under QEMU TCG with Debian's kernel as PV dom0 (xen/dom0-init.sh as its
 # /init). dom0 starts the toolstack, runs a 9pfs backend through a hook file (xen/backends/),
 # and boots a PV domU with the standard test initramfs (guest-init.sh + fileops.sh), which mounts
 #   mount -t 9p -o trans=xen,version=9p2000.L TAG /mnt
-# and runs the checks. The domU's console is copied to dom0's, so all PVFS-TEST markers land
-# in one serial log on the host.
+# and runs the checks. The domU's console is copied to dom0's, so all result lines
+# (Tests/guest/lib/results.sh) land in one serial log.
 #
 # usage: run-xen-9pfs.sh [OPTIONS]
 #   --backend qemu-xl       QEMU as backend, started by libxl from a p9= line (default)
@@ -19,7 +19,15 @@
 #                           attached (xenstore nodes as libxl writes them, or --attach-cmd CMD),
 #                           CMD starts in the background, the domU is unpaused. {domid}, {tag}
 #                           and {path} are substituted. Ship its binaries with --dom0-file.
-#   --backend FILE          any hook file (see the hook list in xen/lab-dom0-init.sh)
+#   --backend FILE          any hook file (see the hook list in xen/dom0-init.sh)
+#   --transport-check       instead of one domU: the Xen transport on its own (xen/transport-check.sh).
+#                           pvfs-xen-test-backend (PVFSTransport's Xen backend with a read-only
+#                           diagnostic 9P server) serves three domUs (xen/domU-init.sh): one
+#                           mounts and reads, one is destroyed mid-session, one runs
+#                           hostile-frontend.c (13 misbehaving-frontend scenarios); then SIGKILL
+#                           and restart under a mounted domU (EIO), pvfs-vm detach, SIGTERM.
+#                           Binaries: --test-backend BIN --pvfs-vm BIN, or --build-pvfs.
+#                           Needs gcc and libxen-dev for hostile-frontend.c.
 #   --boot-root             instead of the file checks, boot the domU's root from the share through
 #                           the initramfs of `pvfs-vm boot-files --transport xen`: the share holds
 #                           a small busybox root whose init reports and writes a marker that
@@ -49,7 +57,8 @@
 #   --env NAME=VALUE        a setting for the hook (written to dom0's /etc/pvfs-xen.conf)
 #   --dom0-append ARGS      extra dom0 kernel arguments;  --domu-append ARGS: extra domU ones
 #   --cpu MODEL             QEMU CPU model (default $PVFS_XEN_CPU or max,-xsave; see README)
-#   --dom0-mem MIB          dom0 memory (default 768, 1024 with pvfsd; QEMU gets dom0 + 1280 MiB)
+#   --dom0-mem MIB          dom0 memory (default 768, 1536 with pvfsd and --transport-check; QEMU
+#                           gets dom0 + 1280 MiB)
 #   --timeout S             bound on the whole QEMU run (default 1800)
 #   --shell                 stop in a dom0 shell after the toolstack is up (interactive)
 #   --log FILE              keep the serial log there
@@ -63,7 +72,7 @@ XEN_DIR=$(cd "$(dirname "$0")" && pwd)
 BACKEND=qemu-xl TAG=share QUOTA="" QUOTAFS="" SKIP="-" LARGE=8 NDIR=30 DOM0MEM=768 TIMEOUT=1800 SHELLMODE=0 KEEPLOG=""
 BOOTINIT=/sbin/pvfs-boot-marker DOMUMEM=256
 DOM0MEM_SET=0 BOOTROOT=0 RESTART=0 CPU=${PVFS_XEN_CPU:-max,-xsave} DOM0APPEND="" DOMUAPPEND="" PVFSD_BIN="" PVFSVM_BIN="" STORE="" VM="" BUILD_PVFS=0
-DOM0_FILES=() DOM0_TREES=() HOOK_ENV=() POSIX=""
+DOM0_FILES=() DOM0_TREES=() HOOK_ENV=() POSIX="" TRANSPORT=0 TESTBACKEND_BIN=""
 while [ $# -gt 0 ]; do
     case $1 in
     --backend) BACKEND=$2; shift 2 ;;
@@ -71,6 +80,8 @@ while [ $# -gt 0 ]; do
     --boot-root) BOOTROOT=1; shift ;;
     --boot-init) BOOTINIT=$2; shift 2 ;;
     --restart-check) RESTART=1; shift ;;
+    --transport-check) TRANSPORT=1; shift ;;
+    --test-backend) TESTBACKEND_BIN=$2; shift 2 ;;
     --posix) POSIX=quick; shift ;;
     --posix-full) POSIX=full; shift ;;
     --domu-mem) DOMUMEM=$2; shift 2 ;;
@@ -122,6 +133,16 @@ VMLINUX=$(guest_vmlinux "$KERNEL")
 XEN=$GUEST_CACHE/xen-$(sha256sum </boot/xen-4.17-amd64.gz | cut -c1-16)
 [ -s "$XEN" ] || { zcat /boot/xen-4.17-amd64.gz >"$XEN.$$" && mv "$XEN.$$" "$XEN"; } # multiboot wants the plain ELF
 
+# strip_into_dom0 BIN NAME: the binary as /usr/local/bin/NAME in dom0, without its debug info
+# (which would double its size in dom0's memory).
+strip_into_dom0() {
+    if command -v strip >/dev/null && strip -o "$GUEST_WORK/$2" "$1"; then
+        DOM0_FILES+=("$GUEST_WORK/$2:/usr/local/bin/$2")
+    else
+        DOM0_FILES+=("$1:/usr/local/bin/$2")
+    fi
+}
+
 # ---- pvfsd backend: binaries built with the Swift runtime linked in, plus the store.
 if [ "$BACKEND" = pvfsd ]; then
     [ -n "$STORE" ] && [ -n "$VM" ] || gdie "--backend pvfsd needs --store and --vm"
@@ -133,14 +154,8 @@ if [ "$BACKEND" = pvfsd ]; then
     fi
     [ -x "$PVFSD_BIN" ] && [ -x "$PVFSVM_BIN" ] || gdie "pvfsd backend needs --pvfsd BIN --pvfs-vm BIN (or --build-pvfs)"
     export PVFS_VM_BIN=$PVFSVM_BIN # boot-files for --boot-root
-    # Debug info would double the binaries' size in dom0's memory.
-    for b in "$PVFSD_BIN:pvfsd" "$PVFSVM_BIN:pvfs-vm"; do
-        if command -v strip >/dev/null && strip -o "$GUEST_WORK/${b#*:}" "${b%%:*}"; then
-            DOM0_FILES+=("$GUEST_WORK/${b#*:}:/usr/local/bin/${b#*:}")
-        else
-            DOM0_FILES+=("${b%%:*}:/usr/local/bin/${b#*:}")
-        fi
-    done
+    strip_into_dom0 "$PVFSD_BIN" pvfsd
+    strip_into_dom0 "$PVFSVM_BIN" pvfs-vm
     # dom0's root is a tmpfs of half its memory holding the tools, the stripped binaries and the
     # store: the quota checks need the VM's 64 MiB quota to run out before that filesystem does.
     [ "$DOM0MEM_SET" = 1 ] || DOM0MEM=1536
@@ -148,10 +163,49 @@ if [ "$BACKEND" = pvfsd ]; then
     HOOK_ENV+=("PVFS_XEN_STORE=/var/lib/pvfs" "PVFS_XEN_VM=$VM")
 fi
 
-# ---- domU: the standard test initramfs, xen flavour.
-DOMU_INITRD=$(guest_test_initramfs "$KVER" xen ${POSIX:+posix})
+# ---- the transport check: the test backend, pvfs-vm, the hostile frontend, two domU images.
+if [ "$TRANSPORT" = 1 ]; then
+    if [ "$BUILD_PVFS" = 1 ]; then
+        . "$XEN_DIR/release-builds.sh"
+        ensure_release_builds "$GUEST_REPO_ROOT" pvfs-vm pvfs-xen-test-backend || gdie "cannot build the release binaries"
+        TESTBACKEND_BIN=${TESTBACKEND_BIN:-$GUEST_REPO_ROOT/.build/release/pvfs-xen-test-backend}
+        PVFSVM_BIN=${PVFSVM_BIN:-$GUEST_REPO_ROOT/.build/release/pvfs-vm}
+    fi
+    [ -x "$TESTBACKEND_BIN" ] && [ -x "$PVFSVM_BIN" ] ||
+        gdie "--transport-check needs --test-backend BIN --pvfs-vm BIN (or --build-pvfs)"
+    strip_into_dom0 "$TESTBACKEND_BIN" pvfs-xen-test-backend
+    strip_into_dom0 "$PVFSVM_BIN" pvfs-vm
+    # dom0's root (half its memory) holds the tools, two Swift binaries and three domU images.
+    [ "$DOM0MEM_SET" = 1 ] || DOM0MEM=1536
+    [ -x /opt/swift/usr/libexec/swift/linux/swift-backtrace-static ] &&
+        DOM0_FILES+=("/opt/swift/usr/libexec/swift/linux/swift-backtrace-static:/bin/swift-backtrace")
+    gcc -O2 -Wall -o "$GUEST_WORK/hostile-frontend" "$XEN_DIR/hostile-frontend.c" -lxenstore -lxengnttab -lxenevtchn ||
+        gdie "cannot build hostile-frontend.c (apt-get install gcc libxen-dev)"
+    # The domUs' images: busybox, their modules, the xenstore tools, domU-init.sh as /init.
+    transport_domu_image() { # NAME MODULE...
+        local name=$1 b
+        shift
+        guest_initramfs_new
+        guest_initramfs_busybox
+        guest_initramfs_modules "$KVER" "$@"
+        for b in xenstore xenstore-read xenstore-write xenstore-list xenstore-rm xenstore-exists xenstore-chmod \
+            xenstore-ls xenstore-watch; do
+            guest_initramfs_bin "/usr/bin/$b"
+        done
+        [ "$name" = hostile ] && guest_initramfs_bin "$GUEST_WORK/hostile-frontend" /bin/hostile-frontend
+        guest_initramfs_file "$XEN_DIR/domU-init.sh" /init 0755
+        guest_initramfs_results
+        guest_initramfs_pack "pvfs-xen-$name-$KVER"
+    }
+    # shellcheck disable=SC2086
+    TRANSPORT_INITRD=$(transport_domu_image transport $GUEST_MODS_9P_XEN)
+    HOSTILE_INITRD=$(transport_domu_image hostile xen-evtchn xen-gntalloc)
+fi
 
-# ---- dom0 base image (cached): busybox, Xen modules and tools, QEMU's Xen backend, the domU.
+# ---- domU: the standard test initramfs, xen flavour.
+[ "$TRANSPORT" = 1 ] || DOMU_INITRD=$(guest_test_initramfs "$KVER" xen ${POSIX:+posix})
+
+# ---- dom0 base image (cached): busybox, Xen modules and tools, QEMU's Xen backend, the kernel.
 guest_initramfs_new
 guest_initramfs_busybox
 # loop + ext4 (+ crc32c, which ext4 requests at mount) hold the share: dom0's tmpfs has no user xattrs.
@@ -173,11 +227,11 @@ done
 guest_initramfs_text /etc/passwd 0644 $'root:x:0:0:root:/root:/bin/sh\n'
 guest_initramfs_text /etc/group 0644 $'root:x:0:\n'
 guest_initramfs_file "$VMLINUX" /guest/vmlinux 0644
-guest_initramfs_file "$DOMU_INITRD" /guest/initrd.img 0644
-guest_initramfs_file "$XEN_DIR/lab-dom0-init.sh" /init 0755
+guest_initramfs_file "$XEN_DIR/dom0-init.sh" /init 0755
+guest_initramfs_results
 DOM0_BASE=$(guest_initramfs_pack "pvfs-xen-dom0-$KVER" none)
 
-# ---- per-run layer: settings, the backend hook, extra files. Appended to the base cpio
+# ---- per-run layer: settings, the domU images, the backend hook, extra files. Appended to the base cpio
 # (the kernel unpacks concatenated archives in order).
 DOMU_EXTRA="pvfs.large=$LARGE pvfs.readdir=$NDIR${DOMUAPPEND:+ $DOMUAPPEND}"
 [ -n "$SKIP" ] && DOMU_EXTRA+=" pvfs.skip=$SKIP"
@@ -203,6 +257,15 @@ for e in "${HOOK_ENV[@]}"; do
     CONF+="${e%%=*}='${v//\'/\'\\\'\'}'"$'\n'
 done
 guest_initramfs_new
+if [ "$TRANSPORT" = 1 ]; then
+    CONF+="XEN_SCENARIO=transport"$'\n'
+    guest_initramfs_file "$XEN_DIR/transport-check.sh" /etc/pvfs-xen/transport-check.sh 0644
+    guest_initramfs_file "$TRANSPORT_INITRD" /guest/transport-initrd.img 0644
+    guest_initramfs_file "$HOSTILE_INITRD" /guest/hostile-initrd.img 0644
+    for c in main churn hostile; do guest_initramfs_file "$XEN_DIR/$c.cfg" "/guest/$c.cfg" 0644; done
+else
+    guest_initramfs_file "$DOMU_INITRD" /guest/initrd.img 0644
+fi
 if [ "$BOOTROOT" = 1 ]; then
     # A minimal root tree: static busybox and an init that proves it ran from the 9P root.
     NONCE=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -291,7 +354,9 @@ T_RUN=$(elapsed "$T1")
 [ "$QRC" = 124 ] && glog "QEMU timed out after ${TIMEOUT}s"
 
 RC=0
-guest_results "$LOG" "xen-9pfs/$BACKEND" || RC=1
+LABEL=xen-9pfs/$BACKEND
+[ "$TRANSPORT" = 1 ] && LABEL=xen-9pfs/transport
+guest_results "$LOG" "$LABEL" || RC=1
 if [ -n "$POSIX" ]; then
     "$GUEST_LIB_DIR/posix-compare.sh" --label "posix-xen/$BACKEND" "$LOG" >&2 || RC=1
 fi
@@ -300,5 +365,5 @@ tr -d '\r' <"$LOG" | grep -a 'PVFS-XEN\[' | sed 's/^/  dom0: /' >&2 || true
 TOOLS=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST xen-dom0 ok .* toolstack up at \([0-9.]*\)s.*/\1/p' | head -1)
 DOMU=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST xen-domU-run ok domU ran \([0-9.]*\)s.*/\1/p' | head -1)
 glog "timings: images ${T_BUILD}s; QEMU wall ${T_RUN}s (dom0 toolstack up at ${TOOLS:-?}s dom0 uptime, domU boot+checks ${DOMU:-?}s); total $(elapsed "$T0")s"
-echo "xen-9pfs/$BACKEND: $GUEST_RESULT_SUMMARY qemu_exit=$QRC wall=${T_RUN}s"
+echo "$LABEL: $GUEST_RESULT_SUMMARY qemu_exit=$QRC wall=${T_RUN}s"
 exit "$RC"

@@ -1,5 +1,5 @@
 # Xen 9pfs backend hook for an arbitrary backend command given by the test
-# (run-xen-9pfs.sh --backend-cmd CMD [--attach-cmd CMD]). Sourced by lab-dom0-init.sh.
+# (run-xen-9pfs.sh --backend-cmd CMD [--attach-cmd CMD]). Sourced by dom0-init.sh.
 #
 #   XEN_ATTACH_CMD   connects the paused domU's 9pfs device; default: write the xenstore
 #                    nodes the way libxl does (xs_attach_9pfs)

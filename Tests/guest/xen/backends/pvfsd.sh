@@ -1,5 +1,5 @@
 # Xen 9pfs backend hook: pvfsd serving a VM of a pvfs store over Xen 9pfs rings.
-# Sourced by lab-dom0-init.sh; see the hook list at the top of that file.
+# Sourced by dom0-init.sh; see the hook list at the top of that file.
 #
 #   pvfsd --store STORE --xen         the daemon in dom0: serves every 9pfs device whose backend
 #                                     `path` node names a VM the domain is bound to

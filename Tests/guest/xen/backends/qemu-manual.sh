@@ -1,7 +1,7 @@
 # Xen 9pfs backend hook: the domU is created paused without a p9 line, the 9pfs device is written
 # into xenstore by hand and QEMU is started as a separate backend process that attaches to the
 # domain. These are the same steps a pvfs backend takes (see pvfsd.sh), with QEMU standing in.
-# Sourced by lab-dom0-init.sh; see the hook list at the top of that file.
+# Sourced by dom0-init.sh; see the hook list at the top of that file.
 XEN_BACKEND="qemu (external process, xenstore nodes written by hand)"
 
 backend_attach() {

@@ -1,5 +1,5 @@
 # Xen 9pfs backend hook: QEMU started by libxl from an xl "p9 = [...]" line (Xen 4.17's only
-# built-in way). Sourced by lab-dom0-init.sh; see the hook list at the top of that file.
+# built-in way). Sourced by dom0-init.sh; see the hook list at the top of that file.
 XEN_BACKEND="qemu (xl p9=)"
 
 backend_xl_config() {

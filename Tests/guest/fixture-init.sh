@@ -1,12 +1,14 @@
 #!/bin/sh
-# /init of the test guest: mounts pvfs over 9P2000.L (TCP) and exercises it the way programs
-# do, printing "CHECK <name> ok" or "CHECK <name> FAIL <why>" for each step and "RESULT done"
-# at the end. Parameters come from the kernel command line (p9port=, p9aname=, p9opts=).
+# Tests/guest/fixture-init.sh: /init of the guest of run-9p-fixture.sh (busybox sh). Mounts the
+# 9P2000.L server of a Swift test (the socket transport serving a fixture VM) over TCP and
+# exercises it the way programs do; the test then reads, through the engine, what the guest did.
+# One result line per step, PVFS-TEST-DONE at the end (lib/results.sh). Parameters come from
+# the kernel command line (p9port=, p9aname=, p9opts=).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules/order); do insmod /modules/$m 2>/dev/null; done
+for m in $(cat /modules/order); do insmod /modules/$m.ko 2>/dev/null; done
 for arg in $(cat /proc/cmdline); do
   case $arg in
     p9port=*) PORT=${arg#p9port=} ;;
@@ -14,20 +16,21 @@ for arg in $(cat /proc/cmdline); do
     p9opts=*) OPTS=${arg#p9opts=} ;;
   esac
 done
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 
-ok() { echo "CHECK $1 ok"; }
-bad() { echo "CHECK $1 FAIL $2"; }
+. /lib/pvfs/results.sh
 check() {
   n=$1; shift
-  if out=$("$@" 2>&1); then ok "$n"; else bad "$n" "$(echo "$out" | head -c 300 | tr '\n' ' ')"; fi
+  if out=$("$@" 2>&1); then marker "$n" ok ""; else marker "$n" fail "$(echo "$out" | head -c 300 | tr '\n' ' ')"; fi
 }
 expect() {
   n=$1; want=$2; shift 2
   got=$("$@" 2>&1)
-  if [ "$got" = "$want" ]; then ok "$n"; else bad "$n" "want [$want] got [$(echo "$got" | head -c 300 | tr '\n' ' ')]"; fi
+  if [ "$got" = "$want" ]; then marker "$n" ok ""; else marker "$n" fail "want [$want] got [$(echo "$got" | head -c 300 | tr '\n' ' ')]"; fi
 }
 
 M=/mnt/vm
@@ -123,5 +126,5 @@ check remount mount -t 9p -o "$OPTIONS" 10.0.2.2 $M
 expect persisted x cat $M/a/b/moved.txt
 expect persisted-host guest-host cat $M/etc/hostname
 check final-umount umount $M
-echo "RESULT done"
+marker_done
 poweroff -f
