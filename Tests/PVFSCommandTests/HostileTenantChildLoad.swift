@@ -8,9 +8,13 @@ import Testing
 /// its own (setsid), so the kernel puts it in a scheduling group (autogroup) of its own as
 /// well, of the same weight as the test's (whose group pvfsd shares). Its client threads thus
 /// compete with the victim's client as a guest's would, not as threads of the victim's own
-/// process.
+/// process. The child and its group run at nice `niceValue` (19 unless
+/// `PVFS_HOSTILE_LOAD_NICE` says otherwise), as a low-priority guest's QEMU would: what the
+/// victim then loses is pvfsd's doing, not the host scheduler's sharing of the CPU with the
+/// load generator.
 final class ChildLoad {
     static let environmentKey = "PVFS_HOSTILE_CHILD_LOAD"
+    static let niceValue = ProcessInfo.processInfo.environment["PVFS_HOSTILE_LOAD_NICE"].flatMap { Int32($0) }.map { max(0, min(19, $0)) } ?? 19
     private let process = Process()
     private let input = Pipe()
     private let output = Pipe()
@@ -19,8 +23,10 @@ final class ChildLoad {
     init(port: UInt16, load: HostileTenantTests.Load, seed: UInt64) throws {
         // setsid(1) forks when it has to (Process makes the child a process group leader, which
         // cannot start a session) and waits: closing the pipes still reaches the load.
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        process.arguments = ["--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+        // nice(1) first, so that every thread of the load inherits it.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/nice")
+        process.arguments = ["-n", "\(Self.niceValue)", "/usr/bin/setsid",
+                             "--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
                              "--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
         var environment = ProcessInfo.processInfo.environment
         environment[Self.environmentKey] = "\(port) \(load) \(seed)"
@@ -93,6 +99,11 @@ extension HostileTenantTests {
               let seed = UInt64(words[2]) else {
             Issue.record("bad \(ChildLoad.environmentKey)")
             return
+        }
+        // The scheduling group's own weight: between groups, the group's nice counts, not the threads'.
+        if ChildLoad.niceValue > 0, let group = FileHandle(forWritingAtPath: "/proc/self/autogroup") {
+            group.write(Data("\(ChildLoad.niceValue)".utf8))
+            try? group.close()
         }
         let flood = load.flood.map { TenantFlood(port: port, shape: $0, seed: seed) }
         let spinning = StopFlag()

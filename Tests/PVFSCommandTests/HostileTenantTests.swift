@@ -525,9 +525,11 @@ struct HostileTenantTests {
     /// Quiet and loaded phases alternate, and the medians over the rounds of their p50 and p99
     /// are printed side by side with a control load that never touches pvfsd (CPU-bound
     /// threads): on a machine of few cores any load raises the victim's p99, and the control
-    /// shows how much of that is the scheduler's. The victim's requests run on its own
-    /// connection's thread and queue behind nothing of the abuser's, so a bound relative to the
-    /// quiet p99 would measure the machine; bench/hostile-tenant.sh prints the table.
+    /// shows how much of that is the scheduler's. The loads run at nice 19 (`ChildLoad`), pvfsd
+    /// and the victim at 0. When the control leaves the victim's p99 within 1.3x of its quiet
+    /// p99, each flood must leave it within 2x; otherwise the machine is too noisy for that bound
+    /// to mean anything about pvfsd, and the test says so instead of judging it.
+    /// bench/hostile-tenant.sh prints the table.
     @Test(.tags(.slow), .slowTestsOnly) func anotherTenantIsServedWhileOneFloods() throws {
         let rounds = max(1, Self.environment["PVFS_HOSTILE_LATENCY_ROUNDS"].flatMap { Int($0) } ?? 4)
         let samples = max(100, Self.environment["PVFS_HOSTILE_LATENCY_SAMPLES"].flatMap { Int($0) } ?? 2000)
@@ -596,6 +598,11 @@ struct HostileTenantTests {
               + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="abuser"}"#) ?? -1)) times, victim "
               + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="victim"}"#) ?? 0)) times")
         print("hostile: load                      quiet p50    p99 | loaded p50    p99    max | p99 x quiet")
+        func ratio(_ p: Phases) -> Double { median(p.loadedP99) / median(p.quietP99) }
+        // The 2x bound is judged only when the machine itself does not raise the victim's p99:
+        // the control load (never touching pvfsd) must leave it within 1.3x.
+        let control = phases[.cpuControl].map(ratio) ?? .infinity
+        let judged = control <= Self.quietMachineControlRatio
         for load in Load.allCases {
             guard let p = phases[load] else { continue }
             let quietP99 = median(p.quietP99), loadedP99 = median(p.loadedP99)
@@ -603,6 +610,9 @@ struct HostileTenantTests {
             print("hostile: \(name)" + String(format: " %10.0f %6.0f | %10.0f %6.0f %6.0f | %5.1f", median(p.quietP50), quietP99,
                                                      median(p.loadedP50), loadedP99, p.loadedMax, loadedP99 / quietP99))
             #expect(loadedP99 < 250_000, "\(load.rawValue): victim p99 \(Int(loadedP99)) us")
+            if judged && load.flood != nil {
+                #expect(loadedP99 <= 2 * quietP99, "\(load.rawValue): victim p99 \(Int(loadedP99)) us, \(String(format: "%.1f", loadedP99 / quietP99))x its quiet p99")
+            }
             if load.flood.map({ $0.pipelines > 0 }) == true {
                 #expect(p.abuserReplies > 0, "\(load.rawValue): the abuser was not served")
             }
@@ -611,9 +621,18 @@ struct HostileTenantTests {
                 print("hostile: reconnects: \(p.abuserConnections) attached, \(p.abuserRefusedAtTheCap) refused at max-connections-per-vm")
             }
         }
+        if judged {
+            print("hostile: 2x bound judged (control \(String(format: "%.2f", control))x)")
+        } else {
+            print("hostile: machine too noisy: the control alone raised the victim's p99 \(String(format: "%.1f", control))x "
+                  + "(over \(Self.quietMachineControlRatio)x); the 2x bound is not judged")
+        }
         try victim.check()
         try finish(daemon)
     }
+
+    /// The most the control load may raise the victim's p99 for the 2x bound to be judged.
+    static let quietMachineControlRatio = 1.3
 
     /// What CPU accounting costs a tenant alone: replies per second to six connections of
     /// pipelined requests (mixed, then 64 KiB reads), nobody else served. Run by
