@@ -182,7 +182,7 @@ public struct ListVMs: ParsableCommand, StoreCommand {
 }
 
 public struct ShowVM: ParsableCommand, StoreCommand {
-    public static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a VM: template, quota, usage, access rules.")
+    public static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a VM: template, quota, usage, worker weight, access rules.")
 
     @OptionGroup public var storeOptions: StoreOptions
     @OptionGroup public var logging: LoggingOptions
