@@ -110,6 +110,10 @@ extension HostileTenantTests {
         let spinners = DispatchGroup()
         if let flood {
             flood.start()
+            // Ready once the flood flows (a reply or an attach): at nice 19 on a busy machine
+            // the load may take a while to get going, and a phase without it measures nothing.
+            let deadline = Date(timeIntervalSinceNow: 10)
+            while flood.counts.replies + flood.counts.connections == 0 && Date() < deadline { usleep(10_000) }
         } else {
             HostileTenantTests.spin(threads: 4, until: spinning, group: spinners)
         }
