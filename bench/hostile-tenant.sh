@@ -10,7 +10,8 @@
 #      threads): on a machine of few cores any load raises the p99, and the control shows by how
 #      much. Each load runs in a child process in a session (autogroup) of its own at nice 19
 #      (process and group), as a low-priority guest's QEMU would, while pvfsd and the victim run
-#      at 0 (--load-nice N: another nice value; --in-process: in the test's process).
+#      at 0 (--load-nice N: another nice value, 20 for SCHED_IDLE; --in-process: in the test's
+#      process).
 #      Quiet and loaded phases alternate; p50/p99 are medians over the rounds. The 2x bound on
 #      the victim's p99 is judged only when the control stays within 1.3x of its quiet p99.
 #   2. pool share: a victim with 8 reads in flight (these go through the worker pool, shared

@@ -9,12 +9,12 @@ import Testing
 /// well, of the same weight as the test's (whose group pvfsd shares). Its client threads thus
 /// compete with the victim's client as a guest's would, not as threads of the victim's own
 /// process. The child and its group run at nice `niceValue` (19 unless
-/// `PVFS_HOSTILE_LOAD_NICE` says otherwise), as a low-priority guest's QEMU would: what the
-/// victim then loses is pvfsd's doing, not the host scheduler's sharing of the CPU with the
-/// load generator.
+/// `PVFS_HOSTILE_LOAD_NICE` says otherwise; 20: SCHED_IDLE, which any other thread preempts at
+/// its wakeup), as a low-priority guest's QEMU would: what the victim then loses is pvfsd's
+/// doing, not the host scheduler's sharing of the CPU with the load generator.
 final class ChildLoad {
     static let environmentKey = "PVFS_HOSTILE_CHILD_LOAD"
-    static let niceValue = ProcessInfo.processInfo.environment["PVFS_HOSTILE_LOAD_NICE"].flatMap { Int32($0) }.map { max(0, min(19, $0)) } ?? 19
+    static let niceValue = ProcessInfo.processInfo.environment["PVFS_HOSTILE_LOAD_NICE"].flatMap { Int32($0) }.map { max(0, min(20, $0)) } ?? 19
     private let process = Process()
     private let input = Pipe()
     private let output = Pipe()
@@ -25,9 +25,9 @@ final class ChildLoad {
         // cannot start a session) and waits: closing the pipes still reaches the load.
         // nice(1) first, so that every thread of the load inherits it.
         process.executableURL = URL(fileURLWithPath: "/usr/bin/nice")
-        process.arguments = ["-n", "\(Self.niceValue)", "/usr/bin/setsid",
-                             "--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
-                             "--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
+        process.arguments = ["-n", "\(min(19, Self.niceValue))"] + (Self.niceValue == 20 ? ["/usr/bin/chrt", "--idle", "0"] : [])
+            + ["/usr/bin/setsid", "--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+               "--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
         var environment = ProcessInfo.processInfo.environment
         environment[Self.environmentKey] = "\(port) \(load) \(seed)"
         process.environment = environment
@@ -102,7 +102,7 @@ extension HostileTenantTests {
         }
         // The scheduling group's own weight: between groups, the group's nice counts, not the threads'.
         if ChildLoad.niceValue > 0, let group = FileHandle(forWritingAtPath: "/proc/self/autogroup") {
-            group.write(Data("\(ChildLoad.niceValue)".utf8))
+            group.write(Data("\(min(19, ChildLoad.niceValue))".utf8))
             try? group.close()
         }
         let flood = load.flood.map { TenantFlood(port: port, shape: $0, seed: seed) }
