@@ -8,7 +8,7 @@ import PVFS9PCodec
 ///
 /// Jobs wait in one FIFO per tenant. Two rules decide which tenant a free thread serves:
 /// - **Fair queueing by worker time.** Each tenant has a virtual time that grows by the time its
-///   jobs hold a thread, divided by its weight (`weights`, default 100): a free thread takes the
+///   jobs hold a thread, divided by its weight (`setWeights`, default 100): a free thread takes the
 ///   first job of the tenant with the smallest virtual time (a min-heap, O(log tenants)). A
 ///   job is charged an estimate of its cost when it starts (the tenant's recent mean) and
 ///   corrected by what it took when it ends, so a tenant whose requests sleep in fsync is
