@@ -99,7 +99,7 @@ enum DaemonServices {
             daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger,
                                               configuration: daemon.ninePConfiguration,
                                               limits: daemon.configuration.limits, admission: daemon.admission,
-                                              cpuFairness: daemon.cpuFairness))
+                                              cpuFairness: daemon.cpuFairness, pool: daemon.workerPool))
         }
         HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
         // Always present, so that a binding made while pvfsd runs starts serving at once.
@@ -109,7 +109,7 @@ enum DaemonServices {
         if daemon.configuration.xenEnabled {
             daemon.add(XenService(registry: daemon.registry, logger: daemon.logger, configuration: daemon.ninePConfiguration,
                                   limits: daemon.configuration.limits, admission: daemon.admission,
-                                  cpuFairness: daemon.cpuFairness))
+                                  cpuFairness: daemon.cpuFairness, pool: daemon.workerPool))
         }
     }
 }

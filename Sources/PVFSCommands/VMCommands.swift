@@ -28,6 +28,8 @@ struct VMReport: Codable {
     var inodeLimit: Int64?
     var usedBytes: Int64
     var usedInodes: Int64
+    /// Its share of pvfsd's worker threads relative to other VMs' (default 100).
+    var workerWeight: Int
     var inUse: Bool
     var access: VMAccessSettings?
     var bindings: [VMBinding]?
@@ -42,6 +44,7 @@ struct VMReport: Codable {
                                           withoutQuota: VolumeLimits().inodesWithoutQuota)
         usedBytes = vm.usedBytes
         usedInodes = vm.usedInodes
+        workerWeight = vm.workerWeight
         inUse = store.isVMInUse(vm)
         if detailed {
             access = try store.accessSettings(vm: vm.name)
@@ -179,7 +182,7 @@ public struct ListVMs: ParsableCommand, StoreCommand {
 }
 
 public struct ShowVM: ParsableCommand, StoreCommand {
-    public static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a VM: template, quota, usage, access rules.")
+    public static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a VM: template, quota, usage, worker weight, access rules.")
 
     @OptionGroup public var storeOptions: StoreOptions
     @OptionGroup public var logging: LoggingOptions
@@ -199,6 +202,7 @@ public struct ShowVM: ParsableCommand, StoreCommand {
                 print("created:     \(report.created)")
                 print("used:        \(formatBytes(report.usedBytes)), \(report.usedInodes) inodes")
                 print("quota:       \(report.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: report.quotaInodes, limit: report.inodeLimit))")
+                print("weight:      \(report.workerWeight)\(report.workerWeight == VMRecord.defaultWorkerWeight ? " (default)" : "")")
                 print("in use:      \(report.inUse ? "yes (served or mounted)" : "no")")
                 if let access = report.access {
                     var mapping = access.idMapping
@@ -306,6 +310,47 @@ public struct SetQuota: ParsableCommand, StoreCommand {
             let limit = InodeQuota.effective(quotaBytes: vm.quotaBytes, quotaInodes: vm.quotaInodes,
                                              withoutQuota: VolumeLimits().inodesWithoutQuota)
             return "VM \(name): quota \(vm.quotaBytes.map(formatBytes) ?? "no byte limit"), \(inodeQuotaText(quotaInodes: vm.quotaInodes, limit: limit))"
+        }
+    }
+}
+
+public struct SetWeight: ParsableCommand, StoreCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "set-weight", abstract: "Change a VM's share of pvfsd's worker threads; a served VM applies it at once.",
+        discussion: """
+            pvfsd's worker threads run the file operations of every VM. While several VMs have \
+            work waiting, each gets worker time in proportion to its weight (default \(VMRecord.defaultWorkerWeight)): \
+            a VM of weight 200 gets twice the time of one of weight 100. Whatever its weight, one VM \
+            runs on at most worker-max-share of the threads while others wait (docs/operations.md).
+            """)
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+
+    @Argument(help: "The VM's name.")
+    public var name: String
+
+    @Argument(help: ArgumentHelp("The weight, \(VMRecord.workerWeights.lowerBound) to \(VMRecord.workerWeights.upperBound), or 'default' (\(VMRecord.defaultWorkerWeight)).",
+                                 valueName: "weight"))
+    public var weight: String
+
+    public init() {}
+
+    var parsedWeight: Int? {
+        weight == "default" ? VMRecord.defaultWorkerWeight : Int(weight).flatMap { VMRecord.workerWeights.contains($0) ? $0 : nil }
+    }
+
+    public func validate() throws {
+        if parsedWeight == nil {
+            throw ValidationError("invalid weight '\(weight)': use \(VMRecord.workerWeights.lowerBound) to \(VMRecord.workerWeights.upperBound), or 'default'")
+        }
+    }
+
+    public func run() throws {
+        try changeStore(log: "pvfs.vm") { store, _ in
+            try store.setWorkerWeight(vm: name, parsedWeight ?? VMRecord.defaultWorkerWeight)
+            let vm = try store.requireVM(named: name)
+            return "VM \(name): weight \(vm.workerWeight)"
         }
     }
 }

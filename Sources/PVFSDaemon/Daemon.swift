@@ -25,6 +25,9 @@ public final class Daemon: @unchecked Sendable {
     /// pvfsd's CPU per tenant, and the priority of the threads serving each (shared by the 9P
     /// transports' worker pools and connections).
     public let cpuFairness: TenantCPUFairness
+    /// The worker threads that run every transport's file operations, fair between VMs by
+    /// their catalog weights (one pool, so that fairness holds across transports).
+    public let workerPool: NinePWorkerPool
     public let logger: Logger
     /// Limits reached by connections not bound to a VM yet (those of a VM count in its counters).
     public let unboundLimitCounters = LimitCounters()
@@ -54,6 +57,18 @@ public final class Daemon: @unchecked Sendable {
         var fairness = TenantCPUFairness.Settings()
         fairness.demotedNice = configuration.limits.tenantCPUNice
         cpuFairness = TenantCPUFairness(settings: fairness, logger: logger)
+        workerPool = NinePWorkerPool(threads: configuration.limits.workerThreads,
+                                     maximumShare: configuration.limits.workerMaxShare, fairness: cpuFairness)
+        try applyWorkerWeights()
+    }
+
+    /// Gives the worker pool every VM's weight from the catalog.
+    private func applyWorkerWeights() throws {
+        var weights: [NinePWorkerPool.Tenant: Int] = [:]
+        for vm in try store.listVMs() where vm.workerWeight != NinePWorkerPool.defaultWeight {
+            weights[.vm(vm.name)] = vm.workerWeight
+        }
+        workerPool.setWeights(weights)
     }
 
     /// The configuration of each 9P connection of this daemon's services.
@@ -70,9 +85,10 @@ public final class Daemon: @unchecked Sendable {
         reloadHandlers.append(body)
     }
 
-    /// Re-reads access rules and quotas, then tells the services that follow the catalog.
+    /// Re-reads access rules, quotas and weights, then tells the services that follow the catalog.
     public func reload() throws {
         try registry.reload()
+        try applyWorkerWeights()
         for handler in reloadHandlers { handler() }
     }
 
@@ -164,6 +180,8 @@ public final class Daemon: @unchecked Sendable {
         for timer in timers { timer.cancel() }
         usageSaving?.stop()
         for service in services.reversed() { service.stop() }
+        // The services' connections are gone; what they queued runs before the volumes close.
+        workerPool.shutdown()
         control?.stop()
         metricsListener?.stop()
         registry.saveUsage()
@@ -223,6 +241,7 @@ public final class Daemon: @unchecked Sendable {
                        unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,
                        volumeLimits: registry.volumeLimits, transportLimits: configuration.limits)
             + Metrics.render(tenants: admission.usage) + Metrics.render(cpu: cpuFairness)
+            + Metrics.render(pool: workerPool, volumes: registry.openVolumes)
     }
 
     private func serveMetricsHTTP(_ fd: Int32) {

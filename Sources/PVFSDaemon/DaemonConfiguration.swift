@@ -30,6 +30,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
         /// than its share of pvfsd's CPU (`TenantCPUFairness`); 0: account CPU per tenant,
         /// demote nobody (the default).
         public var tenantCPUNice: Int32 = TenantCPUFairness.Settings().demotedNice
+        /// Threads of the worker pool every transport shares (file operations).
+        public var workerThreads = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)
+        /// Share of the worker threads one VM may run on while another VM has work waiting.
+        public var workerMaxShare = 0.5
 
         public init() {}
 
@@ -43,7 +47,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
              ("reply-queue-bytes", "\(replyQueueBytes)"),
              ("xen-ring-requests", "\(xenRing.maxRequestsInFlight)"),
              ("xen-ring-reply-bytes", "\(xenRing.maxReplyBytes)"),
-             ("tenant-cpu-nice", "\(tenantCPUNice)")]
+             ("tenant-cpu-nice", "\(tenantCPUNice)"),
+             ("worker-threads", "\(workerThreads)"),
+             ("worker-max-share", "\(workerMaxShare)")]
         }
 
         /// Sets one limit from its pvfsd.conf line; false when `key` is not a limit.
@@ -76,6 +82,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "xen-ring-requests": xenRing.maxRequestsInFlight = try count(1...65535)
             case "xen-ring-reply-bytes": xenRing.maxReplyBytes = try bytes(64 << 10 ... 1 << 34)
             case "tenant-cpu-nice": tenantCPUNice = Int32(try count(0...20))
+            case "worker-threads": workerThreads = try count(1...1024)
+            case "worker-max-share":
+                guard let v = Double(value), v.isFinite, v > 0, v <= 1 else {
+                    throw ConfigurationError("\(key) takes a fraction above 0 and at most 1 (e.g. 0.5)")
+                }
+                workerMaxShare = v
             default: return false
             }
             return true

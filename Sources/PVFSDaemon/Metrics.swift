@@ -112,13 +112,6 @@ public enum Metrics {
     /// priority for using more than their share (`tenant-cpu-nice`).
     public static func render(cpu fairness: TenantCPUFairness) -> String {
         var out = ""
-        func labels(_ tenant: TenantCPUFairness.Tenant) -> String {
-            switch tenant {
-            case .vm(let name): "kind=\"vm\",tenant=\"\(escape(name))\""
-            case .listener(let name): "kind=\"listener\",tenant=\"\(escape(name))\""
-            case .xenDomain(let id): "kind=\"xen-domain\",tenant=\"\(id)\""
-            }
-        }
         let usage = fairness.usage
         out += "# HELP pvfs_tenant_cpu_seconds_total CPU time pvfsd spent serving the tenant (connection threads and workers).\n"
         out += "# TYPE pvfs_tenant_cpu_seconds_total counter\n"
@@ -133,6 +126,39 @@ public enum Metrics {
         out += "# TYPE pvfs_tenant_cpu_fairness_active gauge\n"
         out += "pvfs_tenant_cpu_fairness_active \(fairness.demotes ? 1 : 0)\n"
         return out
+    }
+
+    /// The worker pool: each served VM's weight, and the work each tenant has queued and
+    /// running now (tenants with none are not listed).
+    public static func render(pool: NinePWorkerPool, volumes: [Volume]) -> String {
+        var out = ""
+        out += "# HELP pvfs_worker_weight The VM's share of the worker threads relative to other VMs' (pvfs-vm set-weight).\n"
+        out += "# TYPE pvfs_worker_weight gauge\n"
+        for name in Set(volumes.map(\.name)).sorted() {
+            out += "pvfs_worker_weight{vm=\"\(escape(name))\"} \(pool.weight(of: .vm(name)))\n"
+        }
+        out += "# HELP pvfs_worker_threads Threads of the worker pool shared by every transport.\n"
+        out += "# TYPE pvfs_worker_threads gauge\n"
+        out += "pvfs_worker_threads \(pool.threadCount)\n"
+        out += "# HELP pvfs_worker_max_running Jobs one tenant may run at once while another has work queued (worker-max-share).\n"
+        out += "# TYPE pvfs_worker_max_running gauge\n"
+        out += "pvfs_worker_max_running \(pool.sharedCap)\n"
+        let statistics = pool.statistics
+        out += "# HELP pvfs_tenant_worker_queued Jobs of the tenant waiting for a worker thread.\n"
+        out += "# TYPE pvfs_tenant_worker_queued gauge\n"
+        for s in statistics { out += "pvfs_tenant_worker_queued{\(labels(s.tenant))} \(s.queued)\n" }
+        out += "# HELP pvfs_tenant_worker_running Jobs of the tenant running on worker threads.\n"
+        out += "# TYPE pvfs_tenant_worker_running gauge\n"
+        for s in statistics { out += "pvfs_tenant_worker_running{\(labels(s.tenant))} \(s.running)\n" }
+        return out
+    }
+
+    static func labels(_ tenant: NinePWorkerPool.Tenant) -> String {
+        switch tenant {
+        case .vm(let name): "kind=\"vm\",tenant=\"\(escape(name))\""
+        case .listener(let name): "kind=\"listener\",tenant=\"\(escape(name))\""
+        case .xenDomain(let id): "kind=\"xen-domain\",tenant=\"\(id)\""
+        }
     }
 
     static func escape(_ label: String) -> String {

@@ -18,6 +18,8 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     /// Connections per listener and per VM, shared with the daemon's metrics.
     public let admission: TenantAdmission
     private let pool: NinePWorkerPool
+    /// Whether `pool` is this service's own (stopped with it) rather than the daemon's.
+    private let ownsPool: Bool
     private let configuration: NinePConfiguration
     private var server: SocketServer?
     /// Listener address as the transport reports it → configured name.
@@ -26,7 +28,7 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     public init(listeners: [DaemonConfiguration.Listener], registry: VolumeRegistry, logger: Logger,
                 configuration: NinePConfiguration = NinePConfiguration(),
                 limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(), admission: TenantAdmission? = nil,
-                cpuFairness: TenantCPUFairness? = nil,
+                cpuFairness: TenantCPUFairness? = nil, pool: NinePWorkerPool? = nil,
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) throws {
         self.listeners = listeners
         self.registry = registry
@@ -34,7 +36,9 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
         self.configuration = configuration
         self.limits = limits
         self.admission = admission ?? TenantAdmission(limits: limits.tenants, logger: logger)
-        pool = NinePWorkerPool(threads: workerThreads, fairness: cpuFairness)
+        // The daemon's pool when given (shared by every transport), else one of its own.
+        self.pool = pool ?? NinePWorkerPool(threads: workerThreads, fairness: cpuFairness)
+        ownsPool = pool == nil
         var names: [String: String] = [:]
         for listener in listeners {
             guard let address = ListenAddress(listener.address) else {
@@ -95,7 +99,7 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
 
     public func stop() {
         server?.stop()
-        pool.shutdown()
+        if ownsPool { pool.shutdown() }
     }
 
     static func identity(of peer: NinePPeer, listener: String) -> ClientIdentity {

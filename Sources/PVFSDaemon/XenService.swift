@@ -14,6 +14,8 @@ public final class XenService: DaemonService, @unchecked Sendable {
     private let registry: VolumeRegistry
     private let logger: Logger
     private let pool: NinePWorkerPool
+    /// Whether `pool` is this service's own (stopped with it) rather than the daemon's.
+    private let ownsPool: Bool
     private let configuration: NinePConfiguration
     private let limits: DaemonConfiguration.Limits
     private let admission: TenantAdmission?
@@ -21,14 +23,16 @@ public final class XenService: DaemonService, @unchecked Sendable {
 
     public init(registry: VolumeRegistry, logger: Logger, configuration: NinePConfiguration = NinePConfiguration(),
                 limits: DaemonConfiguration.Limits = DaemonConfiguration.Limits(), admission: TenantAdmission? = nil,
-                cpuFairness: TenantCPUFairness? = nil,
+                cpuFairness: TenantCPUFairness? = nil, pool: NinePWorkerPool? = nil,
                 workerThreads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)) {
         self.registry = registry
         self.logger = logger
         self.configuration = configuration
         self.limits = limits
         self.admission = admission
-        pool = NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker", fairness: cpuFairness)
+        // The daemon's pool when given (shared by every transport), else one of its own.
+        self.pool = pool ?? NinePWorkerPool(threads: workerThreads, name: "pvfs.xen9p.worker", fairness: cpuFairness)
+        ownsPool = pool == nil
     }
 
     public var serviceDescription: String { "Xen PV 9pfs backend" }
@@ -68,7 +72,7 @@ public final class XenService: DaemonService, @unchecked Sendable {
     public func stop() {
         backend?.stop()
         backend?.wait()
-        pool.shutdown()
+        if ownsPool { pool.shutdown() }
     }
 
     public var devices: [XenDeviceStatus] { backend?.status ?? [] }

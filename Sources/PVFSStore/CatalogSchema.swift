@@ -135,6 +135,13 @@ enum CatalogSchema {
                 """)
         }
         registerImageMigrations(&migrator)
+        migrator.registerMigration("vm-worker-weight") { db in
+            try db.execute(sql: """
+                -- A VM's share of pvfsd's worker threads relative to other VMs' (docs/operations.md).
+                ALTER TABLE vm ADD COLUMN worker_weight INTEGER NOT NULL DEFAULT 100
+                    CHECK (worker_weight BETWEEN 1 AND 10000);
+                """)
+        }
         return migrator
     }
 }

@@ -64,7 +64,7 @@ extension Store {
                 """, arguments: [id]) else {
                 throw PVFSError(.store, "VM \(id) is no longer in the catalog", errno: .noSuchFileOrDirectory)
             }
-            return (Self.vmRecord(row), (row[10] as Int64) != 0)
+            return (Self.vmRecord(row), (row[11] as Int64) != 0)
         }
         return OpenedVM(record: record, usageClean: clean, area: area, catalog: VMOverlayCatalog(store: self, vmID: id))
     }

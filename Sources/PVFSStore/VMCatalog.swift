@@ -15,17 +15,24 @@ public struct VMRecord: Codable, Sendable, Equatable {
     public var quotaInodes: Int64?
     public var usedBytes: Int64
     public var usedInodes: Int64
+    /// Its share of the daemon's worker threads relative to other VMs' (`workerWeights`).
+    public var workerWeight: Int
+
+    /// The weight of a new VM.
+    public static let defaultWorkerWeight = 100
+    /// The weights a VM may have.
+    public static let workerWeights = 1...10_000
 }
 
 extension Store {
     static let vmColumns = """
         vm.id, vm.name, template.name, vm.template_id, vm.state, vm.created_ns, vm.quota_bytes, vm.quota_inodes,
-        vm.used_bytes, vm.used_inodes
+        vm.used_bytes, vm.used_inodes, vm.worker_weight
         """
 
     static func vmRecord(_ row: Row) -> VMRecord {
         VMRecord(id: row[0], name: row[1], template: row[2], templateID: row[3], state: row[4], createdNanoseconds: row[5],
-                 quotaBytes: row[6], quotaInodes: row[7], usedBytes: row[8], usedInodes: row[9])
+                 quotaBytes: row[6], quotaInodes: row[7], usedBytes: row[8], usedInodes: row[9], workerWeight: row[10])
     }
 
     /// Checks a VM or template name: what users type and what becomes part of paths in messages.
@@ -151,6 +158,20 @@ extension Store {
             }
             if let bytes { try db.execute(sql: "UPDATE vm SET quota_bytes = ? WHERE id = ?", arguments: [bytes, id]) }
             if let inodes { try db.execute(sql: "UPDATE vm SET quota_inodes = ? WHERE id = ?", arguments: [inodes, id]) }
+        }
+    }
+
+    /// Sets a VM's share of the daemon's worker threads (`VMRecord.workerWeights`).
+    public func setWorkerWeight(vm name: String, _ weight: Int) throws {
+        guard VMRecord.workerWeights.contains(weight) else {
+            throw PVFSError(.store, "invalid weight \(weight): use \(VMRecord.workerWeights.lowerBound) to \(VMRecord.workerWeights.upperBound)",
+                            errno: .invalidArgument)
+        }
+        try catalog.write { db in
+            guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM vm WHERE name = ? AND state = 'ready'", arguments: [name]) else {
+                throw PVFSError(.store, "no VM named \(name)", errno: .noSuchFileOrDirectory)
+            }
+            try db.execute(sql: "UPDATE vm SET worker_weight = ? WHERE id = ?", arguments: [weight, id])
         }
     }
 

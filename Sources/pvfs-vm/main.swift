@@ -9,7 +9,7 @@ struct PVFSVM: ParsableCommand {
         version: pvfsVersion,
         subcommands: [
             Provision.self, ListVMs.self, ShowVM.self, RemoveVM.self, RenameVM.self,
-            SetQuota.self, SetAccess.self, Bind.self, Unbind.self,
+            SetQuota.self, SetWeight.self, SetAccess.self, Bind.self, Unbind.self,
             Mount.self, Umount.self,
             BootFilesCommand.self, QemuArgs.self, LibvirtXML.self, SocketBridge.self,
             Attach.self, Detach.self, XlConfig.self, ServeVhostUser.self,

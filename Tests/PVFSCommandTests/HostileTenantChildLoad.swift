@@ -8,9 +8,13 @@ import Testing
 /// its own (setsid), so the kernel puts it in a scheduling group (autogroup) of its own as
 /// well, of the same weight as the test's (whose group pvfsd shares). Its client threads thus
 /// compete with the victim's client as a guest's would, not as threads of the victim's own
-/// process.
+/// process. The child and its group run at nice `niceValue` (19 unless
+/// `PVFS_HOSTILE_LOAD_NICE` says otherwise; 20: SCHED_IDLE, which any other thread preempts at
+/// its wakeup), as a low-priority guest's QEMU would: what the victim then loses is pvfsd's
+/// doing, not the host scheduler's sharing of the CPU with the load generator.
 final class ChildLoad {
     static let environmentKey = "PVFS_HOSTILE_CHILD_LOAD"
+    static let niceValue = ProcessInfo.processInfo.environment["PVFS_HOSTILE_LOAD_NICE"].flatMap { Int32($0) }.map { max(0, min(20, $0)) } ?? 19
     private let process = Process()
     private let input = Pipe()
     private let output = Pipe()
@@ -19,9 +23,11 @@ final class ChildLoad {
     init(port: UInt16, load: HostileTenantTests.Load, seed: UInt64) throws {
         // setsid(1) forks when it has to (Process makes the child a process group leader, which
         // cannot start a session) and waits: closing the pipes still reaches the load.
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        process.arguments = ["--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
-                             "--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
+        // nice(1) first, so that every thread of the load inherits it.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/nice")
+        process.arguments = ["-n", "\(min(19, Self.niceValue))"] + (Self.niceValue == 20 ? ["/usr/bin/chrt", "--idle", "0"] : [])
+            + ["/usr/bin/setsid", "--wait", URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+               "--testing-library", "swift-testing", "--filter", "HostileTenantTests/loadInAChildProcess"]
         var environment = ProcessInfo.processInfo.environment
         environment[Self.environmentKey] = "\(port) \(load) \(seed)"
         process.environment = environment
@@ -94,11 +100,20 @@ extension HostileTenantTests {
             Issue.record("bad \(ChildLoad.environmentKey)")
             return
         }
+        // The scheduling group's own weight: between groups, the group's nice counts, not the threads'.
+        if ChildLoad.niceValue > 0, let group = FileHandle(forWritingAtPath: "/proc/self/autogroup") {
+            group.write(Data("\(min(19, ChildLoad.niceValue))".utf8))
+            try? group.close()
+        }
         let flood = load.flood.map { TenantFlood(port: port, shape: $0, seed: seed) }
         let spinning = StopFlag()
         let spinners = DispatchGroup()
         if let flood {
             flood.start()
+            // Ready once the flood flows (a reply or an attach): at nice 19 on a busy machine
+            // the load may take a while to get going, and a phase without it measures nothing.
+            let deadline = Date(timeIntervalSinceNow: 10)
+            while flood.counts.replies + flood.counts.connections == 0 && Date() < deadline { usleep(10_000) }
         } else {
             HostileTenantTests.spin(threads: 4, until: spinning, group: spinners)
         }

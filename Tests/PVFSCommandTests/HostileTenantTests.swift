@@ -525,9 +525,11 @@ struct HostileTenantTests {
     /// Quiet and loaded phases alternate, and the medians over the rounds of their p50 and p99
     /// are printed side by side with a control load that never touches pvfsd (CPU-bound
     /// threads): on a machine of few cores any load raises the victim's p99, and the control
-    /// shows how much of that is the scheduler's. The victim's requests run on its own
-    /// connection's thread and queue behind nothing of the abuser's, so a bound relative to the
-    /// quiet p99 would measure the machine; bench/hostile-tenant.sh prints the table.
+    /// shows how much of that is the scheduler's. The loads run at nice 19 (`ChildLoad`), pvfsd
+    /// and the victim at 0. When the control leaves the victim's p99 within 1.3x of its quiet
+    /// p99 (either way), each flood must leave it within 2x; otherwise the machine is too noisy for that bound
+    /// to mean anything about pvfsd, and the test says so instead of judging it.
+    /// bench/hostile-tenant.sh prints the table.
     @Test(.tags(.slow), .slowTestsOnly) func anotherTenantIsServedWhileOneFloods() throws {
         let rounds = max(1, Self.environment["PVFS_HOSTILE_LATENCY_ROUNDS"].flatMap { Int($0) } ?? 4)
         let samples = max(100, Self.environment["PVFS_HOSTILE_LATENCY_SAMPLES"].flatMap { Int($0) } ?? 2000)
@@ -548,10 +550,13 @@ struct HostileTenantTests {
         struct Phases {
             var quietP50: [Double] = [], quietP99: [Double] = [], loadedP50: [Double] = [], loadedP99: [Double] = []
             var loadedMax = 0.0
+            /// Seconds the loaded phases lasted (the abuser's replies per second over them).
+            var loadedSeconds = 0.0
             var abuserReplies = 0, abuserConnections = 0, abuserRefusedAtTheCap = 0
         }
         var phases: [Load: Phases] = [:]
         var loaded: [Double] = []
+        var loadedSeconds = 0.0
         for round in 0..<rounds {
             for load in Load.allCases {
                 let quiet = try measure()
@@ -563,7 +568,9 @@ struct HostileTenantTests {
                     let spinners = DispatchGroup()
                     if let flood { flood.start() } else { Self.spin(threads: 4, until: spinning, group: spinners) }
                     usleep(300_000)
+                    let start = monotonicSeconds()
                     loaded = try measure()
+                    loadedSeconds = monotonicSeconds() - start
                     spinning.set()
                     spinners.wait()
                     flood?.stop()
@@ -572,7 +579,9 @@ struct HostileTenantTests {
                 } else {
                     let child = try ChildLoad(port: daemon.abuserPort, load: load, seed: seed)
                     usleep(300_000)
+                    let start = monotonicSeconds()
                     loaded = try measure()
+                    loadedSeconds = monotonicSeconds() - start
                     counts = try child.stop()
                 }
                 if load.flood != nil {
@@ -585,6 +594,7 @@ struct HostileTenantTests {
                 p.loadedP50.append(percentile(loaded, 0.5))
                 p.loadedP99.append(percentile(loaded, 0.99))
                 p.loadedMax = max(p.loadedMax, loaded.max() ?? 0)
+                p.loadedSeconds += loadedSeconds
                 p.abuserReplies += counts.replies
                 p.abuserConnections += counts.connections
                 p.abuserRefusedAtTheCap += counts.refusedAtTheCap
@@ -595,14 +605,24 @@ struct HostileTenantTests {
               + "load \(inProcess ? "in the test's process" : "in a child process")); abuser demoted "
               + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="abuser"}"#) ?? -1)) times, victim "
               + "\(Int(daemon.metric(#"pvfs_tenant_cpu_demotions_total{kind="vm",tenant="victim"}"#) ?? 0)) times")
-        print("hostile: load                      quiet p50    p99 | loaded p50    p99    max | p99 x quiet")
+        print("hostile: load                      quiet p50    p99 | loaded p50    p99    max | p99 x quiet | abuser replies/s")
+        func ratio(_ p: Phases) -> Double { median(p.loadedP99) / median(p.quietP99) }
+        // The 2x bound is judged only when the machine itself leaves the victim's p99 alone: the
+        // control load (never touching pvfsd) must leave it within 1.3x either way (far below
+        // 1, the quiet phases were the disturbed ones).
+        let control = phases[.cpuControl].map(ratio) ?? .infinity
+        let judged = control <= Self.quietMachineControlRatio && control >= 1 / Self.quietMachineControlRatio
         for load in Load.allCases {
             guard let p = phases[load] else { continue }
             let quietP99 = median(p.quietP99), loadedP99 = median(p.loadedP99)
             let name = load.rawValue.padding(toLength: 24, withPad: " ", startingAt: 0)
-            print("hostile: \(name)" + String(format: " %10.0f %6.0f | %10.0f %6.0f %6.0f | %5.1f", median(p.quietP50), quietP99,
-                                                     median(p.loadedP50), loadedP99, p.loadedMax, loadedP99 / quietP99))
+            print("hostile: \(name)" + String(format: " %10.0f %6.0f | %10.0f %6.0f %6.0f | %5.1f | %.0f", median(p.quietP50), quietP99,
+                                                     median(p.loadedP50), loadedP99, p.loadedMax, loadedP99 / quietP99,
+                                                     Double(p.abuserReplies) / max(p.loadedSeconds, 1e-9)))
             #expect(loadedP99 < 250_000, "\(load.rawValue): victim p99 \(Int(loadedP99)) us")
+            if judged && load.flood != nil {
+                #expect(loadedP99 <= 2 * quietP99, "\(load.rawValue): victim p99 \(Int(loadedP99)) us, \(String(format: "%.1f", loadedP99 / quietP99))x its quiet p99")
+            }
             if load.flood.map({ $0.pipelines > 0 }) == true {
                 #expect(p.abuserReplies > 0, "\(load.rawValue): the abuser was not served")
             }
@@ -611,9 +631,18 @@ struct HostileTenantTests {
                 print("hostile: reconnects: \(p.abuserConnections) attached, \(p.abuserRefusedAtTheCap) refused at max-connections-per-vm")
             }
         }
+        if judged {
+            print("hostile: 2x bound judged (control \(String(format: "%.2f", control))x)")
+        } else {
+            print("hostile: machine too noisy: the control alone moved the victim's p99 \(String(format: "%.2f", control))x "
+                  + "(beyond \(Self.quietMachineControlRatio)x either way); the 2x bound is not judged")
+        }
         try victim.check()
         try finish(daemon)
     }
+
+    /// The most the control load may raise the victim's p99 for the 2x bound to be judged.
+    static let quietMachineControlRatio = 1.3
 
     /// What CPU accounting costs a tenant alone: replies per second to six connections of
     /// pipelined requests (mixed, then 64 KiB reads), nobody else served. Run by
