@@ -1,12 +1,14 @@
 #!/bin/bash
 # bench/daemon-memory.sh: pvfsd's resident memory, idle, with many VMs configured, with clients.
 #
-# One store, a tiny template (Tests/guest/make-tiny-tree.sh), then:
+# One store, a tiny template (Tests/guest/make-tiny-tree.sh) or a tree given with --tree (a Debian
+# root, say, from debootstrap --variant=minbase), then:
 #   1. pvfsd serving the store with no VM                       -> RSS idle
 #   2. VMS VMs provisioned from the template and bound to the daemon's listener, picked up live
 #      (control socket), then the daemon restarted over them    -> RSS with VMS configured
 #   3. CLIENTS 9P2000.L clients (bench/9p-hold-clients.py) connected at once, each attached to a
-#      different VM, holding a walked fid and an open file (/etc/config, one read done)
+#      different VM, holding a walked fid and an open file (--file: /etc/config of the tiny
+#      tree, /etc/debian_version of a --tree; one read done)
 #                                                               -> RSS with 1 and with CLIENTS connected
 #   4. the clients gone                                         -> RSS after they leave
 # Per-connection cost = (RSS with CLIENTS - RSS with 1) / (CLIENTS - 1): the first connection
@@ -14,17 +16,20 @@
 # RSS is VmRSS from /proc/PID/status, read after the daemon settled (2 s).
 #
 # usage: bench/daemon-memory.sh [--vms N] [--clients N] [--transport tcp|unix] [--work DIR]
+#                               [--tree DIR] [--file PATH]
 # Environment: PVFSD / PVFS_VM_BIN / PVFS_TEMPLATE_BIN (default .build/release, built if missing).
 # Needs python3; no guest and no 9p in the host kernel.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-VMS=100 CLIENTS=10 TRANSPORT=tcp WORK=""
+VMS=100 CLIENTS=10 TRANSPORT=tcp WORK="" TREE="" FILE=""
 while [ $# -gt 0 ]; do
     case $1 in
     --vms) VMS=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
     --transport) TRANSPORT=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
+    --tree) TREE=$2; shift 2 ;;
+    --file) FILE=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -56,8 +61,16 @@ trap cleanup EXIT
 log() { printf '[memory %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 export PVFS_STORE=$W/store
-"$REPO/Tests/guest/make-tiny-tree.sh" "$W/tree"
-"$TEMPLATE" create tiny --from "$W/tree" -q >/dev/null
+if [ -n "$TREE" ]; then
+    TEMPLATE_NAME=$(basename "$TREE")
+    FILE=${FILE:-/etc/debian_version}
+    "$TEMPLATE" create "$TEMPLATE_NAME" --from "$TREE" -q >/dev/null
+else
+    TEMPLATE_NAME=tiny
+    FILE=${FILE:-/etc/config}
+    "$REPO/Tests/guest/make-tiny-tree.sh" "$W/tree"
+    "$TEMPLATE" create tiny --from "$W/tree" -q >/dev/null
+fi
 
 if [ "$TRANSPORT" = tcp ]; then
     PORT=$((20000 + RANDOM % 20000))
@@ -86,7 +99,7 @@ log "idle: $RSS_IDLE KiB, $THR_IDLE threads"
 
 log "provisioning $VMS VMs"
 for i in $(seq 1 "$VMS"); do
-    "$VM" provision --template tiny -q "vm$i" >/dev/null 2>>"$W/provision.log"
+    "$VM" provision --template "$TEMPLATE_NAME" -q "vm$i" >/dev/null 2>>"$W/provision.log"
     "$VM" bind "vm$i" --listener mem -q >/dev/null
 done
 RSS_LIVE=$(rss)
@@ -98,14 +111,14 @@ log "$VMS configured: $RSS_CONF KiB after a restart ($RSS_LIVE KiB when added li
 # Clients: one first, then the rest, each on its own VM; every holder keeps its connections
 # until its stdin (a fifo held open here) closes.
 mkfifo "$W/hold1" "$W/hold2"
-python3 "$REPO/bench/9p-hold-clients.py" "$ADDRESS" /etc/config vm1 <"$W/hold1" >"$W/ready1" &
+python3 "$REPO/bench/9p-hold-clients.py" "$ADDRESS" "$FILE" vm1 <"$W/hold1" >"$W/ready1" &
 H1=$!
 exec 7>"$W/hold1"
 for _ in $(seq 300); do grep -q READY "$W/ready1" 2>/dev/null && break; kill -0 $H1 2>/dev/null || exit 1; sleep 0.1; done
 RSS_ONE=$(rss)
 VMLIST=$(seq -f 'vm%g' 2 "$CLIENTS" | tr '\n' ' ')
 # shellcheck disable=SC2086
-python3 "$REPO/bench/9p-hold-clients.py" "$ADDRESS" /etc/config $VMLIST <"$W/hold2" >"$W/ready2" &
+python3 "$REPO/bench/9p-hold-clients.py" "$ADDRESS" "$FILE" $VMLIST <"$W/hold2" >"$W/ready2" &
 H2=$!
 exec 8>"$W/hold2"
 for _ in $(seq 300); do grep -q READY "$W/ready2" 2>/dev/null && break; kill -0 $H2 2>/dev/null || exit 1; sleep 0.1; done
@@ -117,7 +130,7 @@ wait $H1 $H2 || { echo "a client failed" >&2; exit 1; }
 RSS_AFTER=$(rss)
 
 echo
-echo "pvfsd resident memory ($TRANSPORT, tiny template; VmRSS in MiB)"
+echo "pvfsd resident memory ($TRANSPORT, template $TEMPLATE_NAME; VmRSS in MiB)"
 python3 - "$RSS_IDLE" "$RSS_CONF" "$RSS_LIVE" "$RSS_ONE" "$RSS_ALL" "$RSS_AFTER" "$VMS" "$CLIENTS" "$THR_IDLE" "$THR_CONF" "$THR_ALL" <<'EOF'
 import sys
 idle, conf, live, one, every, after = (int(x) / 1024 for x in sys.argv[1:7])

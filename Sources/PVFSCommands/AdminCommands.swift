@@ -58,6 +58,8 @@ public struct Dedup: ParsableCommand, StoreCommand {
             let client = DaemonClient(storePath: storeOptions.storePath)
             var targets: [any DedupTarget] = []
             var volumes: [Volume] = []
+            // The VMs of one template share its image while they are open together.
+            let templateImages = TemplateImageCache(store: store, idleRetention: .zero, logger: logger)
             defer {
                 for volume in volumes {
                     do { try volume.close() } catch { logger.error("closing VM \(volume.name): \(error)") }
@@ -65,7 +67,7 @@ public struct Dedup: ParsableCommand, StoreCommand {
             }
             for record in vms {
                 do {
-                    let volume = try Volume.open(store: store, vmName: record.name, logger: logger)
+                    let volume = try Volume.open(store: store, vmName: record.name, logger: logger, templateImages: templateImages)
                     volumes.append(volume)
                     targets.append(VolumeDedupTarget(volume))
                 } catch let error as PVFSError where error.domain == .store && error.errno == .resourceBusy {

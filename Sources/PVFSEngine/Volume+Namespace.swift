@@ -488,6 +488,8 @@ extension Volume {
     }
 
     private func sortedListing(_ dir: InodeNumber) -> [DirectoryEntry] {
+        // A template directory the VM has not changed lists as the template's (shared) listing.
+        if overlay.entries[dir] == nil, dir <= template.maximumInode, let listing = template.listings[dir] { return listing }
         if let cached = listingCache[dir] { return cached }
         var listing: [DirectoryEntry] = []
         for (name, ino) in mergedEntries(dir) {

@@ -15,7 +15,10 @@ public final class Volume: @unchecked Sendable {
     public let name: String
     /// The VM as the store opened it for this process: its record, area and catalog rows.
     let opened: OpenedVM
+    /// Shared with every other open volume of the template (`TemplateImageCache`).
     let template: TemplateImage
+    /// Returned to the cache at close.
+    private let templateLease: TemplateImageLease
     /// The VM's overlay rows in the catalog.
     let catalog: VMOverlayCatalog
     let quota: QuotaAccount
@@ -31,7 +34,8 @@ public final class Volume: @unchecked Sendable {
     var openData: [InodeNumber: InodeData] = [:]
     /// Sorted listings, dropped when a directory changes. Guarded by metaLock.
     var listingCache: [InodeNumber: [DirectoryEntry]] = [:]
-    /// blob id → hash for blobs the overlay references beyond the template's. Guarded by metaLock.
+    /// blob id → hash for blobs the overlay references beyond the template's (which its image
+    /// holds). Guarded by metaLock.
     var blobHashes: [Int64: BlobHash]
     let locks: LockTable
     public let counters: VolumeCounters
@@ -94,18 +98,22 @@ public final class Volume: @unchecked Sendable {
     }
 
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
-    public static func open(store: Store, vmName: String, logger: Logger? = nil) throws -> Volume {
+    /// Its template's image comes from `templateImages` (shared with the other volumes of the
+    /// template), or without one is loaded for this volume alone.
+    public static func open(store: Store, vmName: String, logger: Logger? = nil,
+                            templateImages: TemplateImageCache? = nil) throws -> Volume {
         let opened = try store.openVM(named: vmName)
         do {
-            let template = TemplateImage(try store.loadTemplateImage(id: opened.record.templateID))
-            return try Volume(opened: opened, template: template, logger: logger ?? Logger(label: "pvfs.volume"))
+            let lease = try templateImages?.lease(opened.template)
+                ?? TemplateImageLease(unshared: TemplateImageCache.load(opened.template, from: store))
+            return try Volume(opened: opened, template: lease, logger: logger ?? Logger(label: "pvfs.volume"))
         } catch {
             opened.area.close()
             throw error
         }
     }
 
-    init(opened: OpenedVM, template: TemplateImage, logger: Logger) throws {
+    init(opened: OpenedVM, template lease: TemplateImageLease, logger: Logger) throws {
         let record = opened.record
         self.opened = opened
         vmID = record.id
@@ -127,6 +135,8 @@ public final class Volume: @unchecked Sendable {
             for ino in files { reaper.remove(ino, from: area) }
         }
 
+        let template = lease.image
+        templateLease = lease
         self.template = template
         blobHashes = try catalog.loadBlobHashes(templateID: template.templateID)
         overlay = try catalog.loadOverlay()
@@ -148,7 +158,10 @@ public final class Volume: @unchecked Sendable {
         metaLock.lock()
         defer { metaLock.unlock() }
         guard !closed else { return }
-        defer { closed = true }
+        defer {
+            closed = true
+            templateLease.release()
+        }
         for (ino, data) in openData { persistWrittenState(ino, data) }
         openData.removeAll()
         // Sizes and times kept lazily reach the catalog here; if they cannot, the volume is not
@@ -436,7 +449,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     func blobHash(_ id: Int64) throws(Errno) -> BlobHash {
-        if let hash = blobHashes[id] { return hash }
+        if let hash = template.blobHashes[id] ?? blobHashes[id] { return hash }
         let hash: BlobHash?
         do {
             hash = try catalog.blobHash(id: id)

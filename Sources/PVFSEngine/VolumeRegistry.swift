@@ -14,6 +14,8 @@ import SystemPackage
 /// reconnecting at once thus never finds its own VM busy.
 public final class VolumeRegistry: @unchecked Sendable {
     public let store: Store
+    /// One image per template, shared by the volumes of its VMs.
+    public let templateImages: TemplateImageCache
     private let logger: Logger
     /// Guards everything below; signalled when a volume finishes opening or closing.
     private let condition = NSCondition()
@@ -60,9 +62,11 @@ public final class VolumeRegistry: @unchecked Sendable {
         }
     }
 
-    public init(store: Store, logger: Logger) throws {
+    public init(store: Store, logger: Logger,
+                templateImageRetention: Duration = TemplateImageCache.defaultIdleRetention) throws {
         self.store = store
         self.logger = logger
+        templateImages = TemplateImageCache(store: store, idleRetention: templateImageRetention, logger: logger)
         self.rules = try AccessRules.load(from: store)
     }
 
@@ -136,7 +140,7 @@ public final class VolumeRegistry: @unchecked Sendable {
                 condition.unlock()
                 let volume: Volume
                 do {
-                    volume = try Volume.open(store: store, vmName: vm, logger: logger)
+                    volume = try Volume.open(store: store, vmName: vm, logger: logger, templateImages: templateImages)
                 } catch {
                     condition.lock()
                     volumes[vm] = nil

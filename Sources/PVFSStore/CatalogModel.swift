@@ -168,15 +168,33 @@ public struct OverlayRecords: Sendable {
     }
 }
 
+/// What identifies a template's tree for as long as it exists: its id and its creation time.
+/// A ready template's tree never changes, and a template's id may be given again to a template
+/// created after it was removed, so the id alone names no tree.
+public struct TemplateIdentity: Hashable, Sendable, CustomStringConvertible {
+    public var id: Int64
+    public var createdNanoseconds: Int64
+
+    public init(id: Int64, createdNanoseconds: Int64) {
+        self.id = id
+        self.createdNanoseconds = createdNanoseconds
+    }
+
+    public var description: String { "template \(id) (created \(createdNanoseconds))" }
+}
+
 /// A ready template's tree as the catalog holds it: records indexed by inode number (root = 1),
-/// each directory's entries (every directory has one, maybe empty) and xattrs.
+/// each directory's entries (every directory has one, maybe empty), xattrs, and the hashes of
+/// the blobs its files reference (by blob id).
 public struct TemplateImageSource: Sendable {
-    public var templateID: Int64
+    public var identity: TemplateIdentity
+    public var templateID: Int64 { identity.id }
     public var maximumInode: UInt64
     /// Indexed by inode number; nil where the number is unused.
     public var inodes: [InodeRecord?]
     public var directories: [UInt64: [FileName: UInt64]]
     public var xattrs: [UInt64: [[UInt8]: [UInt8]]]
+    public var blobHashes: [Int64: BlobHash]
 }
 
 /// Usage as bytes and inodes (docs/quotas.md).

@@ -13,6 +13,9 @@ public struct OpenedVM: Sendable {
     /// vms/<id>, its lock held.
     public let area: VMArea
     public let catalog: VMOverlayCatalog
+    /// The template the VM's view is built on, read with `record` (its tree is immutable; a
+    /// template can lose no VM's tree while the VM exists).
+    public let template: TemplateIdentity
 }
 
 extension Store {
@@ -58,23 +61,31 @@ extension Store {
     /// The record of a VM whose lock `area` holds (read after the lock is taken: the previous
     /// holder's last usage is in it).
     private func opened(_ id: Int64, area: VMArea) throws -> OpenedVM {
-        let (record, clean) = try catalog.read { db -> (VMRecord, Bool) in
+        let (record, clean, template) = try catalog.read { db -> (VMRecord, Bool, TemplateIdentity) in
             guard let row = try Row.fetchOne(db, sql: """
-                SELECT \(Self.vmColumns), vm.usage_clean FROM vm JOIN template ON template.id = vm.template_id WHERE vm.id = ?
+                SELECT \(Self.vmColumns), vm.usage_clean AS opened_usage_clean, template.created_ns AS opened_template_created_ns FROM vm JOIN template ON template.id = vm.template_id
+                WHERE vm.id = ?
                 """, arguments: [id]) else {
                 throw PVFSError(.store, "VM \(id) is no longer in the catalog", errno: .noSuchFileOrDirectory)
             }
-            return (Self.vmRecord(row), (row[11] as Int64) != 0)
+            // By name: the VM columns before them grow with the schema.
+            let record = Self.vmRecord(row)
+            return (record, (row["opened_usage_clean"] as Int64) != 0,
+                    TemplateIdentity(id: record.templateID, createdNanoseconds: row["opened_template_created_ns"]))
         }
-        return OpenedVM(record: record, usageClean: clean, area: area, catalog: VMOverlayCatalog(store: self, vmID: id))
+        return OpenedVM(record: record, usageClean: clean, area: area, catalog: VMOverlayCatalog(store: self, vmID: id),
+                        template: template)
     }
 
-    /// A ready template's tree, as the engine holds it in memory.
+    /// A ready template's tree, as the engine holds it in memory, with the hashes of its blobs.
     public func loadTemplateImage(id templateID: Int64) throws -> TemplateImageSource {
         try catalog.read { db in
-            guard let maxInode = try Int64.fetchOne(db, sql: "SELECT max_inode FROM template WHERE id = ?", arguments: [templateID]) else {
+            guard let templateRow = try Row.fetchOne(db, sql: "SELECT max_inode, created_ns FROM template WHERE id = ?",
+                                                     arguments: [templateID]) else {
                 throw PVFSError(.store, "template \(templateID) is not in the catalog", errno: .noSuchFileOrDirectory)
             }
+            let maxInode: Int64 = templateRow[0]
+            let identity = TemplateIdentity(id: templateID, createdNanoseconds: templateRow[1])
             var inodes = [InodeRecord?](repeating: nil, count: Int(maxInode) + 1)
             let rows = try Row.fetchCursor(db, sql: """
                 SELECT ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, rdev, blob_id, symlink_target
@@ -122,8 +133,15 @@ extension Store {
             while let row = try xrows.next() {
                 xattrs[UInt64(row[0] as Int64), default: [:]][row.bytes(1)] = row.bytes(2)
             }
-            return TemplateImageSource(templateID: templateID, maximumInode: UInt64(maxInode), inodes: inodes,
-                                       directories: directories, xattrs: xattrs)
+            var blobHashes: [Int64: BlobHash] = [:]
+            let blobRows = try Row.fetchCursor(db, sql: """
+                SELECT id, hash FROM blob WHERE id IN (SELECT blob_id FROM template_inode WHERE template_id = ? AND blob_id IS NOT NULL)
+                """, arguments: [templateID])
+            while let row = try blobRows.next() {
+                if let hash = BlobHash(bytes: row.bytes(1)) { blobHashes[row[0]] = hash }
+            }
+            return TemplateImageSource(identity: identity, maximumInode: UInt64(maxInode), inodes: inodes,
+                                       directories: directories, xattrs: xattrs, blobHashes: blobHashes)
         }
     }
 }
@@ -230,15 +248,16 @@ public final class VMOverlayCatalog: Sendable {
         }
     }
 
-    /// Hashes of every blob the template or the overlay references (the engine keeps them to
-    /// open blobs without asking the catalog).
+    /// Hashes of the blobs the overlay references that its template does not (dedup results;
+    /// the template's own come with its image), so the engine opens blobs without asking the
+    /// catalog.
     public func loadBlobHashes(templateID: Int64) throws -> [Int64: BlobHash] {
         try store.catalog.read { db in
             var hashes: [Int64: BlobHash] = [:]
             let rows = try Row.fetchCursor(db, sql: """
-                SELECT id, hash FROM blob WHERE id IN (SELECT blob_id FROM template_inode WHERE template_id = ? AND blob_id IS NOT NULL
-                    UNION SELECT blob_id FROM vm_inode WHERE vm_id = ? AND blob_id IS NOT NULL)
-                """, arguments: [templateID, vmID])
+                SELECT id, hash FROM blob WHERE id IN (SELECT blob_id FROM vm_inode WHERE vm_id = ? AND blob_id IS NOT NULL
+                    EXCEPT SELECT blob_id FROM template_inode WHERE template_id = ? AND blob_id IS NOT NULL)
+                """, arguments: [vmID, templateID])
             while let row = try rows.next() {
                 if let hash = BlobHash(bytes: row.bytes(1)) { hashes[row[0]] = hash }
             }

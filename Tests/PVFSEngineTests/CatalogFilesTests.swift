@@ -22,11 +22,22 @@ struct CatalogFilesTests {
         guard stat(store.catalogPath, &st) == 0 else { throw Errno(rawValue: errno) }
         let locks = try String(contentsOfFile: "/proc/locks", encoding: .utf8)
         // "1: POSIX  ADVISORY  READ 1234 fd:01:567 1073741826 1073742335"
-        return locks.split(separator: "\n").filter { line in
+        let held = locks.split(separator: "\n").filter { line in
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count >= 6, fields[1] == "POSIX", fields[4] == "\(getpid())" else { return false }
             return fields[5].split(separator: ":").last == "\(st.st_ino)"
         }.count
+        if held == 0 {
+            // Which descriptors of this process still lead to the catalog: none means one of
+            // SQLite's was closed behind its back (a double close elsewhere in the process).
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+            let toCatalog = fds.filter { fd in
+                var target = stat()
+                return stat("/proc/self/fd/" + fd, &target) == 0 && target.st_ino == st.st_ino && target.st_dev == st.st_dev
+            }
+            Issue.record("no POSIX lock of this process on the catalog; descriptors leading to it: \(toCatalog)")
+        }
+        return held
     }
 
     func durableCommits(_ store: Store) throws -> Int64 {

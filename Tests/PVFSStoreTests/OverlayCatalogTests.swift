@@ -73,7 +73,11 @@ struct OverlayCatalogTests {
         defer { opened.area.close() }
         let hash = try #require(try opened.catalog.blobHash(id: blobID))
         #expect(hash == SHA256Hasher.hash(Array("host\n".utf8)))
-        #expect(try opened.catalog.loadBlobHashes(templateID: vm.templateID).count == 2)
+        // The template's blob hashes come with its image; the VM's own list only what it adds.
+        #expect(image.blobHashes.count == 2 && image.blobHashes[blobID] == hash)
+        #expect(try opened.catalog.loadBlobHashes(templateID: vm.templateID).isEmpty)
+        #expect(opened.template == image.identity && image.identity == TemplateIdentity(id: vm.templateID,
+                                                                                         createdNanoseconds: template.createdNanoseconds))
         let fd = try opened.catalog.openBlob(hash)
         defer { fd.closeQuietly() }
         var bytes = [UInt8](repeating: 0, count: 16)
