@@ -378,6 +378,14 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             state.wait()
         }
         guard !closing else { state.unlock(); return }
+        // A Tversion that arrived on another ring while this request waited may have changed
+        // the msize: the request runs in the new protocol session, so it gets the new size.
+        let messageSize = negotiatedSize ?? msize
+        guard message.count <= messageSize else {
+            state.unlock()
+            answerNow(reply, NinePResponse.error(errno: LinuxErrno.EMSGSIZE).encode(tag: header.tag))
+            return
+        }
         guard inflight[header.tag] == nil else {
             state.unlock()
             logger.debug("tag \(header.tag) reused while in flight (\(header.type))")
@@ -385,7 +393,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             return
         }
         let request = Request(tag: header.tag, message: decoded, type: header.type, reply: reply, unanswered: unanswered,
-                              cost: cost, generation: generation, fids: fids, messageSize: msize, connection: self)
+                              cost: cost, generation: generation, fids: fids, messageSize: messageSize, connection: self)
         inflight[header.tag] = request
         outstanding += 1
         outstandingBytes += cost

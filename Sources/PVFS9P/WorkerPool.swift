@@ -239,7 +239,7 @@ public final class NinePWorkerPool: @unchecked Sendable {
 
     /// The next job: the first of the eligible tenant with the smallest virtual time, or of the
     /// only tenant with work queued.
-    private func takeLocked() -> (TenantQueue, Job, charged: Double)? {
+    private func takeLocked() -> (TenantQueue, Job, charged: Double, scale: Double)? {
         let queue: TenantQueue
         if let first = eligible.first {
             queue = first
@@ -256,15 +256,18 @@ public final class NinePWorkerPool: @unchecked Sendable {
         queue.running += 1
         systemVirtualTime = max(systemVirtualTime, queue.virtualTime)
         let charged = queue.estimate
-        queue.virtualTime += charged * queue.scale
+        // The scale of this moment is kept for the correction: a weight changed while the job
+        // runs must not rescale what was charged under the old one.
+        let scale = queue.scale
+        queue.virtualTime += charged * scale
         placeLocked(queue)
-        return (queue, job, charged)
+        return (queue, job, charged, scale)
     }
 
-    /// A job of `queue` that was charged `charged` ended after `elapsed` nanoseconds.
-    private func finishLocked(_ queue: TenantQueue, charged: Double, elapsed: Double) {
+    /// A job of `queue` that was charged `charged` at `scale` ended after `elapsed` nanoseconds.
+    private func finishLocked(_ queue: TenantQueue, charged: Double, scale: Double, elapsed: Double) {
         queue.running -= 1
-        queue.virtualTime += (elapsed - charged) * queue.scale
+        queue.virtualTime += (elapsed - charged) * scale
         // Whole nanoseconds: virtual times stay exact sums, so equal costs give exact ties.
         queue.estimate = ((queue.estimate * 7 + elapsed) / 8).rounded()
         placeLocked(queue)
@@ -348,7 +351,7 @@ public final class NinePWorkerPool: @unchecked Sendable {
         condition.lock()
         while true {
             while !hasStartableJobLocked && !(stopping && queued == 0) { condition.wait() }
-            guard let (queue, job, charged) = takeLocked() else {
+            guard let (queue, job, charged, scale) = takeLocked() else {
                 if stopping && queued == 0 { break }
                 continue
             }
@@ -366,7 +369,7 @@ public final class NinePWorkerPool: @unchecked Sendable {
             let elapsed = Double(clock() &- start)
             condition.lock()
             // This thread takes what the end of the job made startable; it wakes another if more is.
-            finishLocked(queue, charged: charged, elapsed: elapsed)
+            finishLocked(queue, charged: charged, scale: scale, elapsed: elapsed)
         }
         running -= 1
         condition.broadcast()

@@ -59,7 +59,12 @@ public final class Daemon: @unchecked Sendable {
         cpuFairness = TenantCPUFairness(settings: fairness, logger: logger)
         workerPool = NinePWorkerPool(threads: configuration.limits.workerThreads,
                                      maximumShare: configuration.limits.workerMaxShare, fairness: cpuFairness)
-        try applyWorkerWeights()
+        do {
+            try applyWorkerWeights()
+        } catch {
+            workerPool.shutdown()  // its threads would otherwise keep it alive
+            throw error
+        }
     }
 
     /// Gives the worker pool every VM's weight from the catalog.

@@ -19,6 +19,10 @@ public final class HostMountService: @unchecked Sendable {
     private let logger: Logger
     private let lock = NSLock()
     private var mounts: [String: Entry] = [:]
+    /// Places claimed by a mount request still being set up: a second request for the same
+    /// place is refused before it mounts anything (a FUSE mount stacked on another's could only
+    /// be undone by unmounting whichever is on top).
+    private var claimed: Set<String> = []
 
     public init(registry: VolumeRegistry, logger: Logger) {
         self.registry = registry
@@ -28,9 +32,15 @@ public final class HostMountService: @unchecked Sendable {
     public func mount(vm: String, path: String, readOnly: Bool, allowOther: Bool) throws {
         let canonical = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
         lock.lock()
-        let taken = mounts[canonical] != nil
+        let taken = mounts[canonical] != nil || claimed.contains(canonical)
+        if !taken { claimed.insert(canonical) }
         lock.unlock()
         if taken { throw PVFSError(.mount, "\(canonical) is already a pvfs mount", errno: .resourceBusy) }
+        defer {
+            lock.lock()
+            claimed.remove(canonical)
+            lock.unlock()
+        }
         let settings = try registry.store.accessSettings(vm: vm)
         var policy = AccessRules.policy(settings, binding: nil, side: .host)
         policy.readOnly = policy.readOnly || readOnly
@@ -50,19 +60,12 @@ public final class HostMountService: @unchecked Sendable {
         let logger = self.logger
         // Registered before it serves, so that the end of a mount that fails at once finds it.
         lock.lock()
-        let background = BackgroundHostMount(mount, name: "pvfs.fuse \(vm)") { [weak self] error in
+        mounts[canonical] = Entry(mount: BackgroundHostMount(mount, name: "pvfs.fuse \(vm)") { [weak self] error in
             if let error { logger.error("mount of \(vm) on \(canonical) ended: \(error)") }
             registry.closeSession(view)
             self?.forget(canonical, mount)
-        }
-        let lost = mounts[canonical] != nil
-        if !lost { mounts[canonical] = Entry(mount: background, view: view) }
+        }, view: view)
         lock.unlock()
-        if lost {
-            // Another mount request for the same place won the race since the check above.
-            background.stop(grace: 1)
-            throw PVFSError(.mount, "\(canonical) is already a pvfs mount", errno: .resourceBusy)
-        }
         logger.notice("mounted VM \(vm) on \(canonical)")
     }
 

@@ -59,8 +59,8 @@ public struct SpaceReport: Codable, Sendable {
     public var filesystemBytes: Int64 = 0
     public var filesystemFreeBytes: Int64 = 0
     /// The space reserve (`SpaceReserve`): its configured size, the space its file takes now, and
-    /// whether it is in place (false: a full filesystem made the catalog use it, and growth is
-    /// refused until it can be allocated again).
+    /// whether it is in place (false with a size above 0: a full filesystem made the catalog use
+    /// it, and growth is refused until it can be allocated again; a size of 0 means no reserve).
     public var reserveBytes: Int64 = 0
     public var reserveAllocatedBytes: Int64 = 0
     public var reserveHeld = false
@@ -87,7 +87,7 @@ extension Store {
         report.catalogBytes = StoreLayout.catalogFiles.reduce(0) { $0 + ((try? root.stat(at: $1))?.blocks ?? 0) * 512 }
         report.temporaryBytes = Self.allocatedBytes(below: temporaryDirectory)
         report.reserveBytes = spaceReserve.bytes
-        report.reserveHeld = spaceReserve.admitsGrowth() && spaceReserve.isHeld
+        report.reserveHeld = spaceReserve.bytes > 0 && spaceReserve.admitsGrowth() && spaceReserve.isHeld
         report.reserveAllocatedBytes = ((try? root.stat(at: StoreLayout.spaceReserve))?.blocks ?? 0) * 512
 
         // Private files per VM directory: inode -> (size, allocated).
