@@ -99,6 +99,8 @@ let package = Package(
         // client and a diagnostic 9P server. Never a dependency of Sources.
         .target(name: "PVFSTestSupport", dependencies: ["PVFS9PCodec", "PVFSStore", "PVFSSystem", grdb, system],
                 path: "Tests/PVFSTestSupport"),
+        // Test helpers over the engine's VMView, shared by the test targets that drive it directly.
+        .target(name: "PVFSEngineTestSupport", dependencies: ["PVFSEngine"], path: "Tests/PVFSEngineTestSupport"),
         // The Xen 9pfs backend serving NineDiagnosticResponder instead of pvfsd's 9P server, for the
         // nested-Xen transport check (Tests/guest/xen/run-xen-9pfs.sh --transport-check). Not a product:
         // never installed.
@@ -109,6 +111,7 @@ let package = Package(
         .testTarget(name: "PVFSSystemTests", dependencies: ["PVFSSystem", "PVFSTestSupport", system]),
         .testTarget(name: "PVFSStoreTests", dependencies: ["PVFSStore", "PVFSSystem", grdb, system]),
         .testTarget(name: "PVFSEngineTests", dependencies: [
+            "PVFSEngineTestSupport",
             "PVFSEngine", "PVFSStore", "PVFSSystem", "PVFSTestSupport", grdb, logging, system,
         ]),
         .testTarget(name: "PVFSImageTests", dependencies: [
@@ -116,6 +119,7 @@ let package = Package(
         ]),
         .testTarget(name: "PVFS9PCodecTests", dependencies: ["PVFS9PCodec"]),
         .testTarget(name: "PVFS9PTests", dependencies: [
+            "PVFSEngineTestSupport",
             "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", logging, system,
         ]),
         .testTarget(name: "PVFSFuseTests", dependencies: [
@@ -127,10 +131,12 @@ let package = Package(
             "PVFSSystem", "PVFSTestSupport", logging, system,
         ]),
         .testTarget(name: "PVFSTransportTests", dependencies: [
+            "PVFSEngineTestSupport",
             "PVFSTransport", "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine", "PVFSStore", "PVFSSystem", "CXen",
             logging, system,
         ]),
         .testTarget(name: "PVFSCommandTests", dependencies: [
+            "PVFSEngineTestSupport",
             "PVFSCommands", "PVFSDaemon", "PVFSTransport", "PVFS9P", "PVFS9PCodec", "PVFSTestSupport", "PVFSEngine",
             "PVFSStore", "PVFSSystem", grdb, logging, system,
         ]),

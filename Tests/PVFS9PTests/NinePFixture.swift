@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import PVFS9PCodec
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage
@@ -198,23 +199,6 @@ final class ServedVM {
     /// A second view of the VM, for checking what the server did from the engine's side.
     func view() -> VMView {
         VMView(volume: volume, policy: SessionPolicy(side: .guest), sessionID: 999)
-    }
-}
-
-extension VMView {
-    func resolve(_ path: String) throws -> Attributes {
-        var attributes = try getAttributes(rootInode)
-        for component in path.split(separator: "/") {
-            attributes = try lookup(attributes.inode, Array(component.utf8), as: .root)
-        }
-        return attributes
-    }
-
-    func readAll(_ path: String) throws -> [UInt8] {
-        let ino = try resolve(path).inode
-        let handle = try open(ino, flags: O_RDONLY, as: .root)
-        defer { release(handle) }
-        return try read(handle, offset: 0, count: 1 << 22)
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PVFS9PCodec
+import PVFSEngineTestSupport
 import SystemPackage
 import Testing
 @testable import PVFS9P
@@ -186,7 +187,7 @@ struct ServerBasicsTests {
         #expect(attributes.valid.contains(.basic))
         #expect(!attributes.valid.contains(.birthTime))
         try c.clunk(fid: 1)
-        #expect(try s.view().readAll("file") == bytes("hello, world\n"))
+        #expect(try s.view().readWhole("file") == bytes("hello, world\n"))
 
         // Tlcreate of an existing name opens it, unless O_EXCL.
         _ = try c.walk(fid: 0, newFid: 2, [])
@@ -215,12 +216,12 @@ struct ServerBasicsTests {
         _ = try c.lopen(fid: 2, flags: Dotl.wronly | Dotl.trunc)
         #expect(throws: Errno.badFileDescriptor) { try c.read(fid: 2, offset: 0, count: 1) }
         #expect(try c.write(fid: 2, offset: 0, bytes("vm\n")) == 3)
-        #expect(text(try s.view().readAll("etc/hostname")) == "vm\n")
+        #expect(text(try s.view().readWhole("etc/hostname")) == "vm\n")
         // O_APPEND writes land at the end whatever the offset.
         _ = try c.walk(fid: 0, newFid: 3, path: "etc/hostname")
         _ = try c.lopen(fid: 3, flags: Dotl.wronly | Dotl.append)
         _ = try c.write(fid: 3, offset: 0, bytes("more\n"))
-        #expect(text(try s.view().readAll("etc/hostname")) == "vm\nmore\n")
+        #expect(text(try s.view().readWhole("etc/hostname")) == "vm\nmore\n")
         // Directories: no writing, no Tread, and O_DIRECTORY only on directories.
         _ = try c.walk(fid: 0, newFid: 4, path: "etc")
         #expect(throws: Errno.isDirectory) { try c.lopen(fid: 4, flags: Dotl.rdwr) }
@@ -270,7 +271,7 @@ struct ServerBasicsTests {
         _ = try c.lcreate(fid: 1, name: "large", flags: Dotl.rdwr, mode: 0o644)
         let data = (0..<((1 << 20) - NineP.ioHeaderSize)).map { UInt8(truncatingIfNeeded: $0 * 31) }
         #expect(try c.write(fid: 1, offset: 0, data) == UInt32(data.count))
-        #expect(try s.view().readAll("large") == data)
+        #expect(try s.view().readWhole("large") == data)
         // One byte over msize: the transport (framer) refuses the message and the connection ends.
         let over = NinePRequest.write(fid: 1, offset: 0, data: [UInt8](repeating: 0, count: (1 << 20) - 22)[...]).encode(tag: 1)
         #expect(over.count == (1 << 20) + 1)
@@ -385,6 +386,6 @@ struct ServerBasicsTests {
         #expect(open == 0)
         #expect(s.volume.locks.test(3, owner: LockOwner(session: 0, owner: 0), range: FileLockRange(type: .write, start: 0, end: .max, pid: 0)) == nil)
         #expect(s.connection.isClosed)
-        #expect(text(try s.view().readAll("f7")) == "data 7")
+        #expect(text(try s.view().readWhole("f7")) == "data 7")
     }
 }

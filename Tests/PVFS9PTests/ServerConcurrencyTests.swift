@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PVFS9PCodec
+import PVFSEngineTestSupport
 import PVFSTestSupport
 import SystemPackage
 import Testing
@@ -276,7 +277,7 @@ struct ServerConcurrencyTests {
             }
         }
         for w in 0..<writers {
-            #expect(try s.view().readAll("w\(w)") == [UInt8](repeating: UInt8(w), count: 50_000))
+            #expect(try s.view().readWhole("w\(w)") == [UInt8](repeating: UInt8(w), count: 50_000))
         }
     }
 

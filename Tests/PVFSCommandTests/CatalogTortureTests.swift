@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PVFS9P
 import PVFS9PCodec
+import PVFSEngineTestSupport
 import PVFSTestSupport
 import Synchronization
 import SystemPackage

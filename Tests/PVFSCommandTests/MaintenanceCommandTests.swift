@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import PVFSDaemon
 import PVFSEngine
+import PVFSEngineTestSupport
 import PVFSStore
 import PVFSSystem
 import PVFSTestSupport

@@ -53,24 +53,6 @@ func makeSeededTree(at root: String, files: Int, size: Int, seed: UInt64) throws
     }
 }
 
-extension VMView {
-    func readWhole(_ path: String) throws -> [UInt8] {
-        var attributes = try getAttributes(1)
-        for component in path.split(separator: "/") {
-            attributes = try lookup(attributes.inode, Array(component.utf8), as: .root)
-        }
-        let handle = try open(attributes.inode, flags: O_RDONLY, as: .root)
-        defer { release(handle) }
-        var out: [UInt8] = []
-        while true {
-            let chunk = try read(handle, offset: Int64(out.count), count: 1 << 20)
-            if chunk.isEmpty { break }
-            out += chunk
-        }
-        return out
-    }
-}
-
 /// Opens a VM in this process and runs `body` on a view of it (the VM must not be held elsewhere).
 func withVM<T>(_ store: Store, _ name: String, _ body: (VMView) throws -> T) throws -> T {
     let volume = try Volume.open(store: store, vmName: name)

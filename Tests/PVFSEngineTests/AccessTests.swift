@@ -1,4 +1,5 @@
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import SystemPackage
 import Testing
@@ -15,7 +16,7 @@ struct AccessTests {
         let f = try EngineFixture()
         _ = try f.provision("ro")
         let v = try view(f, "ro", SessionPolicy(side: .guest, readOnly: true))
-        #expect(try v.readAll("etc/hostname") == "template-host\n")
+        #expect(try v.readText("etc/hostname") == "template-host\n")
         #expect(throws: Errno.readOnlyFileSystem) { try v.writeFile("etc/hostname", "x") }
         #expect(throws: Errno.readOnlyFileSystem) { _ = try v.makeDirectory(rootInode, Array("d".utf8), mode: 0o755, as: root) }
         #expect(throws: Errno.readOnlyFileSystem) { try v.unlink(try v.resolve("etc").inode, Array("hostname".utf8), as: root) }
@@ -138,7 +139,7 @@ struct AccessTests {
         defer { vmDir.closeQuietly() }
         try vmDir.unlink(at: "lock")
         let v = try f.view("c")
-        #expect(try v.readAll("kept") == "kept\n")
+        #expect(try v.readText("kept") == "kept\n")
         #expect(throws: Errno.noSuchFileOrDirectory) { try v.resolve("orphan") }
         #expect(v.volume.usage.bytes == 4096)
         #expect(v.volume.usage.inodes == 1)

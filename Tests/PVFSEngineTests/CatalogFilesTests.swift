@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Glibc
 import Logging
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage

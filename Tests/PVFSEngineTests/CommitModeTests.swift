@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage
@@ -55,11 +56,11 @@ struct CommitModeTests {
         for n in 0..<300 {
             switch n % 3 {
             case 0: #expect(throws: Errno.noSuchFileOrDirectory) { _ = try v.resolve("g/f\(n)") }
-            case 1: #expect(try v.readAll("g/r\(n)") == "content \(n)")
-            default: #expect(try v.readAll("g/f\(n)") == "content \(n)")
+            case 1: #expect(try v.readText("g/r\(n)") == "content \(n)")
+            default: #expect(try v.readText("g/f\(n)") == "content \(n)")
             }
         }
-        #expect(try v.readAll("g/last") == "last")
+        #expect(try v.readText("g/last") == "last")
         try v.volume.close()
         #expect(try runFsck(f.store).findings.isEmpty)
     }
@@ -117,6 +118,6 @@ struct CommitModeTests {
         }
         #expect(flushed)
         try v.volume.close()
-        #expect(try f.view("a").readAll("before") == "x")
+        #expect(try f.view("a").readText("before") == "x")
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import SystemPackage
 import Testing

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage
@@ -18,29 +19,6 @@ func pseudoRandom(_ count: Int, seed: UInt64) -> [UInt8] {
         out[i] = UInt8(truncatingIfNeeded: state >> 33)
     }
     return out
-}
-
-extension VMView {
-    func createBytes(_ parent: String, _ name: String, _ bytes: [UInt8]) throws -> Attributes {
-        let dir = try resolve(parent).inode
-        let (attributes, handle) = try create(dir, Array(name.utf8), mode: 0o644, flags: O_RDWR, as: .root)
-        defer { release(handle) }
-        _ = try write(handle, offset: 0, bytes: bytes, as: .root)
-        return attributes
-    }
-
-    func readBytes(_ path: String) throws -> [UInt8] {
-        let ino = try resolve(path).inode
-        let handle = try open(ino, flags: O_RDONLY, as: .root)
-        defer { release(handle) }
-        var out: [UInt8] = []
-        while true {
-            let chunk = try read(handle, offset: Int64(out.count), count: 1 << 20)
-            if chunk.isEmpty { break }
-            out += chunk
-        }
-        return out
-    }
 }
 
 extension Store {
@@ -85,8 +63,8 @@ struct DedupTests {
         #expect(b.volume.usage == usageB)
         #expect(a.volume.privateFiles(minimumSize: 1).map(\.inode) == [try a.resolve("other").inode])
         #expect(b.volume.privateFiles(minimumSize: 1).isEmpty)
-        #expect(try a.readBytes("big") == data)
-        #expect(try b.readBytes("etc/copy") == data)
+        #expect(try a.readWhole("big") == data)
+        #expect(try b.readWhole("etc/copy") == data)
         let hash = SHA256Hasher.hash(data)
         #expect(f.store.blobs.exists(hash))
 
@@ -94,8 +72,8 @@ struct DedupTests {
         try a.writeFile("big", "changed", flags: O_WRONLY)
         var expected = data
         expected.replaceSubrange(0..<7, with: Array("changed".utf8))
-        #expect(try a.readBytes("big") == expected)
-        #expect(try b.readBytes("etc/copy") == data)
+        #expect(try a.readWhole("big") == expected)
+        #expect(try b.readWhole("etc/copy") == data)
         let blob = try f.store.blobs.open(hash)
         defer { blob.closeQuietly() }
         #expect(try SHA256Hasher.hash(file: blob).hash == hash)
@@ -107,7 +85,7 @@ struct DedupTests {
         let gc = try f.store.collectGarbage()
         #expect(gc.blobsRemoved == 1 && gc.blobBytes == Int64(data.count))
         #expect(!f.store.blobs.exists(hash))
-        #expect(try a.readBytes("big") == expected)
+        #expect(try a.readWhole("big") == expected)
     }
 
     @Test func copiedUpTemplateFileRejoinsTheTemplateBlobAndStopsBeingCharged() throws {
@@ -122,7 +100,7 @@ struct DedupTests {
         let report = try f.store.deduplicate([VolumeDedupTarget(a.volume)], options: options)
         #expect(report.filesDeduplicated == 1 && report.existingBlobsReused == 1 && report.newBlobs == 0)
         #expect(a.volume.usage == before)
-        #expect(try a.readAll("etc/hostname") == "template-host\n")
+        #expect(try a.readText("etc/hostname") == "template-host\n")
         #expect(try f.store.scalar("SELECT COUNT(*) FROM blob") == 3)
     }
 
@@ -151,8 +129,8 @@ struct DedupTests {
         a.release(writer)
         var changed = data
         changed.replaceSubrange(0..<3, with: [1, 2, 3])
-        #expect(try a.readBytes("x") == changed)
-        #expect(try b.readBytes("x") == data)
+        #expect(try a.readWhole("x") == changed)
+        #expect(try b.readWhole("x") == data)
         // The changed file no longer matches: nothing more to share.
         let again = try f.store.deduplicate(targets)
         #expect(again.filesDeduplicated == 0)
@@ -195,8 +173,8 @@ struct DedupTests {
         }
         var changed = data
         changed[0] = UInt8(ascii: "Z")
-        #expect(try a.readBytes("x") == changed)
-        #expect(try a.readBytes("y") == data)
+        #expect(try a.readWhole("x") == changed)
+        #expect(try a.readWhole("y") == data)
         #expect(report.filesDeduplicated == 1 && report.skippedChanged == 1)
         _ = made
     }

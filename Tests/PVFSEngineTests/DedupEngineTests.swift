@@ -1,4 +1,5 @@
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import SystemPackage
 import Testing
@@ -17,11 +18,11 @@ struct DedupEngineTests {
         let usageBefore = v.volume.usage
         #expect(try v.volume.replaceWithBlob(made.inode, blobID: blob, hash: SHA256Hasher.hash(Array(content.utf8))) == .replaced)
         #expect(v.volume.usage == usageBefore)
-        #expect(try v.readAll("data") == content)
+        #expect(try v.readText("data") == content)
         #expect(try v.resolve("data").size == Int64(content.utf8.count))
         // A write copies it up again; the blob keeps the shared content.
         try v.writeFile("data", "changed", flags: O_WRONLY)
-        #expect(try v.readAll("data").hasPrefix("changed"))
+        #expect(try v.readText("data").hasPrefix("changed"))
         let blobFD = try f.store.blobs.open(SHA256Hasher.hash(Array(content.utf8)))
         defer { blobFD.closeQuietly() }
         #expect(try blobFD.stat().size == Int64(content.utf8.count))

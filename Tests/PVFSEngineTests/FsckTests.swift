@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage
@@ -125,9 +126,9 @@ struct FsckTests {
         let after = try runFsck(f.store)
         #expect(after.findings.isEmpty, "\(after.findings)")
         let v = try f.view("a")
-        #expect(try v.readBytes("own").isEmpty)
+        #expect(try v.readWhole("own").isEmpty)
         #expect(throws: Errno.noSuchFileOrDirectory) { _ = try v.resolve("dangling") }
-        #expect(try v.readAll("etc/hostname") == "changed\n")
+        #expect(try v.readText("etc/hostname") == "changed\n")
     }
 
     @Test func uncleanShutdownAndInterruptedOperationsAreFinished() throws {
@@ -160,7 +161,7 @@ struct FsckTests {
         let v = try f.view("a")
         let attributes = try v.getAttributes(try v.resolve("own").inode)
         #expect(attributes.size == 12_000)
-        #expect(try v.readBytes("own").count == 12_000)
+        #expect(try v.readWhole("own").count == 12_000)
         // The catalog agrees (what dedup, df and exports read without opening the file).
         #expect(try f.store.scalar("SELECT size FROM vm_inode WHERE vm_id = \(vm.id) AND ino = \(ino)") == 12_000)
         try v.volume.close()

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import Synchronization
@@ -181,8 +182,8 @@ struct FullFileSystemTests {
         let reopened = try Store(path: f.store.path)
         let volume = try Volume.open(store: reopened, vmName: "a")
         let view = VMView(volume: volume, policy: SessionPolicy(side: .guest, readOnly: false), sessionID: 2)
-        #expect(try view.readBytes("kept") == kept)
-        #expect(try view.readBytes("after") == after)
+        #expect(try view.readWhole("kept") == kept)
+        #expect(try view.readWhole("after") == after)
         #expect(throws: Errno.noSuchFileOrDirectory) { try view.resolve("big") }
         try volume.close()
     }
@@ -236,7 +237,7 @@ struct FullFileSystemTests {
         for (i, name) in names.enumerated() {
             let volume = try Volume.open(store: reopened, vmName: name)
             let view = VMView(volume: volume, policy: SessionPolicy(side: .guest, readOnly: false), sessionID: 3)
-            #expect(try view.readBytes("after") == pseudoRandom(1 << 20, seed: UInt64(100 + i)))
+            #expect(try view.readWhole("after") == pseudoRandom(1 << 20, seed: UInt64(100 + i)))
             #expect(throws: Errno.noSuchFileOrDirectory) { try view.resolve("big") }
             try volume.close()
         }

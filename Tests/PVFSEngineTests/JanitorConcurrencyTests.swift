@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import Synchronization
@@ -124,16 +125,16 @@ struct JanitorConcurrencyTests {
                 for view in views.prefix(2) {
                     for k in 0..<6 {
                         // Between unlink and create, or between create and write.
-                        guard let bytes = try? view.readBytes("w\(k)"), !bytes.isEmpty else { continue }
+                        guard let bytes = try? view.readWhole("w\(k)"), !bytes.isEmpty else { continue }
                         if !Self.knownHashes.contains(SHA256Hasher.hash(bytes)) {
                             failures.add("\(view.vmName)/w\(k): unexpected content (\(bytes.count) bytes)")
                         }
                     }
                 }
                 let c = views[2]
-                let host = try c.readAll("etc/hostname")
+                let host = try c.readText("etc/hostname")
                 if host != "template-host\n" && !host.isEmpty { failures.add("c/etc/hostname reads \(host.debugDescription)") }
-                let deep = try c.readAll("etc/deep/a/file")
+                let deep = try c.readText("etc/deep/a/file")
                 if deep != "deep\n" && deep != "other\n" && !deep.isEmpty { failures.add("c/etc/deep/a/file reads \(deep.debugDescription)") }
                 for hash in try store.referencedBlobsMissingFiles() { failures.add("referenced blob \(hash) has no file") }
             }

@@ -1,4 +1,5 @@
 import Glibc
+import PVFSEngineTestSupport
 import PVFSSystem
 import SystemPackage
 import Testing
@@ -11,13 +12,13 @@ struct MergedViewTests {
         let f = try EngineFixture()
         _ = try f.provision("a")
         let v = try f.view("a")
-        #expect(try v.readAll("etc/hostname") == "template-host\n")
-        #expect(try v.readAll("etc/hard-b") == "shared\n")
+        #expect(try v.readText("etc/hostname") == "template-host\n")
+        #expect(try v.readText("etc/hard-b") == "shared\n")
         #expect(try v.readLink(v.resolve("bin/sh").inode) == Array("busybox".utf8))
         #expect(try v.names("etc") == ["deep", "hard-a", "hard-b", "hostname"])
         #expect(try v.resolve("etc/hard-a").linkCount == 2)
         #expect(try v.resolve("etc").linkCount == 3)
-        #expect(try v.readAll("empty") == "")
+        #expect(try v.readText("empty") == "")
         #expect(throws: Errno.noSuchFileOrDirectory) { try v.resolve("etc/nothing") }
         #expect(try v.resolve("etc/..").inode == rootInode)
         #expect(try v.resolve("..").inode == rootInode)
@@ -33,12 +34,12 @@ struct MergedViewTests {
         try a.writeFile("etc/hostname", "vm-a\n")
         let after = try a.resolve("etc/hostname")
         #expect(after.inode == before.inode)
-        #expect(try a.readAll("etc/hostname") == "vm-a\n")
-        #expect(try b.readAll("etc/hostname") == "template-host\n")
+        #expect(try a.readText("etc/hostname") == "vm-a\n")
+        #expect(try b.readText("etc/hostname") == "template-host\n")
         // Hardlinks stay one inode across copy-up.
         try a.writeFile("etc/hard-a", "changed\n")
-        #expect(try a.readAll("etc/hard-b") == "changed\n")
-        #expect(try b.readAll("etc/hard-b") == "shared\n")
+        #expect(try a.readText("etc/hard-b") == "changed\n")
+        #expect(try b.readText("etc/hard-b") == "shared\n")
         // The template's blob is untouched.
         let blob = try f.store.blobs.open(SHA256Hasher.hash(Array("template-host\n".utf8)))
         defer { blob.closeQuietly() }
@@ -69,7 +70,7 @@ struct MergedViewTests {
         #expect(throws: Errno.noSuchFileOrDirectory) { try v.resolve("etc/hostname") }
         #expect(try v.names("etc") == ["deep", "hard-a", "hard-b"])
         _ = try v.createFile("etc", "hostname", "new\n")
-        #expect(try v.readAll("etc/hostname") == "new\n")
+        #expect(try v.readText("etc/hostname") == "new\n")
         try v.unlink(etc, Array("hard-a".utf8), as: root)
         #expect(try v.resolve("etc/hard-b").linkCount == 1)
         #expect(throws: Errno.directoryNotEmpty) { try v.removeDirectory(rootInode, Array("etc".utf8), as: root) }
@@ -84,7 +85,7 @@ struct MergedViewTests {
         let deep = try v.resolve("etc/deep").inode
         try v.rename(etc, Array("deep".utf8), to: rootInode, Array("moved".utf8), as: root)
         #expect(try v.resolve("moved").inode == deep)
-        #expect(try v.readAll("moved/a/file") == "deep\n")
+        #expect(try v.readText("moved/a/file") == "deep\n")
         #expect(try v.resolve("moved/..").inode == rootInode)
         #expect(throws: Errno.noSuchFileOrDirectory) { try v.resolve("etc/deep") }
         #expect(try v.resolve("etc").linkCount == 2)
@@ -95,7 +96,7 @@ struct MergedViewTests {
         // Exchange a directory and a file.
         try v.rename(rootInode, Array("moved".utf8), to: etc, Array("hostname".utf8), flags: .exchange, as: root)
         #expect(try v.resolve("etc/hostname").inode == deep)
-        #expect(try v.readAll("moved") == "template-host\n")
+        #expect(try v.readText("moved") == "template-host\n")
         #expect(throws: Errno.fileExists) {
             try v.rename(rootInode, Array("moved".utf8), to: rootInode, Array("empty".utf8), flags: .noReplace, as: root)
         }
@@ -117,8 +118,8 @@ struct MergedViewTests {
             try v.volume.close()
         }
         let v = try f.view("a")
-        #expect(try v.readAll("home/notes") == "hello\n")
-        #expect(try v.readAll("etc/hostname") == "persisted\n")
+        #expect(try v.readText("home/notes") == "hello\n")
+        #expect(try v.readText("etc/hostname") == "persisted\n")
         #expect(try v.names("etc") == ["deep", "hard-b", "hostname"])
         #expect(try v.getXattr(try v.resolve("home/notes").inode, Array("user.k".utf8), as: root) == Array("v".utf8))
         #expect(try v.getXattr(try v.resolve("etc/hostname").inode, Array("user.origin".utf8), as: root) == Array("template".utf8))

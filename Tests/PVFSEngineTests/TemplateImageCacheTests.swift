@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import Testing
@@ -29,14 +30,14 @@ import Testing
         #expect(registry.templateImages.loads == 1)
         // Every VM still sees its own overlay over the shared tree.
         try views[0].writeFile("/etc/hostname", "changed\n")
-        #expect(try views[0].readAll("/etc/hostname") == "changed\n")
-        #expect(try views[1].readAll("/etc/hostname") == "template-host\n")
+        #expect(try views[0].readText("/etc/hostname") == "changed\n")
+        #expect(try views[1].readText("/etc/hostname") == "template-host\n")
         // The template's blob hashes live in the image, not in each volume.
         #expect(views[1].volume.blobHashes.isEmpty && !image.blobHashes.isEmpty)
 
         let d = try registry.openSession(vm: "d", policy: guest)
         #expect(d.volume.template !== image)
-        #expect(try d.readAll("/file") == "other\n")
+        #expect(try d.readText("/file") == "other\n")
         #expect(registry.templateImages.loads == 2)
         registry.closeSession(d)
 
@@ -85,7 +86,7 @@ import Testing
         // The next volume loads it again.
         let fresh = try registry.openSession(vm: "b", policy: guest)
         #expect(registry.templateImages.loads == 2)
-        #expect(try fresh.readAll("/etc/hostname") == "template-host\n")
+        #expect(try fresh.readText("/etc/hostname") == "template-host\n")
         registry.closeSession(fresh)
     }
 
@@ -139,7 +140,7 @@ import Testing
         _ = try f.store.provisionVM(name: "a", template: "t")
         let registry = try VolumeRegistry(store: f.store, logger: logger, templateImageRetention: .seconds(60))
         let a = try registry.openSession(vm: "a", policy: guest)
-        #expect(try a.readAll("/etc/motd") == "first\n")
+        #expect(try a.readText("/etc/motd") == "first\n")
         let old = a.volume.template.identity
         registry.closeSession(a)
         #expect(registry.templateImages.heldImages == [old: 0])
@@ -150,7 +151,7 @@ import Testing
         #expect(second.id == first.id)  // the case that makes an id alone unsafe as a key
         _ = try f.store.provisionVM(name: "a", template: "t")
         let b = try registry.openSession(vm: "a", policy: guest)
-        #expect(try b.readAll("/etc/motd") == "second\n")
+        #expect(try b.readText("/etc/motd") == "second\n")
         #expect(b.volume.template.identity != old)
         #expect(registry.templateImages.loads == 2)
         #expect(registry.templateImages.heldImages == [b.volume.template.identity: 1])
@@ -164,7 +165,7 @@ import Testing
         let a = try f.view("a")
         let b = try f.view("b")
         #expect(a.volume.template !== b.volume.template)
-        #expect(try a.readAll("/etc/deep/a/file") == "deep\n")
+        #expect(try a.readText("/etc/deep/a/file") == "deep\n")
         let listing = try a.readDirectory(2, after: 0, limit: .max, as: .root).map { String(decoding: $0.name, as: UTF8.self) }
         #expect(Set(listing) == [".", "..", "hostname", "hard-a", "hard-b", "deep"])
         try a.volume.close()

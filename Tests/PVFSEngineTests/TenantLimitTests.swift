@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import PVFSEngineTestSupport
 import PVFSSystem
 import SystemPackage
 import Testing

@@ -3,6 +3,7 @@ import Glibc
 import PVFS9P
 import PVFS9PCodec
 import PVFSEngine
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage
@@ -37,12 +38,12 @@ struct LinuxGuestTests {
         // What the guest did, seen from the engine.
         let view = s.fixture.view()
         // Renamed over, hard-linked as a/hard, then truncated to 100000 through the link.
-        let moved = try view.readAll("a/b/moved.txt")
+        let moved = try view.readWhole("a/b/moved.txt")
         #expect(moved.count == 100_000 && moved.prefix(2) == [0x78, 0x0A])
         #expect(try view.resolve("a/b/moved.txt").inode == (try view.resolve("a/hard")).inode)
-        #expect(String(decoding: try view.readAll("etc/hostname"), as: UTF8.self) == "guest-host\n")
-        #expect(try view.readAll("big-copy") == TransportFixture.bigContent())
-        #expect(try view.readAll("rand").count == 8 << 20)
+        #expect(String(decoding: try view.readWhole("etc/hostname"), as: UTF8.self) == "guest-host\n")
+        #expect(try view.readWhole("big-copy") == TransportFixture.bigContent())
+        #expect(try view.readWhole("rand").count == 8 << 20)
         let u = try view.resolve("tmp/u")
         #expect(u.uid == 1000)
         let null = try view.resolve("null")
@@ -91,15 +92,5 @@ struct GuestResults {
             default: failures.append(String(marker))
             }
         }
-    }
-}
-
-extension VMView {
-    func resolve(_ path: String) throws -> Attributes {
-        var attributes = try getAttributes(1)
-        for component in path.split(separator: "/") {
-            attributes = try lookup(attributes.inode, Array(component.utf8), as: .root)
-        }
-        return attributes
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import PVFS9P
 import PVFS9PCodec
 import PVFSEngine
+import PVFSEngineTestSupport
 import PVFSSystem
 import PVFSTestSupport
 import SystemPackage
@@ -380,15 +381,6 @@ struct SocketServerTests {
         for fd in fds { close(fd) }
         // And nothing listens any more.
         #expect(throws: Errno.self) { try connectTCP(s.tcpPort) }
-        #expect(String(decoding: try s.fixture.view().readAll("file3"), as: UTF8.self) == "x")
-    }
-}
-
-extension VMView {
-    func readAll(_ path: String) throws -> [UInt8] {
-        let attributes = try resolve(path)
-        let handle = try open(attributes.inode, flags: O_RDONLY, as: .root)
-        defer { release(handle) }
-        return try read(handle, offset: 0, count: 64 << 20)
+        #expect(String(decoding: try s.fixture.view().readWhole("file3"), as: UTF8.self) == "x")
     }
 }

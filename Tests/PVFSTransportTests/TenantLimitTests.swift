@@ -4,6 +4,7 @@ import Logging
 import PVFS9P
 import PVFS9PCodec
 import PVFSEngine
+import PVFSEngineTestSupport
 import Synchronization
 import Testing
 @testable import PVFSTransport
