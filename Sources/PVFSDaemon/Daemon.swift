@@ -49,7 +49,8 @@ public final class Daemon: @unchecked Sendable {
         self.logger = logger
         store = try Store(path: configuration.storePath, create: true, logger: logger)
         try store.cleanUpInterruptedVMOperations()
-        registry = try VolumeRegistry(store: store, logger: logger)
+        registry = try VolumeRegistry(store: store, logger: logger,
+                                      templateImageRetention: .seconds(configuration.templateImageRetentionSeconds))
         registry.commitMode = configuration.commitMode
         registry.volumeLimits = configuration.volumeLimits
         admission = TenantAdmission(limits: configuration.limits.tenants, listeners: configuration.listeners.map(\.name),

@@ -14,6 +14,7 @@ import PVFSTransport
 ///     xen = on
 ///     janitor-interval = 3600                # seconds; 0 disables
 ///     usage-save-interval = 5
+///     template-image-retention = 60          # seconds a template's tree stays loaded after its last VM closed
 ///     catalog-commit = sync                  # or grouped (faster metadata; see Volume.CommitMode)
 ///     max-connections-per-listener = 256     # per-tenant limits of the transports: see `Limits`
 ///     max-sessions-per-connection = 256      # and the other limits of DaemonConfiguration+Limits.swift
@@ -148,6 +149,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var xenEnabled: Bool
     public var janitorIntervalSeconds: Int
     public var usageSaveIntervalSeconds: Int
+    /// How long a template's shared image stays in memory after its last VM closed (seconds).
+    public var templateImageRetentionSeconds = 60
     public var commitMode: Volume.CommitMode
     /// Per-tenant limits of the transports: connections, timeouts, reply queues, Xen rings.
     public var limits = Limits()
@@ -194,6 +197,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "usage-save-interval":
                 guard let v = Int(value), v > 0 else { throw ConfigurationError("line \(number + 1): usage-save-interval takes seconds") }
                 config.usageSaveIntervalSeconds = v
+            case "template-image-retention":
+                guard let v = Int(value), v >= 0, v <= 86_400 else {
+                    throw ConfigurationError("line \(number + 1): template-image-retention takes seconds (0 to 86400)")
+                }
+                config.templateImageRetentionSeconds = v
             case "catalog-commit":
                 guard let mode = Volume.CommitMode(rawValue: value) else {
                     throw ConfigurationError("line \(number + 1): catalog-commit is sync or grouped")

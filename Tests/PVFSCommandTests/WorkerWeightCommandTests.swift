@@ -73,7 +73,14 @@ struct WorkerWeightCommandTests {
         defer { daemon.stop() }
         #expect(daemon.workerPool.threadCount == 6)
         #expect(daemon.workerPool.sharedCap == 2)
-        for bad in ["worker-max-share = 0", "worker-max-share = 1.5", "worker-threads = 0"] {
+        // The shared template images stay as long as pvfsd.conf says after their last VM.
+        let retained = try DaemonConfiguration.parse("template-image-retention = 5\n", defaults: defaults)
+        #expect(retained.templateImageRetentionSeconds == 5)
+        let retaining = try Daemon(configuration: retained, logger: logger)
+        defer { retaining.stop() }
+        #expect(retaining.registry.templateImages.idleRetention == .seconds(5))
+        for bad in ["worker-max-share = 0", "worker-max-share = 1.5", "worker-threads = 0",
+                    "template-image-retention = -1", "template-image-retention = soon"] {
             #expect(throws: ConfigurationError.self) { try DaemonConfiguration.parse(bad + "\n", defaults: defaults) }
         }
     }
