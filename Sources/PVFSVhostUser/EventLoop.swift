@@ -36,13 +36,17 @@ public final class EpollEventLoop: VhostEventSources, @unchecked Sendable {
 
     public init(name: String = "pvfs.vhost.loop", logger: Logger = Logger(label: "pvfs.vhost")) throws {
         self.logger = logger
-        epoll = cpvfs_epoll_create()
+        // Both descriptors are made before either property is set: an initializer that throws
+        // once every stored property is set still runs deinit, which closes them.
+        let epoll = cpvfs_epoll_create()
         guard epoll >= 0 else { throw VhostUserProtocolError("epoll_create1: \(String(cString: strerror(errno)))") }
-        wakeup = cpvfs_eventfd(0)
+        let wakeup = cpvfs_eventfd(0)
         guard wakeup >= 0 else {
             Glibc.close(epoll)
             throw VhostUserProtocolError("eventfd: \(String(cString: strerror(errno)))")
         }
+        self.epoll = epoll
+        self.wakeup = wakeup
         _ = cpvfs_epoll_add(epoll, wakeup, Self.wakeupToken)
         let thread = Thread { [self] in run() }
         thread.name = name

@@ -379,13 +379,16 @@ final class MountedFiles: TortureFiles, @unchecked Sendable {
     let root: Int32
 
     init(mountpoint: String) throws {
-        root = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard root >= 0 else { throw Errno(rawValue: errno) }
+        // Checked before `root` is set: an initializer that throws once every stored property
+        // is set still runs deinit, which would close the descriptor a second time.
+        let fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno(rawValue: errno) }
         var mounted = stat(), parent = stat()
-        guard fstat(root, &mounted) == 0, stat(mountpoint + "/..", &parent) == 0, mounted.st_dev != parent.st_dev else {
-            close(root)
+        guard fstat(fd, &mounted) == 0, stat(mountpoint + "/..", &parent) == 0, mounted.st_dev != parent.st_dev else {
+            close(fd)
             throw TestSupportError("nothing is mounted on \(mountpoint)")
         }
+        root = fd
     }
 
     deinit { close(root) }
