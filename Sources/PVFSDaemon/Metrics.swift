@@ -11,7 +11,7 @@ public enum Metrics {
                               transportLimits: DaemonConfiguration.Limits = DaemonConfiguration.Limits()) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ value: (Volume) -> String) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            out += header(name, type, help)
             for volume in volumes.sorted(by: { $0.name < $1.name }) {
                 out += "\(name){vm=\"\(escape(volume.name))\"} \(value(volume))\n"
             }
@@ -81,13 +81,13 @@ public enum Metrics {
         var out = ""
         func labels(_ tenant: Tenant) -> String { "kind=\"\(tenant.kind)\",tenant=\"\(escape(tenant.name))\"" }
         func gauge(_ name: String, _ help: String, _ value: (TenantUsage) -> Int?) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n"
+            out += header(name, "gauge", help)
             for usage in tenants {
                 if let v = value(usage) { out += "\(name){\(labels(usage.tenant))} \(v)\n" }
             }
         }
         func counter(_ name: String, _ help: String, _ value: (TenantUsage) -> [TransportLimit: UInt64]) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
+            out += header(name, "counter", help)
             for usage in tenants {
                 for (limit, count) in value(usage).sorted(by: { $0.key < $1.key }) {
                     out += "\(name){\(labels(usage.tenant)),limit=\"\(limit.rawValue)\"} \(count)\n"
@@ -113,17 +113,18 @@ public enum Metrics {
     public static func render(cpu fairness: TenantCPUFairness) -> String {
         var out = ""
         let usage = fairness.usage
-        out += "# HELP pvfs_tenant_cpu_seconds_total CPU time pvfsd spent serving the tenant (connection threads and workers).\n"
-        out += "# TYPE pvfs_tenant_cpu_seconds_total counter\n"
-        for u in usage { out += "pvfs_tenant_cpu_seconds_total{\(labels(u.tenant))} \(Double(u.cpuNanoseconds) / 1e9)\n" }
-        out += "# HELP pvfs_tenant_cpu_demotions_total Times the tenant's threads were lowered to tenant-cpu-nice for using more than its share.\n"
-        out += "# TYPE pvfs_tenant_cpu_demotions_total counter\n"
-        for u in usage { out += "pvfs_tenant_cpu_demotions_total{\(labels(u.tenant))} \(u.demotions)\n" }
-        out += "# HELP pvfs_tenant_cpu_demoted Whether the tenant's threads run at tenant-cpu-nice now.\n"
-        out += "# TYPE pvfs_tenant_cpu_demoted gauge\n"
-        for u in usage { out += "pvfs_tenant_cpu_demoted{\(labels(u.tenant))} \(u.isDemoted ? 1 : 0)\n" }
-        out += "# HELP pvfs_tenant_cpu_fairness_active Whether over-share tenants are demoted (0: tenant-cpu-nice = 0, or pvfsd may not raise a thread's priority back).\n"
-        out += "# TYPE pvfs_tenant_cpu_fairness_active gauge\n"
+        func perTenant(_ name: String, _ type: String, _ help: String, _ value: (TenantCPUFairness.Usage) -> String) {
+            out += header(name, type, help)
+            for u in usage { out += "\(name){\(labels(u.tenant))} \(value(u))\n" }
+        }
+        perTenant("pvfs_tenant_cpu_seconds_total", "counter", "CPU time pvfsd spent serving the tenant (connection threads and workers).") {
+            "\(Double($0.cpuNanoseconds) / 1e9)"
+        }
+        perTenant("pvfs_tenant_cpu_demotions_total", "counter",
+                  "Times the tenant's threads were lowered to tenant-cpu-nice for using more than its share.") { "\($0.demotions)" }
+        perTenant("pvfs_tenant_cpu_demoted", "gauge", "Whether the tenant's threads run at tenant-cpu-nice now.") { $0.isDemoted ? "1" : "0" }
+        out += header("pvfs_tenant_cpu_fairness_active", "gauge",
+                      "Whether over-share tenants are demoted (0: tenant-cpu-nice = 0, or pvfsd may not raise a thread's priority back).")
         out += "pvfs_tenant_cpu_fairness_active \(fairness.demotes ? 1 : 0)\n"
         return out
     }
@@ -131,26 +132,25 @@ public enum Metrics {
     /// The worker pool: each served VM's weight, and the work each tenant has queued and
     /// running now (tenants with none are not listed).
     public static func render(pool: NinePWorkerPool, volumes: [Volume]) -> String {
-        var out = ""
-        out += "# HELP pvfs_worker_weight The VM's share of the worker threads relative to other VMs' (pvfs-vm set-weight).\n"
-        out += "# TYPE pvfs_worker_weight gauge\n"
+        var out = header("pvfs_worker_weight", "gauge", "The VM's share of the worker threads relative to other VMs' (pvfs-vm set-weight).")
         for name in Set(volumes.map(\.name)).sorted() {
             out += "pvfs_worker_weight{vm=\"\(escape(name))\"} \(pool.weight(of: .vm(name)))\n"
         }
-        out += "# HELP pvfs_worker_threads Threads of the worker pool shared by every transport.\n"
-        out += "# TYPE pvfs_worker_threads gauge\n"
+        out += header("pvfs_worker_threads", "gauge", "Threads of the worker pool shared by every transport.")
         out += "pvfs_worker_threads \(pool.threadCount)\n"
-        out += "# HELP pvfs_worker_max_running Jobs one tenant may run at once while another has work queued (worker-max-share).\n"
-        out += "# TYPE pvfs_worker_max_running gauge\n"
+        out += header("pvfs_worker_max_running", "gauge", "Jobs one tenant may run at once while another has work queued (worker-max-share).")
         out += "pvfs_worker_max_running \(pool.sharedCap)\n"
         let statistics = pool.statistics
-        out += "# HELP pvfs_tenant_worker_queued Jobs of the tenant waiting for a worker thread.\n"
-        out += "# TYPE pvfs_tenant_worker_queued gauge\n"
+        out += header("pvfs_tenant_worker_queued", "gauge", "Jobs of the tenant waiting for a worker thread.")
         for s in statistics { out += "pvfs_tenant_worker_queued{\(labels(s.tenant))} \(s.queued)\n" }
-        out += "# HELP pvfs_tenant_worker_running Jobs of the tenant running on worker threads.\n"
-        out += "# TYPE pvfs_tenant_worker_running gauge\n"
+        out += header("pvfs_tenant_worker_running", "gauge", "Jobs of the tenant running on worker threads.")
         for s in statistics { out += "pvfs_tenant_worker_running{\(labels(s.tenant))} \(s.running)\n" }
         return out
+    }
+
+    /// The HELP and TYPE lines that open a metric family.
+    static func header(_ name: String, _ type: String, _ help: String) -> String {
+        "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
     }
 
     static func labels(_ tenant: NinePWorkerPool.Tenant) -> String {

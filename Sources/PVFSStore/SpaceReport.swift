@@ -87,7 +87,9 @@ extension Store {
         report.catalogBytes = StoreLayout.catalogFiles.reduce(0) { $0 + ((try? root.stat(at: $1))?.blocks ?? 0) * 512 }
         report.temporaryBytes = Self.allocatedBytes(below: temporaryDirectory)
         report.reserveBytes = spaceReserve.bytes
-        report.reserveHeld = spaceReserve.bytes > 0 && spaceReserve.admitsGrowth() && spaceReserve.isHeld
+        // With a reserve configured, admitsGrowth is true exactly when the file is in place (it
+        // allocates it again first if there is room).
+        report.reserveHeld = spaceReserve.bytes > 0 && spaceReserve.admitsGrowth()
         report.reserveAllocatedBytes = ((try? root.stat(at: StoreLayout.spaceReserve))?.blocks ?? 0) * 512
 
         // Private files per VM directory: inode -> (size, allocated).
