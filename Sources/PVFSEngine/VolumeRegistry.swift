@@ -137,22 +137,12 @@ public final class VolumeRegistry: @unchecked Sendable {
                 condition.wait()
             case nil:
                 volumes[vm] = .opening
-                condition.unlock()
-                let volume: Volume
-                do {
-                    volume = try Volume.open(store: store, vmName: vm, logger: logger, templateImages: templateImages)
-                } catch {
-                    condition.lock()
-                    volumes[vm] = nil
-                    condition.broadcast()
-                    condition.unlock()
-                    throw error
-                }
-                condition.lock()
+                let volume = try condition.whileUnlocked({
+                    try Volume.open(store: store, vmName: vm, logger: logger, templateImages: templateImages)
+                }, ifFailed: { volumes[vm] = nil })
                 volume.commitMode = commitModeValue
                 volume.metadataLimits = limitsValue
                 volumes[vm] = .open(volume, sessions: 1)
-                condition.broadcast()
                 let view = makeViewLocked(volume, vm: vm, policy: policy, revoke: revoke)
                 condition.unlock()
                 return view
@@ -188,11 +178,10 @@ public final class VolumeRegistry: @unchecked Sendable {
             return
         }
         volumes[name] = .closing(volume)
-        condition.unlock()
-        do { try volume.close() } catch { logger.error("closing VM \(name): \(error)") }
-        condition.lock()
+        condition.whileUnlocked({
+            do { try volume.close() } catch { logger.error("closing VM \(name): \(error)") }
+        }, ifFailed: {})
         if case .closing(let closing) = volumes[name], closing === volume { volumes[name] = nil }
-        condition.broadcast()
         condition.unlock()
     }
 
