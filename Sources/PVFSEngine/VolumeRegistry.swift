@@ -41,25 +41,23 @@ public final class VolumeRegistry: @unchecked Sendable {
     /// The commit mode of every volume this registry opens (and of those open already).
     public var commitMode: Volume.CommitMode {
         get { locked { commitModeValue } }
-        set {
-            let open = locked {
-                commitModeValue = newValue
-                return openVolumesLocked
-            }
-            for volume in open { volume.commitMode = newValue }
-        }
+        set { update({ commitModeValue = newValue }, thenEachOpenVolume: { $0.commitMode = newValue }) }
     }
 
     /// The metadata limits of every volume this registry opens (and of those open already).
     public var volumeLimits: VolumeLimits {
         get { locked { limitsValue } }
-        set {
-            let open = locked {
-                limitsValue = newValue
-                return openVolumesLocked
-            }
-            for volume in open { volume.metadataLimits = newValue }
+        set { update({ limitsValue = newValue }, thenEachOpenVolume: { $0.metadataLimits = newValue }) }
+    }
+
+    /// Changes a setting of every volume: `update` (under the lock) for those opened from now
+    /// on, then `apply` to each one open already.
+    private func update(_ update: () -> Void, thenEachOpenVolume apply: (Volume) -> Void) {
+        let open = locked {
+            update()
+            return openVolumesLocked
         }
+        for volume in open { apply(volume) }
     }
 
     public init(store: Store, logger: Logger,
