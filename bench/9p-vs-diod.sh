@@ -27,11 +27,11 @@
 #               as a third mount "pvfsd-before" in the same run, on a store of its own
 #   --log FILE  keep the guest's serial log there
 # Environment: PVFSD / PVFS_VM_BIN / PVFS_TEMPLATE_BIN (default: .build/release, built if missing),
-# the knobs of Tests/guest/lib.sh (PVFS_GUEST_KEEP=1 keeps the work dir, PVFS_GUEST_VERBOSE=1).
+# the knobs of scripts/lib/guest.sh (PVFS_GUEST_KEEP=1 keeps the work dir, PVFS_GUEST_VERBOSE=1).
 # Needs root, qemu-system-x86, linux-image-amd64, busybox-static, diod, a C compiler, python3.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-. "$REPO/Tests/guest/lib.sh"
+. "$REPO/scripts/lib/guest.sh"
 
 FILES=1000 MIB=32 REPS=5 MSIZE=65536 OPTS="" ROWS="create,stat,readdir,lsl,unlink,write,read" TIMEOUT="" KEEPLOG="" BASELINE=""
 while [ $# -gt 0 ]; do
@@ -87,7 +87,7 @@ guest_initramfs_file "$GB" /bin/9p-guest-bench 0755
 INITRD=$(guest_initramfs_pack pvfs-bench9p)
 
 # The same tiny tree for both: a template for pvfsd, a plain copy for diod.
-"$REPO/Tests/guest/make-tiny-tree.sh" "$W/tree"
+"$REPO/scripts/lib/make-tiny-tree.sh" "$W/tree"
 cp -a "$W/tree" "$W/diod-root"
 chmod 755 "$W/diod-root"
 STORE=$W/store

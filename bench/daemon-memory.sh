@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/daemon-memory.sh: pvfsd's resident memory, idle, with many VMs configured, with clients.
 #
-# One store, a tiny template (Tests/guest/make-tiny-tree.sh) or a tree given with --tree (a Debian
+# One store, a tiny template (scripts/lib/make-tiny-tree.sh) or a tree given with --tree (a Debian
 # root, say, from debootstrap --variant=minbase), then:
 #   1. pvfsd serving the store with no VM                       -> RSS idle
 #   2. VMS VMs provisioned from the template and bound to the daemon's listener, picked up live
@@ -68,7 +68,7 @@ if [ -n "$TREE" ]; then
 else
     TEMPLATE_NAME=tiny
     FILE=${FILE:-/etc/config}
-    "$REPO/Tests/guest/make-tiny-tree.sh" "$W/tree"
+    "$REPO/scripts/lib/make-tiny-tree.sh" "$W/tree"
     "$TEMPLATE" create tiny --from "$W/tree" -q >/dev/null
 fi
 

@@ -43,7 +43,7 @@ ensure_release_builds "$ROOT" || exit 2
 WORK=$(mktemp -d /var/tmp/pvfs-xen-bench.XXXXXX)
 if [ "$KEEP" = 1 ]; then say "work directory $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
 STORE=$WORK/store
-"$ROOT/Tests/guest/make-tiny-tree.sh" "$WORK/tiny" &&
+"$ROOT/scripts/lib/make-tiny-tree.sh" "$WORK/tiny" &&
     "$REL/pvfs-template" create tiny --from "$WORK/tiny" --store "$STORE" >/dev/null &&
     "$REL/pvfs-vm" provision --store "$STORE" --template tiny --no-hooks benchvm >/dev/null &&
     "$REL/pvfs-vm" bind --store "$STORE" benchvm --xen-name domU >/dev/null || { say "store setup failed"; exit 2; }

@@ -611,13 +611,7 @@ extension NinePSession {
         var handedOff = false
         defer { if !handedOff { release(fid, in: request.fids) } }
         let s = try plainFile(fid)
-        let type: LockType
-        switch l.type {
-        case NinePLockType.readLock: type = .read
-        case NinePLockType.writeLock: type = .write
-        case NinePLockType.unlock: type = .unlock
-        default: throw Errno.invalidArgument
-        }
+        guard let type = LockType(fcntlCode: l.type) else { throw Errno.invalidArgument }
         let range = try lockRange(type: type, start: l.start, length: l.length, processID: l.processID)
         let owner = lockOwner(clientID: l.clientID, processID: l.processID)
         if type != .unlock { fid.withLock { _ = fid.lockOwners.insert(owner) } }

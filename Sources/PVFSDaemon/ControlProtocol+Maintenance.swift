@@ -34,12 +34,6 @@ extension ControlProtocol {
         public var blobID: Int64
         /// Lower-case hex SHA-256 of the blob.
         public var hash: String
-
-        public init(inode: UInt64, blobID: Int64, hash: String) {
-            self.inode = inode
-            self.blobID = blobID
-            self.hash = hash
-        }
     }
 
     public struct MaintenanceResponse: Codable, Sendable {
@@ -49,15 +43,6 @@ extension ControlProtocol {
         public var janitor: JanitorReport?
         /// Set when the VM named is not served by this daemon.
         public var notServed: Bool?
-
-        public init(candidates: [DedupCandidate]? = nil, outcomes: [DedupReplacement]? = nil, check: VMCheckResult? = nil,
-                    janitor: JanitorReport? = nil, notServed: Bool? = nil) {
-            self.candidates = candidates
-            self.outcomes = outcomes
-            self.check = check
-            self.janitor = janitor
-            self.notServed = notServed
-        }
     }
 }
 
@@ -121,12 +106,5 @@ public final class DaemonDedupTarget: DedupTarget, @unchecked Sendable {
                                               .init(items: [.init(inode: inode, blobID: blobID, hash: hash.hex)]))
         guard let outcome = response.outcomes?.first else { throw MaintenanceClientError.failed("the daemon returned no outcome") }
         return outcome
-    }
-}
-
-extension ControlProtocol.Response {
-    public init(ok: Bool, error: String? = nil, maintenance: ControlProtocol.MaintenanceResponse) {
-        self.init(ok: ok, error: error)
-        self.maintenance = maintenance
     }
 }

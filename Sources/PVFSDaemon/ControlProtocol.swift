@@ -35,14 +35,6 @@ public enum ControlProtocol {
         public var text: String?
         public var mounts: [HostMount]?
         public var maintenance: MaintenanceResponse?
-
-        public init(ok: Bool, error: String? = nil, status: DaemonStatus? = nil, text: String? = nil, mounts: [HostMount]? = nil) {
-            self.ok = ok
-            self.error = error
-            self.status = status
-            self.text = text
-            self.mounts = mounts
-        }
     }
 
     /// A VM mounted on the host by the daemon.
@@ -62,12 +54,6 @@ public enum ControlProtocol {
         public var pid: Int32
         public var listeners: [String]
         public var servedVMs: [ServedVM]
-
-        public init(pid: Int32, listeners: [String], servedVMs: [ServedVM]) {
-            self.pid = pid
-            self.listeners = listeners
-            self.servedVMs = servedVMs
-        }
     }
 
     public struct ServedVM: Codable, Sendable {
@@ -75,13 +61,6 @@ public enum ControlProtocol {
         public var sessions: Int
         public var usedBytes: Int64
         public var usedInodes: Int64
-
-        public init(name: String, sessions: Int, usedBytes: Int64, usedInodes: Int64) {
-            self.name = name
-            self.sessions = sessions
-            self.usedBytes = usedBytes
-            self.usedInodes = usedInodes
-        }
     }
 }
 

@@ -74,7 +74,7 @@ extension Daemon {
 
         let interval = configuration.janitorIntervalSeconds
         if interval > 0 {
-            schedule(every: interval) {
+            periodicWork.every(interval) {
                 guard !state.janitorRunning.exchange(true, ordering: .acquiring) else { return }
                 defer { state.janitorRunning.store(false, ordering: .releasing) }
                 var options = JanitorOptions()

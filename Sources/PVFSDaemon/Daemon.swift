@@ -4,6 +4,7 @@ import Logging
 import PVFS9P
 import PVFSEngine
 import PVFSStore
+import PVFSSystem
 import PVFSTransport
 
 /// Something the daemon runs: a 9P listener, the Xen backend, a FUSE mount.
@@ -36,7 +37,8 @@ public final class Daemon: @unchecked Sendable {
     private var metricsListener: StreamListener?
     private let stopped = NSCondition()
     private var stopping = false
-    private var timers: [DispatchSourceTimer] = []
+    /// The daemon's own periodic work (the janitor); the engine's runs in `usageSaving`.
+    let periodicWork = PeriodicWork(label: "pvfsd.periodic", qos: .utility)
     /// The engine's periodic save of usage, sizes and times, stopped before the volumes close.
     private var usageSaving: PeriodicWork?
     /// Extra control operations (mount requests, dedup commits) registered by other layers.
@@ -120,16 +122,6 @@ public final class Daemon: @unchecked Sendable {
         logger.notice("pvfsd started", metadata: ["store": "\(configuration.storePath)", "pid": "\(getpid())"])
     }
 
-    /// Runs `body` periodically on a background queue.
-    public func schedule(every seconds: Int, _ body: @escaping @Sendable () -> Void) {
-        guard seconds > 0 else { return }
-        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue.global(qos: .utility))
-        timer.schedule(deadline: .now() + .seconds(seconds), repeating: .seconds(seconds))
-        timer.setEventHandler(handler: body)
-        timer.resume()
-        timers.append(timer)
-    }
-
     /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread created after:
     /// call first thing in main, so that only `runUntilSignalled`'s waiter receives them.
     public static func blockControlSignals() {
@@ -183,7 +175,8 @@ public final class Daemon: @unchecked Sendable {
         // No session opens from here on: a mount or attach arriving while the services stop
         // would otherwise get a volume that closeAll then closes under it.
         registry.refuseNewSessions()
-        for timer in timers { timer.cancel() }
+        // A janitor run under way is not waited for: it is safe to cut short, and may be slow.
+        periodicWork.cancel()
         usageSaving?.stop()
         for service in services.reversed() { service.stop() }
         // The services' connections are gone; what they queued runs before the volumes close.

@@ -70,22 +70,12 @@ public final class TemplateImageCache: @unchecked Sendable {
                     if case .idle = slot { slots[key] = nil }
                 }
                 slots[identity] = .loading
-                condition.unlock()
-                let image: TemplateImage
-                do {
+                let image = try condition.whileUnlocked({
                     willLoad?(identity)
-                    image = try Self.load(identity, from: store)
-                } catch {
-                    condition.lock()
-                    slots[identity] = nil
-                    condition.broadcast()
-                    condition.unlock()
-                    throw error
-                }
-                condition.lock()
+                    return try Self.load(identity, from: store)
+                }, ifFailed: { slots[identity] = nil })
                 loadCount += 1
                 slots[identity] = .leased(image, leases: 1)
-                condition.broadcast()
                 condition.unlock()
                 logger.debug("template image loaded", metadata: ["template": "\(identity.id)", "inodes": "\(image.inodes.count)"])
                 return TemplateImageLease(image: image, cache: self)

@@ -29,21 +29,22 @@ public enum TenantLimit: String, CaseIterable, Sendable {
 
 /// How often each limit was reached, for metrics, and a log line naming it. A tenant pressing
 /// on a limit would flood the log, so a limit is logged at most every `logInterval` seconds,
-/// with the count of hits since the last line.
-public final class LimitCounters: Sendable {
+/// with the count of hits since the last line. One type serves every family of limits (the
+/// engine's and 9P's `TenantLimit`, FUSE's `FuseLimit`).
+public final class RateLimitedLimitCounters<Limit: Hashable & Sendable & RawRepresentable<String>>: Sendable {
     private struct Entry {
         var hits: UInt64 = 0
         var loggedHits: UInt64 = 0
         var loggedAt: UInt64 = 0
     }
 
-    private let entries = Mutex<[TenantLimit: Entry]>([:])
+    private let entries = Mutex<[Limit: Entry]>([:])
     private let logInterval: UInt64 = 10_000_000_000
 
     public init() {}
 
     /// Counts one hit of `limit`; logs it (rate-limited) with `detail` saying who and how much.
-    public func record(_ limit: TenantLimit, logger: Logger, _ detail: @autoclosure () -> String) {
+    public func record(_ limit: Limit, logger: Logger, _ detail: @autoclosure () -> String) {
         let now = monotonicNanoseconds()
         let unlogged: UInt64? = entries.withLock { all in
             var entry = all[limit] ?? Entry()
@@ -61,11 +62,14 @@ public final class LimitCounters: Sendable {
     }
 
     /// Hits per limit so far.
-    public var hits: [TenantLimit: UInt64] {
+    public var hits: [Limit: UInt64] {
         entries.withLock { $0.mapValues(\.hits) }
     }
 
-    public func hits(_ limit: TenantLimit) -> UInt64 {
+    public func hits(_ limit: Limit) -> UInt64 {
         entries.withLock { $0[limit]?.hits ?? 0 }
     }
 }
+
+/// The counters of the tenant limits.
+public typealias LimitCounters = RateLimitedLimitCounters<TenantLimit>

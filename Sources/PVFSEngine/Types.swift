@@ -1,3 +1,4 @@
+import Glibc
 import PVFSStore
 import PVFSSystem
 import SystemPackage
@@ -133,6 +134,17 @@ public enum LockType: Sendable, Equatable {
     case read
     case write
     case unlock
+
+    /// The type fcntl(2) names F_RDLCK, F_WRLCK or F_UNLCK, the codes 9P's Tlock and FUSE's
+    /// fuse_file_lock carry too; nil for any other code.
+    public init?<Code: BinaryInteger>(fcntlCode code: Code) {
+        switch code {
+        case Code(F_RDLCK): self = .read
+        case Code(F_WRLCK): self = .write
+        case Code(F_UNLCK): self = .unlock
+        default: return nil
+        }
+    }
 }
 
 /// A POSIX byte-range lock or a whole-file flock. `end` is inclusive; UInt64.max means to the end.

@@ -288,13 +288,22 @@ extension Volume {
         let start = handle.append ? data.size : offset
         let (end, overflow) = start.addingReportingOverflow(Int64(buffer.count))
         guard !overflow, end <= maximumFileSize else { throw Errno.fileTooLarge }
+        let written = try growing(data, from: start, upTo: end) { () throws(Errno) in try file.descriptor.write(buffer, at: start) }
+        counters.bytesWritten.add(UInt64(written), ordering: .relaxed)
+        return written
+    }
+
+    /// Writes into `data`'s file from `start` up to `end` through `io` (which returns the bytes
+    /// written): the growth is charged to the quota before, what `io` did not reach is given back,
+    /// and the size, change time and generation follow. Call with `data.lock` held.
+    private func growing(_ data: InodeData, from start: Int64, upTo end: Int64, _ io: () throws(Errno) -> Int) throws(Errno) -> Int {
         let oldSize = data.size
         let newSize = max(oldSize, end)
         let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)
         if delta > 0 { try quota.charge(bytes: delta, inodes: 0) }
         let written: Int
         do throws(Errno) {
-            written = try file.descriptor.write(buffer, at: start)
+            written = try io()
         } catch {
             if delta > 0 { try? quota.charge(bytes: -delta, inodes: 0) }
             throw error
@@ -305,7 +314,6 @@ extension Volume {
         data.size = reached
         data.pendingChangeTime = .now
         data.generation &+= 1
-        counters.bytesWritten.add(UInt64(written), ordering: .relaxed)
         return written
     }
 
@@ -337,9 +345,19 @@ extension Volume {
     /// the data of a file nobody has open: truncate by path, copy-up for dedup).
     func withData<T>(_ ino: InodeNumber, _ body: (InodeData) throws(Errno) -> T) throws(Errno) -> T {
         metaLock.lock()
+        guard let r = try? requireRecord(ino) else {  // its one error
+            metaLock.unlock()
+            throw Errno.noSuchFileOrDirectory
+        }
+        return try withRetainedData(ino, r, body)
+    }
+
+    /// Runs `body` with the data state of `ino` (record `r`) retained for the call. Call with
+    /// `metaLock` held: it is released before `body` runs and taken again only to release the data.
+    func withRetainedData<T>(_ ino: InodeNumber, _ r: InodeRecord, _ body: (InodeData) throws(Errno) -> T) throws(Errno) -> T {
         let data: InodeData
         do throws(Errno) {
-            data = try retainData(ino, try requireRecord(ino))
+            data = try retainData(ino, r)
         } catch {
             metaLock.unlock()
             throw error
@@ -423,25 +441,10 @@ extension Volume {
         guard let output = data.file, output.isPrivate else { throw Errno.badFileDescriptor }
         let (end, overflow) = destinationOffset.addingReportingOverflow(Int64(count))
         guard !overflow, end <= maximumFileSize else { throw Errno.fileTooLarge }
-        let oldSize = data.size
-        let newSize = max(oldSize, end)
-        let delta = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: oldSize)
-        if delta > 0 { try quota.charge(bytes: delta, inodes: 0) }
-        let copied: Int
-        do throws(Errno) {
-            copied = try input.descriptor.copyFileRange(to: output.descriptor, sourceOffset: sourceOffset,
-                                                        destinationOffset: destinationOffset, count: count)
-        } catch {
-            if delta > 0 { try? quota.charge(bytes: -delta, inodes: 0) }
-            throw error
+        return try growing(data, from: destinationOffset, upTo: end) { () throws(Errno) in
+            try input.descriptor.copyFileRange(to: output.descriptor, sourceOffset: sourceOffset,
+                                               destinationOffset: destinationOffset, count: count)
         }
-        let reached = max(oldSize, destinationOffset + Int64(copied))
-        let unused = Charge.fileBytes(size: newSize) - Charge.fileBytes(size: reached)
-        if unused > 0 { try? quota.charge(bytes: -unused, inodes: 0) }
-        data.size = reached
-        data.pendingChangeTime = .now
-        data.generation &+= 1
-        return copied
     }
 
     // MARK: Durability

@@ -52,20 +52,11 @@ extension Volume {
             metaLock.unlock()
             return .skippedBusy
         }
-        let data: InodeData
-        do {
-            data = try retainData(ino, r)
-        } catch {
-            metaLock.unlock()
-            throw error
-        }
-        metaLock.unlock()
-        defer {
-            metaLock.lock()
-            releaseData(data)
-            metaLock.unlock()
-        }
+        return try withRetainedData(ino, r) { data throws(Errno) in try replace(ino, data, withBlob: blobID, hash: hash) }
+    }
 
+    /// The comparison and the commit of `replaceWithBlob`, with the file's data retained.
+    private func replace(_ ino: InodeNumber, _ data: InodeData, withBlob blobID: Int64, hash: BlobHash) throws(Errno) -> DedupOutcome {
         // Compare under the data lock (writes wait), then commit under the metadata lock; the
         // generation tells whether anything was written in between. Lock order is always
         // metadata before data.

@@ -41,25 +41,23 @@ public final class VolumeRegistry: @unchecked Sendable {
     /// The commit mode of every volume this registry opens (and of those open already).
     public var commitMode: Volume.CommitMode {
         get { locked { commitModeValue } }
-        set {
-            let open = locked {
-                commitModeValue = newValue
-                return openVolumesLocked
-            }
-            for volume in open { volume.commitMode = newValue }
-        }
+        set { update({ commitModeValue = newValue }, thenEachOpenVolume: { $0.commitMode = newValue }) }
     }
 
     /// The metadata limits of every volume this registry opens (and of those open already).
     public var volumeLimits: VolumeLimits {
         get { locked { limitsValue } }
-        set {
-            let open = locked {
-                limitsValue = newValue
-                return openVolumesLocked
-            }
-            for volume in open { volume.metadataLimits = newValue }
+        set { update({ limitsValue = newValue }, thenEachOpenVolume: { $0.metadataLimits = newValue }) }
+    }
+
+    /// Changes a setting of every volume: `update` (under the lock) for those opened from now
+    /// on, then `apply` to each one open already.
+    private func update(_ update: () -> Void, thenEachOpenVolume apply: (Volume) -> Void) {
+        let open = locked {
+            update()
+            return openVolumesLocked
         }
+        for volume in open { apply(volume) }
     }
 
     public init(store: Store, logger: Logger,
@@ -137,22 +135,12 @@ public final class VolumeRegistry: @unchecked Sendable {
                 condition.wait()
             case nil:
                 volumes[vm] = .opening
-                condition.unlock()
-                let volume: Volume
-                do {
-                    volume = try Volume.open(store: store, vmName: vm, logger: logger, templateImages: templateImages)
-                } catch {
-                    condition.lock()
-                    volumes[vm] = nil
-                    condition.broadcast()
-                    condition.unlock()
-                    throw error
-                }
-                condition.lock()
+                let volume = try condition.whileUnlocked({
+                    try Volume.open(store: store, vmName: vm, logger: logger, templateImages: templateImages)
+                }, ifFailed: { volumes[vm] = nil })
                 volume.commitMode = commitModeValue
                 volume.metadataLimits = limitsValue
                 volumes[vm] = .open(volume, sessions: 1)
-                condition.broadcast()
                 let view = makeViewLocked(volume, vm: vm, policy: policy, revoke: revoke)
                 condition.unlock()
                 return view
@@ -188,11 +176,10 @@ public final class VolumeRegistry: @unchecked Sendable {
             return
         }
         volumes[name] = .closing(volume)
-        condition.unlock()
-        do { try volume.close() } catch { logger.error("closing VM \(name): \(error)") }
-        condition.lock()
+        condition.whileUnlocked({
+            do { try volume.close() } catch { logger.error("closing VM \(name): \(error)") }
+        }, ifFailed: {})
         if case .closing(let closing) = volumes[name], closing === volume { volumes[name] = nil }
-        condition.broadcast()
         condition.unlock()
     }
 

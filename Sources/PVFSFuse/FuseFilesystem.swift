@@ -696,13 +696,7 @@ extension FuseFilesystem {
     static func flockKey(_ ino: fuse_ino_t) -> InodeNumber { ino | (1 << 63) }
 
     static func range(_ lock: flock) -> FileLockRange? {
-        let type: LockType
-        switch Int32(lock.l_type) {
-        case F_RDLCK: type = .read
-        case F_WRLCK: type = .write
-        case F_UNLCK: type = .unlock
-        default: return nil
-        }
+        guard let type = LockType(fcntlCode: lock.l_type) else { return nil }
         guard lock.l_start >= 0, lock.l_len >= 0 else { return nil }
         let start = UInt64(lock.l_start)
         let end: UInt64 = lock.l_len == 0 ? .max : start &+ UInt64(lock.l_len) &- 1

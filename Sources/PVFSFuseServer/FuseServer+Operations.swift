@@ -475,13 +475,7 @@ extension FuseServer {
     /// The engine's range for a FUSE lock: the client's "to the end" (Int64.max) is the
     /// engine's UInt64.max, so that 9P's and FUSE's whole-file locks are one range.
     static func range(_ lock: FuseFileLock) throws(Errno) -> FileLockRange {
-        let type: LockType
-        switch lock.type {
-        case FuseFileLock.readLock: type = .read
-        case FuseFileLock.writeLock: type = .write
-        case FuseFileLock.unlock: type = .unlock
-        default: throw Errno.invalidArgument
-        }
+        guard let type = LockType(fcntlCode: lock.type) else { throw Errno.invalidArgument }
         guard lock.start <= lock.end, lock.start <= FuseFileLock.offsetMax else { throw Errno.invalidArgument }
         let end = lock.end >= FuseFileLock.offsetMax ? UInt64.max : lock.end
         return FileLockRange(type: type, start: lock.start, end: end, pid: lock.pid)

@@ -1,4 +1,3 @@
-import Logging
 import PVFSEngine
 import Synchronization
 
@@ -34,39 +33,8 @@ public struct FuseSessionLimits: Sendable, Equatable {
     }
 }
 
-/// How often each limit was reached, and a rate-limited log line naming it.
-public final class FuseLimitCounters: Sendable {
-    private struct Entry {
-        var hits: UInt64 = 0
-        var loggedHits: UInt64 = 0
-        var loggedAt: ContinuousClock.Instant?
-    }
-
-    private let entries = Mutex<[FuseLimit: Entry]>([:])
-
-    public init() {}
-
-    func record(_ limit: FuseLimit, logger: Logger, _ detail: @autoclosure () -> String) {
-        let now = ContinuousClock.now
-        let unlogged: UInt64? = entries.withLock { all in
-            var entry = all[limit] ?? Entry()
-            entry.hits &+= 1
-            defer { all[limit] = entry }
-            if let last = entry.loggedAt, now - last < .seconds(10) { return nil }
-            let count = entry.hits &- entry.loggedHits
-            entry.loggedHits = entry.hits
-            entry.loggedAt = now
-            return count
-        }
-        guard let unlogged else { return }
-        let more = unlogged > 1 ? " (\(unlogged) times since the last report)" : ""
-        logger.warning("limit \(limit.rawValue) reached: \(detail())\(more)")
-    }
-
-    public func hits(_ limit: FuseLimit) -> UInt64 {
-        entries.withLock { $0[limit]?.hits ?? 0 }
-    }
-}
+/// How often each FUSE limit was reached, and a rate-limited log line naming it.
+public typealias FuseLimitCounters = RateLimitedLimitCounters<FuseLimit>
 
 /// The kernel's lookup counts: how many times each node id was handed out (LOOKUP,
 /// READDIRPLUS, CREATE, MKDIR, MKNOD, SYMLINK, LINK) minus what FORGET returned. A node id

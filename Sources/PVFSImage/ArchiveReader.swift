@@ -370,21 +370,7 @@ final class DecompressedStream: ByteInput {
 }
 
 /// Bytes for messages: UTF-8 when valid and printable, else with \xNN escapes.
-func displayBytes(_ bytes: [UInt8]) -> String {
-    if let text = String(validating: bytes, as: UTF8.self), !text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
-        return text
-    }
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    for byte in bytes {
-        if byte >= 0x20 && byte < 0x7f && byte != UInt8(ascii: "\\") {
-            out.append(byte)
-        } else {
-            out += [UInt8(ascii: "\\"), UInt8(ascii: "x"), digits[Int(byte >> 4)], digits[Int(byte & 0xf)]]
-        }
-    }
-    return String(decoding: out, as: UTF8.self)
-}
+func displayBytes(_ bytes: [UInt8]) -> String { bytes.displayText }
 
 /// A problem with an image: unreadable, malformed, hostile, or not matching its digests.
 public struct ImageError: Error, CustomStringConvertible, ErrnoConvertible {

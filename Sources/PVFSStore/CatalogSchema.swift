@@ -5,6 +5,14 @@ import GRDB
 /// Conventions: times are nanoseconds since the epoch; `mode` is the full st_mode including the
 /// S_IFMT type bits; names are BLOBs because a POSIX name is bytes, not text.
 enum CatalogSchema {
+    /// stat(2)'s fields of an inode, the same in a template's rows and a VM's.
+    static let inodeAttributeColumns = [
+        "mode INTEGER NOT NULL", "uid INTEGER NOT NULL", "gid INTEGER NOT NULL", "nlink INTEGER NOT NULL",
+        "size INTEGER NOT NULL", "blocks INTEGER NOT NULL",
+        "atime_ns INTEGER NOT NULL", "mtime_ns INTEGER NOT NULL", "ctime_ns INTEGER NOT NULL",
+        "rdev INTEGER NOT NULL DEFAULT 0",
+    ].joined(separator: ",\n    ")
+
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1-templates-and-vms") { db in
@@ -31,16 +39,7 @@ enum CatalogSchema {
                 CREATE TABLE template_inode (
                     template_id INTEGER NOT NULL REFERENCES template(id) ON DELETE CASCADE,
                     ino INTEGER NOT NULL,
-                    mode INTEGER NOT NULL,
-                    uid INTEGER NOT NULL,
-                    gid INTEGER NOT NULL,
-                    nlink INTEGER NOT NULL,
-                    size INTEGER NOT NULL,
-                    blocks INTEGER NOT NULL,
-                    atime_ns INTEGER NOT NULL,
-                    mtime_ns INTEGER NOT NULL,
-                    ctime_ns INTEGER NOT NULL,
-                    rdev INTEGER NOT NULL DEFAULT 0,
+                    \(inodeAttributeColumns),
                     blob_id INTEGER REFERENCES blob(id),
                     symlink_target BLOB,
                     PRIMARY KEY (template_id, ino)
@@ -83,16 +82,7 @@ enum CatalogSchema {
                 CREATE TABLE vm_inode (
                     vm_id INTEGER NOT NULL REFERENCES vm(id) ON DELETE CASCADE,
                     ino INTEGER NOT NULL,
-                    mode INTEGER NOT NULL,
-                    uid INTEGER NOT NULL,
-                    gid INTEGER NOT NULL,
-                    nlink INTEGER NOT NULL,
-                    size INTEGER NOT NULL,
-                    blocks INTEGER NOT NULL,
-                    atime_ns INTEGER NOT NULL,
-                    mtime_ns INTEGER NOT NULL,
-                    ctime_ns INTEGER NOT NULL,
-                    rdev INTEGER NOT NULL DEFAULT 0,
+                    \(inodeAttributeColumns),
                     parent INTEGER NOT NULL DEFAULT 0,
                     data INTEGER NOT NULL DEFAULT 0,
                     blob_id INTEGER REFERENCES blob(id),

@@ -5,21 +5,7 @@ import SystemPackage
 
 /// A path inside a source tree for messages: "/"-rooted; when it is not valid UTF-8, bytes
 /// outside printable ASCII appear as \xNN.
-func displayPath(_ path: [UInt8]) -> String {
-    if let text = String(validating: path, as: UTF8.self), !text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
-        return "/" + text
-    }
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = [UInt8(ascii: "/")]
-    for byte in path {
-        if byte >= 0x20 && byte < 0x7f && byte != UInt8(ascii: "\\") {
-            out.append(byte)
-        } else {
-            out += [UInt8(ascii: "\\"), UInt8(ascii: "x"), digits[Int(byte >> 4)], digits[Int(byte & 0xf)]]
-        }
-    }
-    return String(decoding: out, as: UTF8.self)
-}
+func displayPath(_ path: [UInt8]) -> String { "/" + path.displayText }
 
 /// One inode of a scanned tree, as the catalog will hold it.
 struct ScannedInode {

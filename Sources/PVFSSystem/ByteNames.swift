@@ -6,6 +6,24 @@ import SystemPackage
 // so a tree copied exactly (non-UTF-8 names included) never goes through String.
 
 extension Array where Element == UInt8 {
+    /// These bytes for messages: as UTF-8 when valid and printable, else printable ASCII with
+    /// every other byte (and the backslash) as \xNN.
+    public var displayText: String {
+        if let text = String(validating: self, as: UTF8.self), !text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+            return text
+        }
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        for byte in self {
+            if byte >= 0x20 && byte < 0x7f && byte != UInt8(ascii: "\\") {
+                out.append(byte)
+            } else {
+                out += [UInt8(ascii: "\\"), UInt8(ascii: "x"), digits[Int(byte >> 4)], digits[Int(byte & 0xf)]]
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// Runs `body` with these bytes as a NUL-terminated C string, on the stack where small.
     @inlinable
     public func withCPath<R>(_ body: (UnsafePointer<CChar>) -> R) -> R {

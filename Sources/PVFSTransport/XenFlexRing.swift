@@ -95,14 +95,7 @@ public final class XenFlexRing {
     public func takeRequests(maxMessageSize: UInt32, maxCount: Int,
                              accept: ([UInt8]) -> Bool = { _ in true }) throws -> [[UInt8]] {
         let limit = min(maxMessageSize, ringSize)
-        let prod = cxen_load_u32(interface + XenRingLayout.outProd)
-        cxen_rmb()
-        let queued = prod &- outCons
-        guard queued <= ringSize else {
-            throw XenError(kind: .protocolViolation, call: "out_prod",
-                           detail: "producer index \(prod) is \(queued) bytes ahead of consumer index \(outCons), more than the ring's \(ringSize)")
-        }
-        var available = queued
+        var available = try pendingRequestBytes()
         var cons = outCons
         var messages: [[UInt8]] = []
         var header = [UInt8](repeating: 0, count: NineP.headerSize)
@@ -145,7 +138,7 @@ public final class XenFlexRing {
         let queued = prod &- outCons
         guard queued <= ringSize else {
             throw XenError(kind: .protocolViolation, call: "out_prod",
-                           detail: "producer index \(prod) is \(queued) bytes ahead of consumer index \(outCons)")
+                           detail: "producer index \(prod) is \(queued) bytes ahead of consumer index \(outCons), more than the ring's \(ringSize)")
         }
         return queued
     }

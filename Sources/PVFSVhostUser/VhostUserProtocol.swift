@@ -55,32 +55,16 @@ public struct VhostUserMemoryRegion: Sendable, Hashable {
     public var userAddress: UInt64
     /// Where the region starts in its descriptor.
     public var mmapOffset: UInt64
-
-    public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) {
-        self.guestAddress = guestAddress
-        self.size = size
-        self.userAddress = userAddress
-        self.mmapOffset = mmapOffset
-    }
 }
 
 /// vhost_vring_addr: the three parts of a split ring, in the front-end's virtual addresses.
 public struct VhostUserVringAddress: Sendable, Hashable {
     public var index: UInt32
-    public var flags: UInt32
+    public var flags: UInt32 = 0
     public var descriptorTable: UInt64
     public var usedRing: UInt64
     public var availableRing: UInt64
-    public var logAddress: UInt64
-
-    public init(index: UInt32, flags: UInt32 = 0, descriptorTable: UInt64, usedRing: UInt64, availableRing: UInt64, logAddress: UInt64 = 0) {
-        self.index = index
-        self.flags = flags
-        self.descriptorTable = descriptorTable
-        self.usedRing = usedRing
-        self.availableRing = availableRing
-        self.logAddress = logAddress
-    }
+    public var logAddress: UInt64 = 0
 }
 
 /// A decoded front-end message.

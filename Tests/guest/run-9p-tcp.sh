@@ -11,7 +11,7 @@
 #   run-9p-tcp.sh --server pvfsd --store S --vm NAME [--quota BYTES]
 #   run-9p-tcp.sh [OPTIONS] -- CMD ARGS...         any server; {port} {dir} {store} are substituted
 # options:
-#   --server diod|pvfsd   which server (see server_command in lib.sh for the exact command lines)
+#   --server diod|pvfsd   which server (see server_command in scripts/lib/guest.sh for the exact command lines)
 #   --tree DIR            tree diod serves (default: a fresh empty dir); the checks write under
 #                         DIR/pvfs-fileops and the host verifies it afterwards
 #   --store DIR           pvfsd store;  --vm NAME: the VM to attach (the aname)

@@ -14,7 +14,7 @@
 #   --server pvfsd|diod   the server (default pvfsd; diod serves a fresh directory, as a reference)
 #   --store DIR --vm NAME pvfsd: serve this VM of this store (it must be bound so that
 #                         127.0.0.1 reaches it). Default: a fresh store in the work directory with
-#                         the tiny template (make-tiny-tree.sh) and a VM "posix" bound to 127.0.0.1
+#                         the tiny template (scripts/lib/make-tiny-tree.sh) and a VM "posix" bound to 127.0.0.1
 #   --port N              TCP port (default: a free one between 20000 and 40000)
 #   --quick               the smaller matrices (pvfs-posix-suite -q)
 #   --msize N             9P msize (default 262144)
@@ -65,7 +65,7 @@ pvfsd)
         TEMPLATEBIN=$(dirname "$VMBIN")/pvfs-template
         [ -x "$TEMPLATEBIN" ] || gdie "no pvfs-template beside $VMBIN"
         STORE=$GUEST_WORK/store VM=posix
-        "$GUEST_LIB_DIR/make-tiny-tree.sh" "$GUEST_WORK/tiny"
+        "$GUEST_REPO_ROOT/scripts/lib/make-tiny-tree.sh" "$GUEST_WORK/tiny"
         {
             "$TEMPLATEBIN" create tiny --from "$GUEST_WORK/tiny" --store "$STORE" &&
                 "$VMBIN" provision --store "$STORE" --template tiny --no-hooks "$VM" &&

@@ -34,7 +34,7 @@ guest_setup
 T0=$(now)
 PVFS_VM=$(pvfs_vm_binary)
 STORE=$GUEST_WORK/store
-"$GUEST_LIB_DIR/make-tiny-tree.sh" "$GUEST_WORK/tree"
+"$GUEST_REPO_ROOT/scripts/lib/make-tiny-tree.sh" "$GUEST_WORK/tree"
 "$(dirname "$PVFS_VM")/pvfs-template" create tiny --from "$GUEST_WORK/tree" --store "$STORE" >/dev/null
 VMS=()
 for i in $(seq 1 "$N"); do VMS+=("vm$i"); done

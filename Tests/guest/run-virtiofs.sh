@@ -65,7 +65,7 @@ case $KIND in
 pvfs | pvfsd)
     if [ -z "$STORE" ]; then
         STORE=$GUEST_WORK/store VM=vm1
-        "$GUEST_LIB_DIR/make-tiny-tree.sh" "$GUEST_WORK/tree"
+        "$GUEST_REPO_ROOT/scripts/lib/make-tiny-tree.sh" "$GUEST_WORK/tree"
         "$(dirname "$PVFS_VM")/pvfs-template" create tiny --from "$GUEST_WORK/tree" --store "$STORE" >/dev/null
         "$PVFS_VM" provision --store "$STORE" --template tiny "$VM" >/dev/null 2>&1
     fi

@@ -59,7 +59,7 @@ T_BUILD=$(($(date +%s) - T0))
 WORK=$(mktemp -d /var/tmp/pvfsd-xen-e2e.XXXXXX)
 if [ "$KEEP" = 1 ]; then say "work directory $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
 STORE=$WORK/store TREE=$WORK/tiny
-"$ROOT/Tests/guest/make-tiny-tree.sh" "$TREE" || die "make-tiny-tree failed"
+"$ROOT/scripts/lib/make-tiny-tree.sh" "$TREE" || die "make-tiny-tree failed"
 # The boot run's init needs more of busybox than the tiny tree links.
 for app in $(/bin/busybox --list-full); do [ -e "$TREE/$app" ] || [ -L "$TREE/$app" ] || { mkdir -p "$TREE/$(dirname "$app")"; ln -s /bin/busybox "$TREE/$app"; }; done
 install -m 755 "$XEN_DIR/boot-marker.sh" "$TREE/sbin/pvfs-boot-marker"

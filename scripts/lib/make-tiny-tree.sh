@@ -1,6 +1,6 @@
 #!/bin/bash
-# Tests/guest/make-tiny-tree.sh DIR: a small root tree (busybox, a few users, one of each kind of
-# file) for templates in tests that need a tree quickly and without network.
+# scripts/lib/make-tiny-tree.sh DIR: a small root tree (busybox, a few users, one of each kind of
+# file) for templates in tests and benchmarks that need a tree quickly and without network.
 set -euo pipefail
 root=${1:?usage: make-tiny-tree.sh DIR}
 mkdir -p "$root"/{bin,sbin,etc,dev,proc,sys,tmp,root,home/user,var/lib,usr/bin,usr/sbin}
