@@ -656,6 +656,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// Tversion starts a new session: requests in flight are abandoned (their replies dropped),
     /// every fid is clunked, and the msize is agreed anew.
     private func version(_ message: [UInt8], tag: UInt16, reply: @escaping Reply) {
+        let receivedAt = configuration.requestTimers == nil ? 0 : NinePRequestTimers.now()
         let msize: UInt32
         let version: [UInt8]
         do {
@@ -696,6 +697,10 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         // The old sessions end as their fids go: now, or when the requests using them finish.
         session.end(tables.old)
         logger.debug("Tversion \(String(decoding: version, as: UTF8.self)) msize \(msize): \(answer)")
+        if let timers = configuration.requestTimers {
+            // A Tversion unbinds the connection: it counts for no VM.
+            timers.record(.tversion, vm: nil, nanoseconds: Int64(truncatingIfNeeded: NinePRequestTimers.now() &- receivedAt))
+        }
         answerNow(reply, answer.encode(tag: tag))
     }
 

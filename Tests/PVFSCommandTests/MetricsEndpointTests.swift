@@ -81,6 +81,7 @@ extension DaemonServiceTests {
         #expect(metricSample(page, #"pvfs_operation_duration_seconds_count{op="walk"}"#) == 20)
         #expect(metricSample(page, #"pvfs_operation_duration_seconds_count{op="getattr"}"#) == 15)
         #expect(metricSample(page, #"pvfs_operation_duration_seconds_count{op="attach"}"#) == 2)
+        #expect(metricSample(page, #"pvfs_operation_duration_seconds_count{op="version"}"#) == 2)
         #expect(metricSample(page, #"pvfs_operation_duration_seconds_count{op="fsync"}"#) == 0)
         // Per VM: the attach (bound as it runs) and every request after it.
         #expect(metricSample(page, #"pvfs_request_duration_seconds_count{vm="a"}"#) == Double(1 + 20 * 4 + 10))
