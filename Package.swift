@@ -14,6 +14,8 @@ let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: 
 let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
+let coreMetrics = Target.Dependency.product(name: "CoreMetrics", package: "swift-metrics")
+let prometheus = Target.Dependency.product(name: "Prometheus", package: "swift-prometheus")
 
 let package = Package(
     name: "pvfs",
@@ -27,6 +29,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
@@ -53,7 +57,7 @@ let package = Package(
         // library only, so that fuzz/run-9p-decoder-fuzz.sh compiles it alone.
         .target(name: "PVFS9PCodec"),
         // 9P2000.L requests mapped onto VMView (transport-neutral).
-        .target(name: "PVFS9P", dependencies: ["PVFS9PCodec", "PVFSEngine", "PVFSSystem", logging, system]),
+        .target(name: "PVFS9P", dependencies: ["PVFS9PCodec", "PVFSEngine", "PVFSSystem", coreMetrics, logging, system]),
         // The FUSE wire format and the seam between FUSE transports and servers; standard
         // library only, so that it compiles alone for fuzzing.
         .target(name: "PVFSFuseCodec"),
@@ -76,7 +80,7 @@ let package = Package(
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
             "PVFSTransport", "PVFSVhostUser", "PVFSFuse", "PVFSFuseServer", "PVFSFuseCodec", "PVFS9P", "PVFS9PCodec", "PVFSEngine",
-            "PVFSStore", "PVFSSystem", logging, system,
+            "PVFSStore", "PVFSSystem", prometheus, logging, system,
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [

@@ -81,6 +81,8 @@ public struct NinePConfiguration: Sendable {
     /// Where limits reached before the connection is bound to a VM are counted (afterwards,
     /// in the VM's counters).
     public var unboundLimitCounters: LimitCounters?
+    /// Where each request's latency is recorded (per VM and per operation); nil: nowhere.
+    public var requestTimers: NinePRequestTimers?
 
     public init() {}
 }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import PVFS9PCodec
@@ -107,6 +108,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// serves (every attach of the connection is of that VM), or before an attach the listener
     /// or Xen domain it came through. So a VM's share does not grow with the connections it opens.
     private(set) var poolTenant: NinePWorkerPool.Tenant
+    /// The latency timer of the VM the connection is bound to (looked up once, at the attach).
+    private var vmTimer: CoreMetrics.Timer?
 
     public init(peer: NinePPeer, configuration: NinePConfiguration = NinePConfiguration(), pool: NinePWorkerPool,
                 logger: Logger, resolver: @escaping NinePAttachResolver) {
@@ -204,6 +207,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         var dispatched = false
         /// Tflush requests waiting for this one.
         var flushes: [Request] = []
+        /// When it was received (monotonic nanoseconds), for the latency timers; 0 without them.
+        let receivedAt: UInt64
 
         init(tag: UInt16, message: NinePRequest?, type: NinePMessageType, reply: @escaping Reply,
              unanswered: Unanswered? = nil, cost: Int, generation: UInt64, fids: FidTable, messageSize: Int,
@@ -218,6 +223,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
             self.fids = fids
             self.messageSize = messageSize
             self.connection = connection
+            receivedAt = connection.configuration.requestTimers == nil ? 0 : NinePRequestTimers.now()
             accesses = message.map(Self.accesses) ?? []
         }
 
@@ -535,6 +541,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         state.broadcast()
         let tenant = poolTenant
         let limit = negotiatedSize ?? configuration.maximumMessageSize
+        let requestVMTimer = vmTimer
         guard send, var bytes else {
             // No reply to wait for: its flushes are answered now.
             request.replied = true
@@ -556,6 +563,10 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         if bytes.count > limit {
             logger.error("reply of \(bytes.count) bytes to \(request.type) exceeds msize")
             bytes = NinePResponse.error(errno: LinuxErrno.EIO).encode(tag: request.tag)
+        }
+        if let timers = configuration.requestTimers {
+            let elapsed = NinePRequestTimers.now() &- request.receivedAt
+            timers.record(request.type, vm: requestVMTimer, nanoseconds: Int64(truncatingIfNeeded: elapsed))
         }
         request.reply(bytes)
         state.lock()
@@ -645,6 +656,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// Tversion starts a new session: requests in flight are abandoned (their replies dropped),
     /// every fid is clunked, and the msize is agreed anew.
     private func version(_ message: [UInt8], tag: UInt16, reply: @escaping Reply) {
+        let receivedAt = configuration.requestTimers == nil ? 0 : NinePRequestTimers.now()
         let msize: UInt32
         let version: [UInt8]
         do {
@@ -667,6 +679,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         let tables = session.reset()
         fids = tables.new
         poolTenant = NinePWorkerPool.Tenant(peer: peer)
+        vmTimer = nil
         let answer: NinePResponse
         if !speaks {
             negotiatedSize = nil
@@ -684,6 +697,10 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         // The old sessions end as their fids go: now, or when the requests using them finish.
         session.end(tables.old)
         logger.debug("Tversion \(String(decoding: version, as: UTF8.self)) msize \(msize): \(answer)")
+        if let timers = configuration.requestTimers {
+            // A Tversion unbinds the connection: it counts for no VM.
+            timers.record(.tversion, vm: nil, nanoseconds: Int64(truncatingIfNeeded: NinePRequestTimers.now() &- receivedAt))
+        }
         answerNow(reply, answer.encode(tag: tag))
     }
 
@@ -726,7 +743,10 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// (unless a Tversion came meanwhile).
     fileprivate func bind(_ request: Request, toVM name: String) {
         state.lock()
-        if request.generation == generation { poolTenant = .vm(name) }
+        if request.generation == generation {
+            poolTenant = .vm(name)
+            vmTimer = configuration.requestTimers?.timer(forVM: name)
+        }
         state.unlock()
     }
 

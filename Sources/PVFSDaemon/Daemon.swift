@@ -32,6 +32,9 @@ public final class Daemon: @unchecked Sendable {
     public let logger: Logger
     /// Limits reached by connections not bound to a VM yet (those of a VM count in its counters).
     public let unboundLimitCounters = LimitCounters()
+    /// The metrics registry: request latency recorded by the 9P connections, the rest set from
+    /// the daemon's state at each scrape.
+    public let metrics = DaemonMetrics()
     private var services: [any DaemonService] = []
     private var control: StreamListener?
     private var metricsListener: StreamListener?
@@ -81,7 +84,9 @@ public final class Daemon: @unchecked Sendable {
 
     /// The configuration of each 9P connection of this daemon's services.
     public var ninePConfiguration: NinePConfiguration {
-        configuration.ninePConfiguration(unboundLimitCounters: unboundLimitCounters)
+        var nineP = configuration.ninePConfiguration(unboundLimitCounters: unboundLimitCounters)
+        nineP.requestTimers = metrics.requestTimers
+        return nineP
     }
 
     public func add(_ service: any DaemonService) {
@@ -236,11 +241,15 @@ public final class Daemon: @unchecked Sendable {
     // MARK: Metrics over HTTP
 
     func renderMetrics() -> String {
-        Metrics.render(volumes: registry.openVolumes, sessions: registry.sessionCounts,
-                       unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,
-                       volumeLimits: registry.volumeLimits, transportLimits: configuration.limits)
-            + Metrics.render(tenants: admission.usage) + Metrics.render(cpu: cpuFairness)
-            + Metrics.render(pool: workerPool, volumes: registry.openVolumes)
+        metrics.render { scrape in
+            let volumes = registry.openVolumes
+            Metrics.record(into: scrape, volumes: volumes, sessions: registry.sessionCounts,
+                           unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,
+                           volumeLimits: registry.volumeLimits, transportLimits: configuration.limits)
+            Metrics.record(into: scrape, tenants: admission.usage)
+            Metrics.record(into: scrape, cpu: cpuFairness)
+            Metrics.record(into: scrape, pool: workerPool, volumes: volumes)
+        }
     }
 
     private func serveMetricsHTTP(_ fd: Int32) {

@@ -2,53 +2,143 @@ import Foundation
 import PVFS9P
 import PVFSEngine
 import PVFSTransport
+import Prometheus
 
-/// Prometheus text exposition of the daemon's per-VM counters and usage.
+/// The daemon's metrics: one swift-prometheus registry owns every family and writes the text
+/// exposition. The request-latency histograms are recorded as requests complete (through
+/// swift-metrics timers the 9P connections hold); everything else is state that already lives
+/// elsewhere (volume counters, usage, sessions, limits, the worker pool, CPU use), copied into
+/// the registry's gauges and counters when a scrape asks for it.
+public final class DaemonMetrics: @unchecked Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    /// The swift-metrics factory over `registry`, with the latency buckets of the 9P timers.
+    public let factory: PrometheusMetricsFactory
+    /// Request latency per VM and per operation, for the 9P connections' configuration.
+    public let requestTimers: NinePRequestTimers
+
+    /// Serializes scrapes: each sets the state-derived series, then emits.
+    private let scrapeLock = NSLock()
+    /// The state-derived series set by the last scrape; one not set again (a VM closed, a
+    /// tenant gone) is unregistered, so that the exposition lists what exists now.
+    private var gauges: [SeriesKey: Prometheus.Gauge] = [:]
+    private var counters: [SeriesKey: Prometheus.Counter] = [:]
+
+    struct SeriesKey: Hashable {
+        var name: String
+        var labels: [String]
+    }
+
+    public init() {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = [
+            NinePRequestTimers.vmLabel: NinePRequestTimers.bucketBounds,
+            NinePRequestTimers.operationLabel: NinePRequestTimers.bucketBounds,
+        ]
+        self.factory = factory
+        requestTimers = NinePRequestTimers(factory: factory)
+    }
+
+    /// The text exposition: `update` sets every state-derived series through the `Scrape` it is
+    /// given, then the registry writes them with the histograms.
+    public func render(_ update: (Scrape) -> Void) -> String {
+        scrapeLock.withLock {
+            let scrape = Scrape(registry: registry)
+            update(scrape)
+            for (key, gauge) in gauges where scrape.gauges[key] == nil { registry.unregisterGauge(gauge) }
+            for (key, counter) in counters where scrape.counters[key] == nil { registry.unregisterCounter(counter) }
+            gauges = scrape.gauges
+            counters = scrape.counters
+            return registry.emitToString()
+        }
+    }
+
+    /// One scrape's settings of state-derived series.
+    public final class Scrape {
+        let registry: PrometheusCollectorRegistry
+        fileprivate var gauges: [SeriesKey: Prometheus.Gauge] = [:]
+        fileprivate var counters: [SeriesKey: Prometheus.Counter] = [:]
+
+        init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+
+        public func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Double) {
+            let gauge = labels.isEmpty ? registry.makeGauge(name: name, help: help)
+                : registry.makeGauge(name: name, labels: labels, help: help)
+            gauge.set(to: value)
+            gauges[SeriesKey(name: name, labels: labels.flatMap { [$0.0, $0.1] })] = gauge
+        }
+
+        public func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Int64) {
+            gauge(name, help, labels, Double(value))
+        }
+
+        /// A counter kept elsewhere: the registry's is set to its total.
+        public func counter(_ name: String, _ help: String, _ labels: [(String, String)], _ total: UInt64) {
+            let counter = registry.makeCounter(name: name, labels: labels, help: help)
+            counter.reset()
+            counter.increment(by: Int64(clamping: total))
+            counters[SeriesKey(name: name, labels: labels.flatMap { [$0.0, $0.1] })] = counter
+        }
+
+        public func counter(_ name: String, _ help: String, _ labels: [(String, String)], _ total: Double) {
+            let counter = registry.makeCounter(name: name, labels: labels, help: help)
+            counter.reset()
+            if total > 0 { counter.increment(by: total) }
+            counters[SeriesKey(name: name, labels: labels.flatMap { [$0.0, $0.1] })] = counter
+        }
+    }
+}
+
+/// The families of the daemon's state, as they are set into the registry at each scrape.
 public enum Metrics {
-    public static func render(volumes: [Volume], sessions: [String: Int], unboundLimits: LimitCounters? = nil,
+    /// Per-VM counters and usage, the limits' settings and the limits reached.
+    public static func record(into scrape: DaemonMetrics.Scrape, volumes: [Volume], sessions: [String: Int],
+                              unboundLimits: LimitCounters? = nil,
                               connectionLimits: ConnectionLimits = ConnectionLimits(),
                               volumeLimits: VolumeLimits = VolumeLimits(),
-                              transportLimits: DaemonConfiguration.Limits = DaemonConfiguration.Limits()) -> String {
-        var out = ""
-        func family(_ name: String, _ type: String, _ help: String, _ value: (Volume) -> String) {
-            out += header(name, type, help)
-            for volume in volumes.sorted(by: { $0.name < $1.name }) {
-                out += "\(name){vm=\"\(escape(volume.name))\"} \(value(volume))\n"
-            }
+                              transportLimits: DaemonConfiguration.Limits = DaemonConfiguration.Limits()) {
+        let volumes = volumes.sorted(by: { $0.name < $1.name })
+        func counter(_ name: String, _ help: String, _ value: (Volume) -> UInt64) {
+            for volume in volumes { scrape.counter(name, help, [("vm", volume.name)], value(volume)) }
         }
-        family("pvfs_requests_total", "counter", "Requests served for a VM, all transports.") { "\($0.counters.snapshot.requests)" }
-        family("pvfs_request_errors_total", "counter", "Requests answered with an error.") { "\($0.counters.snapshot.errors)" }
-        family("pvfs_read_bytes_total", "counter", "File bytes read.") { "\($0.counters.snapshot.bytesRead)" }
-        family("pvfs_written_bytes_total", "counter", "File bytes written.") { "\($0.counters.snapshot.bytesWritten)" }
-        family("pvfs_copy_ups_total", "counter", "Template files copied into the VM's private area.") { "\($0.counters.snapshot.copyUps)" }
-        family("pvfs_quota_refusals_total", "counter", "Operations refused with EDQUOT.") { "\($0.counters.snapshot.quotaRefusals)" }
-        family("pvfs_used_bytes", "gauge", "Bytes charged to the VM.") { "\($0.usage.bytes)" }
-        family("pvfs_used_inodes", "gauge", "Inodes charged to the VM.") { "\($0.usage.inodes)" }
-        family("pvfs_quota_bytes", "gauge", "Byte quota (-1: none).") { "\($0.limits.bytes ?? -1)" }
-        family("pvfs_quota_inodes", "gauge", "Inode quota (-1: none).") { "\($0.limits.inodes ?? -1)" }
-        family("pvfs_sessions", "gauge", "Open client sessions.") { "\(sessions[$0.name] ?? 0)" }
+        func gauge(_ name: String, _ help: String, _ value: (Volume) -> Int64) {
+            for volume in volumes { scrape.gauge(name, help, [("vm", volume.name)], value(volume)) }
+        }
+        counter("pvfs_requests_total", "Requests served for a VM, all transports.") { UInt64($0.counters.snapshot.requests) }
+        counter("pvfs_request_errors_total", "Requests answered with an error.") { UInt64($0.counters.snapshot.errors) }
+        counter("pvfs_read_bytes_total", "File bytes read.") { UInt64($0.counters.snapshot.bytesRead) }
+        counter("pvfs_written_bytes_total", "File bytes written.") { UInt64($0.counters.snapshot.bytesWritten) }
+        counter("pvfs_copy_ups_total", "Template files copied into the VM's private area.") { UInt64($0.counters.snapshot.copyUps) }
+        counter("pvfs_quota_refusals_total", "Operations refused with EDQUOT.") { UInt64($0.counters.snapshot.quotaRefusals) }
+        gauge("pvfs_used_bytes", "Bytes charged to the VM.") { Int64($0.usage.bytes) }
+        gauge("pvfs_used_inodes", "Inodes charged to the VM.") { Int64($0.usage.inodes) }
+        gauge("pvfs_quota_bytes", "Byte quota (-1: none).") { Int64($0.limits.bytes ?? -1) }
+        gauge("pvfs_quota_inodes", "Inode quota (-1: none).") { Int64($0.limits.inodes ?? -1) }
+        gauge("pvfs_sessions", "Open client sessions.") { Int64(sessions[$0.name] ?? 0) }
         let held = Dictionary(volumes.map { ($0.name, $0.metadataUsage) }, uniquingKeysWith: { a, _ in a })
-        family("pvfs_hard_links", "gauge", "Hard links the VM added (bounded by vm-hard-links).") { "\(held[$0.name]?.addedLinks ?? 0)" }
-        family("pvfs_xattr_bytes", "gauge", "Bytes of extended attributes the VM holds (bounded by vm-xattr-bytes).") { "\(held[$0.name]?.xattrBytes ?? 0)" }
-        family("pvfs_lock_records", "gauge", "Lock records the VM's clients hold (bounded by vm-lock-records).") { "\(held[$0.name]?.lockRecords ?? 0)" }
+        gauge("pvfs_hard_links", "Hard links the VM added (bounded by vm-hard-links).") { Int64(held[$0.name]?.addedLinks ?? 0) }
+        gauge("pvfs_xattr_bytes", "Bytes of extended attributes the VM holds (bounded by vm-xattr-bytes).") {
+            Int64(held[$0.name]?.xattrBytes ?? 0)
+        }
+        gauge("pvfs_lock_records", "Lock records the VM's clients hold (bounded by vm-lock-records).") {
+            Int64(held[$0.name]?.lockRecords ?? 0)
+        }
 
-        out += "# HELP pvfs_limit_hits_total Times a limit was reached, by VM (empty: a connection bound to no VM yet) and limit.\n"
-        out += "# TYPE pvfs_limit_hits_total counter\n"
-        for volume in volumes.sorted(by: { $0.name < $1.name }) {
+        let hitsHelp = "Times a limit was reached, by VM (empty: a connection bound to no VM yet) and limit."
+        for volume in volumes {
             let hits = volume.counters.limits.hits
             for limit in TenantLimit.allCases {
-                out += "pvfs_limit_hits_total{vm=\"\(escape(volume.name))\",limit=\"\(limit.rawValue)\"} \(hits[limit] ?? 0)\n"
+                scrape.counter("pvfs_limit_hits_total", hitsHelp, [("vm", volume.name), ("limit", limit.rawValue)],
+                               UInt64(hits[limit] ?? 0))
             }
         }
         if let unboundLimits {
             let hits = unboundLimits.hits
             for limit in TenantLimit.allCases {
-                out += "pvfs_limit_hits_total{vm=\"\",limit=\"\(limit.rawValue)\"} \(hits[limit] ?? 0)\n"
+                scrape.counter("pvfs_limit_hits_total", hitsHelp, [("vm", ""), ("limit", limit.rawValue)], UInt64(hits[limit] ?? 0))
             }
         }
 
-        out += "# HELP pvfs_limit The configured value of each limit (per tenant, connection or VM; seconds for timeouts; -1: none).\n"
-        out += "# TYPE pvfs_limit gauge\n"
+        let limitHelp = "The configured value of each limit (per tenant, connection or VM; seconds for timeouts; -1: none)."
         let v = volumeLimits
         let values: [(TenantLimit, Int64)] = [
             (.outstandingRequests, Int64(connectionLimits.outstandingRequests)),
@@ -67,30 +157,26 @@ public enum Metrics {
             (.lockRecordsPerSession, Int64(v.lockRecordsPerSession)),
         ]
         for (limit, value) in values {
-            out += "pvfs_limit{limit=\"\(limit.rawValue)\"} \(value)\n"
+            scrape.gauge("pvfs_limit", limitHelp, [("limit", limit.rawValue)], value)
         }
         for (key, value) in transportLimits.settings {
-            out += "pvfs_limit{limit=\"\(key)\"} \(value)\n"
+            if let number = Double(value) { scrape.gauge("pvfs_limit", limitHelp, [("limit", key)], number) }
         }
-        return out
     }
 
-    /// The transports' per-tenant limits: each limit's setting, and per tenant (listener, VM,
-    /// Xen domain) its current use and how often it refused, closed or pushed back.
-    public static func render(tenants: [TenantUsage]) -> String {
-        var out = ""
-        func labels(_ tenant: Tenant) -> String { "kind=\"\(tenant.kind)\",tenant=\"\(escape(tenant.name))\"" }
+    /// The transports' per-tenant limits: per tenant (listener, VM, Xen domain) its current use
+    /// and how often it refused, closed or pushed back.
+    public static func record(into scrape: DaemonMetrics.Scrape, tenants: [TenantUsage]) {
+        func labels(_ tenant: Tenant) -> [(String, String)] { [("kind", tenant.kind), ("tenant", tenant.name)] }
         func gauge(_ name: String, _ help: String, _ value: (TenantUsage) -> Int?) {
-            out += header(name, "gauge", help)
             for usage in tenants {
-                if let v = value(usage) { out += "\(name){\(labels(usage.tenant))} \(v)\n" }
+                if let v = value(usage) { scrape.gauge(name, help, labels(usage.tenant), Int64(v)) }
             }
         }
         func counter(_ name: String, _ help: String, _ value: (TenantUsage) -> [TransportLimit: UInt64]) {
-            out += header(name, "counter", help)
             for usage in tenants {
                 for (limit, count) in value(usage).sorted(by: { $0.key < $1.key }) {
-                    out += "\(name){\(labels(usage.tenant)),limit=\"\(limit.rawValue)\"} \(count)\n"
+                    scrape.counter(name, help, labels(usage.tenant) + [("limit", limit.rawValue)], count)
                 }
             }
         }
@@ -105,64 +191,47 @@ public enum Metrics {
         }
         counter("pvfs_tenant_refusals_total", "Connections or attaches refused, and connections closed, at a limit.") { $0.refusals }
         counter("pvfs_tenant_backpressure_total", "Times a socket or ring of the tenant was not read because of a limit.") { $0.backpressure }
-        return out
     }
 
     /// CPU time pvfsd's threads spent per tenant, and the tenants' demotions to a lower
     /// priority for using more than their share (`tenant-cpu-nice`).
-    public static func render(cpu fairness: TenantCPUFairness) -> String {
-        var out = ""
-        let usage = fairness.usage
-        func perTenant(_ name: String, _ type: String, _ help: String, _ value: (TenantCPUFairness.Usage) -> String) {
-            out += header(name, type, help)
-            for u in usage { out += "\(name){\(labels(u.tenant))} \(value(u))\n" }
+    public static func record(into scrape: DaemonMetrics.Scrape, cpu fairness: TenantCPUFairness) {
+        for u in fairness.usage {
+            let labels = labels(u.tenant)
+            scrape.counter("pvfs_tenant_cpu_seconds_total", "CPU time pvfsd spent serving the tenant (connection threads and workers).",
+                           labels, Double(u.cpuNanoseconds) / 1e9)
+            scrape.counter("pvfs_tenant_cpu_demotions_total",
+                           "Times the tenant's threads were lowered to tenant-cpu-nice for using more than its share.",
+                           labels, UInt64(u.demotions))
+            scrape.gauge("pvfs_tenant_cpu_demoted", "Whether the tenant's threads run at tenant-cpu-nice now.", labels,
+                         Int64(u.isDemoted ? 1 : 0))
         }
-        perTenant("pvfs_tenant_cpu_seconds_total", "counter", "CPU time pvfsd spent serving the tenant (connection threads and workers).") {
-            "\(Double($0.cpuNanoseconds) / 1e9)"
-        }
-        perTenant("pvfs_tenant_cpu_demotions_total", "counter",
-                  "Times the tenant's threads were lowered to tenant-cpu-nice for using more than its share.") { "\($0.demotions)" }
-        perTenant("pvfs_tenant_cpu_demoted", "gauge", "Whether the tenant's threads run at tenant-cpu-nice now.") { $0.isDemoted ? "1" : "0" }
-        out += header("pvfs_tenant_cpu_fairness_active", "gauge",
-                      "Whether over-share tenants are demoted (0: tenant-cpu-nice = 0, or pvfsd may not raise a thread's priority back).")
-        out += "pvfs_tenant_cpu_fairness_active \(fairness.demotes ? 1 : 0)\n"
-        return out
+        scrape.gauge("pvfs_tenant_cpu_fairness_active",
+                     "Whether over-share tenants are demoted (0: tenant-cpu-nice = 0, or pvfsd may not raise a thread's priority back).",
+                     [], Int64(fairness.demotes ? 1 : 0))
     }
 
     /// The worker pool: each served VM's weight, and the work each tenant has queued and
     /// running now (tenants with none are not listed).
-    public static func render(pool: NinePWorkerPool, volumes: [Volume]) -> String {
-        var out = header("pvfs_worker_weight", "gauge", "The VM's share of the worker threads relative to other VMs' (pvfs-vm set-weight).")
+    public static func record(into scrape: DaemonMetrics.Scrape, pool: NinePWorkerPool, volumes: [Volume]) {
         for name in Set(volumes.map(\.name)).sorted() {
-            out += "pvfs_worker_weight{vm=\"\(escape(name))\"} \(pool.weight(of: .vm(name)))\n"
+            scrape.gauge("pvfs_worker_weight", "The VM's share of the worker threads relative to other VMs' (pvfs-vm set-weight).",
+                         [("vm", name)], Int64(pool.weight(of: .vm(name))))
         }
-        out += header("pvfs_worker_threads", "gauge", "Threads of the worker pool shared by every transport.")
-        out += "pvfs_worker_threads \(pool.threadCount)\n"
-        out += header("pvfs_worker_max_running", "gauge", "Jobs one tenant may run at once while another has work queued (worker-max-share).")
-        out += "pvfs_worker_max_running \(pool.sharedCap)\n"
-        let statistics = pool.statistics
-        out += header("pvfs_tenant_worker_queued", "gauge", "Jobs of the tenant waiting for a worker thread.")
-        for s in statistics { out += "pvfs_tenant_worker_queued{\(labels(s.tenant))} \(s.queued)\n" }
-        out += header("pvfs_tenant_worker_running", "gauge", "Jobs of the tenant running on worker threads.")
-        for s in statistics { out += "pvfs_tenant_worker_running{\(labels(s.tenant))} \(s.running)\n" }
-        return out
+        scrape.gauge("pvfs_worker_threads", "Threads of the worker pool shared by every transport.", [], Int64(pool.threadCount))
+        scrape.gauge("pvfs_worker_max_running", "Jobs one tenant may run at once while another has work queued (worker-max-share).",
+                     [], Int64(pool.sharedCap))
+        for s in pool.statistics {
+            scrape.gauge("pvfs_tenant_worker_queued", "Jobs of the tenant waiting for a worker thread.", labels(s.tenant), Int64(s.queued))
+            scrape.gauge("pvfs_tenant_worker_running", "Jobs of the tenant running on worker threads.", labels(s.tenant), Int64(s.running))
+        }
     }
 
-    /// The HELP and TYPE lines that open a metric family.
-    static func header(_ name: String, _ type: String, _ help: String) -> String {
-        "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-    }
-
-    static func labels(_ tenant: NinePWorkerPool.Tenant) -> String {
+    static func labels(_ tenant: NinePWorkerPool.Tenant) -> [(String, String)] {
         switch tenant {
-        case .vm(let name): "kind=\"vm\",tenant=\"\(escape(name))\""
-        case .listener(let name): "kind=\"listener\",tenant=\"\(escape(name))\""
-        case .xenDomain(let id): "kind=\"xen-domain\",tenant=\"\(id)\""
+        case .vm(let name): [("kind", "vm"), ("tenant", name)]
+        case .listener(let name): [("kind", "listener"), ("tenant", name)]
+        case .xenDomain(let id): [("kind", "xen-domain"), ("tenant", "\(id)")]
         }
-    }
-
-    static func escape(_ label: String) -> String {
-        label.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "\n", with: "\\n")
     }
 }

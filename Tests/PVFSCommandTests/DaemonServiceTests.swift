@@ -131,10 +131,7 @@ struct DaemonServiceTests {
 
     /// The value of one sample of a Prometheus text page (`name{labels}`), nil when absent.
     func sample(_ page: String, _ series: String) -> Double? {
-        for line in page.split(separator: "\n") where line.hasPrefix(series + " ") {
-            return Double(line.dropFirst(series.count + 1))
-        }
-        return nil
+        metricSample(page, series)
     }
 
     func httpGet(_ port: UInt16, _ path: String) throws -> String {
