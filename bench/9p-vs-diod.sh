@@ -55,27 +55,13 @@ command -v python3 >/dev/null || gdie "python3 missing"
 # Generous bound: TCG plus user networking manage roughly 4 MB/s and a few hundred requests/s.
 TIMEOUT=${TIMEOUT:-$((600 + REPS * (FILES / 4 + MIB * 3)))}
 
-BIN=$REPO/.build/release
-if [ -z "${PVFSD:-}" ] || [ -z "${PVFS_VM_BIN:-}" ] || [ -z "${PVFS_TEMPLATE_BIN:-}" ]; then
-    if [ ! -x "$BIN/pvfsd" ] || [ ! -x "$BIN/pvfs-vm" ] || [ ! -x "$BIN/pvfs-template" ]; then
-        glog "building release binaries"
-        (cd "$REPO" && PATH=/opt/swift/usr/bin:$PATH swift build -c release >&2)
-    fi
-fi
-PVFSD=${PVFSD:-$BIN/pvfsd}
-PVFS_VM_BIN=${PVFS_VM_BIN:-$BIN/pvfs-vm}
-PVFS_TEMPLATE_BIN=${PVFS_TEMPLATE_BIN:-$BIN/pvfs-template}
+release_binaries
 
 guest_setup
 W=$GUEST_WORK
 
 # The guest's benchmark program: static, cached by content.
-SRC=$REPO/bench/9p-guest-bench.c
-GB=$GUEST_CACHE/9p-guest-bench-$(sha256sum <"$SRC" | cut -c1-16)
-if [ ! -x "$GB" ]; then
-    cc -static -O2 -Wall -o "$GB.$$" "$SRC" || gdie "cannot build $SRC (static glibc needed)"
-    mv "$GB.$$" "$GB"
-fi
+GB=$(static_program "$REPO/bench/9p-guest-bench.c" 9p-guest-bench -O2 -Wall)
 KERNEL=$(guest_kernel)
 KVER=$(guest_kver "$KERNEL")
 guest_initramfs_new

@@ -95,27 +95,13 @@ VIRTIOFSD_VERSION=$("$VIRTIOFSD" --version 2>&1 | head -1)
 # Generous bound: 9P over user networking manages a few hundred requests/s under TCG.
 TIMEOUT=${TIMEOUT:-$((600 + REPS * (FILES / 2 + MIB * 4 + 120)))}
 
-BIN=$REPO/.build/release
-if [ -z "${PVFSD:-}" ] || [ -z "${PVFS_VM_BIN:-}" ] || [ -z "${PVFS_TEMPLATE_BIN:-}" ]; then
-    if [ ! -x "$BIN/pvfsd" ] || [ ! -x "$BIN/pvfs-vm" ] || [ ! -x "$BIN/pvfs-template" ]; then
-        glog "building release binaries"
-        (cd "$REPO" && PATH=/opt/swift/usr/bin:$PATH swift build -c release >&2)
-    fi
-fi
-PVFSD=${PVFSD:-$BIN/pvfsd}
-PVFS_VM_BIN=${PVFS_VM_BIN:-$BIN/pvfs-vm}
-PVFS_TEMPLATE_BIN=${PVFS_TEMPLATE_BIN:-$BIN/pvfs-template}
+release_binaries
 
 guest_setup
 W=$GUEST_WORK
 
 # The guest's benchmark program: static, cached by content.
-SRC=$REPO/bench/9p-guest-bench.c
-GB=$GUEST_CACHE/9p-guest-bench-$(sha256sum <"$SRC" | cut -c1-16)
-if [ ! -x "$GB" ]; then
-    cc -static -O2 -Wall -o "$GB.$$" "$SRC" || gdie "cannot build $SRC (static glibc needed)"
-    mv "$GB.$$" "$GB"
-fi
+GB=$(static_program "$REPO/bench/9p-guest-bench.c" 9p-guest-bench -O2 -Wall)
 # The tar row's archive, in guest memory (the initramfs), so that only the extraction is measured.
 tar -C "$(dirname "$(readlink -f "$TAR_FROM")")" -cf "$W/tree.tar" "$(basename "$(readlink -f "$TAR_FROM")")"
 TAR_ENTRIES=$(tar -tf "$W/tree.tar" | wc -l)

@@ -344,6 +344,35 @@ guest_wait_port() {
     return 1
 }
 
+# release_binaries: sets PVFSD, PVFS_VM_BIN and PVFS_TEMPLATE_BIN, each from the environment or
+# else this checkout's release build (built first when one of the three is missing), so that a
+# benchmark measures optimised code.
+release_binaries() {
+    local bin=$GUEST_REPO_ROOT/.build/release
+    if [ -z "${PVFSD:-}" ] || [ -z "${PVFS_VM_BIN:-}" ] || [ -z "${PVFS_TEMPLATE_BIN:-}" ]; then
+        if [ ! -x "$bin/pvfsd" ] || [ ! -x "$bin/pvfs-vm" ] || [ ! -x "$bin/pvfs-template" ]; then
+            glog "building release binaries"
+            (cd "$GUEST_REPO_ROOT" && PATH=/opt/swift/usr/bin:$PATH swift build -c release >&2)
+        fi
+    fi
+    PVFSD=${PVFSD:-$bin/pvfsd}
+    PVFS_VM_BIN=${PVFS_VM_BIN:-$bin/pvfs-vm}
+    PVFS_TEMPLATE_BIN=${PVFS_TEMPLATE_BIN:-$bin/pvfs-template}
+}
+
+# static_program SRC NAME CFLAGS...: prints the path of a static build of SRC for the guest,
+# cached in GUEST_CACHE under NAME and the source's content (an edited source is built again).
+static_program() {
+    local src=$1 name=$2 out
+    shift 2
+    out=$GUEST_CACHE/$name-$(sha256sum <"$src" | cut -c1-16)
+    if [ ! -x "$out" ]; then
+        cc -static "$@" -o "$out.$$" "$src" || gdie "cannot build $src (static glibc needed)"
+        mv "$out.$$" "$out"
+    fi
+    echo "$out"
+}
+
 # newest_build NAME: the newer of the release and debug builds of NAME (a stale one would test
 # old code); prints nothing when neither exists.
 newest_build() {
