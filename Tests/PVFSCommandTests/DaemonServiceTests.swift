@@ -129,6 +129,43 @@ struct DaemonServiceTests {
         return fd
     }
 
+    /// pvfsd serving VMs "a" and "b" of one small template, each bound to a listener of its own
+    /// (`a-port`, `b-port`), with its metrics endpoint answering; `extraConfiguration` lines are
+    /// added to its pvfsd.conf. The caller stops the daemon.
+    struct TwoListenerDaemon {
+        let area: TemporaryDirectory
+        let daemon: Process
+        let portA: UInt16, portB: UInt16, portMetrics: UInt16
+    }
+
+    func startTwoListenerDaemon(seed: UInt64, extraConfiguration: String = "") throws -> TwoListenerDaemon {
+        let area = try TemporaryDirectory("pvfs-command-test")
+        let store = area.sub("store")
+        try makeSeededTree(at: area.sub("src"), files: 4, size: 1000, seed: seed)
+        try mustRun("pvfs-template", ["create", "base", "--from", area.sub("src"), "--store", store])
+        for vm in ["a", "b"] {
+            try mustRun("pvfs-vm", ["provision", "--template", "base", vm, "--no-hooks", "--store", store])
+            try mustRun("pvfs-vm", ["bind", vm, "--listener", "\(vm)-port", "--store", store])
+        }
+        let (portA, portB, portMetrics) = (try freePort(), try freePort(), try freePort())
+        let config = area.sub("pvfsd.conf")
+        try write(config, Array("""
+            store = \(store)
+            listen = a-port tcp:127.0.0.1:\(portA)
+            listen = b-port tcp:127.0.0.1:\(portB)
+            metrics = tcp:127.0.0.1:\(portMetrics)
+            \(extraConfiguration)
+
+            """.utf8))
+        let daemon = try startTool("pvfsd", ["--config", config, "--quiet"])
+        var up = false
+        for _ in 0..<200 where !up {
+            if let fd = try? connectTCP(portMetrics) { close(fd); up = true } else { usleep(50_000) }
+        }
+        #expect(up)
+        return TwoListenerDaemon(area: area, daemon: daemon, portA: portA, portB: portB, portMetrics: portMetrics)
+    }
+
     /// The value of one sample of a Prometheus text page (`name{labels}`), nil when absent.
     func sample(_ page: String, _ series: String) -> Double? {
         metricSample(page, series)
@@ -153,33 +190,13 @@ struct DaemonServiceTests {
     /// listener leave the other VM's client unaffected, are closed after the handshake timeout,
     /// and show in the metrics; a VM's connection cap answers EUSERS.
     @Test func oneTenantsFloodLeavesTheOthersServed() throws {
-        let area = try TemporaryDirectory("pvfs-command-test")
-        let store = area.sub("store")
-        try makeSeededTree(at: area.sub("src"), files: 4, size: 1000, seed: 3)
-        try mustRun("pvfs-template", ["create", "base", "--from", area.sub("src"), "--store", store])
-        for vm in ["a", "b"] {
-            try mustRun("pvfs-vm", ["provision", "--template", "base", vm, "--no-hooks", "--store", store])
-            try mustRun("pvfs-vm", ["bind", vm, "--listener", "\(vm)-port", "--store", store])
-        }
-        let (portA, portB, portMetrics) = (try freePort(), try freePort(), try freePort())
-        let config = area.sub("pvfsd.conf")
-        try write(config, Array("""
-            store = \(store)
-            listen = a-port tcp:127.0.0.1:\(portA)
-            listen = b-port tcp:127.0.0.1:\(portB)
-            metrics = tcp:127.0.0.1:\(portMetrics)
+        let served = try startTwoListenerDaemon(seed: 3, extraConfiguration: """
             max-connections-per-listener = 100
             max-connections-per-vm = 2
             handshake-timeout = 3
-
-            """.utf8))
-        let daemon = try startTool("pvfsd", ["--config", config, "--quiet"])
+            """)
+        let (daemon, portA, portB, portMetrics) = (served.daemon, served.portA, served.portB, served.portMetrics)
         defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
-        var up = false
-        for _ in 0..<200 where !up {
-            if let fd = try? connectTCP(portMetrics) { close(fd); up = true } else { usleep(50_000) }
-        }
-        #expect(up)
 
         var idle: [Int32] = []
         defer { for fd in idle { close(fd) } }

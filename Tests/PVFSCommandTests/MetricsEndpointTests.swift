@@ -29,30 +29,9 @@ extension DaemonServiceTests {
     /// per VM (every request after the attach) and per operation, with cumulative buckets, and
     /// beside them every family of the daemon's state with its type.
     @Test func metricsEndpointShowsRequestLatency() throws {
-        let area = try TemporaryDirectory("pvfs-command-test")
-        let store = area.sub("store")
-        try makeSeededTree(at: area.sub("src"), files: 4, size: 1000, seed: 5)
-        try mustRun("pvfs-template", ["create", "base", "--from", area.sub("src"), "--store", store])
-        for vm in ["a", "b"] {
-            try mustRun("pvfs-vm", ["provision", "--template", "base", vm, "--no-hooks", "--store", store])
-            try mustRun("pvfs-vm", ["bind", vm, "--listener", "\(vm)-port", "--store", store])
-        }
-        let (portA, portB, portMetrics) = (try freePort(), try freePort(), try freePort())
-        let config = area.sub("pvfsd.conf")
-        try write(config, Array("""
-            store = \(store)
-            listen = a-port tcp:127.0.0.1:\(portA)
-            listen = b-port tcp:127.0.0.1:\(portB)
-            metrics = tcp:127.0.0.1:\(portMetrics)
-
-            """.utf8))
-        let daemon = try startTool("pvfsd", ["--config", config, "--quiet"])
+        let served = try startTwoListenerDaemon(seed: 5)
+        let (daemon, portA, portB, portMetrics) = (served.daemon, served.portA, served.portB, served.portMetrics)
         defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
-        var up = false
-        for _ in 0..<200 where !up {
-            if let fd = try? connectTCP(portMetrics) { close(fd); up = true } else { usleep(50_000) }
-        }
-        #expect(up)
 
         // VM a: attach, then 20 × (walk, lopen, read, clunk) and 10 getattrs; VM b: attach, 5 getattrs.
         let fdA = try connectTCP(portA)
