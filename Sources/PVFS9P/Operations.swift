@@ -602,10 +602,10 @@ extension NinePSession {
     // MARK: Locks
 
     /// Tlock. A lock another owner holds answers BLOCKED at once for F_SETLK; for F_SETLKW
-    /// (the block flag) the request waits on a thread of its own until the lock is free (then
-    /// SUCCESS), `lockWaitSeconds` pass (then BLOCKED: Linux sleeps and asks again), the client
-    /// flushes it (then no reply), or the connection closes. Waiters past `maximumBlockedLocks`
-    /// get BLOCKED at once.
+    /// (the block flag) the request waits, holding no thread (`NinePLockWaiter`), until the lock
+    /// is free (then SUCCESS), `lockWaitSeconds` pass (then BLOCKED: Linux sleeps and asks again),
+    /// the client flushes it (then no reply), or the connection closes. Waiters past
+    /// `maximumBlockedLocks` get BLOCKED at once.
     private func lock(_ request: any NinePRequestContext, fid number: UInt32, _ l: NinePLock) throws(Errno) -> NinePOutcome {
         guard let fid = request.fids.acquire(number) else { throw Errno.badFileDescriptor }
         var handedOff = false
@@ -630,25 +630,15 @@ extension NinePSession {
         let table = request.fids
         let wait = configuration.lockWaitSeconds
         let deadline = wait.isFinite ? DispatchTime.now().uptimeNanoseconds &+ UInt64(min(wait, 1e6) * 1e9) : UInt64.max
-        let thread = Thread { [self] in
+        let tag = request.tag
+        let waiter = NinePLockWaiter(view: fid.view, inode: s.inode, owner: owner, range: range, deadline: deadline,
+                                     isCancelled: { request.isCancelled }) { [self] outcome in
             let reply: [UInt8]?
-            do throws(Errno) {
-                try fid.view.setLock(s.inode, owner: owner, range: range, wait: true, cancelled: {
-                    request.isCancelled || DispatchTime.now().uptimeNanoseconds >= deadline
-                })
-                if request.isCancelled {
-                    // Granted just as it was flushed: the client will not learn of it, so undo it.
-                    let undo = FileLockRange(type: .unlock, start: range.start, end: range.end, pid: range.pid)
-                    try? fid.view.setLock(s.inode, owner: owner, range: undo, wait: false)
-                    reply = nil
-                } else {
-                    reply = NinePResponse.lock(status: NinePLockStatus.success).encode(tag: request.tag)
-                }
-            } catch where error == .interrupted {
-                // Flushed (or the session ended): no reply. Out of time: BLOCKED, and Linux retries.
-                reply = request.isCancelled ? nil : NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: request.tag)
-            } catch {
-                reply = NinePResponse.error(errno: UInt32(bitPattern: error.rawValue)).encode(tag: request.tag)
+            switch outcome {
+            case .granted: reply = NinePResponse.lock(status: NinePLockStatus.success).encode(tag: tag)
+            case .timedOut: reply = NinePResponse.lock(status: NinePLockStatus.blocked).encode(tag: tag)
+            case .cancelled: reply = nil
+            case .failed(let error): reply = NinePResponse.error(errno: UInt32(bitPattern: error.rawValue)).encode(tag: tag)
             }
             // The fid goes before the request completes, so that once nothing is outstanding
             // (what close() waits for) no request holds a fid either.
@@ -656,9 +646,7 @@ extension NinePSession {
             release(fid, in: table)
             request.complete(reply)
         }
-        thread.name = "pvfs.9p.lockwait"
-        thread.stackSize = 256 << 10
-        thread.start()
+        waiter.start()
         return .deferred
     }
 

@@ -28,7 +28,7 @@ protocol NinePRequestContext: AnyObject, Sendable {
 /// How `NinePSession.handle` ends a request.
 enum NinePOutcome {
     case reply([UInt8])
-    /// The session completes the request later through its context (a lock wait on its own thread).
+    /// The session completes the request later through its context (a lock wait, which holds no thread).
     case deferred
 }
 

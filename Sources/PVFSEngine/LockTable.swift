@@ -25,6 +25,10 @@ final class LockTable: @unchecked Sendable {
     private var sessionLimit: Int
     private let counters: LimitCounters?
     private let logger: Logger?
+    /// Waiters that hold no thread (`setOrWatch`), by inode: each is called once, after the
+    /// inode's locks next change, outside the table's lock.
+    private var watchers: [InodeNumber: [UInt64: @Sendable () -> Void]] = [:]
+    private var nextWatchToken: UInt64 = 1
 
     init(perVolume: Int = VolumeLimits().lockRecords, perSession: Int = VolumeLimits().lockRecordsPerSession,
          counters: LimitCounters? = nil, logger: Logger? = nil) {
@@ -75,12 +79,70 @@ final class LockTable: @unchecked Sendable {
     func set(_ ino: InodeNumber, owner: LockOwner, range: FileLockRange, wait: Bool,
              cancelled: () -> Bool = { false }) throws(Errno) {
         condition.lock()
-        defer { condition.unlock() }
+        var woken: [@Sendable () -> Void] = []
+        defer {
+            condition.unlock()
+            for wake in woken { wake() }
+        }
         while conflict(ino, owner, range) != nil {
             guard wait else { throw Errno.resourceTemporarilyUnavailable }
             if cancelled() { throw Errno.interrupted }
             _ = condition.wait(until: Date(timeIntervalSinceNow: 0.5))
         }
+        try apply(ino, owner: owner, range: range)
+        woken = takeWatchers(of: [ino])
+    }
+
+    /// Takes the lock now, or, on a conflict, arranges for `wake` to be called once the inode's
+    /// locks next change and returns a token for `stopWatching` (F_SETLKW without a thread: the
+    /// caller tries again when woken). Checking and watching happen under one lock, so no
+    /// release between them goes unseen.
+    func setOrWatch(_ ino: InodeNumber, owner: LockOwner, range: FileLockRange,
+                    wake: @escaping @Sendable () -> Void) throws(Errno) -> UInt64? {
+        condition.lock()
+        var woken: [@Sendable () -> Void] = []
+        defer {
+            condition.unlock()
+            for wake in woken { wake() }
+        }
+        if conflict(ino, owner, range) != nil {
+            let token = nextWatchToken
+            nextWatchToken += 1
+            watchers[ino, default: [:]][token] = wake
+            return token
+        }
+        try apply(ino, owner: owner, range: range)
+        woken = takeWatchers(of: [ino])
+        return nil
+    }
+
+    /// Forgets a watch that has not fired (the waiter gave up).
+    func stopWatching(_ ino: InodeNumber, token: UInt64) {
+        condition.lock()
+        defer { condition.unlock() }
+        watchers[ino]?[token] = nil
+        if watchers[ino]?.isEmpty == true { watchers[ino] = nil }
+    }
+
+    /// Waiters currently watching (for tests and metrics).
+    var watcherCount: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return watchers.values.reduce(0) { $0 + $1.count }
+    }
+
+    /// Removes and returns the watchers of inodes whose locks changed. Caller holds `condition`.
+    private func takeWatchers(of inodes: some Sequence<InodeNumber>) -> [@Sendable () -> Void] {
+        guard !watchers.isEmpty else { return [] }
+        var woken: [@Sendable () -> Void] = []
+        for ino in inodes {
+            if let list = watchers.removeValue(forKey: ino) { woken.append(contentsOf: list.values) }
+        }
+        return woken
+    }
+
+    /// Takes, changes or releases a lock that conflicts with no other owner's. Caller holds `condition`.
+    private func apply(_ ino: InodeNumber, owner: LockOwner, range: FileLockRange) throws(Errno) {
         let old = held[ino] ?? []
         // Remove the owner's overlap with the new range, splitting locks it cuts through.
         var kept: [Held] = []
@@ -178,20 +240,26 @@ final class LockTable: @unchecked Sendable {
     /// Drops every lock an owner holds on an inode (close of a file by that owner).
     func releaseAll(_ ino: InodeNumber, owner: LockOwner) {
         condition.lock()
-        defer { condition.unlock() }
-        guard let list = held[ino] else { return }
+        guard let list = held[ino] else { condition.unlock(); return }
         replace(ino, list, list.filter { $0.owner != owner })
         condition.broadcast()
+        let woken = takeWatchers(of: [ino])
+        condition.unlock()
+        for wake in woken { wake() }
     }
 
     /// Drops every lock of a session (a connection or mount went away).
     func releaseSession(_ session: UInt64) {
         condition.lock()
-        defer { condition.unlock() }
-        guard perSession[session] != nil else { return }
+        guard perSession[session] != nil else { condition.unlock(); return }
+        var changed: [InodeNumber] = []
         for (ino, list) in held where list.contains(where: { $0.owner.session == session }) {
             replace(ino, list, list.filter { $0.owner.session != session })
+            changed.append(ino)
         }
         condition.broadcast()
+        let woken = takeWatchers(of: changed)
+        condition.unlock()
+        for wake in woken { wake() }
     }
 }

@@ -147,6 +147,13 @@ public enum LockType: Sendable, Equatable {
     }
 }
 
+/// A lock request waiting without a thread (`VMView.setLockOrWatch`): what to withdraw when
+/// the waiter gives up.
+public struct LockWatch: Sendable, Equatable {
+    public let inode: InodeNumber
+    let token: UInt64
+}
+
 /// A POSIX byte-range lock or a whole-file flock. `end` is inclusive; UInt64.max means to the end.
 public struct FileLockRange: Sendable, Equatable {
     public var type: LockType

@@ -284,6 +284,22 @@ public final class VMView: Sendable {
         }
     }
 
+    /// F_SETLKW for a caller that must not hold a thread while it waits: takes the lock now and
+    /// returns nil, or, on a conflict, returns a token after arranging for `wake` to be called
+    /// once (on whichever thread next changes the inode's locks); the caller then tries again.
+    public func setLockOrWatch(_ ino: InodeNumber, owner: UInt64, range: FileLockRange,
+                               wake: @escaping @Sendable () -> Void) throws(Errno) -> LockWatch? {
+        try counted { () throws(Errno) in
+            try volume.locks.setOrWatch(ino, owner: LockOwner(session: sessionID, owner: owner), range: range, wake: wake)
+                .map { LockWatch(inode: ino, token: $0) }
+        }
+    }
+
+    /// Withdraws a watch that has not fired (the waiter timed out or was flushed).
+    public func stopWatching(_ watch: LockWatch) {
+        volume.locks.stopWatching(watch.inode, token: watch.token)
+    }
+
     /// Drops every lock of this session (the connection or mount ended).
     public func releaseAllLocks() {
         volume.locks.releaseSession(sessionID)

@@ -172,6 +172,55 @@ struct ServerConcurrencyTests {
         for w in waiters { #expect(try !c.flush(w)) }
     }
 
+    /// A blocked Tlock holds no thread while it waits (before, each waiter had a thread named
+    /// pvfs.9p.lockwait), and every waiter is granted the lock in turn as its holder unlocks.
+    @Test func blockedLocksHoldNoThread() throws {
+        var config = NinePConfiguration()
+        config.lockWaitSeconds = .infinity
+        config.maximumBlockedLocks = 64
+        config.maximumOutstandingRequests = 128
+        let s = try ServedVM(configuration: config)
+        defer { s.finish() }
+        let c = s.client
+        try openHostname(c, 1)
+        _ = try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
+        var waiters: [UInt32: NinePClient.Pending] = [:]
+        for pid in UInt32(2)...49 {
+            waiters[pid] = try c.start(.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: pid, block: true)))
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(waiters.values.allSatisfy { !$0.isAnswered })
+        #expect(threadsNamed(prefix: "pvfs.9p.lockwa") == 0, "a blocked lock holds a thread")
+        // Unlock by the holder, then by each waiter as it is granted: everyone gets the lock once.
+        var holder: UInt32 = 1
+        var granted: Set<UInt32> = []
+        while granted.count < waiters.count {
+            _ = try c.lock(fid: 1, lockRequest(NinePLockType.unlock, pid: holder))
+            let deadline = Date().addingTimeInterval(10)
+            var next: UInt32?
+            while next == nil && Date() < deadline {
+                next = waiters.first { !granted.contains($0.key) && $0.value.isAnswered }?.key
+                if next == nil { Thread.sleep(forTimeInterval: 0.005) }
+            }
+            let pid = try #require(next, "no waiter was granted the lock after pid \(holder) unlocked")
+            #expect(try waiters[pid]!.wait(timeout: 5) == .lock(status: NinePLockStatus.success))
+            // Only one waiter holds the write lock at a time.
+            #expect(waiters.filter { !granted.contains($0.key) && $0.key != pid && $0.value.isAnswered }.isEmpty)
+            granted.insert(pid)
+            holder = pid
+        }
+        #expect(c.violations.isEmpty)
+    }
+
+    /// Threads of this process whose name starts with `prefix` (Linux keeps 15 bytes of it).
+    private func threadsNamed(prefix: String) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        return tasks.filter { task in
+            let name = (try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)) ?? ""
+            return name.hasPrefix(prefix)
+        }.count
+    }
+
     /// A client may send dependent requests without waiting: those on one fid run in order.
     @Test func pipelinedRequestsOnAFidRunInOrder() throws {
         let s = try ServedVM(threads: 4)
