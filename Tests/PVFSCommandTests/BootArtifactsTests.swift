@@ -5,7 +5,7 @@ import Testing
 /// Lists a newc archive with the system's cpio (`cpio -itv`), or nil if cpio is missing.
 private func cpioListing(_ archive: Data) throws -> [String]? {
     guard FileManager.default.isExecutableFile(atPath: "/usr/bin/cpio") else { return nil }
-    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("cpio-test-\(getpid()).cpio")
+    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("cpio-test-\(getpid())-\(UUID().uuidString).cpio")
     try archive.write(to: tmp)
     defer { try? FileManager.default.removeItem(at: tmp) }
     let out = try runTool(["sh", "-c", "cpio -it --quiet < '\(tmp.path)'"])
