@@ -631,6 +631,7 @@ public struct BootFilesCommand: ParsableCommand {
             vm: vm, aname: aname, transport: transport, serverAddress: String(server[..<colon]), serverPort: port, tag: tag,
             msize: msize, mountOptions: mountOptions, initPath: initProgram, ip: ip, onFailure: onFailure,
             console: console, extraKernelArguments: append, extraModules: module, compression: compression)
+        try config.validate()
         guard let kernelPath = kernel ?? KernelImage.newestInstalled() else {
             throw BootArtifactError("no /boot/vmlinuz-* with modules installed; pass --kernel")
         }
