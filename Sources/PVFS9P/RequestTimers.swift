@@ -25,7 +25,9 @@ public final class NinePRequestTimers: @unchecked Sendable {
     /// Indexed by the T-message type byte; nil for bytes that are no T-message.
     private let operations: [CoreMetrics.Timer?]
     private let lock = NSLock()
-    private var byVM: [String: CoreMetrics.Timer] = [:]
+    private var byVM: [String: (timer: CoreMetrics.Timer, made: UInt64)] = [:]
+    /// How many VM timers were made so far: orders them against `mark()`.
+    private var made: UInt64 = 0
 
     public init(factory: any MetricsFactory) {
         self.factory = factory
@@ -48,11 +50,29 @@ public final class NinePRequestTimers: @unchecked Sendable {
     /// The timer of one VM, made on its first use.
     public func timer(forVM name: String) -> CoreMetrics.Timer {
         lock.withLock {
-            if let timer = byVM[name] { return timer }
+            if let entry = byVM[name] { return entry.timer }
             let timer = CoreMetrics.Timer(label: Self.vmLabel, dimensions: [("vm", name)], factory: factory)
-            byVM[name] = timer
+            made += 1
+            byVM[name] = (timer, made)
             return timer
         }
+    }
+
+    /// A point in time for `forgetVMs(otherThan:madeBefore:)`: take it before listing the VMs.
+    public func mark() -> UInt64 {
+        lock.withLock { made }
+    }
+
+    /// Drops the timers (and so the series) of VMs that no longer exist: those not in `existing`,
+    /// a list of the VMs taken after `mark` was. A timer made after the mark is kept, since its VM
+    /// may be newer than the list. A connection still holding a dropped timer records into
+    /// nothing; the next attach to a VM of that name makes a new one.
+    public func forgetVMs(otherThan existing: Set<String>, madeBefore mark: UInt64) {
+        let gone: [CoreMetrics.Timer] = lock.withLock {
+            let names = byVM.filter { !existing.contains($0.key) && $0.value.made <= mark }.map(\.key)
+            return names.compactMap { byVM.removeValue(forKey: $0)?.timer }
+        }
+        for timer in gone { timer.destroy() }
     }
 
     /// Records one request of `type` that took `nanoseconds`, for `vm` when the connection is bound.

@@ -2,9 +2,9 @@ import ArgumentParser
 import Foundation
 import Glibc
 
-// What a guest needs to boot with its root filesystem served by pvfs over 9P2000.L:
-// a kernel, an initramfs whose /init mounts the root over 9P (TCP for QEMU/KVM guests,
-// Xen PV 9pfs rings for Xen domUs) and switch_roots into it, and a kernel command line.
+// What a guest needs to boot with its root filesystem served by pvfs: a kernel, an initramfs
+// whose /init mounts the root (9P2000.L over TCP or virtio-fs for QEMU/KVM guests, 9P over Xen
+// PV 9pfs rings for Xen domUs) and switch_roots into it, and a kernel command line.
 
 /// How the guest reaches its root filesystem.
 public enum BootTransport: String, CaseIterable, ExpressibleByArgument, Codable, Sendable {
@@ -12,6 +12,9 @@ public enum BootTransport: String, CaseIterable, ExpressibleByArgument, Codable,
     case tcp
     /// 9P over a Xen PV 9pfs device (`trans=xen`), identified by its tag.
     case xen
+    /// virtio-fs (`mount -t virtiofs TAG`): a vhost-user-fs device on the VM's vhost-user
+    /// socket, identified by its tag; the guest needs no network.
+    case virtiofs
 }
 
 /// Everything that decides the artefacts' contents.
@@ -24,7 +27,7 @@ public struct BootConfiguration: Codable, Sendable {
     /// tcp: server IPv4 address as the guest sees it (QEMU user networking: 10.0.2.2 is the host).
     public var serverAddress: String
     public var serverPort: Int
-    /// xen: the 9pfs device tag.
+    /// xen: the 9pfs device tag; virtiofs: the vhost-user-fs device's tag.
     public var tag: String
     /// 9P msize the guest asks for (0 = the kernel's default); the server may lower it.
     public var msize: Int
@@ -40,12 +43,12 @@ public struct BootConfiguration: Codable, Sendable {
     public var console: String
     /// Arguments appended to the kernel command line.
     public var extraKernelArguments: String
-    /// Modules added on top of the 9P/virtio-net/Xen sets.
+    /// Modules added on top of the 9P/virtio-net/Xen/virtio-fs sets.
     public var extraModules: [String]
     public var compression: InitramfsCompression
 
     public init(vm: String, aname: String? = nil, transport: BootTransport = .tcp, serverAddress: String = "10.0.2.2",
-                serverPort: Int = 564, tag: String = "root", msize: Int = 262_144, mountOptions: String = "",
+                serverPort: Int = 564, tag: String? = nil, msize: Int = 262_144, mountOptions: String = "",
                 initPath: String = "/sbin/init", ip: String = "", onFailure: String = "shell",
                 console: String? = nil, extraKernelArguments: String = "", extraModules: [String] = [],
                 compression: InitramfsCompression = .gzip) {
@@ -54,7 +57,8 @@ public struct BootConfiguration: Codable, Sendable {
         self.transport = transport
         self.serverAddress = serverAddress
         self.serverPort = serverPort
-        self.tag = tag
+        // The virtio-fs tag defaults to the VM's name, as `pvfs-vm qemu-args --transport virtiofs` gives QEMU.
+        self.tag = tag ?? (transport == .virtiofs ? vm : "root")
         self.msize = msize
         self.mountOptions = mountOptions
         self.initPath = initPath
@@ -78,6 +82,9 @@ public struct BootConfiguration: Codable, Sendable {
         try plain(vm, "VM name")
         try plain(aname, "aname", extra: "/")
         try plain(tag, "tag")
+        if transport == .virtiofs && tag.utf8.count > 36 {
+            throw BootArtifactError("virtio-fs tag '\(tag)' is longer than 36 bytes")
+        }
         try plain(mountOptions, "mount options", allowEmpty: true, extra: ",=")
         try plain(ip, "ip", allowEmpty: true, extra: ":/")
         try plain(initPath, "init path", extra: "/")
@@ -101,10 +108,10 @@ public struct BootConfiguration: Codable, Sendable {
         case .tcp:
             args += ["pvfs.server=\(serverAddress)", "pvfs.port=\(serverPort)"]
             if !ip.isEmpty { args.append("ip=\(ip)") }
-        case .xen:
+        case .xen, .virtiofs:
             args.append("pvfs.tag=\(tag)")
         }
-        if msize > 0 { args.append("pvfs.msize=\(msize)") }
+        if msize > 0 && transport != .virtiofs { args.append("pvfs.msize=\(msize)") }
         if !mountOptions.isEmpty { args.append("pvfs.opts=\(mountOptions)") }
         if initPath != "/sbin/init" { args.append("init=\(initPath)") }
         if onFailure != "shell" { args.append("pvfs.onfail=\(onFailure)") }
@@ -118,16 +125,29 @@ public struct BootArtifactBuilder {
     /// Modules per transport, by name; dependencies are added from modules.dep.
     public static let tcpModules = ["virtio_pci", "virtio_net", "9pnet_fd", "9p"]
     public static let xenModules = ["9pnet_xen", "9p"]
+    /// virtio_pci brings the vhost-user-fs PCI device up; virtiofs pulls in fuse, virtio, virtio_ring.
+    public static let virtiofsModules = ["virtio_pci", "virtiofs"]
+
+    public static func modules(for transport: BootTransport) -> [String] {
+        switch transport {
+        case .tcp: tcpModules
+        case .xen: xenModules
+        case .virtiofs: virtiofsModules
+        }
+    }
 
     public var configuration: BootConfiguration
     public var kernelPath: String
     public var kernelVersion: String
     public var busyboxPath: String
     public var modulesRoot: String
+    /// virtiofs: the VM's vhost-user socket, for the QEMU command line (none: no qemu.sh).
+    public var vhostUserSocket: String?
 
     public init(configuration: BootConfiguration, kernelPath: String, kernelVersion: String? = nil,
-                busyboxPath: String? = nil, modulesRoot: String = "/lib/modules") throws {
+                busyboxPath: String? = nil, modulesRoot: String = "/lib/modules", vhostUserSocket: String? = nil) throws {
         self.configuration = configuration
+        self.vhostUserSocket = vhostUserSocket
         self.kernelPath = kernelPath
         guard FileManager.default.fileExists(atPath: kernelPath) else {
             throw BootArtifactError("no kernel at \(kernelPath)")
@@ -163,7 +183,7 @@ public struct BootArtifactBuilder {
         public var initrdBytes: Int
         public var modules: [String]
         public var cmdline: String
-        /// tcp: a QEMU command line that boots the guest (argv and as one shell line).
+        /// tcp, virtiofs: a QEMU command line that boots the guest (argv and as one shell line).
         public var qemu: [String]?
         public var qemuCommand: String?
         /// xen: an xl domain configuration for a PV guest.
@@ -179,10 +199,20 @@ public struct BootArtifactBuilder {
         }
         let kmods = try KernelModules(version: kernelVersion, modulesRoot: modulesRoot)
         let extra = configuration.extraModules
-        let tcp = try kmods.loadOrder(for: Self.tcpModules + extra)
-        let xen = try kmods.loadOrder(for: Self.xenModules + extra)
+        // The chosen transport's modules must all be there; the others' go in too when the kernel
+        // has them, so that pvfs.transport= on the command line can switch one image between them.
+        var orders: [(BootTransport, [KernelModule])] = []
+        for transport in BootTransport.allCases {
+            do {
+                orders.append((transport, try kmods.loadOrder(for: Self.modules(for: transport) + extra)))
+            } catch where transport != configuration.transport {
+                continue
+            }
+        }
         var all: [KernelModule] = []
-        for m in tcp + xen where !all.contains(m) { all.append(m) }
+        for (_, order) in orders {
+            for m in order where !all.contains(m) { all.append(m) }
+        }
 
         var cpio = CpioWriter()
         for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "newroot",
@@ -202,15 +232,17 @@ public struct BootArtifactBuilder {
         for m in all {
             cpio.addFile("lib/modules/pvfs/\(m.name).ko", contents: try kmods.contents(of: m))
         }
-        cpio.addFile("etc/pvfs-boot/modules.tcp", contents: Data(tcp.map { $0.name + "\n" }.joined().utf8))
-        cpio.addFile("etc/pvfs-boot/modules.xen", contents: Data(xen.map { $0.name + "\n" }.joined().utf8))
+        for (transport, order) in orders {
+            cpio.addFile("etc/pvfs-boot/modules.\(transport.rawValue)", contents: Data(order.map { $0.name + "\n" }.joined().utf8))
+        }
         cpio.addFile("etc/pvfs-boot/boot.conf", contents: Data(bootConf.utf8))
         cpio.addFile("etc/pvfs-boot/udhcpc.sh", contents: Data(Self.udhcpcScript.utf8), mode: 0o755)
         cpio.addFile("init", contents: Data(Self.initScript.utf8), mode: 0o755)
         return (cpio.finish(), all)
     }
 
-    /// Writes initrd.img, the kernel, cmdline and a boot recipe (qemu.sh or xl.cfg) into `output`.
+    /// Writes initrd.img, the kernel, cmdline and a boot recipe (qemu.sh or xl.cfg) into `output`;
+    /// virtiofs writes qemu.sh only when the VM's vhost-user socket is known.
     public func write(to output: String) throws -> Artifacts {
         let fm = FileManager.default
         try fm.createDirectory(atPath: output, withIntermediateDirectories: true)
@@ -231,17 +263,24 @@ public struct BootArtifactBuilder {
         var result = Artifacts(vm: configuration.vm, transport: configuration.transport, kernel: kernel,
                                kernelVersion: kernelVersion, initrd: initrd, initrdBytes: image.count,
                                modules: modules.map(\.name), cmdline: cmdline, files: files)
-        switch configuration.transport {
-        case .tcp:
-            let argv = qemuArguments(kernel: kernel, initrd: initrd, cmdline: cmdline)
+        func writeQemuScript(_ argv: [String], servedBy: String) throws {
             let line = argv.map(shellQuote).joined(separator: " ")
-            let script = "#!/bin/sh\n# Boots VM \(configuration.vm) with its root served over 9P/TCP by "
-                + "\(configuration.serverAddress):\(configuration.serverPort).\nexec \(line) \"$@\"\n"
+            let script = "#!/bin/sh\n# Boots VM \(configuration.vm) with its root served \(servedBy).\nexec \(line) \"$@\"\n"
             try Data(script.utf8).write(to: URL(fileURLWithPath: out + "/qemu.sh"))
             chmod(out + "/qemu.sh", 0o755)
             files.append(out + "/qemu.sh")
             result.qemu = argv
             result.qemuCommand = line
+        }
+        switch configuration.transport {
+        case .tcp:
+            try writeQemuScript(qemuArguments(kernel: kernel, initrd: initrd, cmdline: cmdline),
+                                servedBy: "over 9P/TCP by \(configuration.serverAddress):\(configuration.serverPort)")
+        case .virtiofs:
+            if let socket = vhostUserSocket {
+                try writeQemuScript(qemuArguments(kernel: kernel, initrd: initrd, cmdline: cmdline),
+                                    servedBy: "over virtio-fs by pvfsd on \(socket)")
+            }
         case .xen:
             let cfg = xlConfig(kernel: kernel, initrd: initrd, cmdline: cmdline)
             try Data(cfg.utf8).write(to: URL(fileURLWithPath: out + "/xl.cfg"))
@@ -252,14 +291,27 @@ public struct BootArtifactBuilder {
         return result
     }
 
-    /// A QEMU command line for the tcp transport (user networking: 10.0.2.2 is the host).
+    /// A QEMU command line: tcp on user networking (10.0.2.2 is the host); virtiofs with no
+    /// network, guest memory QEMU shares with pvfsd and a vhost-user-fs device on the VM's socket
+    /// (the options of `pvfs-vm qemu-args --transport virtiofs`).
     public func qemuArguments(kernel: String, initrd: String, cmdline: String) -> [String] {
-        [
+        let base = [
             "qemu-system-x86_64", "-machine", "accel=kvm:tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
             "-nographic", "-no-reboot",
             "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
         ]
+        switch configuration.transport {
+        case .virtiofs:
+            let socket = (vhostUserSocket ?? "").replacingOccurrences(of: ",", with: ",,")
+            return base + [
+                "-object", "memory-backend-memfd,id=vfs0-mem,size=1024M,share=on", "-numa", "node,memdev=vfs0-mem",
+                "-chardev", "socket,id=vfs0,path=\(socket)",
+                "-device", "vhost-user-fs-pci,chardev=vfs0,tag=\(configuration.tag)",
+                "-nic", "none",
+            ]
+        case .tcp, .xen:
+            return base + ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]
+        }
     }
 
     /// An xl configuration for a PV domU whose 9pfs device pvfs attaches (no p9= line:
@@ -305,12 +357,13 @@ public struct BootArtifactBuilder {
     /// The initramfs /init (busybox sh).
     static let initScript = #"""
     #!/bin/sh
-    # pvfs boot initramfs: mount the root filesystem over 9P2000.L and switch_root into it.
+    # pvfs boot initramfs: mount the root filesystem (9P2000.L or virtio-fs) and switch_root into it.
     #
     # Settings come from /etc/pvfs-boot/boot.conf, overridden by kernel parameters:
-    #   pvfs.transport=tcp|xen  pvfs.vm=NAME  pvfs.aname=NAME (default: the VM name)
+    #   pvfs.transport=tcp|xen|virtiofs  pvfs.vm=NAME  pvfs.aname=NAME (default: the VM name)
     #   pvfs.server=IPV4  pvfs.port=N
-    #   pvfs.tag=TAG (xen)  pvfs.msize=N  pvfs.opts=a,b=c  pvfs.onfail=shell|poweroff|reboot|halt
+    #   pvfs.tag=TAG (xen, virtiofs)  pvfs.msize=N (9P)  pvfs.opts=a,b=c
+    #   pvfs.onfail=shell|poweroff|reboot|halt
     #   ip=dhcp | ip=off | ip=ADDR/PREFIX | ip=CLIENT:SERVER:GW:NETMASK:HOST:DEV:AUTOCONF
     #   init=/path (default /sbin/init)  ro | rw
     export PATH=/sbin:/bin:/usr/sbin:/usr/bin
@@ -391,15 +444,20 @@ public struct BootArtifactBuilder {
         log "network: $(ip -4 addr show dev "$dev" | sed -n 's/.*inet \([^ ]*\).*/\1/p') on $dev"
     }
 
-    log "VM $PVFS_VM, root over 9P/$PVFS_TRANSPORT"
+    case $PVFS_TRANSPORT in
+    virtiofs) log "VM $PVFS_VM, root over virtio-fs (tag $PVFS_TAG)" ;;
+    *) log "VM $PVFS_VM, root over 9P/$PVFS_TRANSPORT" ;;
+    esac
+    [ -f /etc/pvfs-boot/modules.$PVFS_TRANSPORT ] ||
+        fail "this initramfs has no modules for transport $PVFS_TRANSPORT (pvfs-vm boot-files --transport $PVFS_TRANSPORT)"
     for m in $(cat /etc/pvfs-boot/modules.$PVFS_TRANSPORT); do
         insmod /lib/modules/pvfs/$m.ko 2>/tmp/insmod.err || grep -q 'File exists' /tmp/insmod.err ||
             log "insmod $m: $(cat /tmp/insmod.err)"
     done
 
+    fstype=9p
     opts="version=9p2000.L,aname=$PVFS_ANAME,$RO"
     [ "$PVFS_MSIZE" != 0 ] && [ -n "$PVFS_MSIZE" ] && opts="$opts,msize=$PVFS_MSIZE"
-    [ -n "$PVFS_OPTS" ] && opts="$opts,$PVFS_OPTS"
     case $PVFS_TRANSPORT in
     tcp)
         net_up || fail "network setup (ip=$PVFS_IP)"
@@ -410,14 +468,21 @@ public struct BootArtifactBuilder {
         source=$PVFS_TAG
         opts="trans=xen,$opts"
         ;;
+    virtiofs)
+        # The device is the VM's: QEMU's vhost-user-fs device carries the tag, pvfsd's socket the VM.
+        fstype=virtiofs
+        source=$PVFS_TAG
+        opts=$RO
+        ;;
     *) fail "unknown transport $PVFS_TRANSPORT" ;;
     esac
+    [ -n "$PVFS_OPTS" ] && opts="$opts,$PVFS_OPTS"
 
     n=0
-    until mount -t 9p -o "$opts" "$source" /newroot 2>/tmp/mount.err; do
+    until mount -t $fstype -o "$opts" "$source" /newroot 2>/tmp/mount.err; do
         n=$((n + 1))
         if [ $n -ge 15 ]; then
-            fail "mount -t 9p -o $opts $source /newroot: $(cat /tmp/mount.err)"
+            fail "mount -t $fstype -o $opts $source /newroot: $(cat /tmp/mount.err)"
             break
         fi
         log "mount attempt $n failed ($(cat /tmp/mount.err)); retrying"
@@ -471,11 +536,18 @@ public struct BootFilesCommand: ParsableCommand {
         commandName: "boot-files",
         abstract: "Write the kernel, initramfs and kernel command line that boot a VM with its root on pvfs.",
         discussion: """
-        The initramfs holds busybox and the modules for 9P over TCP (with virtio-net) and over \
-        Xen PV 9pfs rings. Its /init configures the network (tcp), mounts the VM's root with \
-        version=9p2000.L and aname=VM on /newroot and switch_roots to /sbin/init. Writes \
-        initrd.img, vmlinuz (a hard link or copy), cmdline, and qemu.sh (tcp) or xl.cfg (xen).
+        The initramfs holds busybox and the modules for 9P over TCP (with virtio-net), 9P over \
+        Xen PV 9pfs rings and virtio-fs. Its /init configures the network (tcp) and mounts the \
+        VM's root on /newroot: over 9P with version=9p2000.L and aname=VM (tcp, xen), or with \
+        `mount -t virtiofs TAG` (virtiofs: no network; the tag defaults to the VM's name, as \
+        `pvfs-vm qemu-args VM --transport virtiofs` gives QEMU). Then it switch_roots to \
+        /sbin/init. Writes initrd.img, vmlinuz (a hard link or copy), cmdline, and qemu.sh \
+        (tcp; virtiofs when the VM's vhost-user socket is known: --socket, or the VM's binding \
+        in the store) or xl.cfg (xen).
         """)
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
 
     @Argument(help: "The VM to boot (the 9P aname the server selects it by).")
     public var vm: String
@@ -483,14 +555,17 @@ public struct BootFilesCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("9P attach name, if not the VM name (e.g. a path diod exports).", valueName: "name"))
     public var aname: String?
 
-    @Option(name: .long, help: "How the guest reaches its root: tcp or xen.")
+    @Option(name: .long, help: "How the guest reaches its root: tcp, xen or virtiofs.")
     public var transport: BootTransport = .tcp
 
     @Option(name: .long, help: ArgumentHelp("tcp: the server as the guest sees it.", valueName: "ipv4:port"))
     public var server: String = "10.0.2.2:564"
 
-    @Option(name: .long, help: ArgumentHelp("xen: the 9pfs device tag.", valueName: "tag"))
-    public var tag: String = "root"
+    @Option(name: .long, help: ArgumentHelp("xen: the 9pfs device tag (default root); virtiofs: the vhost-user-fs tag (default the VM's name).", valueName: "tag"))
+    public var tag: String?
+
+    @Option(name: .long, help: ArgumentHelp("virtiofs: the VM's vhost-user socket for qemu.sh (default: its binding in the store).", valueName: "path"))
+    public var socket: String?
 
     @Option(name: .long, help: ArgumentHelp("The guest kernel (default: the newest /boot/vmlinuz-*).", valueName: "path"))
     public var kernel: String?
@@ -501,10 +576,10 @@ public struct BootFilesCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Directory for the artefacts (default: ./boot-VM).", valueName: "dir"))
     public var output: String?
 
-    @Option(name: .long, help: "9P msize the guest asks for (0: the kernel's default).")
+    @Option(name: .long, help: "tcp, xen: 9P msize the guest asks for (0: the kernel's default).")
     public var msize: Int = 262_144
 
-    @Option(name: .long, help: ArgumentHelp("Extra 9P mount options, comma-separated.", valueName: "opts"))
+    @Option(name: .long, help: ArgumentHelp("Extra mount options (9P or virtiofs), comma-separated.", valueName: "opts"))
     public var mountOptions: String = ""
 
     @Option(name: .long, help: ArgumentHelp("tcp: kernel-style ip= value (default 10.0.2.15/24 via 10.0.2.2).", valueName: "spec"))
@@ -556,12 +631,26 @@ public struct BootFilesCommand: ParsableCommand {
             vm: vm, aname: aname, transport: transport, serverAddress: String(server[..<colon]), serverPort: port, tag: tag,
             msize: msize, mountOptions: mountOptions, initPath: initProgram, ip: ip, onFailure: onFailure,
             console: console, extraKernelArguments: append, extraModules: module, compression: compression)
+        try config.validate()
         guard let kernelPath = kernel ?? KernelImage.newestInstalled() else {
             throw BootArtifactError("no /boot/vmlinuz-* with modules installed; pass --kernel")
         }
         let builder = try BootArtifactBuilder(configuration: config, kernelPath: kernelPath,
-                                              kernelVersion: kernelVersion, busyboxPath: busybox)
+                                              kernelVersion: kernelVersion, busyboxPath: busybox,
+                                              vhostUserSocket: transport == .virtiofs ? try virtiofsSocket() : nil)
         return try builder.write(to: output ?? "boot-\(vm)")
+    }
+
+    /// The socket QEMU's vhost-user-fs device connects to: --socket, else the VM's binding. The
+    /// initramfs does not need it, so without one the artefacts are written without qemu.sh.
+    func virtiofsSocket() throws -> String? {
+        do {
+            return try vhostUserSocket(vm: vm, socket: socket, storeOptions: storeOptions, logging: logging)
+        } catch {
+            if socket != nil { throw error }
+            logging.makeLogger("pvfs.vm").warning("no qemu.sh: \(error) (the initramfs and command line do not need it)")
+            return nil
+        }
     }
 
     func printHuman(_ a: BootArtifactBuilder.Artifacts) {

@@ -241,7 +241,15 @@ public final class Daemon: @unchecked Sendable {
     // MARK: Metrics over HTTP
 
     func renderMetrics() -> String {
-        metrics.render { scrape in
+        // A VM removed or renamed since the last scrape loses its latency series.
+        let mark = metrics.requestTimers.mark()
+        do {
+            let existing = Set(try store.listVMs().map(\.name))
+            metrics.requestTimers.forgetVMs(otherThan: existing, madeBefore: mark)
+        } catch {
+            logger.warning("metrics: cannot list the VMs to drop the series of removed ones: \(error)")
+        }
+        return metrics.render { scrape in
             let volumes = registry.openVolumes
             Metrics.record(into: scrape, volumes: volumes, sessions: registry.sessionCounts,
                            unboundLimits: unboundLimitCounters, connectionLimits: configuration.connectionLimits,

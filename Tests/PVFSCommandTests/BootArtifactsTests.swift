@@ -5,7 +5,7 @@ import Testing
 /// Lists a newc archive with the system's cpio (`cpio -itv`), or nil if cpio is missing.
 private func cpioListing(_ archive: Data) throws -> [String]? {
     guard FileManager.default.isExecutableFile(atPath: "/usr/bin/cpio") else { return nil }
-    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("cpio-test-\(getpid()).cpio")
+    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("cpio-test-\(getpid())-\(UUID().uuidString).cpio")
     try archive.write(to: tmp)
     defer { try? FileManager.default.removeItem(at: tmp) }
     let out = try runTool(["sh", "-c", "cpio -it --quiet < '\(tmp.path)'"])
@@ -68,6 +68,14 @@ private func cpioListing(_ archive: Data) throws -> [String]? {
     let xen = BootConfiguration(vm: "db", transport: .xen, tag: "rootfs", initPath: "/bin/sh", onFailure: "poweroff")
     #expect(xen.kernelCommandLine ==
         "console=hvc0 rdinit=/init pvfs.transport=xen pvfs.vm=db pvfs.tag=rootfs pvfs.msize=262144 init=/bin/sh pvfs.onfail=poweroff")
+    let vfs = BootConfiguration(vm: "web1", transport: .virtiofs)
+    try vfs.validate()
+    // The tag is the VM's name, as `pvfs-vm qemu-args --transport virtiofs` gives QEMU; no 9P msize.
+    #expect(vfs.kernelCommandLine == "console=ttyS0 rdinit=/init pvfs.transport=virtiofs pvfs.vm=web1 pvfs.tag=web1")
+    #expect(BootConfiguration(vm: "web1", transport: .virtiofs, tag: "rootfs").kernelCommandLine.hasSuffix("pvfs.tag=rootfs"))
+    #expect(throws: BootArtifactError.self) {
+        try BootConfiguration(vm: "a", transport: .virtiofs, tag: String(repeating: "t", count: 37)).validate()
+    }
     #expect(throws: BootArtifactError.self) { try BootConfiguration(vm: "a b").validate() }
     #expect(throws: BootArtifactError.self) { try BootConfiguration(vm: "a", serverAddress: "host.example").validate() }
     #expect(throws: BootArtifactError.self) { try BootConfiguration(vm: "a", mountOptions: "x y").validate() }
@@ -96,4 +104,39 @@ private func cpioListing(_ archive: Data) throws -> [String]? {
         #expect(listing.contains("lib/modules/pvfs/9p.ko"))
         #expect(listing.contains("etc/pvfs-boot/boot.conf"))
     }
+}
+
+@Test func bootFilesForVirtiofsOnThisMachine() throws {
+    guard let kernel = KernelImage.newestInstalled(),
+          FileManager.default.isExecutableFile(atPath: "/bin/busybox") else { return }
+    let out = FileManager.default.temporaryDirectory.appendingPathComponent("bootfiles-vfs-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: out) }
+    let socket = out.appendingPathComponent("vm1.vhost").path
+    let cmd = try BootFilesCommand.parse(["vm1", "--transport", "virtiofs", "--socket", socket, "--kernel", kernel,
+                                          "--output", out.path, "--compression", "none"])
+    let a = try cmd.build()
+    // virtiofs and what modules.dep says it needs, after them in load order.
+    for name in ["virtio_ring", "virtio", "virtio_pci", "fuse", "virtiofs"] { #expect(a.modules.contains(name)) }
+    #expect(a.cmdline.contains("pvfs.transport=virtiofs") && a.cmdline.contains("pvfs.tag=vm1"))
+    let qemu = a.qemu ?? []
+    #expect(qemu.contains("memory-backend-memfd,id=vfs0-mem,size=1024M,share=on"))
+    #expect(qemu.contains("socket,id=vfs0,path=\(socket)"))
+    #expect(qemu.contains("vhost-user-fs-pci,chardev=vfs0,tag=vm1"))
+    #expect(!qemu.contains { $0.contains("virtio-net") })
+    let archive = try Data(contentsOf: URL(fileURLWithPath: a.initrd))
+    if let listing = try cpioListing(archive) {
+        #expect(listing.contains("lib/modules/pvfs/virtiofs.ko"))
+        #expect(listing.contains("etc/pvfs-boot/modules.virtiofs"))
+    }
+    let order = try String(contentsOf: out.appendingPathComponent("cmdline"), encoding: .utf8)
+    #expect(order == a.cmdline + "\n")
+    let virtiofsOrder = try KernelModules(version: a.kernelVersion).loadOrder(for: BootArtifactBuilder.virtiofsModules).map(\.name)
+    #expect(virtiofsOrder.firstIndex(of: "fuse")! < virtiofsOrder.firstIndex(of: "virtiofs")!)
+    #expect(virtiofsOrder.firstIndex(of: "virtio_ring")! < virtiofsOrder.firstIndex(of: "virtio_pci")!)
+
+    // Without a socket (no store, no binding) the boot files are still written, without qemu.sh.
+    let bare = try BootFilesCommand.parse(["vm1", "--transport", "virtiofs", "--store", out.appendingPathComponent("nostore").path,
+                                           "--kernel", kernel, "--output", out.appendingPathComponent("bare").path,
+                                           "--compression", "none", "--quiet"]).build()
+    #expect(bare.qemu == nil && !bare.files.contains { $0.hasSuffix("qemu.sh") })
 }

@@ -95,4 +95,34 @@ extension DaemonServiceTests {
         daemon.waitUntilExit()
         #expect(daemon.terminationStatus == 0)
     }
+
+    /// A VM removed from the store loses its latency series at the next scrape (it kept it until
+    /// pvfsd restarted); the other VM's stays.
+    @Test func removedVMLosesItsLatencySeries() throws {
+        let served = try startTwoListenerDaemon(seed: 6)
+        let (daemon, portA, portB, portMetrics) = (served.daemon, served.portA, served.portB, served.portMetrics)
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        for (port, vm) in [(portA, "a"), (portB, "b")] {
+            let fd = try connectTCP(port)
+            defer { NinePClient.closeSocket(fd) }
+            let client = NinePClient(fileDescriptor: fd)
+            _ = try client.version(msize: 65536)
+            _ = try client.attach(fid: 0, aname: vm)
+            for _ in 0..<3 { _ = try client.getattr(fid: 0) }
+        }
+        let before = try httpGet(portMetrics, "/metrics")
+        #expect(metricSample(before, #"pvfs_request_duration_seconds_count{vm="a"}"#) == 4)
+        #expect(metricSample(before, #"pvfs_request_duration_seconds_count{vm="b"}"#) == 4)
+
+        try mustRun("pvfs-vm", ["rm", "b", "--force", "--store", served.area.sub("store")])
+        let after = try httpGet(portMetrics, "/metrics")
+        #expect(metricSample(after, #"pvfs_request_duration_seconds_count{vm="a"}"#) == 4)
+        #expect(!after.contains(#"vm="b""#), "series of the removed VM: \(after.split(separator: "\n").filter { $0.contains(#"vm="b""#) })")
+        // The per-operation series count every request, the removed VM's included.
+        #expect(metricSample(after, #"pvfs_operation_duration_seconds_count{op="getattr"}"#) == 6)
+
+        kill(daemon.processIdentifier, SIGTERM)
+        daemon.waitUntilExit()
+        #expect(daemon.terminationStatus == 0)
+    }
 }

@@ -1,9 +1,12 @@
 #!/bin/bash
-# Tests/guest/boot-9p-root.sh: boot a guest whose root filesystem is a Debian tree served over 9P/TCP.
+# Tests/guest/boot-9p-root.sh: boot a guest whose root filesystem is a Debian tree served over
+# 9P/TCP, or (--transport virtiofs) a pvfs VM served by pvfsd over virtio-fs.
 #
 # The boot artefacts come from `pvfs-vm boot-files` (Sources/PVFSCommands/BootArtifacts.swift):
 # its initramfs brings up virtio-net, mounts the root with
 #   mount -t 9p -o trans=tcp,port=PORT,version=9p2000.L,aname=ANAME,msize=... 10.0.2.2 /newroot
+# (virtiofs: no network; `mount -t virtiofs TAG /newroot` on the vhost-user-fs device QEMU
+# connects to the VM's vhost-user socket, its options from `pvfs-vm qemu-args --transport virtiofs`)
 # and switch_roots into it. The test proves that the tree's own init ran from the served root:
 #   --mode script   init=/usr/local/sbin/pvfs-boot-marker (a sh script run by the tree's dash
 #                   as PID 1; works for any tree, e.g. a debootstrap minbase without systemd)
@@ -16,19 +19,23 @@
 #
 # usage: boot-9p-root.sh [--tree DIR] [--mode auto|script|systemd] [--timeout S] [--server diod|pvfsd]
 #                        [--store S --vm NAME --host-view DIR] [--msize N] [--opts MOUNTOPTS]
+#                        [--transport tcp|virtiofs]
 #   --tree DIR    Debian tree to boot (default /srv/pvfs-cache/minbase). diod serves an overlay
 #                 of it (upper layer in the work dir), so the tree itself is never modified.
 #   --server pvfsd --store S --vm NAME: boot VM NAME from pvfsd instead; the marker files must
 #                 then already be in the VM's tree (prepare the template's source tree with
 #                 --prepare-tree) and --host-view DIR, a host path showing the VM's tree, is
 #                 needed for the read-back.
+#   --transport virtiofs (with --server pvfsd): the root over virtio-fs from pvfsd, on the VM's
+#                 vhost-user binding (one is made for the run if the VM has none); the guest has
+#                 no network at all.
 #   --prepare-tree DIR   install the marker script and its systemd unit into DIR and exit
 #                 (for building a pvfs template that this test can boot)
 # exit status: 0 pass, 1 fail, 2 setup error.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-PREPARE="" TREE=/srv/pvfs-cache/minbase MODE=auto TIMEOUT="" KIND=diod STORE="" VM="" HOSTVIEW="" MSIZE="" OPTS=""
+PREPARE="" TREE=/srv/pvfs-cache/minbase MODE=auto TIMEOUT="" KIND=diod STORE="" VM="" HOSTVIEW="" MSIZE="" OPTS="" TRANSPORT=tcp
 while [ $# -gt 0 ]; do
     case $1 in
     --tree) TREE=$2; shift 2 ;;
@@ -40,6 +47,7 @@ while [ $# -gt 0 ]; do
     --host-view) HOSTVIEW=$2; shift 2 ;;
     --msize) MSIZE=$2; shift 2 ;;
     --opts) OPTS=$2; shift 2 ;;
+    --transport) TRANSPORT=$2; shift 2 ;;
     --prepare-tree) PREPARE=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) gdie "unknown option $1" ;;
@@ -60,9 +68,11 @@ up() { cut -d' ' -f1 /proc/uptime; }
 nonce=$(sed -n 's/.*pvfs\.nonce=\([^ ]*\).*/\1/p' /proc/cmdline)
 out "PVFS-TEST root-init ok pid $$ at ${UPT:-$(up)}s, init is $(readlink /proc/1/exe)"
 rootfs=$(awk '$2 == "/" { print $3 " " $1 " " $4 }' /proc/mounts | tail -1)
+want=9p
+case " $(cat /proc/cmdline) " in *" pvfs.transport=virtiofs "*) want=virtiofs ;; esac
 case $rootfs in
-9p*) out "PVFS-TEST root-is-9p ok $rootfs" ;;
-*) out "PVFS-TEST root-is-9p fail root is: $rootfs" ;;
+"$want "*) out "PVFS-TEST root-is-$want ok $rootfs" ;;
+*) out "PVFS-TEST root-is-$want fail root is: $rootfs" ;;
 esac
 if . /etc/os-release 2>/dev/null; then out "PVFS-TEST os-release ok $PRETTY_NAME"; else out "PVFS-TEST os-release fail"; fi
 if v=$(dpkg-query -W -f='${Version}' dpkg 2>&1); then
@@ -115,6 +125,14 @@ if [ -n "$PREPARE" ]; then
     exit 0
 fi
 
+case $TRANSPORT in
+tcp) ;;
+virtiofs) [ "$KIND" = pvfsd ] || gdie "--transport virtiofs needs --server pvfsd" ;;
+*) gdie "unknown transport $TRANSPORT (tcp or virtiofs)" ;;
+esac
+# The guest's memory: QEMU's -m and, for virtio-fs, the shared memory backend of the same size.
+GUEST_MEM=${PVFS_GUEST_MEM:-1024}
+
 guest_setup
 T0=$(now)
 KERNEL=$(guest_kernel)
@@ -160,13 +178,39 @@ if [ "$KIND" = pvfsd ] && [ -z "$HOSTVIEW" ]; then
     install_marker "$HOSTVIEW" "$MODE"
 fi
 
+QEMU_FS_ARGS=()
+if [ "$TRANSPORT" = virtiofs ]; then
+    PVFS_VM=$(pvfs_vm_binary)
+    # The VM's own vhost-user socket, or one bound for this run (pvfsd listens at once).
+    if ! "$PVFS_VM" qemu-args --store "$STORE" "$VM" --transport virtiofs --json >/dev/null 2>&1; then
+        "$PVFS_VM" bind --store "$STORE" "$VM" --vhost-user "$GUEST_WORK/vhost.sock" >/dev/null ||
+            gdie "cannot bind VM $VM to a vhost-user socket"
+        guest_on_cleanup "'$PVFS_VM' unbind --store '$STORE' '$VM' --vhost-user '$GUEST_WORK/vhost.sock' >/dev/null 2>&1"
+    fi
+    mapfile -t QEMU_FS_ARGS < <("$PVFS_VM" qemu-args --store "$STORE" "$VM" --transport virtiofs --memory "${GUEST_MEM}M" \
+        --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["socket"]); print("\n".join(r["arguments"]))')
+    [ "${#QEMU_FS_ARGS[@]}" -gt 1 ] || gdie "pvfs-vm qemu-args --transport virtiofs gave no options"
+    VHOST_SOCKET=${QEMU_FS_ARGS[0]}
+    QEMU_FS_ARGS=("${QEMU_FS_ARGS[@]:1}")
+    for _ in $(seq 50); do [ -S "$VHOST_SOCKET" ] && break; sleep 0.1; done
+    [ -S "$VHOST_SOCKET" ] || gdie "pvfsd does not listen on $VHOST_SOCKET"
+    # No network at all: the root comes through the vhost-user-fs device only.
+    GUEST_NET_ARGS=(-nic none)
+    glog "pvfsd serves VM $VM over virtio-fs on $VHOST_SOCKET: ${QEMU_FS_ARGS[*]}"
+fi
+
 INIT_ARGS=()
 [ "$MODE" = script ] && INIT_ARGS=(--init /usr/local/sbin/pvfs-boot-marker)
 EXTRA="quiet loglevel=3 panic=-1 pvfs.nonce=$NONCE"
 [ "$MODE" = script ] && EXTRA+=" -- --pid1"
 [ "$MODE" = systemd ] && EXTRA="loglevel=3 panic=-1 systemd.show_status=false pvfs.nonce=$NONCE"
-BF_ARGS=("${ANAME_ARGS[@]}" --transport tcp --server "10.0.2.2:$PORT" --kernel "$KERNEL"
-    --output "$GUEST_WORK/boot" --on-failure poweroff --append "$EXTRA" "${INIT_ARGS[@]}")
+BF_ARGS=("${ANAME_ARGS[@]}" --kernel "$KERNEL" --output "$GUEST_WORK/boot" --on-failure poweroff --append "$EXTRA" "${INIT_ARGS[@]}")
+if [ "$TRANSPORT" = virtiofs ]; then
+    # The tag is left to its default: the VM's name, which qemu-args gave QEMU too.
+    BF_ARGS+=(--transport virtiofs --store "$STORE")
+else
+    BF_ARGS+=(--transport tcp --server "10.0.2.2:$PORT")
+fi
 [ -n "$MSIZE" ] && BF_ARGS+=(--msize "$MSIZE")
 [ -n "$OPTS" ] && BF_ARGS+=(--mount-options "$OPTS")
 T1=$(now)
@@ -178,11 +222,11 @@ glog "mode $MODE; kernel command line: $CMDLINE"
 
 LOG=$GUEST_WORK/serial.log
 QRC=0
-GUEST_MEM=${PVFS_GUEST_MEM:-1024} guest_boot_qemu "$GUEST_WORK/boot/vmlinuz" "$GUEST_WORK/boot/initrd.img" "$CMDLINE" "$LOG" "$TIMEOUT" || QRC=$?
+guest_boot_qemu "$GUEST_WORK/boot/vmlinuz" "$GUEST_WORK/boot/initrd.img" "$CMDLINE" "$LOG" "$TIMEOUT" "${QEMU_FS_ARGS[@]}" || QRC=$?
 [ "$KIND" = pvfsd ] || server_stop
 
 RC=0
-guest_results "$LOG" "boot-9p-root/$MODE" || RC=1
+guest_results "$LOG" "boot-root/$TRANSPORT/$MODE" || RC=1
 tr -d '\r' <"$LOG" | grep -aE 'pvfs-boot\[' | sed 's/^/  initramfs: /' >&2 || true
 
 if [ -n "$HOSTVIEW" ]; then
@@ -201,5 +245,5 @@ MOUNTED=$(tr -d '\r' <"$LOG" | sed -n 's/.*pvfs-boot\[\([0-9.]*\)\]: root mounte
 INITRAN=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST root-init ok pid [0-9]* at \([0-9.]*\)s.*/\1/p' | head -1)
 DONEUP=$(tr -d '\r' <"$LOG" | sed -n 's/.*PVFS-TEST-DONE uptime=\([0-9.]*\).*/\1/p' | head -1)
 glog "timings: boot-files ${T_BF}s; guest: root mounted at ${MOUNTED:-?}s, tree init running at ${INITRAN:-?}s, marker done at ${DONEUP:-?}s (guest uptime); QEMU wall ${GUEST_BOOT_SECONDS}s; total $(elapsed "$T0")s"
-echo "boot-9p-root/$MODE/$KIND: $GUEST_RESULT_SUMMARY qemu_exit=$QRC wall=${GUEST_BOOT_SECONDS}s"
+echo "boot-root/$TRANSPORT/$MODE/$KIND: $GUEST_RESULT_SUMMARY qemu_exit=$QRC wall=${GUEST_BOOT_SECONDS}s"
 exit "$RC"
