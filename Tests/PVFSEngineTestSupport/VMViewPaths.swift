@@ -26,6 +26,15 @@ extension VMView {
         return out
     }
 
+    /// A file's content as one read sees it: unlike `readWhole`, whose second read (the one that
+    /// finds the end) may see a writer's next version, this never mixes two versions of a small
+    /// file that another thread rewrites (truncate, then write) meanwhile.
+    public func readOnce(_ path: String, count: Int = 1 << 20) throws -> [UInt8] {
+        let handle = try open(try resolve(path).inode, flags: O_RDONLY, as: .root)
+        defer { release(handle) }
+        return try read(handle, offset: 0, count: count)
+    }
+
     /// The whole content of a file as text.
     public func readText(_ path: String) throws -> String {
         String(decoding: try readWhole(path), as: UTF8.self)
