@@ -103,7 +103,7 @@ enum DaemonServices {
         }
         HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
         // Always present, so that a binding made while pvfsd runs starts serving at once.
-        let vhostUser = VhostUserService(registry: daemon.registry, logger: daemon.logger)
+        let vhostUser = VhostUserService(registry: daemon.registry, logger: daemon.logger, admission: daemon.admission)
         daemon.add(vhostUser)
         daemon.addReloadHandler { [weak vhostUser] in vhostUser?.reconcile() }
         if daemon.configuration.xenEnabled {

@@ -5,6 +5,7 @@ import PVFSEngine
 import PVFSFuseCodec
 import PVFSFuseServer
 import PVFSStore
+import PVFSTransport
 import PVFSVhostUser
 import Synchronization
 
@@ -33,16 +34,20 @@ public final class VhostUserService: DaemonService, @unchecked Sendable {
     private let registry: VolumeRegistry
     private let logger: Logger
     private let settings: Settings
+    /// Where the front-ends are reported as connections of their VMs, for the per-tenant metrics.
+    private let admission: TenantAdmission?
+    private var admissionSource: UInt64?
     /// Serialises reconciliation (start, reloads, stop).
     private let lock = NSLock()
     private var loop: EpollEventLoop?
     private var served: [String: Served] = [:]
     private var stopped = false
 
-    public init(registry: VolumeRegistry, logger: Logger, settings: Settings = Settings()) {
+    public init(registry: VolumeRegistry, logger: Logger, settings: Settings = Settings(), admission: TenantAdmission? = nil) {
         self.registry = registry
         self.logger = logger
         self.settings = settings
+        self.admission = admission
     }
 
     public var serviceDescription: String {
@@ -57,6 +62,18 @@ public final class VhostUserService: DaemonService, @unchecked Sendable {
         return served.keys.sorted()
     }
 
+    /// The front-ends connected now, with their VM and requests being served (the per-tenant
+    /// metrics count each as a connection of its VM).
+    public var frontEnds: [(vm: String, outstandingRequests: Int)] {
+        lock.lock()
+        let listeners = served.values.map { ($0.vm, $0.listener) }
+        lock.unlock()
+        return listeners.compactMap { vm, listener in
+            guard let device = listener.servedDevice, !device.isClosed else { return nil }
+            return (vm, device.outstandingRequests)
+        }.sorted { $0.vm < $1.vm }
+    }
+
     /// The device currently served on a socket (tests, status).
     public func servedDevice(socket: String) -> VhostUserFsDevice? {
         lock.lock()
@@ -67,6 +84,13 @@ public final class VhostUserService: DaemonService, @unchecked Sendable {
     public func start() throws {
         lock.lock()
         if loop == nil { loop = try EpollEventLoop(name: "pvfsd.vhost", logger: logger) }
+        if let admission, admissionSource == nil {
+            admissionSource = admission.addSource { [weak self] in
+                (self?.frontEnds ?? []).map {
+                    TenantGauge(tenant: .vm($0.vm), connections: 1, outstandingRequests: $0.outstandingRequests, queuedReplyBytes: 0)
+                }
+            }
+        }
         lock.unlock()
         reconcile()
     }
@@ -78,7 +102,10 @@ public final class VhostUserService: DaemonService, @unchecked Sendable {
         served.removeAll()
         let loop = self.loop
         self.loop = nil
+        let source = admissionSource
+        admissionSource = nil
         lock.unlock()
+        if let source { admission?.removeSource(source) }
         for listener in all { listener.close() }
         loop?.shutdown()
     }

@@ -136,11 +136,14 @@ public struct AdmissionRefusal: Error, Sendable, CustomStringConvertible {
 /// Usage a transport reports on demand (current values, not counters).
 public struct TenantGauge: Sendable, Equatable {
     public var tenant: Tenant
+    /// Connections the transport serves outside `admit` (virtio-fs front-ends).
+    public var connections: Int
     public var outstandingRequests: Int
     public var queuedReplyBytes: Int
 
-    public init(tenant: Tenant, outstandingRequests: Int, queuedReplyBytes: Int) {
+    public init(tenant: Tenant, connections: Int = 0, outstandingRequests: Int, queuedReplyBytes: Int) {
         self.tenant = tenant
+        self.connections = connections
         self.outstandingRequests = outstandingRequests
         self.queuedReplyBytes = queuedReplyBytes
     }
@@ -386,6 +389,7 @@ public final class TenantAdmission: @unchecked Sendable {
         for report in reporters {
             for gauge in report() {
                 var u = result[gauge.tenant] ?? TenantUsage(tenant: gauge.tenant)
+                u.connections += gauge.connections
                 u.outstandingRequests += gauge.outstandingRequests
                 u.queuedReplyBytes += gauge.queuedReplyBytes
                 result[gauge.tenant] = u

@@ -54,6 +54,11 @@ public final class VhostUserFsDevice: @unchecked Sendable {
     private var input: [UInt8] = []
     private var pendingDescriptors: [Int32] = []
     private var closed = false
+    /// Requests handed to the FUSE session and not yet answered (any thread).
+    private let outstanding = OutstandingRequests()
+
+    /// Requests of this front-end being served now (for the per-tenant metrics).
+    public var outstandingRequests: Int { outstanding.count.load(ordering: .relaxed) }
 
     /// Takes ownership of the connected socket; starts serving it on `sources`.
     public init(socket: Int32, sources: any VhostEventSources, handler: any FuseMessageHandler, limits: Limits = Limits(),
@@ -255,7 +260,7 @@ public final class VhostUserFsDevice: @unchecked Sendable {
 
     private func serve(_ chain: DescriptorChain, on q: Virtqueue, ring: SplitVirtqueue) {
         let sink = VirtqueueReplySink(queue: q, session: q.session, head: chain.head, writable: chain.writable,
-                                      capacity: chain.writableBytes, memory: ring.memory)
+                                      capacity: chain.writableBytes, memory: ring.memory, outstanding: outstanding)
         // The request is copied out of guest memory before it is decoded: the guest cannot change
         // it under the decoder.
         var length = 0
@@ -449,6 +454,11 @@ final class Virtqueue: @unchecked Sendable {
     }
 }
 
+/// A front-end's count of requests being served, shared with the reply sinks that end them.
+final class OutstandingRequests: Sendable {
+    let count = Atomic<Int>(0)
+}
+
 /// The reply side of one chain: FUSE replies written into the chain's writable buffers (READ
 /// data read straight into them), then the chain handed back on the used ring.
 final class VirtqueueReplySink: FuseReplySink, @unchecked Sendable {
@@ -460,18 +470,28 @@ final class VirtqueueReplySink: FuseReplySink, @unchecked Sendable {
     /// Keeps the guest's memory mapped until the reply is written.
     let memory: GuestMemory
     private let done = Atomic<Bool>(false)
+    private let outstanding: OutstandingRequests
 
-    init(queue: Virtqueue, session: UInt64, head: UInt16, writable: [UnsafeMutableRawBufferPointer], capacity: Int, memory: GuestMemory) {
+    init(queue: Virtqueue, session: UInt64, head: UInt16, writable: [UnsafeMutableRawBufferPointer], capacity: Int, memory: GuestMemory,
+         outstanding: OutstandingRequests) {
         self.queue = queue
         self.session = session
         self.head = head
         self.writable = writable
         self.capacity = capacity
         self.memory = memory
+        self.outstanding = outstanding
+        outstanding.count.add(1, ordering: .relaxed)
+    }
+
+    deinit {
+        // A sink dropped unanswered no longer counts.
+        if !done.load(ordering: .acquiring) { outstanding.count.subtract(1, ordering: .relaxed) }
     }
 
     private func finish(_ written: Int) {
         guard !done.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        outstanding.count.subtract(1, ordering: .relaxed)
         queue.complete(head, written: UInt32(clamping: written), session: session)
     }
 

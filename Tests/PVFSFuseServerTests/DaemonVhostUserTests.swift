@@ -134,6 +134,25 @@ struct DaemonVhostUserTests {
         _ = g2
     }
 
+    @Test("connected front-ends are listed with their VM and requests in service, for the per-tenant metrics")
+    func frontEndsAreListedPerVM() throws {
+        let s = try Setup(vms: ["web1", "web2"])
+        let one = s.socket("web1"), two = s.socket("web2")
+        try s.bind("web1", one)
+        try s.bind("web2", two)
+        #expect(s.service.frontEnds.isEmpty, "no QEMU connected yet")
+        let g1 = try s.guest(one)
+        let g2 = try s.guest(two)
+        #expect(g1.fuse(.lookup(name: bytes("etc")))?.entry != nil)
+        let listed = s.service.frontEnds
+        #expect(listed.map(\.vm) == ["web1", "web2"])
+        // Every request was answered: none is counted as in service.
+        #expect(listed.allSatisfy { $0.outstandingRequests == 0 })
+        g1.hangUp()
+        #expect(s.waitUntil { s.service.frontEnds.map(\.vm) == ["web2"] })
+        _ = g2
+    }
+
     @Test("a binding that cannot listen is logged and skipped; a live socket of another process is never taken over")
     func badBindingsDoNotStopTheOthers() throws {
         let s = try Setup(vms: ["web1", "web2"])
