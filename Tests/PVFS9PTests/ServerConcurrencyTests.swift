@@ -157,15 +157,10 @@ struct ServerConcurrencyTests {
         var config = NinePConfiguration()
         config.lockWaitSeconds = .infinity
         config.maximumBlockedLocks = 2
-        let s = try ServedVM(configuration: config)
+        let (s, waiting) = try lockedHostname(config, waiters: 2...3)
         defer { s.finish() }
         let c = s.client
-        try openHostname(c, 1)
-        _ = try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
-        var waiters: [NinePClient.Pending] = []
-        for pid in 2...3 {
-            waiters.append(try c.start(.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: UInt32(pid), block: true))))
-        }
+        let waiters = Array(waiting.values)
         Thread.sleep(forTimeInterval: 0.2)
         // A third waiter is told BLOCKED (Linux then polls).
         #expect(try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 4, block: true)) == NinePLockStatus.blocked)
@@ -179,15 +174,9 @@ struct ServerConcurrencyTests {
         config.lockWaitSeconds = .infinity
         config.maximumBlockedLocks = 64
         config.maximumOutstandingRequests = 128
-        let s = try ServedVM(configuration: config)
+        let (s, waiters) = try lockedHostname(config, waiters: 2...49)
         defer { s.finish() }
         let c = s.client
-        try openHostname(c, 1)
-        _ = try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
-        var waiters: [UInt32: NinePClient.Pending] = [:]
-        for pid in UInt32(2)...49 {
-            waiters[pid] = try c.start(.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: pid, block: true)))
-        }
         Thread.sleep(forTimeInterval: 0.5)
         #expect(waiters.values.allSatisfy { !$0.isAnswered })
         #expect(threadsNamed(prefix: "pvfs.9p.lockwa") == 0, "a blocked lock holds a thread")
@@ -210,6 +199,21 @@ struct ServerConcurrencyTests {
             holder = pid
         }
         #expect(c.violations.isEmpty)
+    }
+
+    /// A served VM whose etc/hostname is open as fid 1 with a write lock of pid 1, and a blocking
+    /// write-lock request of each pid in `waiters` sent behind it.
+    private func lockedHostname(_ config: NinePConfiguration, waiters pids: ClosedRange<UInt32>)
+        throws -> (ServedVM, [UInt32: NinePClient.Pending]) {
+        let s = try ServedVM(configuration: config)
+        let c = s.client
+        try openHostname(c, 1)
+        _ = try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
+        var waiters: [UInt32: NinePClient.Pending] = [:]
+        for pid in pids {
+            waiters[pid] = try c.start(.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: pid, block: true)))
+        }
+        return (s, waiters)
     }
 
     /// Threads of this process whose name starts with `prefix` (Linux keeps 15 bytes of it).
@@ -337,15 +341,10 @@ struct ServerConcurrencyTests {
         config.lockWaitSeconds = .infinity
         config.maximumOutstandingRequests = 4
         config.maximumBlockedLocks = 8
-        let s = try ServedVM(configuration: config)
+        let (s, waiting) = try lockedHostname(config, waiters: 2...4)
         defer { s.finish() }
         let c = s.client
-        try openHostname(c, 1)
-        _ = try c.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: 1))
-        var waiters: [NinePClient.Pending] = []
-        for pid in 2...4 {
-            waiters.append(try c.start(.lock(fid: 1, lockRequest(NinePLockType.writeLock, pid: UInt32(pid), block: true))))
-        }
+        let waiters = Array(waiting.values)
         Thread.sleep(forTimeInterval: 0.2)
         // Blocked locks are capped below the outstanding limit, so requests still flow.
         #expect(s.connection.outstandingRequestCount <= 3)
