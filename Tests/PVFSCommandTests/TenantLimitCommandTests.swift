@@ -124,12 +124,17 @@ struct TenantLimitCommandTests {
             kill(daemon.processIdentifier, SIGTERM)
             daemon.waitUntilExit()
         }
-        var waited = 0
-        while !FileManager.default.fileExists(atPath: socketPath) && waited < 300 {
-            usleep(50_000)
-            waited += 1
+        // The socket file appears at bind(), a moment before listen(): connect until it answers.
+        let listening = Date(timeIntervalSinceNow: 30)
+        var connected: (fd: Int32, client: NinePClient)?
+        while connected == nil {
+            do {
+                connected = try Self.connect("unix:" + socketPath)
+            } catch let error as Errno where (error == .noSuchFileOrDirectory || error == .connectionRefused) && Date() < listening {
+                usleep(50_000)
+            }
         }
-        let (fd, client) = try Self.connect("unix:" + socketPath)
+        let (fd, client) = connected!
         defer {
             NinePClient.closeSocket(fd)
         }
