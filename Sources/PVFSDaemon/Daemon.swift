@@ -241,14 +241,10 @@ public final class Daemon: @unchecked Sendable {
     // MARK: Metrics over HTTP
 
     func renderMetrics() -> String {
-        // A VM removed or renamed since the last scrape loses its latency series.
+        // A VM removed or renamed since the last scrape loses its latency series. The registry's
+        // rules are the VMs pvfsd serves (reloaded after every catalog change): no catalog read here.
         let mark = metrics.requestTimers.mark()
-        do {
-            let existing = Set(try store.listVMs().map(\.name))
-            metrics.requestTimers.forgetVMs(otherThan: existing, madeBefore: mark)
-        } catch {
-            logger.warning("metrics: cannot list the VMs to drop the series of removed ones: \(error)")
-        }
+        metrics.requestTimers.forgetVMs(otherThan: Set(registry.accessRules.vms.keys), madeBefore: mark)
         return metrics.render { scrape in
             let volumes = registry.openVolumes
             Metrics.record(into: scrape, volumes: volumes, sessions: registry.sessionCounts,
