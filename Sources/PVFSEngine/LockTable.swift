@@ -78,19 +78,15 @@ final class LockTable: @unchecked Sendable {
     /// the call blocks until the lock can be had (or `cancelled` returns true).
     func set(_ ino: InodeNumber, owner: LockOwner, range: FileLockRange, wait: Bool,
              cancelled: () -> Bool = { false }) throws(Errno) {
-        condition.lock()
-        var woken: [@Sendable () -> Void] = []
-        defer {
-            condition.unlock()
-            for wake in woken { wake() }
+        try changing { () throws(Errno) in
+            while conflict(ino, owner, range) != nil {
+                guard wait else { throw Errno.resourceTemporarilyUnavailable }
+                if cancelled() { throw Errno.interrupted }
+                _ = condition.wait(until: Date(timeIntervalSinceNow: 0.5))
+            }
+            try apply(ino, owner: owner, range: range)
+            return ((), [ino])
         }
-        while conflict(ino, owner, range) != nil {
-            guard wait else { throw Errno.resourceTemporarilyUnavailable }
-            if cancelled() { throw Errno.interrupted }
-            _ = condition.wait(until: Date(timeIntervalSinceNow: 0.5))
-        }
-        try apply(ino, owner: owner, range: range)
-        woken = takeWatchers(of: [ino])
     }
 
     /// Takes the lock now, or, on a conflict, arranges for `wake` to be called once the inode's
@@ -99,21 +95,16 @@ final class LockTable: @unchecked Sendable {
     /// release between them goes unseen.
     func setOrWatch(_ ino: InodeNumber, owner: LockOwner, range: FileLockRange,
                     wake: @escaping @Sendable () -> Void) throws(Errno) -> UInt64? {
-        condition.lock()
-        var woken: [@Sendable () -> Void] = []
-        defer {
-            condition.unlock()
-            for wake in woken { wake() }
+        try changing { () throws(Errno) -> (UInt64?, [InodeNumber]) in
+            if conflict(ino, owner, range) != nil {
+                let token = nextWatchToken
+                nextWatchToken += 1
+                watchers[ino, default: [:]][token] = wake
+                return (token, [])
+            }
+            try apply(ino, owner: owner, range: range)
+            return (nil, [ino])
         }
-        if conflict(ino, owner, range) != nil {
-            let token = nextWatchToken
-            nextWatchToken += 1
-            watchers[ino, default: [:]][token] = wake
-            return token
-        }
-        try apply(ino, owner: owner, range: range)
-        woken = takeWatchers(of: [ino])
-        return nil
     }
 
     /// Forgets a watch that has not fired (the waiter gave up).
@@ -129,6 +120,25 @@ final class LockTable: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         return watchers.values.reduce(0) { $0 + $1.count }
+    }
+
+    /// Runs `change` under the table's lock, then calls the watchers of the inodes it says it
+    /// changed, after the lock is released: every change of the locks goes through here, so no
+    /// change forgets its waiters and no waiter runs under the lock.
+    private func changing<T, E: Error>(_ change: () throws(E) -> (T, [InodeNumber])) throws(E) -> T {
+        condition.lock()
+        let result: T, woken: [@Sendable () -> Void]
+        do {
+            let (value, changed) = try change()
+            result = value
+            woken = takeWatchers(of: changed)
+        } catch {
+            condition.unlock()
+            throw error
+        }
+        condition.unlock()
+        for wake in woken { wake() }
+        return result
     }
 
     /// Removes and returns the watchers of inodes whose locks changed. Caller holds `condition`.
@@ -239,27 +249,25 @@ final class LockTable: @unchecked Sendable {
 
     /// Drops every lock an owner holds on an inode (close of a file by that owner).
     func releaseAll(_ ino: InodeNumber, owner: LockOwner) {
-        condition.lock()
-        guard let list = held[ino] else { condition.unlock(); return }
-        replace(ino, list, list.filter { $0.owner != owner })
-        condition.broadcast()
-        let woken = takeWatchers(of: [ino])
-        condition.unlock()
-        for wake in woken { wake() }
+        changing { () -> ((), [InodeNumber]) in
+            guard let list = held[ino] else { return ((), []) }
+            replace(ino, list, list.filter { $0.owner != owner })
+            condition.broadcast()
+            return ((), [ino])
+        }
     }
 
     /// Drops every lock of a session (a connection or mount went away).
     func releaseSession(_ session: UInt64) {
-        condition.lock()
-        guard perSession[session] != nil else { condition.unlock(); return }
-        var changed: [InodeNumber] = []
-        for (ino, list) in held where list.contains(where: { $0.owner.session == session }) {
-            replace(ino, list, list.filter { $0.owner.session != session })
-            changed.append(ino)
+        changing { () -> ((), [InodeNumber]) in
+            guard perSession[session] != nil else { return ((), []) }
+            var changed: [InodeNumber] = []
+            for (ino, list) in held where list.contains(where: { $0.owner.session == session }) {
+                replace(ino, list, list.filter { $0.owner.session != session })
+                changed.append(ino)
+            }
+            condition.broadcast()
+            return ((), changed)
         }
-        condition.broadcast()
-        let woken = takeWatchers(of: changed)
-        condition.unlock()
-        for wake in woken { wake() }
     }
 }
