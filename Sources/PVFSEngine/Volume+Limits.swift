@@ -35,7 +35,7 @@ struct MetadataTally: Equatable {
             xattrBytes -= Charge.xattrBytes(overlay.xattrs[ino] ?? [:])
         case .replaceXattrs(let ino, let set):
             xattrBytes += Charge.xattrBytes(set) - Charge.xattrBytes(overlay.xattrs[ino] ?? [:])
-        case .putEntry, .deleteEntry, .deleteAllEntries, .nextInode:
+        case .putEntry, .deleteEntry, .deleteAllEntries, .nextInode, .versionCounter:
             break
         }
     }

@@ -84,8 +84,9 @@ public struct InodeRecord: Sendable, Equatable {
     public var symlinkTarget: [UInt8]?
     /// The VM replaced this inode's xattr set (it lives in the overlay, not the template).
     public var privateXattrs: Bool
-    /// Not stored: bumped in memory by the engine on every change this process makes (9P
-    /// reports it as qid.version).
+    /// Bumped by the engine on every change (9P reports it as qid.version); stored with the
+    /// record (`vm_inode.version`), so a client comparing versions across a restart of the
+    /// server sees the same value for the same content. Template records keep 0.
     public var version: UInt64 = 0
 
     public init(mode: UInt32, uid: UInt32, gid: UInt32, linkCount: UInt32, size: Int64, blocks: Int64,
@@ -127,6 +128,8 @@ public enum OverlayChange: Sendable {
     case replaceXattrs(UInt64, [[UInt8]: [UInt8]])
     /// Raises the VM's inode reservation (`vm.next_inode`) to at least this number.
     case nextInode(UInt64)
+    /// Raises the VM's qid-version reservation (`vm.version_counter`) to at least this value.
+    case versionCounter(UInt64)
 }
 
 /// The changes one transaction commits, in order.
@@ -141,6 +144,9 @@ public struct OverlayRecords: Sendable {
     /// The next inode number to give out: above every number the overlay uses and its
     /// reservation in the catalog.
     public var nextInode: UInt64 = 0
+    /// `vm.version_counter`: exact after a clean close, else a reservation above the versions
+    /// handed out before the last commit (the engine starts above it and every record's version).
+    public var versionCounter: UInt64 = 0
 
     public init() {}
 
@@ -164,6 +170,8 @@ public struct OverlayRecords: Sendable {
             // The catalog's reservation, a high-water mark for after a restart; the allocation
             // cursor in memory moves one inode at a time (the engine's allocateInode).
             break
+        case .versionCounter(let counter):
+            versionCounter = max(versionCounter, counter)
         }
     }
 }

@@ -132,6 +132,15 @@ enum CatalogSchema {
                     CHECK (worker_weight BETWEEN 1 AND 10000);
                 """)
         }
+        migrator.registerMigration("qid-versions") { db in
+            try db.execute(sql: """
+                -- qid versions outlive the process: each VM inode keeps its last version, and the
+                -- VM keeps the counter they come from (exact after a clean close, a reservation
+                -- above the versions handed out while the VM is served). docs/store-format.md.
+                ALTER TABLE vm_inode ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE vm ADD COLUMN version_counter INTEGER NOT NULL DEFAULT 0;
+                """)
+        }
         return migrator
     }
 }

@@ -161,10 +161,15 @@ public final class VMOverlayCatalog: Sendable {
     public func loadOverlay() throws -> OverlayRecords {
         try store.catalog.read { db in
             var state = OverlayRecords()
-            state.nextInode = UInt64(try Int64.fetchOne(db, sql: "SELECT next_inode FROM vm WHERE id = ?", arguments: [vmID]) ?? 2)
+            if let vm = try Row.fetchOne(db, sql: "SELECT next_inode, version_counter FROM vm WHERE id = ?", arguments: [vmID]) {
+                state.nextInode = UInt64(max(2, vm[0] as Int64))
+                state.versionCounter = UInt64(bitPattern: vm[1] as Int64)
+            } else {
+                state.nextInode = 2
+            }
             let rows = try Row.fetchCursor(db, sql: """
                 SELECT ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns, rdev, parent, data, blob_id,
-                    symlink_target, private_xattrs FROM vm_inode WHERE vm_id = ?
+                    symlink_target, private_xattrs, version FROM vm_inode WHERE vm_id = ?
                 """, arguments: [vmID])
             while let row = try rows.next() {
                 let ino = UInt64(row[0] as Int64)
@@ -180,7 +185,8 @@ public final class VMOverlayCatalog: Sendable {
                     size: row[5], blocks: row[6], accessTime: Timespec(totalNanoseconds: row[7]),
                     modificationTime: Timespec(totalNanoseconds: row[8]), changeTime: Timespec(totalNanoseconds: row[9]),
                     rdev: UInt64(bitPattern: row[10] as Int64), parent: UInt64(row[11] as Int64), data: data,
-                    symlinkTarget: row.optionalBytes(14), privateXattrs: (row[15] as Int64) != 0)
+                    symlinkTarget: row.optionalBytes(14), privateXattrs: (row[15] as Int64) != 0,
+                    version: UInt64(bitPattern: row[16] as Int64))
                 state.nextInode = max(state.nextInode, ino + 1)
             }
             let entries = try Row.fetchCursor(db, sql: "SELECT parent, name, ino FROM vm_dirent WHERE vm_id = ?", arguments: [vmID])
@@ -218,13 +224,13 @@ public final class VMOverlayCatalog: Sendable {
         case .putInode(let ino, let r):
             try db.cachedStatement(sql: """
                 INSERT OR REPLACE INTO vm_inode (vm_id, ino, mode, uid, gid, nlink, size, blocks, atime_ns, mtime_ns, ctime_ns,
-                    rdev, parent, data, blob_id, symlink_target, private_xattrs)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    rdev, parent, data, blob_id, symlink_target, private_xattrs, version)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """).execute(arguments: [
                     vmID, Int64(ino), Int64(r.mode), Int64(r.uid), Int64(r.gid), Int64(r.linkCount), r.size, r.blocks,
                     r.accessTime.totalNanoseconds, r.modificationTime.totalNanoseconds, r.changeTime.totalNanoseconds,
                     Int64(bitPattern: r.rdev), Int64(r.parent), r.data.catalogCode, r.data.blobID,
-                    r.symlinkTarget?.databaseBlob, r.privateXattrs ? 1 : 0,
+                    r.symlinkTarget?.databaseBlob, r.privateXattrs ? 1 : 0, Int64(bitPattern: r.version),
                 ])
         case .deleteInode(let ino):
             try db.cachedStatement(sql: "DELETE FROM vm_inode WHERE vm_id = ? AND ino = ?").execute(arguments: [vmID, Int64(ino)])
@@ -245,6 +251,9 @@ public final class VMOverlayCatalog: Sendable {
             }
         case .nextInode(let next):
             try db.cachedStatement(sql: "UPDATE vm SET next_inode = max(next_inode, ?) WHERE id = ?").execute(arguments: [Int64(next), vmID])
+        case .versionCounter(let counter):
+            try db.cachedStatement(sql: "UPDATE vm SET version_counter = max(version_counter, ?) WHERE id = ?")
+                .execute(arguments: [Int64(bitPattern: counter), vmID])
         }
     }
 
@@ -284,9 +293,14 @@ public final class VMOverlayCatalog: Sendable {
         }
     }
 
-    /// Records the VM's usage; `clean` sets `usage_clean` too (nil leaves it as it is).
-    public func setUsage(_ usage: VMUsage, clean: Bool?) throws {
+    /// Records the VM's usage; `clean` sets `usage_clean` too (nil leaves it as it is), and
+    /// `versionCounter` sets `vm.version_counter` exactly (a clean close, or recovery raising it).
+    public func setUsage(_ usage: VMUsage, clean: Bool?, versionCounter: UInt64? = nil) throws {
         try store.writeCatalog { db in
+            if let versionCounter {
+                try db.execute(sql: "UPDATE vm SET version_counter = ? WHERE id = ?",
+                               arguments: [Int64(bitPattern: versionCounter), vmID])
+            }
             if let clean {
                 try db.execute(sql: "UPDATE vm SET used_bytes = ?, used_inodes = ?, usage_clean = ? WHERE id = ?",
                                arguments: [usage.bytes, usage.inodes, clean ? 1 : 0, vmID])
