@@ -247,6 +247,20 @@ final class LockTable: @unchecked Sendable {
         held[ino] = new.isEmpty ? nil : new
     }
 
+    /// The locks a session holds, ordered by inode and start.
+    func held(session: UInt64) -> [HeldLock] {
+        condition.lock()
+        defer { condition.unlock() }
+        guard perSession[session] != nil else { return [] }
+        var result: [HeldLock] = []
+        for (ino, list) in held {
+            for h in list where h.owner.session == session {
+                result.append(HeldLock(inode: ino, owner: h.owner.owner, range: h.range))
+            }
+        }
+        return result.sorted { ($0.inode, $0.range.start, $0.owner) < ($1.inode, $1.range.start, $1.owner) }
+    }
+
     /// Drops every lock an owner holds on an inode (close of a file by that owner).
     func releaseAll(_ ino: InodeNumber, owner: LockOwner) {
         changing { () -> ((), [InodeNumber]) in

@@ -130,7 +130,7 @@ public enum XattrSetMode: Sendable {
 }
 
 /// Byte-range lock types (F_RDLCK / F_WRLCK / F_UNLCK).
-public enum LockType: Sendable, Equatable {
+public enum LockType: String, Codable, Sendable, Equatable {
     case read
     case write
     case unlock
@@ -155,7 +155,7 @@ public struct LockWatch: Sendable, Equatable {
 }
 
 /// A POSIX byte-range lock or a whole-file flock. `end` is inclusive; UInt64.max means to the end.
-public struct FileLockRange: Sendable, Equatable {
+public struct FileLockRange: Codable, Sendable, Equatable {
     public var type: LockType
     public var start: UInt64
     public var end: UInt64
@@ -183,3 +183,18 @@ public struct LockOwner: Hashable, Sendable {
 
 /// statfs of a view: the VM's quota when it has one, the store's filesystem otherwise.
 public typealias ViewStatistics = FileSystemStatistics
+
+/// A lock a session holds, as `VMView.heldLocks` lists it: what a server handing its sessions to
+/// another process passes on, for the new one to take again with `VMView.setLock`.
+public struct HeldLock: Codable, Sendable, Equatable {
+    public var inode: InodeNumber
+    /// The client's owner id, as given to `VMView.setLock` (the session is the view's).
+    public var owner: UInt64
+    public var range: FileLockRange
+
+    public init(inode: InodeNumber, owner: UInt64, range: FileLockRange) {
+        self.inode = inode
+        self.owner = owner
+        self.range = range
+    }
+}

@@ -300,6 +300,12 @@ public final class VMView: Sendable {
         volume.locks.stopWatching(watch.inode, token: watch.token)
     }
 
+    /// The locks this session holds: a server handing the session to another process passes
+    /// them on, and the new one takes each again with `setLock(…, wait: false)` in its view.
+    public func heldLocks() -> [HeldLock] {
+        volume.locks.held(session: sessionID)
+    }
+
     /// Drops every lock of this session (the connection or mount ended).
     public func releaseAllLocks() {
         volume.locks.releaseSession(sessionID)
