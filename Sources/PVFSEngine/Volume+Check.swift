@@ -36,7 +36,7 @@ extension Volume {
             if data.file?.isPrivate == true { sizes[ino] = data.size }
             data.lock.unlock()
         }
-        let checker = OverlayChecker(vmName: name, template: template, overlay: overlay, openInodes: Set(openData.keys),
+        let checker = OverlayChecker(vmName: name, template: template, overlay: overlay, openInodes: Set(openData.keys).union(keptOrphans),
                                      files: files, sizes: sizes)
         let plan = checker.run()
         result.findings = plan.findings
@@ -202,7 +202,7 @@ struct OverlayChecker {
                     plan.changes.append(.putInode(ino, tombstone))
                     plan.changes.append(.replaceXattrs(ino, [:]))
                 } else {
-                    found("inode-orphan", "inode \(ino) has no names (it was open when its holder died)")
+                    found("inode-orphan", "inode \(ino) has no names (it was open when its holder died or handed the VM over)")
                     plan.changes.append(.deleteInode(ino))
                 }
                 if r.data == .privateFile, files.paths[ino] != nil { plan.removedFiles.append(ino) }

@@ -37,30 +37,61 @@ extension Volume {
         guard data.openCount <= 0 else { return }
         persistWrittenState(data.inode, data)
         openData[data.inode] = nil
-        guard let r = record(data.inode), r.linkCount == 0 else { return }
+        reapOrphan(data.inode, privateSize: data.size)
+    }
+
+    /// Removes `ino` if it has no links and no open handle: its record (a template inode keeps a
+    /// tombstone), its private file and its charge. Caller holds metaLock.
+    func reapOrphan(_ ino: InodeNumber, privateSize knownSize: Int64? = nil) {
+        guard openData[ino] == nil, let r = record(ino), r.linkCount == 0 else { return }
+        let size = r.data == .privateFile ? (knownSize ?? privateSize(ino)) : nil
         var edit = Edit()
-        let charge = Charge.of(r, createdByVM: !isTemplateInode(data.inode), privateSize: data.size,
-                               xattrBytes: r.privateXattrs ? Charge.xattrBytes(overlay.xattrs[data.inode] ?? [:]) : 0)
+        let charge = Charge.of(r, createdByVM: !isTemplateInode(ino), privateSize: size,
+                               xattrBytes: r.privateXattrs ? Charge.xattrBytes(overlay.xattrs[ino] ?? [:]) : 0)
         edit.bytes = -charge.bytes
         edit.inodes = -charge.inodes
         if r.data == .privateFile {
-            edit.removedFiles.append(data.inode)
+            edit.removedFiles.append(ino)
             edit.removedBytes = charge.bytes
         }
-        dirtyInodes.remove(data.inode)
-        if isTemplateInode(data.inode) {
+        dirtyInodes.remove(ino)
+        if isTemplateInode(ino) {
             var tombstone = r
             tombstone.data = .none
             tombstone.privateXattrs = false
-            edit.records[data.inode] = tombstone
+            edit.records[ino] = tombstone
         } else {
-            edit.changes.append(.deleteInode(data.inode))
+            edit.changes.append(.deleteInode(ino))
         }
         do throws(Errno) {
             try apply(edit)
+            keptOrphans.remove(ino)
         } catch {
-            logger.error("cannot remove unlinked inode \(data.inode): \(error); recovery will")
+            logger.error("cannot remove unlinked inode \(ino): \(error); the next open of the VM will")
         }
+    }
+
+    /// Unlinked inodes this volume keeps for open handles: those open now and those kept at open
+    /// for handles of a previous process not yet opened again. A server handing its sessions to
+    /// another process passes them to the new one's `open(…keepingOrphans:)`.
+    public var openOrphans: Set<InodeNumber> {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        var orphans = keptOrphans
+        for ino in openData.keys where record(ino)?.linkCount == 0 { orphans.insert(ino) }
+        return orphans
+    }
+
+    /// Removes the orphans kept at open that no handle opened again (the sessions that held them
+    /// were not restored). Returns how many went.
+    @discardableResult
+    public func reapUnclaimedOrphans() -> Int {
+        metaLock.lock()
+        defer { metaLock.unlock() }
+        let unclaimed = keptOrphans.filter { openData[$0] == nil }
+        for ino in unclaimed { reapOrphan(ino) }
+        keptOrphans.subtract(unclaimed)
+        return unclaimed.count
     }
 
     /// Folds what writes changed (size, mtime, ctime) into the inode's record, to reach the
@@ -92,7 +123,8 @@ extension Volume {
         let r: InodeRecord
         do throws(Errno) {
             r = try requireRecord(ino)
-            guard r.linkCount > 0 else { throw Errno.noSuchFileOrDirectory }
+            // An unlinked inode opens by number only while kept for a previous process's handles.
+            guard r.linkCount > 0 || keptOrphans.contains(ino) else { throw Errno.noSuchFileOrDirectory }
         } catch {
             metaLock.unlock()
             throw error
@@ -181,6 +213,9 @@ extension Volume {
         defer { metaLock.unlock() }
         guard !handle.released else { return }
         handle.released = true
+        // After close the handle's inode belongs to the catalog as close left it (an orphan kept
+        // for the next process stays for it).
+        guard !closed else { return }
         if let data = handle.data {
             if handle.writable { data.writers -= 1 }
             releaseData(data)

@@ -41,7 +41,7 @@ public final class Volume: @unchecked Sendable {
     public let counters: VolumeCounters
     /// Set when `close` ends (under metaLock): the VM's lock is released, so from then on nothing
     /// of this volume may reach the catalog (another process may hold the VM).
-    private var closed = false
+    private(set) var closed = false
     /// Names and xattr bytes the overlay holds, kept in step with it to bound them
     /// (`VolumeLimits`). Guarded by metaLock.
     var tally = MetadataTally()
@@ -49,8 +49,16 @@ public final class Volume: @unchecked Sendable {
     private var catalogQuota: (bytes: Int64?, inodes: Int64?)
     private let limitsLock = NSLock()
     private var limitsValue = VolumeLimits()
-    /// Monotonic counter for qid versions. Guarded by metaLock.
-    var versionCounter: UInt64 = 1
+    /// Monotonic counter for qid versions, above every version handed out for this VM before
+    /// (`vm.version_counter`, `vm_inode.version`). Guarded by metaLock.
+    var versionCounter: UInt64 = 0
+    /// Versions up to this are reserved in the catalog (`vm.version_counter`); a commit raises
+    /// the reservation once the counter reaches it. Guarded by metaLock.
+    var reservedVersions: UInt64 = 0
+    /// Unlinked inodes kept at open for handles a previous process held on them, so that they
+    /// can be opened by inode number (`VMView.open`); reaped at their last release, or by
+    /// `reapUnclaimedOrphans`. Guarded by metaLock.
+    var keptOrphans = Set<InodeNumber>()
     /// Inodes whose in-memory record is newer than the catalog's only in times and sizes
     /// (`updateLazily`): written by the periodic flush, fsync and close, or by the next operation
     /// that commits the inode. A crash can lose such times, never a name, an inode or data.
@@ -100,20 +108,27 @@ public final class Volume: @unchecked Sendable {
     /// Opens a VM's volume, taking its lock. Fails with EBUSY when another process serves the VM.
     /// Its template's image comes from `templateImages` (shared with the other volumes of the
     /// template), or without one is loaded for this volume alone.
+    ///
+    /// Unlinked inodes still in the catalog (open when the previous holder closed the VM or
+    /// died) are removed, except those in `keepingOrphans`: a new server that takes over the
+    /// previous one's open handles opens them again by inode number.
     public static func open(store: Store, vmName: String, logger: Logger? = nil,
-                            templateImages: TemplateImageCache? = nil) throws -> Volume {
+                            templateImages: TemplateImageCache? = nil,
+                            keepingOrphans: Set<InodeNumber> = []) throws -> Volume {
         let opened = try store.openVM(named: vmName)
         do {
             let lease = try templateImages?.lease(opened.template)
                 ?? TemplateImageLease(unshared: TemplateImageCache.load(opened.template, from: store))
-            return try Volume(opened: opened, template: lease, logger: logger ?? Logger(label: "pvfs.volume"))
+            return try Volume(opened: opened, template: lease, logger: logger ?? Logger(label: "pvfs.volume"),
+                              keepingOrphans: keepingOrphans)
         } catch {
             opened.area.close()
             throw error
         }
     }
 
-    init(opened: OpenedVM, template lease: TemplateImageLease, logger: Logger) throws {
+    init(opened: OpenedVM, template lease: TemplateImageLease, logger: Logger,
+         keepingOrphans: Set<InodeNumber> = []) throws {
         let record = opened.record
         self.opened = opened
         vmID = record.id
@@ -148,13 +163,15 @@ public final class Volume: @unchecked Sendable {
                                            inodes: InodeQuota.effective(quotaBytes: record.quotaBytes, quotaInodes: record.quotaInodes,
                                                                         withoutQuota: defaults.inodesWithoutQuota)),
                              counters: counters.limits, logger: logger)
-        try recover(afterUncleanShutdown: !opened.usageClean)
+        try recover(afterUncleanShutdown: !opened.usageClean, keepingOrphans: keepingOrphans)
         tally = MetadataTally(overlay: overlay, template: template)
         try catalog.markInUse()
     }
 
-    /// Saves usage and marks the VM cleanly closed. Open handles are dropped.
-    public func close() throws {
+    /// Saves usage and marks the VM cleanly closed. Open handles are dropped; the unlinked inodes
+    /// they held are removed, or with `keepingOrphans` left in the catalog for the next process
+    /// to keep (`open(…keepingOrphans:)`, listed by `openOrphans`) or remove at its open.
+    public func close(keepingOrphans: Bool = false) throws {
         metaLock.lock()
         defer { metaLock.unlock() }
         guard !closed else { return }
@@ -163,7 +180,16 @@ public final class Volume: @unchecked Sendable {
             templateLease.release()
         }
         for (ino, data) in openData { persistWrittenState(ino, data) }
+        if !keepingOrphans {
+            // Handles end here: unlinked inodes they held go as at their last release.
+            for data in Array(openData.values) {
+                data.openCount = 1
+                releaseData(data)
+            }
+            for ino in keptOrphans { reapOrphan(ino) }
+        }
         openData.removeAll()
+        keptOrphans.removeAll()
         // Sizes and times kept lazily reach the catalog here; if they cannot, the volume is not
         // marked clean, so the next open takes sizes from the private files (recovery).
         var committed: Errno?
@@ -184,7 +210,7 @@ public final class Volume: @unchecked Sendable {
             throw PVFSError(.store, "VM \(name): the catalog did not take the last changes: \(committed)", errno: committed)
         }
         let usage = quota.usage
-        try catalog.setUsage(usage, clean: true)
+        try catalog.setUsage(usage, clean: true, versionCounter: versionCounter)
         area.close()
         logger.debug("volume closed", metadata: ["bytes": "\(usage.bytes)", "inodes": "\(usage.inodes)"])
     }
@@ -277,7 +303,9 @@ public final class Volume: @unchecked Sendable {
     }
 
     func requireRecord(_ ino: InodeNumber) throws(Errno) -> InodeRecord {
-        guard let r = record(ino), r.linkCount > 0 || openData[ino] != nil else { throw Errno.noSuchFileOrDirectory }
+        guard let r = record(ino), r.linkCount > 0 || openData[ino] != nil || keptOrphans.contains(ino) else {
+            throw Errno.noSuchFileOrDirectory
+        }
         return r
     }
 
@@ -342,6 +370,12 @@ public final class Volume: @unchecked Sendable {
     func commit(_ changes: [OverlayChange], removing files: [InodeNumber] = [], removedBytes: Int64 = .max,
                 synchronously: Bool = false) throws(Errno) {
         try ensureOpen()
+        var changes = changes
+        let reservingVersions = versionCounter >= reservedVersions
+        if reservingVersions {
+            // Rides in this operation's transaction: one more statement per block of versions.
+            changes.append(.versionCounter(versionCounter.addingSaturating(Self.versionReservation)))
+        }
         if synchronously || commitMode == .beforeReply || catalogWriter.hasFailed {
             try catalogWriter.flush()
             do {
@@ -351,6 +385,7 @@ public final class Volume: @unchecked Sendable {
                 throw Errno.of(error)
             }
             applyCommitted(changes)
+            if reservingVersions { reservedVersions = versionCounter.addingSaturating(Self.versionReservation) }
             // Unlinking a small file costs less than waking the reaper; a large one may take
             // the filesystem a while to free, so it goes to the background.
             if removedBytes <= Self.inlineRemovalBytes {
@@ -361,8 +396,17 @@ public final class Volume: @unchecked Sendable {
             return
         }
         applyCommitted(changes)
+        if reservingVersions { reservedVersions = versionCounter.addingSaturating(Self.versionReservation) }
         catalogWriter.enqueue(changes, removing: files)
     }
+
+    /// How far ahead of the counter a commit reserves qid versions in the catalog.
+    static let versionReservation: UInt64 = 1 << 16
+    /// How far above the catalog's reservation the counter starts after an unclean shutdown:
+    /// past every version handed out before the crash, including those of grouped commits the
+    /// crash lost. Far below 2^32, so that the 32 bits of a 9P qid.version do not come round
+    /// to values handed out before either.
+    static let versionMarginAfterCrash: UInt64 = 1 << 24
 
     private func applyCommitted(_ changes: [OverlayChange]) {
         for change in changes {
@@ -486,14 +530,65 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: - Recovery
 
-    /// After a crash: drop orphans (unlinked inodes that were open), private files nothing
-    /// references and staging leftovers, and recompute usage from the data.
-    private func recover(afterUncleanShutdown unclean: Bool) throws {
+    /// At every open: starts the version counter above every version handed out before, and
+    /// drops orphans (unlinked inodes that were open) not in `kept`. After a crash also: private
+    /// files nothing references and staging leftovers, sizes from the private files, usage
+    /// recomputed from the data.
+    private func recover(afterUncleanShutdown unclean: Bool, keepingOrphans kept: Set<InodeNumber>) throws {
         area.clearScratch()
-        guard unclean else { return }
+        var highestVersion = overlay.versionCounter
+        for record in overlay.inodes.values where record.version > highestVersion { highestVersion = record.version }
+        // After a clean close the counter is exact; after a crash, versions handed out since the
+        // last commit (and lazily kept records' versions) are unknown: start well above them.
+        versionCounter = unclean ? highestVersion.addingSaturating(Self.versionMarginAfterCrash) : highestVersion
+        reservedVersions = versionCounter
+        for ino in kept {
+            if let record = overlay.inodes[ino], record.linkCount == 0, record.kind == .regular { keptOrphans.insert(ino) }
+        }
+        guard unclean else {
+            try dropOrphans(cleanly: true)
+            return
+        }
         logger.notice("recovering after an unclean shutdown")
+        try dropOrphans(cleanly: false)
+        let files = area.listPrivateFiles()
+        for (ino, path) in files.paths where overlay.inodes[ino]?.data != .privateFile {
+            try? area.removePrivateFile(ino)
+            logger.info("removed orphaned private file \(path)")
+        }
+        // Other names inside a shard directory are no private file of the VM either.
+        for path in files.unexpected where path.contains("/") {
+            try? area.removeUnexpectedEntry(path)
+            logger.info("removed orphaned private file \(path)")
+        }
+        // Sizes of written files are kept in the catalog lazily: the private file's own size is
+        // the truth for data the host filesystem holds. Changes kept lazily may be lost with
+        // their versions, so a fixed record gets a new one.
+        var resized: [OverlayChange] = []
+        for (ino, record) in overlay.inodes where record.data == .privateFile && record.kind == .regular {
+            guard let size = try? area.statPrivateFile(ino).size, size != record.size else { continue }
+            var fixed = record
+            fixed.size = size
+            fixed.blocks = (size + 511) / 512
+            fixed.version = nextVersion()
+            resized.append(.putInode(ino, fixed))
+        }
+        if !resized.isEmpty {
+            try catalog.apply(resized)
+            for change in resized { overlay.apply(change) }
+            logger.info("recovered the sizes of \(resized.count) written files")
+        }
+        quota.setUsage(computeUsage())
+        try catalog.setUsage(quota.usage, clean: nil, versionCounter: versionCounter)
+    }
+
+    /// Removes the catalog's unlinked inodes but the kept ones. After a clean close their private
+    /// files go here and usage is recomputed without them; after a crash recovery does both.
+    private func dropOrphans(cleanly: Bool) throws {
         var changes: [OverlayChange] = []
-        for (ino, record) in overlay.inodes where record.linkCount == 0 {
+        var files: [InodeNumber] = []
+        for (ino, record) in overlay.inodes where record.linkCount == 0 && !keptOrphans.contains(ino) {
+            if record.data == .privateFile { files.append(ino) }
             if isTemplateInode(ino) {
                 if record.data != .none || record.privateXattrs {
                     var tombstone = record
@@ -506,35 +601,12 @@ public final class Volume: @unchecked Sendable {
                 changes.append(.deleteInode(ino))
             }
         }
-        if !changes.isEmpty {
-            try catalog.apply(changes)
-            for change in changes { overlay.apply(change) }
-        }
-        let files = area.listPrivateFiles()
-        for (ino, path) in files.paths where overlay.inodes[ino]?.data != .privateFile {
-            try? area.removePrivateFile(ino)
-            logger.info("removed orphaned private file \(path)")
-        }
-        // Other names inside a shard directory are no private file of the VM either.
-        for path in files.unexpected where path.contains("/") {
-            try? area.removeUnexpectedEntry(path)
-            logger.info("removed orphaned private file \(path)")
-        }
-        // Sizes of written files are kept in the catalog lazily: the private file's own size is
-        // the truth for data the host filesystem holds.
-        var resized: [OverlayChange] = []
-        for (ino, record) in overlay.inodes where record.data == .privateFile && record.kind == .regular {
-            guard let size = try? area.statPrivateFile(ino).size, size != record.size else { continue }
-            var fixed = record
-            fixed.size = size
-            fixed.blocks = (size + 511) / 512
-            resized.append(.putInode(ino, fixed))
-        }
-        if !resized.isEmpty {
-            try catalog.apply(resized)
-            for change in resized { overlay.apply(change) }
-            logger.info("recovered the sizes of \(resized.count) written files")
-        }
+        guard !changes.isEmpty else { return }
+        try catalog.apply(changes)
+        for change in changes { overlay.apply(change) }
+        guard cleanly else { return }
+        for ino in files { removePrivateFile(ino) }
+        logger.info("removed \(files.count) unlinked inodes left open by the previous server")
         quota.setUsage(computeUsage())
         try catalog.setUsage(quota.usage, clean: nil)
     }
@@ -542,7 +614,7 @@ public final class Volume: @unchecked Sendable {
     /// Usage recomputed from the overlay and the private files (fsck and recovery).
     func computeUsage() -> QuotaAccount.Usage {
         var total = QuotaAccount.Usage(bytes: 0, inodes: 0)
-        for (ino, record) in overlay.inodes where record.linkCount > 0 || openData[ino] != nil {
+        for (ino, record) in overlay.inodes where record.linkCount > 0 || openData[ino] != nil || keptOrphans.contains(ino) {
             let size = record.data == .privateFile ? privateSize(ino) : nil
             let charge = Charge.of(record, createdByVM: !isTemplateInode(ino), privateSize: size,
                                    xattrBytes: record.privateXattrs ? Charge.xattrBytes(overlay.xattrs[ino] ?? [:]) : 0)
@@ -559,5 +631,12 @@ public final class Volume: @unchecked Sendable {
         let usage = computeUsage()
         quota.setUsage(usage)
         return (usage.bytes, usage.inodes)
+    }
+}
+
+extension UInt64 {
+    func addingSaturating(_ other: UInt64) -> UInt64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
     }
 }

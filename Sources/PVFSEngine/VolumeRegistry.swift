@@ -37,6 +37,8 @@ public final class VolumeRegistry: @unchecked Sendable {
     private var refusingSessions = false
     private var commitModeValue = Volume.CommitMode.beforeReply
     private var limitsValue = VolumeLimits()
+    /// Unlinked inodes to keep at the next open of a VM (`keepOrphans`), by VM name.
+    private var keptOrphans: [String: Set<InodeNumber>] = [:]
 
     /// The commit mode of every volume this registry opens (and of those open already).
     public var commitMode: Volume.CommitMode {
@@ -135,8 +137,10 @@ public final class VolumeRegistry: @unchecked Sendable {
                 condition.wait()
             case nil:
                 volumes[vm] = .opening
+                let orphans = keptOrphans.removeValue(forKey: vm) ?? []
                 let volume = try condition.whileUnlocked({
-                    try Volume.open(store: store, vmName: vm, logger: logger, templateImages: templateImages)
+                    try Volume.open(store: store, vmName: vm, logger: logger, templateImages: templateImages,
+                                    keepingOrphans: orphans)
                 }, ifFailed: { volumes[vm] = nil })
                 volume.commitMode = commitModeValue
                 volume.metadataLimits = limitsValue
@@ -240,9 +244,24 @@ public final class VolumeRegistry: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Makes the next open of `vm` keep these unlinked inodes (open handles of a previous server
+    /// that this one takes over; see `Volume.open(…keepingOrphans:)`) instead of removing them.
+    /// Called before the VM's first session opens; the open consumes the set.
+    public func keepOrphans(_ inodes: Set<InodeNumber>, ofVM vm: String) {
+        condition.lock()
+        defer { condition.unlock() }
+        if inodes.isEmpty {
+            keptOrphans[vm] = nil
+        } else {
+            keptOrphans[vm, default: []].formUnion(inodes)
+        }
+    }
+
     /// Closes every volume (daemon shutdown), after those being opened or closed settle; no
-    /// session opens afterwards.
-    public func closeAll() {
+    /// session opens afterwards. With `keepingOrphans` (a hand-over to another server), unlinked
+    /// inodes with open handles stay in the catalog for the next process (`Volume.openOrphans`
+    /// lists them; read it before closing).
+    public func closeAll(keepingOrphans: Bool = false) {
         condition.lock()
         refusingSessions = true
         var all: [(String, Volume)] = []
@@ -259,7 +278,7 @@ public final class VolumeRegistry: @unchecked Sendable {
         }
         condition.unlock()
         for (name, volume) in all {
-            do { try volume.close() } catch { logger.error("closing VM \(name): \(error)") }
+            do { try volume.close(keepingOrphans: keepingOrphans) } catch { logger.error("closing VM \(name): \(error)") }
             condition.lock()
             if case .closing(let closing) = volumes[name], closing === volume { volumes[name] = nil }
             condition.broadcast()
