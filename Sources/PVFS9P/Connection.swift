@@ -80,6 +80,8 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     private var closeHandler: (@Sendable () -> Void)?
     private var closing = false
     private var closed = false
+    /// Being handed to another process: long waits give up (`NineSuspendableHandler`).
+    private var suspending = false
     /// Reply callbacks running now; `close()` waits for them.
     private var activeReplies = 0
     /// msize agreed by the last good Tversion; nil before it (and after a refused one).
@@ -770,7 +772,65 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     }
 }
 
+// MARK: - Hand-over to another process
+
+extension NinePConnection: NineSuspendableHandler {
+    public func beginSuspend() {
+        state.withLock { suspending = true }
+    }
+
+    public func finishSuspend(timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        state.lock()
+        defer { state.unlock() }
+        while outstanding > 0 || activeReplies > 0 {
+            if !state.wait(until: deadline) { return outstanding == 0 && activeReplies == 0 }
+        }
+        return true
+    }
+
+    public func resume() {
+        state.withLock { suspending = false }
+    }
+
+    public func handOverState() throws -> [UInt8] {
+        state.lock()
+        guard suspending, outstanding == 0, activeReplies == 0, !closing else {
+            state.unlock()
+            throw NinePHandOverError("the connection is not at rest")
+        }
+        let messageSize = negotiatedSize
+        // From here on the connection belongs to the process that takes over: nothing is
+        // answered, and close() releases nothing (the files, locks and sessions live on there).
+        closing = true
+        closed = true
+        state.unlock()
+        return try session.handOverState(messageSize: messageSize)
+    }
+
+    /// A connection handed over by another process, serving the session `state` describes: the
+    /// msize agreed, every attach (resolved again, so the VM's access rules of now apply), every
+    /// fid with its open file and locks.
+    public convenience init(restoring state: [UInt8], peer: NinePPeer, configuration: NinePConfiguration = NinePConfiguration(),
+                            pool: NinePWorkerPool, logger: Logger, resolver: @escaping NinePAttachResolver) throws {
+        self.init(peer: peer, configuration: configuration, pool: pool, logger: logger, resolver: resolver)
+        let restored = try session.restore(state, into: fids)
+        self.state.withLock {
+            negotiatedSize = restored.messageSize.map { min($0, configuration.maximumMessageSize) }
+            if let vm = restored.vm {
+                poolTenant = .vm(vm)
+                vmTimer = configuration.requestTimers?.timer(forVM: vm)
+            }
+        }
+    }
+
+    fileprivate func isSuspending(_ request: Request) -> Bool {
+        state.withLock { suspending }
+    }
+}
+
 extension NinePConnection.Request: NinePRequestContext {
+    var isSuspending: Bool { connection.isSuspending(self) }
     var isCancelled: Bool { connection.isCancelled(self) }
     func reserveBlockedWait() -> Bool { connection.reserveBlockedWait() }
     func releaseBlockedWait() { connection.releaseBlockedWait() }

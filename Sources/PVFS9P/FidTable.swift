@@ -138,6 +138,13 @@ final class FidTable: @unchecked Sendable {
         return fids[number] != nil
     }
 
+    /// Every fid in the table (a connection at rest, handing its session over).
+    func all() -> [Fid] {
+        lock.lock()
+        defer { lock.unlock() }
+        return fids.values.sorted { $0.number < $1.number }
+    }
+
     /// Takes a use of a fid; nil when the number is not in use.
     func acquire(_ number: UInt32) -> Fid? {
         lock.lock()

@@ -31,6 +31,8 @@ final class NinePLockWaiter: @unchecked Sendable {
     private let range: FileLockRange
     private let deadline: UInt64
     private let isCancelled: @Sendable () -> Bool
+    /// The connection is being handed to another process: stop waiting as if timed out.
+    private let shouldGiveUp: @Sendable () -> Bool
     private let finished: @Sendable (Outcome) -> Void
     // Confined to `queue`:
     private var done = false
@@ -39,7 +41,9 @@ final class NinePLockWaiter: @unchecked Sendable {
     /// `deadline`: DispatchTime uptime nanoseconds, or UInt64.max for none. `finished` is called
     /// once, on `queue`.
     init(view: VMView, inode: InodeNumber, owner: UInt64, range: FileLockRange, deadline: UInt64,
-         isCancelled: @escaping @Sendable () -> Bool, finished: @escaping @Sendable (Outcome) -> Void) {
+         isCancelled: @escaping @Sendable () -> Bool, shouldGiveUp: @escaping @Sendable () -> Bool = { false },
+         finished: @escaping @Sendable (Outcome) -> Void) {
+        self.shouldGiveUp = shouldGiveUp
         self.view = view
         self.inode = inode
         self.owner = owner
@@ -76,7 +80,10 @@ final class NinePLockWaiter: @unchecked Sendable {
             watch = try view.setLockOrWatch(inode, owner: owner, range: range) { [self] in
                 Self.queue.async { self.attempt() }
             }
-            guard watch == nil else { return }
+            if watch != nil {
+                if shouldGiveUp() { finish(.timedOut) }
+                return
+            }
             if isCancelled() {
                 // Granted just as it was flushed: the client will not learn of it, so undo it.
                 let undo = FileLockRange(type: .unlock, start: range.start, end: range.end, pid: range.pid)

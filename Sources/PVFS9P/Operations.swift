@@ -169,7 +169,7 @@ extension NinePSession {
             logger.info("attach to \"\(attachRequest.aname)\" as \(numeric.map(String.init) ?? attachRequest.uname) refused: \(error)")
             throw errno
         }
-        try admitAttach(view, for: request)
+        try admitAttach(view, for: request, attach: attachRequest)
         do throws(Errno) {
             // Linux's first attach of a mount (access=client, its default) names no uid and the
             // user "nobody"; a name the VM does not know acts as nobody too: never with privilege.
@@ -632,7 +632,8 @@ extension NinePSession {
         let deadline = wait.isFinite ? DispatchTime.now().uptimeNanoseconds &+ UInt64(min(wait, 1e6) * 1e9) : UInt64.max
         let tag = request.tag
         let waiter = NinePLockWaiter(view: fid.view, inode: s.inode, owner: owner, range: range, deadline: deadline,
-                                     isCancelled: { request.isCancelled }) { [self] outcome in
+                                     isCancelled: { request.isCancelled },
+                                     shouldGiveUp: { request.isSuspending }) { [self] outcome in
             let reply: [UInt8]?
             switch outcome {
             case .granted: reply = NinePResponse.lock(status: NinePLockStatus.success).encode(tag: tag)

@@ -23,6 +23,13 @@ protocol NinePRequestContext: AnyObject, Sendable {
     func bound(toVM name: String)
     /// Ends a request whose handling returned `.deferred`: its reply, or nil for none.
     func complete(_ reply: [UInt8]?)
+    /// The connection is moving to another process: a request waiting long ends now as if its
+    /// wait timed out (the client asks again, of the new process).
+    var isSuspending: Bool { get }
+}
+
+extension NinePRequestContext {
+    var isSuspending: Bool { false }
 }
 
 /// How `NinePSession.handle` ends a request.
@@ -60,6 +67,9 @@ final class NinePSession: @unchecked Sendable {
     private var boundVM: String?
     /// Sessions whose attach succeeded and that still have fids, by view.
     private var views: [ObjectIdentifier: VMView] = [:]
+    /// The attach that made each session, by view: what a process taking the connection over
+    /// resolves again.
+    private var attaches: [ObjectIdentifier: NinePAttachRequest] = [:]
     /// Attaches between the session check and their fid's insertion.
     private var attachesInProgress = 0
     /// Bytes held in xattr fids.
@@ -168,6 +178,7 @@ final class NinePSession: @unchecked Sendable {
     func endSession(_ view: VMView) {
         stateLock.lock()
         views[ObjectIdentifier(view)] = nil
+        attaches[ObjectIdentifier(view)] = nil
         let handler = sessionEndHandler
         stateLock.unlock()
         view.releaseAllLocks()
@@ -221,7 +232,7 @@ final class NinePSession: @unchecked Sendable {
     /// Makes the view the resolver gave a session of this client. EACCES when the client is
     /// served another VM, EBADF when a Tversion replaced the request's table meanwhile; the view
     /// is then ended.
-    func admitAttach(_ view: VMView, for request: any NinePRequestContext) throws(Errno) {
+    func admitAttach(_ view: VMView, for request: any NinePRequestContext, attach: NinePAttachRequest) throws(Errno) {
         stateLock.lock()
         attachesInProgress -= 1
         if let bound = boundVM, bound != view.vmName {
@@ -237,6 +248,7 @@ final class NinePSession: @unchecked Sendable {
         }
         boundVM = view.vmName
         views[ObjectIdentifier(view)] = view
+        attaches[ObjectIdentifier(view)] = attach
         stateLock.unlock()
         request.bound(toVM: view.vmName)
     }
@@ -256,5 +268,112 @@ final class NinePSession: @unchecked Sendable {
 
     func releaseXattrBytes(_ n: Int) {
         stateLock.withLock { heldXattrBytes -= n }
+    }
+}
+
+// MARK: - Hand-over to another process
+
+extension NinePSession {
+    /// The session's state for the process taking the connection over. The connection is at
+    /// rest (no request outstanding) and serves nothing afterwards; nothing is released.
+    func handOverState(messageSize: Int?) throws -> [UInt8] {
+        stateLock.lock()
+        let sessions = views.map { (key: $0.key, view: $0.value, attach: attaches[$0.key]) }
+        let current = table
+        stateLock.unlock()
+        var records: [NinePHandOverState.Session] = []
+        var index: [ObjectIdentifier: Int] = [:]
+        for session in sessions {
+            guard let attach = session.attach else { continue }
+            index[session.key] = records.count
+            records.append(.init(aname: attach.anameBytes, uname: attach.unameBytes, uid: attach.uid,
+                                 locks: session.view.heldLocks()))
+        }
+        var fids: [NinePHandOverState.Fid] = []
+        for fid in current.all() {
+            guard let session = index[ObjectIdentifier(fid.view)] else { continue }
+            fid.lock.lock()
+            let state: NinePHandOverState.FidState
+            switch fid.state {
+            case .idle, .opening: state = .idle
+            case .open(let handle): state = .open(flags: handle.flags)
+            case .xattrRead(let value): state = .xattrRead(value)
+            case .xattrWrite(let pending):
+                state = .xattrWrite(name: pending.name, flags: pending.flags, size: pending.size,
+                                    value: Array(pending.value.prefix(pending.written)))
+            }
+            fids.append(.init(number: fid.number, session: session, uid: fid.uid, inode: fid.inode, kind: fid.kind.rawValue,
+                              parent: fid.path?.parent, name: fid.path?.name, state: state, lockOwners: Array(fid.lockOwners)))
+            fid.lock.unlock()
+        }
+        let state = NinePHandOverState(messageSize: messageSize, sessions: records, fids: fids)
+        return try state.encoded()
+    }
+
+    /// Rebuilds the sessions and fids `bytes` describe into `table` (this session's, fresh).
+    /// An attach the rules refuse now loses its fids (logged); a file that cannot be opened
+    /// again leaves its fid unopened (the client's next use gets EBADF).
+    func restore(_ bytes: [UInt8], into table: FidTable) throws -> (messageSize: Int?, vm: String?) {
+        let state = try NinePHandOverState.decode(bytes)
+        var restored: [Int: VMView] = [:]
+        for (i, record) in state.sessions.enumerated() {
+            let attach = NinePAttachRequest(anameBytes: record.aname, unameBytes: record.uname, uid: record.uid, peer: peer)
+            let view: VMView
+            do {
+                view = try resolver(attach)
+            } catch {
+                logger.error("a handed-over session of \"\(attach.aname)\" is refused now, its fids are dropped: \(error)")
+                continue
+            }
+            stateLock.withLock {
+                boundVM = view.vmName
+                views[ObjectIdentifier(view)] = view
+                attaches[ObjectIdentifier(view)] = attach
+            }
+            for held in record.locks {
+                do throws(Errno) {
+                    try view.setLock(held.inode, owner: held.owner, range: held.range, wait: false)
+                } catch {
+                    logger.error("a handed-over lock on inode \(held.inode) could not be taken again: \(error)")
+                }
+            }
+            restored[i] = view
+        }
+        for record in state.fids {
+            guard let view = restored[record.session], let kind = FileKind(rawValue: record.kind) else { continue }
+            let path = record.parent.map { FidPath(parent: $0, name: record.name ?? []) }
+            let fid = Fid(number: record.number, view: view, uid: record.uid, inode: record.inode, kind: kind, path: path,
+                          lock: table.fidStateLock)
+            fid.lockOwners = Set(record.lockOwners)
+            switch record.state {
+            case .idle:
+                break
+            case .open(let flags):
+                do throws(Errno) {
+                    fid.state = .open(try view.reopen(record.inode, flags: flags))
+                } catch {
+                    logger.error("fid \(record.number): inode \(record.inode) could not be opened again: \(error)")
+                }
+            case .xattrRead(let value):
+                // Counted against the budget as the first process counted it.
+                if (try? reserveXattrBytes(value.count)) != nil { fid.xattrBytes = value.count }
+                fid.state = .xattrRead(value)
+            case .xattrWrite(let name, let flags, let size, let value):
+                guard size >= 0, size <= configuration.maximumXattrBytes else { continue }
+                if (try? reserveXattrBytes(size)) != nil { fid.xattrBytes = size }
+                var buffer = [UInt8](repeating: 0, count: size)
+                buffer.replaceSubrange(0..<min(size, value.count), with: value.prefix(size))
+                fid.state = .xattrWrite(XattrWrite(name: name, flags: flags, size: size, value: buffer, written: min(size, value.count)))
+            }
+            do throws(Errno) {
+                try insert(fid, into: table)
+            } catch {
+                logger.error("fid \(record.number) could not be restored: \(error)")
+                finalize(fid, in: table)
+            }
+        }
+        // A session whose fids all failed has nothing to live for.
+        for view in restored.values where !table.hasFids(of: view) { endSession(view) }
+        return (state.messageSize, restored.values.first?.vmName)
     }
 }

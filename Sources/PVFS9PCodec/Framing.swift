@@ -46,6 +46,16 @@ public struct NinePMessageFramer: Sendable {
         buffer.append(contentsOf: bytes)
     }
 
+    /// Hands out every byte received and not yet handed out (a message's beginning, when the
+    /// stream was cut at a message boundary), leaving the framer empty: what a connection
+    /// moving to another process carries with it.
+    public mutating func takeBuffered() -> [UInt8] {
+        let rest = Array(buffer[start...])
+        buffer.removeAll()
+        start = 0
+        return rest
+    }
+
     /// How many more bytes the next message needs before `next()` can return it (at least 1
     /// while its header is incomplete); 0 when a message is ready.
     public var bytesNeeded: Int {

@@ -121,6 +121,27 @@ extension NineMessageHandler {
     public func serveOnCurrentThread() {}
 }
 
+/// A handler whose session can move to another process: pvfsd's graceful upgrade hands each
+/// connection's socket and session to the new binary at a message boundary.
+///
+/// The transport calls `beginSuspend()`, stops handing over requests (it parks its reader
+/// between two messages), then `finishSuspend(timeout:)`; once that succeeded and the replies
+/// queued were sent, `handOverState()` gives the session's state, opaque to the transport, for
+/// the process that takes over. Before `handOverState()`, `resume()` undoes it all.
+public protocol NineSuspendableHandler: NineMessageHandler {
+    /// From now on a request that would wait long (a blocking lock) ends as if its wait had
+    /// timed out, which the client retries: nothing outstanding may outlive the hand-over.
+    func beginSuspend()
+    /// Waits up to `timeout` seconds until no request is outstanding and every reply was handed
+    /// to its callback; false when something still runs.
+    func finishSuspend(timeout: Double) -> Bool
+    /// The hand-over was abandoned: serve as before.
+    func resume()
+    /// The session's state. The handler serves nothing afterwards and releases nothing: its
+    /// files, locks and sessions belong to the process that takes over.
+    func handOverState() throws -> [UInt8]
+}
+
 /// Why a connection is refused before any message: sockets close it, a Xen device goes to
 /// Closed with "refused: <reason>" in its error node.
 public struct NineConnectionRefused: Error, Sendable, CustomStringConvertible {
