@@ -76,11 +76,11 @@ let package = Package(
             "PVFSEngine", "PVFSFuseServer", "PVFSFuseHost", "PVFSSystem", "CFuse", logging, system,
         ]),
         // Transports carrying 9P: TCP/Unix sockets and Xen PV 9pfs rings.
-        .target(name: "PVFSTransport", dependencies: ["PVFS9PCodec", "PVFSSystem", "CXen", logging, system]),
+        .target(name: "PVFSTransport", dependencies: ["PVFS9PCodec", "PVFSSystem", "CXen", "CPVFSTransportIO", logging, system]),
         // The daemon's composition: control socket, configuration, metrics.
         .target(name: "PVFSDaemon", dependencies: [
             "PVFSTransport", "PVFSVhostUser", "PVFSFuse", "PVFSFuseServer", "PVFSFuseCodec", "PVFS9P", "PVFS9PCodec", "PVFSEngine",
-            "PVFSStore", "PVFSSystem", prometheus, logging, system,
+            "PVFSStore", "PVFSSystem", "CPVFSTransportIO", prometheus, logging, system,
         ]),
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [

@@ -9,6 +9,8 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/epoll.h>
+#include <pthread.h>
+#include <signal.h>
 
 int cpvfs_pipe(int fds[2], int size) {
     if (pipe2(fds, O_CLOEXEC) != 0) return -1;
@@ -111,3 +113,34 @@ int cpvfs_epoll_wait(int epoll, uint64_t *tokens, int capacity, int timeout_ms) 
 }
 
 int cpvfs_accept(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC); }
+
+static void cpvfs_ignore_interrupt(int signal) { (void)signal; }
+
+static pthread_once_t cpvfs_interrupt_once = PTHREAD_ONCE_INIT;
+
+static void cpvfs_install_interrupt(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = cpvfs_ignore_interrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: blocking calls return EINTR
+    sigaction(SIGRTMIN + 3, &action, NULL);
+}
+
+int cpvfs_interrupt_signal(void) {
+    pthread_once(&cpvfs_interrupt_once, cpvfs_install_interrupt);
+    return SIGRTMIN + 3;
+}
+
+void cpvfs_accept_interrupts(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, cpvfs_interrupt_signal());
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int cpvfs_interrupt_thread(unsigned long thread) {
+    return pthread_kill((pthread_t)thread, cpvfs_interrupt_signal());
+}
+
+unsigned long cpvfs_current_thread(void) { return (unsigned long)pthread_self(); }

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import CPVFSTransportIO
 import Glibc
 import Logging
 import PVFS9PCodec
@@ -116,11 +117,11 @@ final class ReplyWriter: @unchecked Sendable {
     /// Blocks while more than `limit` bytes wait to be sent: a client that does not read its
     /// replies gets no more requests served. `blocked` is called (without the lock) when it
     /// has to wait, before waiting.
-    func waitForRoom(blocked: () -> Void = {}) {
+    func waitForRoom(blocked: () -> Void = {}, stop: () -> Bool = { false }) {
         condition.lock()
         defer { condition.unlock() }
         var reported = false
-        while (queuedBytes > limit || queue.count - head > countLimit) && !failed {
+        while (queuedBytes > limit || queue.count - head > countLimit) && !failed && !stop() {
             if !reported {
                 reported = true
                 condition.unlock()
@@ -130,6 +131,13 @@ final class ReplyWriter: @unchecked Sendable {
             }
             condition.wait()
         }
+    }
+
+    /// Wakes a reader waiting in `waitForRoom` so that it looks at its `stop` condition.
+    func interruptWaits() {
+        condition.lock()
+        condition.broadcast()
+        condition.unlock()
     }
 
     /// Reply bytes waiting to be sent.
@@ -261,6 +269,28 @@ final class ReplyWriter: @unchecked Sendable {
     }
 }
 
+/// What a 9P socket connection carries to another process (a graceful upgrade): its socket,
+/// the bytes of requests received but not yet handed to the handler (a message cut in two, or
+/// several whole ones), and its handler's session, opaque to the transport.
+public struct SocketConnectionHandOff: Sendable {
+    public var fd: Int32
+    public var id: UInt64
+    public var peer: NinePPeer
+    /// The tenant (listener) it came through.
+    public var listenerName: String
+    public var pendingInput: [UInt8]
+    public var session: [UInt8]
+
+    public init(fd: Int32, id: UInt64, peer: NinePPeer, listenerName: String, pendingInput: [UInt8], session: [UInt8]) {
+        self.fd = fd
+        self.id = id
+        self.peer = peer
+        self.listenerName = listenerName
+        self.pendingInput = pendingInput
+        self.session = session
+    }
+}
+
 /// One accepted socket served by one 9P handler: a reader thread that frames requests and
 /// hands them to the handler, and a ReplyWriter for the replies.
 final class SocketConnection: @unchecked Sendable {
@@ -281,13 +311,28 @@ final class SocketConnection: @unchecked Sendable {
     private let connectedAt = TenantAdmission.now()
     private let lastActivity = Atomic<UInt64>(TenantAdmission.now())
     private let attached = Atomic<Bool>(false)
+    /// Bytes received before this process served the connection (it was handed over).
+    private let initialInput: [UInt8]
+
+    /// What the server asks of the reader between two messages (a graceful upgrade).
+    private enum ReaderControl { case reading, pauseAsked, paused, handedOver, ending }
+    private let control = NSCondition()
+    /// Guarded by `control`.
+    private var readerControl = ReaderControl.reading
+    /// Bytes the parked reader had received but not handed over. Guarded by `control`.
+    private var parkedInput: [UInt8] = []
+    /// Read without the lock on every loop of the reader: set while `readerControl` is not `.reading`.
+    private let controlAsked = Atomic<Bool>(false)
+    /// The reader thread, to interrupt its recv(2) with a signal (0 before it runs).
+    private let readerThread = Atomic<UInt>(0)
 
     /// `stalled`: called each time the reader stops taking requests because the client does not
     /// read its replies.
     init(fd: Int32, id: UInt64, peer: NinePPeer, listenerName: String, handler: any NineMessageHandler, readSize: Int,
-         replyQueueLimit: Int, sendGate: SendGate, logger: Logger, stalled: @escaping @Sendable () -> Void = {},
-         finished: @escaping @Sendable (SocketConnection) -> Void) {
+         replyQueueLimit: Int, sendGate: SendGate, logger: Logger, initialInput: [UInt8] = [],
+         stalled: @escaping @Sendable () -> Void = {}, finished: @escaping @Sendable (SocketConnection) -> Void) {
         self.fd = fd
+        self.initialInput = initialInput
         self.id = id
         self.peer = peer
         self.listenerName = listenerName
@@ -326,29 +371,138 @@ final class SocketConnection: @unchecked Sendable {
         fdLock.unlock()
     }
 
+    // MARK: Pausing between messages (graceful upgrade)
+
+    /// Asks the reader to stop between two messages and waits (up to `timeout` s) until it
+    /// has; false when it did not (it is then told to go on reading).
+    func pauseReading(timeout: Double) -> Bool {
+        control.lock()
+        guard readerControl == .reading else {
+            defer { control.unlock() }
+            return readerControl == .paused
+        }
+        readerControl = .pauseAsked
+        controlAsked.store(true, ordering: .releasing)
+        control.unlock()
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        control.lock()
+        defer { control.unlock() }
+        while readerControl == .pauseAsked {
+            // The reader may be blocked in recv (a signal ends that with EINTR; one sent just
+            // before it entered recv is lost, hence again every 20 ms) or waiting for room.
+            let thread = readerThread.load(ordering: .acquiring)
+            if thread != 0 { _ = cpvfs_interrupt_thread(thread) }
+            writer.interruptWaits()
+            if !control.wait(until: min(deadline, Date(timeIntervalSinceNow: 0.02))) && Date() >= deadline { break }
+        }
+        if readerControl == .pauseAsked {
+            readerControl = .reading
+            controlAsked.store(false, ordering: .releasing)
+            return false
+        }
+        return readerControl == .paused
+    }
+
+    /// Lets a paused reader go on.
+    func resumeReading() {
+        control.lock()
+        if readerControl == .paused || readerControl == .pauseAsked {
+            readerControl = .reading
+            controlAsked.store(false, ordering: .releasing)
+            control.broadcast()
+        }
+        control.unlock()
+    }
+
+    /// Ends a paused connection's service here without touching its socket or its handler's
+    /// state: sends the replies queued (up to `timeout` s), then returns what the process that
+    /// takes over needs. nil when the client did not take its replies in time: the connection
+    /// is then closed as if the client had gone.
+    func handOff(timeout: Double) -> SocketConnectionHandOff? {
+        guard let suspendable = handler as? any NineSuspendableHandler else { return nil }
+        guard writer.finish(timeout: timeout) else {
+            logger.warning("not handed over: the client did not read its replies within \(timeout) s")
+            endParkedReader(.ending)
+            abort()
+            return nil
+        }
+        let session: [UInt8]
+        do {
+            session = try suspendable.handOverState()
+        } catch {
+            logger.error("not handed over: \(error)")
+            endParkedReader(.ending)
+            abort()
+            return nil
+        }
+        control.lock()
+        let input = parkedInput
+        control.unlock()
+        endParkedReader(.handedOver)
+        return SocketConnectionHandOff(fd: fd, id: id, peer: peer, listenerName: listenerName, pendingInput: input, session: session)
+    }
+
+    private func endParkedReader(_ how: ReaderControl) {
+        control.lock()
+        readerControl = how
+        control.broadcast()
+        control.unlock()
+    }
+
+    /// Called by the reader between messages when the server asked something of it: parks
+    /// until told to go on (true) or that the connection is handed over or ending (false).
+    private func parkIfAsked(_ framer: inout NinePMessageFramer) -> ReaderControl {
+        guard controlAsked.load(ordering: .acquiring) else { return .reading }
+        control.lock()
+        defer { control.unlock() }
+        guard readerControl == .pauseAsked else { return readerControl == .paused ? .paused : readerControl }
+        readerControl = .paused
+        parkedInput = framer.takeBuffered()
+        control.broadcast()
+        while readerControl == .paused { control.wait() }
+        if readerControl == .reading { framer.append(contentsOf: parkedInput) }
+        parkedInput = readerControl == .handedOver ? parkedInput : []
+        return readerControl
+    }
+
     private func run() {
+        cpvfs_accept_interrupts()
+        readerThread.store(UInt(cpvfs_current_thread()), ordering: .releasing)
         let socket = fd
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 16)
         defer { buffer.deallocate() }
         let handler = self.handler
         var framer = NinePMessageFramer(maximumMessageSize: handler.maximumMessageSize)
+        framer.append(contentsOf: initialInput)
         let writer = self.writer
         let reply: @Sendable ([UInt8]) -> Void = { writer.enqueue($0) }
+        let paused: () -> Bool = { [unowned self] in controlAsked.load(ordering: .acquiring) }
         // At the tenant's priority from the start: a demoted tenant's new connections are too.
         handler.serveOnCurrentThread()
         var reason = "end of stream"
+        // Requests handed over with the connection come first.
+        var framed = !initialInput.isEmpty
         reading: while true {
-            writer.waitForRoom(blocked: stalled)
-            let n = recv(socket, buffer.baseAddress, buffer.count, 0)
-            if n < 0 {
-                if errno == EINTR { continue }
-                reason = "\(Errno(rawValue: errno))"
-                break
+            if !framed {
+                switch parkIfAsked(&framer) {
+                case .handedOver: return
+                case .ending: reason = "not handed over"; break reading
+                default: break
+                }
+                writer.waitForRoom(blocked: stalled, stop: paused)
+                if paused() { continue }
+                let n = recv(socket, buffer.baseAddress, buffer.count, 0)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    reason = "\(Errno(rawValue: errno))"
+                    break
+                }
+                if n == 0 { break }
+                lastActivity.store(TenantAdmission.now(), ordering: .relaxed)
+                framer.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             }
-            if n == 0 { break }
-            lastActivity.store(TenantAdmission.now(), ordering: .relaxed)
-            framer.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            while true {
+            framed = false
+            while !paused() {
                 framer.maximumMessageSize = handler.maximumMessageSize
                 let message: [UInt8]?
                 do {
@@ -361,7 +515,14 @@ final class SocketConnection: @unchecked Sendable {
                 guard let message else { break }
                 // Each request waits for room in the reply queue, not only each recv: one recv
                 // may hold thousands of small requests whose replies are large (Tread).
-                writer.waitForRoom(blocked: stalled)
+                writer.waitForRoom(blocked: stalled, stop: paused)
+                if paused() {
+                    // Parked with the rest: this message goes back in front of it.
+                    var rest = framer.takeBuffered()
+                    rest.insert(contentsOf: message, at: 0)
+                    framer.append(contentsOf: rest)
+                    break
+                }
                 // Nothing more buffered: the client waits for this reply (or has not sent the
                 // rest yet), so an idle connection may run it on this thread.
                 handler.receive(message, runInline: framer.bufferedByteCount == 0, reply: reply, unanswered: nil)

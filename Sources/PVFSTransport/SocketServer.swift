@@ -6,6 +6,38 @@ import PVFS9PCodec
 import PVFSSystem
 import SystemPackage
 
+/// A listening socket handed to another process.
+public struct SocketListenerHandOff: Sendable {
+    public var fd: Int32
+    /// The address as configured ("tcp:0.0.0.0:5640"; port 0 when the kernel chose).
+    public var requestedAddress: String
+    /// The address bound, with the port the kernel chose.
+    public var boundAddress: String
+    /// The socket file of a Unix listener.
+    public var unixPath: String?
+
+    public init(fd: Int32, requestedAddress: String, boundAddress: String, unixPath: String?) {
+        self.fd = fd
+        self.requestedAddress = requestedAddress
+        self.boundAddress = boundAddress
+        self.unixPath = unixPath
+    }
+}
+
+/// Everything a 9P socket server hands to the process that takes over.
+public struct SocketServerHandOff: Sendable {
+    public var listeners: [SocketListenerHandOff]
+    public var connections: [SocketConnectionHandOff]
+    /// Connections closed instead (their clients did not take their replies in time).
+    public var closedCount: Int
+
+    public init(listeners: [SocketListenerHandOff], connections: [SocketConnectionHandOff], closedCount: Int = 0) {
+        self.listeners = listeners
+        self.connections = connections
+        self.closedCount = closedCount
+    }
+}
+
 /// Serves 9P2000.L on TCP and Unix stream sockets: QEMU/KVM guests reach it with
 /// `mount -t 9p -o trans=tcp,port=PORT,version=9p2000.L,aname=VM HOST /mnt` (or `trans=unix`
 /// through a forwarded socket).
@@ -60,7 +92,7 @@ public final class SocketServer: @unchecked Sendable {
         var unixIdentity: Sockets.FileIdentity?
     }
 
-    private enum State { case idle, running, stopping, stopped }
+    private enum State { case idle, running, handingOver, handedOver, stopping, stopped }
 
     private let condition = NSCondition()
     /// Guarded by `condition`.
@@ -102,7 +134,14 @@ public final class SocketServer: @unchecked Sendable {
 
     /// Binds every address and starts accepting. Binds all or none: if one address fails, the
     /// ones already bound are closed again and the error is thrown.
-    public func start() throws {
+    ///
+    /// `adopting`: what the previous process handed over (a graceful upgrade): its listening
+    /// sockets serve the addresses they were bound to (no moment without a listener; a listener
+    /// no longer configured is closed), and its connections are served again, each through the
+    /// handler `restore` rebuilds from its session. A connection whose session cannot be
+    /// restored is closed.
+    public func start(adopting handOff: SocketServerHandOff? = nil,
+                      restore: ((SocketConnectionHandOff) throws -> any NineMessageHandler)? = nil) throws {
         condition.lock()
         guard state == .idle else {
             condition.unlock()
@@ -110,9 +149,18 @@ public final class SocketServer: @unchecked Sendable {
         }
         condition.unlock()
         var bound: [Listener] = []
+        var inherited = handOff?.listeners ?? []
         do {
             for address in requested {
                 let name = configuration.listenerNames[address.description] ?? address.description
+                if let index = inherited.firstIndex(where: { $0.requestedAddress == address.description }) {
+                    let listener = inherited.remove(at: index)
+                    bound.append(Listener(fd: listener.fd, address: ListenAddress(listener.boundAddress) ?? address, name: name,
+                                          unixPath: listener.unixPath,
+                                          unixIdentity: listener.unixPath.flatMap { Sockets.fileIdentity($0) }))
+                    _ = fcntl(listener.fd, F_SETFL, O_NONBLOCK)
+                    continue
+                }
                 switch address {
                 case .tcp(let host, let port):
                     let (fd, actual) = try Sockets.listenTCP(host: host, port: port, backlog: configuration.listenBacklog)
@@ -128,6 +176,10 @@ public final class SocketServer: @unchecked Sendable {
             Self.close(bound)
             throw error
         }
+        for unused in inherited {
+            logger.notice("listener \(unused.boundAddress) is no longer configured: closed")
+            Glibc.close(unused.fd)
+        }
         let wake: Int32
         do {
             wake = try FileDescriptor.makeEventFD().rawValue
@@ -141,6 +193,7 @@ public final class SocketServer: @unchecked Sendable {
         state = .running
         condition.unlock()
         usageSource = admission.addSource { [weak self] in self?.gauges ?? [] }
+        for connection in handOff?.connections ?? [] { adopt(connection, restore: restore) }
         let fds = bound.map(\.fd)
         let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
         thread.name = "pvfs.9p.accept"
@@ -161,6 +214,13 @@ public final class SocketServer: @unchecked Sendable {
     /// and locks are released), removes the Unix socket files, and returns when all is done.
     public func stop() {
         condition.lock()
+        if state == .handedOver || state == .handingOver {
+            // Everything belongs to the process that took over.
+            while state == .handingOver { condition.wait() }
+            state = .stopped
+            condition.unlock()
+            return
+        }
         guard state == .running else {
             while state == .stopping { condition.wait() }
             condition.unlock()
@@ -193,6 +253,135 @@ public final class SocketServer: @unchecked Sendable {
         condition.broadcast()
         condition.unlock()
         logger.info("9P socket server stopped")
+    }
+
+    // MARK: Hand-over to another process (graceful upgrade)
+
+    /// Stops accepting, parks every connection between two messages, waits (up to `timeout`
+    /// s) until none has a request outstanding, sends what each has queued, and returns the
+    /// listening sockets and the connections with their sessions, all left open for the process
+    /// that takes over. Throws, serving on as before, when a connection does not come to rest
+    /// in time. A connection whose client does not take its replies in time is closed instead
+    /// of handed over (counted in `closedCount`). Afterwards the server serves nothing and
+    /// `stop()` closes nothing.
+    public func handOver(timeout: Double) throws -> SocketServerHandOff {
+        condition.lock()
+        guard state == .running else {
+            condition.unlock()
+            throw PVFSError(.transport, "the server is not running", errno: .invalidArgument)
+        }
+        state = .handingOver
+        let wake = wakeFD
+        condition.unlock()
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+        acceptorDone.wait()
+
+        condition.lock()
+        let live = Array(connections.values).sorted { $0.id < $1.id }
+        condition.unlock()
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        let suspendable = live.map { $0.handler as? any NineSuspendableHandler }
+        for handler in suspendable { handler?.beginSuspend() }
+        var unsettled: String?
+        for (connection, handler) in zip(live, suspendable) {
+            if handler == nil {
+                unsettled = "connection \(connection.peer) cannot be handed over"
+            } else if !connection.pauseReading(timeout: max(0.1, deadline.timeIntervalSinceNow)) {
+                unsettled = "connection \(connection.peer) did not stop between two requests"
+            }
+            if unsettled != nil { break }
+        }
+        if unsettled == nil {
+            for (connection, handler) in zip(live, suspendable)
+            where !(handler?.finishSuspend(timeout: max(0.1, deadline.timeIntervalSinceNow)) ?? false) {
+                unsettled = "connection \(connection.peer) still had requests running"
+                break
+            }
+        }
+        if let unsettled {
+            for handler in suspendable { handler?.resume() }
+            for connection in live { connection.resumeReading() }
+            condition.lock()
+            state = .running
+            condition.unlock()
+            let fds = listeners.map(\.fd)
+            let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
+            thread.name = "pvfs.9p.accept"
+            thread.start()
+            throw PVFSError(.transport, "\(unsettled) within \(timeout) s", errno: .resourceBusy)
+        }
+        var handed: [SocketConnectionHandOff] = []
+        var closed = 0
+        for connection in live {
+            if let handOff = connection.handOff(timeout: max(1, deadline.timeIntervalSinceNow)) {
+                handed.append(handOff)
+                condition.lock()
+                connections[connection.id] = nil
+                condition.unlock()
+                admission.release(connection: connection.id)
+            } else {
+                closed += 1
+            }
+        }
+        condition.lock()
+        let bound = listeners
+        state = .handedOver
+        if let usageSource { admission.removeSource(usageSource) }
+        usageSource = nil
+        Glibc.close(wake)
+        wakeFD = -1
+        condition.broadcast()
+        condition.unlock()
+        logger.info("9P socket server handed over: \(bound.count) listeners, \(handed.count) connections")
+        return SocketServerHandOff(
+            listeners: bound.map {
+                SocketListenerHandOff(fd: $0.fd, requestedAddress: requestedAddress(of: $0), boundAddress: $0.address.description,
+                                      unixPath: $0.unixPath)
+            },
+            connections: handed, closedCount: closed)
+    }
+
+    /// The address as configured (port 0 stays 0), which the next process matches its configuration against.
+    private func requestedAddress(of listener: Listener) -> String {
+        let index = listeners.firstIndex { $0.fd == listener.fd } ?? 0
+        return index < requested.count ? requested[index].description : listener.address.description
+    }
+
+    /// Serves a connection handed over by the previous process.
+    private func adopt(_ handOff: SocketConnectionHandOff, restore: ((SocketConnectionHandOff) throws -> any NineMessageHandler)?) {
+        var log = logger
+        log[metadataKey: "peer"] = "\(handOff.peer)"
+        condition.lock()
+        nextConnectionID = max(nextConnectionID, handOff.id &+ 1)
+        condition.unlock()
+        if let refusal = admission.admit(connection: handOff.id, listener: handOff.listenerName) {
+            // Counted past a cap that changed with the upgrade: still served, it was admitted before.
+            log.notice("adopted connection is past a limit now: \(refusal)")
+        }
+        let handler: any NineMessageHandler
+        do {
+            guard let restore else { throw PVFSError(.transport, "no session restorer", errno: .invalidArgument) }
+            handler = try restore(handOff)
+        } catch {
+            log.error("a handed-over connection could not be restored, closing it: \(error)")
+            admission.release(connection: handOff.id)
+            Glibc.close(handOff.fd)
+            return
+        }
+        let admission = self.admission
+        let listenerName = handOff.listenerName
+        let connection = SocketConnection(
+            fd: handOff.fd, id: handOff.id, peer: handOff.peer, listenerName: listenerName, handler: handler,
+            readSize: configuration.readSize, replyQueueLimit: configuration.replyQueueLimit, sendGate: sendGate, logger: log,
+            initialInput: handOff.pendingInput,
+            stalled: { admission.countBackpressure(.listener(listenerName), limit: .replyQueueBytes) },
+            finished: { [weak self] finished in self?.remove(finished) })
+        condition.lock()
+        connections[handOff.id] = connection
+        condition.unlock()
+        log.info("connection adopted")
+        connection.start()
     }
 
     private func acceptLoop(_ fds: [Int32], wake: Int32) {

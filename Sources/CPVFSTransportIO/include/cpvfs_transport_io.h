@@ -45,6 +45,19 @@ int cpvfs_epoll_wait(int epoll, uint64_t *tokens, int capacity, int timeout_ms);
 /// accept4(2) with SOCK_CLOEXEC.
 int cpvfs_accept(int socket);
 
+/// A real-time signal whose handler does nothing and is installed without SA_RESTART: sent to a
+/// thread blocked in recv(2) or poll(2), it makes the call fail with EINTR, so the thread can
+/// look at what it was asked to do (pause at a message boundary) without a poll per read.
+/// Installs the handler once; returns the signal number.
+int cpvfs_interrupt_signal(void);
+/// Unblocks the interrupt signal in the calling thread (a process may start with it blocked:
+/// threads inherit the mask of whoever spawned them).
+void cpvfs_accept_interrupts(void);
+/// pthread_kill(3) of `thread` with the interrupt signal.
+int cpvfs_interrupt_thread(unsigned long thread);
+/// pthread_self(3), as a number Swift can store atomically.
+unsigned long cpvfs_current_thread(void);
+
 // Guest memory: every field a guest can change is read once, through a volatile access, so
 // that the compiler neither re-reads it after validation nor tears it.
 static inline uint16_t cpvfs_load16(const void *p) { return *(const volatile uint16_t *)p; }
