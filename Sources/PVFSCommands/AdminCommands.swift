@@ -409,6 +409,9 @@ public struct Status: ParsableCommand, StoreCommand {
             try output.emit(Result(daemon: daemon, lastJanitorRun: janitor, store: summary)) {
                 if let daemon {
                     print("pvfsd: running, pid \(daemon.pid)")
+                    if let from = daemon.tookOverFrom {
+                        print("  took over:   from \(from), \(daemon.adoptedConnections ?? 0) connection(s) adopted")
+                    }
                     print("  listeners:   \(daemon.listeners.isEmpty ? "none" : daemon.listeners.joined(separator: ", "))")
                     if daemon.servedVMs.isEmpty {
                         print("  served VMs:  none")
@@ -434,6 +437,60 @@ public struct Status: ParsableCommand, StoreCommand {
     }
 }
 
+/// `pvfs upgrade`: the running pvfsd hands everything to a new binary.
+public struct Upgrade: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Hand the running pvfsd's listeners and 9P connections (fids, open files, locks) to a new pvfsd binary; clients notice nothing.",
+        discussion: """
+            The running daemon starts BINARY (default: its own path, where a package upgrade put the new build)             with its own arguments, lets every connection come to rest between two requests, and passes the             listening and connected sockets with each connection's session to it; the old process then exits.             Should the new binary fail to take over, the running build takes over from itself. Xen devices,             virtio-fs front-ends and host FUSE mounts cannot move yet: the upgrade is refused while any is             connected, unless --force (they then end). Under systemd the new process becomes the service's main             process (MAINPID=).
+            Exit codes: 0 handed over, 1 refused or failed (the old daemon still serves unless the message says             it exited), 3 no daemon runs for the store.
+            """)
+
+    @OptionGroup public var storeOptions: StoreOptions
+    @OptionGroup public var logging: LoggingOptions
+    @OptionGroup public var output: OutputOptions
+
+    @Option(name: .long, help: ArgumentHelp("The new pvfsd executable (default: the running one's path).", valueName: "path"))
+    public var binary: String?
+
+    @Flag(name: .long, help: "Upgrade even though Xen devices, virtio-fs front-ends or host mounts are connected (they end).")
+    public var force = false
+
+    @Option(name: .long, help: "Seconds the connections have to come to rest before the upgrade is abandoned.")
+    public var timeout: Double = 10
+
+    public init() {}
+
+    public func run() throws {
+        try runCommand {
+            let client = DaemonClient(storePath: storeOptions.storePath)
+            let binaryPath = binary.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+            let request = ControlProtocol.Request(op: "upgrade", force: force, path: binaryPath, timeout: timeout)
+            guard let response = try client.send(request, timeoutSeconds: Int(max(120, timeout * 6))) else {
+                throw CommandFailure("pvfsd is not running for \(storeOptions.storePath)", exitCode: PVFSExitCode.notFound)
+            }
+            if let blockers = response.blockers, !blockers.isEmpty {
+                throw CommandFailure("upgrade refused, pvfsd serves on: these sessions cannot move yet and would end:\n  "
+                                     + blockers.joined(separator: "\n  ") + "\n(end them first, or use --force)",
+                                     exitCode: PVFSExitCode.conflict)
+            }
+            guard response.ok, let outcome = response.upgrade else {
+                throw CommandFailure("upgrade failed: \(response.error ?? "no reason given")")
+            }
+            if let reason = outcome.fallbackReason {
+                // Clients kept their connections, but the new build does not run.
+                if output.json { try printJSON(outcome) }
+                throw CommandFailure("upgrade failed: \(reason); the running build took over from itself (pid \(outcome.pid)), clients kept their connections")
+            }
+            try output.emit(outcome) {
+                print("pvfsd handed over to pid \(outcome.pid) (\(outcome.binary)\(outcome.version.map { ", pvfs \($0)" } ?? ""))")
+                print("  \(outcome.listeners) 9P listener(s), \(outcome.connections) connection(s) moved"
+                      + (outcome.closedConnections > 0 ? ", \(outcome.closedConnections) closed (their clients did not read their replies)" : ""))
+            }
+        }
+    }
+}
+
 /// The root of `pvfs`.
 public struct PVFSTool: ParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -445,7 +502,7 @@ public struct PVFSTool: ParsableCommand {
             Exit codes: 0 success, 1 failure, 3 not found, 4 busy or in use, 5 fsck findings remain.
             """,
         version: pvfsVersion,
-        subcommands: [Dedup.self, GarbageCollect.self, Fsck.self, DiskUsage.self, Status.self])
+        subcommands: [Dedup.self, GarbageCollect.self, Fsck.self, DiskUsage.self, Status.self, Upgrade.self])
 
     public init() {}
 }

@@ -14,6 +14,8 @@ public struct DaemonCommand: ParsableCommand {
             Settings come from --config (default /etc/pvfs/pvfsd.conf when it exists), then options.
             The control socket is <store>/pvfsd.sock; pvfs-vm changes (quota, access, bindings, rm) take effect live.
             SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the catalog.
+            `pvfs upgrade` hands every 9P listener and connection (with its fids, open files and
+            locks) to a new pvfsd binary without the clients noticing.
             """,
         version: pvfsVersion)
 
@@ -77,13 +79,22 @@ public struct DaemonCommand: ParsableCommand {
             } catch let error as ConfigurationError {
                 throw CommandFailure(error.description)
             }
-            let daemon = try Daemon(configuration: configuration, logger: logger)
-            try DaemonServices.install(into: daemon)
+            // Started by a running pvfsd to take over from it (`pvfs upgrade`)?
+            let adoption = try DaemonAdoption.receiveIfStartedForHandOver(version: pvfsVersion, logger: logger)
+            let daemon: Daemon
             do {
+                daemon = try Daemon(configuration: configuration, logger: logger)
+                daemon.softwareVersion = pvfsVersion
+                daemon.adoption = adoption
+                try DaemonServices.install(into: daemon)
                 try daemon.start()
-            } catch let error as ConfigurationError {
-                throw CommandFailure(error.description)
+            } catch {
+                adoption?.reportFailure(error)
+                if let error = error as? ConfigurationError { throw CommandFailure(error.description) }
+                throw error
             }
+            adoption?.reportServing()
+            daemon.adoption = nil
             ServiceManagerNotification.send("READY=1\nSTATUS=serving")
             daemon.runUntilSignalled()
             ServiceManagerNotification.send("STOPPING=1")
@@ -96,10 +107,15 @@ enum DaemonServices {
     static func install(into daemon: Daemon) throws {
         daemon.installMaintenance()
         if !daemon.configuration.listeners.isEmpty {
-            daemon.add(try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger,
-                                              configuration: daemon.ninePConfiguration,
-                                              limits: daemon.configuration.limits, admission: daemon.admission,
-                                              cpuFairness: daemon.cpuFairness, pool: daemon.workerPool))
+            let nineP = try NinePSocketService(listeners: daemon.configuration.listeners, registry: daemon.registry, logger: daemon.logger,
+                                               configuration: daemon.ninePConfiguration,
+                                               limits: daemon.configuration.limits, admission: daemon.admission,
+                                               cpuFairness: daemon.cpuFairness, pool: daemon.workerPool)
+            nineP.adoption = daemon.adoption?.nineP
+            daemon.add(nineP)
+        } else {
+            // No 9P listener configured any more: what was handed over closes.
+            daemon.adoption?.discardNineP()
         }
         HostMountService(registry: daemon.registry, logger: daemon.logger).install(into: daemon)
         // Always present, so that a binding made while pvfsd runs starts serving at once.

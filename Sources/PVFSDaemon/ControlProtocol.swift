@@ -6,7 +6,8 @@ public enum ControlProtocol {
     public static let socketName = "pvfsd.sock"
 
     public struct Request: Codable, Sendable {
-        /// reload | status | release | metrics | mount | umount | mounts, and the maintenance
+        /// reload | status | release | metrics | mount | umount | mounts | upgrade (`path`: the
+        /// new binary, `force`, `timeout`), and the maintenance
         /// operations of ControlProtocol+Maintenance.swift.
         public var op: String
         public var vm: String?
@@ -16,9 +17,12 @@ public enum ControlProtocol {
         public var readOnly: Bool?
         public var allowOther: Bool?
         public var maintenance: MaintenanceRequest?
+        /// upgrade: seconds the connections have to come to rest.
+        public var timeout: Double?
 
         public init(op: String, vm: String? = nil, force: Bool? = nil, path: String? = nil, readOnly: Bool? = nil,
-                    allowOther: Bool? = nil) {
+                    allowOther: Bool? = nil, timeout: Double? = nil) {
+            self.timeout = timeout
             self.op = op
             self.vm = vm
             self.force = force
@@ -35,6 +39,21 @@ public enum ControlProtocol {
         public var text: String?
         public var mounts: [HostMount]?
         public var maintenance: MaintenanceResponse?
+        public var upgrade: UpgradeOutcome?
+        /// upgrade refused: the sessions that cannot move yet.
+        public var blockers: [String]?
+
+        public init(ok: Bool, error: String? = nil, status: DaemonStatus? = nil, text: String? = nil, mounts: [HostMount]? = nil,
+                    maintenance: MaintenanceResponse? = nil, upgrade: UpgradeOutcome? = nil, blockers: [String]? = nil) {
+            self.blockers = blockers
+            self.ok = ok
+            self.error = error
+            self.status = status
+            self.text = text
+            self.mounts = mounts
+            self.maintenance = maintenance
+            self.upgrade = upgrade
+        }
     }
 
     /// A VM mounted on the host by the daemon.
@@ -54,6 +73,10 @@ public enum ControlProtocol {
         public var pid: Int32
         public var listeners: [String]
         public var servedVMs: [ServedVM]
+        /// Set when this process took over from another (a graceful upgrade): its pvfs version.
+        public var tookOverFrom: String?
+        /// Connections it adopted then.
+        public var adoptedConnections: Int?
     }
 
     public struct ServedVM: Codable, Sendable {

@@ -13,6 +13,13 @@ public protocol DaemonService: AnyObject, Sendable {
     func start() throws
     /// Stops accepting work and ends the service's sessions.
     func stop()
+    /// Sessions that would end if pvfsd handed over to a new process now, because this
+    /// transport cannot move them yet (for the refusal message of an upgrade).
+    var sessionsLostByHandOver: [String] { get }
+}
+
+extension DaemonService {
+    public var sessionsLostByHandOver: [String] { [] }
 }
 
 /// pvfsd: one process serving every VM. It owns the store, the registry of open volumes, the
@@ -35,11 +42,19 @@ public final class Daemon: @unchecked Sendable {
     /// The metrics registry: request latency recorded by the 9P connections, the rest set from
     /// the daemon's state at each scrape.
     public let metrics = DaemonMetrics()
-    private var services: [any DaemonService] = []
+    var services: [any DaemonService] = []
     private var control: StreamListener?
     private var metricsListener: StreamListener?
     private let stopped = NSCondition()
     private var stopping = false
+    /// A graceful upgrade is under way (guarded by `stopped`).
+    private var upgrading = false
+    /// What the previous process handed over, when this one takes over from it (set before `start`).
+    public var adoption: DaemonAdoption?
+    /// The version and connection count of the process this one took over from.
+    private var tookOver: (version: String, connections: Int)?
+    /// The pvfs version of this build, written into hand-over manifests.
+    public var softwareVersion = "unknown"
     /// The daemon's own periodic work (the janitor); the engine's runs in `usageSaving`.
     let periodicWork = PeriodicWork(label: "pvfsd.periodic", qos: .utility)
     /// The engine's periodic save of usage, sizes and times, stopped before the volumes close.
@@ -50,6 +65,7 @@ public final class Daemon: @unchecked Sendable {
     private var reloadHandlers: [@Sendable () -> Void] = []
 
     public init(configuration: DaemonConfiguration, logger: Logger) throws {
+        _ = Self.ownExecutable  // opened now, while the file is this build
         self.configuration = configuration
         self.logger = logger
         store = try Store(path: configuration.storePath, create: true, logger: logger)
@@ -112,12 +128,27 @@ public final class Daemon: @unchecked Sendable {
     /// Starts everything; returns once serving. Call `waitUntilStopped()` or `runUntilSignalled()`.
     public func start() throws {
         signal(SIGPIPE, SIG_IGN)
-        control = try StreamListener(address: "unix:" + configuration.storePath + "/" + ControlProtocol.socketName,
-                                     logger: logger) { [weak self] fd in self?.serveControl(fd) }
+        let controlAddress = "unix:" + configuration.storePath + "/" + ControlProtocol.socketName
+        if let manifest = adoption?.manifest {
+            tookOver = (manifest.producer, manifest.connections.count)
+            // Unlinked files the clients still hold open stay until they close them.
+            for (vm, inodes) in manifest.keptOrphans { registry.keepOrphans(Set(inodes), ofVM: vm) }
+        }
+        if let fd = adoption?.descriptor(adoption?.manifest.controlListener) {
+            control = StreamListener(adopting: fd, address: controlAddress, logger: logger) { [weak self] fd in self?.serveControl(fd) }
+        } else {
+            control = try StreamListener(address: controlAddress, logger: logger) { [weak self] fd in self?.serveControl(fd) }
+        }
         control?.start()
         if let metrics = configuration.metricsAddress {
-            metricsListener = try StreamListener(address: metrics, mode: 0o644, logger: logger) { [weak self] fd in self?.serveMetricsHTTP(fd) }
+            if let fd = adoption?.descriptor(adoption?.manifest.metricsListener) {
+                metricsListener = StreamListener(adopting: fd, address: metrics, logger: logger) { [weak self] fd in self?.serveMetricsHTTP(fd) }
+            } else {
+                metricsListener = try StreamListener(address: metrics, mode: 0o644, logger: logger) { [weak self] fd in self?.serveMetricsHTTP(fd) }
+            }
             metricsListener?.start()
+        } else if let fd = adoption?.descriptor(adoption?.manifest.metricsListener) {
+            close(fd)  // no longer configured
         }
         for service in services {
             try service.start()
@@ -130,8 +161,10 @@ public final class Daemon: @unchecked Sendable {
     /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread created after:
     /// call first thing in main, so that only `runUntilSignalled`'s waiter receives them.
     public static func blockControlSignals() {
+        // Exactly these: a mask inherited from whoever started pvfsd (a test runner's thread,
+        // say) would otherwise block signals its threads rely on.
         var set = controlSignals
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        pthread_sigmask(SIG_SETMASK, &set, nil)
     }
 
     private static var controlSignals: sigset_t {
@@ -172,6 +205,28 @@ public final class Daemon: @unchecked Sendable {
         stopped.unlock()
     }
 
+    /// Marks an upgrade under way; false when one is, or the daemon stops.
+    func beginUpgrade() -> Bool {
+        stopped.lock()
+        defer { stopped.unlock() }
+        guard !stopping && !upgrading else { return false }
+        upgrading = true
+        return true
+    }
+
+    func endUpgrade() {
+        stopped.withLock { upgrading = false }
+    }
+
+    func stopUsageSaving() {
+        usageSaving?.stop()
+    }
+
+    /// The listening descriptors of the control and metrics endpoints, their accept loops
+    /// stopped (for a hand-over).
+    var controlListenerDescriptor: Int32? { control?.suspendAccepting() }
+    var metricsListenerDescriptor: Int32? { metricsListener?.suspendAccepting() }
+
     public func stop() {
         stopped.lock()
         if stopping { stopped.unlock(); return }
@@ -202,16 +257,42 @@ public final class Daemon: @unchecked Sendable {
         defer { close(fd) }
         var reader = LineReader(fd: fd)
         while let line = reader.next() {
-            let response: ControlProtocol.Response
+            var response: ControlProtocol.Response
+            var exitCode: Int32?
             do {
                 let request = try JSONDecoder().decode(ControlProtocol.Request.self, from: Data(line))
-                response = try handle(request)
+                if request.op == "upgrade" {
+                    (response, exitCode) = runUpgrade(request)
+                } else {
+                    response = try handle(request)
+                }
             } catch {
                 response = .init(ok: false, error: "\(error)")
             }
             var out = (try? JSONEncoder().encode(response)) ?? Data("{\"ok\":false}".utf8)
             out.append(UInt8(ascii: "\n"))
             sendAll(fd, [UInt8](out))
+            if let exitCode {
+                // Handed over (or, past the point of no return, nobody took over): this process
+                // ends here, closing nothing the new one serves (its descriptors stay open there).
+                logger.notice("pvfsd exits after the hand-over")
+                exit(exitCode)
+            }
+        }
+    }
+
+    /// The control operation `upgrade`: the response, and the exit code once this process must end.
+    private func runUpgrade(_ request: ControlProtocol.Request) -> (ControlProtocol.Response, Int32?) {
+        var committed = false
+        do {
+            let outcome = try upgrade(binary: request.path, force: request.force ?? false, timeout: request.timeout ?? 10,
+                                      committed: &committed)
+            return (.init(ok: true, upgrade: outcome), 0)
+        } catch let blocked as UpgradeBlocked {
+            return (.init(ok: false, error: "\(blocked)", blockers: blocked.sessions), nil)
+        } catch {
+            // Before the point of no return the upgrade was undone and serving goes on.
+            return (.init(ok: false, error: "\(error)"), committed ? 1 : nil)
         }
     }
 
@@ -222,7 +303,9 @@ public final class Daemon: @unchecked Sendable {
             let served = registry.openVolumes.map {
                 ControlProtocol.ServedVM(name: $0.name, sessions: counts[$0.name] ?? 0, usedBytes: $0.usage.bytes, usedInodes: $0.usage.inodes)
             }.sorted { $0.name < $1.name }
-            return .init(ok: true, status: .init(pid: getpid(), listeners: services.map(\.serviceDescription), servedVMs: served))
+            return .init(ok: true, status: .init(pid: getpid(), listeners: services.map(\.serviceDescription), servedVMs: served,
+                                                 tookOverFrom: tookOver.map { "pvfs \($0.version)" },
+                                                 adoptedConnections: tookOver?.connections))
         case "reload":
             try reload()
             return .init(ok: true)

@@ -134,6 +134,8 @@ final class HostMountShutdown: DaemonService, @unchecked Sendable {
     let service: HostMountService
     init(service: HostMountService) { self.service = service }
     var serviceDescription: String { "host mounts (FUSE)" }
+    /// A hand-over cannot move a /dev/fuse session yet.
+    var sessionsLostByHandOver: [String] { service.list.map { "host mount of \($0.vm) on \($0.path)" } }
     func start() throws {}
     func stop() { service.unmountAll() }
 }

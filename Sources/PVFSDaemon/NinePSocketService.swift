@@ -24,6 +24,8 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
     private var server: SocketServer?
     /// Listener address as the transport reports it → configured name.
     private let names: [String: String]
+    /// What the previous process handed over, served from `start()` on.
+    public var adoption: SocketServerHandOff?
 
     public init(listeners: [DaemonConfiguration.Listener], registry: VolumeRegistry, logger: Logger,
                 configuration: NinePConfiguration = NinePConfiguration(),
@@ -69,11 +71,11 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
         serverConfiguration.listenerNames = names
         serverConfiguration.replyQueueLimit = limits.replyQueueBytes
         let nine = configuration
-        let server = SocketServer(listen: addresses, configuration: serverConfiguration, admission: admission,
-                                  logger: logger) { peer in
+        // One connection's handler: new, or serving a session handed over by the previous process.
+        let makeConnection: @Sendable (NinePPeer, [UInt8]?) throws -> NinePConnection = { peer, handedOver in
             let listenerName = names[peer.localAddress] ?? peer.localAddress
             let identity = Self.identity(of: peer, listener: listenerName)
-            let connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger) { request in
+            let resolver: NinePAttachResolver = { request in
                 let view = try registry.attach(aname: request.aname, identity: identity) {
                     serverBox.server?.disconnect(connectionID: peer.connectionID)
                 }
@@ -88,13 +90,28 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
                 }
                 return view
             }
+            let connection = if let handedOver {
+                try NinePConnection(restoring: handedOver, peer: peer, configuration: nine, pool: pool, logger: logger, resolver: resolver)
+            } else {
+                NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger, resolver: resolver)
+            }
             // A session ends with its last fid (or with the connection).
             connection.onSessionEnd = { view in registry.closeSession(view) }
             return connection
         }
+        let server = SocketServer(listen: addresses, configuration: serverConfiguration, admission: admission,
+                                  logger: logger) { peer in try makeConnection(peer, nil) }
         serverBox.server = server
-        try server.start()
+        try server.start(adopting: adoption) { handOff in try makeConnection(handOff.peer, handOff.session) }
+        adoption = nil
         self.server = server
+    }
+
+    /// Hands the listeners and connections (at rest, with their sessions) over for another
+    /// process; throws, serving on, when a connection does not come to rest within `timeout` s.
+    public func handOver(timeout: Double) throws -> SocketServerHandOff {
+        guard let server else { return SocketServerHandOff(listeners: [], connections: []) }
+        return try server.handOver(timeout: timeout)
     }
 
     public func stop() {

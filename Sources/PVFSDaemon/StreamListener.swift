@@ -1,3 +1,5 @@
+import CPVFSTransportIO
+import Dispatch
 import Foundation
 import Glibc
 import Logging
@@ -12,6 +14,19 @@ final class StreamListener: @unchecked Sendable {
     private let logger: Logger
     private var thread: Thread?
     private let unixPath: String?
+    /// Written to end the accept loop without closing the socket (a hand-over).
+    private var wakeFD: Int32 = -1
+    private let acceptLoopEnded = DispatchSemaphore(value: 0)
+
+    /// A listening socket handed over by the previous pvfsd process (already bound).
+    init(adopting fd: Int32, address: String, logger: Logger, handler: @escaping @Sendable (Int32) -> Void) {
+        self.address = address
+        self.fd = fd
+        self.handler = handler
+        self.logger = logger
+        unixPath = address.hasPrefix("unix:") ? String(address.dropFirst(5)) : nil
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
 
     init(address: String, mode: mode_t = 0o600, logger: Logger, handler: @escaping @Sendable (Int32) -> Void) throws {
         self.address = address
@@ -80,6 +95,8 @@ final class StreamListener: @unchecked Sendable {
     }
 
     func start() {
+        wakeFD = cpvfs_eventfd(0)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let thread = Thread { [self] in acceptLoop() }
         thread.name = "pvfsd-listen \(address)"
         self.thread = thread
@@ -87,10 +104,19 @@ final class StreamListener: @unchecked Sendable {
     }
 
     private func acceptLoop() {
+        defer { acceptLoopEnded.signal() }
         while true {
-            let client = accept(fd, nil, nil)
+            // Polled with the wake pipe, so a hand-over can end the loop and keep the socket.
+            var polled = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&polled, 2, -1)
+            if ready < 0 && errno == EINTR { continue }
+            if ready < 0 || polled[1].revents != 0 { return }
+            if polled[0].revents & Int16(POLLIN) == 0 { return }  // closed by stop()
+            // The listener is non-blocking (another process may take the connection first during
+            // a hand-over); the accepted socket is blocking, as its handler expects.
+            let client = cpvfs_accept(fd)
             if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
+                if errno == EINTR || errno == ECONNABORTED || errno == EAGAIN { continue }
                 if errno == EMFILE || errno == ENFILE {
                     logger.error("accept on \(address): out of descriptors")
                     Thread.sleep(forTimeInterval: 0.1)
@@ -106,9 +132,24 @@ final class StreamListener: @unchecked Sendable {
     }
 
     func stop() {
+        if wakeFD >= 0 {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+        }
         shutdown(fd, Int32(SHUT_RDWR))
         close(fd)
         if let unixPath { unlink(unixPath) }
+    }
+
+    /// Ends the accept loop and returns the listening socket, open, for the process that takes
+    /// over; `stop()` must not be called afterwards.
+    func suspendAccepting() -> Int32 {
+        if wakeFD >= 0 {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+            acceptLoopEnded.wait()
+        }
+        return fd
     }
 }
 

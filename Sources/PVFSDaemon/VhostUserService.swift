@@ -74,6 +74,11 @@ public final class VhostUserService: DaemonService, @unchecked Sendable {
         }.sorted { $0.vm < $1.vm }
     }
 
+    /// Connected front-ends: a hand-over cannot move their memory and rings yet.
+    public var sessionsLostByHandOver: [String] {
+        frontEnds.map { "virtio-fs front-end of \($0.vm)" }
+    }
+
     /// The device currently served on a socket (tests, status).
     public func servedDevice(socket: String) -> VhostUserFsDevice? {
         lock.lock()

@@ -76,4 +76,9 @@ public final class XenService: DaemonService, @unchecked Sendable {
     }
 
     public var devices: [XenDeviceStatus] { backend?.status ?? [] }
+
+    /// Connected devices: a hand-over cannot move their rings yet.
+    public var sessionsLostByHandOver: [String] {
+        devices.filter { $0.phase == .connected }.map { "Xen device \($0.address)" }
+    }
 }
