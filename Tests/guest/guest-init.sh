@@ -18,7 +18,7 @@
 #   pvfs.skip=a,b           fileops checks to skip (reported as skip)
 #   pvfs.large=MIB          size of the large-file check (default 16)
 #   pvfs.readdir=N          files the readdir check creates (default 300)
-#   pvfs.run=fileops|posix|shell|bench|restart
+#   pvfs.run=fileops|posix|shell|bench|restart|upgrade
 #                           posix = the POSIX suite (posix/pvfs-posix-suite.c) once on an ext4
 #                           filesystem of the guest's own (/local.img, loop-mounted) and once on
 #                           the share; both results go to the console as "PVFS-POSIX local|9p
@@ -29,7 +29,11 @@
 #                           restart = the server is killed and restarted while the share is
 #                           mounted (restart_check below; the host side restarts it when the
 #                           console shows PVFS-RESTART-REQUEST)
+#                           upgrade = a loop of creates, checksummed writes, renames and unlinks
+#                           while the host upgrades pvfsd in place (upgrade_loop below; the host
+#                           starts when the console shows PVFS-UPGRADE-READY)
 #   pvfs.restartwait=SECONDS restart: how long the share stays idle for the restart (default 40)
+#   pvfs.loopsecs=SECONDS   upgrade: how long the loop runs (default 60)
 #   pvfs.probe=ADDR:PORT:ANAME  tcp: after mounting, try to mount another 9P share (another VM's
 #                           listener) too; pvfs.probeexpect=unreachable|reachable says which
 #                           outcome passes (marker "probe")
@@ -55,6 +59,7 @@ finish() {
 
 TRANS=tcp SERVER=10.0.2.2 PORT=564 ANAME="" TAG=pvfs MSIZE="" OPTS="" IP=10.0.2.15/24 GW=10.0.2.2
 QUOTA="" QUOTAERR=EDQUOT SKIP="" LARGE=16 NDIR=300 RUN=fileops WATCH="" RESTART_WAIT=40 POSIXARGS="" PROBE="" PROBE_EXPECT=unreachable
+LOOP_SECS=60
 for arg in $(cat /proc/cmdline); do
     case $arg in
     pvfs.trans=*) TRANS=${arg#*=} ;;
@@ -74,6 +79,7 @@ for arg in $(cat /proc/cmdline); do
     pvfs.run=*) RUN=${arg#*=} ;;
     pvfs.watch=*) WATCH=${arg#*=} ;;
     pvfs.restartwait=*) RESTART_WAIT=${arg#*=} ;;
+    pvfs.loopsecs=*) LOOP_SECS=${arg#*=} ;;
     pvfs.posixargs=*) POSIXARGS=${arg#*=} ;;
     pvfs.probe=*) PROBE=${arg#*=} ;;
     pvfs.probeexpect=*) PROBE_EXPECT=${arg#*=} ;;
@@ -191,6 +197,60 @@ restart_check() {
     fi
 }
 
+# pvfs.run=upgrade: for LOOP_SECS seconds, create files of varied sizes, checksum them, rename
+# them into place, read them back and unlink every third, while the host upgrades pvfsd under the
+# mounted share. A journal stays open for appending the whole time and an unlinked file stays
+# open for reading: both must survive every hand-over. Any failed command is an error; at the
+# end every file left must still have its checksum.
+upgrade_loop() {
+    d=$1/upgrade-loop
+    rm -rf "$d"
+    mkdir -p "$d" || { marker upgrade-loop fail "cannot make $d"; return; }
+    printf 'kept open and unlinked\n' >"$d/ghost" && exec 4<"$d/ghost" && rm "$d/ghost" ||
+        { marker upgrade-loop fail "cannot set up the unlinked open file"; return; }
+    exec 3>>"$d/journal" || { marker upgrade-loop fail "cannot open the journal"; return; }
+    : >/tmp/sums
+    errors=0 n=0 removed=0
+    end=$(echo "$(uptime_s) + $LOOP_SECS" | bc | cut -d. -f1)
+    echo "PVFS-UPGRADE-READY uptime=$(uptime_s)"
+    while [ "$(uptime_s | cut -d. -f1)" -lt "$end" ]; do
+        n=$((n + 1))
+        size=$(( (n * 7919) % 200000 + 1 ))
+        if ! head -c "$size" /dev/urandom >"$d/new.$n"; then errors=$((errors + 1)); echo "PVFS-INFO loop $n: write failed"; continue; fi
+        sum=$(sha256sum <"$d/new.$n" | cut -d' ' -f1)
+        if ! mv "$d/new.$n" "$d/file.$n"; then errors=$((errors + 1)); echo "PVFS-INFO loop $n: rename failed"; continue; fi
+        got=$(sha256sum <"$d/file.$n" | cut -d' ' -f1)
+        [ "$got" = "$sum" ] || { errors=$((errors + 1)); echo "PVFS-INFO loop $n: read back $got, wrote $sum"; }
+        echo "file.$n $sum" >>/tmp/sums
+        echo "entry $n" >&3 || { errors=$((errors + 1)); echo "PVFS-INFO loop $n: journal append failed"; }
+        if [ $((n % 3)) = 0 ]; then
+            if rm "$d/file.$((n - 1))"; then
+                removed=$((removed + 1))
+                grep -v "^file.$((n - 1)) " /tmp/sums >/tmp/sums.new && mv /tmp/sums.new /tmp/sums
+            else
+                errors=$((errors + 1)); echo "PVFS-INFO loop $n: unlink failed"
+            fi
+        fi
+    done
+    exec 3>&-
+    bad=0
+    while read -r name sum; do
+        [ "$(sha256sum <"$d/$name" | cut -d' ' -f1)" = "$sum" ] || { bad=$((bad + 1)); echo "PVFS-INFO $name: checksum differs at the end"; }
+    done </tmp/sums
+    lines=$(wc -l <"$d/journal")
+    ghost=$(cat <&4)
+    exec 4<&-
+    left=$(ls "$d" | grep -c '^file\.')
+    detail="$n rounds, $removed unlinked, $left files checked, journal $lines lines, errors $errors, bad sums $bad"
+    if [ "$errors" = 0 ] && [ "$bad" = 0 ] && [ "$lines" = "$n" ] && [ "$ghost" = "kept open and unlinked" ] &&
+        [ "$left" = "$(wc -l </tmp/sums)" ] && [ "$n" -gt 0 ]; then
+        marker upgrade-loop ok "$detail"
+    else
+        marker upgrade-loop fail "$detail, unlinked open file read '$ghost'"
+    fi
+    echo "PVFS-UPGRADE-DONE uptime=$(uptime_s)"
+}
+
 # pvfs.run=posix: the suite on the guest's own ext4, then on the share, each in a fresh directory.
 posix_run() { # posix_run LABEL DIR
     rm -rf "$2"
@@ -221,6 +281,8 @@ if [ "$RUN" = posix ]; then
 elif [ "$RUN" = restart ]; then
     restart_check /mnt
     finish
+elif [ "$RUN" = upgrade ]; then
+    upgrade_loop /mnt
 elif [ "$RUN" = shell ]; then
     echo "PVFS-INFO share on /mnt; exit the shell to power off"
     setsid cttyhack sh
