@@ -22,14 +22,13 @@ struct UpgradeCommandTests {
             store = try TenantLimitCommandTests().makeStore(area)
             unixAddress = "unix:" + area.sub("9p.sock")
             tcpAddress = "tcp:127.0.0.1:\(try Self.freePort())"
-            // The log goes to a file, which every process taking over appends to.
+            // The log goes to a file, which every process taking over appends to. The shell
+            // redirects it: no descriptor of this test process is handed to Process, whose
+            // closes of it could hit another test's descriptor (SQLite's among them).
             let process = Process()
-            process.executableURL = URL(fileURLWithPath: try builtProduct("pvfsd"))
-            process.arguments = ["--store", store, "--listen", "local=" + unixAddress, "--listen", "net=" + tcpAddress]
-            FileManager.default.createFile(atPath: area.sub("pvfsd.log"), contents: nil)
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: area.sub("pvfsd.log")))
-            process.standardOutput = log
-            process.standardError = log
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            let argv = [try builtProduct("pvfsd"), "--store", store, "--listen", "local=" + unixAddress, "--listen", "net=" + tcpAddress]
+            process.arguments = ["-c", "exec \"$@\" >>'\(area.sub("pvfsd.log"))' 2>&1 </dev/null", "pvfsd"] + argv
             try process.run()
             first = process
         }
