@@ -9,8 +9,8 @@
 # carries real sessions. Each mode runs ROUNDS times; medians are printed with their ratio.
 #
 # usage: bench/upgrade-pause.sh [--clients N] [--fids N] [--rounds N] [--work DIR]
-# Environment: PVFSD / PVFS_BIN / PVFS_VM_BIN / PVFS_TEMPLATE_BIN (default: .build/release if
-# built, else .build/debug). Needs python3.
+# Environment: PVFSD / PVFS_BIN / PVFS_VM_BIN / PVFS_TEMPLATE_BIN (default: the newer of
+# .build/release and .build/debug). Needs python3.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CLIENTS=50 FIDS=10 ROUNDS=5 WORK=""
@@ -24,8 +24,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
+# The newer of the release and debug builds (a stale one would measure old code).
 BUILD=$REPO/.build/release
-[ -x "$BUILD/pvfsd" ] || BUILD=$REPO/.build/debug
+if [ ! -x "$BUILD/pvfsd" ] || [ "$REPO/.build/debug/pvfsd" -nt "$BUILD/pvfsd" ]; then BUILD=$REPO/.build/debug; fi
 PVFSD=${PVFSD:-$BUILD/pvfsd} PVFS=${PVFS_BIN:-$BUILD/pvfs}
 PVFS_VM=${PVFS_VM_BIN:-$BUILD/pvfs-vm} PVFS_TEMPLATE=${PVFS_TEMPLATE_BIN:-$BUILD/pvfs-template}
 WORK=${WORK:-$(mktemp -d /var/tmp/pvfs-upgrade-bench.XXXXXX)}
@@ -93,10 +94,13 @@ for r in range(rounds):
                 rpc(probe, getattr_msg)
                 now = time.monotonic(); worst = max(worst, now - last); last = now
             gaps.append(worst)
-        t = threading.Thread(target=loop); t.start()
+        t = threading.Thread(target=loop, daemon=True); t.start()
         time.sleep(0.5)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        time.sleep(0.5); stop.set(); t.join()
+        try:
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        finally:
+            time.sleep(0.5); stop.set()
+        t.join()
         for s in held: rpc(s, getattr_msg)   # every held connection still answers
         results.append(gaps[0])
         probe.close()
