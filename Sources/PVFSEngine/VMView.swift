@@ -164,6 +164,15 @@ public final class VMView: Sendable {
         }
     }
 
+    /// Opens an inode again for a client whose open file moved here from another process (a
+    /// graceful upgrade of the server): the client opened it there, with the permissions of
+    /// that moment, so nothing is checked again, nothing is truncated, and an inode unlinked
+    /// while open (kept through the hand-over) opens too. A writable open finds the file copied
+    /// up already (its first open did it); should it not be, it is copied up now.
+    public func reopen(_ ino: InodeNumber, flags: Int32) throws(Errno) -> OpenFile {
+        try volume.reopen(ino, flags: flags & ~(O_TRUNC | O_CREAT | O_EXCL))
+    }
+
     /// Atomic create-and-open of a new regular file (EEXIST if the name exists).
     public func create(_ parent: InodeNumber, _ name: [UInt8], mode: UInt32, flags: Int32,
                        as credentials: Credentials) throws(Errno) -> (Attributes, OpenFile) {

@@ -116,15 +116,26 @@ extension Volume {
     }
 
     func open(_ ino: InodeNumber, flags: Int32, _ ctx: RequestContext) throws(Errno) -> OpenFile {
+        try openHandle(ino, flags: flags, checkedFor: ctx)
+    }
+
+    /// open(2) of an existing inode. With `ctx`, as the client asks: the file must have a link,
+    /// permissions and read-only sessions are checked, O_TRUNC truncates. Without (a file the
+    /// client opened in a previous server process, `reopen`): none of that.
+    private func openHandle(_ ino: InodeNumber, flags: Int32, checkedFor ctx: RequestContext?) throws(Errno) -> OpenFile {
         let access = flags & O_ACCMODE
         let wantsWrite = access == O_WRONLY || access == O_RDWR
-        let truncate = flags & O_TRUNC != 0 && wantsWrite
+        let truncate = flags & O_TRUNC != 0 && wantsWrite && ctx != nil
         metaLock.lock()
         let r: InodeRecord
         do throws(Errno) {
-            r = try requireRecord(ino)
-            // An unlinked inode opens by number only while kept for a previous process's handles.
-            guard r.linkCount > 0 || keptOrphans.contains(ino) else { throw Errno.noSuchFileOrDirectory }
+            // An unlinked inode opens by number only while kept for a previous process's
+            // handles (or, reopened, while another handle holds it).
+            guard let found = record(ino),
+                  found.linkCount > 0 || keptOrphans.contains(ino) || (ctx == nil && openData[ino] != nil) else {
+                throw Errno.noSuchFileOrDirectory
+            }
+            r = found
         } catch {
             metaLock.unlock()
             throw error
@@ -133,7 +144,7 @@ extension Volume {
         case .directory:
             metaLock.unlock()
             if wantsWrite { throw Errno.isDirectory }
-            try checkOpenPermission(ino, access: access, ctx)
+            if let ctx { try checkOpenPermission(ino, access: access, ctx) }
             return OpenFile(inode: ino, flags: flags, data: nil)
         case .symlink:
             metaLock.unlock()
@@ -145,13 +156,13 @@ extension Volume {
             metaLock.unlock()
             throw Errno.noSuchAddressOrDevice
         }
-        if wantsWrite && ctx.readOnly { metaLock.unlock(); throw Errno.readOnlyFileSystem }
+        if wantsWrite && ctx?.readOnly == true { metaLock.unlock(); throw Errno.readOnlyFileSystem }
         var mask: AccessMask = []
         if access == O_RDONLY || access == O_RDWR { mask.insert(.read) }
         if wantsWrite { mask.insert(.write) }
         let data: InodeData
         do throws(Errno) {
-            try requirePermission(r, ctx, mask)
+            if let ctx { try requirePermission(r, ctx, mask) }
             data = try retainData(ino, r)
         } catch {
             metaLock.unlock()
@@ -164,7 +175,7 @@ extension Volume {
             if wantsWrite {
                 try copyUp(ino, data, contentUpTo: truncate ? 0 : nil)
             }
-            if truncate {
+            if truncate, let ctx {
                 try resize(ino, data, to: 0, ctx)
             }
         } catch {
@@ -172,6 +183,11 @@ extension Volume {
             throw error
         }
         return handle
+    }
+
+    /// `VMView.reopen`: see `openHandle` without a context.
+    func reopen(_ ino: InodeNumber, flags: Int32) throws(Errno) -> OpenFile {
+        try openHandle(ino, flags: flags, checkedFor: nil)
     }
 
     private func checkOpenPermission(_ ino: InodeNumber, access: Int32, _ ctx: RequestContext) throws(Errno) {
