@@ -105,6 +105,8 @@ public final class SocketServer: @unchecked Sendable {
     /// Closed by `stop()` before it ends any connection.
     private let sendGate = SendGate()
     private var usageSource: UInt64?
+    /// What `beginServing` starts (adopted connections, the accept loop).
+    private var deferredServing: (() -> Void)?
 
     /// `admission`: shared with the daemon (attach resolver, metrics); nil makes one from
     /// `configuration.limits`.
@@ -140,7 +142,12 @@ public final class SocketServer: @unchecked Sendable {
     /// no longer configured is closed), and its connections are served again, each through the
     /// handler `restore` rebuilds from its session. A connection whose session cannot be
     /// restored is closed.
-    public func start(adopting handOff: SocketServerHandOff? = nil,
+    ///
+    /// With `deferServing`, adopted connections are restored (sessions, files, locks) but not
+    /// read, and nothing is accepted, until `beginServing()`: the process taking over reads no
+    /// byte of a client before the previous one has let go (it may still serve on, should this
+    /// one fail). A connection whose session cannot be restored is closed.
+    public func start(adopting handOff: SocketServerHandOff? = nil, deferServing: Bool = false,
                       restore: ((SocketConnectionHandOff) throws -> any NineMessageHandler)? = nil) throws {
         condition.lock()
         guard state == .idle else {
@@ -193,12 +200,35 @@ public final class SocketServer: @unchecked Sendable {
         state = .running
         condition.unlock()
         usageSource = admission.addSource { [weak self] in self?.gauges ?? [] }
-        for connection in handOff?.connections ?? [] { adopt(connection, restore: restore) }
-        let fds = bound.map(\.fd)
-        let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
-        thread.name = "pvfs.9p.accept"
-        thread.start()
-        for listener in bound { logger.info("serving 9P on \(listener.address)") }
+        var adopted: [SocketConnection] = []
+        for connection in handOff?.connections ?? [] {
+            if let made = adopt(connection, restore: restore) { adopted.append(made) }
+        }
+        let serve = { [self] in
+            for connection in adopted { connection.start() }
+            let fds = bound.map(\.fd)
+            let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
+            thread.name = "pvfs.9p.accept"
+            thread.start()
+            for listener in bound { logger.info("serving 9P on \(listener.address)") }
+        }
+        if handOff != nil && deferServing {
+            condition.lock()
+            deferredServing = serve
+            condition.unlock()
+        } else {
+            serve()
+        }
+    }
+
+    /// After `start(adopting:deferServing: true)`: reads from the adopted connections and accepts
+    /// new ones from now on.
+    public func beginServing() {
+        condition.lock()
+        let serve = deferredServing
+        deferredServing = nil
+        condition.unlock()
+        serve?()
     }
 
     private static func close(_ listeners: [Listener]) {
@@ -257,14 +287,14 @@ public final class SocketServer: @unchecked Sendable {
 
     // MARK: Hand-over to another process (graceful upgrade)
 
-    /// Stops accepting, parks every connection between two messages, waits (up to `timeout`
-    /// s) until none has a request outstanding, sends what each has queued, and returns the
-    /// listening sockets and the connections with their sessions, all left open for the process
-    /// that takes over. Throws, serving on as before, when a connection does not come to rest
-    /// in time. A connection whose client does not take its replies in time is closed instead
-    /// of handed over (counted in `closedCount`). Afterwards the server serves nothing and
-    /// `stop()` closes nothing.
-    public func handOver(timeout: Double) throws -> SocketServerHandOff {
+    /// The connections of a hand-over in preparation (guarded by `condition`).
+    private var handOverConnections: [SocketConnection] = []
+
+    /// First step of a hand-over: stops accepting, parks every connection between two messages
+    /// and waits (up to `timeout` s) until none has a request outstanding. Throws, serving on
+    /// as before, when a connection does not come to rest in time. Reversible until
+    /// `completeHandOver`: `abandonHandOver` serves on.
+    public func prepareHandOver(timeout: Double) throws {
         condition.lock()
         guard state == .running else {
             condition.unlock()
@@ -279,6 +309,7 @@ public final class SocketServer: @unchecked Sendable {
 
         condition.lock()
         let live = Array(connections.values).sorted { $0.id < $1.id }
+        handOverConnections = live
         condition.unlock()
         let deadline = Date(timeIntervalSinceNow: timeout)
         let suspendable = live.map { $0.handler as? any NineSuspendableHandler }
@@ -300,17 +331,40 @@ public final class SocketServer: @unchecked Sendable {
             }
         }
         if let unsettled {
-            for handler in suspendable { handler?.resume() }
-            for connection in live { connection.resumeReading() }
-            condition.lock()
-            state = .running
-            condition.unlock()
-            let fds = listeners.map(\.fd)
-            let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
-            thread.name = "pvfs.9p.accept"
-            thread.start()
+            abandonHandOver()
             throw PVFSError(.transport, "\(unsettled) within \(timeout) s", errno: .resourceBusy)
         }
+    }
+
+    /// Serves on after `prepareHandOver` (the hand-over was given up).
+    public func abandonHandOver() {
+        condition.lock()
+        guard state == .handingOver else { condition.unlock(); return }
+        let live = handOverConnections
+        handOverConnections = []
+        state = .running
+        let wake = wakeFD
+        let fds = listeners.map(\.fd)
+        condition.unlock()
+        for connection in live { (connection.handler as? any NineSuspendableHandler)?.resume() }
+        for connection in live { connection.resumeReading() }
+        let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
+        thread.name = "pvfs.9p.accept"
+        thread.start()
+    }
+
+    /// Last step of a hand-over, after `prepareHandOver`: sends what each connection has
+    /// queued and returns the listening sockets and the connections with their sessions, all
+    /// left open for the process that takes over. A connection whose client does not take its
+    /// replies within `timeout` s is closed instead (counted in `closedCount`). Afterwards the
+    /// server serves nothing and `stop()` closes nothing.
+    public func completeHandOver(timeout: Double) -> SocketServerHandOff {
+        condition.lock()
+        let live = handOverConnections
+        handOverConnections = []
+        let wake = wakeFD
+        condition.unlock()
+        let deadline = Date(timeIntervalSinceNow: timeout)
         var handed: [SocketConnectionHandOff] = []
         var closed = 0
         for connection in live {
@@ -329,7 +383,7 @@ public final class SocketServer: @unchecked Sendable {
         state = .handedOver
         if let usageSource { admission.removeSource(usageSource) }
         usageSource = nil
-        Glibc.close(wake)
+        if wake >= 0 { Glibc.close(wake) }
         wakeFD = -1
         condition.broadcast()
         condition.unlock()
@@ -348,8 +402,9 @@ public final class SocketServer: @unchecked Sendable {
         return index < requested.count ? requested[index].description : listener.address.description
     }
 
-    /// Serves a connection handed over by the previous process.
-    private func adopt(_ handOff: SocketConnectionHandOff, restore: ((SocketConnectionHandOff) throws -> any NineMessageHandler)?) {
+    /// A connection handed over by the previous process, its session restored, not started yet.
+    private func adopt(_ handOff: SocketConnectionHandOff,
+                       restore: ((SocketConnectionHandOff) throws -> any NineMessageHandler)?) -> SocketConnection? {
         var log = logger
         log[metadataKey: "peer"] = "\(handOff.peer)"
         condition.lock()
@@ -364,24 +419,19 @@ public final class SocketServer: @unchecked Sendable {
             guard let restore else { throw PVFSError(.transport, "no session restorer", errno: .invalidArgument) }
             handler = try restore(handOff)
         } catch {
+            // This client loses its connection, as at a crash; the others are served.
             log.error("a handed-over connection could not be restored, closing it: \(error)")
             admission.release(connection: handOff.id)
             Glibc.close(handOff.fd)
-            return
+            return nil
         }
-        let admission = self.admission
-        let listenerName = handOff.listenerName
-        let connection = SocketConnection(
-            fd: handOff.fd, id: handOff.id, peer: handOff.peer, listenerName: listenerName, handler: handler,
-            readSize: configuration.readSize, replyQueueLimit: configuration.replyQueueLimit, sendGate: sendGate, logger: log,
-            initialInput: handOff.pendingInput,
-            stalled: { admission.countBackpressure(.listener(listenerName), limit: .replyQueueBytes) },
-            finished: { [weak self] finished in self?.remove(finished) })
+        let connection = makeConnection(fd: handOff.fd, id: handOff.id, peer: handOff.peer, listenerName: handOff.listenerName,
+                                        handler: handler, logger: log, initialInput: handOff.pendingInput)
         condition.lock()
         connections[handOff.id] = connection
         condition.unlock()
         log.info("connection adopted")
-        connection.start()
+        return connection
     }
 
     private func acceptLoop(_ fds: [Int32], wake: Int32) {
@@ -494,11 +544,7 @@ public final class SocketServer: @unchecked Sendable {
             return
         }
         let admission = self.admission
-        let socketConnection = SocketConnection(
-            fd: fd, id: id, peer: peer, listenerName: listenerName, handler: handler, readSize: configuration.readSize,
-            replyQueueLimit: configuration.replyQueueLimit, sendGate: sendGate, logger: log,
-            stalled: { admission.countBackpressure(.listener(listenerName), limit: .replyQueueBytes) },
-            finished: { [weak self] finished in self?.remove(finished) })
+        let socketConnection = makeConnection(fd: fd, id: id, peer: peer, listenerName: listenerName, handler: handler, logger: log)
         condition.lock()
         guard state == .running else {
             condition.unlock()
@@ -511,6 +557,17 @@ public final class SocketServer: @unchecked Sendable {
         condition.unlock()
         log.info("connection accepted")
         socketConnection.start()
+    }
+
+    /// A connection of this server (accepted, or adopted with the bytes it had pending).
+    private func makeConnection(fd: Int32, id: UInt64, peer: NinePPeer, listenerName: String, handler: any NineMessageHandler,
+                                logger: Logger, initialInput: [UInt8] = []) -> SocketConnection {
+        let admission = self.admission
+        return SocketConnection(
+            fd: fd, id: id, peer: peer, listenerName: listenerName, handler: handler, readSize: configuration.readSize,
+            replyQueueLimit: configuration.replyQueueLimit, sendGate: sendGate, logger: logger, initialInput: initialInput,
+            stalled: { admission.countBackpressure(.listener(listenerName), limit: .replyQueueBytes) },
+            finished: { [weak self] finished in self?.remove(finished) })
     }
 
     /// Ends one connection from the server side (its VM is being removed, say): the socket is

@@ -59,6 +59,14 @@ struct UpgradeCommandTests {
             }
         }
 
+        /// A client over the Unix listener, attached to the VM as fid 0.
+        func attachedClient() throws -> (fd: Int32, client: NinePClient) {
+            let (fd, client) = try connect(unixAddress)
+            _ = try client.version(msize: 65536)
+            _ = try client.attach(fid: 0, aname: "guest", uid: 0)
+            return (fd, client)
+        }
+
         func status() throws -> [String: Any] {
             let status = try parseJSON(try mustRun("pvfs", ["status", "--json", "--store", store]).stdout) as? [String: Any]
             return (status?["daemon"] as? [String: Any]) ?? [:]
@@ -134,10 +142,8 @@ struct UpgradeCommandTests {
     @Test func connectionsSurviveUpgrades() throws {
         let daemon = try RunningDaemon()
         defer { daemon.stop() }
-        let (fdA, a) = try daemon.connect(daemon.unixAddress)
+        let (fdA, a) = try daemon.attachedClient()
         defer { NinePClient.closeSocket(fdA) }
-        _ = try a.version(msize: 65536)
-        _ = try a.attach(fid: 0, aname: "guest", uid: 0)
         _ = try a.walk(fid: 0, newFid: 1, [])
         _ = try a.lcreate(fid: 1, name: "kept.txt", flags: UInt32(O_RDWR | O_CREAT), mode: 0o644)
         #expect(try a.write(fid: 1, offset: 0, Array("before;".utf8)) == 7)
@@ -223,10 +229,8 @@ struct UpgradeCommandTests {
     @Test func failedUpgradeKeepsServing() throws {
         let daemon = try RunningDaemon()
         defer { daemon.stop() }
-        let (fd, client) = try daemon.connect(daemon.unixAddress)
+        let (fd, client) = try daemon.attachedClient()
         defer { NinePClient.closeSocket(fd) }
-        _ = try client.version(msize: 65536)
-        _ = try client.attach(fid: 0, aname: "guest", uid: 0)
         let pid = try daemon.pid()
         let result = try runTool("pvfs", ["upgrade", "--store", daemon.store, "--binary", "/bin/true"])
         #expect(result.status == 1)
@@ -244,10 +248,8 @@ struct UpgradeCommandTests {
     @Test func sessionsThatCannotMoveRefuseTheUpgrade() throws {
         let daemon = try RunningDaemon()
         defer { daemon.stop() }
-        let (fd, client) = try daemon.connect(daemon.unixAddress)
+        let (fd, client) = try daemon.attachedClient()
         defer { NinePClient.closeSocket(fd) }
-        _ = try client.version(msize: 65536)
-        _ = try client.attach(fid: 0, aname: "guest", uid: 0)
         let mountPoint = daemon.area.sub("mnt")
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         try mustRun("pvfs-vm", ["mount", "guest", mountPoint, "--store", daemon.store])
@@ -272,10 +274,8 @@ struct UpgradeCommandTests {
     @Test func failedTakeOverFallsBackToTheRunningBuild() throws {
         let daemon = try RunningDaemon()
         defer { daemon.stop() }
-        let (fd, client) = try daemon.connect(daemon.unixAddress)
+        let (fd, client) = try daemon.attachedClient()
         defer { NinePClient.closeSocket(fd) }
-        _ = try client.version(msize: 65536)
-        _ = try client.attach(fid: 0, aname: "guest", uid: 0)
         _ = try client.walk(fid: 0, newFid: 1, [])
         _ = try client.lcreate(fid: 1, name: "f", flags: UInt32(O_RDWR | O_CREAT), mode: 0o644)
         _ = try client.write(fid: 1, offset: 0, Array("data".utf8))
