@@ -132,11 +132,11 @@ int cpvfs_interrupt_signal(void) {
     return SIGRTMIN + 3;
 }
 
-void cpvfs_accept_interrupts(void) {
+void cpvfs_accept_interrupts(int accept) {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, cpvfs_interrupt_signal());
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    pthread_sigmask(accept ? SIG_UNBLOCK : SIG_BLOCK, &set, NULL);
 }
 
 int cpvfs_interrupt_thread(unsigned long thread) {

@@ -811,12 +811,17 @@ extension NinePConnection: NineSuspendableHandler {
     /// A connection handed over by another process, serving the session `state` describes: the
     /// msize agreed, every attach (resolved again, so the VM's access rules of now apply), every
     /// fid with its open file and locks.
+    /// `onSessionEnd` is set before anything is restored, so that a restore that fails half-way
+    /// hands back every session it had opened.
     public convenience init(restoring state: [UInt8], peer: NinePPeer, configuration: NinePConfiguration = NinePConfiguration(),
-                            pool: NinePWorkerPool, logger: Logger, resolver: @escaping NinePAttachResolver) throws {
+                            pool: NinePWorkerPool, logger: Logger, resolver: @escaping NinePAttachResolver,
+                            onSessionEnd: (@Sendable (VMView) -> Void)?) throws {
         self.init(peer: peer, configuration: configuration, pool: pool, logger: logger, resolver: resolver)
+        self.onSessionEnd = onSessionEnd
         let restored = try session.restore(state, into: fids)
         self.state.withLock {
-            negotiatedSize = restored.messageSize.map { min($0, configuration.maximumMessageSize) }
+            // The client goes on with the msize it agreed, whatever this build's maximum now.
+            negotiatedSize = restored.messageSize.map { min(max($0, NineP.minimumMessageSize), 1 << 30) }
             if let vm = restored.vm {
                 poolTenant = .vm(vm)
                 vmTimer = configuration.requestTimers?.timer(forVM: vm)

@@ -330,14 +330,18 @@ extension NinePSession {
                 views[ObjectIdentifier(view)] = view
                 attaches[ObjectIdentifier(view)] = attach
             }
+            restored[i] = view
             for held in record.locks {
                 do throws(Errno) {
                     try view.setLock(held.inode, owner: held.owner, range: held.range, wait: false)
                 } catch {
-                    logger.error("a handed-over lock on inode \(held.inode) could not be taken again: \(error)")
+                    // The client believes it holds this lock: serving it without would break
+                    // its locking silently. The connection is not restored (it ends, as at a crash).
+                    for fid in table.close() { finalize(fid, in: table) }
+                    for view in restored.values { endSession(view) }
+                    throw NinePHandOverError("a handed-over lock on inode \(held.inode) could not be taken again: \(error)")
                 }
             }
-            restored[i] = view
         }
         for record in state.fids {
             guard let view = restored[record.session], let kind = FileKind(rawValue: record.kind) else { continue }

@@ -93,7 +93,16 @@ public struct DaemonCommand: ParsableCommand {
                 if let error = error as? ConfigurationError { throw CommandFailure(error.description) }
                 throw error
             }
-            adoption?.reportServing()
+            if let adoption {
+                // Restored, not yet reading: serve only once the previous process lets go.
+                do {
+                    try adoption.awaitPermissionToServe()
+                } catch {
+                    logger.error("the previous pvfsd did not let go: \(error)")
+                    throw CommandFailure("taking over failed: \(error)")
+                }
+                daemon.beginServingAdopted()
+            }
             daemon.adoption = nil
             ServiceManagerNotification.send("READY=1\nSTATUS=serving")
             daemon.runUntilSignalled()

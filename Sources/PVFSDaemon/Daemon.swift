@@ -205,6 +205,13 @@ public final class Daemon: @unchecked Sendable {
         stopped.unlock()
     }
 
+    /// After taking over (`adoption`): the adopted connections are read and new ones accepted.
+    public func beginServingAdopted() {
+        for service in services {
+            (service as? NinePSocketService)?.beginServing()
+        }
+    }
+
     /// Marks an upgrade under way; false when one is, or the daemon stops.
     func beginUpgrade() -> Bool {
         stopped.lock()
@@ -215,7 +222,10 @@ public final class Daemon: @unchecked Sendable {
     }
 
     func endUpgrade() {
-        stopped.withLock { upgrading = false }
+        stopped.withLock {
+            upgrading = false
+            stopped.broadcast()
+        }
     }
 
     func stopUsageSaving() {
@@ -229,6 +239,10 @@ public final class Daemon: @unchecked Sendable {
 
     public func stop() {
         stopped.lock()
+        // An upgrade under way ends first: undone (then this stop goes on) or handed over (then
+        // the process exits and this never returns). Stopping meanwhile would close volumes
+        // and files the new process is taking over.
+        while upgrading { stopped.wait() }
         if stopping { stopped.unlock(); return }
         stopping = true
         stopped.unlock()
@@ -276,7 +290,9 @@ public final class Daemon: @unchecked Sendable {
                 // Handed over (or, past the point of no return, nobody took over): this process
                 // ends here, closing nothing the new one serves (its descriptors stay open there).
                 logger.notice("pvfsd exits after the hand-over")
-                exit(exitCode)
+                // _exit: no atexit work under the parked threads; what the new process serves
+                // stays open there.
+                _exit(exitCode)
             }
         }
     }

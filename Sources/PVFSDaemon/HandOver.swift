@@ -157,10 +157,14 @@ public struct DaemonAdoption: @unchecked Sendable {
         return DaemonAdoption(manifest: manifest, descriptors: descriptors, channel: channel)
     }
 
-    /// Tells the previous process this one serves now (it then exits).
-    public func reportServing() {
-        try? channel.send(HandOverMessage(kind: "adopted", pid: getpid()).encoded())
+    /// Tells the previous process that everything is restored, and waits for its word to serve
+    /// (after which it exits). Throws when it does not give it: it may serve on (or take over
+    /// from itself), so this process must not read a byte of any client.
+    public func awaitPermissionToServe() throws {
+        try channel.send(HandOverMessage(kind: "adopted", pid: getpid()).encoded())
+        let answer = try HandOverMessage.decode(channel.receive(timeout: 30).payload)
         channel.close()
+        guard answer.kind == "serve" else { throw ConfigurationError("the previous pvfsd answered \(answer.kind)") }
     }
 
     /// Tells the previous process the take-over failed (it then tries its own binary).
@@ -244,16 +248,22 @@ extension Daemon {
             throw ConfigurationError("\(binary) (pvfs \(hello.version ?? "?")) cannot take over from this version")
         }
 
-        // 2. Every connection comes to rest between two messages; reversible until here.
+        // 2. Every connection of every listener comes to rest between two messages; all of them
+        // serve on if any does not. Reversible until here.
         let nineP = services.compactMap { $0 as? NinePSocketService }
-        var handOffs: [SocketServerHandOff] = []
+        var prepared: [NinePSocketService] = []
         do {
-            for service in nineP { handOffs.append(try service.handOver(timeout: timeout)) }
+            for service in nineP {
+                try service.prepareHandOver(timeout: timeout)
+                prepared.append(service)
+            }
         } catch {
+            for service in prepared { service.abandonHandOver() }
             child.abandon()
             throw error
         }
         pointOfNoReturn = true
+        let handOffs = nineP.map { $0.completeHandOver(timeout: timeout) }
 
         // 3. Nothing of this process may touch the store any more: periodic work stops, the
         // services that cannot move end, the volumes close keeping the open unlinked files.
@@ -315,6 +325,9 @@ extension Daemon {
                 guard answer.kind == "adopted", let pid = answer.pid else {
                     throw ConfigurationError(answer.error ?? "the new process answered \(answer.kind)")
                 }
+                // The new process has restored everything and reads nothing until told: from
+                // this message on it serves, and this process only exits.
+                try child.channel.send(HandOverMessage(kind: "serve").encoded())
                 child.release()
                 ServiceManagerNotification.send("MAINPID=\(pid)\nSTATUS=handed over to pid \(pid)")
                 logger.notice("handed over to pid \(pid) (\(candidate)): \(connections) connections, \(closed) closed")

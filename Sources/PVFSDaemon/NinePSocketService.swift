@@ -90,28 +90,45 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
                 }
                 return view
             }
-            let connection = if let handedOver {
-                try NinePConnection(restoring: handedOver, peer: peer, configuration: nine, pool: pool, logger: logger, resolver: resolver)
-            } else {
-                NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger, resolver: resolver)
-            }
             // A session ends with its last fid (or with the connection).
-            connection.onSessionEnd = { view in registry.closeSession(view) }
+            let sessionEnded: @Sendable (VMView) -> Void = { view in registry.closeSession(view) }
+            if let handedOver {
+                return try NinePConnection(restoring: handedOver, peer: peer, configuration: nine, pool: pool, logger: logger,
+                                           resolver: resolver, onSessionEnd: sessionEnded)
+            }
+            let connection = NinePConnection(peer: peer, configuration: nine, pool: pool, logger: logger, resolver: resolver)
+            connection.onSessionEnd = sessionEnded
             return connection
         }
         let server = SocketServer(listen: addresses, configuration: serverConfiguration, admission: admission,
                                   logger: logger) { peer in try makeConnection(peer, nil) }
         serverBox.server = server
-        try server.start(adopting: adoption) { handOff in try makeConnection(handOff.peer, handOff.session) }
+        try server.start(adopting: adoption, deferServing: adoption != nil) { handOff in
+            try makeConnection(handOff.peer, handOff.session)
+        }
         adoption = nil
         self.server = server
     }
 
-    /// Hands the listeners and connections (at rest, with their sessions) over for another
-    /// process; throws, serving on, when a connection does not come to rest within `timeout` s.
-    public func handOver(timeout: Double) throws -> SocketServerHandOff {
-        guard let server else { return SocketServerHandOff(listeners: [], connections: []) }
-        return try server.handOver(timeout: timeout)
+    /// Brings every connection to rest for a hand-over; throws, serving on, when one does not
+    /// within `timeout` s (see `SocketServer.prepareHandOver`).
+    public func prepareHandOver(timeout: Double) throws {
+        try server?.prepareHandOver(timeout: timeout)
+    }
+
+    /// Serves on after `prepareHandOver`.
+    public func abandonHandOver() {
+        server?.abandonHandOver()
+    }
+
+    /// The listeners and connections (at rest, with their sessions) for the next process.
+    public func completeHandOver(timeout: Double) -> SocketServerHandOff {
+        server?.completeHandOver(timeout: timeout) ?? SocketServerHandOff(listeners: [], connections: [])
+    }
+
+    /// After a take-over: reads the adopted connections and accepts new ones.
+    public func beginServing() {
+        server?.beginServing()
     }
 
     public func stop() {

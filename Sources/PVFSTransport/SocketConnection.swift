@@ -323,8 +323,9 @@ final class SocketConnection: @unchecked Sendable {
     private var parkedInput: [UInt8] = []
     /// Read without the lock on every loop of the reader: set while `readerControl` is not `.reading`.
     private let controlAsked = Atomic<Bool>(false)
-    /// The reader thread, to interrupt its recv(2) with a signal (0 before it runs).
-    private let readerThread = Atomic<UInt>(0)
+    /// The reader thread, to interrupt its recv(2) with a signal: 0 before it runs and once it
+    /// has returned (so no signal is ever sent to a thread that is gone). Guarded by `control`.
+    private var readerThread: UInt = 0
 
     /// `stalled`: called each time the reader stops taking requests because the client does not
     /// read its replies.
@@ -390,8 +391,8 @@ final class SocketConnection: @unchecked Sendable {
         while readerControl == .pauseAsked {
             // The reader may be blocked in recv (a signal ends that with EINTR; one sent just
             // before it entered recv is lost, hence again every 20 ms) or waiting for room.
-            let thread = readerThread.load(ordering: .acquiring)
-            if thread != 0 { _ = cpvfs_interrupt_thread(thread) }
+            // Sent under `control`, which the reader takes before it ends: never to a thread gone.
+            if readerThread != 0 { _ = cpvfs_interrupt_thread(readerThread) }
             writer.interruptWaits()
             if !control.wait(until: min(deadline, Date(timeIntervalSinceNow: 0.02))) && Date() >= deadline { break }
         }
@@ -400,7 +401,8 @@ final class SocketConnection: @unchecked Sendable {
             controlAsked.store(false, ordering: .releasing)
             return false
         }
-        return readerControl == .paused
+        // Ended meanwhile (the client left): nothing to wait for; it is not handed over.
+        return readerControl == .paused || readerControl == .ending
     }
 
     /// Lets a paused reader go on.
@@ -466,8 +468,16 @@ final class SocketConnection: @unchecked Sendable {
     }
 
     private func run() {
-        cpvfs_accept_interrupts()
-        readerThread.store(UInt(cpvfs_current_thread()), ordering: .releasing)
+        // The interrupt signal reaches this thread only inside recv (below).
+        cpvfs_accept_interrupts(0)
+        control.withLock { readerThread = UInt(cpvfs_current_thread()) }
+        defer {
+            control.lock()
+            readerThread = 0
+            if readerControl != .handedOver { readerControl = .ending }
+            control.broadcast()
+            control.unlock()
+        }
         let socket = fd
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 16)
         defer { buffer.deallocate() }
@@ -491,9 +501,13 @@ final class SocketConnection: @unchecked Sendable {
                 }
                 writer.waitForRoom(blocked: stalled, stop: paused)
                 if paused() { continue }
+                cpvfs_accept_interrupts(1)
                 let n = recv(socket, buffer.baseAddress, buffer.count, 0)
+                let error = errno
+                cpvfs_accept_interrupts(0)
                 if n < 0 {
-                    if errno == EINTR { continue }
+                    if error == EINTR { continue }
+                    errno = error
                     reason = "\(Errno(rawValue: errno))"
                     break
                 }

@@ -50,9 +50,10 @@ int cpvfs_accept(int socket);
 /// look at what it was asked to do (pause at a message boundary) without a poll per read.
 /// Installs the handler once; returns the signal number.
 int cpvfs_interrupt_signal(void);
-/// Unblocks the interrupt signal in the calling thread (a process may start with it blocked:
-/// threads inherit the mask of whoever spawned them).
-void cpvfs_accept_interrupts(void);
+/// Blocks (0) or unblocks (1) the interrupt signal in the calling thread. A reader unblocks it
+/// only around its blocking recv(2), so that no other call of the thread (a request it runs
+/// itself: file I/O, SQLite, locks) ever sees an EINTR from it.
+void cpvfs_accept_interrupts(int accept);
 /// pthread_kill(3) of `thread` with the interrupt signal.
 int cpvfs_interrupt_thread(unsigned long thread);
 /// pthread_self(3), as a number Swift can store atomically.
