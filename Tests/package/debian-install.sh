@@ -12,8 +12,12 @@
 #   4. the admin edits /etc/pvfs/pvfsd.conf and restarts pvfsd; `pvfs-vm mount` (FUSE, hosted by
 #      pvfsd) shows the VM's files to the admin; a file is written through it;
 #   5. man pages (pvfs-vm, a subcommand, pvfsd(8), whatis) and bash completion work;
-#   6. apt-get install of the CURRENT package upgrades in place: pvfsd restarted through
-#      /usr/lib/pvfs/pvfsd-upgrade, the edited conffile, the template, the VM and its file kept;
+#   6. apt-get install of the CURRENT package upgrades in place through
+#      /usr/lib/pvfs/pvfsd-upgrade: while pvfsd hosts a FUSE mount (which cannot move yet) the
+#      previous build serves on and says so; once the admin unmounts, `pvfs upgrade` hands pvfsd
+#      to the new build, systemd follows the new main process, and a 9P client connected
+#      the whole time (Tests/package/9p-client.pl) sees no error; the edited conffile, the
+#      template, the VM and its file are kept;
 #   7. apt-get remove: pvfsd stopped, binaries gone, conffile and the store kept;
 #   8. apt-get purge + autoremove: nothing of the package left except the store, which holds
 #      a template and a VM; a second install whose store stays empty is purged without trace.
@@ -217,12 +221,24 @@ expect "zsh and fish completions are where those shells look" \
 
 step "upgrade to $CUR_VERSION"
 old_pid=$(inside systemctl show -P MainPID pvfsd)
+cp "$(dirname "$0")/9p-client.pl" "$ROOT/root/9p-client.pl"
+expect "a 9P client attaches over the packaged socket and stays connected" \
+    "pvfs-vm bind web1 --any >/dev/null && (setsid perl /root/9p-client.pl /run/pvfs/9p.sock web1 120 /root/9p-client.log >/dev/null 2>&1 &) &&
+     for i in \$(seq 50); do grep -q attached /root/9p-client.log 2>/dev/null && exit 0; sleep 0.2; done; cat /root/9p-client.log; exit 1"
 expect "apt-get installs the new version over the old" \
     "apt-get install -y -q $CUR_DEB > /root/upgrade.log 2>&1 || { tail -30 /root/upgrade.log; exit 1; }"
 expect "dpkg has pvfs $CUR_VERSION installed" "[ \"\$(dpkg-query -W -f='\${Version}' pvfs)\" = '$CUR_VERSION' ]"
-expect "pvfsd was restarted and runs" "[ \"\$(systemctl show -P MainPID pvfsd)\" != '$old_pid' ] && systemctl is-active pvfsd"
+expect "with the host mount up, the previous build serves on and says why" \
+    "[ \"\$(systemctl show -P MainPID pvfsd)\" = '$old_pid' ] && grep -q 'keeps running the previous build' /root/upgrade.log &&
+     grep -q 'host mount of web1' /root/upgrade.log && [ \"\$(cat /mnt/web1/root/note)\" = 'written by the admin' ] || { cat /root/upgrade.log; exit 1; }"
+expect "once unmounted, pvfs upgrade hands pvfsd to the new build" \
+    "pvfs-vm umount /mnt/web1 && pvfs upgrade && [ \"\$(systemctl show -P MainPID pvfsd)\" != '$old_pid' ] && systemctl is-active pvfsd &&
+     pvfs status | grep -q 'took over: from pvfs'"
+expect "systemd follows the new main process" \
+    "[ \"\$(systemctl show -P MainPID pvfsd)\" = \"\$(pvfs status --json | sed -n 's/^ *\"pid\" *: *\\([0-9]*\\).*/\\1/p' | head -1)\" ]"
+expect "the 9P client connected through both saw no error" \
+    "for i in \$(seq 150); do grep -q '^done' /root/9p-client.log && break; sleep 1; done; tail -3 /root/9p-client.log; grep -q '^done ok=[1-9][0-9]* bad=0' /root/9p-client.log"
 expect "the edited conffile is kept" "grep -q '^janitor-interval = 600$' /etc/pvfs/pvfsd.conf && grep -q 'edited by the admin' /etc/pvfs/pvfsd.conf && [ ! -e /etc/pvfs/pvfsd.conf.dpkg-new ]"
-expect "the host mount ended cleanly with the old daemon" "! mountpoint -q /mnt/web1 && ls /mnt/web1 >/dev/null"
 expect "the template, the VM and the admin's file are kept" \
     "pvfs-template list | grep -q debian12 && pvfs-vm list | grep -q web1 && pvfs-vm mount web1 /mnt/web1 &&
      [ \"\$(cat /mnt/web1/root/note)\" = 'written by the admin' ] && pvfs-vm umount /mnt/web1"
