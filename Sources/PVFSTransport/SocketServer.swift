@@ -259,10 +259,7 @@ public final class SocketServer: @unchecked Sendable {
         state = .stopping
         let wake = wakeFD
         condition.unlock()
-
-        var one: UInt64 = 1
-        _ = write(wake, &one, 8)
-        acceptorDone.wait()
+        endAcceptLoop(wake)
 
         condition.lock()
         let bound = listeners
@@ -303,9 +300,7 @@ public final class SocketServer: @unchecked Sendable {
         state = .handingOver
         let wake = wakeFD
         condition.unlock()
-        var one: UInt64 = 1
-        _ = write(wake, &one, 8)
-        acceptorDone.wait()
+        endAcceptLoop(wake)
 
         condition.lock()
         let live = Array(connections.values).sorted { $0.id < $1.id }
@@ -348,6 +343,10 @@ public final class SocketServer: @unchecked Sendable {
         condition.unlock()
         for connection in live { (connection.handler as? any NineSuspendableHandler)?.resume() }
         for connection in live { connection.resumeReading() }
+        // The wake-up that ended the accept loop is still counted: consumed, or the new loop
+        // would end at once.
+        var count: UInt64 = 0
+        _ = read(wake, &count, 8)
         let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
         thread.name = "pvfs.9p.accept"
         thread.start()
@@ -432,6 +431,13 @@ public final class SocketServer: @unchecked Sendable {
         condition.unlock()
         log.info("connection adopted")
         return connection
+    }
+
+    /// Wakes the accept loop to end and waits until it has.
+    private func endAcceptLoop(_ wake: Int32) {
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+        acceptorDone.wait()
     }
 
     private func acceptLoop(_ fds: [Int32], wake: Int32) {

@@ -27,6 +27,12 @@ struct TenantLimitCommandTests {
 
     /// A client over a fresh stream socket to `address` ("tcp:127.0.0.1:PORT" or "unix:PATH").
     static func connect(_ address: String) throws -> (fd: Int32, client: NinePClient) {
+        let fd = try connectedSocket(address)
+        return (fd, NinePClient(fileDescriptor: fd))
+    }
+
+    /// A stream socket connected to `address`, with nobody reading it yet.
+    static func connectedSocket(_ address: String) throws -> Int32 {
         let fd: Int32
         if address.hasPrefix("unix:") {
             fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -50,7 +56,7 @@ struct TenantLimitCommandTests {
             }
             guard rc == 0 else { close(fd); throw Errno(rawValue: errno) }
         }
-        return (fd, NinePClient(fileDescriptor: fd))
+        return fd
     }
 
     /// Ends a connection at once, as a guest that reboots does. The descriptor stays open (the

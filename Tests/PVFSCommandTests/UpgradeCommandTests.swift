@@ -93,22 +93,6 @@ struct UpgradeCommandTests {
 
     static func message(_ request: NinePRequest, tag: UInt16) -> [UInt8] { request.encode(tag: tag) }
 
-    /// A TCP socket to "tcp:127.0.0.1:PORT" with no client reading it.
-    static func rawConnect(_ address: String) throws -> Int32 {
-        let parts = address.split(separator: ":")
-        guard parts.count == 3, let port = UInt16(parts[2]) else { throw Errno.invalidArgument }
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var sa = sockaddr_in()
-        sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_port = port.bigEndian
-        sa.sin_addr.s_addr = inet_addr(String(parts[1]))
-        let rc = withUnsafePointer(to: &sa) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else { close(fd); throw Errno(rawValue: errno) }
-        return fd
-    }
-
     /// Reads one whole R-message from a raw socket.
     static func readReply(_ fd: Int32) throws -> NinePResponse {
         func readExactly(_ n: Int) throws -> [UInt8] {
@@ -156,7 +140,7 @@ struct UpgradeCommandTests {
         let versionBefore = try a.getattr(fid: 1).qid.version
 
         // A second client over TCP, speaking raw bytes so that it can stop inside a message.
-        let fdB = try Self.rawConnect(daemon.tcpAddress)
+        let fdB = try TenantLimitCommandTests.connectedSocket(daemon.tcpAddress)
         defer { close(fdB) }
         Self.sendAll(fdB, Self.message(.version(msize: 65536, version: Array("9P2000.L".utf8)), tag: NineP.noTag)[...])
         _ = try Self.readReply(fdB)
