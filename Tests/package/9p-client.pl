@@ -2,12 +2,11 @@
 # Tests/package/9p-client.pl SOCKET VM SECONDS LOG: a 9P2000.L client that stays connected while
 # the package is upgraded. It attaches to VM over the Unix socket, then sends Tgetattr every
 # 0.1 s for SECONDS, logging progress to LOG, and ends with "done ok=N bad=M". Perl because the
-# Debian base system has it (perl-base) and no other scripting language.
+# Debian base system has it (perl-base, without Time::HiRes) and no other scripting language.
 use strict;
 use warnings;
 use IO::Socket::UNIX;
 use Socket qw(SOCK_STREAM);
-use Time::HiRes qw(sleep time);
 
 my ($path, $vm, $seconds, $log) = @ARGV;
 open(my $out, '>', $log) or die "$log: $!";
@@ -46,6 +45,6 @@ while (time < $end) {
         print $out "error: " . ($@ || "reply type $type") . "\n";
         last;
     }
-    sleep 0.1;
+    select(undef, undef, undef, 0.1);
 }
 print $out "done ok=$ok bad=$bad\n";
