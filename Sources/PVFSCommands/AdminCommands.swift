@@ -442,15 +442,15 @@ public struct Upgrade: ParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Hand the running pvfsd's listeners and 9P connections (fids, open files, locks) to a new pvfsd binary; clients notice nothing.",
         discussion: """
-            The running daemon starts BINARY (default: its own path, where a package upgrade put the
-            new build) with its own arguments, lets every connection come to rest between two
-            requests, and passes the listening and connected sockets with each connection's session
-            to it; the old process then exits. Should the new binary fail to take over, the running
-            build takes over from itself. Xen devices, virtio-fs front-ends and host FUSE mounts
-            cannot move yet: the upgrade is refused while any is connected, unless --force (they
+            The running daemon starts BINARY (default: its own path, where a package upgrade put the \
+            new build) with its own arguments, lets every connection come to rest between two \
+            requests, and passes the listening and connected sockets with each connection's session \
+            to it; the old process then exits. Should the new binary fail to take over, the running \
+            build takes over from itself. Xen devices, virtio-fs front-ends and host FUSE mounts \
+            cannot move yet: the upgrade is refused while any is connected, unless --force (they \
             then end). Under systemd the new process becomes the service's main process (MAINPID=).
-            Exit codes: 0 handed over; 1 failed (the old daemon still serves unless the message says
-            it exited); 3 no daemon runs for the store; 4 refused because of sessions that cannot
+            Exit codes: 0 handed over; 1 failed (the old daemon still serves unless the message says \
+            it exited); 3 no daemon runs for the store; 4 refused because of sessions that cannot \
             move (the old daemon serves on).
             """)
 

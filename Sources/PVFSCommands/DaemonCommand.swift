@@ -14,7 +14,7 @@ public struct DaemonCommand: ParsableCommand {
             Settings come from --config (default /etc/pvfs/pvfsd.conf when it exists), then options.
             The control socket is <store>/pvfsd.sock; pvfs-vm changes (quota, access, bindings, rm) take effect live.
             SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the catalog.
-            `pvfs upgrade` hands every 9P listener and connection (with its fids, open files and
+            `pvfs upgrade` hands every 9P listener and connection (with its fids, open files and \
             locks) to a new pvfsd binary without the clients noticing.
             """,
         version: pvfsVersion)
