@@ -132,10 +132,7 @@ final class StreamListener: @unchecked Sendable {
     }
 
     func stop() {
-        if wakeFD >= 0 {
-            var one: UInt64 = 1
-            _ = write(wakeFD, &one, 8)
-        }
+        endAcceptLoop()
         shutdown(fd, Int32(SHUT_RDWR))
         close(fd)
         if let unixPath { unlink(unixPath) }
@@ -144,12 +141,19 @@ final class StreamListener: @unchecked Sendable {
     /// Ends the accept loop and returns the listening socket, open, for the process that takes
     /// over; `stop()` must not be called afterwards.
     func suspendAccepting() -> Int32 {
-        if wakeFD >= 0 {
-            var one: UInt64 = 1
-            _ = write(wakeFD, &one, 8)
-            acceptLoopEnded.wait()
-        }
+        endAcceptLoop()
         return fd
+    }
+
+    /// Wakes the accept loop, waits until it has returned, then closes its wake-up descriptor
+    /// (only then: a number closed while the loop may still poll it could be another file's).
+    private func endAcceptLoop() {
+        guard wakeFD >= 0 else { return }
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+        acceptLoopEnded.wait()
+        close(wakeFD)
+        wakeFD = -1
     }
 }
 
