@@ -452,12 +452,12 @@ final class SocketConnection: @unchecked Sendable {
     }
 
     /// Called by the reader between messages when the server asked something of it: parks
-    /// until told to go on (true) or that the connection is handed over or ending (false).
+    /// until told to go on (`.reading`), or that the connection is handed over or ending.
     private func parkIfAsked(_ framer: inout NinePMessageFramer) -> ReaderControl {
         guard controlAsked.load(ordering: .acquiring) else { return .reading }
         control.lock()
         defer { control.unlock() }
-        guard readerControl == .pauseAsked else { return readerControl == .paused ? .paused : readerControl }
+        guard readerControl == .pauseAsked else { return readerControl }
         readerControl = .paused
         parkedInput = framer.takeBuffered()
         control.broadcast()
@@ -490,32 +490,8 @@ final class SocketConnection: @unchecked Sendable {
         // At the tenant's priority from the start: a demoted tenant's new connections are too.
         handler.serveOnCurrentThread()
         var reason = "end of stream"
-        // Requests handed over with the connection come first.
-        var framed = !initialInput.isEmpty
         reading: while true {
-            if !framed {
-                switch parkIfAsked(&framer) {
-                case .handedOver: return
-                case .ending: reason = "not handed over"; break reading
-                default: break
-                }
-                writer.waitForRoom(blocked: stalled, stop: paused)
-                if paused() { continue }
-                cpvfs_accept_interrupts(1)
-                let n = recv(socket, buffer.baseAddress, buffer.count, 0)
-                let error = errno
-                cpvfs_accept_interrupts(0)
-                if n < 0 {
-                    if error == EINTR { continue }
-                    errno = error
-                    reason = "\(Errno(rawValue: errno))"
-                    break
-                }
-                if n == 0 { break }
-                lastActivity.store(TenantAdmission.now(), ordering: .relaxed)
-                framer.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            }
-            framed = false
+            // Whole messages received first (those handed over with the connection too).
             while !paused() {
                 framer.maximumMessageSize = handler.maximumMessageSize
                 let message: [UInt8]?
@@ -541,6 +517,25 @@ final class SocketConnection: @unchecked Sendable {
                 // rest yet), so an idle connection may run it on this thread.
                 handler.receive(message, runInline: framer.bufferedByteCount == 0, reply: reply, unanswered: nil)
             }
+            switch parkIfAsked(&framer) {
+            case .handedOver: return
+            case .ending: reason = "not handed over"; break reading
+            default: break
+            }
+            writer.waitForRoom(blocked: stalled, stop: paused)
+            if paused() { continue }
+            cpvfs_accept_interrupts(1)
+            let n = recv(socket, buffer.baseAddress, buffer.count, 0)
+            let error = errno
+            cpvfs_accept_interrupts(0)
+            if n < 0 {
+                if error == EINTR { continue }
+                reason = "\(Errno(rawValue: error))"
+                break
+            }
+            if n == 0 { break }
+            lastActivity.store(TenantAdmission.now(), ordering: .relaxed)
+            framer.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
         }
         logger.debug("connection ends: \(reason)")
         // Requests still running finish (their replies are queued), then every fid is released.
