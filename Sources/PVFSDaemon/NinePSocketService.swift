@@ -103,7 +103,7 @@ public final class NinePSocketService: DaemonService, @unchecked Sendable {
         let server = SocketServer(listen: addresses, configuration: serverConfiguration, admission: admission,
                                   logger: logger) { peer in try makeConnection(peer, nil) }
         serverBox.server = server
-        try server.start(adopting: adoption, deferServing: adoption != nil) { handOff in
+        try server.start(adopting: adoption) { handOff in
             try makeConnection(handOff.peer, handOff.session)
         }
         adoption = nil

@@ -141,13 +141,10 @@ public final class SocketServer: @unchecked Sendable {
     /// sockets serve the addresses they were bound to (no moment without a listener; a listener
     /// no longer configured is closed), and its connections are served again, each through the
     /// handler `restore` rebuilds from its session. A connection whose session cannot be
-    /// restored is closed.
-    ///
-    /// With `deferServing`, adopted connections are restored (sessions, files, locks) but not
-    /// read, and nothing is accepted, until `beginServing()`: the process taking over reads no
-    /// byte of a client before the previous one has let go (it may still serve on, should this
-    /// one fail). A connection whose session cannot be restored is closed.
-    public func start(adopting handOff: SocketServerHandOff? = nil, deferServing: Bool = false,
+    /// restored is closed. Adopted connections are restored (sessions, files, locks) but not read,
+    /// and nothing is accepted, until `beginServing()`: the process taking over reads no byte of
+    /// a client before the previous one has let go (it may still serve on, should this one fail).
+    public func start(adopting handOff: SocketServerHandOff? = nil,
                       restore: ((SocketConnectionHandOff) throws -> any NineMessageHandler)? = nil) throws {
         condition.lock()
         guard state == .idle else {
@@ -157,30 +154,38 @@ public final class SocketServer: @unchecked Sendable {
         condition.unlock()
         var bound: [Listener] = []
         var inherited = handOff?.listeners ?? []
+        // On failure: what this process bound is closed and its socket files removed; what it was
+        // handed is only closed (the previous process may serve on with those socket files).
+        var adoptedFDs: Set<Int32> = []
+        func giveUp() {
+            Self.close(bound.filter { !adoptedFDs.contains($0.fd) })
+            for fd in adoptedFDs { Glibc.close(fd) }
+        }
         do {
             for address in requested {
                 let name = configuration.listenerNames[address.description] ?? address.description
+                let listener: Listener
                 if let index = inherited.firstIndex(where: { $0.requestedAddress == address.description }) {
-                    let listener = inherited.remove(at: index)
-                    bound.append(Listener(fd: listener.fd, address: ListenAddress(listener.boundAddress) ?? address, name: name,
-                                          unixPath: listener.unixPath,
-                                          unixIdentity: listener.unixPath.flatMap { Sockets.fileIdentity($0) }))
-                    _ = fcntl(listener.fd, F_SETFL, O_NONBLOCK)
-                    continue
+                    let handed = inherited.remove(at: index)
+                    listener = Listener(fd: handed.fd, address: ListenAddress(handed.boundAddress) ?? address, name: name,
+                                        unixPath: handed.unixPath, unixIdentity: handed.unixPath.flatMap { Sockets.fileIdentity($0) })
+                    adoptedFDs.insert(handed.fd)
+                } else {
+                    switch address {
+                    case .tcp(let host, let port):
+                        let (fd, actual) = try Sockets.listenTCP(host: host, port: port, backlog: configuration.listenBacklog)
+                        listener = Listener(fd: fd, address: actual, name: name)
+                    case .unix(let path):
+                        let (fd, identity) = try Sockets.listenUnix(path: path, mode: configuration.unixSocketMode,
+                                                                    backlog: configuration.listenBacklog)
+                        listener = Listener(fd: fd, address: address, name: name, unixPath: path, unixIdentity: identity)
+                    }
                 }
-                switch address {
-                case .tcp(let host, let port):
-                    let (fd, actual) = try Sockets.listenTCP(host: host, port: port, backlog: configuration.listenBacklog)
-                    bound.append(Listener(fd: fd, address: actual, name: name))
-                case .unix(let path):
-                    let (fd, identity) = try Sockets.listenUnix(path: path, mode: configuration.unixSocketMode,
-                                                                backlog: configuration.listenBacklog)
-                    bound.append(Listener(fd: fd, address: address, name: name, unixPath: path, unixIdentity: identity))
-                }
-                _ = fcntl(bound[bound.count - 1].fd, F_SETFL, O_NONBLOCK)
+                bound.append(listener)
+                _ = fcntl(listener.fd, F_SETFL, O_NONBLOCK)
             }
         } catch {
-            Self.close(bound)
+            giveUp()
             throw error
         }
         for unused in inherited {
@@ -191,9 +196,10 @@ public final class SocketServer: @unchecked Sendable {
         do {
             wake = try FileDescriptor.makeEventFD().rawValue
         } catch {
-            Self.close(bound)
+            giveUp()
             throw PVFSError(.transport, "eventfd: \(error)", errno: error)
         }
+
         condition.lock()
         listeners = bound
         wakeFD = wake
@@ -206,13 +212,10 @@ public final class SocketServer: @unchecked Sendable {
         }
         let serve = { [self] in
             for connection in adopted { connection.start() }
-            let fds = bound.map(\.fd)
-            let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
-            thread.name = "pvfs.9p.accept"
-            thread.start()
+            startAcceptLoop(bound.map(\.fd), wake: wake)
             for listener in bound { logger.info("serving 9P on \(listener.address)") }
         }
-        if handOff != nil && deferServing {
+        if handOff != nil {
             condition.lock()
             deferredServing = serve
             condition.unlock()
@@ -221,7 +224,7 @@ public final class SocketServer: @unchecked Sendable {
         }
     }
 
-    /// After `start(adopting:deferServing: true)`: reads from the adopted connections and accepts
+    /// After `start(adopting:)`: reads from the adopted connections and accepts
     /// new ones from now on.
     public func beginServing() {
         condition.lock()
@@ -347,9 +350,7 @@ public final class SocketServer: @unchecked Sendable {
         // would end at once.
         var count: UInt64 = 0
         _ = read(wake, &count, 8)
-        let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
-        thread.name = "pvfs.9p.accept"
-        thread.start()
+        startAcceptLoop(fds, wake: wake)
     }
 
     /// Last step of a hand-over, after `prepareHandOver`: sends what each connection has
@@ -431,6 +432,12 @@ public final class SocketServer: @unchecked Sendable {
         condition.unlock()
         log.info("connection adopted")
         return connection
+    }
+
+    private func startAcceptLoop(_ fds: [Int32], wake: Int32) {
+        let thread = Thread { [self] in acceptLoop(fds, wake: wake) }
+        thread.name = "pvfs.9p.accept"
+        thread.start()
     }
 
     /// Wakes the accept loop to end and waits until it has.
