@@ -134,18 +134,13 @@ public final class Daemon: @unchecked Sendable {
             // Unlinked files the clients still hold open stay until they close them.
             for (vm, inodes) in manifest.keptOrphans { registry.keepOrphans(Set(inodes), ofVM: vm) }
         }
-        if let fd = adoption?.descriptor(adoption?.manifest.controlListener) {
-            control = StreamListener(adopting: fd, address: controlAddress, logger: logger) { [weak self] fd in self?.serveControl(fd) }
-        } else {
-            control = try StreamListener(address: controlAddress, logger: logger) { [weak self] fd in self?.serveControl(fd) }
-        }
+        control = try StreamListener(address: controlAddress, adopting: adoption?.descriptor(adoption?.manifest.controlListener),
+                                     logger: logger) { [weak self] fd in self?.serveControl(fd) }
         control?.start()
         if let metrics = configuration.metricsAddress {
-            if let fd = adoption?.descriptor(adoption?.manifest.metricsListener) {
-                metricsListener = StreamListener(adopting: fd, address: metrics, logger: logger) { [weak self] fd in self?.serveMetricsHTTP(fd) }
-            } else {
-                metricsListener = try StreamListener(address: metrics, mode: 0o644, logger: logger) { [weak self] fd in self?.serveMetricsHTTP(fd) }
-            }
+            metricsListener = try StreamListener(address: metrics, mode: 0o644,
+                                                 adopting: adoption?.descriptor(adoption?.manifest.metricsListener),
+                                                 logger: logger) { [weak self] fd in self?.serveMetricsHTTP(fd) }
             metricsListener?.start()
         } else if let fd = adoption?.descriptor(adoption?.manifest.metricsListener) {
             close(fd)  // no longer configured
@@ -207,6 +202,8 @@ public final class Daemon: @unchecked Sendable {
 
     /// After taking over (`adoption`): the adopted connections are read and new ones accepted.
     public func beginServingAdopted() {
+        // Unlinked files kept for handles that no restored session opened again go now.
+        for volume in registry.openVolumes { volume.reapUnclaimedOrphans() }
         for service in services {
             (service as? NinePSocketService)?.beginServing()
         }

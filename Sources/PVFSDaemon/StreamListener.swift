@@ -14,34 +14,28 @@ final class StreamListener: @unchecked Sendable {
     private let logger: Logger
     private var thread: Thread?
     private let unixPath: String?
-    /// Written to end the accept loop without closing the socket (a hand-over).
+    /// An eventfd written to end the accept loop without closing the socket (a hand-over).
     private var wakeFD: Int32 = -1
     private let acceptLoopEnded = DispatchSemaphore(value: 0)
 
-    /// A listening socket handed over by the previous pvfsd process (already bound).
-    init(adopting fd: Int32, address: String, logger: Logger, handler: @escaping @Sendable (Int32) -> Void) {
-        self.address = address
-        self.fd = fd
-        self.handler = handler
-        self.logger = logger
-        unixPath = address.hasPrefix("unix:") ? String(address.dropFirst(5)) : nil
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-    }
-
-    init(address: String, mode: mode_t = 0o600, logger: Logger, handler: @escaping @Sendable (Int32) -> Void) throws {
+    /// Listens on `address`, or serves `adopting`, the listening socket of `address` handed over
+    /// by the previous pvfsd process (already bound).
+    init(address: String, mode: mode_t = 0o600, adopting: Int32? = nil, logger: Logger,
+         handler: @escaping @Sendable (Int32) -> Void) throws {
         self.address = address
         self.handler = handler
         self.logger = logger
         if address.hasPrefix("unix:") {
             let path = String(address.dropFirst(5))
             unixPath = path
-            fd = try Self.bindUnix(path, mode: mode)
+            fd = try adopting ?? Self.bindUnix(path, mode: mode)
         } else if address.hasPrefix("tcp:") {
             unixPath = nil
-            fd = try Self.bindTCP(String(address.dropFirst(4)))
+            fd = try adopting ?? Self.bindTCP(String(address.dropFirst(4)))
         } else {
             throw ConfigurationError("invalid address '\(address)': use tcp:HOST:PORT or unix:PATH")
         }
+        if let adopting { _ = fcntl(adopting, F_SETFD, FD_CLOEXEC) }
     }
 
     static func bindUnix(_ path: String, mode: mode_t) throws -> Int32 {
@@ -106,7 +100,7 @@ final class StreamListener: @unchecked Sendable {
     private func acceptLoop() {
         defer { acceptLoopEnded.signal() }
         while true {
-            // Polled with the wake pipe, so a hand-over can end the loop and keep the socket.
+            // Polled with the wake-up eventfd, so a hand-over can end the loop and keep the socket.
             var polled = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
             let ready = poll(&polled, 2, -1)
             if ready < 0 && errno == EINTR { continue }
@@ -124,7 +118,6 @@ final class StreamListener: @unchecked Sendable {
                 }
                 return  // closed by stop()
             }
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             let handler = self.handler
             let worker = Thread { handler(client) }
             worker.start()
