@@ -118,8 +118,7 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
         self.peer = peer
         poolTenant = NinePWorkerPool.Tenant(peer: peer)
         var configuration = configuration
-        // msize travels as a u32; beyond 1 GiB nothing is gained.
-        configuration.maximumMessageSize = min(1 << 30, max(NineP.minimumMessageSize, configuration.maximumMessageSize))
+        configuration.maximumMessageSize = Self.boundedMessageSize(configuration.maximumMessageSize)
         configuration.maximumOutstandingRequests = max(1, configuration.maximumOutstandingRequests)
         configuration.maximumOutstandingFlushes = max(1, configuration.maximumOutstandingFlushes)
         configuration.maximumSessions = max(1, configuration.maximumSessions)
@@ -745,11 +744,20 @@ public final class NinePConnection: NineMessageHandler, @unchecked Sendable {
     /// (unless a Tversion came meanwhile).
     fileprivate func bind(_ request: Request, toVM name: String) {
         state.lock()
-        if request.generation == generation {
-            poolTenant = .vm(name)
-            vmTimer = configuration.requestTimers?.timer(forVM: name)
-        }
+        if request.generation == generation { bindLocked(toVM: name) }
         state.unlock()
+    }
+
+    /// The connection's work is charged to VM `name` and timed as its. Caller holds `state`.
+    private func bindLocked(toVM name: String) {
+        poolTenant = .vm(name)
+        vmTimer = configuration.requestTimers?.timer(forVM: name)
+    }
+
+    /// An msize within what 9P can carry: at least the smallest that works, at most 1 GiB
+    /// (msize travels as a u32; beyond 1 GiB nothing is gained).
+    private static func boundedMessageSize(_ size: Int) -> Int {
+        min(1 << 30, max(NineP.minimumMessageSize, size))
     }
 
     /// Takes a blocked-lock place: a waiter holds an outstanding slot indefinitely, so their
@@ -821,11 +829,8 @@ extension NinePConnection: NineSuspendableHandler {
         let restored = try session.restore(state, into: fids)
         self.state.withLock {
             // The client goes on with the msize it agreed, whatever this build's maximum now.
-            negotiatedSize = restored.messageSize.map { min(max($0, NineP.minimumMessageSize), 1 << 30) }
-            if let vm = restored.vm {
-                poolTenant = .vm(vm)
-                vmTimer = configuration.requestTimers?.timer(forVM: vm)
-            }
+            negotiatedSize = restored.messageSize.map(Self.boundedMessageSize)
+            if let vm = restored.vm { bindLocked(toVM: vm) }
         }
     }
 

@@ -246,11 +246,17 @@ final class NinePSession: @unchecked Sendable {
             endSession(view)
             throw Errno.badFileDescriptor
         }
+        recordSessionLocked(view, attach: attach)
+        stateLock.unlock()
+        request.bound(toVM: view.vmName)
+    }
+
+    /// A session the client holds from now on: the VM it binds the client to and the attach that
+    /// made it. Caller holds `stateLock`.
+    private func recordSessionLocked(_ view: VMView, attach: NinePAttachRequest) {
         boundVM = view.vmName
         views[ObjectIdentifier(view)] = view
         attaches[ObjectIdentifier(view)] = attach
-        stateLock.unlock()
-        request.bound(toVM: view.vmName)
     }
 
     // MARK: - Xattr buffers
@@ -325,11 +331,7 @@ extension NinePSession {
                 logger.error("a handed-over session of \"\(attach.aname)\" is refused now, its fids are dropped: \(error)")
                 continue
             }
-            stateLock.withLock {
-                boundVM = view.vmName
-                views[ObjectIdentifier(view)] = view
-                attaches[ObjectIdentifier(view)] = attach
-            }
+            stateLock.withLock { recordSessionLocked(view, attach: attach) }
             restored[i] = view
             for held in record.locks {
                 do throws(Errno) {
