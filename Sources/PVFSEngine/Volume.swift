@@ -371,11 +371,9 @@ public final class Volume: @unchecked Sendable {
                 synchronously: Bool = false) throws(Errno) {
         try ensureOpen()
         var changes = changes
-        let reservingVersions = versionCounter >= reservedVersions
-        if reservingVersions {
-            // Rides in this operation's transaction: one more statement per block of versions.
-            changes.append(.versionCounter(versionCounter.addingSaturating(Self.versionReservation)))
-        }
+        // Rides in this operation's transaction: one more statement per block of versions.
+        let reservation: UInt64? = versionCounter >= reservedVersions ? versionCounter.addingSaturating(Self.versionReservation) : nil
+        if let reservation { changes.append(.versionCounter(reservation)) }
         if synchronously || commitMode == .beforeReply || catalogWriter.hasFailed {
             try catalogWriter.flush()
             do {
@@ -385,7 +383,7 @@ public final class Volume: @unchecked Sendable {
                 throw Errno.of(error)
             }
             applyCommitted(changes)
-            if reservingVersions { reservedVersions = versionCounter.addingSaturating(Self.versionReservation) }
+            if let reservation { reservedVersions = reservation }
             // Unlinking a small file costs less than waking the reaper; a large one may take
             // the filesystem a while to free, so it goes to the background.
             if removedBytes <= Self.inlineRemovalBytes {
@@ -396,7 +394,7 @@ public final class Volume: @unchecked Sendable {
             return
         }
         applyCommitted(changes)
-        if reservingVersions { reservedVersions = versionCounter.addingSaturating(Self.versionReservation) }
+        if let reservation { reservedVersions = reservation }
         catalogWriter.enqueue(changes, removing: files)
     }
 
