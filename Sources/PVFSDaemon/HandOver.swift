@@ -88,7 +88,8 @@ struct DaemonHandOverManifest: Codable {
 
 /// The short messages of the hand-over channel besides the manifest.
 struct HandOverMessage: Codable {
-    /// hello (new → old: ready to take over), adopted (new → old: serving), failed.
+    /// hello (new → old: ready to take over), adopted (new → old: everything restored, nothing
+    /// read yet), serve (old → new: go on, this process exits), failed (new → old).
     var kind: String
     var formats: [Int]?
     var version: String?
@@ -112,7 +113,8 @@ public struct DaemonAdoption: @unchecked Sendable {
 
     /// Closes the 9P listeners and connections handed over (no 9P listener is configured now).
     public func discardNineP() {
-        for fd in nineP.listeners.map(\.fd) + nineP.connections.map(\.fd) { close(fd) }
+        let handed = nineP
+        for fd in handed.listeners.map(\.fd) + handed.connections.map(\.fd) { close(fd) }
     }
 
     /// The 9P socket server's share.
