@@ -85,7 +85,7 @@ let package = Package(
         // Shared pieces of the command-line tools: --store, --json, progress, logging.
         .target(name: "PVFSCommands", dependencies: [
             "PVFSDaemon", "PVFSTransport", "PVFSFuse", "PVFSFuseServer", "PVFSVhostUser", "PVFSImage",
-            "PVFSEngine", "PVFSStore", "PVFSSystem", "CPVFSSystem",
+            "PVFSEngine", "PVFSStore", "PVFSSystem",
             argumentParser, logging, system,
         ]),
 

@@ -1,5 +1,4 @@
 import ArgumentParser
-import CPVFSSystem
 import Foundation
 import Glibc
 import Logging
@@ -213,9 +212,7 @@ public struct Mount: ParsableCommand {
         // Only the copy made for the child (fd 3) may stay open in it: a descriptor our own parent
         // watches for our exit (as Foundation's Process does) must close when we exit, not when
         // the server does.
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
-            if let fd = Int32(name), fd > 2 { _ = cpvfs_fcntl_int(fd, F_SETFD, FD_CLOEXEC) }
-        }
+        markDescriptorsCloseOnExec()
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let arguments = [executable] + CommandLine.arguments.dropFirst() + ["--foreground", "--ready-fd", "3"]
 

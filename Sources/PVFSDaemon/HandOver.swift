@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import PVFS9PCodec
 import PVFSEngine
+import PVFSSystem
 import PVFSTransport
 
 /// What one pvfsd process hands to the binary that takes over from it (a graceful upgrade),
@@ -362,6 +363,9 @@ struct HandOverChild {
         defer { posix_spawn_file_actions_destroy(&actions) }
         let inherited: Int32 = 3
         posix_spawn_file_actions_adddup2(&actions, peer, inherited)
+        // Only the channel goes to the new process: a client's socket leaked into it by a
+        // library's descriptor without O_CLOEXEC would outlive its close there.
+        markDescriptorsCloseOnExec()
         var arguments = CommandLine.arguments
         arguments[0] = binary.hasPrefix("/proc/") ? Daemon.ownBinary : binary
         var environment = ProcessInfo.processInfo.environment
